@@ -1,0 +1,58 @@
+# Musicologist — `make demo` runs the six stages on the embedded default; `make test` runs the test suite.
+# Both create the environment from nothing: a venv with torch==2.13.0 (CPU) installed first, then everything
+# else under constraints.txt so that no dependency can replace torch with a CUDA build.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DATA ?= data
+EMBEDDER ?= spectral
+GENERATOR ?= ideal
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: demo test install browser stages stage1 stage2 stage3 stage4 stage5 stage6 bench clean-data
+
+demo: install stages
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	# tinysoundfont declares pyaudio (live playback only), which does not build here.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps tinysoundfont==0.3.7
+	touch $@
+
+stages: stage1 stage2 stage3 stage4 stage5 stage6
+
+stage1:
+	$(PY) data/prompts/stage1_prompts.py --data $(DATA)
+stage2:
+	$(PY) diffusion/stage2_generate.py --data $(DATA) --generator $(GENERATOR)
+stage3:
+	$(PY) embeddings/stage3_embed_generated.py --data $(DATA) --embedder $(EMBEDDER)
+stage4:
+	$(PY) data/nsynth/render_soundfont.py --data $(DATA)
+	$(PY) interp/stage4_concept_sets.py --data $(DATA) --nsynth-dir $(DATA)/nsynth/nsynth-soundfont
+stage5:
+	$(PY) interp/stage5_embed_nsynth.py --data $(DATA) --embedder $(EMBEDDER)
+stage6:
+	$(PY) interp/stage6_probe.py --data $(DATA) --embedder $(EMBEDDER)
+
+test: install browser
+	$(PY) -m pytest -q
+
+# The report test opens report.html in headless Chromium (Debian's package).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+
+bench: install
+	$(PY) bench/run_all.py
+
+clean-data:
+	rm -rf $(DATA)/prompts/*.csv $(DATA)/prompts/*.json $(DATA)/generated $(DATA)/concepts $(DATA)/nsynth/nsynth-* $(DATA)/results

@@ -1,0 +1,42 @@
+"""What every stage script shares: the data root, --force/--debug, and one-line errors people can act on."""
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = REPO_ROOT / "data"
+
+
+class InputError(Exception):
+    """Bad input the user can fix. The message is one line: the file (and row), the rule broken, the fix."""
+
+
+def stage_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="artifact root; every stage reads and writes below it (see data/ARTIFACTS.md)")
+    parser.add_argument("--force", action="store_true", help="redo work whose outputs already exist")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return parser
+
+
+def run_stage(main, parser: argparse.ArgumentParser, argv=None) -> int:
+    """Parse args and call main(args). InputError -> 'error: ...' on stderr and exit 2, no traceback."""
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except InputError as error:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished units are kept; rerun the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main_exit(main, parser, argv=None) -> None:
+    sys.exit(run_stage(main, parser, argv))
