@@ -47,10 +47,16 @@ class TrajectoryObserver:
 
 
 class Generator(ABC):
+    """Built by `diffusion.load_generator(name, model=, preset=, steps=, device=, dtype=)`: every backend's
+    constructor takes these five keywords (None = the backend's default; ignore those that do not apply) and
+    raises data.stage.InputError for a setting the user can fix (unknown preset, missing model, bad dtype)."""
     name: str                 # registry key and provenance id, e.g. "ideal", "stable-audio-open"
     sample_rate: int          # of decoded audio
     channels: int             # of decoded audio
     max_seconds: float        # longest clip the model can make
+    default_seconds: float    # clip length when stage 2 gets no --seconds
+    steps: int                # trajectory length: sampler steps (or decoder layers)
+    default_capture_steps: list[int]  # steps saved when stage 2 gets no --capture-steps
     trajectory_axis: str = "denoising_step"
 
     @abstractmethod
@@ -61,7 +67,10 @@ class Generator(ABC):
     def sample(self, prompt: str, labels: Sequence[str], seed: int, num_samples: int, seconds: float,
                observer: TrajectoryObserver) -> torch.Tensor:
         """Run the sampler once for `num_samples` samples of one prompt; call observer(step, sigma, x_t, x0)
-        after every step; return the final latents [num_samples, *latent_shape]."""
+        after every step; return the final latents [num_samples, *latent_shape].
+
+        Seed row r of the batch with `seed + r` (e.g. one torch.Generator per row): stage 2 records seed + r as
+        that sample's seed, so a sample must not depend on how many samples shared its sampler call."""
 
     @abstractmethod
     def decode(self, latents: torch.Tensor) -> np.ndarray:

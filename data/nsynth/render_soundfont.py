@@ -1,0 +1,295 @@
+"""Render NSynth-format single notes of the soundfont's "probe" instruments (data/soundfont.py) for stage 4.
+
+    python data/nsynth/render_soundfont.py --data data [--soundfont PATH] [--force]
+
+Writes <data>/nsynth/nsynth-soundfont/ exactly as an NSynth split is laid out: audio/<note_str>.wav (16 kHz mono
+PCM-16, 4 s: key held 3 s, then released) and examples.json keyed by note_str with every NSynth field, so that
+stage 4 reads it through the same code as nsynth-train/valid/test.
+
+- Notes: every probe program, at every pitch of its playable range that is a multiple of --pitch-step (a
+  shared grid, so that instruments meet at the same pitches), at each of --velocities (a subset of NSynth's
+  25/50/75/100/127). The defaults give ~1,200 notes, ~25-60 per instrument, in ~15 s on 2 cores.
+- Identity: instrument = the GM program number, instrument_str = <family>_<source>_<program:03d>, note =
+  program * 16384 + pitch * 128 + velocity (unique and the same in every run; NSynth's own ids are arbitrary).
+- Family and source come from the GM table (data/soundfont.py); qualities are derived from each note's audio by
+  the rules in data/nsynth/qualities.py (multiphonic, reverb and tempo-synced are never set).
+- Holes: a note whose int16 audio is below data.audio.SILENCE_RMS is dropped (no wav, no entry) and listed
+  in the sidecar.
+- Resume: render.json (provenance: soundfont sha256 and every setting) is written before the first note; a
+  rerun with the same provenance keeps every valid existing wav (re-reading it to derive its qualities) and
+  re-renders missing or damaged ones; examples.json is written last. Renders are deterministic, so a resumed
+  run writes the same bytes as an uninterrupted one. A rerun with other settings is refused unless --force,
+  which clears the old wavs first.
+"""
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
+
+import numpy as np
+import soundfile as sf
+from tqdm import tqdm
+
+from data import soundfont as gm
+from data.audio import SILENCE_RMS
+from data.files import read_json, sha256_file, write_json
+from data.nsynth import qualities as quality_rules
+from data.stage import InputError, main_exit, stage_parser
+from data.vocabulary import FAMILIES, QUALITIES, SOURCES
+
+SAMPLE_RATE = 16000
+SECONDS = 4.0
+HOLD_SECONDS = 3.0
+FRAMES = int(SAMPLE_RATE * SECONDS)
+NSYNTH_VELOCITIES = (25, 50, 75, 100, 127)
+DEFAULT_VELOCITIES = (75, 127)
+DEFAULT_PITCH_STEP = 4
+SIDECAR = "render.json"
+# Settings that decide every byte of the output: a resumed run must match them all.
+PROVENANCE_KEYS = ("soundfont_sha256", "sample_rate", "seconds", "hold_seconds", "pitch_step", "velocities",
+                   "programs", "quality_rules", "silence_rms")
+
+
+def output_dir(data: Path) -> Path:
+    return Path(data) / "nsynth" / "nsynth-soundfont"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise InputError(f"'{text}' is not a comma-separated list of integers — e.g. 75,127") from None
+
+
+def build_parser():
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument("--soundfont", type=Path, default=None,
+                        help="any General MIDI .sf2; None means TimGM6mb.sf2 shipped inside pretty_midi")
+    parser.add_argument("--programs", default=None,
+                        help="comma-separated GM programs to render, all of them probe instruments; None means "
+                             "every probe program of data/soundfont.py")
+    parser.add_argument("--pitch-step", type=int, default=DEFAULT_PITCH_STEP,
+                        help="render pitches that are multiples of this within each instrument's range")
+    parser.add_argument("--velocities", default=",".join(map(str, DEFAULT_VELOCITIES)),
+                        help=f"comma-separated MIDI velocities, each one of NSynth's {NSYNTH_VELOCITIES}")
+    return parser
+
+
+def chosen_programs(text) -> list[gm.GMProgram]:
+    probe = {entry.program: entry for entry in gm.programs_for(gm.PROBE)}
+    if text is None:
+        return list(probe.values())
+    chosen = []
+    for program in _int_list(text):
+        if program not in gm.BY_PROGRAM:
+            raise InputError(f"--programs: GM program {program} has no NSynth family (unmapped in data/soundfont.py) "
+                             "— choose probe programs")
+        if program not in probe:
+            raise InputError(f"--programs: GM program {program} ({gm.BY_PROGRAM[program].name}) is a bank instrument "
+                             "— probe and bank instruments must stay disjoint; choose probe programs")
+        if probe[program] not in chosen:
+            chosen.append(probe[program])
+    if not chosen:
+        raise InputError("--programs: no program given — list at least one probe program or omit the option")
+    return sorted(chosen, key=lambda entry: entry.program)
+
+
+def chosen_velocities(text: str) -> list[int]:
+    velocities = sorted(set(_int_list(text)))
+    bad = [velocity for velocity in velocities if velocity not in NSYNTH_VELOCITIES]
+    if bad or not velocities:
+        raise InputError(f"--velocities: {bad[0] if bad else 'none given'} — use NSynth's velocities "
+                         f"{','.join(map(str, NSYNTH_VELOCITIES))}")
+    return velocities
+
+
+def planned_notes(programs, pitch_step: int, velocities) -> list[tuple[gm.GMProgram, int, int]]:
+    if pitch_step < 1:
+        raise InputError(f"--pitch-step: {pitch_step} — use a positive number of semitones")
+    return [(entry, pitch, velocity)
+            for entry in programs
+            for pitch in range(entry.lowest + (-entry.lowest) % pitch_step, entry.highest + 1, pitch_step)
+            for velocity in velocities]
+
+
+def instrument_str(entry: gm.GMProgram) -> str:
+    return f"{entry.family}_{entry.source}_{entry.program:03d}"
+
+
+def note_str(entry: gm.GMProgram, pitch: int, velocity: int) -> str:
+    return f"{instrument_str(entry)}-{pitch:03d}-{velocity:03d}"
+
+
+def example_entry(entry: gm.GMProgram, pitch: int, velocity: int, quality_vector: list[int]) -> dict:
+    return {
+        "note": entry.program * 16384 + pitch * 128 + velocity,
+        "note_str": note_str(entry, pitch, velocity),
+        "instrument": entry.program,
+        "instrument_str": instrument_str(entry),
+        "pitch": pitch,
+        "velocity": velocity,
+        "sample_rate": SAMPLE_RATE,
+        "qualities": list(quality_vector),
+        "qualities_str": [name for name, present in zip(QUALITIES, quality_vector) if present],
+        "instrument_family": FAMILIES.index(entry.family),
+        "instrument_family_str": entry.family,
+        "instrument_source": SOURCES.index(entry.source),
+        "instrument_source_str": entry.source,
+    }
+
+
+def quantise(audio: np.ndarray) -> np.ndarray:
+    return np.round(np.clip(audio, -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def as_float(samples: np.ndarray) -> np.ndarray:
+    """int16 -> float exactly as soundfile reads a PCM-16 wav, so fresh and resumed notes are analysed alike."""
+    return samples.astype(np.float32) / 32768.0
+
+
+def read_existing(path: Path) -> np.ndarray | None:
+    """The int16 samples of a finished wav, or None when it is missing, unreadable or not in NSynth's format."""
+    if not path.is_file():
+        return None
+    try:
+        info = sf.info(path)
+        if (info.samplerate, info.channels, info.frames, info.subtype) != (SAMPLE_RATE, 1, FRAMES, "PCM_16"):
+            return None
+        samples = sf.read(path, dtype="int16")[0]
+    except (sf.LibsndfileError, RuntimeError, ValueError):
+        return None
+    # A wav zeroed by a crash before the final sync reads as silence: render it again.
+    if samples.shape != (FRAMES,) or gm.is_silent(as_float(samples), SILENCE_RMS):
+        return None
+    return samples
+
+
+def write_note(path: Path, samples: np.ndarray) -> None:
+    """Temp file + rename, like data/files.atomic_path, but without a per-file fsync: at ~7 ms each, fsyncs
+    would double the render time. A killed process loses nothing (the page cache survives it); after an OS
+    crash, wavs renamed before the single sync in main() may be damaged, and read_existing re-renders them."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        sf.write(tmp, samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def quality_rule_settings() -> dict:
+    """The constants of data/nsynth/qualities.py: changing one changes the labels, so they are provenance."""
+    return {name.lstrip("_"): value for name, value in sorted(vars(quality_rules).items())
+            if name.lstrip("_").isupper() and isinstance(value, (int, float, tuple))}
+
+
+def _as_json(value):
+    """Compare settings as they read back from the sidecar (tuples become lists)."""
+    return json.loads(json.dumps(value))
+
+
+def _setting_difference(key, existing, wanted) -> str:
+    if len(repr(existing)) + len(repr(wanted)) > 120:
+        return f"existing notes were rendered with a different {key}"
+    return f"existing notes were rendered with {key}={existing!r}, this run asks for {wanted!r}"
+
+
+def is_up_to_date(directory: Path, provenance: dict) -> bool:
+    """A finished render with this provenance whose examples.json and wavs are all still there."""
+    sidecar, examples_path = directory / SIDECAR, directory / "examples.json"
+    try:
+        existing = read_json(sidecar)
+        if not existing.get("complete") or sha256_file(examples_path) != existing.get("examples_sha256"):
+            return False
+        names = read_json(examples_path)
+    except (OSError, ValueError):
+        return False
+    if any(existing.get(key) != _as_json(provenance[key]) for key in PROVENANCE_KEYS):
+        return False
+    return all((directory / "audio" / f"{name}.wav").is_file() for name in names)
+
+
+def prepare_output(directory: Path, provenance: dict, force: bool) -> None:
+    sidecar = directory / SIDECAR
+    if sidecar.is_file():
+        try:
+            existing = read_json(sidecar)
+        except ValueError:
+            existing = {}
+        differing = [key for key in PROVENANCE_KEYS if existing.get(key) != _as_json(provenance[key])]
+        if differing and not force:
+            key = differing[0]
+            raise InputError(f"{sidecar}: {_setting_difference(key, existing.get(key), _as_json(provenance[key]))} "
+                             "— rerun with --force to replace them")
+        if differing or force:
+            for stale in (directory / "audio").glob("*.wav"):
+                stale.unlink()
+            (directory / "examples.json").unlink(missing_ok=True)
+    write_json(sidecar, {**provenance, "complete": False})
+
+
+def main(args) -> None:
+    soundfont_path = gm.check_soundfont(args.soundfont) if args.soundfont else gm.default_soundfont()
+    programs = chosen_programs(args.programs)
+    velocities = chosen_velocities(args.velocities)
+    plan = planned_notes(programs, args.pitch_step, velocities)
+    directory = output_dir(args.data)
+    audio_dir = directory / "audio"
+    provenance = {
+        "soundfont": str(soundfont_path),
+        "soundfont_sha256": sha256_file(soundfont_path),
+        "sample_rate": SAMPLE_RATE, "seconds": SECONDS, "hold_seconds": HOLD_SECONDS,
+        "pitch_step": args.pitch_step, "velocities": velocities, "programs": [entry.program for entry in programs],
+        "quality_rules": quality_rule_settings(), "silence_rms": SILENCE_RMS,
+    }
+    if not args.force and is_up_to_date(directory, provenance):
+        print(f"{directory}: up to date ({len(plan)} planned notes already rendered); --force renders again")
+        return
+    prepare_output(directory, provenance, args.force)
+    audio_dir.mkdir(parents=True, exist_ok=True)
+
+    started = time.perf_counter()
+    examples, holes, reused = {}, [], 0
+    for entry, pitch, velocity in tqdm(plan, desc="render notes", unit="note"):
+        name = note_str(entry, pitch, velocity)
+        path = audio_dir / f"{name}.wav"
+        samples = read_existing(path)
+        if samples is None:
+            samples = quantise(gm.render_note(soundfont_path, entry.program, pitch, velocity, SAMPLE_RATE,
+                                              SECONDS, HOLD_SECONDS))
+            if gm.is_silent(as_float(samples), SILENCE_RMS):
+                holes.append(name)
+                path.unlink(missing_ok=True)
+                continue
+            write_note(path, samples)
+        else:
+            reused += 1
+        quality_vector = quality_rules.derive_qualities(as_float(samples), pitch, SAMPLE_RATE, HOLD_SECONDS)
+        examples[name] = example_entry(entry, pitch, velocity, quality_vector)
+    if not examples:
+        raise InputError(f"{soundfont_path}: every planned note rendered silent — pass --soundfont PATH to a "
+                         "General MIDI soundfont that tinysoundfont can play")
+    # Every wav reaches the disk before the file that lists them (see write_note).
+    os.sync()
+    examples_path = directory / "examples.json"
+    write_json(examples_path, examples)
+    families = Counter(example["instrument_family_str"] for example in examples.values())
+    write_json(directory / SIDECAR, {
+        **provenance, "complete": True, "examples_sha256": sha256_file(examples_path), "n_notes": len(examples),
+        "notes_per_family": dict(sorted(families.items())), "silent_notes_dropped": holes,
+    })
+    seconds = time.perf_counter() - started
+    print(f"{len(examples)} notes from {len(programs)} instruments in {seconds:.1f} s "
+          f"({reused} reused, {len(holes)} silent dropped) → {directory}")
+    print("notes per family: " + ", ".join(f"{family} {count}" for family, count in sorted(families.items())))
+
+
+if __name__ == "__main__":
+    main_exit(main, build_parser())

@@ -1,0 +1,327 @@
+"""The embedded "ideal" generator: a REFERENCE MODEL, NOT A TRAINED ONE.
+
+Its denoiser is closed-form: the posterior mean of a Gaussian-smoothed empirical distribution over a bank of
+labelled reference clips (diffusion/bank.py). For a noisy latent x at noise level sigma,
+
+    x0_hat(x, sigma) = sum_i w_i c_i,   w_i ∝ pi_i · exp(-||x - c_i||² / (2 sigma²)),
+
+where c_i is clip i in latent coordinates. The logits are formed in float64 and normalised with a stable
+(log-sum-exp) softmax. With this denoiser the sampler draws exactly from the prompt-weighted bank: the
+trajectory starts as a prior-weighted blend of clips ("mush") and ends on one clip that fits the prompt, so a
+concept's emergence along the trajectory is known in advance — a yardstick for the probes of stage 6.
+
+The prior comes from the prompt's annotation labels (families, "drum", sources; qualities are ignored because
+bank clips carry none):
+
+    log pi_i = PRIOR_SHARPNESS · (family_score_i + source_score_i)
+    family_score_i = |F_i ∩ F_p| − |F_i \\ F_p|   if the prompt names any family or "drum", else 0
+    source_score_i = +1 if S_i ∩ S_p else −1      if the prompt and the clip name a source, else 0
+
+(F, S: family and source labels of clip i and prompt p). With PRIOR_SHARPNESS = 4, a clip of an absent family
+weighs e^-8 ≈ 3e-4 of a matching one, and a two-instrument mix that matches both of a prompt's families
+outweighs a solo clip that matches one by e^4.
+
+Latent space. The bank's clips (loudness-normalised to CLIP_RMS) are scaled by 1 / (CLIP_RMS · sqrt(samples)),
+so a full-loudness clip has unit norm whatever its length and rate; distinct clips are then ~sqrt(2) apart
+(1st–95th percentile of pairwise distances in the default bank: 0.82–1.44). The latent is the coordinate
+vector in an orthonormal basis of the span of the bank (from an eigendecomposition of the clips' Gram matrix;
+exactly dependent clips, e.g. mixes of the same parts, reduce its rank). Noise orthogonal to that span would
+add the same ||x||² to every logit and cancel in the softmax, so sampling in the span gives exactly the
+clean estimates a waveform-space sampler would give, at a cost of ~r instead of ~64,000 numbers per sample
+(r ≈ 120). `decode` maps a latent back to the waveform: a linear decoder.
+
+Sigma scale. Logit differences are ~ distance² / (2 sigma²). With the reference schedule (sigma 100 → 0.01,
+50 steps) they are < 1e-4 at sigma_max (weights = the prior), the estimate starts to commit around
+sigma ≈ 1 (steps ~20–30) and is one clip by sigma ≈ 0.1 (step ~37): early steps carry the prompt's prior
+blend, late steps a single clip.
+
+Sampler. diffusers' CosineDPMSolverMultistepScheduler — the DPM-Solver++ (2M, SDE) scheduler diffusers ships for
+Stable Audio Open, which expects a v-prediction from the preconditioned input c_in(sigma) · x. The loop is the
+standard diffusers loop (scale_model_input → model output → scheduler.step); the closed-form x0 is turned into
+the v the scheduler expects by inverting its preconditioning, x0 = c_skip · x + c_out · v with
+c_skip = sigma_data² / (sigma² + sigma_data²) and c_out = −sigma · sigma_data / sqrt(sigma² + sigma_data²), and
+the clean estimate the observer gets is the scheduler's own conversion, `scheduler.model_outputs[-1]`.
+
+One change to the library's defaults: the scheduler draws its SDE noise from a torchsde Brownian tree, whose
+every query walks the tree in Python — 0.9 s per 50-step call of a ~120-dim latent on 2 cores, and 8 s for
+a 64,000-sample waveform: minutes for the demo. For a fixed sigma schedule the tree's normalised increments
+over the disjoint step intervals are independent standard normals, so the scheduler's public `noise_sampler`
+slot is filled with a seeded per-sample Gaussian source (`PerSampleGaussianNoise`): the same distribution and
+the same solver; sample r of a call is seeded by seed + r.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from data.stage import InputError
+from diffusion import bank as reference_bank
+from diffusion.bank import CLIP_RMS, ReferenceBank, family_labels, source_labels
+from diffusion.base import Generator, TrajectoryObserver
+from diffusion.trajectory import default_capture_steps
+
+REFERENCE_NOTE = "reference model, not a trained one"
+SCHEDULER = "CosineDPMSolverMultistepScheduler"
+PRIOR_SHARPNESS = 4.0
+SIGMA_DATA = 1.0
+# Eigen-directions of the bank's Gram matrix below this fraction of the largest are numerical zeros (the default
+# bank's spectrum drops from ~4e-2 to ~4e-15 at its rank).
+RANK_TOLERANCE = 1e-10
+
+
+@dataclass(frozen=True)
+class IdealPreset:
+    steps: int
+    sigma_min: float
+    sigma_max: float
+    source: str
+
+
+PRESETS = {
+    # The sampler settings of the reference study's Stable Audio Open runs.
+    "reference": IdealPreset(steps=50, sigma_min=0.01, sigma_max=100.0,
+                             source="reference study: dpmpp-2m-sde, sigma 0.01-100, 50 steps"),
+    # Stable Audio Open's model-card schedule, to see how a larger sigma_min leaves the end of the trajectory.
+    "model-card": IdealPreset(steps=100, sigma_min=0.3, sigma_max=500.0,
+                              source="stabilityai/stable-audio-open-1.0 card: sigma 0.3-500, 100 steps"),
+}
+DEFAULT_PRESET = "reference"
+
+
+class PerSampleGaussianNoise:
+    """The SDE noise of a scheduler step, N(0, I) per sample from that sample's own generator."""
+
+    def __init__(self, generators: Sequence[torch.Generator], row_shape):
+        self.generators, self.row_shape = list(generators), tuple(row_shape)
+
+    def __call__(self, sigma, sigma_next) -> torch.Tensor:
+        return torch.stack([torch.randn(self.row_shape, generator=generator) for generator in self.generators])
+
+
+@dataclass
+class LatentSpace:
+    """The bank in latent coordinates for one clip length."""
+    samples: int
+    coordinates: np.ndarray      # float64 [clips, rank]: clip i's latent c_i
+    half_sq_norms: np.ndarray    # float64 [clips]: ||c_i||² / 2
+    decoder: torch.Tensor        # float32 [rank, samples]: latent -> waveform
+
+    @property
+    def rank(self) -> int:
+        return self.coordinates.shape[1]
+
+
+class IdealGenerator(Generator):
+    name = "ideal"
+    channels = 1
+    trajectory_axis = "denoising_step"
+
+    def __init__(self, model=None, preset: str | None = None, steps: int | None = None, device: str | None = None,
+                 dtype: str | None = None, *, bank: ReferenceBank | None = None):
+        """`model`: a bank directory (default: the default soundfont bank's cache, rendered on first use);
+        `bank`: a bank object to use instead (tests)."""
+        preset = preset or DEFAULT_PRESET
+        if preset not in PRESETS:
+            raise InputError(f"unknown preset {preset!r} for the ideal generator — choose one of {', '.join(PRESETS)}")
+        if dtype not in (None, "fp32"):
+            raise InputError(f"--dtype {dtype}: the ideal generator computes in fp32 (fp64 logits) — "
+                             "drop --dtype or pass fp32")
+        if device not in (None, "cpu"):
+            raise InputError(f"--device {device}: the ideal generator runs on the CPU (its model is a few hundred "
+                             "numbers per step) — drop --device or pass cpu")
+        self.preset_name = preset
+        self.preset = PRESETS[preset]
+        self.steps = int(steps) if steps is not None else self.preset.steps
+        if self.steps < 1:
+            raise InputError(f"--steps {self.steps} must be at least 1")
+        self.default_capture_steps = default_capture_steps(self.steps)
+
+        self._bank = bank
+        self._bank_dir = None
+        self._bank_sidecar = None
+        if bank is not None:
+            self.sample_rate, bank_samples = bank.sample_rate, bank.audio.shape[1]
+            self._model = "bank given in memory"
+        else:
+            # Reading the sidecar is enough to know the rate and length; the clips load when first sampled.
+            given = Path(model).expanduser() if model is not None else None
+            if given is not None and given.exists() and not given.is_dir():
+                raise InputError(f"{given}: is a file — the ideal generator's --model is a bank directory "
+                                 "(omit it to use the default soundfont bank)")
+            if given is not None and (given / "bank.json").is_file():
+                self._bank_sidecar = reference_bank.read_bank_sidecar(given)
+                self.sample_rate, bank_samples = self._bank_sidecar["sample_rate"], self._bank_sidecar["samples"]
+            else:
+                self.sample_rate = reference_bank.SAMPLE_RATE
+                bank_samples = int(round(reference_bank.CLIP_SECONDS * reference_bank.SAMPLE_RATE))
+            self._model = model
+        self.max_seconds = bank_samples / self.sample_rate
+        self.default_seconds = self.max_seconds
+
+        self._scheduler = None
+        self._spaces: dict[int, LatentSpace] = {}
+        self._decode_samples = bank_samples
+
+    @property
+    def scheduler(self):
+        """Built on first use: importing diffusers takes seconds, and a rerun with every prompt done needs none."""
+        if self._scheduler is None:
+            from diffusers import CosineDPMSolverMultistepScheduler
+
+            # Always the SDE DPM-Solver++ ("sde-dpmsolver++"); diffusers' class has no ODE variant.
+            self._scheduler = CosineDPMSolverMultistepScheduler(
+                sigma_min=self.preset.sigma_min, sigma_max=self.preset.sigma_max, sigma_data=SIGMA_DATA,
+                sigma_schedule="exponential", solver_order=2, prediction_type="v_prediction",
+                final_sigmas_type="zero")
+        return self._scheduler
+
+    # -- the bank ------------------------------------------------------------------------------------------------
+
+    def _ensure_bank_dir(self) -> None:
+        if self._bank is None and self._bank_sidecar is None:
+            self._bank_dir, self._bank_sidecar = reference_bank.open_bank_dir(self._model)
+        elif self._bank is None and self._bank_dir is None:
+            self._bank_dir = Path(self._model).expanduser()
+
+    @property
+    def bank(self) -> ReferenceBank:
+        if self._bank is None:
+            self._ensure_bank_dir()
+            self._bank = reference_bank.load_bank(self._bank_dir)
+        return self._bank
+
+    def _bank_identity(self) -> tuple[str, str, int]:
+        if self._bank is not None and self._bank_sidecar is None:
+            return self._model, self._bank.sha256, len(self._bank.clip_ids)
+        self._ensure_bank_dir()
+        recipe = self._bank_sidecar.get("recipe") or {}
+        model = (f"soundfont bank ({recipe['soundfont']}, {len(recipe['programs'])} bank programs)"
+                 if "soundfont" in recipe else f"bank directory {self._bank_dir}")
+        return model, self._bank_sidecar["bank_sha256"], int(self._bank_sidecar["clips"])
+
+    # -- the Generator interface ---------------------------------------------------------------------------------
+
+    def provenance(self) -> dict:
+        model, bank_sha256, clips = self._bank_identity()
+        return {
+            "generator": self.name,
+            "model": model,
+            "model_sha256": bank_sha256,
+            "model_kind": REFERENCE_NOTE,
+            "preset": self.preset_name,
+            "settings": {**asdict(self.preset), "steps": self.steps, "sigma_data": SIGMA_DATA,
+                         "scheduler": SCHEDULER, "diffusers": importlib.metadata.version("diffusers"),
+                         "solver": "sde-dpmsolver++ order 2",
+                         "noise": "per-sample Gaussian, seed + row", "prior_sharpness": PRIOR_SHARPNESS,
+                         "latent_unit": f"waveform / ({CLIP_RMS} * sqrt(samples))", "bank_clips": clips},
+            "steps": self.steps,
+            "sample_rate": self.sample_rate,
+            "channels": self.channels,
+            "max_seconds": self.max_seconds,
+            "trajectory_axis": self.trajectory_axis,
+        }
+
+    def sample(self, prompt: str, labels: Sequence[str], seed: int, num_samples: int, seconds: float,
+               observer: TrajectoryObserver | None,
+               weights_callback: Callable[[int, float, np.ndarray], None] | None = None) -> torch.Tensor:
+        """Sample `num_samples` trajectories of one prompt; `weights_callback(step, sigma, weights [samples,
+        clips])` sees the posterior weights over the bank at every step."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("empty prompt — every prompt needs text (fix prompts/annotated.csv or rerun stage 1)")
+        if num_samples < 1:
+            raise InputError(f"--samples {num_samples} must be at least 1")
+        space = self.latent_space(seconds)
+        log_prior = self.log_prior(labels)
+        scheduler = self.scheduler
+        scheduler.set_timesteps(self.steps)
+        generators = [torch.Generator().manual_seed(int(seed) + row) for row in range(num_samples)]
+        latents = torch.stack([torch.randn(space.rank, generator=generator)
+                               for generator in generators]) * scheduler.init_noise_sigma
+        scheduler.noise_sampler = PerSampleGaussianNoise(generators, (space.rank,))
+        for step, timestep in enumerate(scheduler.timesteps):
+            model_input = scheduler.scale_model_input(latents, timestep)
+            sigma = scheduler.sigmas[scheduler.step_index]
+            velocity, weights = self.velocity(model_input, float(sigma), space, log_prior)
+            latents = scheduler.step(velocity, timestep, latents).prev_sample
+            if observer is not None:
+                # model_outputs[-1] is the scheduler's conversion of our v back into x0 at this step's sigma.
+                observer(step, float(sigma), latents, scheduler.model_outputs[-1])
+            if weights_callback is not None:
+                weights_callback(step, float(sigma), weights)
+        self._decode_samples = space.samples
+        return latents
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents [batch, rank] -> float32 audio [batch, 1, samples] (the length of the last `sample` call)."""
+        space = self._spaces[self._decode_samples] if self._decode_samples in self._spaces else \
+            self.latent_space(self._decode_samples / self.sample_rate)
+        audio = latents.to(dtype=torch.float32) @ space.decoder
+        return audio.unsqueeze(1).cpu().numpy()
+
+    # -- the closed-form model -----------------------------------------------------------------------------------
+
+    def velocity(self, model_input: torch.Tensor, sigma: float, space: LatentSpace,
+                 log_prior: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """The "network": preconditioned input -> the v-prediction whose conversion is the closed-form x0."""
+        scale = math.sqrt(sigma ** 2 + SIGMA_DATA ** 2)
+        x = model_input.numpy().astype(np.float64) * scale      # undo c_in = 1 / sqrt(sigma² + sigma_data²)
+        x0, weights = self.denoise(x, sigma, space, log_prior)
+        c_skip = SIGMA_DATA ** 2 / scale ** 2
+        c_out = -sigma * SIGMA_DATA / scale
+        return torch.from_numpy((x0 - c_skip * x) / c_out).to(model_input.dtype), weights
+
+    def denoise(self, x: np.ndarray, sigma: float, space: LatentSpace,
+                log_prior: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean over the bank: x [batch, rank] -> (x0 float64 [batch, rank], weights [batch, clips]).
+
+        numpy, not torch: torch's reductions on a [2, 160] array cost ~13 ms each on 2 busy cores (its thread
+        pool waits for a core), numpy's ~20 µs.
+        """
+        x = np.asarray(x, dtype=np.float64)
+        # -||x - c_i||²/(2 sigma²) up to the term in ||x||², which is the same for every clip.
+        logits = log_prior + (x @ space.coordinates.T - space.half_sq_norms) / sigma ** 2
+        logits -= logits.max(axis=-1, keepdims=True)
+        weights = np.exp(logits)
+        weights /= weights.sum(axis=-1, keepdims=True)
+        return weights @ space.coordinates, weights
+
+    def log_prior(self, labels: Sequence[str]) -> np.ndarray:
+        """log pi over the bank's clips for a prompt's labels (module docstring), normalised."""
+        prompt_families, prompt_sources = family_labels(labels), source_labels(labels)
+        scores = np.zeros(len(self.bank.labels))
+        for index, clip_labels in enumerate(self.bank.labels):
+            clip_families, clip_sources = family_labels(clip_labels), source_labels(clip_labels)
+            if prompt_families:
+                scores[index] += len(clip_families & prompt_families) - len(clip_families - prompt_families)
+            if prompt_sources and clip_sources:
+                scores[index] += 1.0 if clip_sources & prompt_sources else -1.0
+        logits = PRIOR_SHARPNESS * scores
+        return logits - np.logaddexp.reduce(logits)
+
+    def latent_space(self, seconds: float) -> LatentSpace:
+        """The bank's coordinates and decoder for clips of `seconds` (the first seconds of every bank clip)."""
+        samples = int(round(float(seconds) * self.sample_rate))
+        if not 1 <= samples <= int(round(self.max_seconds * self.sample_rate)):
+            raise InputError(f"seconds_total {seconds:g} is outside (0, {self.max_seconds:g}] — the ideal "
+                             f"generator's bank clips are {self.max_seconds:g} s long; pass a shorter --seconds")
+        if samples not in self._spaces:
+            audio = torch.as_tensor(self.bank.audio[:, :samples], dtype=torch.float64)
+            unit = CLIP_RMS * math.sqrt(samples)
+            gram = (audio @ audio.T) / unit ** 2
+            eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+            keep = eigenvalues > RANK_TOLERANCE * eigenvalues.max()
+            eigenvalues, eigenvectors = eigenvalues[keep], eigenvectors[:, keep]
+            # Orthonormal basis Q = X^T V diag(lambda^-1/2) (X: clips in latent units): coordinates X Q = V
+            # diag(lambda^1/2); decoding z -> unit * Q z = z diag(lambda^-1/2) V^T X_audio.
+            coordinates = eigenvectors * eigenvalues.sqrt()
+            decoder = (eigenvectors / eigenvalues.sqrt()).T @ audio
+            coordinates = coordinates.numpy()
+            self._spaces[samples] = LatentSpace(samples, coordinates, 0.5 * np.square(coordinates).sum(axis=1),
+                                                decoder.to(torch.float32))
+        return self._spaces[samples]

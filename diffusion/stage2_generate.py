@@ -1,0 +1,114 @@
+"""Stage 2: generate audio and save decoded intermediate steps of each trajectory (data/ARTIFACTS.md, stage 2).
+
+  <data>/prompts/annotated.csv → <data>/generated/generation.json, index/<prompt_id>.csv, audio/<prompt_id>/*.wav
+
+Generators: "ideal" (embedded; a reference model, not a trained one: the closed-form denoiser of
+diffusion/ideal.py over a bank of soundfont clips, no weights or network needed) and "stable-audio-open"
+(Stable Audio Open 1.0 through diffusers; --model a hub id or a save_pretrained directory).
+
+Runs resume: prompts whose index part exists are skipped, so a killed run continues where it stopped; --force
+redoes this shard's prompts. Shards (--shard i/n, or a SLURM array's task id and count) split the prompts by
+position in sorted prompt_id order; run them side by side on the same --data.
+"""
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: make the repository root importable without an installed package.
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from data.contract import annotated_csv, generated_dir, read_annotated
+from data.files import sha256_file
+from data.stage import InputError, main_exit, stage_parser
+from diffusion import GENERATORS, load_generator
+from diffusion.trajectory import (TrajectorySettings, parse_capture_steps, parse_kinds, parse_shard,
+                                  run_trajectories)
+
+DEFAULT_SAMPLES = 2
+DEFAULT_DECODE_BATCH = 8
+
+
+def build_parser():
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument("--generator", default="ideal", help=f"one of: {', '.join(GENERATORS)}")
+    parser.add_argument("--model", default=None,
+                        help="ideal: a bank directory (default: the soundfont bank, rendered once into "
+                             "data/bank/); stable-audio-open: hub id or local directory")
+    parser.add_argument("--preset", default=None, help="sampler preset of the generator (default: its 'reference')")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the preset's)")
+    parser.add_argument("--capture-steps", default=None,
+                        help="comma-separated 0-based steps to save (default: every tenth step and the last, "
+                             "5,10,...,45,49 for 50 steps)")
+    parser.add_argument("--kinds", default="x0",
+                        help="what to save at each captured step: x0 (clean estimate), xt (noisy latent), or both")
+    parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="samples per prompt")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="clip length (default: the generator's; at most its maximum)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed; each prompt's seed derives from it and its id")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="samples per sampler call (default: all samples of a prompt in one call)")
+    parser.add_argument("--decode-batch-size", type=int, default=DEFAULT_DECODE_BATCH,
+                        help="captured latents decoded per decoder call")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the generator's)")
+    parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: the generator's)")
+    parser.add_argument("--shard", default=None,
+                        help="'i/n': this job makes the prompts at positions i, i+n, ... of sorted prompt_id "
+                             "(default: from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, else all)")
+    parser.add_argument("--limit-prompts", type=int, default=None,
+                        help="only the first N prompts of annotated.csv (quick looks)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def check_counts(args) -> None:
+    for flag, value in (("--samples", args.samples), ("--batch-size", args.batch_size),
+                        ("--decode-batch-size", args.decode_batch_size), ("--limit-prompts", args.limit_prompts),
+                        ("--steps", args.steps)):
+        if value is not None and value < 1:
+            raise InputError(f"{flag} {value} must be at least 1")
+    if args.seed < 0:
+        raise InputError(f"--seed {args.seed} must be non-negative")
+
+
+def main(args) -> None:
+    # Everything a user can get wrong is checked before anything is written.
+    if args.generator not in GENERATORS:
+        raise InputError(f"unknown generator {args.generator!r} — choose one of {', '.join(GENERATORS)}")
+    check_counts(args)
+    shard = parse_shard(args.shard)
+    kinds = parse_kinds(args.kinds)
+    annotated = read_annotated(args.data)
+    prompts = annotated.head(args.limit_prompts) if args.limit_prompts else annotated
+
+    started = time.monotonic()
+    generator = load_generator(args.generator, model=args.model, preset=args.preset, steps=args.steps,
+                               device=args.device, dtype=args.dtype)
+    capture_steps = parse_capture_steps(args.capture_steps, generator.steps, generator.default_capture_steps)
+    seconds = generator.default_seconds if args.seconds is None else args.seconds
+    if not 0 < seconds <= generator.max_seconds + 1e-9:
+        raise InputError(f"--seconds {seconds:g} is outside (0, {generator.max_seconds:g}] — the longest clip "
+                         f"the {generator.name} generator makes is {generator.max_seconds:g} s")
+    settings = TrajectorySettings(capture_steps=tuple(capture_steps), kinds=tuple(kinds), samples=args.samples,
+                                  seconds=float(seconds), seed=args.seed,
+                                  batch_size=min(args.batch_size or args.samples, args.samples),
+                                  decode_batch_size=args.decode_batch_size)
+
+    provenance = generator.provenance()
+    kind = f" — {provenance['model_kind']}" if provenance.get("model_kind") else ""
+    print(f"stage 2: generator {generator.name}{kind}; model {provenance['model']}, preset {provenance['preset']}, "
+          f"{generator.steps} steps, saving {','.join(kinds)} at steps {','.join(map(str, capture_steps))}",
+          file=sys.stderr)
+    generated = generated_dir(args.data)
+    summary = run_trajectories(generator, prompts, generated, settings, sha256_file(annotated_csv(args.data)),
+                               shard=shard, force=args.force, all_prompt_ids=list(annotated["prompt_id"]),
+                               progress=not args.no_progress)
+    orphans = f"; removed parts of {len(summary.removed_orphans)} prompts no longer annotated" \
+        if summary.removed_orphans else ""
+    print(f"stage 2: shard {shard}: {summary.prompts} prompts — {summary.skipped} already done, "
+          f"{summary.generated} generated ({summary.clips} clips) in {time.monotonic() - started:.1f} s{orphans}; "
+          f"outputs in {generated}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main_exit(main, build_parser())

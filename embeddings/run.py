@@ -1,0 +1,363 @@
+"""The embedding runner shared by stage 3 (generated clips) and stage 5 (NSynth notes).
+
+`embed_files(paths, embedder, out_path, ...)` turns a list of wav files into one float32 matrix, row i for
+file i, and its provenance sidecar:
+
+- Files are read, checked (data.audio.read_audio: missing, unreadable, truncated, empty, NaN, silent, wrong
+  rate or channel count), downmixed to mono and resampled to the embedder's rate by a small thread pool that
+  runs ahead of the model by a bounded number of files, so decoding overlaps embed() and memory stays constant
+  however many files there are.
+- Rows are embedded in fixed chunks (`<name>.chunks/00000.npy` holds rows [0, chunk_rows)), each written
+  atomically; `manifest.json` beside them records the provenance and the rows hash they were made for. A killed
+  run resumes at the missing chunks; chunks made by another embedder configuration are refused (or wiped with
+  --force); chunks made for other rows (the index changed) are discarded.
+- Batches never straddle a chunk boundary, so a resumed run feeds the embedder the very same batches as an
+  uninterrupted one and produces a byte-identical matrix.
+- When every chunk exists they are streamed into `<name>.npy` through a memory map (the rows never sit in
+  RAM together), the sidecar `<name>.json` is written, and the chunks are removed.
+
+A bad file stops the run with one InputError naming it. Chunks finished before it are kept, as for a kill.
+"""
+import contextlib
+import inspect
+import os
+import shutil
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import soxr
+from tqdm import tqdm
+
+from data.audio import read_audio, resample, to_mono
+from data.files import atomic_path, read_json, sha256_json, write_json, write_npy
+from data.stage import InputError
+from embeddings import EMBEDDERS, load_embedder
+
+DEFAULT_BATCH_SIZE = 16
+DEFAULT_WORKERS = 2
+# Rows per chunk: a kill loses at most this much work (about a minute of spectral embedding on one core),
+# and 289k NSynth notes make a few hundred chunk files.
+DEFAULT_CHUNK_ROWS = 2048
+MANIFEST = "manifest.json"
+# How the runner turns a file into the embedder's input; part of the provenance because it changes vectors.
+INPUT_POLICY = {"downmix": "channel mean", "resampler": f"soxr {soxr.__version__} HQ"}
+
+
+@dataclass
+class RunStats:
+    """What a run did and where its time went (the CLAP benchmark reads embed_fraction)."""
+    n_rows: int
+    rows_embedded: int = 0     # rows embedded by this run (the rest came from earlier chunks)
+    chunks_reused: int = 0
+    skipped: bool = False      # the output was already up to date
+    wall_seconds: float = 0.0
+    embed_seconds: float = 0.0      # inside embedder.embed()
+    load_wait_seconds: float = 0.0  # the model waiting for the loader: > 0 means decoding is the bottleneck
+    concat_seconds: float = 0.0
+
+    @property
+    def embed_fraction(self) -> float:
+        return self.embed_seconds / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows_embedded / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        if self.skipped:
+            return f"up to date: {self.n_rows} rows"
+        return (f"embedded {self.rows_embedded} of {self.n_rows} rows ({self.chunks_reused} chunks reused) in "
+                f"{self.wall_seconds:.1f} s ({self.rows_per_second:.1f} rows/s); {100 * self.embed_fraction:.0f}% "
+                f"of wall time inside embed(), {self.load_wait_seconds:.1f} s waiting for audio")
+
+
+def embed_files(paths: Sequence, embedder, out_path, *, rows_key: str, rows_sha256: str, extra: dict | None = None,
+                expect_rate: int | Sequence[int] | None = None, expect_channels: int | Sequence[int] | None = None,
+                batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
+                chunk_rows: int = DEFAULT_CHUNK_ROWS, force: bool = False, progress: bool = True) -> RunStats:
+    """Embed `paths` (row i = file i) into float32 `out_path` [len(paths), embedder.dim] plus its sidecar.
+
+    rows_key/rows_sha256 name the table the rows are aligned with (e.g. "index_sha256"); `extra` holds other
+    input identities for the sidecar (e.g. generation_sha256). expect_rate/expect_channels are one value for
+    every file or one per file. An output that is already up to date is kept; one made by another embedder
+    configuration is refused unless force; one made for other rows or inputs is recomputed.
+    """
+    started = time.perf_counter()
+    paths = [Path(path) for path in paths]
+    out_path = Path(out_path)
+    sidecar_path = out_path.with_suffix(".json")
+    chunks_dir = out_path.with_name(out_path.stem + ".chunks")
+    if batch_size < 1 or chunk_rows < 1 or workers < 0:
+        raise InputError(f"batch size {batch_size}, chunk rows {chunk_rows} and workers {workers}: "
+                         "batch size and chunk rows must be ≥ 1 and workers ≥ 0 — fix the option")
+
+    identity = {**embedder.provenance(), "input": INPUT_POLICY}
+    expected = {**identity, **(extra or {}), rows_key: rows_sha256, "n_rows": len(paths), "dim": int(embedder.dim)}
+    stats = RunStats(n_rows=len(paths))
+
+    if force:
+        shutil.rmtree(chunks_dir, ignore_errors=True)
+    elif _up_to_date(out_path, sidecar_path, expected, identity):
+        # A kill between writing the sidecar and removing the chunks leaves chunks of this very output behind.
+        manifest = _read_json_or_none(chunks_dir / MANIFEST)
+        if manifest is not None and _same({key: manifest.get(key) for key in expected}, expected):
+            shutil.rmtree(chunks_dir, ignore_errors=True)
+        stats.skipped = True
+        stats.wall_seconds = time.perf_counter() - started
+        return stats
+
+    chunk_rows = _open_chunks(chunks_dir, expected, identity, chunk_rows)
+    chunks = [(start, min(start + chunk_rows, len(paths))) for start in range(0, len(paths), chunk_rows)]
+    todo = [k for k, (start, stop) in enumerate(chunks)
+            if not _chunk_complete(chunks_dir / _chunk_name(k), stop - start, embedder.dim)]
+    stats.chunks_reused = len(chunks) - len(todo)
+    rows = [row for k in todo for row in range(*chunks[k])]
+    for row in rows:
+        # Checked up front: a file that stage 2 or 4 never wrote should stop the run now, not hours in.
+        if not paths[row].is_file():
+            raise InputError(f"{paths[row]}: audio file is missing — rerun the stage that writes it")
+
+    if rows:
+        manifest = {**expected, "chunk_rows": chunk_rows}
+        rates, channels = _per_row(expect_rate, len(paths)), _per_row(expect_channels, len(paths))
+
+        def load(row):
+            check_wav_complete(paths[row])
+            audio, rate = read_audio(paths[row], expect_rate=rates[row], expect_channels=channels[row])
+            return resample(to_mono(audio), rate, embedder.sample_rate)
+
+        loaded = _prefetch(rows, load, workers, ahead=2 * batch_size + workers)
+        bar = tqdm(total=len(paths), initial=len(paths) - len(rows), unit="clip", desc=f"embed {out_path.name}",
+                   disable=not progress, dynamic_ncols=True)
+        with contextlib.closing(loaded), bar:
+            for k in todo:
+                start, stop = chunks[k]
+                parts = []
+                for batch_start in range(start, stop, batch_size):
+                    batch_rows = range(batch_start, min(batch_start + batch_size, stop))
+                    waited = time.perf_counter()
+                    waveforms = [next(loaded) for _ in batch_rows]
+                    began = time.perf_counter()
+                    stats.load_wait_seconds += began - waited
+                    vectors = embedder.embed(waveforms)
+                    stats.embed_seconds += time.perf_counter() - began
+                    parts.append(_check_vectors(vectors, embedder, [paths[row] for row in batch_rows]))
+                    bar.update(len(batch_rows))
+                # The manifest goes down with the first chunk, so a run stopped by a bad first file leaves nothing.
+                if not (chunks_dir / MANIFEST).is_file():
+                    write_json(chunks_dir / MANIFEST, manifest)
+                write_npy(chunks_dir / _chunk_name(k), np.concatenate(parts))
+                stats.rows_embedded += stop - start
+
+    concat_started = time.perf_counter()
+    _concatenate(chunks_dir, chunks, embedder.dim, out_path, sidecar_path, expected)
+    stats.concat_seconds = time.perf_counter() - concat_started
+    stats.wall_seconds = time.perf_counter() - started
+    return stats
+
+
+def _same(first, second) -> bool:
+    """Equal as JSON (a tuple in a fresh provenance equals the list read back from a sidecar)."""
+    return sha256_json(first) == sha256_json(second)
+
+
+def _read_json_or_none(path: Path) -> dict | None:
+    """A torn or hand-edited JSON file describes nothing: the outputs it belongs to are redone."""
+    try:
+        payload = read_json(path)
+    except (ValueError, OSError):
+        return None
+    return payload if isinstance(payload, dict) else None
+
+
+def _up_to_date(out_path: Path, sidecar_path: Path, expected: dict, identity: dict) -> bool:
+    if not (out_path.is_file() and sidecar_path.is_file()):
+        return False
+    existing = _read_json_or_none(sidecar_path)
+    if existing is None:
+        return False
+    _refuse_other_embedder(existing, identity, sidecar_path, "replace them")
+    if not _same(existing, expected):
+        return False
+    try:
+        matrix = np.load(out_path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError):
+        return False
+    return matrix.dtype == np.float32 and matrix.shape == (expected["n_rows"], expected["dim"])
+
+
+def _refuse_other_embedder(existing: dict, identity: dict, path: Path, what: str) -> None:
+    """Outputs of another embedder configuration are hours of work: replacing them takes --force."""
+    for key in identity:
+        if not _same(existing.get(key), identity[key]):
+            raise InputError(f"{path}: existing embeddings were made with {key}={existing.get(key)!r}, this run "
+                             f"asks for {identity[key]!r} — pass --force to {what}")
+
+
+def _open_chunks(chunks_dir: Path, expected: dict, identity: dict, chunk_rows: int) -> int:
+    """Check leftover chunks against this run; return the chunk size to use (a resumed run keeps its own)."""
+    manifest_path = chunks_dir / MANIFEST
+    if not manifest_path.is_file():
+        shutil.rmtree(chunks_dir, ignore_errors=True)
+        return chunk_rows
+    manifest = _read_json_or_none(manifest_path)
+    if manifest is not None:
+        _refuse_other_embedder(manifest, identity, manifest_path, "discard those partial results")
+    if (manifest is None or not _same({key: manifest.get(key) for key in expected}, expected)
+            or not isinstance(manifest.get("chunk_rows"), int) or manifest["chunk_rows"] < 1):
+        # Same embedder, other rows (e.g. stage 2 added prompts): the partial rows no longer line up.
+        shutil.rmtree(chunks_dir)
+        return chunk_rows
+    return manifest["chunk_rows"]
+
+
+def _chunk_name(k: int) -> str:
+    return f"{k:05d}.npy"
+
+
+def _chunk_complete(path: Path, n_rows: int, dim: int) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        chunk = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError):
+        return False
+    return chunk.dtype == np.float32 and chunk.shape == (n_rows, dim)
+
+
+def _per_row(value, n: int) -> list:
+    if value is None or isinstance(value, (int, np.integer)):
+        return [value] * n
+    value = list(value)
+    if len(value) != n:
+        raise ValueError(f"expected one value per file ({n}), got {len(value)}")
+    return [None if v is None else int(v) for v in value]
+
+
+def _prefetch(rows: list[int], load, workers: int, ahead: int) -> Iterator[np.ndarray]:
+    """Yield load(row) for rows in order, computed by `workers` threads at most `ahead` rows in advance."""
+    if workers == 0:
+        for row in rows:
+            yield load(row)
+        return
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="embed-loader")
+    pending = deque()
+    upcoming = iter(rows)
+    try:
+        for row in upcoming:
+            pending.append(pool.submit(load, row))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            result = pending.popleft().result()
+            row = next(upcoming, None)
+            if row is not None:
+                pending.append(pool.submit(load, row))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_wav_complete(path: Path) -> None:
+    """Refuse a WAV whose data chunk is shorter than its header declares.
+
+    libsndfile silently reads such a file as a shorter clip, so a copy cut off mid-way would be embedded as if
+    it were whole. Only RIFF/WAVE headers are checked; other formats are left to libsndfile.
+    """
+    with open(path, "rb") as handle:
+        header = handle.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return
+        size = os.fstat(handle.fileno()).st_size
+        offset = 12
+        while offset + 8 <= size:
+            handle.seek(offset)
+            chunk_id, chunk_bytes = handle.read(4), int.from_bytes(handle.read(4), "little")
+            if chunk_id == b"data":
+                available = size - offset - 8
+                # 0xFFFFFFFF marks a stream whose length was never filled in: nothing to compare against.
+                if chunk_bytes != 0xFFFFFFFF and chunk_bytes > available:
+                    raise InputError(f"{path}: truncated audio (header declares {chunk_bytes} bytes of samples, "
+                                     f"the file holds {available}) — delete it and rerun its stage")
+                return
+            offset += 8 + chunk_bytes + (chunk_bytes & 1)
+
+
+def _check_vectors(vectors, embedder, batch_paths: list[Path]) -> np.ndarray:
+    vectors = np.asarray(vectors)
+    if vectors.dtype != np.float32 or vectors.shape != (len(batch_paths), embedder.dim):
+        raise TypeError(f"{type(embedder).__name__}.embed returned {vectors.dtype} {list(vectors.shape)}, "
+                        f"expected float32 [{len(batch_paths)}, {embedder.dim}]")
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        path = batch_paths[int(np.argmin(finite))]
+        raise InputError(f"{path}: the {embedder.name} embedder returned NaN or Inf for this clip — check the clip, "
+                         "or rerun with a more precise --dtype")
+    return vectors
+
+
+def _concatenate(chunks_dir: Path, chunks, dim: int, out_path: Path, sidecar_path: Path, sidecar: dict) -> None:
+    """Stream the chunks into the final matrix, then write the sidecar, then drop the chunks."""
+    # A stale sidecar must never describe the new matrix, even for the instant between the two renames.
+    sidecar_path.unlink(missing_ok=True)
+    n_rows = chunks[-1][1] if chunks else 0
+    if n_rows == 0:
+        write_npy(out_path, np.zeros((0, dim), dtype=np.float32))
+    else:
+        with atomic_path(out_path) as tmp:
+            matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_rows, dim))
+            for k, (start, stop) in enumerate(chunks):
+                matrix[start:stop] = np.load(chunks_dir / _chunk_name(k), allow_pickle=False)
+            matrix.flush()
+            del matrix
+    write_json(sidecar_path, sidecar)
+    shutil.rmtree(chunks_dir, ignore_errors=True)
+
+
+# ---- what the two stage scripts share: embedder options on the command line -------------------------------
+
+def add_embedder_arguments(parser) -> None:
+    parser.add_argument("--embedder", choices=sorted(EMBEDDERS), default="spectral",
+                        help="which embedder (embeddings/__init__.py); stages 3 and 5 must use the same one")
+    parser.add_argument("--model", help="model id or local directory (embedders with weights, e.g. clap)")
+    parser.add_argument("--device", help="torch device, e.g. cpu or cuda (embedders with weights)")
+    parser.add_argument("--dtype", help="model dtype, e.g. fp32, fp16 or bf16 (embedders with weights)")
+    parser.add_argument("--batch-size", type=int,
+                        help=f"clips per embed() call; unset: the embedder's own batch size, else {DEFAULT_BATCH_SIZE}")
+    parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                        help="threads reading and resampling audio ahead of the model (0: read in the main thread)")
+
+
+def embedder_from_args(args):
+    """Build the embedder, passing only the options the user set, and only if the embedder takes them."""
+    options = {name: getattr(args, name) for name in ("model", "device", "dtype") if getattr(args, name) is not None}
+    module_name, class_name = EMBEDDERS[args.embedder].split(":")
+    try:
+        parameters = inspect.signature(getattr(__import__(module_name, fromlist=[class_name]), class_name)).parameters
+    except ModuleNotFoundError as error:
+        raise InputError(f"embedder {args.embedder!r} cannot be imported ({error}) — install its dependencies "
+                         "(make install)") from None
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = [name for name in options if name not in parameters and not takes_any]
+    if unknown:
+        raise InputError(f"--{unknown[0]} is not an option of the {args.embedder} embedder — leave it out")
+    return load_embedder(args.embedder, **options)
+
+
+def batch_size_from_args(args, embedder) -> int:
+    """An embedder with weights knows the batch that fits its device (e.g. CLAP: 8 on CPU, 32 on CUDA)."""
+    if args.batch_size is not None:
+        return args.batch_size
+    return int(getattr(embedder, "batch_size", None) or DEFAULT_BATCH_SIZE)
+
+
+def report(stats: RunStats, out_path) -> None:
+    if stats.skipped:
+        print(f"{out_path}: up to date ({stats.n_rows} rows) — pass --force to recompute")
+    else:
+        print(f"{out_path}: {stats.summary()}")

@@ -1,0 +1,57 @@
+"""Stage 3: embed every clip of the generated index (data/ARTIFACTS.md, stage 3).
+
+Reads generated/generation.json and the sorted index (generated/index/*.csv) and writes
+generated/embeddings/<embedder>.npy, row i ↔ row i of the sorted index, with its sidecar.
+
+An output that is up to date is kept. If the index or generation.json changed (stage 2 added prompts or was
+rerun), the embeddings describe other clips, so they are recomputed. If they were made by another embedder
+configuration (another checkpoint, dtype, ...), the run stops and --force replaces them. A killed run resumes
+from its finished chunks.
+
+    python embeddings/stage3_embed_generated.py --data data --embedder spectral
+    python embeddings/stage3_embed_generated.py --data data --embedder clap --model laion/larger_clap_general --device cuda
+"""
+from data.contract import generated_dir, read_generated_index, table_sha256
+from data.files import read_json, sha256_file
+from data.stage import InputError, main_exit, stage_parser
+from embeddings.run import add_embedder_arguments, batch_size_from_args, embed_files, embedder_from_args, report
+
+
+def build_parser():
+    parser = stage_parser(__doc__.splitlines()[0])
+    add_embedder_arguments(parser)
+    return parser
+
+
+def read_generation(data) -> tuple[dict, str]:
+    path = generated_dir(data) / "generation.json"
+    if not path.is_file():
+        raise InputError(f"{path}: missing — run stage 2 first")
+    try:
+        generation = read_json(path)
+    except ValueError as error:
+        raise InputError(f"{path}: not valid JSON ({error}) — rerun stage 2 with --force") from None
+    return generation, sha256_file(path)
+
+
+def main(args) -> None:
+    generation, generation_sha256 = read_generation(args.data)
+    index = read_generated_index(args.data)
+    if index["path"].isna().any():
+        row = index.loc[index["path"].isna().idxmax()]
+        raise InputError(f"{generated_dir(args.data) / 'index'}: clip ({row.prompt_id}, sample {row['sample']}, "
+                         f"{row.kind}, step {row.step}) has no path — rerun stage 2 for prompt {row.prompt_id}")
+    embedder = embedder_from_args(args)
+    out_path = generated_dir(args.data) / "embeddings" / f"{embedder.name}.npy"
+    # Channels are a property of the whole generation; the rate is recorded per clip in the index.
+    channels = generation.get("channels")
+    stats = embed_files(
+        [generated_dir(args.data) / path for path in index["path"]], embedder, out_path,
+        rows_key="index_sha256", rows_sha256=table_sha256(index), extra={"generation_sha256": generation_sha256},
+        expect_rate=index["sample_rate"].tolist(), expect_channels=int(channels) if channels is not None else None,
+        batch_size=batch_size_from_args(args, embedder), workers=args.workers, force=args.force)
+    report(stats, out_path)
+
+
+if __name__ == "__main__":
+    main_exit(main, build_parser())

@@ -1,0 +1,236 @@
+"""Reading an NSynth directory (examples.json + audio/<note_str>.wav) with every entry checked.
+
+The real splits (nsynth-train/valid/test) and the one rendered by data/nsynth/render_soundfont.py go through
+this same code. The train split's metadata is ~150 MB of JSON for 289,205 notes: it is parsed once with
+json.load and every check after that is a column operation over a pandas frame, so a bad entry is found by
+masks rather than by a Python loop per note. Every failure is one InputError line naming the file, the note,
+the field and the fix.
+"""
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+from tqdm import tqdm
+
+from data.stage import InputError
+from data.vocabulary import FAMILIES, QUALITIES, SOURCES
+from interp.concepts import Note
+
+EXAMPLES_FILE = "examples.json"
+AUDIO_DIR = "audio"
+SAMPLE_RATE = 16000
+FRAMES = 4 * SAMPLE_RATE
+# Every field an NSynth examples.json entry carries (https://magenta.tensorflow.org/datasets/nsynth).
+FIELDS = ("note", "note_str", "instrument", "instrument_str", "pitch", "velocity", "sample_rate", "qualities",
+          "qualities_str", "instrument_family", "instrument_family_str", "instrument_source", "instrument_source_str")
+INTEGER_FIELDS = ("note", "instrument", "pitch", "velocity", "sample_rate", "instrument_family", "instrument_source")
+INSTRUMENT_STR = re.compile(r"^(?P<family>[a-z_]+)_(?P<source>acoustic|electronic|synthetic)_\d{3}$")
+QUALITY_SEPARATOR = ";"
+FIX = ("fix or remove the entry, or restore the split (re-download it, or rerun "
+       "data/nsynth/render_soundfont.py --force for a rendered one)")
+
+
+def examples_path(nsynth_dir) -> Path:
+    return Path(nsynth_dir) / EXAMPLES_FILE
+
+
+def audio_path(nsynth_dir, note_str: str) -> Path:
+    return Path(nsynth_dir) / AUDIO_DIR / f"{note_str}.wav"
+
+
+def _load_json(path: Path) -> dict:
+    if not path.is_file():
+        raise InputError(f"{path}: missing — point --nsynth-dir at an NSynth split (examples.json + audio/) "
+                         "or render one with data/nsynth/render_soundfont.py")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            examples = json.load(handle)
+    except json.JSONDecodeError as error:
+        raise InputError(f"{path}: not valid JSON (line {error.lineno}: {error.msg}) — {FIX}") from None
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: not UTF-8 text — {FIX}") from None
+    if not isinstance(examples, dict):
+        raise InputError(f"{path}: expected an object keyed by note_str, found a {type(examples).__name__} — {FIX}")
+    if not examples:
+        raise InputError(f"{path}: has no notes — {FIX}")
+    return examples
+
+
+def _fail(path: Path, note, message: str):
+    raise InputError(f"{path}: note '{note}': {message} — {FIX}")
+
+
+def _first(mask: pd.Series):
+    return mask.idxmax()
+
+
+def read_examples(nsynth_dir, require_audio: bool = True) -> pd.DataFrame:
+    """The split's notes, sorted by note_str, with every entry checked.
+
+    Columns: note_str, note, instrument, instrument_str, family, source, qualities (';'-joined names in NSynth's
+    index order), pitch, velocity, path (wav path relative to nsynth_dir). With require_audio, every note's
+    wav must exist (its contents are checked by check_audio, for the notes a stage actually uses).
+    """
+    nsynth_dir = Path(nsynth_dir)
+    path = examples_path(nsynth_dir)
+    examples = _load_json(path)
+    keys = list(examples)
+    not_object = [key for key in keys if not isinstance(examples[key], dict)]
+    if not_object:
+        _fail(path, not_object[0], "entry is not an object of NSynth fields")
+    frame = pd.DataFrame.from_records(list(examples.values()), index=pd.Index(keys, name="key"))
+    del examples
+
+    for field in FIELDS:
+        if field not in frame.columns:
+            _fail(path, keys[0], f"field '{field}' is missing")
+        missing = frame[field].isna()
+        if missing.any():
+            _fail(path, _first(missing), f"field '{field}' is missing")
+
+    mismatched = frame["note_str"].astype(str) != frame.index.to_series()
+    if mismatched.any():
+        key = _first(mismatched)
+        _fail(path, key, f"note_str is '{frame.at[key, 'note_str']}' but the entry is keyed '{key}'")
+
+    for field in INTEGER_FIELDS:
+        numbers = pd.to_numeric(frame[field], errors="coerce")
+        bad = numbers.isna() | (numbers % 1 != 0)
+        if bad.any():
+            key = _first(bad)
+            _fail(path, key, f"field '{field}' is {frame.at[key, field]!r}, not an integer")
+        frame[field] = numbers.astype(np.int64)
+    for field in ("pitch", "velocity"):
+        bad = ~frame[field].between(0, 127)
+        if bad.any():
+            _fail(path, _first(bad), f"{field} {frame.at[_first(bad), field]} is outside MIDI's 0-127")
+    bad = frame["sample_rate"] != SAMPLE_RATE
+    if bad.any():
+        _fail(path, _first(bad), f"sample_rate {frame.at[_first(bad), 'sample_rate']} is not NSynth's {SAMPLE_RATE}")
+
+    for name_field, code_field, names, kind in (("instrument_family_str", "instrument_family", FAMILIES, "family"),
+                                                ("instrument_source_str", "instrument_source", SOURCES, "source")):
+        unknown = ~frame[name_field].isin(names)
+        if unknown.any():
+            key = _first(unknown)
+            _fail(path, key, f"unknown instrument {kind} '{frame.at[key, name_field]}' (NSynth's are {', '.join(names)})")
+        expected_code = frame[name_field].map({name: index for index, name in enumerate(names)})
+        bad = frame[code_field] != expected_code
+        if bad.any():
+            key = _first(bad)
+            _fail(path, key, f"{code_field} {frame.at[key, code_field]} does not match {name_field} "
+                             f"'{frame.at[key, name_field]}' (NSynth's code is {expected_code[key]})")
+
+    instrument = frame["instrument_str"].astype(str)
+    parsed = instrument.str.extract(INSTRUMENT_STR)
+    bad = (parsed["family"] != frame["instrument_family_str"]) | (parsed["source"] != frame["instrument_source_str"])
+    if bad.any():
+        key = _first(bad)
+        _fail(path, key, f"instrument_str '{instrument[key]}' is not <family>_<source>_<3 digits> for "
+                         f"{frame.at[key, 'instrument_family_str']}_{frame.at[key, 'instrument_source_str']}")
+    expected_note = (instrument + "-" + frame["pitch"].map("{:03d}".format) + "-"
+                     + frame["velocity"].map("{:03d}".format))
+    bad = frame.index.to_series() != expected_note
+    if bad.any():
+        key = _first(bad)
+        _fail(path, key, f"note_str does not match its instrument, pitch and velocity (expected '{expected_note[key]}')")
+
+    qualities = _quality_names(path, frame)
+
+    result = pd.DataFrame({
+        "note_str": frame.index.to_numpy(dtype=object),
+        "note": frame["note"].to_numpy(),
+        "instrument": frame["instrument"].to_numpy(),
+        "instrument_str": instrument.to_numpy(dtype=object),
+        "family": frame["instrument_family_str"].to_numpy(dtype=object),
+        "source": frame["instrument_source_str"].to_numpy(dtype=object),
+        "qualities": qualities.to_numpy(dtype=object),
+        "pitch": frame["pitch"].to_numpy(),
+        "velocity": frame["velocity"].to_numpy(),
+        "path": (AUDIO_DIR + "/" + frame.index.to_series() + ".wav").to_numpy(dtype=object),
+    }).sort_values("note_str", kind="stable").reset_index(drop=True)
+    if require_audio:
+        _check_audio_present(nsynth_dir, result)
+    return result
+
+
+def _quality_names(path: Path, frame: pd.DataFrame) -> pd.Series:
+    """';'-joined quality names per note, after checking qualities (10 zeros/ones) against qualities_str.
+
+    Both fields are reduced to a 10-bit mask; only the few distinct masks are turned back into names."""
+    weights = 1 << np.arange(len(QUALITIES))
+    try:
+        vectors = np.array(frame["qualities"].tolist())
+        well_formed = (vectors.shape == (len(frame), len(QUALITIES)) and vectors.dtype.kind in "iub"
+                       and bool(np.isin(vectors, (0, 1)).all()))
+    except ValueError:  # ragged lists
+        well_formed = False
+    if not well_formed:
+        shape_ok = frame["qualities"].map(
+            lambda vector: isinstance(vector, list) and len(vector) == len(QUALITIES)
+            and all(isinstance(value, int) and value in (0, 1) for value in vector))
+        key = _first(~shape_ok) if not shape_ok.all() else frame.index[0]
+        _fail(path, key, f"qualities must be {len(QUALITIES)} zeros or ones in NSynth's order, "
+                         f"found {frame.at[key, 'qualities']!r}")
+    masks = vectors.astype(np.int64) @ weights
+
+    listed = frame["qualities_str"].map(lambda names: tuple(names) if isinstance(names, list) else None)
+    codes, distinct = pd.factorize(listed, use_na_sentinel=True)
+    bit = {name: 1 << index for index, name in enumerate(QUALITIES)}
+    distinct_masks = np.array([sum(bit[name] for name in set(names)) if set(names) <= set(bit) else -1
+                               for names in distinct] + [-1], dtype=np.int64)
+    listed_masks = distinct_masks[codes]  # code -1 (not a list) picks the trailing -1
+    bad = listed_masks != masks
+    if bad.any():
+        key = frame.index[int(np.argmax(bad))]
+        _fail(path, key, f"qualities_str {frame.at[key, 'qualities_str']!r} does not match qualities "
+                         f"{frame.at[key, 'qualities']!r}")
+    names_of_mask = {int(mask): QUALITY_SEPARATOR.join(name for name in QUALITIES if int(mask) & bit[name])
+                     for mask in np.unique(masks)}
+    return pd.Series(masks, index=frame.index).map(names_of_mask)
+
+
+def _check_audio_present(nsynth_dir: Path, frame: pd.DataFrame) -> None:
+    audio_dir = nsynth_dir / AUDIO_DIR
+    if not audio_dir.is_dir():
+        raise InputError(f"{audio_dir}: missing — restore the split's audio, or pass --metadata-only to build "
+                         "concept sets from examples.json alone (stage 5 then has no audio to embed)")
+    present = set(os.listdir(audio_dir))
+    missing = ~(frame["note_str"] + ".wav").isin(present)
+    if missing.any():
+        note = frame.at[_first(missing), "note_str"]
+        raise InputError(f"{audio_path(nsynth_dir, note)}: audio of note '{note}' is missing ({int(missing.sum())} "
+                         f"missing in all) — {FIX}")
+
+
+def check_audio(nsynth_dir, note_strs) -> None:
+    """Each note's wav must be NSynth's format: a readable 16 kHz mono PCM-16 file of exactly 4 s."""
+    note_strs = list(note_strs)
+    for note in tqdm(note_strs, desc="check audio", unit="wav", disable=len(note_strs) < 5000):
+        path = audio_path(nsynth_dir, note)
+        try:
+            info = sf.info(path)
+        except (sf.LibsndfileError, RuntimeError, OSError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise InputError(f"{path}: unreadable audio of note '{note}' ({reason}) — {FIX}") from None
+        if info.frames != FRAMES:
+            raise InputError(f"{path}: note '{note}' has {info.frames} frames, NSynth's notes have {FRAMES} "
+                             f"(4 s at {SAMPLE_RATE} Hz); the file is truncated or not NSynth's — {FIX}")
+        if (info.samplerate, info.channels, info.subtype) != (SAMPLE_RATE, 1, "PCM_16"):
+            raise InputError(f"{path}: note '{note}' is {info.samplerate} Hz, {info.channels} channel(s), "
+                             f"{info.subtype}; NSynth's are {SAMPLE_RATE} Hz mono PCM_16 — {FIX}")
+
+
+def note_of(family: str, source: str, qualities: str) -> Note:
+    """The concept rules' view of a note (interp.concepts.Note)."""
+    names = frozenset(name for name in str(qualities).split(QUALITY_SEPARATOR) if name)
+    return Note(family=family, source=source, qualities=names)
+
+
+def notes_of(frame: pd.DataFrame) -> list[Note]:
+    return [note_of(family, source, qualities)
+            for family, source, qualities in zip(frame["family"], frame["source"], frame["qualities"])]

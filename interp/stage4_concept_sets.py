@@ -1,0 +1,240 @@
+"""Stage 4: positive and negative NSynth note sets for each of the 28 concepts, split by instrument.
+
+    python interp/stage4_concept_sets.py --data data --nsynth-dir data/nsynth/nsynth-soundfont
+        [--test-fraction 0.25] [--split-seed 0] [--max-per-concept N] [--metadata-only] [--force]
+
+Writes <data>/concepts/notes.csv, sets.csv and concepts.json (data/ARTIFACTS.md, stage 4).
+
+- Labels: interp.concepts.Concept.label_note on each note's family, source and qualities: 1 positive,
+  0 negative; "like" notes (sharing the concept's sound without being positives) are left out of its set.
+  Labels are computed once per distinct (family, source, qualities) combination and mapped back, so the
+  289k-note train split costs a few hundred rule evaluations.
+- Split: by instrument, so that a probe is tested on instruments it never heard. Instruments are stratified
+  by family: each family with n >= 2 instruments sends round(n * test_fraction), clamped to 1..n-1, to test
+  (a family with one instrument stays in train). Stratifying by family alone cannot guarantee the quality and
+  higher-level concepts positives on both sides, so 32 candidate shuffles are drawn from --split-seed and the
+  first one that gives the most concepts positives and negatives in both splits is kept (ties: the test share
+  of notes closest to --test-fraction). Same seed, same split.
+- Capping (--max-per-concept N): per concept and split, at most N positives and at most N negatives, drawn
+  at random (seeded by --split-seed and the concept); where both sides exceed N the set is balanced. notes.csv
+  keeps the notes used by at least one set. Without it every labelled note is used (fine for the rendered
+  set and the test split; on nsynth-train a cap of a few thousand keeps stage 5 affordable).
+- Audio: every used note's wav must exist and be a readable 16 kHz mono 4 s PCM-16 file. --metadata-only
+  skips audio (the sets can be built and inspected from examples.json alone, e.g. from the real test split's
+  metadata); it is an explicit flag rather than automatic so that a lost audio/ folder is reported, not
+  silently ignored. The sidecar records it, and stage 5 has no audio to embed for such sets.
+- Resume: the three files are rebuilt together (seconds even for the train split); a run whose inputs and
+  settings match an existing concepts.json, and whose notes.csv and sets.csv match its hashes, is skipped.
+  Existing outputs made with other inputs or settings are refused unless --force.
+"""
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import pandas as pd
+
+from data.contract import NOTES_COLUMNS, SETS_COLUMNS, concepts_dir, table_sha256
+from data.files import read_json, sha256_file, write_csv, write_json
+from data.stage import InputError, main_exit, stage_parser
+from interp import nsynth
+from interp.concepts import CONCEPTS
+
+SPLITS = ("train", "test")
+SPLIT_CANDIDATES = 32
+SIDECAR = "concepts.json"
+# Inputs and settings that decide the outputs; existing outputs made with others are refused without --force.
+SETTINGS = ("nsynth_dir", "examples_sha256", "split_seed", "test_fraction", "max_per_concept", "metadata_only",
+            "concepts")
+
+
+def build_parser():
+    parser = stage_parser(__doc__.splitlines()[0])
+    parser.add_argument("--nsynth-dir", type=Path, required=True,
+                        help="an NSynth split (examples.json + audio/): nsynth-train/valid/test or the rendered "
+                             "<data>/nsynth/nsynth-soundfont")
+    parser.add_argument("--test-fraction", type=float, default=0.25,
+                        help="share of each family's instruments held out for testing")
+    parser.add_argument("--split-seed", type=int, default=0, help="seed of the instrument split and of capping")
+    parser.add_argument("--max-per-concept", type=int, default=None,
+                        help="at most this many positives and this many negatives per concept and split")
+    parser.add_argument("--metadata-only", action="store_true",
+                        help="build the sets from examples.json without audio/ (no wav is required or checked)")
+    return parser
+
+
+def concept_rules() -> list[dict]:
+    return [{"name": concept.name, "group": concept.group, "positive": sorted(concept.positive),
+             "require": sorted(concept.require), "like": sorted(concept.like), "exclude": sorted(concept.exclude)}
+            for concept in CONCEPTS]
+
+
+def label_matrix(notes: pd.DataFrame) -> np.ndarray:
+    """int8 [n_notes, n_concepts]: 1 positive, 0 negative, -1 excluded ("like")."""
+    keys = ["family", "source", "qualities"]
+    combos = notes[keys].drop_duplicates().reset_index(drop=True)
+    combo_labels = np.array([[{1: 1, 0: 0, None: -1}[concept.label_note(note)] for concept in CONCEPTS]
+                             for note in nsynth.notes_of(combos)], dtype=np.int8)
+    combo_index = notes[keys].merge(combos.reset_index(), on=keys, how="left")["index"].to_numpy()
+    return combo_labels[combo_index]
+
+
+def _coverage(has_positive: np.ndarray, has_negative: np.ndarray, in_test: np.ndarray) -> int:
+    """How many concepts have a positive and a negative in both splits ([instrument, concept] flags)."""
+    covered = np.ones(has_positive.shape[1], dtype=bool)
+    for side in (~in_test, in_test):
+        covered &= has_positive[side].any(axis=0) & has_negative[side].any(axis=0)
+    return int(covered.sum())
+
+
+def split_instruments(notes: pd.DataFrame, labels: np.ndarray, test_fraction: float, seed: int) -> set:
+    """The test instruments (see the module docstring for the rule)."""
+    families = notes.groupby("instrument_str", sort=True)["family"].first()
+    by_family = {family: sorted(group.index) for family, group in families.groupby(families, sort=True)}
+    instrument_codes, instrument_names = pd.factorize(notes["instrument_str"])
+    # Which instruments have positives / negatives of each concept, and how many notes each has.
+    has_positive = np.zeros((len(instrument_names), labels.shape[1]), dtype=bool)
+    has_negative = np.zeros_like(has_positive)
+    np.logical_or.at(has_positive, instrument_codes, labels == 1)
+    np.logical_or.at(has_negative, instrument_codes, labels == 0)
+    notes_per_instrument = np.bincount(instrument_codes, minlength=len(instrument_names))
+    best, best_score = None, None
+    for candidate in range(SPLIT_CANDIDATES):
+        rng = np.random.default_rng([seed, candidate])
+        test = set()
+        for family, instruments in by_family.items():
+            if len(instruments) < 2:
+                continue
+            count = min(max(int(round(len(instruments) * test_fraction)), 1), len(instruments) - 1)
+            test.update(rng.permutation(instruments)[:count].tolist())
+        in_test = np.isin(np.arange(len(instrument_names)), instrument_names.get_indexer(sorted(test)))
+        test_share = notes_per_instrument[in_test].sum() / notes_per_instrument.sum()
+        score = (_coverage(has_positive, has_negative, in_test), -abs(test_share - test_fraction))
+        if best_score is None or score > best_score:
+            best, best_score = test, score
+    return best
+
+
+def concept_sets(notes: pd.DataFrame, labels: np.ndarray, max_per_concept: int | None, seed: int) -> pd.DataFrame:
+    """One row per (concept, note) in the concept's set, capped per concept, split and label when asked."""
+    split = notes["split"].to_numpy()
+    in_split = {split_name: split == split_name for split_name in SPLITS}
+    concept_of, row_of, label_of = [], [], []
+    for concept_index, concept in enumerate(CONCEPTS):
+        for split_index, split_name in enumerate(SPLITS):
+            for label in (1, 0):
+                rows = np.flatnonzero((labels[:, concept_index] == label) & in_split[split_name])
+                if max_per_concept is not None and rows.size > max_per_concept:
+                    rng = np.random.default_rng([seed, concept_index, split_index, label])
+                    rows = rng.choice(rows, size=max_per_concept, replace=False)
+                concept_of.append(np.full(rows.size, concept_index))
+                row_of.append(rows)
+                label_of.append(np.full(rows.size, label))
+    concept_of, row_of, label_of = (np.concatenate(parts) for parts in (concept_of, row_of, label_of))
+    # Rows ordered by concept (CONCEPTS order), then as in notes.csv.
+    order = np.lexsort((row_of, concept_of))
+    concept_names = np.array([concept.name for concept in CONCEPTS], dtype=object)
+    return pd.DataFrame({"concept": concept_names[concept_of[order]],
+                         "note_str": notes["note_str"].to_numpy()[row_of[order]],
+                         "label": label_of[order].astype(np.int64),
+                         "split": split[row_of[order]]})[list(SETS_COLUMNS)]
+
+
+def summary_table(sets: pd.DataFrame) -> pd.DataFrame:
+    counts = sets.groupby(["concept", "split", "label"]).size()
+    rows = []
+    for concept in CONCEPTS:
+        row = {"concept": concept.name, "group": concept.group}
+        for split_name in SPLITS:
+            for label, word in ((1, "pos"), (0, "neg")):
+                row[f"{split_name}_{word}"] = int(counts.get((concept.name, split_name, label), 0))
+        row["note"] = "" if all(row[f"{s}_{w}"] for s in SPLITS for w in ("pos", "neg")) else "missing on a side"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def is_up_to_date(out_dir: Path, settings: dict) -> bool:
+    sidecar = out_dir / SIDECAR
+    try:
+        existing = read_json(sidecar)
+    except (OSError, ValueError):
+        return False
+    if any(existing.get(key) != settings[key] for key in SETTINGS):
+        return False
+    return all((out_dir / name).is_file() and sha256_file(out_dir / name) == existing.get(f"{name}_file_sha256")
+               for name in ("notes.csv", "sets.csv"))
+
+
+def refuse_other_settings(out_dir: Path, settings: dict) -> None:
+    sidecar = out_dir / SIDECAR
+    if not sidecar.is_file():
+        return
+    try:
+        existing = read_json(sidecar)
+    except ValueError:
+        return  # an unreadable sidecar protects nothing: the outputs are rebuilt
+    for key in SETTINGS:
+        if key in existing and existing[key] != settings[key]:
+            shown = (f"{key}={existing[key]!r}, this run asks for {settings[key]!r}" if key != "concepts"
+                     else "other concept rules than interp/concepts.py has now")
+            raise InputError(f"{sidecar}: existing concept sets were built with {shown} "
+                             "— rerun with --force to replace them")
+
+
+def main(args) -> None:
+    if not 0.0 < args.test_fraction < 1.0:
+        raise InputError(f"--test-fraction {args.test_fraction}: must be between 0 and 1 (exclusive) — e.g. 0.25")
+    if args.max_per_concept is not None and args.max_per_concept < 1:
+        raise InputError(f"--max-per-concept {args.max_per_concept}: must be a positive number of notes — "
+                         "or omit it to use every labelled note")
+    nsynth_dir = args.nsynth_dir.resolve()
+    notes = nsynth.read_examples(nsynth_dir, require_audio=not args.metadata_only)
+    settings = {
+        "nsynth_dir": str(nsynth_dir),
+        "examples_sha256": sha256_file(nsynth.examples_path(nsynth_dir)),
+        "split_seed": args.split_seed, "test_fraction": args.test_fraction,
+        "max_per_concept": args.max_per_concept, "metadata_only": bool(args.metadata_only),
+        "concepts": concept_rules(),
+    }
+    out_dir = concepts_dir(args.data)
+    if not args.force:
+        if is_up_to_date(out_dir, settings):
+            print(f"{out_dir}: up to date with {nsynth_dir}; --force rebuilds")
+            return
+        refuse_other_settings(out_dir, settings)
+
+    labels = label_matrix(notes)
+    test_instruments = split_instruments(notes, labels, args.test_fraction, args.split_seed)
+    notes["split"] = np.where(notes["instrument_str"].isin(test_instruments), "test", "train")
+    sets = concept_sets(notes, labels, args.max_per_concept, args.split_seed)
+    used = notes[notes["note_str"].isin(set(sets["note_str"]))].reset_index(drop=True)
+    if not args.metadata_only:
+        nsynth.check_audio(nsynth_dir, used["note_str"])
+
+    table = used[list(NOTES_COLUMNS)]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # The sidecar goes last: until it names these files' hashes, a rerun treats them as unfinished.
+    write_csv(out_dir / "notes.csv", table)
+    write_csv(out_dir / "sets.csv", sets)
+    summary = summary_table(sets)
+    instruments = {name: sorted(set(used.loc[used["split"] == name, "instrument_str"])) for name in SPLITS}
+    write_json(out_dir / SIDECAR, {
+        **settings,
+        "instruments": instruments,
+        "notes_sha256": table_sha256(table),
+        "sets_sha256": table_sha256(sets),
+        "notes.csv_file_sha256": sha256_file(out_dir / "notes.csv"),
+        "sets.csv_file_sha256": sha256_file(out_dir / "sets.csv"),
+        "n_notes": len(table),
+        "counts": summary.drop(columns=["note"]).to_dict(orient="records"),
+    })
+    with pd.option_context("display.max_rows", None, "display.width", 200):
+        print(summary.to_string(index=False))
+    print(f"{len(table)} notes ({', '.join(f'{len(instruments[s])} {s} instruments' for s in SPLITS)}), "
+          f"{len(sets)} set rows → {out_dir}")
+
+
+if __name__ == "__main__":
+    main_exit(main, build_parser())

@@ -1,0 +1,78 @@
+"""Stage 5: embed the concept notes with the same embedder as stage 3 (data/ARTIFACTS.md, stage 5).
+
+Reads concepts/notes.csv and concepts/concepts.json (whose `nsynth_dir` the note paths are relative to) and
+writes concepts/embeddings/<embedder>.npy, row i ↔ row i of notes.csv, with its sidecar. NSynth audio must be
+16 kHz mono; any other file stops the run naming it.
+
+Outputs that are up to date are kept; if notes.csv changed they are recomputed; if they were made by another
+embedder configuration the run stops and --force replaces them. A killed run resumes from its finished chunks
+(the full 289k-note train split runs in constant memory).
+
+    python interp/stage5_embed_nsynth.py --data data --embedder spectral
+"""
+from pathlib import Path
+
+from data.contract import concepts_dir, read_notes, table_sha256
+from data.files import read_json
+from data.stage import InputError, main_exit, stage_parser
+from embeddings.run import add_embedder_arguments, batch_size_from_args, embed_files, embedder_from_args, report
+
+NSYNTH_RATE = 16_000
+NSYNTH_CHANNELS = 1
+
+
+def build_parser():
+    parser = stage_parser(__doc__.splitlines()[0])
+    add_embedder_arguments(parser)
+    return parser
+
+
+def read_concepts_json(data) -> dict:
+    path = concepts_dir(data) / "concepts.json"
+    fix = "rerun stage 4 with --force"
+    if not path.is_file():
+        raise InputError(f"{path}: missing — run stage 4 first")
+    try:
+        concepts = read_json(path)
+    except ValueError as error:
+        raise InputError(f"{path}: not valid JSON ({error}) — {fix}") from None
+    if not isinstance(concepts, dict) or not isinstance(concepts.get("nsynth_dir"), str) or not concepts["nsynth_dir"]:
+        raise InputError(f"{path}: has no nsynth_dir — {fix}")
+    return concepts
+
+
+def resolve_nsynth_dir(recorded: str, data: Path, concepts_path: Path) -> Path:
+    """Stage 4 records the directory as it was given: absolute, or relative to where it ran (the repository
+    root for `make`) or to the data root. The first candidate that is a directory wins."""
+    recorded_path = Path(recorded)
+    candidates = [recorded_path] if recorded_path.is_absolute() else [Path.cwd() / recorded_path, Path(data) / recorded_path]
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate
+    raise InputError(f"{concepts_path}: nsynth_dir {recorded!r} is not a directory (looked at "
+                     f"{', '.join(str(c) for c in candidates)}) — run from where stage 4 ran, or rerun stage 4 "
+                     "with --force and an absolute --nsynth-dir")
+
+
+def main(args) -> None:
+    notes = read_notes(args.data)
+    concepts = read_concepts_json(args.data)
+    nsynth_dir = resolve_nsynth_dir(concepts["nsynth_dir"], args.data, concepts_dir(args.data) / "concepts.json")
+    if notes["path"].isna().any():
+        row = int(notes["path"].isna().idxmax()) + 2
+        raise InputError(f"{concepts_dir(args.data) / 'notes.csv'} row {row}: empty path — rerun stage 4 with --force")
+    embedder = embedder_from_args(args)
+    out_path = concepts_dir(args.data) / "embeddings" / f"{embedder.name}.npy"
+    # examples.json identifies the audio itself: a re-rendered soundfont set under the same directory and the
+    # same note names is different sound.
+    extra = {"examples_sha256": concepts.get("examples_sha256")}
+    stats = embed_files(
+        [nsynth_dir / path for path in notes["path"]], embedder, out_path,
+        rows_key="notes_sha256", rows_sha256=table_sha256(notes), extra=extra,
+        expect_rate=NSYNTH_RATE, expect_channels=NSYNTH_CHANNELS,
+        batch_size=batch_size_from_args(args, embedder), workers=args.workers, force=args.force)
+    report(stats, out_path)
+
+
+if __name__ == "__main__":
+    main_exit(main, build_parser())

@@ -1,0 +1,165 @@
+"""Stage 3 end to end on a small generated set written to the contract (data/ARTIFACTS.md, stage 2)."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data.audio import resample, to_mono, read_audio, write_wav
+from data.contract import INDEX_COLUMNS, read_embeddings, read_generated_index, table_sha256
+from data.files import sha256_file
+from data.stage import REPO_ROOT, InputError, run_stage
+from embeddings import stage3_embed_generated as stage3
+from embeddings.spectral import SpectralEmbedder
+
+RATE = 44_100
+SCRIPT = REPO_ROOT / "embeddings" / "stage3_embed_generated.py"
+
+
+def clip(prompt_number: int, sample: int, step: int, seconds: float = 2.0) -> np.ndarray:
+    """Distinct per (prompt, sample, step): pitch from the prompt and sample, decay from the step."""
+    t = np.arange(int(seconds * RATE)) / RATE
+    frequency = 110.0 * (prompt_number + 1) + 37.0 * sample
+    mono = 0.4 * np.sin(2 * np.pi * frequency * t) * np.exp(-t / (0.2 + 0.5 * step))
+    return np.stack([mono, 0.7 * mono]).astype(np.float32)
+
+
+def write_prompt(data, prompt_id: str, prompt_number: int, samples=2, steps=(0, 5, 9)):
+    rows = []
+    # Written out of contract order (descending step, xt before x0): the reader must sort.
+    for sample in reversed(range(samples)):
+        for kind in ("xt", "x0"):
+            for step in reversed(steps):
+                path = f"audio/{prompt_id}/s{sample}-{kind}-{step:03d}.wav"
+                audio = clip(prompt_number, sample, step) * (0.5 if kind == "xt" else 1.0)
+                write_wav(data / "generated" / path, audio, RATE)
+                rows.append({"prompt_id": prompt_id, "sample": sample, "step": step, "sigma": 1.0 / (step + 1),
+                             "kind": kind, "seed": 1000 + sample, "seconds_total": 2.0, "sample_rate": RATE,
+                             "path": path})
+    frame = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+    (data / "generated" / "index").mkdir(parents=True, exist_ok=True)
+    frame.to_csv(data / "generated" / "index" / f"{prompt_id}.csv", index=False)
+
+
+@pytest.fixture
+def data(tmp_path):
+    data = tmp_path / "data"
+    (data / "generated").mkdir(parents=True)
+    (data / "generated" / "generation.json").write_text(json.dumps(
+        {"generator": "fixture", "sample_rate": RATE, "channels": 2, "seed": 0, "steps": 10}))
+    write_prompt(data, "p_b", 1)
+    write_prompt(data, "p_a", 0)
+    return data
+
+
+def run_script(data, *extra):
+    return subprocess.run([sys.executable, str(SCRIPT), "--data", str(data), "--workers", "1", *extra],
+                          capture_output=True, text=True, timeout=120)
+
+
+def embeddings_path(data):
+    return data / "generated" / "embeddings" / "spectral.npy"
+
+
+def test_embeddings_align_with_the_sorted_index_and_rerun_skips(data):
+    result = run_script(data, "--embedder", "spectral", "--batch-size", "4")
+    assert result.returncode == 0, result.stderr
+    index = read_generated_index(data)
+    matrix, sidecar = read_embeddings(embeddings_path(data), len(index), table_sha256(index), "index_sha256", fix="rerun")
+    assert sidecar["generation_sha256"] == sha256_file(data / "generated" / "generation.json")
+    # Each row is the embedding of the clip its index row names.
+    for row in (0, 5, len(index) - 1):
+        audio, rate = read_audio(data / "generated" / index.at[row, "path"])
+        expected = SpectralEmbedder().embed([resample(to_mono(audio), rate, SpectralEmbedder.sample_rate)])[0]
+        np.testing.assert_allclose(matrix[row], expected, rtol=1e-4, atol=1e-4)
+    assert len(np.unique(matrix.round(4), axis=0)) == len(index)
+    assert "% of wall time inside embed()" in result.stdout
+
+    again = run_script(data)
+    assert again.returncode == 0 and "up to date" in again.stdout
+
+
+def test_more_prompts_in_the_index_recompute_the_embeddings(data):
+    assert run_stage(stage3.main, stage3.build_parser(), ["--data", str(data), "--workers", "0"]) == 0
+    old_index = read_generated_index(data)
+    write_prompt(data, "p_0", 2, samples=1)
+    assert run_stage(stage3.main, stage3.build_parser(), ["--data", str(data), "--workers", "0"]) == 0
+    index = read_generated_index(data)
+    assert len(index) == len(old_index) + 6
+    read_embeddings(embeddings_path(data), len(index), table_sha256(index), "index_sha256", fix="rerun")
+    # Stage 6 refuses the old alignment.
+    with pytest.raises(InputError, match="rows"):
+        read_embeddings(embeddings_path(data), len(old_index), table_sha256(old_index), "index_sha256", fix="rerun")
+
+
+def run_in_process(data, capsys, *extra):
+    """Same entry point as the script (run_stage), without a new interpreter per bad-input case."""
+    code = run_stage(stage3.main, stage3.build_parser(), ["--data", str(data), "--workers", "1", *extra])
+    return subprocess.CompletedProcess([], code, *capsys.readouterr())
+
+
+def _one_line_error(result, *fragments):
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in errors[0], errors[0]
+
+
+def _break_first_clip(data, how):
+    index = read_generated_index(data)
+    path = data / "generated" / index.at[0, "path"]
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[:5000])
+    elif how == "mono":
+        write_wav(path, clip(0, 0, 0)[0], RATE)
+    elif how == "rate":
+        write_wav(path, resample(clip(0, 0, 0), RATE, 48_000), 48_000)
+    elif how == "silent":
+        write_wav(path, np.zeros((2, RATE), np.float32), RATE)
+    elif how == "missing":
+        path.unlink()
+    return path
+
+
+@pytest.mark.parametrize("how, message", [("truncated", "truncated audio"), ("mono", "1 channel(s), expected 2"),
+                                          ("rate", "sample rate 48000 Hz, expected 44100"), ("silent", "silent"),
+                                          ("missing", "audio file is missing")])
+def test_bad_clip_stops_with_one_line_naming_it(data, capsys, how, message):
+    path = _break_first_clip(data, how)
+    # One case through the script itself: the error raised in a loader thread must still exit 2 cleanly.
+    result = run_script(data) if how == "truncated" else run_in_process(data, capsys)
+    _one_line_error(result, str(path), message)
+    assert not (data / "generated" / "embeddings").exists()
+
+
+def test_missing_inputs_and_wrong_options(data, tmp_path, capsys):
+    (data / "generated" / "generation.json").unlink()
+    _one_line_error(run_script(data), "generation.json: missing", "run stage 2")
+    _one_line_error(run_in_process(tmp_path / "empty", capsys), "generation.json: missing")
+
+    empty = tmp_path / "no_index"
+    (empty / "generated").mkdir(parents=True)
+    (empty / "generated" / "generation.json").write_text("{}")
+    _one_line_error(run_in_process(empty, capsys), "index: no index parts", "run stage 2 first")
+
+    (data / "generated" / "generation.json").write_text(json.dumps({"channels": 2}))
+    _one_line_error(run_in_process(data, capsys, "--model", "some/model"), "--model is not an option of the spectral embedder")
+    assert not (data / "generated" / "embeddings").exists()
+
+
+def test_other_embedder_configuration_needs_force(data):
+    argv = ["--data", str(data), "--workers", "0"]
+    assert run_stage(stage3.main, stage3.build_parser(), argv) == 0
+    sidecar_path = embeddings_path(data).with_suffix(".json")
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar["checkpoint_sha256"] = "from-an-older-librosa"
+    sidecar_path.write_text(json.dumps(sidecar))
+    before = embeddings_path(data).read_bytes()
+    assert run_stage(stage3.main, stage3.build_parser(), argv) == 2
+    assert embeddings_path(data).read_bytes() == before
+    assert run_stage(stage3.main, stage3.build_parser(), [*argv, "--force"]) == 0
+    assert json.loads(sidecar_path.read_text())["checkpoint_sha256"] == SpectralEmbedder().provenance()["checkpoint_sha256"]

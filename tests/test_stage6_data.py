@@ -1,0 +1,133 @@
+"""Synthetic stage 1-5 artifacts with known answers for the stage-6 tests, notebook test and benchmark.
+
+Every vocabulary term has a random direction in a `dim`-dimensional embedding space. An NSynth note's
+embedding is noise plus its family, source and qualities' directions, so stage 4's real concept rules
+(interp/concepts.py) define learnable sets. A generated clip's embedding is its trajectory's noise, shrinking
+towards the final step, plus — only for the terms in `inject` and only from the given step on — the
+directions of its prompt's labels. So a concept built on an injected term emerges exactly at that step and
+every other concept's probe sees no signal in the clips.
+"""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+
+from data.contract import read_generated_index, read_notes, table_sha256
+from data.files import write_csv, write_json, write_npy
+from data.vocabulary import FAMILIES, QUALITIES, SOURCES, VOCABULARY, format_labels
+from interp.concepts import CONCEPTS, Note
+
+EMBEDDER = "synthetic"
+IDENTITY = {"embedder": EMBEDDER, "model": "gaussian-directions", "checkpoint_sha256": "0" * 64,
+            "window_policy": "whole clip", "dim": None}
+
+
+def write_synthetic_data(root, n_prompts=30, samples=2, steps=tuple(range(0, 101, 10)), dim=64,
+                         inject=None, strength=4.0, note_strength=3.0, n_instruments=48, notes_per_instrument=8, seed=0,
+                         write_audio=True, kinds=("x0",)) -> Path:
+    """Write prompts/annotated.csv, generated/{index,audio,embeddings}, concepts/{notes,sets,embeddings}."""
+    root = Path(root)
+    inject = {"brass": 40} if inject is None else inject
+    rng = np.random.default_rng(seed)
+    directions = rng.standard_normal((len(VOCABULARY), dim))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    direction = dict(zip(VOCABULARY, directions))
+    identity = dict(IDENTITY, dim=dim)
+
+    # Prompts: brass in ~40% so the injected family has enough positive prompts; reverb independent of it.
+    families = [f for f in FAMILIES if f != "brass"]
+    rows = []
+    for p in range(n_prompts):
+        labels = ["brass" if rng.random() < 0.4 else str(rng.choice(families)), str(rng.choice(SOURCES))]
+        if rng.random() < 0.4:
+            labels.append("reverb")
+        rows.append({"prompt_id": f"p{p:03d}", "prompt": f"synthetic prompt {p} with {' and '.join(labels)}",
+                     "labels": format_labels(labels), "bpm": "", "annotator": "offline"})
+    annotated = pd.DataFrame(rows)
+    write_csv(root / "prompts" / "annotated.csv", annotated)
+
+    index_rows, vectors = [], []
+    rate = 8000
+    silence = (0.01 * np.sin(np.linspace(0, 200, rate // 20))).astype(np.float32)
+    final_step = max(steps)
+    for row in rows:
+        labels = row["labels"].split(";")
+        for sample in range(samples):
+            base = rng.standard_normal(dim)
+            for kind in kinds:
+                for step in steps:
+                    noise_scale = 1.2 - step / final_step if final_step else 0.2
+                    vector = base + noise_scale * rng.standard_normal(dim)
+                    for term, from_step in inject.items():
+                        if term in labels and step >= from_step:
+                            vector = vector + strength * direction[term]
+                    vectors.append(vector)
+                    path = f"audio/{row['prompt_id']}/s{sample}-{kind}-{step:03d}.wav"
+                    index_rows.append({"prompt_id": row["prompt_id"], "sample": sample, "step": step,
+                                       "sigma": 1.0 - step / (final_step + 1), "kind": kind, "seed": sample,
+                                       "seconds_total": 0.05, "sample_rate": rate, "path": path})
+                    if write_audio:
+                        wav = root / "generated" / path
+                        wav.parent.mkdir(parents=True, exist_ok=True)
+                        sf.write(wav, silence, rate, subtype="PCM_16")
+    index = pd.DataFrame(index_rows)
+    for prompt_id, part in index.groupby("prompt_id"):
+        write_csv(root / "generated" / "index" / f"{prompt_id}.csv", part)
+    index = read_generated_index(root)
+    # The index reader sorts rows; keep embeddings aligned with the sorted order.
+    position = {key: i for i, key in enumerate(zip(*(pd.DataFrame(index_rows)[c] for c in
+                                                     ("prompt_id", "sample", "kind", "step"))))}
+    order = [position[key] for key in zip(index["prompt_id"], index["sample"], index["kind"], index["step"])]
+    matrix = np.asarray(vectors, np.float32)[order]
+    write_npy(root / "generated" / "embeddings" / f"{EMBEDDER}.npy", matrix)
+    write_json(root / "generated" / "embeddings" / f"{EMBEDDER}.json",
+               dict(identity, index_sha256=table_sha256(index), n_rows=len(index), generation_sha256="0" * 64))
+
+    # NSynth-like notes: instruments with one family and source, notes with 0-2 qualities.
+    note_rows, note_vectors = [], []
+    all_families = FAMILIES
+    for i in range(n_instruments):
+        family, source = all_families[i % len(all_families)], SOURCES[(i // len(all_families)) % len(SOURCES)]
+        split = "test" if i % 4 == 3 else "train"
+        for n in range(notes_per_instrument):
+            qualities = sorted(set(rng.choice(QUALITIES, size=int(rng.integers(0, 3)), replace=False)))
+            attributes = [family, source, *qualities]
+            note_vectors.append(rng.standard_normal(dim) + note_strength * sum(direction[a] for a in attributes))
+            note_rows.append({"note_str": f"{family}_{source}_{i:03d}-{60 + n:03d}-100",
+                              "instrument_str": f"{family}_{source}_{i:03d}", "family": family, "source": source,
+                              "qualities": ";".join(qualities), "pitch": 60 + n, "velocity": 100, "split": split,
+                              "path": f"audio/{family}_{source}_{i:03d}-{60 + n:03d}-100.wav"})
+    notes = pd.DataFrame(note_rows)
+    write_csv(root / "concepts" / "notes.csv", notes)
+    set_rows = []
+    for concept in CONCEPTS:
+        for note in note_rows:
+            qualities = frozenset(q for q in note["qualities"].split(";") if q)
+            label = concept.label_note(Note(note["family"], note["source"], qualities))
+            if label is not None:
+                set_rows.append({"concept": concept.name, "note_str": note["note_str"], "label": label,
+                                 "split": note["split"]})
+    write_csv(root / "concepts" / "sets.csv", pd.DataFrame(set_rows))
+    notes = read_notes(root)
+    write_npy(root / "concepts" / "embeddings" / f"{EMBEDDER}.npy", np.asarray(note_vectors, np.float32))
+    write_json(root / "concepts" / "embeddings" / f"{EMBEDDER}.json",
+               dict(identity, notes_sha256=table_sha256(notes), n_rows=len(notes)))
+    return root
+
+
+def test_synthetic_data_passes_the_contract(tmp_path):
+    from data.contract import check_same_embedder, read_annotated, read_embeddings, read_sets
+    root = write_synthetic_data(tmp_path, n_prompts=6, samples=1, steps=(0, 5), write_audio=False)
+    annotated = read_annotated(root)
+    index = read_generated_index(root)
+    notes = read_notes(root)
+    sets = read_sets(root)
+    generated, generated_sidecar = read_embeddings(root / "generated/embeddings/synthetic.npy", len(index),
+                                                   table_sha256(index), "index_sha256", "fix")
+    _, note_sidecar = read_embeddings(root / "concepts/embeddings/synthetic.npy", len(notes), table_sha256(notes),
+                                      "notes_sha256", "fix")
+    check_same_embedder(generated_sidecar, "a", note_sidecar, "b")
+    assert len(annotated) == 6 and generated.shape == (12, 64)
+    assert set(sets["concept"]) == {concept.name for concept in CONCEPTS}
+    assert set(notes.groupby("instrument_str")["split"].nunique()) == {1}
