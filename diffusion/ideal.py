@@ -51,7 +51,6 @@ the same solver; sample r of a call is seeded by seed + r.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -216,8 +215,7 @@ class IdealGenerator(Generator):
             "model_kind": REFERENCE_NOTE,
             "preset": self.preset_name,
             "settings": {**asdict(self.preset), "steps": self.steps, "sigma_data": SIGMA_DATA,
-                         "scheduler": SCHEDULER, "diffusers": importlib.metadata.version("diffusers"),
-                         "solver": "sde-dpmsolver++ order 2",
+                         "scheduler": SCHEDULER, "solver": "sde-dpmsolver++ order 2",
                          "noise": "per-sample Gaussian, seed + row", "prior_sharpness": PRIOR_SHARPNESS,
                          "latent_unit": f"waveform / ({CLIP_RMS} * sqrt(samples))", "bank_clips": clips},
             "steps": self.steps,
@@ -311,17 +309,16 @@ class IdealGenerator(Generator):
             raise InputError(f"seconds_total {seconds:g} is outside (0, {self.max_seconds:g}] — the ideal "
                              f"generator's bank clips are {self.max_seconds:g} s long; pass a shorter --seconds")
         if samples not in self._spaces:
-            audio = torch.as_tensor(self.bank.audio[:, :samples], dtype=torch.float64)
+            audio = self.bank.audio[:, :samples].astype(np.float64)
             unit = CLIP_RMS * math.sqrt(samples)
             gram = (audio @ audio.T) / unit ** 2
-            eigenvalues, eigenvectors = torch.linalg.eigh(gram)
+            eigenvalues, eigenvectors = np.linalg.eigh(gram)
             keep = eigenvalues > RANK_TOLERANCE * eigenvalues.max()
             eigenvalues, eigenvectors = eigenvalues[keep], eigenvectors[:, keep]
             # Orthonormal basis Q = X^T V diag(lambda^-1/2) (X: clips in latent units): coordinates X Q = V
             # diag(lambda^1/2); decoding z -> unit * Q z = z diag(lambda^-1/2) V^T X_audio.
-            coordinates = eigenvectors * eigenvalues.sqrt()
-            decoder = (eigenvectors / eigenvalues.sqrt()).T @ audio
-            coordinates = coordinates.numpy()
+            coordinates = eigenvectors * np.sqrt(eigenvalues)
+            decoder = (eigenvectors / np.sqrt(eigenvalues)).T @ audio
             self._spaces[samples] = LatentSpace(samples, coordinates, 0.5 * np.square(coordinates).sum(axis=1),
-                                                decoder.to(torch.float32))
+                                                torch.from_numpy(decoder.astype(np.float32)))
         return self._spaces[samples]
