@@ -8,7 +8,7 @@ sides, a probe could recognise the instrument's samples in the generated audio i
 Clips (4 s, 16 kHz mono, like NSynth notes):
 - per bank program, two melodic phrases in two registers of its playable range (labels: family, source);
 - four drum grooves on the GM kit (label: "drum");
-- one two-part mix per pair of labels among the eleven families and "drum" (a melody of the first family over
+- two two-part mixes per pair of labels among the eleven families and "drum" (a melody of the first family over
   long notes, or a groove, of the second), so that multi-instrument prompts have clips that match them whole.
 Every clip is loudness-normalised to CLIP_RMS (lowered where that would clip peaks), so that the noise levels
 of the sampler mean the same for every clip (see diffusion/ideal.py on the sigma scale). Clips that render
@@ -59,6 +59,8 @@ GROOVES = {
 }
 GROOVE_SLOT_SECONDS = BEAT_SECONDS / 2
 MIX_LABELS = FAMILIES + (DRUM,)
+# (melody motif, drum groove) of each mix variant.
+MIX_VARIANTS = (("arpeggio", "rock"), ("scale", "half-time"))
 
 
 @dataclass
@@ -121,9 +123,9 @@ def read_bank_sidecar(directory) -> dict:
         sidecar = read_json(path)
     except (OSError, ValueError) as error:
         raise InputError(f"{path}: unreadable bank sidecar ({str(error).splitlines()[0]}) — {fix}") from None
-    missing = [key for key in ("bank_format", "bank_sha256", "sample_rate", "clips", "samples", "clips_npy_sha256",
-                                                                              "clips_csv_sha256")
-               if key not in sidecar]
+    required = ("bank_format", "bank_sha256", "sample_rate", "clips", "samples", "clips_npy_sha256",
+                "clips_csv_sha256")
+    missing = [key for key in required if key not in sidecar]
     if missing or sidecar["bank_format"] != BANK_FORMAT:
         what = f"'{missing[0]}' is missing" if missing else f"bank_format {sidecar['bank_format']} is not {BANK_FORMAT}"
         raise InputError(f"{path}: {what} — {fix}")
@@ -170,7 +172,8 @@ def default_recipe(soundfont=None) -> dict:
             "accompaniment": [list(note) for note in ACCOMPANIMENT],
             "grooves": {name: {str(key): list(slots) for key, slots in groove.items()}
                         for name, groove in GROOVES.items()},
-            "programs": programs, "mix_labels": list(MIX_LABELS)}
+            "programs": programs, "mix_labels": list(MIX_LABELS),
+            "mix_variants": [list(variant) for variant in MIX_VARIANTS]}
 
 
 def default_bank_dir(recipe: dict) -> Path:
@@ -212,23 +215,24 @@ def build_default_bank(soundfont=None, recipe: dict | None = None) -> ReferenceB
     for name in GROOVES:
         keep(f"drum-{name}", _groove(soundfont, name), (DRUM,))
 
-    first_program = {family: gm.programs_for(gm.BANK, family)[0] for family in FAMILIES}
-    first_groove = next(iter(GROOVES))
-    # MIX_LABELS ends with "drum", so the lead of a mix is always a melodic family.
-    for position, lead in enumerate(MIX_LABELS):
-        top = first_program.get(lead)
-        for accompanying in MIX_LABELS[position + 1:]:
-            if accompanying == DRUM:
-                # Each part at the clip loudness before summing, so that neither drowns the other.
-                melody = _melody(soundfont, top.program, "arpeggio", _register_root(top, REGISTERS[1]))
-                groove = _groove(soundfont, first_groove)
-                if gm.is_silent(melody) or gm.is_silent(groove):
-                    continue
-                keep(f"mix-{lead}-drum", _normalise(melody) + _normalise(groove), (lead, top.source, DRUM))
-            else:
-                bottom = first_program[accompanying]
-                keep(f"mix-{lead}-{accompanying}", _duet(soundfont, top, bottom),
-                     (lead, top.source, accompanying, bottom.source))
+    # MIX_LABELS ends with "drum", so the lead of a mix is always a melodic family. Variant v of a mix uses
+    # each family's v-th bank program (cycling), the v-th melody and groove: samples of a two-instrument prompt
+    # then have more than one clip to end on.
+    for variant, (motif, groove) in enumerate(MIX_VARIANTS):
+        for position, lead in enumerate(MIX_LABELS[:-1]):
+            top = _nth_program(lead, variant)
+            for accompanying in MIX_LABELS[position + 1:]:
+                melody_root = _register_root(top, REGISTERS[1])
+                if accompanying == DRUM:
+                    # Each part at the clip loudness before summing, so that neither drowns the other.
+                    melody, beat = _melody(soundfont, top.program, motif, melody_root), _groove(soundfont, groove)
+                    if gm.is_silent(melody) or gm.is_silent(beat):
+                        continue
+                    keep(f"mix{variant}-{lead}-drum", _normalise(melody) + _normalise(beat), (lead, top.source, DRUM))
+                else:
+                    bottom = _nth_program(accompanying, variant)
+                    keep(f"mix{variant}-{lead}-{accompanying}", _duet(soundfont, top, motif, bottom),
+                         (lead, top.source, accompanying, bottom.source))
     return ReferenceBank(np.stack(clips), clip_ids, labels, SAMPLE_RATE, recipe)
 
 
@@ -273,10 +277,17 @@ def _melody(soundfont, program: int, motif: str, root: int) -> np.ndarray:
     return gm.render_phrase(soundfont, [program], _phrase_notes(MOTIFS[motif], root), SAMPLE_RATE, CLIP_SECONDS)
 
 
-def _duet(soundfont, top, bottom) -> np.ndarray:
+def _nth_program(family: str, variant: int):
     from data import soundfont as gm
 
-    notes = (_phrase_notes(MOTIFS["arpeggio"], _register_root(top, REGISTERS[1]), part=0)
+    programs = gm.programs_for(gm.BANK, family)
+    return programs[variant % len(programs)]
+
+
+def _duet(soundfont, top, motif: str, bottom) -> np.ndarray:
+    from data import soundfont as gm
+
+    notes = (_phrase_notes(MOTIFS[motif], _register_root(top, REGISTERS[1]), part=0)
              + _phrase_notes(ACCOMPANIMENT, _register_root(bottom, REGISTERS[0]), part=1))
     return gm.render_phrase(soundfont, [top.program, bottom.program], notes, SAMPLE_RATE, CLIP_SECONDS)
 
