@@ -272,9 +272,10 @@ def _generate_mono(synth, frames: int) -> np.ndarray:
 
 
 def render_note(soundfont, program: int, pitch: int, velocity: int, sample_rate: int = 16000,
-                seconds: float = 4.0, hold_seconds: float = 3.0) -> np.ndarray:
+                seconds: float = 4.0, hold_seconds: float = 3.0, interval: int = 0) -> np.ndarray:
     """One note as NSynth records it: key held for hold_seconds, then released; mono float32 of
-    round(seconds * sample_rate) samples (a release longer than the remainder is cut, as in NSynth)."""
+    round(seconds * sample_rate) samples (a release longer than the remainder is cut, as in NSynth).
+    interval > 0 also holds pitch + interval: a dyad, two fundamentals sounding at once (multiphonic)."""
     if not 0 <= hold_seconds <= seconds:
         raise ValueError(f"hold_seconds must be within [0, seconds], got {hold_seconds} of {seconds}")
     loaded = _synth(soundfont, sample_rate)
@@ -282,9 +283,12 @@ def render_note(soundfont, program: int, pitch: int, velocity: int, sample_rate:
     _select(loaded, 0, program)
     total = int(round(seconds * sample_rate))
     held = int(round(hold_seconds * sample_rate))
-    loaded.synth.noteon(0, int(pitch), int(velocity))
+    keys = [int(pitch)] + ([int(pitch) + int(interval)] if interval else [])
+    for key in keys:
+        loaded.synth.noteon(0, key, int(velocity))
     attack = _generate_mono(loaded.synth, held)
-    loaded.synth.noteoff(0, int(pitch))
+    for key in keys:
+        loaded.synth.noteoff(0, key)
     release = _generate_mono(loaded.synth, total - held)
     return np.concatenate([attack, release])
 

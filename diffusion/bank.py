@@ -217,22 +217,22 @@ def build_default_bank(soundfont=None, recipe: dict | None = None) -> ReferenceB
 
     # MIX_LABELS ends with "drum", so the lead of a mix is always a melodic family. Variant v of a mix uses
     # each family's v-th bank program (cycling), the v-th melody and groove: samples of a two-instrument prompt
-    # then have more than one clip to end on.
+    # then have more than one clip to end on. Each part is brought to the clip loudness before the two are
+    # summed, so that neither drowns the other.
     for variant, (motif, groove) in enumerate(MIX_VARIANTS):
         for position, lead in enumerate(MIX_LABELS[:-1]):
             top = _nth_program(lead, variant)
+            melody = _melody(soundfont, top.program, motif, _register_root(top, REGISTERS[1]))
             for accompanying in MIX_LABELS[position + 1:]:
-                melody_root = _register_root(top, REGISTERS[1])
                 if accompanying == DRUM:
-                    # Each part at the clip loudness before summing, so that neither drowns the other.
-                    melody, beat = _melody(soundfont, top.program, motif, melody_root), _groove(soundfont, groove)
-                    if gm.is_silent(melody) or gm.is_silent(beat):
-                        continue
-                    keep(f"mix{variant}-{lead}-drum", _normalise(melody) + _normalise(beat), (lead, top.source, DRUM))
+                    second, second_labels = _groove(soundfont, groove), (DRUM,)
                 else:
                     bottom = _nth_program(accompanying, variant)
-                    keep(f"mix{variant}-{lead}-{accompanying}", _duet(soundfont, top, motif, bottom),
-                         (lead, top.source, accompanying, bottom.source))
+                    second, second_labels = _accompaniment(soundfont, bottom), (accompanying, bottom.source)
+                if gm.is_silent(melody) or gm.is_silent(second):
+                    continue
+                keep(f"mix{variant}-{lead}-{accompanying}", _normalise(melody) + _normalise(second),
+                     (lead, top.source) + second_labels)
     return ReferenceBank(np.stack(clips), clip_ids, labels, SAMPLE_RATE, recipe)
 
 
@@ -284,12 +284,11 @@ def _nth_program(family: str, variant: int):
     return programs[variant % len(programs)]
 
 
-def _duet(soundfont, top, motif: str, bottom) -> np.ndarray:
+def _accompaniment(soundfont, entry) -> np.ndarray:
     from data import soundfont as gm
 
-    notes = (_phrase_notes(MOTIFS[motif], _register_root(top, REGISTERS[1]), part=0)
-             + _phrase_notes(ACCOMPANIMENT, _register_root(bottom, REGISTERS[0]), part=1))
-    return gm.render_phrase(soundfont, [top.program, bottom.program], notes, SAMPLE_RATE, CLIP_SECONDS)
+    notes = _phrase_notes(ACCOMPANIMENT, _register_root(entry, REGISTERS[0]))
+    return gm.render_phrase(soundfont, [entry.program], notes, SAMPLE_RATE, CLIP_SECONDS)
 
 
 def _groove(soundfont, name: str) -> np.ndarray:

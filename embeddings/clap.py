@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 
 from data.files import read_json, sha256_file, sha256_text, write_json
 from data.stage import InputError
@@ -56,6 +57,7 @@ DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16
 DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 PADDING_MODES = ("repeatpad", "repeat", "pad")
 EXTRACTOR_FILES = ("preprocessor_config.json", "processor_config.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 # Files fetched from the hub: config, extractor and tokenizer files, and the weights (safetensors preferred).
 HUB_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors"]
 WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
@@ -97,7 +99,7 @@ class ClapEmbedder(Embedder):
         try:
             self.feature_extractor = ClapFeatureExtractor.from_pretrained(self.checkpoint_dir)
             loaded = ClapModel.from_pretrained(self.checkpoint_dir, output_loading_info=True)
-        except (OSError, ValueError, RuntimeError, TypeError, KeyError) as error:
+        except (OSError, ValueError, RuntimeError, TypeError, KeyError, SafetensorError) as error:
             raise InputError(f"{self.checkpoint_dir}: cannot load the CLAP checkpoint ({_first_line(error)}) — "
                              "re-download or re-save it") from None
         finally:
@@ -224,11 +226,21 @@ class ClapEmbedder(Embedder):
     def tokenizer(self):
         if self._tokenizer is None:
             from transformers import AutoTokenizer
+            fix = "save the checkpoint's tokenizer (or its ClapProcessor) beside the model"
+            # Without vocabulary files transformers 5 builds an empty RoBERTa tokenizer that maps every word to
+            # <unk>: text vectors would be silently meaningless.
+            if not any((self.checkpoint_dir / name).is_file() for name in TOKENIZER_FILES):
+                raise InputError(f"{self.checkpoint_dir}: no usable tokenizer (none of "
+                                 f"{', '.join(TOKENIZER_FILES)}) — {fix}")
             try:
-                self._tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_dir)
+                tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_dir)
             except (OSError, ValueError, TypeError, KeyError) as error:
-                raise InputError(f"{self.checkpoint_dir}: no usable tokenizer ({_first_line(error)}) — save the "
-                                 "checkpoint's tokenizer (or its ClapProcessor) beside the model") from None
+                raise InputError(f"{self.checkpoint_dir}: no usable tokenizer ({_first_line(error)}) — {fix}") from None
+            vocab_size = int(self.model.config.text_config.vocab_size)
+            if len(tokenizer) > vocab_size:
+                raise InputError(f"{self.checkpoint_dir}: the tokenizer has {len(tokenizer)} tokens but the text "
+                                 f"tower only {vocab_size} — {fix}")
+            self._tokenizer = tokenizer
         return self._tokenizer
 
     def _autocast(self):

@@ -11,7 +11,7 @@ import soundfile as sf
 
 from conftest import REPO_ROOT
 from data.nsynth import qualities as quality_rules
-from data.nsynth.render_soundfont import build_parser, main, output_dir
+from data.nsynth.render_soundfont import DEFAULT_DYAD_VELOCITY, build_parser, main, output_dir
 from data.soundfont import BY_PROGRAM
 from data.stage import run_stage
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES
@@ -48,7 +48,8 @@ def rendered(tmp_path_factory):
 
 def test_rendered_notes_are_in_nsynth_format(rendered):
     examples = json.loads((rendered / "examples.json").read_text())
-    assert 25 <= len(examples) <= 40
+    assert 25 <= len(examples) <= 50
+    assert sum(example["velocity"] == DEFAULT_DYAD_VELOCITY for example in examples.values()) >= 5
     wavs = sorted(path.stem for path in (rendered / "audio").glob("*.wav"))
     assert wavs == sorted(examples)
     for name, example in examples.items():
@@ -66,8 +67,10 @@ def test_rendered_notes_are_in_nsynth_format(rendered):
         assert example["sample_rate"] == 16000
         assert len(example["qualities"]) == 10 and set(example["qualities"]) <= {0, 1}
         assert example["qualities_str"] == [q for q, bit in zip(QUALITIES, example["qualities"]) if bit]
-        for never in quality_rules.NEVER_SET:
+        for never in set(quality_rules.NOT_DERIVED) - {"multiphonic"}:
             assert never not in example["qualities_str"]
+        # Multiphonic exactly on the dyads, which are the only notes at the dyad velocity.
+        assert ("multiphonic" in example["qualities_str"]) == (example["velocity"] == DEFAULT_DYAD_VELOCITY)
         info = sf.info(rendered / "audio" / f"{name}.wav")
         assert (info.samplerate, info.channels, info.frames, info.subtype, info.format) == \
             (16000, 1, 64000, "PCM_16", "WAV")
@@ -115,7 +118,7 @@ def test_up_to_date_run_is_skipped_and_other_settings_refused(rendered, tmp_path
     assert "velocities" in result.stderr and "--force" in result.stderr
     assert directory_bytes(output_dir(data)) == before
     assert run_stage(main, build_parser(), ["--data", str(data), "--programs", "0", "--pitch-step", "24",
-                                            "--velocities", "100", "--force"]) == 0
+                                            "--velocities", "100", "--dyad-velocity", "0", "--force"]) == 0
     examples = json.loads((output_dir(data) / "examples.json").read_text())
     assert set(examples) == {f"keyboard_acoustic_000-{pitch:03d}-100" for pitch in (24, 48, 72, 96)}
     assert sorted(path.stem for path in (output_dir(data) / "audio").glob("*.wav")) == sorted(examples)
@@ -125,6 +128,7 @@ def test_up_to_date_run_is_skipped_and_other_settings_refused(rendered, tmp_path
     (["--programs", "65"], "bank instrument"),
     (["--programs", "47"], "no NSynth family"),
     (["--velocities", "80"], "NSynth's velocities"),
+    (["--velocities", "50,75"], "--dyad-velocity: 50"),
     (["--pitch-step", "0"], "positive number"),
     (["--soundfont", "missing.sf2"], "not found"),
 ])

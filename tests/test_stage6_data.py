@@ -23,6 +23,12 @@ IDENTITY = {"embedder": EMBEDDER, "model": "gaussian-directions", "checkpoint_sh
             "window_policy": "whole clip", "dim": None}
 
 
+def term_directions(dim: int, seed: int) -> dict[str, np.ndarray]:
+    """The unit direction of every vocabulary term (what a text tower would map the term to)."""
+    directions = np.random.default_rng([seed, 7]).standard_normal((len(VOCABULARY), dim))
+    return dict(zip(VOCABULARY, directions / np.linalg.norm(directions, axis=1, keepdims=True)))
+
+
 def write_synthetic_data(root, n_prompts=30, samples=2, steps=tuple(range(0, 101, 10)), dim=64,
                          inject=None, strength=4.0, note_strength=3.0, n_instruments=48, notes_per_instrument=8, seed=0,
                          write_audio=True, kinds=("x0",)) -> Path:
@@ -30,9 +36,7 @@ def write_synthetic_data(root, n_prompts=30, samples=2, steps=tuple(range(0, 101
     root = Path(root)
     inject = {"brass": 40} if inject is None else inject
     rng = np.random.default_rng(seed)
-    directions = rng.standard_normal((len(VOCABULARY), dim))
-    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
-    direction = dict(zip(VOCABULARY, directions))
+    direction = term_directions(dim, seed)
     identity = dict(IDENTITY, dim=dim)
 
     # Prompts: brass in ~40% so the injected family has enough positive prompts; reverb independent of it.
@@ -131,3 +135,20 @@ def test_synthetic_data_passes_the_contract(tmp_path):
     assert len(annotated) == 6 and generated.shape == (12, 64)
     assert set(sets["concept"]) == {concept.name for concept in CONCEPTS}
     assert set(notes.groupby("instrument_str")["split"].nunique()) == {1}
+
+
+_ANALYSED = {}
+STAGE6_ARGS = ["--embedder", EMBEDDER, "--bootstrap", "300", "--random-baselines", "20"]
+
+
+def analysed_data(tmp_path_factory) -> Path:
+    """One synthetic data folder with brass injected from step 40, analysed by stage 6 once per session and
+    shared by the stage-6, report and notebook tests."""
+    if "root" not in _ANALYSED:
+        from data.stage import run_stage
+        from interp import stage6_probe
+        root = write_synthetic_data(tmp_path_factory.mktemp("stage6"), n_prompts=40, samples=2,
+                                    steps=tuple(range(0, 101, 20)), inject={"brass": 40})
+        assert run_stage(stage6_probe.main, stage6_probe.build_parser(), ["--data", str(root), *STAGE6_ARGS]) == 0
+        _ANALYSED["root"] = root
+    return _ANALYSED["root"]

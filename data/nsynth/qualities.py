@@ -28,8 +28,9 @@ Rules (index: name — rule — NSynth's definition it stands in for):
 - 4 long_release — still audible at note-off (< 40 dB below the peak) and, after note-off, the envelope stays
   within 30 dB of the note-off level for >= 0.5 s — "amplitude envelope decays slowly after the note-off
   point, sometimes still present at the end of the sample".
-- 5 multiphonic — never set: telling overtones of a second fundamental from a timbre's own inharmonic
-  partials needs a listener or a pitch tracker we cannot validate here.
+- 5 multiphonic — not derived: telling overtones of a second fundamental from a timbre's own inharmonic
+  partials needs a listener or a pitch tracker we cannot validate here. The renderer sets it on the dyads it
+  plays on purpose (data/nsynth/render_soundfont.py), and on nothing else.
 - 6 nonlinear_env — during the held part, after the peak, the envelope rises again by >= 6 dB above its
   lowest level so far — "modulation of the envelope, e.g. a swell or tremolo".
 - 7 percussive — the peak comes within 50 ms of the onset, and the first 40 ms hold >= 15 % of their energy
@@ -43,7 +44,7 @@ import numpy as np
 
 from data.vocabulary import QUALITIES
 
-NEVER_SET = ("multiphonic", "reverb", "tempo-synced")
+NOT_DERIVED = ("multiphonic", "reverb", "tempo-synced")
 
 _FRAME_SECONDS = 0.02
 _HOP_SECONDS = 0.01

@@ -12,7 +12,12 @@ stage 4 reads it through the same code as nsynth-train/valid/test.
 - Identity: instrument = the GM program number, instrument_str = <family>_<source>_<program:03d>, note =
   program * 16384 + pitch * 128 + velocity (unique and the same in every run; NSynth's own ids are arbitrary).
 - Family and source come from the GM table (data/soundfont.py); qualities are derived from each note's audio by
-  the rules in data/nsynth/qualities.py (multiphonic, reverb and tempo-synced are never set).
+  the rules in data/nsynth/qualities.py (reverb and tempo-synced are never set).
+- Multiphonic notes: audio analysis cannot tell a second fundamental from a timbre's own partials, so they are
+  made instead: at every other pitch of the grid, each probe instrument also plays a dyad (the note plus a
+  perfect fifth) at velocity --dyad-velocity (default 50, which the single notes do not use, so note_str stays
+  <instrument>-<pitch>-<velocity>); these carry the multiphonic quality. Without them the "harmonic" concept
+  would have no positives. --dyad-velocity 0 renders single notes only.
 - Holes: a note whose int16 audio is below data.audio.SILENCE_RMS is dropped (no wav, no entry) and listed
   in the sidecar.
 - Resume: render.json (provenance: soundfont sha256 and every setting) is written before the first note; a
@@ -50,10 +55,13 @@ FRAMES = int(SAMPLE_RATE * SECONDS)
 NSYNTH_VELOCITIES = (25, 50, 75, 100, 127)
 DEFAULT_VELOCITIES = (75, 127)
 DEFAULT_PITCH_STEP = 4
+DEFAULT_DYAD_VELOCITY = 50
+DYAD_INTERVAL = 7  # a perfect fifth: two clearly separate fundamentals that still blend
+MULTIPHONIC = QUALITIES.index("multiphonic")
 SIDECAR = "render.json"
 # Settings that decide every byte of the output: a resumed run must match them all.
 PROVENANCE_KEYS = ("soundfont_sha256", "sample_rate", "seconds", "hold_seconds", "pitch_step", "velocities",
-                   "programs", "quality_rules", "silence_rms")
+                   "programs", "quality_rules", "silence_rms", "dyad_velocity", "dyad_interval")
 
 
 def output_dir(data: Path) -> Path:
@@ -78,6 +86,9 @@ def build_parser():
                         help="render pitches that are multiples of this within each instrument's range")
     parser.add_argument("--velocities", default=",".join(map(str, DEFAULT_VELOCITIES)),
                         help=f"comma-separated MIDI velocities, each one of NSynth's {NSYNTH_VELOCITIES}")
+    parser.add_argument("--dyad-velocity", type=int, default=DEFAULT_DYAD_VELOCITY,
+                        help="velocity of the multiphonic dyads (note + fifth) rendered at every other grid pitch; "
+                             "must not be one of --velocities; 0 renders no dyads")
     return parser
 
 
@@ -109,13 +120,24 @@ def chosen_velocities(text: str) -> list[int]:
     return velocities
 
 
-def planned_notes(programs, pitch_step: int, velocities) -> list[tuple[gm.GMProgram, int, int]]:
+def chosen_dyad_velocity(dyad_velocity: int, velocities) -> int:
+    if dyad_velocity and (dyad_velocity not in NSYNTH_VELOCITIES or dyad_velocity in velocities):
+        raise InputError(f"--dyad-velocity: {dyad_velocity} — use one of NSynth's velocities "
+                         f"{','.join(map(str, NSYNTH_VELOCITIES))} that is not in --velocities, or 0 for no dyads")
+    return dyad_velocity
+
+
+def planned_notes(programs, pitch_step: int, velocities, dyad_velocity: int = 0) -> list[tuple[gm.GMProgram, int, int]]:
     if pitch_step < 1:
         raise InputError(f"--pitch-step: {pitch_step} — use a positive number of semitones")
-    return [(entry, pitch, velocity)
-            for entry in programs
-            for pitch in range(entry.lowest + (-entry.lowest) % pitch_step, entry.highest + 1, pitch_step)
-            for velocity in velocities]
+    plan = []
+    for entry in programs:
+        pitches = range(entry.lowest + (-entry.lowest) % pitch_step, entry.highest + 1, pitch_step)
+        plan += [(entry, pitch, velocity) for pitch in pitches for velocity in velocities]
+        if dyad_velocity:
+            plan += [(entry, pitch, dyad_velocity) for pitch in pitches[::2]
+                     if pitch + DYAD_INTERVAL <= entry.highest]
+    return plan
 
 
 def instrument_str(entry: gm.GMProgram) -> str:
@@ -239,7 +261,8 @@ def main(args) -> None:
     soundfont_path = gm.check_soundfont(args.soundfont) if args.soundfont else gm.default_soundfont()
     programs = chosen_programs(args.programs)
     velocities = chosen_velocities(args.velocities)
-    plan = planned_notes(programs, args.pitch_step, velocities)
+    dyad_velocity = chosen_dyad_velocity(args.dyad_velocity, velocities)
+    plan = planned_notes(programs, args.pitch_step, velocities, dyad_velocity)
     directory = output_dir(args.data)
     audio_dir = directory / "audio"
     provenance = {
@@ -248,6 +271,7 @@ def main(args) -> None:
         "sample_rate": SAMPLE_RATE, "seconds": SECONDS, "hold_seconds": HOLD_SECONDS,
         "pitch_step": args.pitch_step, "velocities": velocities, "programs": [entry.program for entry in programs],
         "quality_rules": quality_rule_settings(), "silence_rms": SILENCE_RMS,
+        "dyad_velocity": dyad_velocity, "dyad_interval": DYAD_INTERVAL,
     }
     if not args.force and is_up_to_date(directory, provenance):
         print(f"{directory}: up to date ({len(plan)} planned notes already rendered); --force renders again")
@@ -261,9 +285,10 @@ def main(args) -> None:
         name = note_str(entry, pitch, velocity)
         path = audio_dir / f"{name}.wav"
         samples = read_existing(path)
+        is_dyad = bool(dyad_velocity) and velocity == dyad_velocity
         if samples is None:
             samples = quantise(gm.render_note(soundfont_path, entry.program, pitch, velocity, SAMPLE_RATE,
-                                              SECONDS, HOLD_SECONDS))
+                                              SECONDS, HOLD_SECONDS, DYAD_INTERVAL if is_dyad else 0))
             if gm.is_silent(as_float(samples), SILENCE_RMS):
                 holes.append(name)
                 path.unlink(missing_ok=True)
@@ -272,6 +297,7 @@ def main(args) -> None:
         else:
             reused += 1
         quality_vector = quality_rules.derive_qualities(as_float(samples), pitch, SAMPLE_RATE, HOLD_SECONDS)
+        quality_vector[MULTIPHONIC] = int(is_dyad)
         examples[name] = example_entry(entry, pitch, velocity, quality_vector)
     if not examples:
         raise InputError(f"{soundfont_path}: every planned note rendered silent — pass --soundfont PATH to a "
