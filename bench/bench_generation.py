@@ -6,10 +6,12 @@ instead (e.g. the real checkpoint on a GPU).
 
 - P1: StableAudioPipeline sampling with the trajectory observer capturing (default: x0 and x_t at every step,
   the most copying a run can ask for) / the same call with no callback. Decoding is excluded. Goal <= 1.03.
+  Also printed: the time spent inside the observer itself, the whole of what capture adds.
 - P2: decoding K captured latents in one VAE call / one call per latent. Goal >= 2 on CPU.
 
 Runs alternate (with, without, without, with, ...) so that drifting machine load hits both sides alike; the
-ratios are of medians. Both sides of each ratio are measured in this one process.
+ratios are of medians, of wall time and of this process's CPU time (steadier on a shared machine). Both sides
+of each ratio are measured in this one process.
 
     .venv/bin/python bench/bench_generation.py --size tiny
     .venv/bin/python bench/bench_generation.py --size full --seconds 1 --steps 4 --repeats 3 --decode-k 4
@@ -36,9 +38,24 @@ from tiny_stable_audio import SIZES, save_model  # noqa: E402
 
 
 def timed(function):
-    start = time.perf_counter()
+    """(wall seconds, process CPU seconds, result). CPU time counts this process's threads only, so it is
+    the steadier figure on a machine shared with other jobs."""
+    wall, cpu = time.perf_counter(), time.process_time()
     result = function()
-    return time.perf_counter() - start, result
+    return time.perf_counter() - wall, time.process_time() - cpu, result
+
+
+class TimedObserver(TrajectoryObserver):
+    """The stage 2 observer, adding up the wall time spent inside it: the whole cost capture adds to sampling."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.seconds = 0.0
+
+    def __call__(self, step, sigma, x_t, x0):
+        start = time.perf_counter()
+        super().__call__(step, sigma, x_t, x0)
+        self.seconds += time.perf_counter() - start
 
 
 def bench_capture(generator, args) -> dict:
@@ -47,21 +64,30 @@ def bench_capture(generator, args) -> dict:
     kinds = KINDS if args.kinds == "both" else (args.kinds,)
 
     def run(capture: bool):
-        observer = TrajectoryObserver(capture_steps, kinds) if capture else None
+        observer = TimedObserver(capture_steps, kinds) if capture else None
         latents = generator.sample(args.prompt, [], args.seed, args.samples, args.seconds, observer)
         return latents, observer
 
     run(True)  # warm-up: first-call allocations and lazy inits belong to neither side
-    times = {True: [], False: []}
+    wall = {True: [], False: []}
+    cpu = {True: [], False: []}
+    inside = []
     last = {}
     for repeat in range(args.repeats):
         for capture in ((True, False) if repeat % 2 == 0 else (False, True)):
-            seconds, last[capture] = timed(lambda: run(capture))
-            times[capture].append(seconds)
-    with_capture, without = statistics.median(times[True]), statistics.median(times[False])
+            wall_s, cpu_s, last[capture] = timed(lambda: run(capture))
+            wall[capture].append(wall_s)
+            cpu[capture].append(cpu_s)
+            if capture:
+                inside.append(last[capture][1].seconds)
+    with_capture, without = statistics.median(wall[True]), statistics.median(wall[False])
     latents_on, observer = last[True]
     return {"with_capture_s": with_capture, "without_s": without, "ratio": with_capture / without,
-            "runs_with_s": times[True], "runs_without_s": times[False],
+            "cpu_ratio": statistics.median(cpu[True]) / statistics.median(cpu[False]),
+            "observer_s": statistics.median(inside),
+            "observer_share": statistics.median(inside) / without,
+            "runs_with_s": wall[True], "runs_without_s": wall[False],
+            "cpu_runs_with_s": cpu[True], "cpu_runs_without_s": cpu[False],
             "captured_latents": len(observer.captured),
             "identical_final_latents": bool(torch.equal(latents_on, last[False][0])),
             "observer": observer}
@@ -83,16 +109,21 @@ def bench_decode(generator, observer, args) -> dict:
         return np.concatenate([generator.decode(clip) for clip in clips])
 
     batched()  # warm-up
-    times = {"batched": [], "single": []}
+    wall = {"batched": [], "single": []}
+    cpu = {"batched": [], "single": []}
     outputs = {}
     for repeat in range(args.repeats):
         order = ("batched", "single") if repeat % 2 == 0 else ("single", "batched")
         for side in order:
-            seconds, outputs[side] = timed(batched if side == "batched" else one_by_one)
-            times[side].append(seconds)
-    batched_s, single_s = statistics.median(times["batched"]), statistics.median(times["single"])
+            wall_s, cpu_s, outputs[side] = timed(batched if side == "batched" else one_by_one)
+            wall[side].append(wall_s)
+            cpu[side].append(cpu_s)
+    batched_s, single_s = statistics.median(wall["batched"]), statistics.median(wall["single"])
     return {"k": len(clips), "decode_batch_size": batch, "batched_s": batched_s, "one_by_one_s": single_s,
-            "ratio": single_s / batched_s, "runs_batched_s": times["batched"], "runs_one_by_one_s": times["single"],
+            "ratio": single_s / batched_s,
+            "cpu_ratio": statistics.median(cpu["single"]) / statistics.median(cpu["batched"]),
+            "runs_batched_s": wall["batched"], "runs_one_by_one_s": wall["single"],
+            "cpu_runs_batched_s": cpu["batched"], "cpu_runs_one_by_one_s": cpu["single"],
             "max_abs_difference": float(np.max(np.abs(outputs["batched"] - outputs["single"])))}
 
 
@@ -146,11 +177,14 @@ def main(argv=None) -> int:
     capture = bench_capture(generator, args)
     observer = capture.pop("observer")
     print(f"P1 sampling with capture ({capture['captured_latents']} latents kept) {capture['with_capture_s']:.3f} s"
-          f" / without {capture['without_s']:.3f} s = {capture['ratio']:.3f}  (goal <= 1.03; final latents "
-          f"identical: {capture['identical_final_latents']})")
+          f" / without {capture['without_s']:.3f} s = {capture['ratio']:.3f} wall, {capture['cpu_ratio']:.3f} CPU "
+          f"time  (goal <= 1.03; final latents identical: {capture['identical_final_latents']})")
+    print(f"   time inside the observer {capture['observer_s'] * 1e3:.2f} ms per call = "
+          f"{capture['observer_share'] * 100:.3f} % of a sampler call without capture")
     decode = bench_decode(generator, observer, args)
     print(f"P2 decoding {decode['k']} latents one by one {decode['one_by_one_s']:.3f} s / batched "
-          f"(batch {decode['decode_batch_size']}) {decode['batched_s']:.3f} s = {decode['ratio']:.2f}x  "
+          f"(batch {decode['decode_batch_size']}) {decode['batched_s']:.3f} s = {decode['ratio']:.2f}x wall, "
+          f"{decode['cpu_ratio']:.2f}x CPU time  "
           f"(goal >= 2; max |difference| {decode['max_abs_difference']:.1e})")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ silent (soundfont holes) are dropped.
 On disk (a bank directory, `--model DIR` of the ideal generator): clips.npy (float32 [clips, samples]),
 clips.csv (clip_id, labels) and bank.json (recipe, sample rate, content hash), written atomically, bank.json
 last. The default bank lives in <repo>/data/bank/<recipe hash>/, so a changed recipe (soundfont, programs,
-phrases) never reads a stale cache; rendering it takes about a second.
+phrases) never reads a stale cache; rendering it takes 2–5 s on 2 shared cores.
 """
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data import soundfont as gm
 from data.files import atomic_path, read_json, sha256_file, sha256_json, write_json, write_text
 from data.stage import DEFAULT_DATA, InputError
 from data.vocabulary import DRUM, FAMILIES, LABEL_SEPARATOR, SOURCES, format_labels, parse_labels
@@ -160,8 +161,6 @@ def load_bank(directory) -> ReferenceBank:
 
 def default_recipe(soundfont=None) -> dict:
     """Everything the default bank's content depends on; its hash names the cache directory."""
-    from data import soundfont as gm
-
     soundfont = Path(soundfont) if soundfont is not None else gm.default_soundfont()
     programs = [[entry.program, entry.name, entry.family, entry.source, entry.lowest, entry.highest]
                 for entry in bank_programs()]
@@ -182,19 +181,17 @@ def default_bank_dir(recipe: dict) -> Path:
 
 def bank_programs():
     """The soundfont table's bank-side programs; refuses to run if any is also a probe program."""
-    from data import soundfont as gm
-
     bank = gm.programs_for(gm.BANK)
     probe_programs = {entry.program for entry in gm.programs_for(gm.PROBE)}
     shared = sorted({entry.program for entry in bank} & probe_programs)
-    assert not shared, f"GM programs {shared} are both bank and probe instruments"
+    if shared:
+        raise RuntimeError(f"data/soundfont.py gives GM programs {shared} both the bank and the probe role; "
+                           "the generator's bank must not contain probe instruments")
     return bank
 
 
 def build_default_bank(soundfont=None, recipe: dict | None = None) -> ReferenceBank:
-    """Render the default bank (about a second on 2 cores)."""
-    from data import soundfont as gm
-
+    """Render the default bank (2–5 s on 2 shared cores)."""
     soundfont = Path(soundfont) if soundfont is not None else gm.default_soundfont()
     recipe = recipe or default_recipe(soundfont)
     programs = bank_programs()
@@ -272,28 +269,20 @@ def _phrase_notes(notes, root: int, part: int = 0):
 
 
 def _melody(soundfont, program: int, motif: str, root: int) -> np.ndarray:
-    from data import soundfont as gm
-
     return gm.render_phrase(soundfont, [program], _phrase_notes(MOTIFS[motif], root), SAMPLE_RATE, CLIP_SECONDS)
 
 
 def _nth_program(family: str, variant: int):
-    from data import soundfont as gm
-
     programs = gm.programs_for(gm.BANK, family)
     return programs[variant % len(programs)]
 
 
 def _accompaniment(soundfont, entry) -> np.ndarray:
-    from data import soundfont as gm
-
     notes = _phrase_notes(ACCOMPANIMENT, _register_root(entry, REGISTERS[0]))
     return gm.render_phrase(soundfont, [entry.program], notes, SAMPLE_RATE, CLIP_SECONDS)
 
 
 def _groove(soundfont, name: str) -> np.ndarray:
-    from data import soundfont as gm
-
     notes = [(slot * GROOVE_SLOT_SECONDS, GROOVE_SLOT_SECONDS, key, 100)
              for key, slots in GROOVES[name].items() for slot in slots]
     return gm.render_phrase(soundfont, [], notes, SAMPLE_RATE, CLIP_SECONDS, drums=True)

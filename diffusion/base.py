@@ -7,12 +7,17 @@ index rows, sharding and resuming are shared (diffusion/trajectory.py), so a new
 A trajectory position is called a step; for a layer-wise trajectory (MusicGen's decoder layers) it is the
 layer, and generation.json names the axis.
 """
+from __future__ import annotations
+
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    # Annotations only: a stage 2 rerun with every prompt done loads no model, and importing torch costs seconds.
+    import torch
 
 KINDS = ("x0", "xt")  # x0: the model's clean estimate at that step; xt: the noisy latent after that step
 

@@ -6,7 +6,7 @@ labelled reference clips (diffusion/bank.py). For a noisy latent x at noise leve
     x0_hat(x, sigma) = sum_i w_i c_i,   w_i ∝ pi_i · exp(-||x - c_i||² / (2 sigma²)),
 
 where c_i is clip i in latent coordinates. The logits are formed in float64 and normalised with a stable
-(log-sum-exp) softmax. With this denoiser the sampler draws exactly from the prompt-weighted bank: the
+(log-sum-exp) softmax. With this denoiser an exact sampler draws from the prompt-weighted bank: the
 trajectory starts as a prior-weighted blend of clips ("mush") and ends on one clip that fits the prompt, so a
 concept's emergence along the trajectory is known in advance — a yardstick for the probes of stage 6.
 
@@ -23,17 +23,19 @@ outweighs a solo clip that matches one by e^4.
 
 Latent space. The bank's clips (loudness-normalised to CLIP_RMS) are scaled by 1 / (CLIP_RMS · sqrt(samples)),
 so a full-loudness clip has unit norm whatever its length and rate; distinct clips are then ~sqrt(2) apart
-(1st–95th percentile of pairwise distances in the default bank: 0.82–1.44). The latent is the coordinate
+(1st–95th percentile of pairwise distances in the default bank: 0.99–1.44). The latent is the coordinate
 vector in an orthonormal basis of the span of the bank (from an eigendecomposition of the clips' Gram matrix;
 exactly dependent clips, e.g. mixes of the same parts, reduce its rank). Noise orthogonal to that span would
 add the same ||x||² to every logit and cancel in the softmax, so sampling in the span gives exactly the
 clean estimates a waveform-space sampler would give, at a cost of ~r instead of ~64,000 numbers per sample
-(r ≈ 120). `decode` maps a latent back to the waveform: a linear decoder.
+(r = 125 for the default bank's 227 clips). `decode` maps a latent back to the waveform: a linear decoder.
 
 Sigma scale. Logit differences are ~ distance² / (2 sigma²). With the reference schedule (sigma 100 → 0.01,
-50 steps) they are < 1e-4 at sigma_max (weights = the prior), the estimate starts to commit around
-sigma ≈ 1 (steps ~20–30) and is one clip by sigma ≈ 0.1 (step ~37): early steps carry the prompt's prior
-blend, late steps a single clip.
+50 steps) they are < 1e-4 at sigma_max (weights = the prior), the estimate starts to commit below
+sigma ≈ 2 (step 20), and by sigma ≈ 0.14 (step 35) it is one clip: for a "brass" prompt the weights' entropy
+is 2.35 nats (a blend of ~10 brass clips) up to step 15, ~1.5 at step 25, 0 from step 35 on. Early steps carry
+the prompt's prior blend, late steps a single clip. (With the "model-card" preset, sigma_min 0.3 stops the
+trajectory before it fully commits: a final entropy of 0.05–0.7 nats.)
 
 Sampler. diffusers' CosineDPMSolverMultistepScheduler — the DPM-Solver++ (2M, SDE) scheduler diffusers ships for
 Stable Audio Open, which expects a v-prediction from the preconditioned input c_in(sigma) · x. The loop is the
@@ -43,7 +45,7 @@ c_skip = sigma_data² / (sigma² + sigma_data²) and c_out = −sigma · sigma_d
 the clean estimate the observer gets is the scheduler's own conversion, `scheduler.model_outputs[-1]`.
 
 One change to the library's defaults: the scheduler draws its SDE noise from a torchsde Brownian tree, whose
-every query walks the tree in Python — 0.9 s per 50-step call of a ~120-dim latent on 2 cores, and 8 s for
+every query walks the tree in Python — 0.9 s per 50-step call of a 125-dim latent on 2 cores, and 8 s for
 a 64,000-sample waveform: minutes for the demo. For a fixed sigma schedule the tree's normalised increments
 over the disjoint step intervals are independent standard normals, so the scheduler's public `noise_sampler`
 slot is filled with a seeded per-sample Gaussian source (`PerSampleGaussianNoise`): the same distribution and
@@ -56,8 +58,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from data.stage import InputError
 from diffusion import bank as reference_bank
@@ -65,12 +68,17 @@ from diffusion.bank import CLIP_RMS, ReferenceBank, family_labels, source_labels
 from diffusion.base import Generator, TrajectoryObserver
 from diffusion.trajectory import default_capture_steps
 
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where it is used: a stage 2 rerun with every prompt done builds this generator for its
+# provenance only, and importing torch would take most of that rerun's time.
 REFERENCE_NOTE = "reference model, not a trained one"
 SCHEDULER = "CosineDPMSolverMultistepScheduler"
 PRIOR_SHARPNESS = 4.0
 SIGMA_DATA = 1.0
 # Eigen-directions of the bank's Gram matrix below this fraction of the largest are numerical zeros (the default
-# bank's spectrum drops from ~4e-2 to ~4e-15 at its rank).
+# bank's spectrum falls from 8e-3 to 2e-16 of the largest at its rank, 125).
 RANK_TOLERANCE = 1e-10
 
 
@@ -100,6 +108,8 @@ class PerSampleGaussianNoise:
         self.generators, self.row_shape = list(generators), tuple(row_shape)
 
     def __call__(self, sigma, sigma_next) -> torch.Tensor:
+        import torch
+
         return torch.stack([torch.randn(self.row_shape, generator=generator) for generator in self.generators])
 
 
@@ -109,7 +119,9 @@ class LatentSpace:
     samples: int
     coordinates: np.ndarray      # float64 [clips, rank]: clip i's latent c_i
     half_sq_norms: np.ndarray    # float64 [clips]: ||c_i||² / 2
-    decoder: torch.Tensor        # float32 [rank, samples]: latent -> waveform
+    # float64 [rank, samples]: latent -> waveform. In float32 the rounding of a product depends on how many
+    # rows share the matmul, and a wav could then change with --decode-batch-size.
+    decoder: torch.Tensor
 
     @property
     def rank(self) -> int:
@@ -127,7 +139,8 @@ class IdealGenerator(Generator):
         `bank`: a bank object to use instead (tests)."""
         preset = preset or DEFAULT_PRESET
         if preset not in PRESETS:
-            raise InputError(f"unknown preset {preset!r} for the ideal generator — choose one of {', '.join(PRESETS)}")
+            raise InputError(f"unknown preset {preset!r} for the ideal generator — "
+                             f"choose one of {', '.join(PRESETS)}")
         if dtype not in (None, "fp32"):
             raise InputError(f"--dtype {dtype}: the ideal generator computes in fp32 (fp64 logits) — "
                              "drop --dtype or pass fp32")
@@ -230,6 +243,8 @@ class IdealGenerator(Generator):
                weights_callback: Callable[[int, float, np.ndarray], None] | None = None) -> torch.Tensor:
         """Sample `num_samples` trajectories of one prompt; `weights_callback(step, sigma, weights [samples,
         clips])` sees the posterior weights over the bank at every step."""
+        import torch
+
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError("empty prompt — every prompt needs text (fix prompts/annotated.csv or rerun stage 1)")
         if num_samples < 1:
@@ -257,9 +272,10 @@ class IdealGenerator(Generator):
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Latents [batch, rank] -> float32 audio [batch, 1, samples] (the length of the last `sample` call)."""
-        space = self._spaces[self._decode_samples] if self._decode_samples in self._spaces else \
-            self.latent_space(self._decode_samples / self.sample_rate)
-        audio = latents.to(dtype=torch.float32) @ space.decoder
+        import torch
+
+        space = self._spaces.get(self._decode_samples) or self.latent_space(self._decode_samples / self.sample_rate)
+        audio = (latents.to(dtype=torch.float64) @ space.decoder).to(torch.float32)
         return audio.unsqueeze(1).cpu().numpy()
 
     # -- the closed-form model -----------------------------------------------------------------------------------
@@ -267,6 +283,8 @@ class IdealGenerator(Generator):
     def velocity(self, model_input: torch.Tensor, sigma: float, space: LatentSpace,
                  log_prior: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """The "network": preconditioned input -> the v-prediction whose conversion is the closed-form x0."""
+        import torch
+
         scale = math.sqrt(sigma ** 2 + SIGMA_DATA ** 2)
         x = model_input.numpy().astype(np.float64) * scale      # undo c_in = 1 / sqrt(sigma² + sigma_data²)
         x0, weights = self.denoise(x, sigma, space, log_prior)
@@ -304,6 +322,8 @@ class IdealGenerator(Generator):
 
     def latent_space(self, seconds: float) -> LatentSpace:
         """The bank's coordinates and decoder for clips of `seconds` (the first seconds of every bank clip)."""
+        import torch
+
         samples = int(round(float(seconds) * self.sample_rate))
         if not 1 <= samples <= int(round(self.max_seconds * self.sample_rate)):
             raise InputError(f"seconds_total {seconds:g} is outside (0, {self.max_seconds:g}] — the ideal "
@@ -320,5 +340,5 @@ class IdealGenerator(Generator):
             coordinates = eigenvectors * np.sqrt(eigenvalues)
             decoder = (eigenvectors / np.sqrt(eigenvalues)).T @ audio
             self._spaces[samples] = LatentSpace(samples, coordinates, 0.5 * np.square(coordinates).sum(axis=1),
-                                                torch.from_numpy(decoder.astype(np.float32)))
+                                                torch.from_numpy(decoder))
         return self._spaces[samples]

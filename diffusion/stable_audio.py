@@ -280,7 +280,7 @@ def load_pipeline(model_dir: Path, dtype: torch.dtype, device: torch.device):
     transformers_logging.disable_progress_bar()
     try:
         # A resolved directory never needs the network; this also keeps transformers from probing the hub.
-        pipe = StableAudioPipeline.from_pretrained(model_dir, torch_dtype=dtype, local_files_only=True)
+        pipe = StableAudioPipeline.from_pretrained(model_dir, local_files_only=True, **{_dtype_argument(): dtype})
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{model_dir}: cannot load the Stable Audio pipeline ({first}) — re-download or "
@@ -307,6 +307,15 @@ def decoder_context_frames(vae) -> int:
         elif isinstance(module, torch.nn.Conv1d):
             radius += (module.kernel_size[0] - 1) * module.dilation[0] / 2 / rate
     return math.ceil(radius) + 1
+
+
+def _dtype_argument() -> str:
+    """diffusers renamed from_pretrained's torch_dtype to dtype and warns on the old name where it did."""
+    try:
+        from diffusers.utils.deprecation_utils import _resolve_dtype  # noqa: F401
+    except ImportError:
+        return "torch_dtype"
+    return "dtype"
 
 
 def scheduler_for(loaded_scheduler, preset: Preset):

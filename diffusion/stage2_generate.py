@@ -22,8 +22,8 @@ from data.contract import annotated_csv, generated_dir, read_annotated
 from data.files import sha256_file
 from data.stage import InputError, main_exit, stage_parser
 from diffusion import GENERATORS, load_generator
-from diffusion.trajectory import (TrajectorySettings, parse_capture_steps, parse_kinds, parse_shard,
-                                  run_trajectories)
+from diffusion.trajectory import (TrajectorySettings, check_generation, parse_capture_steps, parse_kinds,
+                                  parse_shard, run_trajectories)
 
 DEFAULT_SAMPLES = 2
 DEFAULT_DECODE_BATCH = 8
@@ -94,13 +94,14 @@ def main(args) -> None:
                                   batch_size=min(args.batch_size or args.samples, args.samples),
                                   decode_batch_size=args.decode_batch_size)
 
-    provenance = generator.provenance()
+    generated = generated_dir(args.data)
+    annotated_sha256 = sha256_file(annotated_csv(args.data))
+    provenance = check_generation(generator, settings, annotated_sha256, generated, args.force)
     kind = f" — {provenance['model_kind']}" if provenance.get("model_kind") else ""
     print(f"stage 2: generator {generator.name}{kind}; model {provenance['model']}, preset {provenance['preset']}, "
           f"{generator.steps} steps, saving {','.join(kinds)} at steps {','.join(map(str, capture_steps))}",
           file=sys.stderr)
-    generated = generated_dir(args.data)
-    summary = run_trajectories(generator, prompts, generated, settings, sha256_file(annotated_csv(args.data)),
+    summary = run_trajectories(generator, prompts, generated, settings, annotated_sha256,
                                shard=shard, force=args.force, all_prompt_ids=list(annotated["prompt_id"]),
                                progress=not args.no_progress)
     orphans = f"; removed parts of {len(summary.removed_orphans)} prompts no longer annotated" \

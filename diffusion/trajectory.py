@@ -16,6 +16,10 @@ A backend (diffusion/base.py) only samples and decodes; `run_trajectories` does 
   folder and makes it again.
 - Resume: a prompt is done when its part lists exactly the expected (sample, kind, step) rows and their wavs
   exist; generated/generation.json (written atomically before any clip) must match this run's provenance.
+  --force rewrites generation.json, redoes this shard's prompts and deletes parts of prompts that are no longer
+  in annotated.csv; after changing settings, rerun every shard with --force (or use a fresh --data).
+- generation.json is the one file every shard may write: shards started together write identical bytes, each
+  with an atomic rename.
 """
 from __future__ import annotations
 
@@ -23,15 +27,13 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
-
-import numpy as np
-import torch
 
 from data.audio import write_wav
 from data.contract import INDEX_COLUMNS, check_provenance
@@ -166,6 +168,21 @@ def generation_record(generator: Generator, settings: TrajectorySettings, annota
     return json.loads(json.dumps(record, default=str))
 
 
+def check_generation(generator: Generator, settings: TrajectorySettings, annotated_sha256: str, generated: Path,
+                     force: bool = False) -> dict:
+    """This run's generation.json record; InputError if generated/ holds outputs of other settings (unless
+    force). Writes nothing."""
+    record = generation_record(generator, settings, annotated_sha256)
+    provenance_path = Path(generated) / GENERATION_JSON
+    if provenance_path.is_file() and not force:
+        check_provenance(provenance_path, record, list(record), PROVENANCE_FIX)
+        unmatched = sorted(set(read_json(provenance_path)) ^ set(record))
+        if unmatched:
+            raise InputError(f"{provenance_path}: existing outputs were made by a run that "
+                             f"{'lacked' if unmatched[0] in record else 'had'} '{unmatched[0]}' — {PROVENANCE_FIX}")
+    return record
+
+
 @dataclass
 class RunSummary:
     shard: Shard
@@ -188,16 +205,10 @@ def run_trajectories(generator: Generator, prompts, generated: Path, settings: T
     from tqdm import tqdm
 
     generated = Path(generated)
-    record = generation_record(generator, settings, annotated_sha256)
+    record = check_generation(generator, settings, annotated_sha256, generated, force)
     provenance_path = generated / GENERATION_JSON
     summary = RunSummary(shard)
-    if provenance_path.is_file() and not force:
-        check_provenance(provenance_path, record, list(record), PROVENANCE_FIX)
-        unmatched = sorted(set(read_json(provenance_path)) ^ set(record))
-        if unmatched:
-            raise InputError(f"{provenance_path}: existing outputs were made by a run that "
-                             f"{'had' if unmatched[0] not in record else 'lacked'} '{unmatched[0]}' — {PROVENANCE_FIX}")
-    elif not provenance_path.is_file() or read_json(provenance_path) != record:
+    if not provenance_path.is_file() or read_json(provenance_path) != record:
         write_json(provenance_path, record)
     if force:
         known = set(all_prompt_ids if all_prompt_ids is not None else prompts["prompt_id"])
@@ -254,6 +265,8 @@ def generate_prompt(generator: Generator, prompt_id: str, prompt: str, labels: l
 
 def _decode_and_write(generator: Generator, prompt_id: str, clips: list, base_seed: int, generated: Path,
                       settings: TrajectorySettings, writers: ThreadPoolExecutor) -> list[dict]:
+    import torch  # here, not at the top: a rerun with every prompt done never needs it
+
     rows, pending = [], []
     for start in range(0, len(clips), settings.decode_batch_size):
         chunk = clips[start:start + settings.decode_batch_size]
@@ -261,10 +274,17 @@ def _decode_and_write(generator: Generator, prompt_id: str, clips: list, base_se
         if audio.ndim != 3 or audio.shape[0] != len(chunk) or audio.shape[1] != generator.channels:
             raise RuntimeError(f"{generator.name}.decode gave shape {list(audio.shape)} for {len(chunk)} latents; "
                                f"expected [{len(chunk)}, {generator.channels}, samples]")
+        # The previous chunk's files were written while this one decoded; waiting for them here keeps at most
+        # two chunks of audio in memory.
+        for future in pending:
+            future.result()
+        pending = []
         for (sample, kind, step, sigma, _), clip_audio in zip(chunk, audio):
             relative = clip_path(prompt_id, sample, kind, step)
-            pending.append(writers.submit(write_wav, generated / relative, np.array(clip_audio), generator.sample_rate))
-            rows.append({"prompt_id": prompt_id, "sample": sample, "step": step, "sigma": repr(float(sigma)),
+            pending.append(writers.submit(write_wav, generated / relative, clip_audio, generator.sample_rate))
+            # A layer trajectory has no noise level: its sigma is NaN and the column stays empty.
+            sigma_text = "" if sigma is None or math.isnan(sigma) else repr(float(sigma))
+            rows.append({"prompt_id": prompt_id, "sample": sample, "step": step, "sigma": sigma_text,
                          "kind": kind, "seed": base_seed + sample, "seconds_total": repr(float(settings.seconds)),
                          "sample_rate": generator.sample_rate, "path": relative})
     for future in pending:

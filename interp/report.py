@@ -150,7 +150,7 @@ clips of kind <b>{_escape(settings.get('kind'))}</b>; {_escape(settings.get('boo
 bootstraps: prompt metrics resample prompts (samples of one prompt are correlated), NSynth test metrics resample
 instruments. The p-value compares the concept's value with its random-concept probes (t for one more draw from their
 distribution), Bonferroni-corrected over concepts × steps. A concept emerges at the first step from which the lower
-interval bound stays above the random probes' {_escape(settings.get('baseline_percentile', 95))}th percentile at every later step.</p>
+interval bound stays above the random probes' {float(settings.get('baseline_percentile', 95)):g}th percentile at every later step.</p>
 <h2>Overview</h2>
 {_overview(quality, steps)}
 <h2>Figures</h2>

@@ -49,9 +49,13 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
-def default_generator():
-    """The real default bank, rendered from the soundfont (cached under data/bank/ after the first run)."""
-    return IdealGenerator()
+def default_generator(tmp_path_factory):
+    """The real default bank, rendered from the soundfont into an empty bank directory on first use."""
+    directory = tmp_path_factory.mktemp("default-bank")
+    generator = IdealGenerator(model=str(directory))
+    assert generator.provenance()["model_sha256"] == load_bank(directory).sha256
+    assert reference_bank.read_bank_sidecar(directory)["recipe"] == reference_bank.default_recipe()
+    return generator
 
 
 def test_observer_captures_exactly_the_requested_steps_and_kinds(tiny):

@@ -6,6 +6,7 @@ The full run goes through the script in a subprocess, offline; shard, resume and
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -101,33 +102,42 @@ def test_final_x0_clip_is_the_final_audio(full_run):
     np.testing.assert_array_equal(x0, xt)
 
 
-def test_shards_split_the_prompts_and_their_union_is_the_full_run(full_run, tiny_model, tmp_path, monkeypatch):
-    data = tmp_path / "data"
+@pytest.fixture(scope="module")
+def sharded(tiny_model, tmp_path_factory):
+    """The same prompts made by two shards into one data directory: shard 0 by --shard, shard 1 by SLURM."""
+    data = tmp_path_factory.mktemp("sharded") / "data"
     write_annotated(data)
     assert stage2_inprocess(data, tiny_model, "--shard", "0/2") == 0
-    first = set(listing(data))
-    parts_first = {path for path in first if path.startswith("index/")}
-    # Shard 1 of 2 taken from a SLURM array's environment, not from --shard.
-    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
-    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
-    assert stage2_inprocess(data, tiny_model) == 0
-    both = listing(data)
-    parts_second = {path for path in both if path.startswith("index/")} - parts_first
-    # No prompt belongs to two shards, every prompt to one.
-    assert parts_first and parts_second and not parts_first & parts_second
-    assert len(parts_first | parts_second) == len(PROMPTS)
-    sharded, whole = read_generated_index(data), read_generated_index(full_run)
-    pd.testing.assert_frame_equal(sharded, whole)
-    for path in whole["path"]:
+    first_parts = {path for path in listing(data) if path.startswith("index/")}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLURM_ARRAY_TASK_ID", "1")
+        patch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+        assert stage2_inprocess(data, tiny_model) == 0
+    second_parts = {path for path in listing(data) if path.startswith("index/")} - first_parts
+    return data, first_parts, second_parts
+
+
+def assert_same_audio(data, reference, paths):
+    for path in paths:
         ours, _ = read_audio(data / "generated" / path, allow_silent=True)
-        theirs, _ = read_audio(full_run / "generated" / path, allow_silent=True)
+        theirs, _ = read_audio(reference / "generated" / path, allow_silent=True)
         np.testing.assert_allclose(ours, theirs, atol=2 / 32768)
 
 
-def test_rerun_skips_finished_prompts_and_an_interrupted_prompt_is_redone(full_run, tiny_model, tmp_path, capsys):
+def test_shards_split_the_prompts_and_their_union_is_the_full_run(full_run, sharded):
+    data, first_parts, second_parts = sharded
+    # No prompt belongs to two shards, every prompt to one.
+    assert first_parts and second_parts and not first_parts & second_parts
+    assert len(first_parts | second_parts) == len(PROMPTS)
+    sharded_index, whole = read_generated_index(data), read_generated_index(full_run)
+    pd.testing.assert_frame_equal(sharded_index, whole)
+    assert_same_audio(data, full_run, whole["path"])
+
+
+def test_rerun_skips_finished_prompts_and_an_interrupted_prompt_is_redone(full_run, sharded, tiny_model, tmp_path,
+                                                                          capsys):
     data = tmp_path / "data"
-    write_annotated(data)
-    assert stage2_inprocess(data, tiny_model) == 0
+    shutil.copytree(sharded[0], data)
     done = listing(data)
     capsys.readouterr()
     assert stage2_inprocess(data, tiny_model) == 0
@@ -139,14 +149,9 @@ def test_rerun_skips_finished_prompts_and_an_interrupted_prompt_is_redone(full_r
     for wav in sorted((data / "generated" / "audio" / "p_organ").glob("*.wav"))[::2]:
         wav.unlink()
     assert stage2_inprocess(data, tiny_model) == 0
-    assert "1 generated" in capsys.readouterr().err
-    resumed = listing(data)
-    assert set(resumed) == set(done)
-    for path in resumed:
-        if path.endswith(".wav"):
-            ours, _ = read_audio(data / "generated" / path, allow_silent=True)
-            theirs, _ = read_audio(full_run / "generated" / path, allow_silent=True)
-            np.testing.assert_allclose(ours, theirs, atol=2 / 32768)
+    assert f"{len(PROMPTS) - 1} already done, 1 generated" in capsys.readouterr().err
+    assert set(listing(data)) == set(done)
+    assert_same_audio(data, full_run, [path for path in done if path.endswith(".wav")])
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -167,8 +172,6 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_model, tmp_path, 
 
 
 def test_empty_prompt_and_incomplete_model_dir(tiny_model, tmp_path, capsys):
-    import shutil
-
     data = tmp_path / "data"
     write_annotated(data, PROMPTS[:1] + [("p_empty", "   ", "")])
     assert stage2_inprocess(data, tiny_model) == 2

@@ -163,3 +163,29 @@ def test_other_embedder_configuration_needs_force(data):
     assert embeddings_path(data).read_bytes() == before
     assert run_stage(stage3.main, stage3.build_parser(), [*argv, "--force"]) == 0
     assert json.loads(sidecar_path.read_text())["checkpoint_sha256"] == SpectralEmbedder().provenance()["checkpoint_sha256"]
+
+
+def test_clap_options_reach_the_embedder_and_rows_align(tmp_path, capsys):
+    """The runner with the other registered embedder: a tiny CLAP saved in the hub layout, loaded by path."""
+    from embeddings.clap import ClapEmbedder
+    from tiny_clap import save_tiny_clap
+
+    model_dir = save_tiny_clap(tmp_path / "tiny-clap", fused=False)
+    data = tmp_path / "data"
+    (data / "generated").mkdir(parents=True)
+    (data / "generated" / "generation.json").write_text(json.dumps({"channels": 2}))
+    write_prompt(data, "p_a", 0, samples=1, steps=(0, 9))
+    argv = ["--embedder", "clap", "--model", str(model_dir), "--device", "cpu", "--dtype", "fp32"]
+    result = run_in_process(data, capsys, *argv)
+    assert result.returncode == 0, result.stderr
+    index = read_generated_index(data)
+    clap = ClapEmbedder(str(model_dir))
+    npy = data / "generated" / "embeddings" / f"{clap.name}.npy"
+    matrix, sidecar = read_embeddings(npy, len(index), table_sha256(index), "index_sha256", fix="rerun")
+    assert sidecar["embedder"] == "clap" and sidecar["checkpoint_sha256"] == clap.checkpoint_sha256
+    clips = [resample(to_mono(read_audio(data / "generated" / path)[0]), RATE, clap.sample_rate)
+             for path in index["path"]]
+    np.testing.assert_allclose(matrix, clap.embed(clips), rtol=1e-4, atol=1e-5)
+
+    # The embedder's own refusal (half precision on CPU) comes out as the stage's one-line error.
+    _one_line_error(run_in_process(data, capsys, *argv[:-1], "fp16", "--force"), "--dtype fp16 runs only on a CUDA")

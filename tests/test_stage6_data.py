@@ -138,7 +138,7 @@ def test_synthetic_data_passes_the_contract(tmp_path):
 
 
 _ANALYSED = {}
-STAGE6_ARGS = ["--embedder", EMBEDDER, "--bootstrap", "300", "--random-baselines", "20"]
+STAGE6_ARGS = ["--embedder", EMBEDDER, "--bootstrap", "300", "--random-baselines", "10"]
 
 
 def analysed_data(tmp_path_factory) -> Path:

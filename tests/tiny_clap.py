@@ -21,7 +21,8 @@ SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 # Audio tower sizes: "tiny" keeps the real input geometry (64 mel bins, 256x256 spectrogram image, window 8)
 # with two narrow stages; "htsat-base" is the tower of laion/larger_clap_* (laion_clap's HTSAT-base).
 AUDIO_TOWERS = {
-    "tiny": dict(patch_embeds_hidden_size=16, hidden_size=32, depths=[1, 1], num_attention_heads=[1, 2]),
+    "tiny": dict(patch_embeds_hidden_size=16, hidden_size=32, depths=[1, 1], num_attention_heads=[1, 2], patch_size=8,
+                 patch_stride=[8, 8]),
     "htsat-base": dict(patch_embeds_hidden_size=128, hidden_size=1024, depths=[2, 2, 12, 2],
                        num_attention_heads=[4, 8, 16, 32]),
 }

@@ -1,0 +1,142 @@
+"""`--embedder clap --model <tiny dir>` through stages 3, 5 and 6 as subprocesses, offline.
+
+Stage 2's outputs are written here to the contract (a real generator run renders a soundfont bank first,
+which is a minute of work unrelated to CLAP); the NSynth notes are rendered and selected by the real
+soundfont renderer and stage 4.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data.audio import read_audio, resample, to_mono, write_wav
+from data.contract import INDEX_COLUMNS, read_embeddings, read_generated_index, read_notes, table_sha256
+from data.files import read_json, sha256_file, write_json
+from data.stage import REPO_ROOT
+from embeddings.clap import ClapEmbedder
+from tiny_clap import save_tiny_clap
+
+GENERATED_RATE = 44_100
+PROMPTS = {"p_brass": ("a brass fanfare", "brass;bright"), "p_keys": ("a soft piano ballad", "keyboard;acoustic"),
+           "p_flute": ("a flute over strings", "flute;string")}
+STEPS = (0, 1, 2)
+
+
+def run(script: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run([sys.executable, str(REPO_ROOT / script), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=REPO_ROOT)
+
+
+def write_generated(data) -> None:
+    """Three prompts, one sample, three steps of x0 clips: 3 s stereo, brighter at later steps."""
+    annotated = pd.DataFrame([{"prompt_id": pid, "prompt": text, "labels": labels, "bpm": "", "annotator": "offline"}
+                              for pid, (text, labels) in PROMPTS.items()])
+    (data / "prompts").mkdir(parents=True)
+    annotated[["prompt_id", "prompt"]].assign(origin="embedded").to_csv(data / "prompts" / "prompts.csv", index=False)
+    annotated.to_csv(data / "prompts" / "annotated.csv", index=False)
+    write_json(data / "generated" / "generation.json",
+               {"generator": "fixture", "sample_rate": GENERATED_RATE, "channels": 2, "steps": len(STEPS),
+                "capture_steps": list(STEPS), "kinds": ["x0"], "trajectory_axis": "denoising_step"})
+    t = np.arange(3 * GENERATED_RATE) / GENERATED_RATE
+    for number, prompt_id in enumerate(PROMPTS):
+        rows = []
+        for step in STEPS:
+            partials = 1 + 3 * step
+            mono = sum(np.sin(2 * np.pi * k * 110 * (number + 2) * t) / k for k in range(1, partials + 1))
+            path = f"audio/{prompt_id}/s0-x0-{step:03d}.wav"
+            write_wav(data / "generated" / path, 0.2 * np.stack([mono, 0.8 * mono]), GENERATED_RATE)
+            rows.append({"prompt_id": prompt_id, "sample": 0, "step": step, "sigma": 1.0 / (step + 1), "kind": "x0",
+                         "seed": number, "seconds_total": 3.0, "sample_rate": GENERATED_RATE, "path": path})
+        (data / "generated" / "index").mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(rows, columns=list(INDEX_COLUMNS)).to_csv(data / "generated" / "index" / f"{prompt_id}.csv",
+                                                                index=False)
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clap_pipeline")
+    os.environ.setdefault("XDG_CACHE_HOME", str(root / "cache"))
+    checkpoint = save_tiny_clap(root / "tiny-clap")
+    data = root / "data"
+    write_generated(data)
+    rendered = run("data/nsynth/render_soundfont.py", "--data", data, "--programs", "0,4,56,57,24,27,73,75",
+                   "--pitch-step", "24", "--velocities", "127")
+    assert rendered.returncode == 0, rendered.stderr
+    stage4 = run("interp/stage4_concept_sets.py", "--data", data, "--nsynth-dir", data / "nsynth" / "nsynth-soundfont")
+    assert stage4.returncode == 0, stage4.stderr
+    clap = ("--embedder", "clap", "--model", checkpoint, "--device", "cpu", "--dtype", "fp32", "--batch-size", "4")
+    stage3 = run("embeddings/stage3_embed_generated.py", "--data", data, *clap)
+    assert stage3.returncode == 0, stage3.stderr
+    stage5 = run("interp/stage5_embed_nsynth.py", "--data", data, *clap)
+    assert stage5.returncode == 0, stage5.stderr
+    return data, checkpoint, ClapEmbedder(str(checkpoint))
+
+
+def test_stage3_rows_are_the_clips_of_the_sorted_index(pipeline):
+    data, checkpoint, embedder = pipeline
+    index = read_generated_index(data)
+    npy = data / "generated" / "embeddings" / f"{embedder.name}.npy"
+    matrix, sidecar = read_embeddings(npy, len(index), table_sha256(index), "index_sha256", fix="rerun stage 3")
+    assert sidecar["embedder"] == "clap" and sidecar["model"] == str(checkpoint.resolve())
+    assert sidecar["checkpoint_sha256"] == sha256_file(checkpoint / "model.safetensors")
+    assert sidecar["window_policy"] == embedder.window_policy and sidecar["dim"] == embedder.dim
+    for row in range(len(index)):
+        audio, rate = read_audio(data / "generated" / index.at[row, "path"])
+        expected = embedder.embed([resample(to_mono(audio), rate, embedder.sample_rate)])[0]
+        np.testing.assert_allclose(matrix[row], expected, atol=1e-5)
+
+
+def test_stage5_rows_are_the_notes_of_notes_csv(pipeline):
+    data, _, embedder = pipeline
+    notes = read_notes(data)
+    npy = data / "concepts" / "embeddings" / f"{embedder.name}.npy"
+    matrix, sidecar = read_embeddings(npy, len(notes), table_sha256(notes), "notes_sha256", fix="rerun stage 5")
+    generated = read_json(data / "generated" / "embeddings" / f"{embedder.name}.json")
+    for key in ("embedder", "model", "checkpoint_sha256", "window_policy", "dim"):
+        assert sidecar[key] == generated[key]
+    nsynth = data / "nsynth" / "nsynth-soundfont"
+    for row in (0, len(notes) // 2, len(notes) - 1):
+        audio, rate = read_audio(nsynth / notes.at[row, "path"])
+        expected = embedder.embed([resample(to_mono(audio), rate, embedder.sample_rate)])[0]
+        np.testing.assert_allclose(matrix[row], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("probe", ["logreg", "text"])
+def test_stage6_runs_on_clap_embeddings(pipeline, probe):
+    data, _, embedder = pipeline
+    result = run("interp/stage6_probe.py", "--data", data, "--embedder", embedder.name, "--probe", probe,
+                 "--bootstrap", "20", "--random-baselines", "2", "--no-report")
+    assert result.returncode == 0, result.stderr
+    results = sorted(path.name for path in (data / "results").rglob("*.csv"))
+    assert results, "stage 6 wrote no tables"
+
+
+def test_stage6_refuses_nsynth_embeddings_from_another_checkpoint(pipeline, tmp_path):
+    data, _, embedder = pipeline
+    other = save_tiny_clap(tmp_path / embedder.checkpoint_dir.name, seed=1)  # same stem, other weights
+    stage5 = run("interp/stage5_embed_nsynth.py", "--data", data, "--embedder", "clap", "--model", other, "--force")
+    assert stage5.returncode == 0, stage5.stderr
+    try:
+        result = run("interp/stage6_probe.py", "--data", data, "--embedder", embedder.name, "--bootstrap", "5",
+                     "--random-baselines", "0", "--no-report", "--force")
+        assert result.returncode == 2
+        assert "checkpoint_sha256" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    finally:
+        restored = run("interp/stage5_embed_nsynth.py", "--data", data, "--embedder", "clap", "--model",
+                       embedder.checkpoint_dir, "--force")
+        assert restored.returncode == 0, restored.stderr
+
+
+def test_a_checkpoint_that_is_not_clap_stops_stage3_with_one_line(pipeline, tmp_path):
+    data, _, _ = pipeline
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
+    result = run("embeddings/stage3_embed_generated.py", "--data", data, "--embedder", "clap", "--model",
+                 tmp_path / "bert", "--force")
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert "not a CLAP checkpoint" in result.stderr

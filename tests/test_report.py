@@ -1,0 +1,81 @@
+"""report.html links every captured clip, embeds its figures, renders in headless Chromium; the example
+notebook runs against the same results."""
+import os
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import matplotlib.image
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from interp import stage6_probe
+from test_stage6_data import EMBEDDER, analysed_data
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.audio, self.images, self.details = [], [], 0
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "audio":
+            self.audio.append(attrs)
+        elif tag == "img":
+            self.images.append(attrs["src"])
+        elif tag == "details":
+            self.details += 1
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = analysed_data(tmp_path_factory)
+    out = stage6_probe.results_dir(root, EMBEDDER, "logreg", "x0")
+    return root, out / "report.html"
+
+
+def test_every_audio_player_links_an_existing_wav(report):
+    root, path = report
+    collector = _Collector()
+    collector.feed(path.read_text(encoding="utf-8"))
+    assert len(collector.audio) == 40 * 2 * 6  # every captured step of every sample of every prompt
+    for attrs in collector.audio:
+        assert not os.path.isabs(attrs["src"]) and attrs["preload"] == "none"
+        assert (path.parent / attrs["src"]).resolve().is_file(), attrs["src"]
+    # Figures are embedded, so the page needs nothing but the wavs: overview figures plus one per concept.
+    assert len(collector.images) == 3 + 28
+    assert all(src.startswith("data:image/png;base64,") for src in collector.images)
+    assert collector.details >= 28 + 40
+
+
+def test_report_renders_in_headless_chromium(report, tmp_path):
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.fail("chromium is not installed — run `make browser` (the report test needs it)")
+    _, path = report
+    screenshot = tmp_path / "report.png"
+    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+                    f"--screenshot={screenshot}", "--window-size=1280,1600", path.resolve().as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    pixels = matplotlib.image.imread(screenshot)
+    assert pixels.shape[:2] == (1600, 1280)
+    # A page that failed to render is one flat colour; the tables, text and figures are not.
+    assert pixels[..., :3].std() > 0.05
+
+
+def test_example_notebook_reproduces_an_emergence_curve(report, monkeypatch):
+    root, _ = report
+    monkeypatch.setenv("MUSICOLOGIST_DATA", str(root))
+    monkeypatch.setenv("MUSICOLOGIST_EMBEDDER", EMBEDDER)
+    monkeypatch.setenv("MUSICOLOGIST_CONCEPT", "is_brass")
+    notebook = nbformat.read(REPO_ROOT / "examples" / "explore.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=120, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO_ROOT / "examples")}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
+    assert not [output for output in outputs if output.get("output_type") == "error"]
+    assert any("image/png" in output.get("data", {}) for output in outputs)
