@@ -33,28 +33,30 @@ def build_parser():
     parser = stage_parser(__doc__.splitlines()[0])
     parser.add_argument("--generator", default="ideal", help=f"one of: {', '.join(GENERATORS)}")
     parser.add_argument("--model", default=None,
-                        help="ideal: a bank directory (default: the soundfont bank, rendered once into "
-                             "data/bank/); stable-audio-open: hub id or local directory")
-    parser.add_argument("--preset", default=None, help="sampler preset of the generator (default: its 'reference')")
-    parser.add_argument("--steps", type=int, default=None, help="sampler steps (default: the preset's)")
+                        help="ideal: a bank directory (unset: the soundfont bank, rendered once into "
+                             "data/bank/); stable-audio-open: hub id or local directory (unset: the hub model)")
+    parser.add_argument("--preset", default=None, help="sampler preset of the generator (unset: its 'reference')")
+    parser.add_argument("--steps", type=int, default=None, help="sampler steps (unset: the preset's)")
     parser.add_argument("--capture-steps", default=None,
-                        help="comma-separated 0-based steps to save (default: every tenth step and the last, "
+                        help="comma-separated 0-based steps to save (unset: every tenth step and the last, "
                              "5,10,...,45,49 for 50 steps)")
     parser.add_argument("--kinds", default="x0",
                         help="what to save at each captured step: x0 (clean estimate), xt (noisy latent), or both")
     parser.add_argument("--samples", type=int, default=DEFAULT_SAMPLES, help="samples per prompt")
     parser.add_argument("--seconds", type=float, default=None,
-                        help="clip length (default: the generator's; at most its maximum)")
+                        help="clip length in seconds, at most the generator's maximum (unset: the generator's "
+                             "default length)")
     parser.add_argument("--seed", type=int, default=0, help="base seed; each prompt's seed derives from it and its id")
     parser.add_argument("--batch-size", type=int, default=None,
-                        help="samples per sampler call (default: all samples of a prompt in one call)")
+                        help="samples per sampler call (unset: all samples of a prompt in one call); "
+                             "the audio does not depend on it")
     parser.add_argument("--decode-batch-size", type=int, default=DEFAULT_DECODE_BATCH,
-                        help="captured latents decoded per decoder call")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: the generator's)")
-    parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (default: the generator's)")
+                        help="captured latents decoded per decoder call; the audio does not depend on it")
+    parser.add_argument("--device", default=None, help="cpu or cuda (unset: the generator's choice)")
+    parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (unset: the generator's, fp32)")
     parser.add_argument("--shard", default=None,
                         help="'i/n': this job makes the prompts at positions i, i+n, ... of sorted prompt_id "
-                             "(default: from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, else all)")
+                             "(unset: from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, else all prompts)")
     parser.add_argument("--limit-prompts", type=int, default=None,
                         help="only the first N prompts of annotated.csv (quick looks)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")

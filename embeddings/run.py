@@ -3,22 +3,23 @@
 `embed_files(paths, embedder, out_path, ...)` turns a list of wav files into one float32 matrix, row i for
 file i, and its provenance sidecar:
 
-- Files are read, checked (data.audio.read_audio: missing, unreadable, truncated, empty, NaN, silent, wrong
-  rate or channel count), downmixed to mono and resampled to the embedder's rate by a small thread pool that
-  runs ahead of the model by a bounded number of files, so decoding overlaps embed() and memory stays constant
-  however many files there are.
+- Files are read, checked (missing, unreadable, truncated, empty, NaN, silent, wrong rate or channel count:
+  data.audio.read_audio plus a WAV length check), downmixed to mono and resampled to the embedder's rate by a
+  small thread pool that runs ahead of the model by a bounded number of files, so decoding overlaps embed()
+  and memory stays constant however many files there are.
 - Rows are embedded in fixed chunks (`<name>.chunks/00000.npy` holds rows [0, chunk_rows)), each written
   atomically; `manifest.json` beside them records the provenance and the rows hash they were made for. A killed
   run resumes at the missing chunks; chunks made by another embedder configuration are refused (or wiped with
   --force); chunks made for other rows (the index changed) are discarded.
-- Batches never straddle a chunk boundary, so a resumed run feeds the embedder the very same batches as an
-  uninterrupted one and produces a byte-identical matrix.
+- Batches never straddle a chunk boundary, so a resumed run (with the same batch size) feeds the embedder the
+  very same batches as an uninterrupted one and produces a byte-identical matrix.
 - When every chunk exists they are streamed into `<name>.npy` through a memory map (the rows never sit in
   RAM together), the sidecar `<name>.json` is written, and the chunks are removed.
 
 A bad file stops the run with one InputError naming it. Chunks finished before it are kept, as for a kill.
 """
 import contextlib
+import importlib
 import inspect
 import os
 import shutil
@@ -40,8 +41,8 @@ from embeddings import EMBEDDERS, load_embedder
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_WORKERS = 2
-# Rows per chunk: a kill loses at most this much work (about a minute of spectral embedding on one core),
-# and 289k NSynth notes make a few hundred chunk files.
+# Rows per chunk: a kill loses at most this much work (half a minute of spectral embedding on one core, a few
+# minutes of CLAP on a CPU), and the 289k-note NSynth train split makes ~140 chunk files.
 DEFAULT_CHUNK_ROWS = 2048
 MANIFEST = "manifest.json"
 # How the runner turns a file into the embedder's input; part of the provenance because it changes vectors.
@@ -338,7 +339,7 @@ def embedder_from_args(args):
     options = {name: getattr(args, name) for name in ("model", "device", "dtype") if getattr(args, name) is not None}
     module_name, class_name = EMBEDDERS[args.embedder].split(":")
     try:
-        parameters = inspect.signature(getattr(__import__(module_name, fromlist=[class_name]), class_name)).parameters
+        parameters = inspect.signature(getattr(importlib.import_module(module_name), class_name)).parameters
     except ModuleNotFoundError as error:
         raise InputError(f"embedder {args.embedder!r} cannot be imported ({error}) — install its dependencies "
                          "(make install)") from None
@@ -350,7 +351,7 @@ def embedder_from_args(args):
 
 
 def batch_size_from_args(args, embedder) -> int:
-    """An embedder with weights knows the batch that fits its device (e.g. CLAP: 8 on CPU, 32 on CUDA)."""
+    """An embedder may name the batch that suits it (spectral: 32; CLAP: 8 on CPU, 32 on CUDA)."""
     if args.batch_size is not None:
         return args.batch_size
     return int(getattr(embedder, "batch_size", None) or DEFAULT_BATCH_SIZE)

@@ -144,7 +144,8 @@ def _envelope_features(frame_rms: np.ndarray) -> np.ndarray:
     shares[-1] = shares[-1] + energy[:, frame_times >= ENERGY_EDGES_S[-1]].sum(axis=1) / total[:, 0]
 
     segment_of_frame = np.minimum((frame_times / WINDOW_SECONDS * ENVELOPE_SEGMENTS).astype(int), ENVELOPE_SEGMENTS - 1)
-    segment_means = np.stack([relative[:, segment_of_frame == k].mean(axis=1) for k in range(ENVELOPE_SEGMENTS)], axis=1)
+    segment_means = np.stack([relative[:, segment_of_frame == k].mean(axis=1) for k in range(ENVELOPE_SEGMENTS)],
+                             axis=1)
 
     crest_db = peak_db - 10.0 * np.log10(np.maximum(energy.mean(axis=1), 1e-20))
     return np.column_stack([
@@ -248,7 +249,7 @@ def spectral_features(batch: np.ndarray) -> np.ndarray:
 
 class SpectralEmbedder(Embedder):
     name = "spectral"
-    # The stages' default batch: per-clip cost falls by about a quarter from batch 1 to 32 as numpy's overheads amortise.
+    # The stages' default batch: per-clip cost falls by about a quarter from batch 1 to 32 (numpy overheads).
     batch_size = 32
     sample_rate = SAMPLE_RATE
     dim = DIM

@@ -45,7 +45,10 @@ def resolve_nsynth_dir(recorded: str, data: Path, concepts_path: Path) -> Path:
     """Stage 4 records the directory as it was given: absolute, or relative to where it ran (the repository
     root for `make`) or to the data root. The first candidate that is a directory wins."""
     recorded_path = Path(recorded)
-    candidates = [recorded_path] if recorded_path.is_absolute() else [Path.cwd() / recorded_path, Path(data) / recorded_path]
+    if recorded_path.is_absolute():
+        candidates = [recorded_path]
+    else:
+        candidates = [Path.cwd() / recorded_path, Path(data) / recorded_path]
     for candidate in candidates:
         if candidate.is_dir():
             return candidate
@@ -60,7 +63,8 @@ def main(args) -> None:
     nsynth_dir = resolve_nsynth_dir(concepts["nsynth_dir"], args.data, concepts_dir(args.data) / "concepts.json")
     if notes["path"].isna().any():
         row = int(notes["path"].isna().idxmax()) + 2
-        raise InputError(f"{concepts_dir(args.data) / 'notes.csv'} row {row}: empty path — rerun stage 4 with --force")
+        raise InputError(f"{concepts_dir(args.data) / 'notes.csv'} row {row}: empty path "
+                         "— rerun stage 4 with --force")
     embedder = embedder_from_args(args)
     out_path = concepts_dir(args.data) / "embeddings" / f"{embedder.name}.npy"
     # examples.json identifies the audio itself: a re-rendered soundfont set under the same directory and the

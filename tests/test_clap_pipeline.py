@@ -5,6 +5,7 @@ which is a minute of work unrelated to CLAP); the NSynth notes are rendered and 
 soundfont renderer and stage 4.
 """
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,8 +16,11 @@ import pytest
 from data.audio import read_audio, resample, to_mono, write_wav
 from data.contract import INDEX_COLUMNS, read_embeddings, read_generated_index, read_notes, table_sha256
 from data.files import read_json, sha256_file, write_json
-from data.stage import REPO_ROOT
+from data.stage import REPO_ROOT, run_stage
+from embeddings import stage3_embed_generated as stage3
 from embeddings.clap import ClapEmbedder
+from interp import stage5_embed_nsynth as stage5
+from interp import stage6_probe
 from tiny_clap import save_tiny_clap
 
 GENERATED_RATE = 44_100
@@ -115,28 +119,36 @@ def test_stage6_runs_on_clap_embeddings(pipeline, probe):
     assert results, "stage 6 wrote no tables"
 
 
-def test_stage6_refuses_nsynth_embeddings_from_another_checkpoint(pipeline, tmp_path):
-    data, _, embedder = pipeline
-    other = save_tiny_clap(tmp_path / embedder.checkpoint_dir.name, seed=1)  # same stem, other weights
-    stage5 = run("interp/stage5_embed_nsynth.py", "--data", data, "--embedder", "clap", "--model", other, "--force")
-    assert stage5.returncode == 0, stage5.stderr
+def in_process(stage, *args) -> int:
+    """Run a stage's main in this process (no second torch import): returns its exit code."""
+    return run_stage(stage.main, stage.build_parser(), [str(arg) for arg in args])
+
+
+def test_stage6_refuses_nsynth_embeddings_from_another_checkpoint(pipeline, tmp_path, capsys):
+    """The same directory re-saved with other weights (a re-download, a fine-tune in place)."""
+    data, checkpoint, embedder = pipeline
+    original = shutil.copytree(checkpoint, tmp_path / "original")
+    save_tiny_clap(checkpoint, seed=1)
     try:
-        result = run("interp/stage6_probe.py", "--data", data, "--embedder", embedder.name, "--bootstrap", "5",
-                     "--random-baselines", "0", "--no-report", "--force")
-        assert result.returncode == 2
-        assert "checkpoint_sha256" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+        assert in_process(stage5, "--data", data, "--embedder", "clap", "--model", checkpoint, "--force") == 0
+        capsys.readouterr()
+        assert in_process(stage6_probe, "--data", data, "--embedder", embedder.name, "--bootstrap", "5",
+                          "--random-baselines", "0", "--no-report", "--force") == 2
+        error = capsys.readouterr().err.strip()
+        assert "checkpoint_sha256" in error and len(error.splitlines()) == 1
     finally:
-        restored = run("interp/stage5_embed_nsynth.py", "--data", data, "--embedder", "clap", "--model",
-                       embedder.checkpoint_dir, "--force")
-        assert restored.returncode == 0, restored.stderr
+        shutil.rmtree(checkpoint)
+        shutil.copytree(original, checkpoint)
+        assert in_process(stage5, "--data", data, "--embedder", "clap", "--model", checkpoint, "--force") == 0
 
 
-def test_a_checkpoint_that_is_not_clap_stops_stage3_with_one_line(pipeline, tmp_path):
-    data, _, _ = pipeline
+def test_a_checkpoint_that_is_not_clap_stops_stage3_with_one_line(pipeline, tmp_path, capsys):
+    data, _, embedder = pipeline
+    npy = data / "generated" / "embeddings" / f"{embedder.name}.npy"
+    before = npy.read_bytes()
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
-    result = run("embeddings/stage3_embed_generated.py", "--data", data, "--embedder", "clap", "--model",
-                 tmp_path / "bert", "--force")
-    assert result.returncode == 2
-    assert result.stderr.strip().startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
-    assert "not a CLAP checkpoint" in result.stderr
+    assert in_process(stage3, "--data", data, "--embedder", "clap", "--model", tmp_path / "bert", "--force") == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and len(error.splitlines()) == 1 and "not a CLAP checkpoint" in error
+    assert npy.read_bytes() == before  # nothing half-written, nothing removed

@@ -67,7 +67,8 @@ def test_embeddings_align_with_the_sorted_index_and_rerun_skips(data):
     result = run_script(data, "--embedder", "spectral", "--batch-size", "4")
     assert result.returncode == 0, result.stderr
     index = read_generated_index(data)
-    matrix, sidecar = read_embeddings(embeddings_path(data), len(index), table_sha256(index), "index_sha256", fix="rerun")
+    matrix, sidecar = read_embeddings(embeddings_path(data), len(index), table_sha256(index), "index_sha256",
+                                      fix="rerun")
     assert sidecar["generation_sha256"] == sha256_file(data / "generated" / "generation.json")
     # Each row is the embedding of the clip its index row names.
     for row in (0, 5, len(index) - 1):
@@ -147,7 +148,8 @@ def test_missing_inputs_and_wrong_options(data, tmp_path, capsys):
     _one_line_error(run_in_process(empty, capsys), "index: no index parts", "run stage 2 first")
 
     (data / "generated" / "generation.json").write_text(json.dumps({"channels": 2}))
-    _one_line_error(run_in_process(data, capsys, "--model", "some/model"), "--model is not an option of the spectral embedder")
+    _one_line_error(run_in_process(data, capsys, "--model", "some/model"),
+                    "--model is not an option of the spectral embedder")
     assert not (data / "generated" / "embeddings").exists()
 
 
@@ -162,7 +164,8 @@ def test_other_embedder_configuration_needs_force(data):
     assert run_stage(stage3.main, stage3.build_parser(), argv) == 2
     assert embeddings_path(data).read_bytes() == before
     assert run_stage(stage3.main, stage3.build_parser(), [*argv, "--force"]) == 0
-    assert json.loads(sidecar_path.read_text())["checkpoint_sha256"] == SpectralEmbedder().provenance()["checkpoint_sha256"]
+    current = SpectralEmbedder().provenance()["checkpoint_sha256"]
+    assert json.loads(sidecar_path.read_text())["checkpoint_sha256"] == current
 
 
 def test_clap_options_reach_the_embedder_and_rows_align(tmp_path, capsys):
