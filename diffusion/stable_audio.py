@@ -56,8 +56,8 @@ class Preset:
 
 
 PRESETS = {
-    # The reference study (dkytezab/musicologist): generate_diffusion_cond with 50 steps, cfg 6, dpmpp-2m-sde,
-    # sigma 0.01-100, 10 s, x0 saved at steps 5, 10, ..., 45 and the final one.
+    # The reference study's settings (issue 3): 50 steps, cfg 6, dpmpp-2m-sde, sigma 0.01-100, 10 s; its config
+    # (dkytezab/musicologist, diffusion/diff_config.yml) saves x0 at steps 5, 10, ..., 45, and the final one.
     "reference": Preset(steps=50, guidance_scale=6.0, sigma_min=0.01, sigma_max=100.0, solver_order=2,
                         seconds=10.0, source_sampler="dpmpp-2m-sde", source="reference study"),
     # The model card's stable-audio-tools example: 100 steps, cfg 7, sigma 0.3-500, dpmpp-3m-sde, 30 s. diffusers

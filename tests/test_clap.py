@@ -51,7 +51,7 @@ def tone(seconds: float, frequency: float, seed: int = 0, rate: int = RATE) -> n
 
 def mixed_clips() -> list[np.ndarray]:
     """4 s notes, exact 10 s windows, odd lengths, and clips longer than the window."""
-    lengths = (4.0, 10.0, 12.5, 4.0, 0.7, 10.0, 23.0)
+    lengths = (4.0, 10.0, 12.5, 0.7, 23.0)
     return [tone(seconds, 110.0 * (i + 1), seed=i) for i, seconds in enumerate(lengths)]
 
 
@@ -106,7 +106,7 @@ def test_embed_equals_the_transformers_pipeline_on_one_window(which, request):
 def test_batched_equals_one_by_one_and_rows_stay_aligned(which, request):
     embedder = request.getfixturevalue(which)
     clips = mixed_clips()
-    batched = embedder.embed(clips)  # batch_size 3 over 7 clips: full and partial batches
+    batched = embedder.embed(clips)  # batch_size 3 over 5 clips: a full and a partial batch
     assert batched.dtype == np.float32 and batched.shape == (len(clips), embedder.dim)
     one_by_one = np.concatenate([embedder.embed([clip]) for clip in clips])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)

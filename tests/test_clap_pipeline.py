@@ -1,4 +1,4 @@
-"""`--embedder clap --model <tiny dir>` through stages 3, 5 and 6 as subprocesses, offline.
+"""`--embedder clap --model <tiny dir>` through stages 3 and 5 (as subprocesses, as users run them) and 6, offline.
 
 Stage 2's outputs are written here to the contract (a real generator run renders a soundfont bank first,
 which is a minute of work unrelated to CLAP); the NSynth notes are rendered and selected by the real
@@ -19,6 +19,8 @@ from data.files import read_json, sha256_file, write_json
 from data.stage import REPO_ROOT, run_stage
 from embeddings import stage3_embed_generated as stage3
 from embeddings.clap import ClapEmbedder
+from data.nsynth import render_soundfont
+from interp import stage4_concept_sets as stage4
 from interp import stage5_embed_nsynth as stage5
 from interp import stage6_probe
 from tiny_clap import save_tiny_clap
@@ -33,6 +35,11 @@ def run(script: str, *args, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO_ROOT)}
     return subprocess.run([sys.executable, str(REPO_ROOT / script), *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=REPO_ROOT)
+
+
+def in_process(stage, *args) -> int:
+    """Run a stage's main in this process (no second torch import): returns its exit code."""
+    return run_stage(stage.main, stage.build_parser(), [str(arg) for arg in args])
 
 
 def write_generated(data) -> None:
@@ -67,11 +74,10 @@ def pipeline(tmp_path_factory):
     checkpoint = save_tiny_clap(root / "tiny-clap")
     data = root / "data"
     write_generated(data)
-    rendered = run("data/nsynth/render_soundfont.py", "--data", data, "--programs", "0,4,56,57,24,27,73,75",
-                   "--pitch-step", "24", "--velocities", "127")
-    assert rendered.returncode == 0, rendered.stderr
-    stage4 = run("interp/stage4_concept_sets.py", "--data", data, "--nsynth-dir", data / "nsynth" / "nsynth-soundfont")
-    assert stage4.returncode == 0, stage4.stderr
+    # Two instruments in each of four families: enough for stage 4's instrument-disjoint train/test split.
+    assert in_process(render_soundfont, "--data", data, "--programs", "0,4,56,57,24,27,73,75",
+                      "--pitch-step", "24", "--velocities", "127") == 0
+    assert in_process(stage4, "--data", data, "--nsynth-dir", data / "nsynth" / "nsynth-soundfont") == 0
     clap = ("--embedder", "clap", "--model", checkpoint, "--device", "cpu", "--dtype", "fp32", "--batch-size", "4")
     stage3 = run("embeddings/stage3_embed_generated.py", "--data", data, *clap)
     assert stage3.returncode == 0, stage3.stderr
@@ -110,18 +116,15 @@ def test_stage5_rows_are_the_notes_of_notes_csv(pipeline):
 
 
 @pytest.mark.parametrize("probe", ["logreg", "text"])
-def test_stage6_runs_on_clap_embeddings(pipeline, probe):
+def test_stage6_runs_on_clap_embeddings(pipeline, probe, capsys):
+    """NSynth-trained probes, and zero-shot text probes from the tokenizer saved beside the checkpoint."""
     data, _, embedder = pipeline
-    result = run("interp/stage6_probe.py", "--data", data, "--embedder", embedder.name, "--probe", probe,
-                 "--bootstrap", "20", "--random-baselines", "2", "--no-report")
-    assert result.returncode == 0, result.stderr
-    results = sorted(path.name for path in (data / "results").rglob("*.csv"))
-    assert results, "stage 6 wrote no tables"
-
-
-def in_process(stage, *args) -> int:
-    """Run a stage's main in this process (no second torch import): returns its exit code."""
-    return run_stage(stage.main, stage.build_parser(), [str(arg) for arg in args])
+    code = in_process(stage6_probe, "--data", data, "--embedder", embedder.name, "--probe", probe,
+                      "--bootstrap", "20", "--random-baselines", "2", "--no-report")
+    assert code == 0, capsys.readouterr().err
+    out = stage6_probe.results_dir(data, embedder.name, probe, "x0")
+    tables = {name: pd.read_csv(out / name) for name in stage6_probe.OUTPUT_FILES if name.endswith(".csv")}
+    assert tables and all(len(table) for table in tables.values())
 
 
 def test_stage6_refuses_nsynth_embeddings_from_another_checkpoint(pipeline, tmp_path, capsys):

@@ -185,7 +185,9 @@ def test_default_bank_is_disjoint_from_probe_instruments_and_covers_every_family
     present = {label for labels in bank.labels for label in labels}
     assert set(FAMILIES) | {"drum"} <= present
     rms = np.sqrt(np.mean(bank.audio.astype(np.float64) ** 2, axis=1))
-    assert rms.max() <= CLIP_RMS * 1.0001 and rms.min() > CLIP_RMS / 4
+    # A struck held note (mallet) hits the peak limit before the target RMS: it may stay a few times quieter.
+    assert rms.max() <= CLIP_RMS * 1.0001 and rms.min() > CLIP_RMS / 8
+    assert np.median(rms) > CLIP_RMS * 0.99
     assert np.abs(bank.audio).max() <= reference_bank.PEAK_LIMIT + 1e-6
     assert default_generator.sample_rate == 16000 and default_generator.max_seconds == 4.0
 
