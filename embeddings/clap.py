@@ -72,7 +72,6 @@ class ClapEmbedder(Embedder):
         from transformers import ClapFeatureExtractor, ClapModel
         from transformers.utils import logging as hf_logging
 
-        self.model_id, self.checkpoint_dir = resolve_checkpoint(str(model))
         self.device = _device(device)
         if str(dtype).lower() not in DTYPES:
             raise InputError(f"--dtype {dtype!r} is not one of fp32, fp16, bf16 — pick one")
@@ -83,6 +82,7 @@ class ClapEmbedder(Embedder):
         self.batch_size = int(batch_size) if batch_size else DEFAULT_BATCH.get(self.device.type, 8)
         if self.batch_size < 1:
             raise InputError(f"batch size {batch_size} must be ≥ 1 — fix the option")
+        self.model_id, self.checkpoint_dir = resolve_checkpoint(str(model))
 
         config = _clap_config(self.checkpoint_dir)
         # Hub checkpoints carry preprocessor_config.json; transformers 5 saves a ClapProcessor as processor_config.json.
@@ -115,12 +115,12 @@ class ClapEmbedder(Embedder):
 
         extractor, audio_config = self.feature_extractor, config.audio_config
         if extractor.feature_size != audio_config.num_mel_bins:
-            raise InputError(f"{self.checkpoint_dir}: preprocessor_config.json makes {extractor.feature_size} mel "
+            raise InputError(f"{self.checkpoint_dir}: the feature extractor config makes {extractor.feature_size} mel "
                              f"bins but the audio tower expects {audio_config.num_mel_bins} — save the matching "
                              "feature extractor with the model")
         if extractor.padding not in PADDING_MODES:
-            raise InputError(f"{self.checkpoint_dir}: preprocessor_config.json padding {extractor.padding!r} is not "
-                             f"one of {', '.join(PADDING_MODES)} — fix the file")
+            raise InputError(f"{self.checkpoint_dir}: the feature extractor config's padding {extractor.padding!r} "
+                             f"is not one of {', '.join(PADDING_MODES)} — fix the file")
         self.fused = bool(audio_config.enable_fusion)
         self.truncation = "fusion" if self.fused else "rand_trunc"
         self.padding = extractor.padding
@@ -235,7 +235,8 @@ class ClapEmbedder(Embedder):
             try:
                 tokenizer = AutoTokenizer.from_pretrained(self.checkpoint_dir)
             except (OSError, ValueError, TypeError, KeyError) as error:
-                raise InputError(f"{self.checkpoint_dir}: no usable tokenizer ({_first_line(error)}) — {fix}") from None
+                raise InputError(f"{self.checkpoint_dir}: no usable tokenizer ({_first_line(error)}) — {fix}") \
+                    from None
             vocab_size = int(self.model.config.text_config.vocab_size)
             if len(tokenizer) > vocab_size:
                 raise InputError(f"{self.checkpoint_dir}: the tokenizer has {len(tokenizer)} tokens but the text "
