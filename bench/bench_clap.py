@@ -14,6 +14,7 @@ and the largest difference between the two sides' vectors (they must agree: same
 
     .venv/bin/python bench/bench_clap.py                # 200 clips, as reported in bench/README_clap.md
     .venv/bin/python bench/bench_clap.py --clips 20     # a quick look
+    .venv/bin/python bench/bench_clap.py --device cuda --dtype fp16   # on a GPU
 """
 import argparse
 import os
@@ -70,7 +71,7 @@ class ForwardTimer:
         return result
 
 
-def reference_loop(paths: list[Path], model, processor) -> tuple[np.ndarray, float]:
+def reference_loop(paths: list[Path], model, processor, device: str, dtype: torch.dtype) -> tuple[np.ndarray, float]:
     truncation = "fusion" if model.config.audio_config.enable_fusion else "rand_trunc"
     vectors = []
     started = time.perf_counter()
@@ -79,9 +80,9 @@ def reference_loop(paths: list[Path], model, processor) -> tuple[np.ndarray, flo
         mono = audio.mean(axis=1)
         resampler = soxr.ResampleStream(rate, 48_000, 1, dtype="float32", quality="HQ")
         wave = resampler.resample_chunk(mono, last=True)
-        inputs = processor(audio=wave, sampling_rate=48_000, truncation=truncation, return_tensors="pt")
-        with torch.no_grad():
-            vectors.append(model.get_audio_features(**inputs).pooler_output[0].numpy())
+        inputs = processor(audio=wave, sampling_rate=48_000, truncation=truncation, return_tensors="pt").to(device)
+        with torch.no_grad(), torch.autocast(torch.device(device).type, dtype, enabled=dtype != torch.float32):
+            vectors.append(model.get_audio_features(**inputs).pooler_output[0].float().cpu().numpy())
     return np.stack(vectors), time.perf_counter() - started
 
 
@@ -100,6 +101,8 @@ def main(argv=None):
     parser.add_argument("--workers", type=int, default=2, help="loader threads for ours")
     parser.add_argument("--rounds", type=int, default=4, help="alternate the two sides over this many slices")
     parser.add_argument("--tower", choices=("htsat-base", "tiny"), default="htsat-base", help="audio tower size")
+    parser.add_argument("--device", default="cpu", help="torch device for both sides (cpu, cuda)")
+    parser.add_argument("--dtype", default="fp32", help="fp32, or fp16/bf16 under autocast on CUDA, for both sides")
     parser.add_argument("--fused", action="store_true", help="a fused (clap-htsat-fused style) checkpoint")
     args = parser.parse_args(argv)
 
@@ -109,15 +112,14 @@ def main(argv=None):
         (tmp / "clips").mkdir()
         paths = write_clips(tmp / "clips", args.clips)
         from transformers import ClapModel, ClapProcessor
-        ref_model = ClapModel.from_pretrained(checkpoint).eval()
+        ref_model = ClapModel.from_pretrained(checkpoint).eval().to(args.device)
         ref_processor = ClapProcessor.from_pretrained(checkpoint)
         ref_timer = ForwardTimer(ref_model)
-        embedder = ClapEmbedder(str(checkpoint), device="cpu", dtype="fp32", batch_size=args.batch_size)
+        embedder = ClapEmbedder(str(checkpoint), device=args.device, dtype=args.dtype, batch_size=args.batch_size)
         our_timer = ForwardTimer(embedder.model)
         # Warm-up outside the timings: first-call allocations and oneDNN kernel selection.
         embedder.embed([np.zeros(48_000, np.float32)])
-        ref_model.get_audio_features(**ref_processor(audio=np.zeros(48_000, np.float32), sampling_rate=48_000,
-                                                     return_tensors="pt"))
+        reference_loop(paths[:1], ref_model, ref_processor, args.device, embedder.dtype)
         ref_timer.seconds = our_timer.seconds = 0.0
 
         # The two sides alternate over slices of the clips, so both see the same share of the (shared,
@@ -126,7 +128,7 @@ def main(argv=None):
         ref_parts, our_parts = [], []
         for part in np.array_split(np.arange(len(paths)), args.rounds):
             part_paths = [paths[i] for i in part]
-            vectors, wall = reference_loop(part_paths, ref_model, ref_processor)
+            vectors, wall = reference_loop(part_paths, ref_model, ref_processor, args.device, embedder.dtype)
             ref_parts.append(vectors)
             ref_wall += wall
             vectors, stats = ours(part_paths, embedder, tmp / f"round{len(our_parts)}.npy", args.batch_size,
@@ -139,8 +141,8 @@ def main(argv=None):
 
     diff = float(np.abs(ref_vectors - our_vectors).max())
     print(f"{args.clips} clips ({(args.clips + 1) // 2} x 4 s 16 kHz mono, {args.clips // 2} x 10 s 44.1 kHz stereo), "
-          f"{args.tower} audio tower{' fused' if args.fused else ''}, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
+          f"{args.tower} audio tower{' fused' if args.fused else ''}, {args.device} {args.dtype}, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"reference loop: {ref_wall:7.1f} s  {args.clips / ref_wall:6.2f} clips/s  "
           f"({100 * ref_forward / ref_wall:.0f}% in the model forward)")
     print(f"ours (runner):  {our_wall:7.1f} s  {args.clips / our_wall:6.2f} clips/s  "

@@ -203,7 +203,12 @@ def resolve_model_dir(model: str) -> Path:
     if not REPO_ID.match(model) or model.startswith((".", "/", "~")):
         raise InputError(f"{model}: no such directory — pass an existing model directory or a hub id such as {HUB_ID}")
     from diffusers import StableAudioPipeline
+    from diffusers.utils import logging as diffusers_logging
 
+    # diffusers logs "Couldn't connect to the Hub ... will try the cache" before failing; the translated
+    # one-line error below says what matters.
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
     try:
         return Path(StableAudioPipeline.download(model))
     except Exception as error:  # noqa: BLE001 - translated below, re-raised when not a hub failure
@@ -211,6 +216,8 @@ def resolve_model_dir(model: str) -> Path:
         if message is None:
             raise
         raise InputError(message) from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
 
 
 def hub_error_message(model: str, error: BaseException) -> str | None:
@@ -279,8 +286,12 @@ def load_pipeline(model_dir: Path, dtype: torch.dtype, device: torch.device):
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
     try:
-        # A resolved directory never needs the network; this also keeps transformers from probing the hub.
-        pipe = StableAudioPipeline.from_pretrained(model_dir, local_files_only=True, **{_dtype_argument(): dtype})
+        with warnings.catch_warnings():
+            # diffusers' Oobleck VAE still builds with torch.nn.utils.weight_norm; that deprecation is theirs.
+            warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated", category=FutureWarning)
+            # A resolved directory never needs the network; this also keeps transformers from probing the hub.
+            pipe = StableAudioPipeline.from_pretrained(model_dir, local_files_only=True,
+                                                       **{_dtype_argument(): dtype})
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{model_dir}: cannot load the Stable Audio pipeline ({first}) — re-download or "

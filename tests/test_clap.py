@@ -289,7 +289,8 @@ def test_weights_that_do_not_fit_the_config_are_refused(tmp_path, unfused_dir):
 
 def test_an_uncached_hub_id_offline_is_a_one_line_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    # huggingface_hub reads HF_HUB_CACHE once, at import.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError) as error:
         ClapEmbedder("laion/larger_clap_general")
@@ -313,3 +314,23 @@ def test_half_precision_on_cpu_is_refused(unfused_dir):
             ClapEmbedder(str(unfused_dir), dtype=dtype)
     with pytest.raises(InputError, match="not one of fp32, fp16, bf16"):
         ClapEmbedder(str(unfused_dir), dtype="int8")
+
+
+def test_a_hub_id_loads_offline_from_the_hugging_face_cache(tmp_path, monkeypatch, unfused_dir):
+    """The cache layout `hf download` leaves behind: models--owner--name/{refs/main, snapshots/<commit>/}."""
+    import shutil
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--laion--larger_clap_general"
+    shutil.copytree(unfused_dir, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads HF_HUB_CACHE once, at import.
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.chdir(tmp_path)
+    embedder = ClapEmbedder("laion/larger_clap_general")
+    assert embedder.name == "clap-larger_clap_general"
+    assert embedder.provenance()["model"] == "laion/larger_clap_general"
+    assert embedder.provenance()["checkpoint_sha256"] == sha256_file(unfused_dir / "model.safetensors")
+    clip = tone(4.0, 220.0)
+    np.testing.assert_array_equal(embedder.embed([clip]), ClapEmbedder(str(unfused_dir)).embed([clip]))

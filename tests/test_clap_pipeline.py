@@ -70,20 +70,22 @@ def write_generated(data) -> None:
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("clap_pipeline")
-    os.environ.setdefault("XDG_CACHE_HOME", str(root / "cache"))
-    checkpoint = save_tiny_clap(root / "tiny-clap")
-    data = root / "data"
-    write_generated(data)
-    # Two instruments in each of four families: enough for stage 4's instrument-disjoint train/test split.
-    assert in_process(render_soundfont, "--data", data, "--programs", "0,4,56,57,24,27,73,75",
-                      "--pitch-step", "24", "--velocities", "127") == 0
-    assert in_process(stage4, "--data", data, "--nsynth-dir", data / "nsynth" / "nsynth-soundfont") == 0
-    clap = ("--embedder", "clap", "--model", checkpoint, "--device", "cpu", "--dtype", "fp32", "--batch-size", "4")
-    stage3 = run("embeddings/stage3_embed_generated.py", "--data", data, *clap)
-    assert stage3.returncode == 0, stage3.stderr
-    stage5 = run("interp/stage5_embed_nsynth.py", "--data", data, *clap)
-    assert stage5.returncode == 0, stage5.stderr
-    return data, checkpoint, ClapEmbedder(str(checkpoint))
+    with pytest.MonkeyPatch.context() as patch:
+        # The checkpoint-digest cache lives under XDG_CACHE_HOME (inherited by the subprocesses): not the user's.
+        patch.setenv("XDG_CACHE_HOME", str(root / "cache"))
+        checkpoint = save_tiny_clap(root / "tiny-clap")
+        data = root / "data"
+        write_generated(data)
+        # Two instruments in each of four families: enough for stage 4's instrument-disjoint train/test split.
+        assert in_process(render_soundfont, "--data", data, "--programs", "0,4,56,57,24,27,73,75",
+                          "--pitch-step", "24", "--velocities", "127") == 0
+        assert in_process(stage4, "--data", data, "--nsynth-dir", data / "nsynth" / "nsynth-soundfont") == 0
+        clap = ("--embedder", "clap", "--model", checkpoint, "--device", "cpu", "--dtype", "fp32", "--batch-size", "4")
+        stage3_run = run("embeddings/stage3_embed_generated.py", "--data", data, *clap)
+        assert stage3_run.returncode == 0, stage3_run.stderr
+        stage5_run = run("interp/stage5_embed_nsynth.py", "--data", data, *clap)
+        assert stage5_run.returncode == 0, stage5_run.stderr
+        yield data, checkpoint, ClapEmbedder(str(checkpoint))
 
 
 def test_stage3_rows_are_the_clips_of_the_sorted_index(pipeline):

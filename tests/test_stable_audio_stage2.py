@@ -212,3 +212,14 @@ def test_stages_3_to_6_run_on_the_generated_trajectories(full_run, tmp_path):
     results = data / "results" / "spectral" / "logreg" / "x0"
     emergence = pd.read_csv(results / "emergence.csv")
     assert len(emergence) > 0 and set(emergence["step"]) <= {1, 3}
+
+
+def test_uncached_hub_model_offline_is_the_only_line_on_stderr(tiny_model, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    data = tmp_path / "data"
+    write_annotated(data)
+    assert stage2_inprocess(data, tiny_model, "--model", "stabilityai/stable-audio-open-1.0") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: stabilityai/stable-audio-open-1.0: not in the Hugging Face cache")
+    assert "\n" not in err and not (data / "generated").exists()
