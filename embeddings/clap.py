@@ -30,7 +30,8 @@ Speed
     The log-mel is computed for the whole batch in torch on the model's device (tests check it against
     ClapFeatureExtractor); the extractor itself loops over STFT frames in numpy, one clip at a time. The forward
     runs under inference_mode; on CUDA, fp16/bf16 run under autocast (the mel stays float32, since a log of
-    half-precision power loses the quiet bands). On CPU only fp32 is offered.
+    half-precision power loses the quiet bands). On CPU only fp32 is offered. Measured figures:
+    bench/README_clap.md (bench/bench_clap.py).
 
 Vectors
     `get_audio_features(...).pooler_output`: the audio projection, L2-normalised by ClapModel (unit vectors, as

@@ -1,8 +1,9 @@
 """Tiny randomly-initialised CLAP checkpoints in the real on-disk layout, for tests and the benchmark.
 
-`save_tiny_clap(directory, fused=...)` writes what `save_pretrained` writes for a hub checkpoint — config.json
-(model_type "clap"), model.safetensors, preprocessor_config.json and a RoBERTa-style byte-level BPE tokenizer
-trained offline on a few sentences — so the embedder loads it by path exactly as it loads laion/*.
+`save_tiny_clap(directory, fused=...)` writes what `save_pretrained` writes for a checkpoint — config.json
+(model_type "clap"), model.safetensors, the ClapProcessor's processor_config.json (feature extractor settings)
+and a RoBERTa-style byte-level BPE tokenizer trained offline on a few sentences — so the embedder loads it by
+path through the same code that loads laion/*.
 `audio_tower="htsat-base"` gives the audio tower of the larger_clap_* checkpoints (patch embeddings 128,
 depths 2-2-12-2, hidden 1024; ~68 M parameters) with a small text tower, for timing.
 """
@@ -18,8 +19,9 @@ TOKENIZER_CORPUS = [
 ]
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
-# Audio tower sizes: "tiny" keeps the real input geometry (64 mel bins, 256x256 spectrogram image, window 8)
-# with two narrow stages; "htsat-base" is the tower of laion/larger_clap_* (laion_clap's HTSAT-base).
+# Audio tower sizes: "tiny" keeps the real input geometry (64 mel bins, 1001 frames folded into a 256x256
+# image, window 8) with 8x8 patches and two narrow stages, ~60 ms per clip; "htsat-base" is the tower of
+# laion/larger_clap_* (laion_clap's HTSAT-base).
 AUDIO_TOWERS = {
     "tiny": dict(patch_embeds_hidden_size=16, hidden_size=32, depths=[1, 1], num_attention_heads=[1, 2], patch_size=8,
                  patch_stride=[8, 8]),
