@@ -51,8 +51,11 @@ browser:
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# Timings live here, never in tests. Each prints ratios measured side by side in one run (see bench/README_*.md).
 bench: install
-	$(PY) bench/run_all.py
+	$(PY) bench/bench_generation.py --size tiny
+	$(PY) bench/bench_clap.py --clips 40
+	$(PY) bench/bench_analysis.py
 
 clean-data:
 	rm -rf $(DATA)/prompts/*.csv $(DATA)/prompts/*.json $(DATA)/generated $(DATA)/concepts $(DATA)/nsynth/nsynth-* $(DATA)/results
