@@ -102,13 +102,37 @@ def plot_drift(drift_summary: pd.DataFrame, path) -> None:
     _save(figure, path)
 
 
+def plot_family_rates(table: pd.DataFrame, path) -> None:
+    """TPR and TNR of the instrument-family probes per step: each family thin, their mean bold.
+
+    Threshold metrics, unlike AUROC, say whether a clip is *called* brass; a concept emerging shows as the
+    mean TPR rising along the trajectory while TNR holds."""
+    from data.vocabulary import FAMILIES
+    families = table[table["concept"].isin([f"is_{family}" for family in FAMILIES])]
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
+    figure.subplots_adjust(bottom=0.17, wspace=0.08)
+    for axis, metric in zip(axes, ("tpr", "tnr")):
+        by_step = families.pivot_table(index="step", columns="concept", values=metric)
+        for concept in by_step.columns:
+            axis.plot(by_step.index, by_step[concept], color="0.7", lw=0.8)
+        axis.plot(by_step.index, by_step.mean(axis=1), color="C0", lw=2.2, marker="o", ms=4,
+                  label=f"mean over {by_step.shape[1]} families")
+        axis.set_title(f"instrument families: {metric.upper()} per step")
+        axis.set_xlabel("step")
+        axis.set_ylim(-0.02, 1.02)
+        axis.grid(alpha=0.3)
+    axes[0].legend(loc="upper left", fontsize=8)
+    _save(figure, path)
+
+
 def write_plots(out, table: pd.DataFrame, drift_summary: pd.DataFrame, clips: pd.DataFrame, embeddings) -> dict:
     """Write every figure; returns {role or concept: path relative to `out`}."""
     from pathlib import Path
     folder = Path(out) / "plots"
     files = {"heatmap": "plots/heatmap_auroc.png", "trajectories": "plots/trajectories_pca.png",
-             "drift": "plots/drift.png"}
+             "drift": "plots/drift.png", "families": "plots/family_rates.png"}
     plot_heatmap(table, Path(out) / files["heatmap"])
+    plot_family_rates(table, Path(out) / files["families"])
     plot_trajectories(clips, embeddings, Path(out) / files["trajectories"])
     plot_drift(drift_summary, Path(out) / files["drift"])
     for concept in dict.fromkeys(table["concept"]):

@@ -135,7 +135,8 @@ def write_report(out, data, provenance: dict, plot_files: dict) -> Path:
         concept_sections.append(f"<details id='concept-{_escape(concept)}'><summary><b>{_escape(concept)}</b> "
                                 f"<span class='muted'>{_escape(description)}</span></summary>{image}</details>")
     figures = "".join(f"<h3>{_escape(title)}</h3>{_image(out / plot_files[key], title)}"
-                      for key, title in (("heatmap", "AUROC per concept and step"),
+                      for key, title in (("families", "Instrument families: TPR and TNR per step"),
+                                         ("heatmap", "AUROC per concept and step"),
                                          ("trajectories", "Trajectories (PCA)"),
                                          ("drift", "Drift to the final step")) if key in plot_files)
     level = 100 * (1 - float(settings.get("alpha", 0.05)))
