@@ -48,7 +48,7 @@ def test_every_audio_player_links_an_existing_wav(report):
         assert not os.path.isabs(attrs["src"]) and attrs["preload"] == "none"
         assert (path.parent / attrs["src"]).resolve().is_file(), attrs["src"]
     # Figures are embedded, so the page needs nothing but the wavs: overview figures plus one per concept.
-    assert len(collector.images) == 3 + 28
+    assert len(collector.images) == 4 + 28  # families, heatmap, PCA, drift + one per concept
     assert all(src.startswith("data:image/png;base64,") for src in collector.images)
     assert collector.details >= 28 + 40
 
