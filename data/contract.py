@@ -177,6 +177,20 @@ def read_embeddings(npy_path, n_rows: int, rows_sha256: str, rows_key: str, fix:
     return np.asarray(matrix), sidecar
 
 
+def read_sidecar(path, missing_fix: str, fix: str) -> dict:
+    """A provenance JSON another stage wrote: missing -> missing_fix, unparsable or not an object -> fix."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: missing — {missing_fix}")
+    try:
+        payload = read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not valid JSON ({str(error).splitlines()[0]}) — {fix}") from None
+    if not isinstance(payload, dict):
+        raise InputError(f"{path}: expected a JSON object — {fix}")
+    return payload
+
+
 def check_same_embedder(first: dict, first_path, second: dict, second_path) -> None:
     """Stage 6 compares generated and NSynth embeddings: they must come from the very same embedder."""
     for key in EMBEDDER_IDENTITY:

@@ -11,8 +11,8 @@ from its finished chunks.
     python embeddings/stage3_embed_generated.py --data data --embedder spectral
     python embeddings/stage3_embed_generated.py --data data --embedder clap --model laion/larger_clap_general --device cuda
 """
-from data.contract import generated_dir, read_generated_index, table_sha256
-from data.files import read_json, sha256_file
+from data.contract import generated_dir, read_generated_index, read_sidecar, table_sha256
+from data.files import sha256_file
 from data.stage import InputError, main_exit, stage_parser
 from embeddings.run import add_embedder_arguments, batch_size_from_args, embed_files, embedder_from_args, report
 
@@ -25,12 +25,7 @@ def build_parser():
 
 def read_generation(data) -> tuple[dict, str]:
     path = generated_dir(data) / "generation.json"
-    if not path.is_file():
-        raise InputError(f"{path}: missing — run stage 2 first")
-    try:
-        generation = read_json(path)
-    except ValueError as error:
-        raise InputError(f"{path}: not valid JSON ({error}) — rerun stage 2 with --force") from None
+    generation = read_sidecar(path, "run stage 2 first", "rerun stage 2 with --force")
     return generation, sha256_file(path)
 
 

@@ -12,8 +12,7 @@ embedder configuration the run stops and --force replaces them. A killed run res
 """
 from pathlib import Path
 
-from data.contract import concepts_dir, read_notes, table_sha256
-from data.files import read_json
+from data.contract import concepts_dir, read_notes, read_sidecar, table_sha256
 from data.stage import InputError, main_exit, stage_parser
 from embeddings.run import add_embedder_arguments, batch_size_from_args, embed_files, embedder_from_args, report
 
@@ -30,13 +29,8 @@ def build_parser():
 def read_concepts_json(data) -> dict:
     path = concepts_dir(data) / "concepts.json"
     fix = "rerun stage 4 with --force"
-    if not path.is_file():
-        raise InputError(f"{path}: missing — run stage 4 first")
-    try:
-        concepts = read_json(path)
-    except ValueError as error:
-        raise InputError(f"{path}: not valid JSON ({error}) — {fix}") from None
-    if not isinstance(concepts, dict) or not isinstance(concepts.get("nsynth_dir"), str) or not concepts["nsynth_dir"]:
+    concepts = read_sidecar(path, "run stage 4 first", fix)
+    if not isinstance(concepts.get("nsynth_dir"), str) or not concepts["nsynth_dir"]:
         raise InputError(f"{path}: has no nsynth_dir — {fix}")
     return concepts
 
