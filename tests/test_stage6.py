@@ -11,7 +11,7 @@ from data.files import read_json, write_json, write_npy
 from data.stage import run_stage
 from interp import stage6_probe
 from interp.concepts import CONCEPTS
-from test_stage6_data import EMBEDDER, STAGE6_ARGS, analysed_data, term_directions, write_synthetic_data
+from test_stage6_data import EMBEDDER, analysed_data, term_directions, write_synthetic_data
 
 REPO_ROOT = stage6_probe.Path(stage6_probe.__file__).resolve().parent.parent
 # Concepts whose prompt labels are drawn independently of the injected brass label: for them the clips
