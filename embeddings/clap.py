@@ -46,6 +46,7 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
+from data.hub import hub_error_message
 from data.files import read_json, sha256_file, sha256_text, write_json
 from data.stage import InputError
 from embeddings.base import Embedder
@@ -260,25 +261,16 @@ def resolve_checkpoint(model: str) -> tuple[str | None, Path]:
         raise InputError(f"{model}: no such checkpoint directory, and not a hub id (owner/name, e.g. "
                          f"{DEFAULT_MODEL}) — fix --model")
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                        RepositoryNotFoundError)
+    from huggingface_hub.errors import HfHubHTTPError
     try:
         directory = Path(snapshot_download(model, allow_patterns=HUB_PATTERNS))
         if not weight_files(directory):  # older repositories carry only pytorch_model.bin
             directory = Path(snapshot_download(model, allow_patterns=HUB_PATTERNS + ["pytorch_model*.bin"]))
-    except GatedRepoError:
-        raise InputError(f"{model}: gated on the Hugging Face hub — accept its terms on the model page and set "
-                         "HF_TOKEN") from None
-    except RepositoryNotFoundError:
-        raise InputError(f"{model}: no such model on the Hugging Face hub (or it is private: set HF_TOKEN) — "
-                         f"fix --model (e.g. {', '.join(KNOWN_CHECKPOINTS)})") from None
-    except LocalEntryNotFoundError:
-        raise InputError(f"{model}: not in the Hugging Face cache and the hub is unreachable (HF_HUB_OFFLINE="
-                         f"{os.environ.get('HF_HUB_OFFLINE', '0')}) — run `hf download {model}` where there is "
-                         "network, or pass a local checkpoint directory") from None
     except (HfHubHTTPError, OSError) as error:
-        raise InputError(f"{model}: download failed ({_first_line(error)}) — check the network and HF_TOKEN, "
-                         "or pass a local checkpoint directory") from None
+        message = hub_error_message(model, error) or (
+            f"{model}: download failed ({_first_line(error)}) — check the network and HF_TOKEN, "
+            "or pass a local checkpoint directory")
+        raise InputError(message) from None
     return model, directory
 
 
