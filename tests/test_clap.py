@@ -318,12 +318,8 @@ def test_half_precision_on_cpu_is_refused(unfused_dir):
 
 def test_a_hub_id_loads_offline_from_the_hugging_face_cache(tmp_path, monkeypatch, unfused_dir):
     """The cache layout `hf download` leaves behind: models--owner--name/{refs/main, snapshots/<commit>/}."""
-    import shutil
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--laion--larger_clap_general"
-    shutil.copytree(unfused_dir, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    from hf_cache import put_in_hub_cache
+    put_in_hub_cache(unfused_dir, tmp_path / "hub", "laion/larger_clap_general")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # huggingface_hub reads HF_HUB_CACHE once, at import.
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))

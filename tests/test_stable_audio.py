@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from hf_cache import put_in_hub_cache
 
 from data.stage import InputError
 from diffusion import load_generator
@@ -218,12 +219,8 @@ def test_gated_repo_denial_is_one_line(monkeypatch):
 
 def test_hub_id_loads_from_the_hf_cache_offline(tiny_dir, tmp_path, monkeypatch):
     """A hub id resolves through the HF cache layout (refs/main -> snapshots/<commit>) with no network."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = tmp_path / "hub" / "models--someone--tiny-sao"
-    shutil.copytree(tiny_dir, repo / "snapshots" / commit)
-    (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text(commit)
+    snapshot = put_in_hub_cache(tiny_dir, tmp_path / "hub", "someone/tiny-sao")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     cached = load_generator("stable-audio-open", model="someone/tiny-sao", steps=2)
-    assert cached.model_dir.name == commit and cached.provenance()["model"] == "someone/tiny-sao"
+    assert cached.model_dir.name == snapshot.name and cached.provenance()["model"] == "someone/tiny-sao"
