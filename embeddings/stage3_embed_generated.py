@@ -11,6 +11,14 @@ from its finished chunks.
     python embeddings/stage3_embed_generated.py --data data --embedder spectral
     python embeddings/stage3_embed_generated.py --data data --embedder clap --model laion/larger_clap_general --device cuda
 """
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: make the repository root importable (the project is not installed as a package).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from data.contract import generated_dir, read_generated_index, read_sidecar, table_sha256
 from data.files import sha256_file
 from data.stage import InputError, main_exit, stage_parser

@@ -10,7 +10,13 @@ embedder configuration the run stops and --force replaces them. A killed run res
 
     python interp/stage5_embed_nsynth.py --data data --embedder spectral
 """
+
+import sys
 from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: make the repository root importable (the project is not installed as a package).
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.contract import concepts_dir, read_notes, read_sidecar, table_sha256
 from data.stage import InputError, main_exit, stage_parser
