@@ -238,12 +238,11 @@ def decide(prov: Provenance, force: bool, fix: str) -> bool:
     """True: the outputs are done (skip). False: (re)do them, then call commit(prov).
 
     Refuses (InputError naming the sidecar and the first differing key) when existing outputs were made from
-    other inputs or settings and force is not set; mixing or silently replacing them is never right. With
-    force the old sidecar is removed first, so outputs being rewritten are never described by a stale one.
+    other inputs or settings and force is not set; mixing or silently replacing them is never right.
     A sidecar that is not a JSON object is refused (it is corrupt or hand-made: the outputs are unexplained).
+    Writes nothing: a run that then stops on bad input has changed nothing (see begin()).
     """
     if force:
-        prov.sidecar.unlink(missing_ok=True)
         return False
     existing = read_provenance(prov.sidecar, f"delete it, or rerun with --force — {fix}")
     if existing is None:
@@ -254,6 +253,12 @@ def decide(prov: Provenance, force: bool, fix: str) -> bool:
         raise InputError(f"{prov.sidecar}: existing outputs were made with {key}={_shown(was)}, this run has "
                          f"{_shown(now)} — {fix}")
     return all(path.exists() for path in prov.outputs)
+
+
+def begin(prov: Provenance) -> None:
+    """Call right before the first output is (over)written: drops the old sidecar, so that a run killed from
+    here on leaves outputs that no sidecar describes (redone or refused next time, never taken as done)."""
+    prov.sidecar.unlink(missing_ok=True)
 
 
 def commit(prov: Provenance, extra: dict | None = None) -> None:

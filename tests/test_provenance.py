@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from data.contract import Provenance, commit, decide
+from data.contract import Provenance, begin, commit, decide
 from data.stage import InputError
 
 FIX = "rerun with --force"
@@ -74,11 +74,14 @@ def test_refuse_even_when_outputs_are_missing(tmp_path):
         decide(make(tmp_path, settings={"seed": 2}), force=False, fix=FIX)
 
 
-def test_force_redoes_and_drops_the_stale_sidecar(tmp_path):
+def test_force_redoes_and_begin_drops_the_stale_sidecar(tmp_path):
     finish(make(tmp_path))
     prov = make(tmp_path, settings={"seed": 2})
     assert decide(prov, force=True, fix=FIX) is False
-    # Until commit, nothing describes the outputs being rewritten.
+    # decide writes nothing: a forced run that then stops on bad input has changed nothing.
+    assert prov.sidecar.exists()
+    begin(prov)
+    # From the first output written until commit, nothing describes the outputs being rewritten.
     assert not prov.sidecar.exists()
     finish(prov)
     assert decide(make(tmp_path, settings={"seed": 2}), force=False, fix=FIX) is True

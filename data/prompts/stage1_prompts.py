@@ -20,7 +20,8 @@ if __package__ in (None, ""):
 
 import pandas as pd
 
-from data.contract import Provenance, annotated_csv, commit, decide, prompts_csv, read_annotated, read_prompts
+from data.contract import (Provenance, annotated_csv, begin, commit, decide, prompts_csv, read_annotated,
+                           read_prompts)
 from data.files import sha256_file, write_csv
 from data.prompts.llm_annotator import DEFAULT_BATCH_SIZE, DEFAULT_MAX_REASKS, LLMAnnotator
 from data.prompts.llm_annotator import instructions_identity as annotate_identity
@@ -124,6 +125,7 @@ def generate(args) -> None:
         writer = LLMPromptWriter(chat, ResponseCache(prompts_dir(args.data) / "cache" / "generate"),
                                  request_size=args.request_size)
         table = writer.write(args.prompt_count, args.concurrency)
+    begin(prov)
     write_csv(out_csv, table)
     if chat is not None:
         log.info(chat.usage.summary(args.model))
@@ -173,6 +175,7 @@ def annotate(args) -> None:
         "bpm": pd.array([bpm for _, bpm in rows], dtype="Int64"),
         "annotator": annotator_name,
     })
+    begin(prov)
     write_csv(out_csv, table)
     # The sidecar goes last: an annotated.csv without it is an unfinished run and is redone, never trusted.
     commit(prov, extra={"n_prompts": len(table)})
