@@ -28,7 +28,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -38,51 +37,13 @@ from typing import Sequence
 from data.audio import write_wav
 from data.contract import INDEX_COLUMNS, check_provenance
 from data.files import read_json, write_json, write_text
-from data.stage import InputError
+from data.stage import InputError, Shard, parse_shard  # noqa: F401 (parse_shard: stage 2 imports it here)
 from diffusion.base import KINDS, Generator, TrajectoryObserver
 
 GENERATION_JSON = "generation.json"
 PROVENANCE_FIX = "pass --force to regenerate with these settings, or use another --data"
 # fsync dominates a wav write (~8 ms of ~9 ms each here); a few writer threads overlap the waits.
 WAV_WRITERS = 4
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int
-    count: int
-
-    def select(self, prompt_ids: Sequence[str]) -> list[str]:
-        return [prompt_id for position, prompt_id in enumerate(sorted(prompt_ids))
-                if position % self.count == self.index]
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
-def parse_shard(spec: str | None, environ=None) -> Shard:
-    """'i/n' with 0 <= i < n; without one, a SLURM array task's position in its array, else the whole set."""
-    environ = os.environ if environ is None else environ
-    origin = "--shard"
-    if spec is None:
-        task, count = environ.get("SLURM_ARRAY_TASK_ID"), environ.get("SLURM_ARRAY_TASK_COUNT")
-        if task is None or count is None:
-            return Shard(0, 1)
-        try:
-            # Array ids need not start at 0 (--array=1-8): the shard is the task's position in the array.
-            index = int(task) - int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-            spec = f"{index}/{int(count)}"
-        except ValueError:
-            spec = f"{task}/{count}"
-        origin = "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (minus SLURM_ARRAY_TASK_MIN)"
-    parts = str(spec).split("/")
-    try:
-        index, count = (int(part) for part in parts) if len(parts) == 2 else (None, None)
-    except ValueError:
-        index, count = None, None
-    if index is None or count < 1 or not 0 <= index < count:
-        raise InputError(f"{origin} {spec!r} is not a shard 'i/n' with 0 <= i < n — pass e.g. --shard 0/4")
-    return Shard(index, count)
 
 
 def default_capture_steps(steps: int) -> list[int]:
