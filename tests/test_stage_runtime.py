@@ -20,7 +20,7 @@ STAGE1 = REPO_ROOT / "data" / "prompts" / "stage1_prompts.py"
 
 
 def stage1_run(data, *extra) -> int:
-    return run_stage(stage1.main, stage1.build_parser(), ["--data", str(data), *extra], lock="stage1_prompts")
+    return run_stage(stage1.main, stage1.build_parser(), ["--data", str(data), *extra])
 
 
 def tree(root) -> dict:
