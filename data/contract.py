@@ -81,11 +81,13 @@ def _row(index, path=None) -> int:
 def check_prompt_ids(frame: pd.DataFrame, path, fix: str) -> None:
     for index, prompt_id in frame["prompt_id"].items():
         if not isinstance(prompt_id, str) or not PROMPT_ID.match(prompt_id):
-            raise InputError(f"{path} row {_row(index, path)}: prompt_id {prompt_id!r} must match [A-Za-z0-9_-]+ — {fix}")
+            raise InputError(f"{path} row {_row(index, path)}: prompt_id {prompt_id!r} must match "
+                             f"[A-Za-z0-9_-]+ — {fix}")
     duplicated = frame["prompt_id"].duplicated()
     if duplicated.any():
         index = duplicated.idxmax()
-        raise InputError(f"{path} row {_row(index, path)}: duplicate prompt_id '{frame.at[index, 'prompt_id']}' — {fix}")
+        raise InputError(f"{path} row {_row(index, path)}: duplicate prompt_id "
+                         f"'{frame.at[index, 'prompt_id']}' — {fix}")
     for index, prompt in frame["prompt"].items():
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError(f"{path} row {_row(index, path)}: empty prompt — {fix}")
@@ -115,7 +117,8 @@ def read_annotated(data: Path, fix: str = "fix the row or rerun stage 1 with --f
     bad = frame["bpm"].notna() & (bpm.isna() | (bpm % 1 != 0) | (bpm < 20) | (bpm > 400))
     if bad.any():
         index = bad.idxmax()
-        raise InputError(f"{path} row {_row(index, path)}: bpm {frame.at[index, 'bpm']!r} is not an integer in 20–400 — {fix}")
+        raise InputError(f"{path} row {_row(index, path)}: bpm {frame.at[index, 'bpm']!r} is not an integer "
+                         f"in 20–400 — {fix}")
     frame["bpm"] = bpm.astype("Int64")
     return frame
 
@@ -161,7 +164,8 @@ def read_notes(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFr
     if bad.any():
         raise InputError(f"{path} row {_row(bad.idxmax(), path)}: split must be train or test — {fix}")
     if frame["note_str"].duplicated().any():
-        raise InputError(f"{path} row {_row(frame['note_str'].duplicated().idxmax(), path)}: duplicate note_str — {fix}")
+        row = _row(frame["note_str"].duplicated().idxmax(), path)
+        raise InputError(f"{path} row {row}: duplicate note_str — {fix}")
     return frame
 
 

@@ -282,7 +282,8 @@ def main(args) -> None:
     write_json(examples_path, examples)
     families = Counter(example["instrument_family_str"] for example in examples.values())
     commit(prov, extra={
-        "soundfont": str(soundfont_path), "complete": True, "examples_sha256": sha256_file(examples_path), "n_notes": len(examples),
+        "soundfont": str(soundfont_path), "complete": True, "examples_sha256": sha256_file(examples_path),
+        "n_notes": len(examples),
         "notes_per_family": dict(sorted(families.items())), "silent_notes_dropped": holes,
     })
     seconds = time.perf_counter() - started

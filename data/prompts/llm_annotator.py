@@ -114,7 +114,8 @@ class LLMAnnotator:
     def cache_key(self, prompt: str) -> str:
         # The server is part of the key: one model name on two servers (vLLM, Ollama, OpenAI) is two models.
         return ResponseCache.key(model=self.chat.settings.model,
-                                 server=describe_base_url(self.chat.settings.base_url), prompt=prompt, vocabulary=list(VOCABULARY), **instructions_identity())
+                                 server=describe_base_url(self.chat.settings.base_url), prompt=prompt,
+                                 vocabulary=list(VOCABULARY), **instructions_identity())
 
     def cached(self, prompt: str) -> Annotation | None:
         payload = self.cache.get(self.cache_key(prompt))

@@ -82,7 +82,8 @@ class LLMPromptWriter:
         text = request_text(number, count)
         # The server is part of the key: one model name on two servers is two models.
         key = ResponseCache.key(model=self.chat.settings.model,
-                                server=describe_base_url(self.chat.settings.base_url), request=text, vocabulary=list(VOCABULARY), **instructions_identity())
+                                server=describe_base_url(self.chat.settings.base_url), request=text,
+                                vocabulary=list(VOCABULARY), **instructions_identity())
         cached = self.cache.get(key)
         if cached is not None and isinstance(cached.get("prompts"), list):
             self.chat.usage.add_cache_hits(1)
