@@ -153,7 +153,7 @@ def embed_files(paths: Sequence, embedder, out_path, *, rows_key: str, rows_sha2
         stats.chunks_missing = len(missing)
         if not missing:
             concat_started = time.perf_counter()
-            remove_stale_temps(out_path.parent, names=[out_path.name])
+            remove_stale_temps(out_path.parent, names=[out_path.name, prov.sidecar.name])
             _concatenate(chunks_dir, chunks, embedder.dim, out_path, before_replace=lambda: begin(prov))
             commit(prov)
             shutil.rmtree(chunks_dir, ignore_errors=True)

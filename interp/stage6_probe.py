@@ -501,5 +501,10 @@ def analyse(args) -> None:
           f"of {clips['prompt_id'].nunique()} prompts; {provenance['seconds']} s")
 
 
+def lock_name(args) -> str:
+    """One lock per results folder: analyses of other embedders, probes or kinds may run side by side."""
+    return f"stage6-{embedding_stem(args.embedder, args.model)}-{args.probe}-{args.kind}"
+
+
 if __name__ == "__main__":
-    main_exit(main, build_parser())
+    main_exit(main, build_parser(), lock=lock_name)

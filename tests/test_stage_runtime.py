@@ -156,3 +156,13 @@ def test_artifacts_respect_the_umask(tmp_path, umask, mode):
     assert result.returncode == 0, result.stderr
     for name in ("prompts.csv", "prompts.json", "annotated.csv", "annotated.json"):
         assert (data / "prompts" / name).stat().st_mode & 0o777 == mode, name
+
+
+def test_stage6_locks_per_results_folder():
+    from interp import stage6_probe
+
+    parse = stage6_probe.build_parser().parse_args
+    name = stage6_probe.lock_name
+    assert name(parse(["--embedder", "spectral"])) != name(parse(["--embedder", "spectral", "--probe", "svm"]))
+    assert name(parse(["--embedder", "spectral"])) != name(parse(["--embedder", "spectral", "--kind", "xt"]))
+    assert name(parse(["--embedder", "spectral"])) == name(parse(["--embedder", "spectral", "--seed", "3"]))
