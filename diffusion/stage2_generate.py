@@ -125,5 +125,11 @@ def main(args) -> None:
           f"outputs in {generated}", file=sys.stderr)
 
 
+def lock_name(args) -> str:
+    """Shards of one array run side by side on one --data; two runs of the same shard must not."""
+    shard = parse_shard(args.shard)
+    return f"stage2-shard-{shard.index}-of-{shard.count}"
+
+
 if __name__ == "__main__":
-    main_exit(main, build_parser())
+    main_exit(main, build_parser(), lock=lock_name)

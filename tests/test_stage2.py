@@ -355,3 +355,18 @@ def test_force_with_new_settings_never_splits_provenance(tmp_path, bank_dir, cap
     capsys.readouterr()
     assert stage2(data, bank_dir, "--samples", "1", "--seed", "7") == 2
     assert "missing beside existing index parts" in one_error_line(capsys) and snapshot(data) == after
+
+
+def test_a_corrupt_generation_json_is_refused_in_one_line_and_force_replaces_it(tmp_path, bank_dir, capsys):
+    data = make_data(tmp_path, PROMPTS[:2])
+    assert stage2(data, bank_dir, "--samples", "1") == 0
+    reference = snapshot(data)
+    provenance = contract.generated_dir(data) / "generation.json"
+    provenance.write_text("[1, 2]")
+    before = snapshot(data)
+    capsys.readouterr()
+    assert stage2(data, bank_dir, "--samples", "1") == 2
+    line = one_error_line(capsys)
+    assert "generation.json" in line and "not an object" in line and snapshot(data) == before
+    assert stage2(data, bank_dir, "--samples", "1", "--force") == 0
+    assert snapshot(data) == reference
