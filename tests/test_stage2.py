@@ -213,6 +213,8 @@ BAD_INPUTS = [
     (["--samples", "0"], "--samples 0 must be at least 1"),
     (["--steps", "0"], "--steps 0 must be at least 1"),
     (["--dtype", "fp16"], "--dtype fp16"),
+    (["--decode-dtype", "bf16"], "--decode-dtype bf16"),
+    (["--capture-steps", ""], "--capture-steps is empty"),
 ]
 
 
