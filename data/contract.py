@@ -222,18 +222,6 @@ def check_same_embedder(first: dict, first_path, second: dict, second_path) -> N
                              "— embed both with the same embedder (rerun stage 3 or 5 with --force)")
 
 
-def check_provenance(sidecar_path, expected: dict, keys, fix: str) -> None:
-    """Refuse to add to outputs made with other settings (a resumed run must match the run it resumes)."""
-    sidecar_path = Path(sidecar_path)
-    if not sidecar_path.is_file():
-        return
-    existing = read_json(sidecar_path)
-    for key in keys:
-        if key in existing and existing[key] != expected.get(key):
-            raise InputError(f"{sidecar_path}: existing outputs were made with {key}={existing[key]!r}, "
-                             f"this run asks for {expected.get(key)!r} — {fix}")
-
-
 # ---- provenance: the one rule for "done / redo / refuse" that every stage follows ---------------------------
 
 @dataclass
