@@ -1,5 +1,6 @@
 """The six stages end to end on the embedded default, as `make demo` runs them, at a small size."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -62,3 +63,21 @@ def test_a_second_run_skips_everything(demo_data):
     run_all(demo_data)
     after = {path: path.stat().st_mtime_ns for path in demo_data.rglob("*") if path.is_file()}
     assert after == before, sorted(str(path) for path in after if before.get(path) != after[path])[:5]
+
+
+def test_a_copied_data_directory_is_up_to_date_and_never_reads_the_old_tree(demo_data, tmp_path):
+    copy = tmp_path / "copied"
+    shutil.copytree(demo_data, copy)
+    hidden = demo_data.with_name(demo_data.name + "-hidden")
+    demo_data.rename(hidden)  # any read of the old tree now fails
+    try:
+        before = {path: path.read_bytes() for path in copy.rglob("*") if path.is_file()}
+        run_all(copy)
+        after = {path: path.read_bytes() for path in copy.rglob("*") if path.is_file()}
+        assert after == before, sorted(str(path) for path in after if before.get(path) != after[path])[:5]
+        # No artifact names the directory it was made in: every stored path is relative.
+        for path in copy.rglob("*"):
+            if path.suffix in (".json", ".csv", ".html"):
+                assert str(demo_data) not in path.read_text(encoding="utf-8"), path
+    finally:
+        hidden.rename(demo_data)

@@ -166,3 +166,12 @@ def test_stage6_locks_per_results_folder():
     assert name(parse(["--embedder", "spectral"])) != name(parse(["--embedder", "spectral", "--probe", "svm"]))
     assert name(parse(["--embedder", "spectral"])) != name(parse(["--embedder", "spectral", "--kind", "xt"]))
     assert name(parse(["--embedder", "spectral"])) == name(parse(["--embedder", "spectral", "--seed", "3"]))
+
+
+def test_stage2_locks_per_shard():
+    from diffusion import stage2_generate
+
+    parse = stage2_generate.build_parser().parse_args
+    name = stage2_generate.lock_name
+    assert name(parse(["--shard", "0/2"])) != name(parse(["--shard", "1/2"]))
+    assert name(parse(["--shard", "1/2"])) == name(parse(["--shard", "1/2", "--seed", "5"]))
