@@ -166,14 +166,14 @@ def run_stage(main, parser: argparse.ArgumentParser, argv=None, lock=None) -> in
     debug = getattr(args, "debug", False)
     previous_handler = _catch_sigterm()
     data = getattr(args, "data", None)
-    created = False
+    created = []
     try:
         if data is not None:
             data = Path(data)
             if data.exists() and not data.is_dir():
                 raise InputError(f"--data {data}: is not a directory — pass the artifact directory "
                                  "(it is created when missing)")
-            created = not data.exists()
+            created = [folder for folder in (data, *data.parents) if not folder.exists()]
             data.mkdir(parents=True, exist_ok=True)
             name = lock(args) if callable(lock) else (lock or _stage_name(main, parser))
             path = lock_path(data, name)
@@ -204,10 +204,10 @@ def run_stage(main, parser: argparse.ArgumentParser, argv=None, lock=None) -> in
         return 143 if isinstance(stop, Terminated) else 130
     finally:
         _restore_sigterm(previous_handler)
-        if created:
-            # A run that made nothing leaves no empty directory behind.
+        # A run that made nothing leaves no empty directories behind (innermost first; a full one stays).
+        for folder in created:
             with contextlib.suppress(OSError):
-                data.rmdir()
+                folder.rmdir()
     return 0
 
 

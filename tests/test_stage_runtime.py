@@ -175,3 +175,12 @@ def test_stage2_locks_per_shard():
     name = stage2_generate.lock_name
     assert name(parse(["--shard", "0/2"])) != name(parse(["--shard", "1/2"]))
     assert name(parse(["--shard", "1/2"])) == name(parse(["--shard", "1/2", "--seed", "5"]))
+
+
+def test_a_failed_run_leaves_no_directories_it_created(tmp_path, capsys):
+    from interp import stage5_embed_nsynth as stage5
+
+    data = tmp_path / "new" / "nested" / "data"
+    assert run_stage(stage5.main, stage5.build_parser(), ["--data", str(data)]) == 2
+    assert "notes.csv: missing" in one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
