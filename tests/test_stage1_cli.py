@@ -81,7 +81,13 @@ def test_rerun_skips_and_force_redoes(stage1_outputs, caplog):
         assert run_in_process(stage1_outputs) == 0
     assert caplog.text.count("skipped") == 2
     assert {path.name: path.stat().st_ino for path in folder.glob("*.*")} == inodes
-    assert run_in_process(stage1_outputs, "--force") == 0
+    # Held open, the old files keep their inodes: a freed number could otherwise be reused by a new file.
+    held = [open(folder / name, "rb") for name in inodes]
+    try:
+        assert run_in_process(stage1_outputs, "--force") == 0
+    finally:
+        for handle in held:
+            handle.close()
     # Atomic writes replace the file, so a redone artifact has a new inode and the same content.
     assert all(folder.joinpath(name).stat().st_ino != inode for name, inode in inodes.items())
     assert snapshot(folder) == before
