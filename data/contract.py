@@ -1,6 +1,7 @@
 """Readers that check every artifact against data/ARTIFACTS.md and fail with one actionable line."""
+import csv
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -9,7 +10,13 @@ from data.files import read_json, sha256_text
 from data.stage import InputError
 from data.vocabulary import VOCABULARY, parse_labels
 
-PROMPT_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+# Matched with fullmatch: `$` alone would accept an id ending in a newline, which then becomes a directory name.
+PROMPT_ID = re.compile(r"[A-Za-z0-9_-]+")
+# Real prompts are a sentence or two; a longer one is a pasted file, not a prompt (and would stall the annotator).
+MAX_PROMPT_CHARS = 2000
+# A clip or note may be this much shorter than its declared length (seconds × rate) before it is refused:
+# 1 % absorbs a decoder's rounding to whole latent frames; a cut-off copy is far shorter.
+LENGTH_TOLERANCE = 0.01
 
 PROMPTS_COLUMNS = ("prompt_id", "prompt", "origin")
 ANNOTATED_COLUMNS = ("prompt_id", "prompt", "labels", "bpm", "annotator")
@@ -37,39 +44,100 @@ def concepts_dir(data: Path) -> Path:
     return Path(data) / "concepts"
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type when the message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _record_lines(path: Path, fix: str) -> list[int]:
+    """Line number (header = 1) of each non-blank record, after checking every record has the header's fields.
+
+    pandas would silently pad a short row with NaN, or turn the first column into the index when a row has one
+    field too many (an unquoted comma), so the shape is checked here, by the csv module, line by line."""
+    lines = []
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if not header:
+                raise InputError(f"{path}: not a readable CSV (empty: no header row) — {fix}")
+            start = reader.line_num + 1
+            for record in reader:
+                if record:
+                    if len(record) != len(header):
+                        raise InputError(f"{path} row {start}: {len(record)} fields but the header has {len(header)} "
+                                         f"(a comma inside a field must be quoted) — {fix}")
+                    lines.append(start)
+                start = reader.line_num + 1
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not UTF-8 text ({first_line(error)}) — {fix}") from None
+    except csv.Error as error:
+        raise InputError(f"{path} row {start}: not a readable CSV row ({first_line(error)}) — {fix}") from None
+    return lines
+
+
 def read_table(path, columns, fix: str, dtype=None) -> pd.DataFrame:
-    """Read a CSV and check it exists, is non-empty and has the contract's columns."""
+    """Read a CSV and check it exists, is non-empty, is well formed and has the contract's columns.
+
+    frame.attrs["lines"] holds each row's line number in the file, so errors point at the line a person sees
+    even after blank lines."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: missing — {fix}")
+    lines = _record_lines(path, fix)
     try:
         frame = pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values=[""])
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not a readable CSV ({str(error).splitlines()[0]}) — {fix}") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise InputError(f"{path}: not a readable CSV ({first_line(error)}) — {fix}") from None
     missing = [column for column in columns if column not in frame.columns]
     if missing:
         raise InputError(f"{path}: column '{missing[0]}' is missing (expected {', '.join(columns)}) — {fix}")
     if frame.empty:
         raise InputError(f"{path}: has no rows — {fix}")
+    if len(lines) == len(frame):
+        frame.attrs["lines"] = lines
     return frame
 
 
-def _row(index) -> int:
-    """CSV row number a person sees: header is row 1."""
+def _row(index, frame: pd.DataFrame | None = None) -> int:
+    """CSV row number a person sees: header is row 1 (blank lines counted when the frame knows its lines)."""
+    lines = frame.attrs.get("lines") if frame is not None else None
+    if lines is not None and 0 <= int(index) < len(lines):
+        return lines[int(index)]
     return int(index) + 2
+
+
+def relative_path(value, root: Path, where: str, fix: str) -> Path:
+    """`root / value` for a path an artifact stores relative to `root`; refuse one that leaves it.
+
+    The check is on the text (absolute, empty, or with a '..' part), not on the resolved file, so a --data
+    folder that is itself a symlink, or holds symlinked audio folders, keeps working."""
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{where}: empty path — {fix}")
+    text = value.replace("\\", "/")
+    relative = PurePosixPath(text)
+    if relative.is_absolute() or re.match(r"[A-Za-z]:", text) or ".." in relative.parts or "\0" in text:
+        raise InputError(f"{where}: path {value!r} must stay inside {root} (relative, no '..') — {fix}")
+    return Path(root) / relative
 
 
 def check_prompt_ids(frame: pd.DataFrame, path, fix: str) -> None:
     for index, prompt_id in frame["prompt_id"].items():
-        if not isinstance(prompt_id, str) or not PROMPT_ID.match(prompt_id):
-            raise InputError(f"{path} row {_row(index)}: prompt_id {prompt_id!r} must match [A-Za-z0-9_-]+ — {fix}")
+        if not isinstance(prompt_id, str) or not PROMPT_ID.fullmatch(prompt_id):
+            raise InputError(f"{path} row {_row(index, frame)}: prompt_id {prompt_id!r} must match "
+                             f"[A-Za-z0-9_-]+ — {fix}")
     duplicated = frame["prompt_id"].duplicated()
     if duplicated.any():
         index = duplicated.idxmax()
-        raise InputError(f"{path} row {_row(index)}: duplicate prompt_id '{frame.at[index, 'prompt_id']}' — {fix}")
+        raise InputError(f"{path} row {_row(index, frame)}: duplicate prompt_id '{frame.at[index, 'prompt_id']}' "
+                         f"— {fix}")
     for index, prompt in frame["prompt"].items():
         if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError(f"{path} row {_row(index)}: empty prompt — {fix}")
+            raise InputError(f"{path} row {_row(index, frame)}: empty prompt — {fix}")
+        if len(prompt) > MAX_PROMPT_CHARS:
+            raise InputError(f"{path} row {_row(index, frame)}: prompt of {len(prompt)} characters, the limit is "
+                             f"{MAX_PROMPT_CHARS} — shorten it to a sentence or two")
 
 
 def read_prompts(data: Path, fix: str = "rerun stage 1 with --force") -> pd.DataFrame:
@@ -90,13 +158,14 @@ def read_annotated(data: Path, fix: str = "fix the row or rerun stage 1 with --f
         try:
             parsed.append(parse_labels(text))
         except ValueError as error:
-            raise InputError(f"{path} row {_row(index)}: {error} ({', '.join(VOCABULARY)}) — {fix}") from None
+            raise InputError(f"{path} row {_row(index, frame)}: {error} ({', '.join(VOCABULARY)}) — {fix}") from None
     frame["labels"] = parsed
     bpm = pd.to_numeric(frame["bpm"], errors="coerce")
     bad = frame["bpm"].notna() & (bpm.isna() | (bpm % 1 != 0) | (bpm < 20) | (bpm > 400))
     if bad.any():
         index = bad.idxmax()
-        raise InputError(f"{path} row {_row(index)}: bpm {frame.at[index, 'bpm']!r} is not an integer in 20–400 — {fix}")
+        raise InputError(f"{path} row {_row(index, frame)}: bpm {frame.at[index, 'bpm']!r} is not an integer in "
+                         f"20–400 — {fix}")
     frame["bpm"] = bpm.astype("Int64")
     return frame
 
@@ -112,7 +181,7 @@ def read_generated_index(data: Path, fix: str = "rerun stage 2 (add --force if i
     parts = sorted(index_dir.glob("*.csv")) if index_dir.is_dir() else []
     if not parts:
         raise InputError(f"{index_dir}: no index parts — run stage 2 first")
-    frames = [read_table(part, INDEX_COLUMNS, fix, dtype={"prompt_id": str, "kind": str, "path": str}) for part in parts]
+    frames = [_read_index_part(part, data, fix) for part in parts]
     frame = pd.concat(frames, ignore_index=True)[list(INDEX_COLUMNS)]
     for column in ("sample", "step", "seed", "sample_rate"):
         values = pd.to_numeric(frame[column], errors="coerce")
@@ -133,16 +202,59 @@ def read_generated_index(data: Path, fix: str = "rerun stage 2 (add --force if i
     return frame.sort_values(INDEX_ORDER, kind="stable").reset_index(drop=True)
 
 
+def _read_index_part(part: Path, data: Path, fix: str) -> pd.DataFrame:
+    """One index part, with the checks that name its row: anchored prompt ids, a clip length, and a path that
+    stays inside generated/."""
+    frame = read_table(part, INDEX_COLUMNS, fix, dtype={"prompt_id": str, "kind": str, "path": str})
+    for index, prompt_id in frame["prompt_id"].items():
+        if not isinstance(prompt_id, str) or not PROMPT_ID.fullmatch(prompt_id):
+            raise InputError(f"{part} row {_row(index, frame)}: prompt_id {prompt_id!r} must match [A-Za-z0-9_-]+ "
+                             f"— {fix}")
+    for column in ("seconds_total", "sample_rate"):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = ~(np.isfinite(values) & (values > 0))
+        if bad.any():
+            index = bad.idxmax()
+            raise InputError(f"{part} row {_row(index, frame)}: {column} {frame.at[index, column]!r} is not a "
+                             f"positive number — {fix}")
+    for index, path in frame["path"].items():
+        relative_path(path, generated_dir(data), f"{part} row {_row(index, frame)}", fix)
+    return frame
+
+
+def check_index_prompts(index: pd.DataFrame, annotated: pd.DataFrame, data: Path) -> None:
+    """Every clip's prompt must be one annotated.csv has: a clip of another prompt has no labels to score."""
+    unknown = ~index["prompt_id"].isin(set(annotated["prompt_id"]))
+    if unknown.any():
+        prompt_id = index.at[unknown.idxmax(), "prompt_id"]
+        raise InputError(f"{generated_dir(data) / 'index'}: prompt '{prompt_id}' is not in {annotated_csv(data)} "
+                         "— remove its index part, or rerun stage 2 for the current prompts")
+
+
 def read_notes(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFrame:
     path = concepts_dir(data) / "notes.csv"
     frame = read_table(path, NOTES_COLUMNS, fix, dtype={"note_str": str, "instrument_str": str, "family": str,
                                                          "source": str, "qualities": str, "split": str, "path": str})
     frame["qualities"] = frame["qualities"].fillna("")
+    for column in ("note_str", "instrument_str", "family", "source", "path"):
+        empty = frame[column].isna()
+        if empty.any():
+            raise InputError(f"{path} row {_row(empty.idxmax(), frame)}: empty {column} — {fix}")
     bad = ~frame["split"].isin(["train", "test"])
     if bad.any():
-        raise InputError(f"{path} row {_row(bad.idxmax())}: split must be train or test — {fix}")
+        raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: split must be train or test — {fix}")
     if frame["note_str"].duplicated().any():
-        raise InputError(f"{path} row {_row(frame['note_str'].duplicated().idxmax())}: duplicate note_str — {fix}")
+        raise InputError(f"{path} row {_row(frame['note_str'].duplicated().idxmax(), frame)}: duplicate note_str "
+                         f"— {fix}")
+    # The split is by instrument, so that probes are tested on instruments they never heard.
+    sides = frame.groupby("instrument_str")["split"].nunique()
+    if (sides > 1).any():
+        instrument = sides.index[int(np.argmax(sides.to_numpy() > 1))]
+        index = frame.index[(frame["instrument_str"] == instrument) & (frame["split"] == "test")][0]
+        raise InputError(f"{path} row {_row(index, frame)}: instrument '{instrument}' is on both sides of the "
+                         f"train/test split — {fix}")
+    for index, note_path in frame["path"].items():
+        relative_path(note_path, Path("<nsynth_dir>"), f"{path} row {_row(index, frame)}", fix)
     return frame
 
 
@@ -151,7 +263,7 @@ def read_sets(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFra
     frame = read_table(path, SETS_COLUMNS, fix, dtype={"concept": str, "note_str": str, "split": str})
     bad = ~frame["label"].isin([0, 1])
     if bad.any():
-        raise InputError(f"{path} row {_row(bad.idxmax())}: label must be 0 or 1 — {fix}")
+        raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: label must be 0 or 1 — {fix}")
     return frame
 
 
@@ -161,11 +273,11 @@ def read_embeddings(npy_path, n_rows: int, rows_sha256: str, rows_key: str, fix:
     sidecar_path = npy_path.with_suffix(".json")
     if not npy_path.is_file() or not sidecar_path.is_file():
         raise InputError(f"{npy_path}: missing (or its .json sidecar is) — {fix}")
+    sidecar = read_sidecar(sidecar_path, fix, fix)
     try:
         matrix = np.load(npy_path, mmap_mode="r", allow_pickle=False)
-        sidecar = read_json(sidecar_path)
-    except (ValueError, OSError) as error:
-        raise InputError(f"{npy_path}: unreadable ({str(error).splitlines()[0]}) — {fix}") from None
+    except (ValueError, OSError, EOFError) as error:
+        raise InputError(f"{npy_path}: unreadable ({first_line(error)}) — {fix}") from None
     if matrix.dtype != np.float32 or matrix.ndim != 2:
         raise InputError(f"{npy_path}: expected float32 [rows, dim], found {matrix.dtype} {list(matrix.shape)} — {fix}")
     if matrix.shape[0] != n_rows:
@@ -174,7 +286,12 @@ def read_embeddings(npy_path, n_rows: int, rows_sha256: str, rows_key: str, fix:
         raise InputError(f"{npy_path}: made for different rows than the current table ({rows_key} differs) — {fix}")
     if sidecar.get("dim") not in (None, matrix.shape[1]):
         raise InputError(f"{npy_path}: sidecar says dim {sidecar.get('dim')} but the matrix has {matrix.shape[1]} — {fix}")
-    return np.asarray(matrix), sidecar
+    matrix = np.asarray(matrix)
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise InputError(f"{npy_path}: row {row} holds NaN or Inf ({int((~finite).sum())} such rows) — {fix}")
+    return matrix, sidecar
 
 
 def read_sidecar(path, missing_fix: str, fix: str) -> dict:
@@ -185,9 +302,9 @@ def read_sidecar(path, missing_fix: str, fix: str) -> dict:
     try:
         payload = read_json(path)
     except (ValueError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({str(error).splitlines()[0]}) — {fix}") from None
+        raise InputError(f"{path}: not valid JSON ({first_line(error)}) — {fix}") from None
     if not isinstance(payload, dict):
-        raise InputError(f"{path}: expected a JSON object — {fix}")
+        raise InputError(f"{path}: expected a JSON object, found a {type(payload).__name__} — {fix}")
     return payload
 
 

@@ -31,10 +31,12 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+import soundfile as sf
 import soxr
 from tqdm import tqdm
 
 from data.audio import read_audio, resample, to_mono
+from data.contract import LENGTH_TOLERANCE, first_line
 from data.files import atomic_path, read_json, sha256_json, write_json, write_npy
 from data.stage import InputError
 from embeddings import EMBEDDERS, load_embedder
@@ -79,13 +81,14 @@ class RunStats:
 
 def embed_files(paths: Sequence, embedder, out_path, *, rows_key: str, rows_sha256: str, extra: dict | None = None,
                 expect_rate: int | Sequence[int] | None = None, expect_channels: int | Sequence[int] | None = None,
-                batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
+                expect_frames: int | Sequence[int] | None = None, batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
                 chunk_rows: int = DEFAULT_CHUNK_ROWS, force: bool = False, progress: bool = True) -> RunStats:
     """Embed `paths` (row i = file i) into float32 `out_path` [len(paths), embedder.dim] plus its sidecar.
 
     rows_key/rows_sha256 name the table the rows are aligned with (e.g. "index_sha256"); `extra` holds other
     input identities for the sidecar (e.g. generation_sha256). expect_rate/expect_channels are one value for
-    every file or one per file. An output that is already up to date is kept; one made by another embedder
+    every file or one per file; so is expect_frames, the declared length a file may fall short of by at most
+    data.contract.LENGTH_TOLERANCE. An output that is already up to date is kept; one made by another embedder
     configuration is refused unless force; one made for other rows or inputs is recomputed.
     """
     started = time.perf_counter()
@@ -118,14 +121,15 @@ def embed_files(paths: Sequence, embedder, out_path, *, rows_key: str, rows_sha2
             if not _chunk_complete(chunks_dir / _chunk_name(k), stop - start, embedder.dim)]
     stats.chunks_reused = len(chunks) - len(todo)
     rows = [row for k in todo for row in range(*chunks[k])]
-    for row in rows:
-        # Checked up front: a file that stage 2 or 4 never wrote should stop the run now, not hours in.
-        if not paths[row].is_file():
-            raise InputError(f"{paths[row]}: audio file is missing — rerun the stage that writes it")
+    rates, channels = _per_row(expect_rate, len(paths)), _per_row(expect_channels, len(paths))
+    # Headers are checked up front: a file that stage 2 or 4 never wrote, or a cut-off copy, should stop the run
+    # now, before any output or progress bar, not hours in.
+    frames = _per_row(expect_frames, len(paths))
+    for row in tqdm(rows, desc="check audio headers", unit="file", disable=not progress or len(rows) < 5000):
+        check_header(paths[row], rates[row], channels[row], frames[row])
 
     if rows:
         manifest = {**expected, "chunk_rows": chunk_rows}
-        rates, channels = _per_row(expect_rate, len(paths)), _per_row(expect_channels, len(paths))
 
         def load(row):
             check_wav_complete(paths[row])
@@ -262,6 +266,25 @@ def _prefetch(rows: list[int], load, workers: int, ahead: int) -> Iterator[np.nd
             yield result
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_header(path: Path, rate: int | None, channels: int | None, frames: int | None) -> None:
+    """A file's header against what its table declares: present, complete, rate, channels, length."""
+    if not path.is_file():
+        raise InputError(f"{path}: audio file is missing — rerun the stage that writes it")
+    check_wav_complete(path)
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as error:
+        raise InputError(f"{path}: unreadable audio ({first_line(error)}) — delete it and rerun its stage") from None
+    if rate is not None and info.samplerate != rate:
+        raise InputError(f"{path}: sample rate {info.samplerate} Hz, expected {rate} Hz — regenerate it at {rate} Hz")
+    if channels is not None and info.channels != channels:
+        raise InputError(f"{path}: {info.channels} channel(s), expected {channels} — regenerate it")
+    if frames is not None and info.frames < frames * (1 - LENGTH_TOLERANCE):
+        raise InputError(f"{path}: {info.frames} samples, but its table declares {frames} "
+                         f"({frames / info.samplerate:g} s; at most {LENGTH_TOLERANCE:.0%} shorter is accepted) — "
+                         "the file is cut off: delete it and rerun the stage that writes it")
 
 
 def check_wav_complete(path: Path) -> None:

@@ -16,6 +16,7 @@ import pandas as pd
 import soundfile as sf
 from tqdm import tqdm
 
+from data.files import unique_keys
 from data.stage import InputError
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES
 from interp.concepts import Note
@@ -48,9 +49,12 @@ def _load_json(path: Path) -> dict:
                          "or render one with data/nsynth/render_soundfont.py")
     try:
         with open(path, encoding="utf-8") as handle:
-            examples = json.load(handle)
+            # Duplicate keys are refused: json.load would keep the last entry of a note without a word.
+            examples = json.load(handle, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: not valid JSON (line {error.lineno}: {error.msg}) — {FIX}") from None
+    except ValueError as error:  # unique_keys
+        raise InputError(f"{path}: {error} — {FIX}") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text — {FIX}") from None
     if not isinstance(examples, dict):

@@ -29,7 +29,6 @@ stage 4 reads it through the same code as nsynth-train/valid/test.
 import json
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,7 +42,7 @@ from tqdm import tqdm
 
 from data import soundfont as gm
 from data.audio import SILENCE_RMS
-from data.files import read_json, sha256_file, write_json
+from data.files import make_temp_file, read_json, sha256_file, write_json
 from data.nsynth import qualities as quality_rules
 from data.stage import InputError, main_exit, stage_parser
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES
@@ -196,8 +195,7 @@ def write_note(path: Path, samples: np.ndarray) -> None:
     """Temp file + rename, like data/files.atomic_path, but without a per-file fsync: at ~7 ms each, fsyncs
     would double the render time. A killed process loses nothing (the page cache survives it); after an OS
     crash, wavs renamed before the single sync in main() may be damaged, and read_existing re-renders them."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = make_temp_file(path)  # named so that a rerun removes it if this process is killed
     try:
         sf.write(tmp, samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
         os.replace(tmp, path)
