@@ -73,7 +73,10 @@ def _record_lines(path: Path, fix: str) -> list[int]:
     except UnicodeDecodeError as error:
         raise InputError(f"{path}: not UTF-8 text ({first_line(error)}) — {fix}") from None
     except csv.Error as error:
-        raise InputError(f"{path} row {start}: not a readable CSV row ({first_line(error)}) — {fix}") from None
+        reason = first_line(error)
+        if "field limit" in reason:
+            reason = f"a field longer than {csv.field_size_limit()} characters"
+        raise InputError(f"{path} row {start}: not a readable CSV row ({reason}) — {fix}") from None
     return lines
 
 

@@ -47,6 +47,7 @@ DEFAULT_WORKERS = 2
 # minutes of CLAP on a CPU), and the 289k-note NSynth train split makes ~140 chunk files.
 DEFAULT_CHUNK_ROWS = 2048
 MANIFEST = "manifest.json"
+PROGRESS_DELAY_S = 2.0
 # How the runner turns a file into the embedder's input; part of the provenance because it changes vectors.
 INPUT_POLICY = {"downmix": "channel mean", "resampler": f"soxr {soxr.__version__} HQ"}
 
@@ -137,8 +138,10 @@ def embed_files(paths: Sequence, embedder, out_path, *, rows_key: str, rows_sha2
             return resample(to_mono(audio), rate, embedder.sample_rate)
 
         loaded = _prefetch(rows, load, workers, ahead=2 * batch_size + workers)
+        # The bar shows up after PROGRESS_DELAY_S: a bad file found in the first seconds (silent, NaN) then stops
+        # the run with its one error line alone, not after a fragment of a bar.
         bar = tqdm(total=len(paths), initial=len(paths) - len(rows), unit="clip", desc=f"embed {out_path.name}",
-                   disable=not progress, dynamic_ncols=True)
+                   disable=not progress, dynamic_ncols=True, delay=PROGRESS_DELAY_S)
         with contextlib.closing(loaded), bar:
             for k in todo:
                 start, stop = chunks[k]
