@@ -354,6 +354,8 @@ def add_embedder_arguments(parser) -> None:
     parser.add_argument("--model", help="model id or local directory (embedders with weights, e.g. clap)")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (embedders with weights)")
     parser.add_argument("--dtype", help="model dtype, e.g. fp32, fp16 or bf16 (embedders with weights)")
+    parser.add_argument("--window", help="which part of a clip longer than the embedder's window is embedded: "
+                                         "centre or first (clap; unset: centre); stages 3 and 5 must agree")
     parser.add_argument("--batch-size", type=int,
                         help=f"clips per embed() call; unset: the embedder's own batch size, else {DEFAULT_BATCH_SIZE}")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
@@ -362,7 +364,8 @@ def add_embedder_arguments(parser) -> None:
 
 def embedder_from_args(args):
     """Build the embedder, passing only the options the user set, and only if the embedder takes them."""
-    options = {name: getattr(args, name) for name in ("model", "device", "dtype") if getattr(args, name) is not None}
+    options = {name: getattr(args, name) for name in ("model", "device", "dtype", "window")
+               if getattr(args, name, None) is not None}
     module_name, class_name = EMBEDDERS[args.embedder].split(":")
     try:
         parameters = inspect.signature(getattr(importlib.import_module(module_name), class_name)).parameters

@@ -157,3 +157,24 @@ def test_a_checkpoint_that_is_not_clap_stops_stage3_with_one_line(pipeline, tmp_
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and len(error.splitlines()) == 1 and "not a CLAP checkpoint" in error
     assert npy.read_bytes() == before  # nothing half-written, nothing removed
+
+
+def test_window_first_is_recorded_and_stage6_refuses_mixing_windows(pipeline, tmp_path, capsys):
+    """--window first (the reference study's first 10 s) goes into the sidecar; stage 3 refuses to replace
+    centre-window embeddings without --force, and stage 6 refuses generated and NSynth sides of two windows."""
+    source, checkpoint, embedder = pipeline
+    data = shutil.copytree(source, tmp_path / "data")
+    clap = ("--embedder", "clap", "--model", checkpoint, "--batch-size", "4", "--window", "first")
+    assert in_process(stage3, "--data", data, *clap) == 2
+    error = capsys.readouterr().err
+    assert "window_policy" in error and "--force" in error
+    assert in_process(stage3, "--data", data, *clap, "--force") == 0
+    sidecar = read_json(data / "generated" / "embeddings" / f"{embedder.name}.json")
+    assert sidecar["long_clips"] == "first" and "first 10 s" in sidecar["window_policy"]
+    capsys.readouterr()
+    assert in_process(stage6_probe, "--data", data, "--embedder", embedder.name, "--bootstrap", "5",
+                      "--random-baselines", "0", "--no-report") == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "window_policy" in error
+    assert in_process(stage3, "--data", data, "--embedder", "spectral", "--window", "first") == 2
+    assert "--window is not an option of the spectral embedder" in capsys.readouterr().err
