@@ -11,24 +11,42 @@ from pathlib import Path
 import numpy as np
 
 
-# Temp files are named .<target name>~<host>~<pid>~<random>.tmp: a later run on the same host can tell the
-# leftovers of a killed writer (pid gone) from the live temp files of a concurrent shard (pid alive).
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; artifacts get the mode open() would give them (0644 under the usual umask 022),
+# so a lab group on a shared cluster can read each other's results. Read once: the umask is per process.
+ARTIFACT_MODE = 0o666 & ~_current_umask()
 TEMP_SUFFIX = ".tmp"
+# After the prefix, a temp file's name holds its writer: .<name>.~<host>~<pid>~<random>.tmp, so a later run on the
+# same host can tell the leftovers of a killed writer (pid gone) from the live temp files of a concurrent one.
 _HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
 
 
+def temp_prefix(path) -> str:
+    """Temp files of `path` are named .<name>.<random>.tmp beside it (stale_temps finds them after a kill)."""
+    return f".{Path(path).name}."
+
+
 def make_temp_file(path) -> Path:
-    """Create an empty temp file beside `path` for an atomic write; the caller renames it over `path`."""
+    """Create an empty temp file beside `path` (mode as open() would give) for an atomic write over `path`."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}~{_HOST}~{os.getpid()}~", suffix=TEMP_SUFFIX, dir=path.parent)
-    os.close(fd)
+    fd, tmp = tempfile.mkstemp(prefix=f"{temp_prefix(path)}~{_HOST}~{os.getpid()}~", suffix=TEMP_SUFFIX,
+                               dir=path.parent)
+    try:
+        os.fchmod(fd, ARTIFACT_MODE)
+    finally:
+        os.close(fd)
     return Path(tmp)
 
 
-def remove_stale_temp_files(root) -> list[Path]:
-    """Delete temp files under `root` left by killed writers on this host; return them.
+def remove_dead_writers_temps(root) -> list[Path]:
+    """Delete temp files anywhere under `root` whose writer ran on this host and is gone; return them.
 
-    Temp files of live processes and of other hosts (a shared cluster filesystem) are left alone."""
+    Safe without a lock: temp files of live processes, and of other hosts (a shared cluster filesystem), stay."""
     removed = []
     for directory, _, names in os.walk(root):
         for name in names:
@@ -56,20 +74,40 @@ def _process_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temp path in the same directory; on success it replaces `path` in one rename."""
+def atomic_path(path, fsync: bool = True):
+    """Yield a temp path in the same directory; on success it replaces `path` in one rename.
+
+    fsync=False skips the flush to disk for many small files (a killed process loses nothing, the page cache
+    survives it; only an OS crash can), when the caller syncs once at the end instead.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = make_temp_file(path)
     try:
         yield Path(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if fsync:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temps(directory, names=None) -> int:
+    """Delete temp files a killed run left in `directory` (only those of `names`, when given); returns how many.
+    Call it only while holding the stage's lock: another live run's temp files look the same."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    prefixes = None if names is None else tuple(temp_prefix(name) for name in names)
+    removed = 0
+    for stale in directory.glob(f".*{TEMP_SUFFIX}"):
+        if prefixes is None or stale.name.startswith(prefixes):
+            stale.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def write_text(path, text: str) -> None:

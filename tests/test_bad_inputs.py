@@ -103,13 +103,7 @@ def base(tmp_path_factory) -> Path:
 @pytest.fixture
 def data(base, tmp_path) -> Path:
     copy = tmp_path / "data"
-    shutil.copytree(base, copy)
-    concepts = copy / "concepts" / "concepts.json"
-    recorded = json.loads(concepts.read_text())
-    if Path(recorded["nsynth_dir"]).is_absolute():
-        # Until stage 4 records the NSynth folder relative to --data, point the copy at its own notes.
-        recorded["nsynth_dir"] = str(copy / NSYNTH)
-        concepts.write_text(json.dumps(recorded))
+    shutil.copytree(base, copy)  # stage 4 records the NSynth folder relative to --data: the copy reads its own
     return copy
 
 
