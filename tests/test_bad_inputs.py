@@ -80,7 +80,7 @@ def run_script(stage, argv: list[str], env: dict | None = None, timeout: float =
 
 def stage_argv(stage, data: Path, args=None, extra=()) -> list[str]:
     args = ARGS[stage] if args is None else args
-    return ["--data", str(data), *(arg.format(data=data) for arg in args), *extra]
+    return ["--data", str(data), *(arg.format(data=data) for arg in [*args, *extra])]
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -401,6 +401,7 @@ CASES = [
     Case("s1-bad-batch-size", 1, None, ("--batch-size",), args=["annotate", "--batch-size", "0"]),
     Case("s1-llm-without-key", 1, None, ("OPENAI_API_KEY",), args=["annotate", "--annotator", "llm", "--force"],
          subprocess=True, env={"OPENAI_API_KEY": ""}),
+    Case("s1-data-is-a-file", 1, None, ("is not a directory",), extra=("--data", "{data}/prompts/prompts.csv")),
     Case("s1-not-a-number", 1, None, ("--concurrency",), args=["annotate", "--concurrency", "many"]),
 
     # ---- stage 2: annotated.csv and the command line
@@ -418,6 +419,8 @@ CASES = [
     Case("s2-annotated-missing", 2, no_annotated_prompts, ("annotated.csv", "missing"), subprocess=True),
     Case("s2-unquoted-comma", 2, append_line("prompts/annotated.csv", "p_c,a fast, loud song,bass,,offline"),
          ("annotated.csv", "fields")),
+    Case("s2-ten-megabyte-prompt", 2, set_cell("prompts/annotated.csv", "prompt", "drums " * 2_000_000),
+         ("annotated.csv", "characters")),
     Case("s2-shard-out-of-range", 2, None, ("--shard",), extra=("--shard", "3/2"), subprocess=True),
     Case("s2-shard-garbage", 2, None, ("--shard",), extra=("--shard", "half")),
     Case("s2-shard-from-slurm", 2, None, ("SLURM_ARRAY_TASK_ID",), subprocess=True,
@@ -457,6 +460,9 @@ CASES = [
     Case("s3-index-bad-rate", 3, index_cell("sample_rate", "-16000"), ("index", "sample_rate")),
     Case("s3-index-unquoted-comma", 3, index_raw_line("{prompt_id},0,1,0.5,x0,1,4.0,16000,audio/a,b.wav"),
          ("fields",)),
+    Case("s3-data-is-a-file", 3, None, ("is not a directory",), extra=("--data", "{data}/generated/generation.json"),
+         subprocess=True),
+    Case("s3-shard-garbage", 3, None, ("--shard",), extra=("--shard", "2/2")),
     Case("s3-unknown-embedder", 3, None, ("--embedder",), extra=("--embedder", "wav2vec")),
     Case("s3-zero-batch", 3, None, ("batch",), extra=("--batch-size", "0")),
     Case("s3-model-for-spectral", 3, None, ("--model",), extra=("--model", "x")),
@@ -497,6 +503,7 @@ CASES = [
     Case("s5-concepts-json-list", 5, write_file("concepts/concepts.json", "[1, 2]"),
          ("concepts.json", "expected a JSON object")),
     Case("s5-concepts-json-truncated", 5, truncate("concepts/concepts.json"), ("concepts.json", "not valid JSON")),
+    Case("s5-window-for-spectral", 5, None, ("--window",), extra=("--window", "first")),
     Case("s5-nsynth-dir-gone", 5, delete(NSYNTH), ("nsynth_dir",)),
 
     # ---- stage 6: embeddings, sidecars and the command line
