@@ -162,6 +162,11 @@ def _os_error_line(error: OSError) -> str:
     return f"{where}: {reason} — {fixes.get(error.errno, 'check the path and the disk, then rerun to resume')}"
 
 
+def one_line(message: str) -> str:
+    """The promise is one line: a newline that came from the data (an id, a path) is shown escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def run_stage(main, parser: argparse.ArgumentParser, argv=None, lock=None) -> int:
     """Parse args and call main(args) holding the stage's lock on --data.
 
@@ -203,12 +208,12 @@ def run_stage(main, parser: argparse.ArgumentParser, argv=None, lock=None) -> in
     except InputError as error:
         if debug:
             traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 2
     except OSError as error:
         if debug:
             traceback.print_exc()
-        print(f"error: {_os_error_line(error)}", file=sys.stderr)
+        print(f"error: {one_line(_os_error_line(error))}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as stop:
         print("interrupted: finished units are kept; rerun the same command to resume", file=sys.stderr)

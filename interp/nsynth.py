@@ -29,7 +29,7 @@ FRAMES = 4 * SAMPLE_RATE
 FIELDS = ("note", "note_str", "instrument", "instrument_str", "pitch", "velocity", "sample_rate", "qualities",
           "qualities_str", "instrument_family", "instrument_family_str", "instrument_source", "instrument_source_str")
 INTEGER_FIELDS = ("note", "instrument", "pitch", "velocity", "sample_rate", "instrument_family", "instrument_source")
-INSTRUMENT_STR = re.compile(r"^(?P<family>[a-z_]+)_(?P<source>acoustic|electronic|synthetic)_\d{3}$")
+INSTRUMENT_STR = re.compile(r"^(?P<family>[a-z_]+)_(?P<source>acoustic|electronic|synthetic)_\d{3}\Z")  # \Z: no trailing newline
 QUALITY_SEPARATOR = ";"
 FIX = ("fix or remove the entry, or restore the split (re-download it, or rerun "
        "data/nsynth/render_soundfont.py --force for a rendered one)")
@@ -65,7 +65,7 @@ def _load_json(path: Path) -> dict:
 
 
 def _fail(path: Path, note, message: str):
-    raise InputError(f"{path}: note '{note}': {message} — {FIX}")
+    raise InputError(f"{path}: note {str(note)!r}: {message} — {FIX}")
 
 
 def _first(mask: pd.Series):

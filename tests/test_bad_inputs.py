@@ -313,6 +313,18 @@ def examples_duplicate_key(data: Path):
     rewrite(path, text[:-1] + ", " + duplicate + "}")
 
 
+def examples_instrument_newline(data: Path):
+    """A note whose instrument_str (and so its key and note_str) carries a newline: it would become a file name."""
+    def change(examples):
+        key = sorted(examples)[0]
+        note = examples.pop(key)
+        instrument = note["instrument_str"] + "\n"
+        new_key = f"{instrument}-{note['pitch']:03d}-{note['velocity']:03d}"
+        examples[new_key] = {**note, "instrument_str": instrument, "note_str": new_key}
+        return examples
+    examples_edit(change)(data)
+
+
 def examples_instrument_on_both_sides(data: Path):
     """Two instruments of one family given the same instrument_str: notes of one 'instrument' on both sides."""
     notes = pd.read_csv(data / "concepts" / "notes.csv")
@@ -473,6 +485,7 @@ CASES = [
     Case("s4-pitch-out-of-range", 4, first_example(lambda note: note.update(pitch=200)), ("pitch 200",)),
     Case("s4-pitch-not-integer", 4, first_example(lambda note: note.update(pitch="high")), ("'pitch'",)),
     Case("s4-key-mismatch", 4, first_example(lambda note: note.update(note_str="other")), ("keyed",)),
+    Case("s4-instrument-trailing-newline", 4, examples_instrument_newline, ("examples.json", "instrument_str")),
     Case("s4-list-not-object", 4, examples_edit(lambda examples: list(examples.values())),
          ("examples.json", "expected an object")),
     Case("s4-truncated", 4, truncate(NSYNTH + "/examples.json"), ("examples.json", "not valid JSON")),
