@@ -10,7 +10,7 @@ import pandas as pd
 
 from data.files import _jsonable, read_json, sha256_text, write_json
 from data.stage import InputError
-from data.vocabulary import VOCABULARY, parse_labels
+from data.vocabulary import FAMILIES, QUALITIES, SOURCES, VOCABULARY, parse_labels
 
 # Matched with fullmatch: `$` alone would accept an id ending in a newline, which then becomes a directory name.
 PROMPT_ID = re.compile(r"[A-Za-z0-9_-]+")
@@ -190,11 +190,17 @@ def read_generated_index(data: Path, fix: str = "rerun stage 2 (add --force if i
     frame = pd.concat(frames, ignore_index=True)[list(INDEX_COLUMNS)]
     for column in ("sample", "step", "seed", "sample_rate"):
         values = pd.to_numeric(frame[column], errors="coerce")
-        if values.isna().any():
-            raise InputError(f"{index_dir}: column '{column}' has a non-integer value "
-                             f"(prompt {frame.at[values.isna().idxmax(), 'prompt_id']}) — {fix}")
+        bad = values.isna() | (values % 1 != 0) | (values < 0)
+        if bad.any():
+            raise InputError(f"{index_dir}: column '{column}' has {frame.at[bad.idxmax(), column]!r}, not a "
+                             f"non-negative integer (prompt {frame.at[bad.idxmax(), 'prompt_id']}) — {fix}")
         frame[column] = values.astype(np.int64)
-    frame["sigma"] = pd.to_numeric(frame["sigma"], errors="coerce")
+    sigma = pd.to_numeric(frame["sigma"], errors="coerce")
+    bad = frame["sigma"].notna() & ~np.isfinite(sigma)  # empty is allowed: layer trajectories have no sigma
+    if bad.any():
+        raise InputError(f"{index_dir}: sigma {frame.at[bad.idxmax(), 'sigma']!r} is not a number "
+                         f"(prompt {frame.at[bad.idxmax(), 'prompt_id']}) — {fix}")
+    frame["sigma"] = sigma
     frame["seconds_total"] = pd.to_numeric(frame["seconds_total"], errors="coerce")
     bad_kind = ~frame["kind"].isin(["x0", "xt"])
     if bad_kind.any():
@@ -248,6 +254,22 @@ def read_notes(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFr
     bad = ~frame["split"].isin(["train", "test"])
     if bad.any():
         raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: split must be train or test — {fix}")
+    for column, names in (("family", FAMILIES), ("source", SOURCES)):
+        bad = ~frame[column].isin(names)
+        if bad.any():
+            raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: {column} {frame.at[bad.idxmax(), column]!r} "
+                             f"is not one of NSynth's ({', '.join(names)}) — {fix}")
+    known = set(QUALITIES)
+    bad = frame["qualities"].map(lambda text: not set(filter(None, str(text).split(";"))) <= known)
+    if bad.any():
+        raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: qualities {frame.at[bad.idxmax(), 'qualities']!r} "
+                         f"are not ';'-joined NSynth qualities ({', '.join(QUALITIES)}) — {fix}")
+    for column in ("pitch", "velocity"):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() | (values % 1 != 0) | (values < 0) | (values > 127)
+        if bad.any():
+            raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: {column} {frame.at[bad.idxmax(), column]!r} "
+                             f"is not a MIDI number 0–127 — {fix}")
     if frame["note_str"].duplicated().any():
         raise InputError(f"{path} row {_row(frame['note_str'].duplicated().idxmax(), frame)}: duplicate note_str "
                          f"— {fix}")
@@ -269,6 +291,14 @@ def read_sets(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFra
     bad = ~frame["label"].isin([0, 1])
     if bad.any():
         raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: label must be 0 or 1 — {fix}")
+    bad = ~frame["split"].isin(["train", "test"]) | frame["concept"].isna() | frame["note_str"].isna()
+    if bad.any():
+        raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: needs a concept, a note_str and split train or "
+                         f"test — {fix}")
+    duplicated = frame.duplicated(["concept", "note_str"])
+    if duplicated.any():
+        raise InputError(f"{path} row {_row(duplicated.idxmax(), frame)}: note '{frame.at[duplicated.idxmax(), 'note_str']}' "
+                         f"appears twice in concept '{frame.at[duplicated.idxmax(), 'concept']}' — {fix}")
     return frame
 
 

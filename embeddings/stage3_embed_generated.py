@@ -58,6 +58,9 @@ def main(args) -> None:
     out_path = generated_dir(args.data) / "embeddings" / f"{stem}.npy"
     # Channels are a property of the whole generation; the rate is recorded per clip in the index.
     channels = generation.get("channels")
+    if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool) or channels < 1):
+        raise InputError(f"{generated_dir(args.data) / 'generation.json'}: channels {channels!r} is not a positive "
+                         "integer — rerun stage 2 with --force")
     stats = embed_files(
         paths, embedder, out_path,
         rows_key="index_sha256", rows_sha256=table_sha256(index), extra={"generation_sha256": generation_sha256},
