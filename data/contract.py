@@ -1,4 +1,5 @@
 """Readers that check every artifact against data/ARTIFACTS.md and fail with one actionable line."""
+import contextlib
 import csv
 import json
 import re
@@ -105,11 +106,27 @@ def read_table(path, columns, fix: str, dtype=None) -> pd.DataFrame:
     return frame
 
 
-def _row(index, frame: pd.DataFrame | None = None) -> int:
-    """CSV row number a person sees: header is row 1 (blank lines counted when the frame knows its lines)."""
-    lines = frame.attrs.get("lines") if frame is not None else None
-    if lines is not None and 0 <= int(index) < len(lines):
-        return lines[int(index)]
+def _row(index, source=None) -> int:
+    """The line of the file where data row `index` (as pandas numbered it) starts: what an editor shows.
+
+    `source` is the frame read_table returned (it knows its lines) or the CSV's path (re-read, only when an
+    error is reported, to count lines the way pandas read them: blank lines skipped, quoted fields spanning
+    lines). index + 2 is the fallback, right for plain files."""
+    if isinstance(source, pd.DataFrame):
+        lines = source.attrs.get("lines")
+        if lines is not None and 0 <= int(index) < len(lines):
+            return lines[int(index)]
+    elif source is not None:
+        with contextlib.suppress(OSError, UnicodeDecodeError, csv.Error):
+            with open(source, newline="", encoding="utf-8") as handle:
+                reader = csv.reader(handle)
+                starts, previous_end = [], 0
+                for record in reader:
+                    if record:  # csv yields [] for a blank line, which pandas skips
+                        starts.append(previous_end + 1)
+                    previous_end = reader.line_num
+                if int(index) + 1 < len(starts):
+                    return starts[int(index) + 1]  # starts[0] is the header
     return int(index) + 2
 
 
@@ -406,8 +423,9 @@ def decide(prov: Provenance, force: bool, fix: str) -> bool:
 
 
 def begin(prov: Provenance) -> None:
-    """Call right before the first output is (over)written: drops the old sidecar, so that a run killed from
-    here on leaves outputs that no sidecar describes (redone or refused next time, never taken as done)."""
+    """Call right before the first output is replaced (data.files writers take it as before_replace, so it
+    runs after the new content is safely on disk): drops the old sidecar, so that a run killed from here on
+    leaves outputs that no sidecar describes (redone or refused next time, never taken as done)."""
     prov.sidecar.unlink(missing_ok=True)
 
 
