@@ -615,32 +615,61 @@ def tree(root: Path, skip: str | None = None) -> dict[str, str]:
     return {name: digest for name, digest in snapshot(root).items() if skip is None or not name.startswith(skip)}
 
 
+def kill_when(process: subprocess.Popen, ready: Callable[[], bool]) -> bool:
+    """SIGKILL the process as soon as ready() holds; True if it was killed (not finished first)."""
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if ready():
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.001)
+    process.wait(timeout=60)
+    return process.returncode == -signal.SIGKILL
+
+
+def any_file(folder: Path) -> Callable[[], bool]:
+    return lambda: folder.is_dir() and any(path.is_file() for path in folder.rglob("*"))
+
+
+def start(stage, argv) -> subprocess.Popen:
+    environ = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, script(stage), *argv], cwd=REPO_ROOT, env=environ,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @pytest.mark.parametrize("stage", list(RESUMABLE), ids=[f"stage-{stage}" for stage in RESUMABLE])
 def test_a_killed_run_leaves_no_temp_file_and_resumes_byte_identical(stage, base, data):
     redo, compared = RESUMABLE[stage]
     shutil.rmtree(data / redo)
     argv = stage_argv(stage, data)
-    environ = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, script(stage), *argv], cwd=REPO_ROOT, env=environ,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    # SIGKILL at the first sign of writing: a temp file, a finished chunk, clip, note or index part.
-    watched = data / (compared if stage != 2 else "generated")
-    deadline = time.monotonic() + 120
-    while process.poll() is None and time.monotonic() < deadline:
-        if watched.is_dir() and any(path.is_file() for path in watched.rglob("*")):
-            process.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.001)
-    process.wait(timeout=60)
-    # Stages 2 and the renderer write many files, so the kill surely lands mid-run; stages 3 and 5 write one
-    # chunk here, so they may finish first (the temp-file sweep itself is tested below either way).
+    # SIGKILL at the first sign of writing: a temp file (a chunk manifest, a clip, a note) or a finished file.
+    killed = kill_when(start(stage, argv), any_file(data / (compared if stage != 2 else "generated")))
+    # Stages 2 and the renderer write many files, so the kill surely lands mid-run; stages 3 and 5 may finish
+    # first (the test below kills them between chunks).
     if stage in (2, "render"):
-        assert process.returncode == -signal.SIGKILL
+        assert killed
     code, stderr = run_script(stage, argv)
     assert code == 0, stderr[-2000:]
     assert temp_files(data) == []
     skip = "embeddings/" if stage == 2 else None  # stage 3's outputs, gone with the rest of generated/
     assert tree(data / compared, skip) == tree(base / compared, skip)
+
+
+@pytest.mark.parametrize("stage, chunk_rows", [(3, 1), (5, 8)], ids=["stage-3", "stage-5"])
+def test_an_embedding_run_killed_between_chunks_resumes_from_them_byte_identical(stage, chunk_rows, data, tmp_path):
+    redo, compared = RESUMABLE[stage]
+    reference = shutil.copytree(data, tmp_path / "reference")
+    for root in (data, reference):
+        shutil.rmtree(root / redo)
+    extra = ["--chunk-rows", str(chunk_rows)]
+    code, stderr = run_script(stage, stage_argv(stage, reference) + extra)
+    assert code == 0, stderr[-2000:]
+    chunk = data / compared / "spectral.chunks" / "00002.npy"
+    assert kill_when(start(stage, stage_argv(stage, data) + extra), chunk.is_file)
+    code, stderr = run_script(stage, stage_argv(stage, data) + extra)
+    assert code == 0, stderr[-2000:]
+    assert temp_files(data) == [] and not chunk.parent.exists()
+    assert tree(data / compared) == tree(reference / compared)
 
 
 @pytest.mark.parametrize("stage", list(RESUMABLE), ids=[f"stage-{stage}" for stage in RESUMABLE])
