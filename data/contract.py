@@ -15,8 +15,6 @@ from data.vocabulary import FAMILIES, QUALITIES, SOURCES, VOCABULARY, parse_labe
 
 # Matched with fullmatch: `$` alone would accept an id ending in a newline, which then becomes a directory name.
 PROMPT_ID = re.compile(r"[A-Za-z0-9_-]+")
-# Real prompts are a sentence or two; a longer one is a pasted file, not a prompt (and would stall the annotator).
-MAX_PROMPT_CHARS = 2000
 # A clip or note may be this much shorter than its declared length (seconds × rate) before it is refused:
 # 1 % absorbs a decoder's rounding to whole latent frames; a cut-off copy is far shorter.
 LENGTH_TOLERANCE = 0.01
@@ -106,6 +104,11 @@ def read_table(path, columns, fix: str, dtype=None) -> pd.DataFrame:
     return frame
 
 
+# Prompts are a sentence or a paragraph (MusicCaps captions average ~300 characters, text-to-music encoders
+# truncate at 128-512 tokens); a longer one is a mistake or an attack, refused before anyone annotates it.
+MAX_PROMPT_CHARACTERS = 2000
+
+
 def _row(index, source=None) -> int:
     """The line of the file where data row `index` (as pandas numbered it) starts: what an editor shows.
 
@@ -157,9 +160,9 @@ def check_prompt_ids(frame: pd.DataFrame, path, fix: str) -> None:
     for index, prompt in frame["prompt"].items():
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError(f"{path} row {_row(index, frame)}: empty prompt — {fix}")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise InputError(f"{path} row {_row(index, frame)}: prompt of {len(prompt)} characters, the limit is "
-                             f"{MAX_PROMPT_CHARS} — shorten it to a sentence or two")
+        if len(prompt) > MAX_PROMPT_CHARACTERS:
+            raise InputError(f"{path} row {_row(index, frame)}: the prompt has {len(prompt):,} characters, more "
+                             f"than the limit of {MAX_PROMPT_CHARACTERS:,} — shorten it ({fix})")
 
 
 def read_prompts(data: Path, fix: str = "rerun stage 1 with --force") -> pd.DataFrame:
