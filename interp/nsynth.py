@@ -53,10 +53,10 @@ def _load_json(path: Path) -> dict:
             examples = json.load(handle, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: not valid JSON (line {error.lineno}: {error.msg}) — {FIX}") from None
-    except ValueError as error:  # unique_keys
-        raise InputError(f"{path}: {error} — {FIX}") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text — {FIX}") from None
+    except ValueError as error:  # unique_keys (after UnicodeDecodeError, which is a ValueError too)
+        raise InputError(f"{path}: {error} — {FIX}") from None
     if not isinstance(examples, dict):
         raise InputError(f"{path}: expected an object keyed by note_str, found a {type(examples).__name__} — {FIX}")
     if not examples:

@@ -502,6 +502,8 @@ CASES = [
     Case("s4-wrong-sample-rate", 4, first_example(lambda note: note.update(sample_rate=44100)), ("44100",)),
     Case("s4-note-audio-missing", 4, lambda data: first_note(data).unlink(), ("missing",)),
     Case("s4-short-note", 4, replace_wav(first_note, frames=100), ("100 frames",), extra=("--force",)),
+    Case("s4-not-utf8", 4, write_file(NSYNTH + "/examples.json", b'{"caf\xe9": 1}'), ("examples.json", "UTF-8")),
+    Case("s4-nsynth-dir-is-a-file", 4, None, ("examples.json",), args=["--nsynth-dir", "{data}/prompts/prompts.csv"]),
     Case("s4-test-fraction", 4, None, ("--test-fraction",), extra=("--test-fraction", "1.5")),
     Case("s4-max-per-concept", 4, None, ("--max-per-concept",), extra=("--max-per-concept", "0")),
     Case("s4-nsynth-dir-missing", 4, None, ("examples.json", "missing"), args=["--nsynth-dir", "{data}/nowhere"]),
@@ -548,6 +550,7 @@ CASES = [
     Case("s6-sets-bad-split", 6, set_cell("concepts/sets.csv", "split", "valid"), ("sets.csv row 2", "split")),
     Case("s6-sets-duplicate-row", 6, edit_table("concepts/sets.csv", lambda f: pd.concat([f.iloc[[0]], f])),
          ("sets.csv row 3", "twice")),
+    Case("s6-kind-without-clips", 6, None, ("xt",), extra=("--kind", "xt")),
     Case("s6-unknown-embedder", 6, None, ("not an embedder",), args=["--embedder", "nosuch"]),
     Case("s6-embeddings-missing", 6, delete(GENERATED_NPY), ("spectral.npy", "missing")),
     Case("s6-bad-probe", 6, None, ("--probe",), extra=("--probe", "forest")),
@@ -558,6 +561,8 @@ CASES = [
 
     # ---- the note renderer (stage 4's input when no NSynth download is at hand)
     Case("render-bad-velocity", "render", None, ("velocit",), extra=("--velocities", "64")),
+    Case("render-missing-soundfont", "render", None, ("nowhere.sf2",), extra=("--soundfont", "{data}/nowhere.sf2")),
+    Case("render-zero-pitch-step", "render", None, ("--pitch-step",), extra=("--pitch-step", "0")),
     Case("render-bad-program", "render", None, ("program",), extra=("--programs", "999")),
 ]
 
