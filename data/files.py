@@ -55,7 +55,7 @@ def remove_dead_writers_temps(root) -> list[Path]:
             _, host, pid, _ = name.rsplit("~", 3)
             if host != _HOST or not pid.isdigit() or _process_alive(int(pid)):
                 continue
-            with contextlib.suppress(FileNotFoundError):
+            with contextlib.suppress(OSError):  # gone already, or a read-only folder: leave it
                 os.unlink(os.path.join(directory, name))
                 removed.append(Path(directory, name))
     return removed
