@@ -15,6 +15,10 @@ from data.vocabulary import FAMILIES, QUALITIES, SOURCES, VOCABULARY, parse_labe
 
 # Matched with fullmatch: `$` alone would accept an id ending in a newline, which then becomes a directory name.
 PROMPT_ID = re.compile(r"[A-Za-z0-9_-]+")
+# Ids name folders and files (with a temp-file suffix of ~40 characters); file names stop at 255 bytes.
+MAX_ID_CHARACTERS = 100
+# Control characters other than whitespace (a NUL, an escape sequence) have no place in a text prompt.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # A clip or note may be this much shorter than its declared length (seconds × rate) before it is refused:
 # 1 % absorbs a decoder's rounding to whole latent frames; a cut-off copy is far shorter.
 LENGTH_TOLERANCE = 0.01
@@ -147,11 +151,22 @@ def relative_path(value, root: Path, where: str, fix: str) -> Path:
     return Path(root) / relative
 
 
+def valid_prompt_id(prompt_id) -> bool:
+    return isinstance(prompt_id, str) and len(prompt_id) <= MAX_ID_CHARACTERS and bool(PROMPT_ID.fullmatch(prompt_id))
+
+
+def _shown_id(prompt_id) -> str:
+    """An id as it appears in an error: quoted, escaped, cut after 40 characters."""
+    if isinstance(prompt_id, str) and len(prompt_id) > 40:
+        return repr(prompt_id[:40] + "…")
+    return repr(prompt_id)
+
+
 def check_prompt_ids(frame: pd.DataFrame, path, fix: str) -> None:
     for index, prompt_id in frame["prompt_id"].items():
-        if not isinstance(prompt_id, str) or not PROMPT_ID.fullmatch(prompt_id):
-            raise InputError(f"{path} row {_row(index, frame)}: prompt_id {prompt_id!r} must match "
-                             f"[A-Za-z0-9_-]+ — {fix}")
+        if not valid_prompt_id(prompt_id):
+            raise InputError(f"{path} row {_row(index, frame)}: prompt_id {_shown_id(prompt_id)} must match "
+                             f"[A-Za-z0-9_-]+ (at most {MAX_ID_CHARACTERS} characters) — {fix}")
     duplicated = frame["prompt_id"].duplicated()
     if duplicated.any():
         index = duplicated.idxmax()
@@ -160,6 +175,9 @@ def check_prompt_ids(frame: pd.DataFrame, path, fix: str) -> None:
     for index, prompt in frame["prompt"].items():
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError(f"{path} row {_row(index, frame)}: empty prompt — {fix}")
+        if CONTROL_CHARACTERS.search(prompt):
+            raise InputError(f"{path} row {_row(index, frame)}: the prompt holds a control character "
+                             f"({CONTROL_CHARACTERS.search(prompt).group()!r}) — remove it ({fix})")
         if len(prompt) > MAX_PROMPT_CHARACTERS:
             raise InputError(f"{path} row {_row(index, frame)}: the prompt has {len(prompt):,} characters, more "
                              f"than the limit of {MAX_PROMPT_CHARACTERS:,} — shorten it ({fix})")
@@ -238,9 +256,9 @@ def _read_index_part(part: Path, data: Path, fix: str) -> pd.DataFrame:
     stays inside generated/."""
     frame = read_table(part, INDEX_COLUMNS, fix, dtype={"prompt_id": str, "kind": str, "path": str})
     for index, prompt_id in frame["prompt_id"].items():
-        if not isinstance(prompt_id, str) or not PROMPT_ID.fullmatch(prompt_id):
-            raise InputError(f"{part} row {_row(index, frame)}: prompt_id {prompt_id!r} must match [A-Za-z0-9_-]+ "
-                             f"— {fix}")
+        if not valid_prompt_id(prompt_id):
+            raise InputError(f"{part} row {_row(index, frame)}: prompt_id {_shown_id(prompt_id)} must match "
+                             f"[A-Za-z0-9_-]+ (at most {MAX_ID_CHARACTERS} characters) — {fix}")
     for column in ("seconds_total", "sample_rate"):
         values = pd.to_numeric(frame[column], errors="coerce")
         bad = ~(np.isfinite(values) & (values > 0))

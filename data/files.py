@@ -136,7 +136,11 @@ def write_npy(path, array: np.ndarray, before_replace=None) -> None:
 
 def read_json(path) -> dict:
     """Parse a JSON file; a key that appears twice in one object is an error (json would keep the last)."""
-    return json.loads(Path(path).read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
 
 
 def unique_keys(pairs) -> dict:

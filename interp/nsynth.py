@@ -55,6 +55,8 @@ def _load_json(path: Path) -> dict:
         raise InputError(f"{path}: not valid JSON (line {error.lineno}: {error.msg}) — {FIX}") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text — {FIX}") from None
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply to be NSynth metadata — {FIX}") from None
     except ValueError as error:  # unique_keys (after UnicodeDecodeError, which is a ValueError too)
         raise InputError(f"{path}: {error} — {FIX}") from None
     if not isinstance(examples, dict):
