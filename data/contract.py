@@ -207,7 +207,7 @@ def read_annotated(data: Path, fix: str = "fix the row or rerun stage 1 with --f
     bad = frame["bpm"].notna() & (bpm.isna() | (bpm % 1 != 0) | (bpm < 20) | (bpm > 400))
     if bad.any():
         index = bad.idxmax()
-        raise InputError(f"{path} row {_row(index, frame)}: bpm {frame.at[index, 'bpm']!r} is not an integer in "
+        raise InputError(f"{path} row {_row(index, frame)}: bpm {str(frame.at[index, 'bpm'])!r} is not an integer in "
                          f"20–400 — {fix}")
     frame["bpm"] = bpm.astype("Int64")
     return frame
@@ -333,6 +333,11 @@ def read_sets(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFra
     if bad.any():
         raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: needs a concept, a note_str and split train or "
                          f"test — {fix}")
+    from interp.concepts import CONCEPT_NAMES  # the concept rules own the names (imported late: data/ is below interp/)
+    unknown = ~frame["concept"].isin(CONCEPT_NAMES)
+    if unknown.any():
+        raise InputError(f"{path} row {_row(unknown.idxmax(), frame)}: concept {frame.at[unknown.idxmax(), 'concept']!r} "
+                         f"is not one of interp/concepts.py's — {fix}")
     duplicated = frame.duplicated(["concept", "note_str"])
     if duplicated.any():
         raise InputError(f"{path} row {_row(duplicated.idxmax(), frame)}: note '{frame.at[duplicated.idxmax(), 'note_str']}' "

@@ -555,6 +555,7 @@ CASES = [
     Case("s6-row-count", 6, npy_edit(NOTES_NPY, lambda m: m[:-1]), ("rows",)),
     Case("s6-sets-bad-label", 6, set_cell("concepts/sets.csv", "label", "2"), ("sets.csv row 2", "label")),
     Case("s6-sets-bad-split", 6, set_cell("concepts/sets.csv", "split", "valid"), ("sets.csv row 2", "split")),
+    Case("s6-sets-unknown-concept", 6, set_cell("concepts/sets.csv", "concept", "is_kazoo"), ("sets.csv row 2", "is_kazoo")),
     Case("s6-sets-duplicate-row", 6, edit_table("concepts/sets.csv", lambda f: pd.concat([f.iloc[[0]], f])),
          ("sets.csv row 3", "twice")),
     Case("s6-kind-without-clips", 6, None, ("xt",), extra=("--kind", "xt")),
