@@ -4,16 +4,24 @@ import csv
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
 
 from data.files import _jsonable, read_json, sha256_text, write_json
 from data.stage import InputError
-from data.vocabulary import VOCABULARY, parse_labels
+from data.vocabulary import FAMILIES, QUALITIES, SOURCES, VOCABULARY, parse_labels
 
-PROMPT_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+# Matched with fullmatch: `$` alone would accept an id ending in a newline, which then becomes a directory name.
+PROMPT_ID = re.compile(r"[A-Za-z0-9_-]+")
+# Ids name folders and files (with a temp-file suffix of ~40 characters); file names stop at 255 bytes.
+MAX_ID_CHARACTERS = 100
+# Control characters other than whitespace (a NUL, an escape sequence) have no place in a text prompt.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# A clip or note may be this much shorter than its declared length (seconds × rate) before it is refused:
+# 1 % absorbs a decoder's rounding to whole latent frames; a cut-off copy is far shorter.
+LENGTH_TOLERANCE = 0.01
 
 PROMPTS_COLUMNS = ("prompt_id", "prompt", "origin")
 ANNOTATED_COLUMNS = ("prompt_id", "prompt", "labels", "bpm", "annotator")
@@ -41,32 +49,83 @@ def concepts_dir(data: Path) -> Path:
     return Path(data) / "concepts"
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message, or its type when the message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _record_lines(path: Path, fix: str) -> list[int]:
+    """Line number (header = 1) of each non-blank record, after checking every record has the header's fields.
+
+    pandas would silently pad a short row with NaN, or turn the first column into the index when a row has one
+    field too many (an unquoted comma), so the shape is checked here, by the csv module, line by line."""
+    lines = []
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, None)
+            if not header:
+                raise InputError(f"{path}: not a readable CSV (empty: no header row) — {fix}")
+            start = reader.line_num + 1
+            for record in reader:
+                if record:
+                    if len(record) != len(header):
+                        raise InputError(f"{path} row {start}: {len(record)} fields but the header has {len(header)} "
+                                         f"(a comma inside a field must be quoted) — {fix}")
+                    lines.append(start)
+                start = reader.line_num + 1
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not UTF-8 text ({first_line(error)}) — {fix}") from None
+    except csv.Error as error:
+        reason = first_line(error)
+        if "field limit" in reason:
+            reason = f"a field longer than {csv.field_size_limit()} characters"
+        raise InputError(f"{path} row {start}: not a readable CSV row ({reason}) — {fix}") from None
+    return lines
+
+
 def read_table(path, columns, fix: str, dtype=None) -> pd.DataFrame:
-    """Read a CSV and check it exists, is non-empty and has the contract's columns."""
+    """Read a CSV and check it exists, is non-empty, is well formed and has the contract's columns.
+
+    frame.attrs["lines"] holds each row's line number in the file, so errors point at the line a person sees
+    even after blank lines."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: missing — {fix}")
+    lines = _record_lines(path, fix)
     try:
         frame = pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values=[""])
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not a readable CSV ({str(error).splitlines()[0]}) — {fix}") from None
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise InputError(f"{path}: not a readable CSV ({first_line(error)}) — {fix}") from None
     missing = [column for column in columns if column not in frame.columns]
     if missing:
         raise InputError(f"{path}: column '{missing[0]}' is missing (expected {', '.join(columns)}) — {fix}")
     if frame.empty:
         raise InputError(f"{path}: has no rows — {fix}")
+    if len(lines) == len(frame):
+        frame.attrs["lines"] = lines
     return frame
 
 
-def _row(index, path=None) -> int:
+# Prompts are a sentence or a paragraph (MusicCaps captions average ~300 characters, text-to-music encoders
+# truncate at 128-512 tokens); a longer one is a mistake or an attack, refused before anyone annotates it.
+MAX_PROMPT_CHARACTERS = 2000
+
+
+def _row(index, source=None) -> int:
     """The line of the file where data row `index` (as pandas numbered it) starts: what an editor shows.
 
-    pandas skips blank lines and a quoted field may span lines, so index + 2 is right only for plain files;
-    the file is re-read (only when an error is reported) to count its lines the way pandas read them.
-    """
-    if path is not None:
+    `source` is the frame read_table returned (it knows its lines) or the CSV's path (re-read, only when an
+    error is reported, to count lines the way pandas read them: blank lines skipped, quoted fields spanning
+    lines). index + 2 is the fallback, right for plain files."""
+    if isinstance(source, pd.DataFrame):
+        lines = source.attrs.get("lines")
+        if lines is not None and 0 <= int(index) < len(lines):
+            return lines[int(index)]
+    elif source is not None:
         with contextlib.suppress(OSError, UnicodeDecodeError, csv.Error):
-            with open(path, newline="", encoding="utf-8") as handle:
+            with open(source, newline="", encoding="utf-8") as handle:
                 reader = csv.reader(handle)
                 starts, previous_end = [], 0
                 for record in reader:
@@ -78,19 +137,50 @@ def _row(index, path=None) -> int:
     return int(index) + 2
 
 
+def relative_path(value, root: Path, where: str, fix: str) -> Path:
+    """`root / value` for a path an artifact stores relative to `root`; refuse one that leaves it.
+
+    The check is on the text (absolute, empty, or with a '..' part), not on the resolved file, so a --data
+    folder that is itself a symlink, or holds symlinked audio folders, keeps working."""
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{where}: empty path — {fix}")
+    text = value.replace("\\", "/")
+    relative = PurePosixPath(text)
+    if relative.is_absolute() or re.match(r"[A-Za-z]:", text) or ".." in relative.parts or "\0" in text:
+        raise InputError(f"{where}: path {value!r} must stay inside {root} (relative, no '..') — {fix}")
+    return Path(root) / relative
+
+
+def valid_prompt_id(prompt_id) -> bool:
+    return isinstance(prompt_id, str) and len(prompt_id) <= MAX_ID_CHARACTERS and bool(PROMPT_ID.fullmatch(prompt_id))
+
+
+def _shown_id(prompt_id) -> str:
+    """An id as it appears in an error: quoted, escaped, cut after 40 characters."""
+    if isinstance(prompt_id, str) and len(prompt_id) > 40:
+        return repr(prompt_id[:40] + "…")
+    return repr(prompt_id)
+
+
 def check_prompt_ids(frame: pd.DataFrame, path, fix: str) -> None:
     for index, prompt_id in frame["prompt_id"].items():
-        if not isinstance(prompt_id, str) or not PROMPT_ID.match(prompt_id):
-            raise InputError(f"{path} row {_row(index, path)}: prompt_id {prompt_id!r} must match "
-                             f"[A-Za-z0-9_-]+ — {fix}")
+        if not valid_prompt_id(prompt_id):
+            raise InputError(f"{path} row {_row(index, frame)}: prompt_id {_shown_id(prompt_id)} must match "
+                             f"[A-Za-z0-9_-]+ (at most {MAX_ID_CHARACTERS} characters) — {fix}")
     duplicated = frame["prompt_id"].duplicated()
     if duplicated.any():
         index = duplicated.idxmax()
-        raise InputError(f"{path} row {_row(index, path)}: duplicate prompt_id "
-                         f"'{frame.at[index, 'prompt_id']}' — {fix}")
+        raise InputError(f"{path} row {_row(index, frame)}: duplicate prompt_id '{frame.at[index, 'prompt_id']}' "
+                         f"— {fix}")
     for index, prompt in frame["prompt"].items():
         if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError(f"{path} row {_row(index, path)}: empty prompt — {fix}")
+            raise InputError(f"{path} row {_row(index, frame)}: empty prompt — {fix}")
+        if CONTROL_CHARACTERS.search(prompt):
+            raise InputError(f"{path} row {_row(index, frame)}: the prompt holds a control character "
+                             f"({CONTROL_CHARACTERS.search(prompt).group()!r}) — remove it ({fix})")
+        if len(prompt) > MAX_PROMPT_CHARACTERS:
+            raise InputError(f"{path} row {_row(index, frame)}: the prompt has {len(prompt):,} characters, more "
+                             f"than the limit of {MAX_PROMPT_CHARACTERS:,} — shorten it ({fix})")
 
 
 def read_prompts(data: Path, fix: str = "rerun stage 1 with --force") -> pd.DataFrame:
@@ -111,14 +201,14 @@ def read_annotated(data: Path, fix: str = "fix the row or rerun stage 1 with --f
         try:
             parsed.append(parse_labels(text))
         except ValueError as error:
-            raise InputError(f"{path} row {_row(index, path)}: {error} ({', '.join(VOCABULARY)}) — {fix}") from None
+            raise InputError(f"{path} row {_row(index, frame)}: {error} ({', '.join(VOCABULARY)}) — {fix}") from None
     frame["labels"] = parsed
     bpm = pd.to_numeric(frame["bpm"], errors="coerce")
     bad = frame["bpm"].notna() & (bpm.isna() | (bpm % 1 != 0) | (bpm < 20) | (bpm > 400))
     if bad.any():
         index = bad.idxmax()
-        raise InputError(f"{path} row {_row(index, path)}: bpm {frame.at[index, 'bpm']!r} is not an integer "
-                         f"in 20–400 — {fix}")
+        raise InputError(f"{path} row {_row(index, frame)}: bpm {str(frame.at[index, 'bpm'])!r} is not an integer in "
+                         f"20–400 — {fix}")
     frame["bpm"] = bpm.astype("Int64")
     return frame
 
@@ -134,15 +224,21 @@ def read_generated_index(data: Path, fix: str = "rerun stage 2 (add --force if i
     parts = sorted(index_dir.glob("*.csv")) if index_dir.is_dir() else []
     if not parts:
         raise InputError(f"{index_dir}: no index parts — run stage 2 first")
-    frames = [read_table(part, INDEX_COLUMNS, fix, dtype={"prompt_id": str, "kind": str, "path": str}) for part in parts]
+    frames = [_read_index_part(part, data, fix) for part in parts]
     frame = pd.concat(frames, ignore_index=True)[list(INDEX_COLUMNS)]
     for column in ("sample", "step", "seed", "sample_rate"):
         values = pd.to_numeric(frame[column], errors="coerce")
-        if values.isna().any():
-            raise InputError(f"{index_dir}: column '{column}' has a non-integer value "
-                             f"(prompt {frame.at[values.isna().idxmax(), 'prompt_id']}) — {fix}")
+        bad = values.isna() | (values % 1 != 0) | (values < 0)
+        if bad.any():
+            raise InputError(f"{index_dir}: column '{column}' has {frame.at[bad.idxmax(), column]!r}, not a "
+                             f"non-negative integer (prompt {frame.at[bad.idxmax(), 'prompt_id']}) — {fix}")
         frame[column] = values.astype(np.int64)
-    frame["sigma"] = pd.to_numeric(frame["sigma"], errors="coerce")
+    sigma = pd.to_numeric(frame["sigma"], errors="coerce")
+    bad = frame["sigma"].notna() & ~np.isfinite(sigma)  # empty is allowed: layer trajectories have no sigma
+    if bad.any():
+        raise InputError(f"{index_dir}: sigma {frame.at[bad.idxmax(), 'sigma']!r} is not a number "
+                         f"(prompt {frame.at[bad.idxmax(), 'prompt_id']}) — {fix}")
+    frame["sigma"] = sigma
     frame["seconds_total"] = pd.to_numeric(frame["seconds_total"], errors="coerce")
     bad_kind = ~frame["kind"].isin(["x0", "xt"])
     if bad_kind.any():
@@ -155,17 +251,75 @@ def read_generated_index(data: Path, fix: str = "rerun stage 2 (add --force if i
     return frame.sort_values(INDEX_ORDER, kind="stable").reset_index(drop=True)
 
 
+def _read_index_part(part: Path, data: Path, fix: str) -> pd.DataFrame:
+    """One index part, with the checks that name its row: anchored prompt ids, a clip length, and a path that
+    stays inside generated/."""
+    frame = read_table(part, INDEX_COLUMNS, fix, dtype={"prompt_id": str, "kind": str, "path": str})
+    for index, prompt_id in frame["prompt_id"].items():
+        if not valid_prompt_id(prompt_id):
+            raise InputError(f"{part} row {_row(index, frame)}: prompt_id {_shown_id(prompt_id)} must match "
+                             f"[A-Za-z0-9_-]+ (at most {MAX_ID_CHARACTERS} characters) — {fix}")
+    for column in ("seconds_total", "sample_rate"):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = ~(np.isfinite(values) & (values > 0))
+        if bad.any():
+            index = bad.idxmax()
+            raise InputError(f"{part} row {_row(index, frame)}: {column} {frame.at[index, column]!r} is not a "
+                             f"positive number — {fix}")
+    for index, path in frame["path"].items():
+        relative_path(path, generated_dir(data), f"{part} row {_row(index, frame)}", fix)
+    return frame
+
+
+def check_index_prompts(index: pd.DataFrame, annotated: pd.DataFrame, data: Path) -> None:
+    """Every clip's prompt must be one annotated.csv has: a clip of another prompt has no labels to score."""
+    unknown = ~index["prompt_id"].isin(set(annotated["prompt_id"]))
+    if unknown.any():
+        prompt_id = index.at[unknown.idxmax(), "prompt_id"]
+        raise InputError(f"{generated_dir(data) / 'index'}: prompt '{prompt_id}' is not in {annotated_csv(data)} "
+                         "— remove its index part, or rerun stage 2 for the current prompts")
+
+
 def read_notes(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFrame:
     path = concepts_dir(data) / "notes.csv"
     frame = read_table(path, NOTES_COLUMNS, fix, dtype={"note_str": str, "instrument_str": str, "family": str,
                                                          "source": str, "qualities": str, "split": str, "path": str})
     frame["qualities"] = frame["qualities"].fillna("")
+    for column in ("note_str", "instrument_str", "family", "source", "path"):
+        empty = frame[column].isna()
+        if empty.any():
+            raise InputError(f"{path} row {_row(empty.idxmax(), frame)}: empty {column} — {fix}")
     bad = ~frame["split"].isin(["train", "test"])
     if bad.any():
-        raise InputError(f"{path} row {_row(bad.idxmax(), path)}: split must be train or test — {fix}")
+        raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: split must be train or test — {fix}")
+    for column, names in (("family", FAMILIES), ("source", SOURCES)):
+        bad = ~frame[column].isin(names)
+        if bad.any():
+            raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: {column} {frame.at[bad.idxmax(), column]!r} "
+                             f"is not one of NSynth's ({', '.join(names)}) — {fix}")
+    known = set(QUALITIES)
+    bad = frame["qualities"].map(lambda text: not set(filter(None, str(text).split(";"))) <= known)
+    if bad.any():
+        raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: qualities {frame.at[bad.idxmax(), 'qualities']!r} "
+                         f"are not ';'-joined NSynth qualities ({', '.join(QUALITIES)}) — {fix}")
+    for column in ("pitch", "velocity"):
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() | (values % 1 != 0) | (values < 0) | (values > 127)
+        if bad.any():
+            raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: {column} {frame.at[bad.idxmax(), column]!r} "
+                             f"is not a MIDI number 0–127 — {fix}")
     if frame["note_str"].duplicated().any():
-        row = _row(frame["note_str"].duplicated().idxmax(), path)
-        raise InputError(f"{path} row {row}: duplicate note_str — {fix}")
+        raise InputError(f"{path} row {_row(frame['note_str'].duplicated().idxmax(), frame)}: duplicate note_str "
+                         f"— {fix}")
+    # The split is by instrument, so that probes are tested on instruments they never heard.
+    sides = frame.groupby("instrument_str")["split"].nunique()
+    if (sides > 1).any():
+        instrument = sides.index[int(np.argmax(sides.to_numpy() > 1))]
+        index = frame.index[(frame["instrument_str"] == instrument) & (frame["split"] == "test")][0]
+        raise InputError(f"{path} row {_row(index, frame)}: instrument '{instrument}' is on both sides of the "
+                         f"train/test split — {fix}")
+    for index, note_path in frame["path"].items():
+        relative_path(note_path, Path("<nsynth_dir>"), f"{path} row {_row(index, frame)}", fix)
     return frame
 
 
@@ -174,7 +328,20 @@ def read_sets(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFra
     frame = read_table(path, SETS_COLUMNS, fix, dtype={"concept": str, "note_str": str, "split": str})
     bad = ~frame["label"].isin([0, 1])
     if bad.any():
-        raise InputError(f"{path} row {_row(bad.idxmax(), path)}: label must be 0 or 1 — {fix}")
+        raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: label must be 0 or 1 — {fix}")
+    bad = ~frame["split"].isin(["train", "test"]) | frame["concept"].isna() | frame["note_str"].isna()
+    if bad.any():
+        raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: needs a concept, a note_str and split train or "
+                         f"test — {fix}")
+    from interp.concepts import CONCEPT_NAMES  # the concept rules own the names (imported late: data/ is below interp/)
+    unknown = ~frame["concept"].isin(CONCEPT_NAMES)
+    if unknown.any():
+        raise InputError(f"{path} row {_row(unknown.idxmax(), frame)}: concept {frame.at[unknown.idxmax(), 'concept']!r} "
+                         f"is not one of interp/concepts.py's — {fix}")
+    duplicated = frame.duplicated(["concept", "note_str"])
+    if duplicated.any():
+        raise InputError(f"{path} row {_row(duplicated.idxmax(), frame)}: note '{frame.at[duplicated.idxmax(), 'note_str']}' "
+                         f"appears twice in concept '{frame.at[duplicated.idxmax(), 'concept']}' — {fix}")
     return frame
 
 
@@ -184,11 +351,11 @@ def read_embeddings(npy_path, n_rows: int, rows_sha256: str, rows_key: str, fix:
     sidecar_path = npy_path.with_suffix(".json")
     if not npy_path.is_file() or not sidecar_path.is_file():
         raise InputError(f"{npy_path}: missing (or its .json sidecar is) — {fix}")
+    sidecar = read_sidecar(sidecar_path, fix, fix)
     try:
         matrix = np.load(npy_path, mmap_mode="r", allow_pickle=False)
-        sidecar = read_json(sidecar_path)
-    except (ValueError, OSError) as error:
-        raise InputError(f"{npy_path}: unreadable ({str(error).splitlines()[0]}) — {fix}") from None
+    except (ValueError, OSError, EOFError) as error:
+        raise InputError(f"{npy_path}: unreadable ({first_line(error)}) — {fix}") from None
     if matrix.dtype != np.float32 or matrix.ndim != 2:
         raise InputError(f"{npy_path}: expected float32 [rows, dim], found {matrix.dtype} {list(matrix.shape)} — {fix}")
     if matrix.shape[0] != n_rows:
@@ -197,7 +364,12 @@ def read_embeddings(npy_path, n_rows: int, rows_sha256: str, rows_key: str, fix:
         raise InputError(f"{npy_path}: made for different rows than the current table ({rows_key} differs) — {fix}")
     if sidecar.get("dim") not in (None, matrix.shape[1]):
         raise InputError(f"{npy_path}: sidecar says dim {sidecar.get('dim')} but the matrix has {matrix.shape[1]} — {fix}")
-    return np.asarray(matrix), sidecar
+    matrix = np.asarray(matrix)
+    finite = np.isfinite(matrix).all(axis=1)
+    if not finite.all():
+        row = int(np.argmin(finite))
+        raise InputError(f"{npy_path}: row {row} holds NaN or Inf ({int((~finite).sum())} such rows) — {fix}")
+    return matrix, sidecar
 
 
 def read_sidecar(path, missing_fix: str, fix: str) -> dict:
@@ -208,9 +380,9 @@ def read_sidecar(path, missing_fix: str, fix: str) -> dict:
     try:
         payload = read_json(path)
     except (ValueError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not valid JSON ({str(error).splitlines()[0]}) — {fix}") from None
+        raise InputError(f"{path}: not valid JSON ({first_line(error)}) — {fix}") from None
     if not isinstance(payload, dict):
-        raise InputError(f"{path}: expected a JSON object — {fix}")
+        raise InputError(f"{path}: expected a JSON object, found a {type(payload).__name__} — {fix}")
     return payload
 
 
@@ -290,7 +462,7 @@ def read_provenance(path, fix: str) -> dict | None:
     try:
         payload = read_json(path)
     except (ValueError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: sidecar is not valid JSON ({str(error).splitlines()[0]}) — {fix}") from None
+        raise InputError(f"{path}: sidecar is not valid JSON ({first_line(error)}) — {fix}") from None
     except IsADirectoryError:
         raise InputError(f"{path}: sidecar is a directory — {fix}") from None
     if not isinstance(payload, dict):

@@ -3,6 +3,8 @@ import contextlib
 import hashlib
 import json
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 
@@ -19,11 +21,56 @@ def _current_umask() -> int:
 # so a lab group on a shared cluster can read each other's results. Read once: the umask is per process.
 ARTIFACT_MODE = 0o666 & ~_current_umask()
 TEMP_SUFFIX = ".tmp"
+# After the prefix, a temp file's name holds its writer: .<name>.~<host>~<pid>~<random>.tmp, so a later run on the
+# same host can tell the leftovers of a killed writer (pid gone) from the live temp files of a concurrent one.
+_HOST = re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname()) or "host"
 
 
 def temp_prefix(path) -> str:
     """Temp files of `path` are named .<name>.<random>.tmp beside it (stale_temps finds them after a kill)."""
     return f".{Path(path).name}."
+
+
+def make_temp_file(path) -> Path:
+    """Create an empty temp file beside `path` (mode as open() would give) for an atomic write over `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f"{temp_prefix(path)}~{_HOST}~{os.getpid()}~", suffix=TEMP_SUFFIX,
+                               dir=path.parent)
+    try:
+        os.fchmod(fd, ARTIFACT_MODE)
+    finally:
+        os.close(fd)
+    return Path(tmp)
+
+
+def remove_dead_writers_temps(root) -> list[Path]:
+    """Delete temp files anywhere under `root` whose writer ran on this host and is gone; return them.
+
+    Safe without a lock: temp files of live processes, and of other hosts (a shared cluster filesystem), stay."""
+    removed = []
+    for directory, _, names in os.walk(root):
+        for name in names:
+            if not (name.startswith(".") and name.endswith(TEMP_SUFFIX)) or name.count("~") < 3:
+                continue
+            _, host, pid, _ = name.rsplit("~", 3)
+            if host != _HOST or not pid.isdigit() or _process_alive(int(pid)):
+                continue
+            with contextlib.suppress(OSError):  # gone already, or a read-only folder: leave it
+                os.unlink(os.path.join(directory, name))
+                removed.append(Path(directory, name))
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 @contextlib.contextmanager
@@ -37,11 +84,7 @@ def atomic_path(path, fsync: bool = True, before_replace=None):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
-    try:
-        os.fchmod(fd, ARTIFACT_MODE)
-    finally:
-        os.close(fd)
+    tmp = make_temp_file(path)
     try:
         yield Path(tmp)
         if fsync:
@@ -92,7 +135,22 @@ def write_npy(path, array: np.ndarray, before_replace=None) -> None:
 
 
 def read_json(path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """Parse a JSON file; a key that appears twice in one object is an error (json would keep the last)."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text, object_pairs_hook=unique_keys)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
+
+
+def unique_keys(pairs) -> dict:
+    """json object_pairs_hook: the object as a dict, or ValueError naming a repeated key."""
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        result[key] = value
+    return result
 
 
 def sha256_file(path, chunk_bytes: int = 1 << 20) -> str:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from data.files import remove_dead_writers_temps
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT / "data"
 
@@ -29,9 +31,15 @@ class Terminated(BaseException):
     """SIGTERM (a SLURM time limit, scancel, kill): unwinds like Ctrl-C so temp files are cleaned up."""
 
 
+class StageArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one 'error: ' line (argparse's default prints the usage first)."""
+
+    def error(self, message):
+        self.exit(2, f"error: command line: {' '.join(message.split())} — see {self.prog} --help\n")
+
+
 def stage_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = StageArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="artifact root; every stage reads and writes below it (see data/ARTIFACTS.md)")
     parser.add_argument("--force", action="store_true", help="redo work whose outputs already exist")
@@ -154,6 +162,11 @@ def _os_error_line(error: OSError) -> str:
     return f"{where}: {reason} — {fixes.get(error.errno, 'check the path and the disk, then rerun to resume')}"
 
 
+def one_line(message: str) -> str:
+    """The promise is one line: a newline that came from the data (an id, a path) is shown escaped."""
+    return message.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def run_stage(main, parser: argparse.ArgumentParser, argv=None, lock=None) -> int:
     """Parse args and call main(args) holding the stage's lock on --data.
 
@@ -184,6 +197,9 @@ def run_stage(main, parser: argparse.ArgumentParser, argv=None, lock=None) -> in
                 raise InputError(f"{path}: another run (pid {holder}) of this stage is using --data {data} — "
                                  "wait for it to finish, or use another --data") from None
             try:
+                # Temp files of writers killed before their rename, anywhere under --data (a kill cannot clean
+                # up after itself); those of live runs and of other hosts are kept.
+                remove_dead_writers_temps(data)
                 main(args)
             finally:
                 held.__exit__(None, None, None)
@@ -192,12 +208,12 @@ def run_stage(main, parser: argparse.ArgumentParser, argv=None, lock=None) -> in
     except InputError as error:
         if debug:
             traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {one_line(str(error))}", file=sys.stderr)
         return 2
     except OSError as error:
         if debug:
             traceback.print_exc()
-        print(f"error: {_os_error_line(error)}", file=sys.stderr)
+        print(f"error: {one_line(_os_error_line(error))}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as stop:
         print("interrupted: finished units are kept; rerun the same command to resume", file=sys.stderr)

@@ -16,8 +16,11 @@ Window policy (deterministic: the same clip always gives the same vector, in any
       "repeatpad": as many whole copies as fit, then silence to 10 s. This is how LAION trained CLAP, so a
       padded note looks like the clips the model learnt from; zero-padding alone would show it 6 s of silence
       it never saw in training.
-    - longer clips (generated clips) keep their centred 10 s (start sample (n - window) // 2): generated music
-      carries its content throughout, and the centre stays clear of fade-ins and tails.
+    - longer clips (generated clips) keep one 10 s stretch, chosen by `window` (stage 3/5 option --window):
+      "centre" (default: start sample (n - window) // 2; generated music carries its content throughout, and
+      the centre stays clear of fade-ins and tails) or "first" (the first 10 s, as the reference study kept).
+      The choice is part of the embedder's provenance and window policy, so stage 3 and stage 5 outputs made
+      with different windows are refused together by stage 6.
     Because no clip is ever longer than the window, the extractor's random paths never fire: "rand_trunc"
     has nothing to crop, and for fused checkpoints every clip is marked is_longer=False, so the fusion
     branch (three random crops of a longer clip) is never used. transformers' extractor would instead mark a
@@ -66,15 +69,20 @@ WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin")
 # Per-clip work is small next to the forward, so the default only bounds peak memory (a 10 s window is
 # 1.9 MB of samples and ~100 MB of HTSAT activations per clip).
 DEFAULT_BATCH = {"cpu": 8, "cuda": 32}
+# Which 10 s of a longer clip is embedded.
+WINDOWS = ("centre", "first")
 
 
 class ClapEmbedder(Embedder):
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "cpu", dtype: str = "fp32",
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, window: str = "centre"):
         from transformers import ClapFeatureExtractor, ClapModel
         from transformers.utils import logging as hf_logging
 
         self.device = _device(device)
+        if window not in WINDOWS:
+            raise InputError(f"--window {window!r} is not one of {', '.join(WINDOWS)} — pick one")
+        self.long_clips = window
         if str(dtype).lower() not in DTYPES:
             raise InputError(f"--dtype {dtype!r} is not one of fp32, fp16, bf16 — pick one")
         self.dtype = DTYPES[str(dtype).lower()]
@@ -139,7 +147,8 @@ class ClapEmbedder(Embedder):
         fill = {"repeatpad": "repeat-padded (whole copies, then silence)", "repeat": "repeated and cut",
                 "pad": "zero-padded at the end"}[self.padding]
         self.window_policy = (f"one {self.window_seconds:g} s window at {self.sample_rate} Hz: shorter clips "
-                              f"{fill}, longer clips cropped to their centred {self.window_seconds:g} s; "
+                              f"{fill}, longer clips cropped to their "
+                              f"{'centred' if window == 'centre' else 'first'} {self.window_seconds:g} s; "
                               f"{'HTK mel filters (fusion)' if self.fused else 'Slaney mel filters (rand_trunc)'}, "
                               "is_longer=False")
         self._tokenizer = None
@@ -154,7 +163,7 @@ class ClapEmbedder(Embedder):
             "model": self.model_id if self.model_id is not None else str(self.checkpoint_dir),
             "checkpoint_sha256": self.checkpoint_sha256, "window_policy": self.window_policy, "dim": self.dim,
             "sample_rate": self.sample_rate, "window_seconds": self.window_seconds, "padding": self.padding,
-            "long_clips": "centre", "truncation": self.truncation, "fused": self.fused,
+            "long_clips": self.long_clips, "truncation": self.truncation, "fused": self.fused,
             "output": "get_audio_features pooler_output (audio projection)", "l2_normalised": True,
             "dtype": DTYPE_NAMES[self.dtype], "transformers": transformers.__version__,
         }
@@ -165,7 +174,7 @@ class ClapEmbedder(Embedder):
         """One mono clip -> exactly window_samples float32 samples (the policy in the module docstring)."""
         n, length = waveform.shape[0], self.window_samples
         if n > length:
-            start = (n - length) // 2
+            start = (n - length) // 2 if self.long_clips == "centre" else 0
             return waveform[start:start + length]
         if n == length:
             return waveform

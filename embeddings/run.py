@@ -35,11 +35,12 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+import soundfile as sf
 import soxr
 from tqdm import tqdm
 
 from data.audio import read_audio, resample, to_mono
-from data.contract import Provenance, begin, commit, decide, first_difference
+from data.contract import LENGTH_TOLERANCE, Provenance, begin, commit, decide, first_difference, first_line
 from data.files import atomic_path, read_json, remove_stale_temps, write_npy
 from data.stage import InputError, Shard, add_shard_argument, file_lock, lock_path, parse_shard
 from embeddings import EMBEDDERS, embedding_stem, load_embedder
@@ -89,14 +90,15 @@ class RunStats:
 
 def embed_files(paths: Sequence, embedder, out_path, *, rows_key: str, rows_sha256: str, extra: dict | None = None,
                 expect_rate: int | Sequence[int] | None = None, expect_channels: int | Sequence[int] | None = None,
-                batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
-                chunk_rows: int = DEFAULT_CHUNK_ROWS, force: bool = False, shard: Shard = Shard(0, 1),
+                expect_frames: int | Sequence[int] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                workers: int = DEFAULT_WORKERS, chunk_rows: int = DEFAULT_CHUNK_ROWS, force: bool = False, shard: Shard = Shard(0, 1),
                 progress: bool = True) -> RunStats:
     """Embed `paths` (row i = file i) into float32 `out_path` [len(paths), embedder.dim] plus its sidecar.
 
     rows_key/rows_sha256 name the table the rows are aligned with (e.g. "index_sha256"); `extra` holds other
     input identities for the sidecar (e.g. generation_sha256). expect_rate/expect_channels are one value for
-    every file or one per file. The provenance rule is data.contract.decide: an output that is up to date is
+    every file or one per file; so is expect_frames, the declared length that a file may fall short of by at most
+    data.contract.LENGTH_TOLERANCE. The provenance rule is data.contract.decide: an output that is up to date is
     kept; one made from other rows, inputs or embedder settings is refused unless force.
 
     shard i/n embeds chunks k with k mod n == i; the shard that finds every chunk present writes the matrix
@@ -136,7 +138,7 @@ def embed_files(paths: Sequence, embedder, out_path, *, rows_key: str, rows_sha2
         todo = [k for k in mine if not _chunk_complete(chunks_dir / _chunk_name(k), *_chunk_shape(chunks[k], embedder))]
         stats.chunks_reused = len(mine) - len(todo)
         _embed_chunks(paths, todo, chunks, chunks_dir, embedder, stats, expect_rate, expect_channels,
-                      batch_size, workers, progress, out_path.name)
+                      batch_size, workers, progress, out_path.name, expect_frames=expect_frames)
     except BaseException:
         # Nothing embedded by anyone: leave no empty folders or lone manifest behind.
         with _shared_state_lock(out_path):
@@ -163,15 +165,16 @@ def embed_files(paths: Sequence, embedder, out_path, *, rows_key: str, rows_sha2
 
 
 def _embed_chunks(paths, todo, chunks, chunks_dir, embedder, stats, expect_rate, expect_channels, batch_size,
-                  workers, progress, label) -> None:
+                  workers, progress, label, expect_frames=None) -> None:
     rows = [row for k in todo for row in range(*chunks[k])]
-    for row in rows:
-        # Checked up front: a file that stage 2 or 4 never wrote should stop the run now, not hours in.
-        if not paths[row].is_file():
-            raise InputError(f"{paths[row]}: audio file is missing — rerun the stage that writes it")
+    rates, channels = _per_row(expect_rate, len(paths)), _per_row(expect_channels, len(paths))
+    frames = _per_row(expect_frames, len(paths))
+    # Headers are checked up front: a file that stage 2 or 4 never wrote, or a cut-off copy, should stop the run
+    # now, before any output or progress bar, not hours in.
+    for row in tqdm(rows, desc="check audio headers", unit="file", disable=not progress or len(rows) < 5000):
+        check_header(paths[row], rates[row], channels[row], frames[row])
     if not rows:
         return
-    rates, channels = _per_row(expect_rate, len(paths)), _per_row(expect_channels, len(paths))
 
     def load(row):
         check_wav_complete(paths[row])
@@ -318,6 +321,25 @@ def _prefetch(rows: list[int], load, workers: int, ahead: int) -> Iterator[np.nd
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def check_header(path: Path, rate: int | None, channels: int | None, frames: int | None) -> None:
+    """A file's header against what its table declares: present, complete, rate, channels, length."""
+    if not path.is_file():
+        raise InputError(f"{path}: audio file is missing — rerun the stage that writes it")
+    check_wav_complete(path)
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, ValueError, OSError) as error:
+        raise InputError(f"{path}: unreadable audio ({first_line(error)}) — delete it and rerun its stage") from None
+    if rate is not None and info.samplerate != rate:
+        raise InputError(f"{path}: sample rate {info.samplerate} Hz, expected {rate} Hz — regenerate it at {rate} Hz")
+    if channels is not None and info.channels != channels:
+        raise InputError(f"{path}: {info.channels} channel(s), expected {channels} — regenerate it")
+    if frames is not None and info.frames < frames * (1 - LENGTH_TOLERANCE):
+        raise InputError(f"{path}: {info.frames} samples, but its table declares {frames} "
+                         f"({frames / info.samplerate:g} s; at most {LENGTH_TOLERANCE:.0%} shorter is accepted) — "
+                         "the file is cut off: delete it and rerun the stage that writes it")
+
+
 def check_wav_complete(path: Path) -> None:
     """Refuse a WAV whose data chunk is shorter than its header declares.
 
@@ -378,6 +400,8 @@ def add_embedder_arguments(parser) -> None:
     parser.add_argument("--model", help="model id or local directory (embedders with weights, e.g. clap)")
     parser.add_argument("--device", help="torch device, e.g. cpu or cuda (embedders with weights)")
     parser.add_argument("--dtype", help="model dtype, e.g. fp32, fp16 or bf16 (embedders with weights)")
+    parser.add_argument("--window", help="which part of a clip longer than the embedder's window is embedded: "
+                                         "centre or first (clap; unset: centre); stages 3 and 5 must agree")
     parser.add_argument("--batch-size", type=int,
                         help=f"clips per embed() call; unset: the embedder's own batch size, else {DEFAULT_BATCH_SIZE}")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
@@ -399,7 +423,8 @@ def lock_name(stage: str):
 
 def embedder_from_args(args):
     """Build the embedder, passing only the options the user set, and only if the embedder takes them."""
-    options = {name: getattr(args, name) for name in ("model", "device", "dtype") if getattr(args, name) is not None}
+    options = {name: getattr(args, name) for name in ("model", "device", "dtype", "window")
+               if getattr(args, name, None) is not None}
     module_name, class_name = EMBEDDERS[args.embedder].split(":")
     try:
         parameters = inspect.signature(getattr(importlib.import_module(module_name), class_name)).parameters

@@ -16,6 +16,7 @@ import pandas as pd
 import soundfile as sf
 from tqdm import tqdm
 
+from data.files import unique_keys
 from data.stage import InputError
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES
 from interp.concepts import Note
@@ -28,7 +29,7 @@ FRAMES = 4 * SAMPLE_RATE
 FIELDS = ("note", "note_str", "instrument", "instrument_str", "pitch", "velocity", "sample_rate", "qualities",
           "qualities_str", "instrument_family", "instrument_family_str", "instrument_source", "instrument_source_str")
 INTEGER_FIELDS = ("note", "instrument", "pitch", "velocity", "sample_rate", "instrument_family", "instrument_source")
-INSTRUMENT_STR = re.compile(r"^(?P<family>[a-z_]+)_(?P<source>acoustic|electronic|synthetic)_\d{3}$")
+INSTRUMENT_STR = re.compile(r"^(?P<family>[a-z_]+)_(?P<source>acoustic|electronic|synthetic)_\d{3}\Z")  # \Z: no trailing newline
 QUALITY_SEPARATOR = ";"
 FIX = ("fix or remove the entry, or restore the split (re-download it, or rerun "
        "data/nsynth/render_soundfont.py --force for a rendered one)")
@@ -48,11 +49,16 @@ def _load_json(path: Path) -> dict:
                          "or render one with data/nsynth/render_soundfont.py")
     try:
         with open(path, encoding="utf-8") as handle:
-            examples = json.load(handle)
+            # Duplicate keys are refused: json.load would keep the last entry of a note without a word.
+            examples = json.load(handle, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: not valid JSON (line {error.lineno}: {error.msg}) — {FIX}") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text — {FIX}") from None
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply to be NSynth metadata — {FIX}") from None
+    except ValueError as error:  # unique_keys (after UnicodeDecodeError, which is a ValueError too)
+        raise InputError(f"{path}: {error} — {FIX}") from None
     if not isinstance(examples, dict):
         raise InputError(f"{path}: expected an object keyed by note_str, found a {type(examples).__name__} — {FIX}")
     if not examples:
@@ -61,7 +67,7 @@ def _load_json(path: Path) -> dict:
 
 
 def _fail(path: Path, note, message: str):
-    raise InputError(f"{path}: note '{note}': {message} — {FIX}")
+    raise InputError(f"{path}: note {str(note)!r}: {message} — {FIX}")
 
 
 def _first(mask: pd.Series):

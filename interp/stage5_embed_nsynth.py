@@ -18,7 +18,7 @@ if __package__ in (None, ""):
     # Run as a script: make the repository root importable (the project is not installed as a package).
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.contract import concepts_dir, read_notes, read_sidecar, table_sha256
+from data.contract import concepts_dir, read_notes, read_sidecar, relative_path, table_sha256
 from data.files import sha256_file
 from data.stage import InputError, main_exit, parse_shard, stage_parser
 from embeddings import embedding_stem
@@ -28,6 +28,7 @@ from interp.nsynth import examples_path as nsynth_examples_path
 
 NSYNTH_RATE = 16_000
 NSYNTH_CHANNELS = 1
+NSYNTH_FRAMES = 4 * NSYNTH_RATE  # every NSynth note is 4 s
 
 
 def build_parser():
@@ -77,9 +78,10 @@ def main(args) -> None:
     # same note names is different sound.
     extra = {"examples_sha256": concepts.get("examples_sha256")}
     stats = embed_files(
-        [nsynth_dir / path for path in notes["path"]], embedder, out_path,
+        [relative_path(path, nsynth_dir, f"{concepts_dir(args.data) / 'notes.csv'} ({note})", "rerun stage 4 with --force")
+         for path, note in zip(notes["path"], notes["note_str"])], embedder, out_path,
         rows_key="notes_sha256", rows_sha256=table_sha256(notes), extra=extra,
-        expect_rate=NSYNTH_RATE, expect_channels=NSYNTH_CHANNELS,
+        expect_rate=NSYNTH_RATE, expect_channels=NSYNTH_CHANNELS, expect_frames=NSYNTH_FRAMES,
         batch_size=batch_size_from_args(args, embedder), workers=args.workers, chunk_rows=args.chunk_rows,
         force=args.force, shard=shard)
     report(stats, out_path)

@@ -330,3 +330,18 @@ def test_a_hub_id_loads_offline_from_the_hugging_face_cache(tmp_path, monkeypatc
     assert embedder.provenance()["checkpoint_sha256"] == sha256_file(unfused_dir / "model.safetensors")
     clip = tone(4.0, 220.0)
     np.testing.assert_array_equal(embedder.embed([clip]), ClapEmbedder(str(unfused_dir)).embed([clip]))
+
+
+def test_the_first_window_keeps_the_first_ten_seconds_and_says_so(unfused_dir, unfused):
+    first = ClapEmbedder(str(unfused_dir), window="first")
+    clip = tone(23.0, 180.0, seed=2)
+    np.testing.assert_array_equal(first.window(clip), clip[:10 * RATE])
+    np.testing.assert_allclose(first.embed([clip]), first.embed([clip[:10 * RATE]]), atol=1e-6)
+    assert not np.allclose(first.embed([clip]), unfused.embed([clip]), atol=1e-4)
+    assert first.provenance()["long_clips"] == "first" and unfused.provenance()["long_clips"] == "centre"
+    # window_policy is part of the embedder identity stage 6 compares between stage 3 and stage 5 outputs.
+    assert first.window_policy != unfused.window_policy and "first 10 s" in first.window_policy
+    short = tone(4.0, 220.0)
+    np.testing.assert_array_equal(first.window(short), unfused.window(short))
+    with pytest.raises(InputError, match="--window 'last'"):
+        ClapEmbedder(str(unfused_dir), window="last")

@@ -179,3 +179,24 @@ def test_make_stage3_stage5_stage6_with_embedder_and_model(pipeline, tmp_path):
         made = copy / folder / "embeddings" / f"{stem}.npy"
         assert made.read_bytes() == (data / folder / "embeddings" / f"{stem}.npy").read_bytes()
     assert (stage6_probe.results_dir(copy, stem, "logreg", "x0") / "emergence.csv").is_file()
+
+
+def test_window_first_is_recorded_and_stage6_refuses_mixing_windows(pipeline, tmp_path, capsys):
+    """--window first (the reference study's first 10 s) goes into the sidecar; stage 3 refuses to replace
+    centre-window embeddings without --force, and stage 6 refuses generated and NSynth sides of two windows."""
+    source, checkpoint, embedder = pipeline
+    data = shutil.copytree(source, tmp_path / "data")
+    clap = ("--embedder", "clap", "--model", checkpoint, "--batch-size", "4", "--window", "first")
+    assert in_process(stage3, "--data", data, *clap) == 2
+    error = capsys.readouterr().err
+    assert "window_policy" in error and "--force" in error
+    assert in_process(stage3, "--data", data, *clap, "--force") == 0
+    sidecar = read_json(data / "generated" / "embeddings" / f"{embedder.name}.json")
+    assert sidecar["long_clips"] == "first" and "first 10 s" in sidecar["window_policy"]
+    capsys.readouterr()
+    assert in_process(stage6_probe, "--data", data, "--embedder", "clap", "--model", checkpoint, "--bootstrap", "5",
+                      "--random-baselines", "0", "--no-report") == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "window_policy" in error
+    assert in_process(stage3, "--data", data, "--embedder", "spectral", "--window", "first") == 2
+    assert "--window is not an option of the spectral embedder" in capsys.readouterr().err

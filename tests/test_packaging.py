@@ -62,3 +62,25 @@ def test_the_installed_distribution_claims_no_top_level_modules(tmp_path):
         result = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=tmp_path, env=_plain_environment(),
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr, (name, result.stderr)
+
+
+def _requirements(requirements):
+    from packaging.requirements import Requirement
+    return {Requirement(text).name.lower().replace("_", "-"): Requirement(text) for text in requirements}
+
+
+def test_declared_ranges_hold_the_versions_the_suite_runs_on_and_agree():
+    """A range that admits versions the code was never run on (transformers 4 for CLAP's pooler_output) lies."""
+    from importlib.metadata import version
+
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    declared = _requirements(project["dependencies"] + project["optional-dependencies"]["test"])
+    for name, requirement in declared.items():
+        installed = version(name)
+        assert requirement.specifier.contains(installed, prereleases=True), f"{name} {installed} not in {requirement}"
+        assert requirement.specifier, f"{name} has no version range"
+    environment = yaml.safe_load((REPO_ROOT / "requirements.yaml").read_text())
+    pip_section = _requirements(next(item["pip"] for item in environment["dependencies"] if isinstance(item, dict)))
+    for name, requirement in pip_section.items():
+        if name != "torch":  # pinned to the CI wheel there
+            assert requirement.specifier == declared[name].specifier, name

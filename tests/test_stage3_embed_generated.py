@@ -41,6 +41,14 @@ def write_prompt(data, prompt_id: str, prompt_number: int, samples=2, steps=(0, 
                              "path": path})
     frame = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
     (data / "generated" / "index").mkdir(parents=True, exist_ok=True)
+    # Stage 3 embeds only clips of prompts that annotated.csv has.
+    annotated = data / "prompts" / "annotated.csv"
+    if not annotated.is_file():
+        annotated.parent.mkdir(parents=True, exist_ok=True)
+        annotated.write_text("prompt_id,prompt,labels,bpm,annotator\n")
+    if f"\n{prompt_id}," not in annotated.read_text():
+        with open(annotated, "a") as handle:
+            handle.write(f"{prompt_id},prompt {prompt_number},bass,,offline\n")
     frame.to_csv(data / "generated" / "index" / f"{prompt_id}.csv", index=False)
 
 
@@ -126,7 +134,7 @@ def _break_first_clip(data, how):
     elif how == "rate":
         write_wav(path, resample(clip(0, 0, 0), RATE, 48_000), 48_000)
     elif how == "silent":
-        write_wav(path, np.zeros((2, RATE), np.float32), RATE)
+        write_wav(path, np.zeros((2, 2 * RATE), np.float32), RATE)  # full length (2 s), silent
     elif how == "missing":
         path.unlink()
     return path

@@ -1,0 +1,701 @@
+"""The bad-input catalogue: every stage, given one broken input, says one line and changes nothing.
+
+A small real run of stages 1-5 (embedded prompts, the ideal generator, rendered soundfont notes, the spectral
+embedder) is made once per session; each case copies it, breaks one thing, runs one stage and asserts:
+exit code 2, exactly one line on stderr and it starts with "error: ", the expected words in that line, and
+every file under --data byte-identical afterwards (no file changed, none added, none removed).
+
+Most cases run the stage in this process through its real entry point (data.stage.run_stage); the ones marked
+`subprocess` run the script as a user would, so the one-line promise is checked on the real stderr.
+The kill tests at the end SIGKILL stages 2, 3 and 5 and the note renderer mid-run, rerun them, and check that
+no temp file survives and the outputs equal an uninterrupted run's.
+"""
+import contextlib
+import hashlib
+import importlib
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from conftest import REPO_ROOT
+from data.stage import run_stage
+
+STAGES = {
+    1: "data.prompts.stage1_prompts",
+    2: "diffusion.stage2_generate",
+    3: "embeddings.stage3_embed_generated",
+    4: "interp.stage4_concept_sets",
+    5: "interp.stage5_embed_nsynth",
+    6: "interp.stage6_probe",
+    "render": "data.nsynth.render_soundfont",
+}
+NSYNTH = "nsynth/nsynth-soundfont"
+# The settings of the session's run: a case that repeats them reaches validation, not a provenance refusal.
+ARGS = {
+    1: ["annotate"],
+    2: ["--generator", "ideal", "--limit-prompts", "3", "--samples", "1", "--steps", "10", "--capture-steps", "4,9",
+        "--no-progress"],
+    3: ["--embedder", "spectral", "--workers", "0"],
+    4: ["--nsynth-dir", "{data}/" + NSYNTH],
+    5: ["--embedder", "spectral", "--workers", "0"],
+    6: ["--embedder", "spectral", "--bootstrap", "20", "--random-baselines", "2", "--no-report"],
+    "render": ["--pitch-step", "24", "--velocities", "100", "--dyad-velocity", "0"],
+}
+
+
+def script(stage) -> str:
+    return STAGES[stage].replace(".", "/") + ".py"
+
+
+def run_in_process(stage, argv: list[str]) -> tuple[int, str]:
+    module = importlib.import_module(STAGES[stage])
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            code = run_stage(module.main, module.build_parser(), argv)
+        except SystemExit as exit_:  # argparse
+            code = exit_.code
+    return code, err.getvalue()
+
+
+def run_script(stage, argv: list[str], env: dict | None = None, timeout: float = 120) -> tuple[int, str]:
+    environ = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    result = subprocess.run([sys.executable, script(stage), *argv], cwd=REPO_ROOT, env=environ,
+                            capture_output=True, text=True, timeout=timeout)
+    return result.returncode, result.stderr
+
+
+def stage_argv(stage, data: Path, args=None, extra=()) -> list[str]:
+    args = ARGS[stage] if args is None else args
+    return ["--data", str(data), *(arg.format(data=data) for arg in [*args, *extra])]
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+# ---------------------------------------------------------------------------------------------- the base run
+
+@pytest.fixture(scope="session")
+def base(tmp_path_factory) -> Path:
+    data = tmp_path_factory.mktemp("bad-inputs") / "data"
+    for stage in (1, 2, 3, "render", 4, 5):
+        argv = stage_argv(stage, data, [] if stage == 1 else None)
+        code, stderr = run_in_process(stage, argv)
+        assert code == 0, f"stage {stage}: {stderr[-2000:]}"
+    return data
+
+
+@pytest.fixture
+def data(base, tmp_path) -> Path:
+    copy = tmp_path / "data"
+    shutil.copytree(base, copy)  # stage 4 records the NSynth folder relative to --data: the copy reads its own
+    return copy
+
+
+# ---------------------------------------------------------------------------------------------- corruptions
+# Every helper replaces the file it changes (never edits it in place).
+
+def rewrite(path: Path, text: str) -> None:
+    path.unlink(missing_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def edit_text(relative: str, old: str, new: str, count: int = 1):
+    def corrupt(data: Path):
+        path = data / relative
+        text = path.read_text(encoding="utf-8")
+        assert old in text, (relative, old)
+        rewrite(path, text.replace(old, new, count))
+    return corrupt
+
+
+def edit_table(relative: str, change: Callable[[pd.DataFrame], pd.DataFrame]):
+    def corrupt(data: Path):
+        path = data / relative
+        frame = change(pd.read_csv(path, dtype=str, keep_default_na=False))
+        path.unlink()
+        frame.to_csv(path, index=False)
+    return corrupt
+
+
+def set_cell(relative: str, column: str, value, row: int = 0):
+    def change(frame):
+        frame.loc[frame.index[row], column] = value
+        return frame
+    return edit_table(relative, change)
+
+
+def duplicate_cell(relative: str, column: str):
+    """Row 1's value copied into row 2 (file rows 2 and 3)."""
+    def change(frame):
+        frame.loc[frame.index[1], column] = frame.loc[frame.index[0], column]
+        return frame
+    return edit_table(relative, change)
+
+
+def index_raw_line(template: str):
+    def corrupt(data: Path):
+        part = first_index_part(data)
+        rewrite(part, part.read_text() + template.format(prompt_id=part.stem) + "\n")
+    return corrupt
+
+
+def append_line(relative: str, line: str):
+    def corrupt(data: Path):
+        path = data / relative
+        rewrite(path, path.read_text(encoding="utf-8") + line + "\n")
+    return corrupt
+
+
+def write_file(relative: str, content):
+    def corrupt(data: Path):
+        path = data / relative
+        path.unlink(missing_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+    return corrupt
+
+
+def delete(relative: str):
+    def corrupt(data: Path):
+        target = data / relative
+        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    return corrupt
+
+
+def truncate(relative: str, keep: float = 0.5):
+    def corrupt(data: Path):
+        path = data / relative
+        content = path.read_bytes()
+        path.unlink()
+        path.write_bytes(content[:int(len(content) * keep)])
+    return corrupt
+
+
+def first_index_part(data: Path) -> Path:
+    return sorted((data / "generated" / "index").glob("*.csv"))[0]
+
+
+def first_clip(data: Path) -> Path:
+    return data / "generated" / pd.read_csv(first_index_part(data))["path"].iloc[0]
+
+
+def first_note(data: Path) -> Path:
+    note = pd.read_csv(data / "concepts" / "notes.csv")["note_str"].iloc[0]
+    return data / NSYNTH / "audio" / f"{note}.wav"
+
+
+def replace_wav(locate: Callable[[Path], Path], frames: int | None = None, rate: int | None = None,
+                channels: int | None = None, silent: bool = False):
+    """Rewrite a wav with noise: its own header values unless given (a short clip: frames=100)."""
+    def corrupt(data: Path):
+        path = locate(data)
+        info = sf.info(str(path))
+        n, r, c = frames or info.frames, rate or info.samplerate, channels or info.channels
+        noise = (0.0 if silent else 0.1) * np.random.default_rng(0).standard_normal((n, c)).astype(np.float32)
+        path.unlink()
+        sf.write(str(path), noise, r, subtype="PCM_16", format="WAV")
+    return corrupt
+
+
+def index_part_edit(change: Callable[[pd.DataFrame], pd.DataFrame]):
+    def corrupt(data: Path):
+        path = first_index_part(data)
+        frame = change(pd.read_csv(path, dtype=str, keep_default_na=False))
+        path.unlink()
+        frame.to_csv(path, index=False)
+    return corrupt
+
+
+def index_cell(column: str, value):
+    def change(frame):
+        frame.loc[0, column] = value
+        return frame
+    return index_part_edit(change)
+
+
+def index_extra_row(**overrides):
+    def change(frame):
+        row = frame.iloc[[0]].copy()
+        for column, value in overrides.items():
+            row[column] = value
+        return pd.concat([frame, row], ignore_index=True)
+    return index_part_edit(change)
+
+
+def move_index_part_to(prompt_id: str):
+    """A whole index part (and its clips) for a prompt annotated.csv does not have."""
+    def corrupt(data: Path):
+        part = first_index_part(data)
+        frame = pd.read_csv(part, dtype=str, keep_default_na=False)
+        old = frame["prompt_id"].iloc[0]
+        frame["prompt_id"] = prompt_id
+        frame["path"] = frame["path"].str.replace(f"audio/{old}/", f"audio/{prompt_id}/", regex=False)
+        shutil.copytree(data / "generated" / "audio" / old, data / "generated" / "audio" / prompt_id)
+        frame.to_csv(part.with_name(f"{prompt_id}.csv"), index=False)
+    return corrupt
+
+
+def outside_wav(data: Path) -> str:
+    """A valid clip outside --data, to prove an index row cannot make a stage read it."""
+    outside = data.parent / "outside.wav"
+    shutil.copy(first_clip(data), outside)
+    return str(outside)
+
+
+def index_path_absolute(data: Path):
+    index_cell("path", outside_wav(data))(data)
+
+
+def index_path_escaping(data: Path):
+    outside_wav(data)
+    index_cell("path", "../../outside.wav")(data)
+
+
+def notes_path_escaping(data: Path):
+    shutil.copy(first_note(data), data.parent / "outside.wav")
+    set_cell("concepts/notes.csv", "path", f"../../{data.name}/../outside.wav")(data)
+
+
+def notes_path_absolute(data: Path):
+    shutil.copy(first_note(data), data.parent / "outside.wav")
+    set_cell("concepts/notes.csv", "path", str(data.parent / "outside.wav"))(data)
+
+
+def instrument_on_both_sides(data: Path):
+    def change(frame):
+        train = frame[frame["split"] == "train"]["instrument_str"].iloc[0]
+        test_row = frame.index[frame["split"] == "test"][0]
+        frame.loc[test_row, "instrument_str"] = train
+        return frame
+    edit_table("concepts/notes.csv", change)(data)
+
+
+def examples_edit(change: Callable[[dict], dict]):
+    def corrupt(data: Path):
+        path = data / NSYNTH / "examples.json"
+        rewrite(path, json.dumps(change(json.loads(path.read_text()))))
+    return corrupt
+
+
+def first_example(change: Callable[[dict], None]):
+    def apply(examples):
+        change(examples[sorted(examples)[0]])
+        return examples
+    return examples_edit(apply)
+
+
+def examples_duplicate_key(data: Path):
+    path = data / NSYNTH / "examples.json"
+    examples = json.loads(path.read_text())
+    key = sorted(examples)[0]
+    text = json.dumps(examples)
+    # The same note twice, the second copy with another pitch: json.load would keep it silently.
+    duplicate = json.dumps({key: {**examples[key], "pitch": 12}})[1:-1]
+    rewrite(path, text[:-1] + ", " + duplicate + "}")
+
+
+def examples_instrument_newline(data: Path):
+    """A note whose instrument_str (and so its key and note_str) carries a newline: it would become a file name."""
+    def change(examples):
+        key = sorted(examples)[0]
+        note = examples.pop(key)
+        instrument = note["instrument_str"] + "\n"
+        new_key = f"{instrument}-{note['pitch']:03d}-{note['velocity']:03d}"
+        examples[new_key] = {**note, "instrument_str": instrument, "note_str": new_key}
+        return examples
+    examples_edit(change)(data)
+
+
+def examples_instrument_on_both_sides(data: Path):
+    """Two instruments of one family given the same instrument_str: notes of one 'instrument' on both sides."""
+    notes = pd.read_csv(data / "concepts" / "notes.csv")
+    test_instrument = notes[notes["split"] == "test"]["instrument_str"].iloc[0]
+    family = test_instrument.rsplit("_", 2)[0]
+    train_instrument = notes[(notes["split"] == "train") & notes["instrument_str"].str.startswith(family)][
+        "instrument_str"].iloc[0]
+    set_cell("concepts/notes.csv", "instrument_str", train_instrument,
+             row=int(notes.index[notes["instrument_str"] == test_instrument][0]))(data)
+
+
+def npy_edit(relative: str, change: Callable[[np.ndarray], np.ndarray]):
+    def corrupt(data: Path):
+        path = data / relative
+        matrix = change(np.load(path).copy())
+        path.unlink()
+        np.save(path, matrix)
+    return corrupt
+
+
+def set_row(value, row: int = 1):
+    def change(matrix):
+        matrix[row, 0] = value
+        return matrix
+    return change
+
+
+def sidecar_edit(relative: str, change: Callable[[dict], dict]):
+    def corrupt(data: Path):
+        path = data / relative
+        rewrite(path, json.dumps(change(json.loads(path.read_text()))))
+    return corrupt
+
+
+def no_annotated_prompts(data: Path):
+    """A generated set, but stage 1's outputs were deleted."""
+    delete("prompts/annotated.csv")(data)
+
+
+def ten_megabyte_prompt(data: Path):
+    path = data / "prompts" / "prompts.csv"
+    rewrite(path, path.read_text() + "p_huge," + "guitar " * 1_500_000 + ",hand\n")
+
+
+GENERATED_NPY = "generated/embeddings/spectral.npy"
+NOTES_NPY = "concepts/embeddings/spectral.npy"
+
+
+# ---------------------------------------------------------------------------------------------- the catalogue
+
+@dataclass
+class Case:
+    id: str
+    stage: object
+    corrupt: Callable[[Path], None] | None
+    expect: tuple[str, ...]              # words the error line must contain
+    args: list[str] | None = None        # replaces the stage's ARGS
+    extra: tuple[str, ...] = ()          # appended to them
+    subprocess: bool = False
+    env: dict = field(default_factory=dict)
+
+
+CASES = [
+    # ---- stage 1: prompts.csv (annotate validates it) and the command line
+    Case("s1-missing-column", 1, edit_text("prompts/prompts.csv", "prompt_id,prompt,origin", "prompt_id,text,origin"),
+         ("prompts.csv", "column 'prompt'")),
+    Case("s1-empty-file", 1, write_file("prompts/prompts.csv", ""), ("prompts.csv", "not a readable CSV")),
+    Case("s1-header-only", 1, write_file("prompts/prompts.csv", "prompt_id,prompt,origin\n"),
+         ("prompts.csv", "no rows")),
+    Case("s1-duplicate-id", 1, append_line("prompts/prompts.csv", "p_dup,one,hand\np_dup,two,hand"),
+         ("prompts.csv", "duplicate prompt_id 'p_dup'")),
+    Case("s1-id-trailing-newline", 1, append_line("prompts/prompts.csv", '"p_nl\n",a song,hand'),
+         ("prompts.csv", "prompt_id", "must match"), subprocess=True),
+    Case("s1-id-path-escape", 1, append_line("prompts/prompts.csv", "../evil,a song,hand"),
+         ("prompts.csv", "'../evil'")),
+    Case("s1-id-too-long", 1, append_line("prompts/prompts.csv", "p" + "x" * 300 + ",a song,hand"),
+         ("prompts.csv", "at most 100 characters")),
+    Case("s1-nul-in-prompt", 1, append_line("prompts/prompts.csv", "p_nul,a \x00 song,hand"),
+         ("prompts.csv", "control character")),
+    Case("s1-empty-prompt", 1, append_line("prompts/prompts.csv", 'p_empty," ",hand'), ("prompts.csv", "empty prompt")),
+    Case("s1-unquoted-comma", 1, append_line("prompts/prompts.csv", "p_comma,a slow, sad song,hand"),
+         ("prompts.csv", "fields but the header has 3", "quoted"), subprocess=True),
+    Case("s1-row-after-blank-lines", 1, append_line("prompts/prompts.csv", "\n\n\np_x,,hand"),
+         ("prompts.csv row {last_line}", "empty prompt")),
+    Case("s1-not-utf8", 1, write_file("prompts/prompts.csv", b"prompt_id,prompt,origin\np1,caf\xe9 song,hand\n"),
+         ("prompts.csv", "UTF-8")),
+    Case("s1-ten-megabyte-prompt", 1, ten_megabyte_prompt, ("prompts.csv", "characters"), subprocess=True),
+    Case("s1-bad-flag-value", 1, None, ("--annotator",), args=["annotate", "--annotator", "magic"], subprocess=True),
+    Case("s1-unknown-flag", 1, None, ("--colour",), args=["annotate", "--colour"]),
+    Case("s1-bad-batch-size", 1, None, ("--batch-size",), args=["annotate", "--batch-size", "0"]),
+    Case("s1-llm-without-key", 1, None, ("OPENAI_API_KEY",), args=["annotate", "--annotator", "llm", "--force"],
+         subprocess=True, env={"OPENAI_API_KEY": ""}),
+    Case("s1-data-is-a-file", 1, None, ("is not a directory",), extra=("--data", "{data}/prompts/prompts.csv")),
+    Case("s1-not-a-number", 1, None, ("--concurrency",), args=["annotate", "--concurrency", "many"]),
+
+    # ---- stage 2: annotated.csv and the command line
+    Case("s2-label-not-in-vocabulary", 2, set_cell("prompts/annotated.csv", "labels", "accordion"),
+         ("annotated.csv row 2", "accordion")),
+    Case("s2-bpm-out-of-range", 2, set_cell("prompts/annotated.csv", "bpm", "5000"), ("annotated.csv row 2", "bpm")),
+    Case("s2-bpm-not-a-number", 2, set_cell("prompts/annotated.csv", "bpm", "fast", row=2),
+         ("annotated.csv row 4", "bpm")),
+    Case("s2-duplicate-id", 2, duplicate_cell("prompts/annotated.csv", "prompt_id"),
+         ("annotated.csv row 3", "duplicate prompt_id")),
+    Case("s2-id-trailing-newline", 2, set_cell("prompts/annotated.csv", "prompt_id", "p1\n"),
+         ("annotated.csv row 2", "prompt_id")),
+    Case("s2-missing-column", 2, edit_table("prompts/annotated.csv", lambda f: f.drop(columns=["labels"])),
+         ("annotated.csv", "column 'labels'")),
+    Case("s2-annotated-missing", 2, no_annotated_prompts, ("annotated.csv", "missing"), subprocess=True),
+    Case("s2-unquoted-comma", 2, append_line("prompts/annotated.csv", "p_c,a fast, loud song,bass,,offline"),
+         ("annotated.csv", "fields")),
+    Case("s2-ten-megabyte-prompt", 2, set_cell("prompts/annotated.csv", "prompt", "drums " * 2_000_000),
+         ("annotated.csv", "characters")),
+    Case("s2-shard-out-of-range", 2, None, ("--shard",), extra=("--shard", "3/2"), subprocess=True),
+    Case("s2-shard-garbage", 2, None, ("--shard",), extra=("--shard", "half")),
+    Case("s2-shard-from-slurm", 2, None, ("SLURM_ARRAY_TASK_ID",), subprocess=True,
+         env={"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_COUNT": "2"}),
+    Case("s2-zero-samples", 2, None, ("--samples",), extra=("--samples", "0")),
+    Case("s2-negative-seed", 2, None, ("--seed",), extra=("--seed", "-1")),
+    Case("s2-unknown-generator", 2, None, ("generator",), extra=("--generator", "wavenet")),
+    Case("s2-seconds-too-long", 2, None, ("--seconds",), extra=("--seconds", "1000")),
+    Case("s2-capture-step-out-of-range", 2, None, ("99",), extra=("--capture-steps", "4,99")),
+    Case("s2-bad-kinds", 2, None, ("kind",), extra=("--kinds", "x1")),
+    Case("s2-steps-not-a-number", 2, None, ("--steps",), extra=("--steps", "ten")),
+
+    # ---- stage 3: the generated index, its clips and generation.json
+    Case("s3-index-path-absolute", 3, index_path_absolute, ("index", "must stay inside"), subprocess=True),
+    Case("s3-index-path-escapes", 3, index_path_escaping, ("index", "'../../outside.wav'")),
+    Case("s3-index-unknown-prompt", 3, move_index_part_to("p_unknown"), ("p_unknown", "annotated.csv")),
+    Case("s3-index-id-trailing-newline", 3, index_cell("prompt_id", "p1\n"), ("index", "prompt_id")),
+    # --force: the embeddings are up to date, so without it a clip broken afterwards is never read again.
+    Case("s3-short-clip", 3, replace_wav(first_clip, frames=100), ("100 samples", "declares"), extra=("--force",),
+         subprocess=True),
+    Case("s3-missing-clip", 3, lambda data: first_clip(data).unlink(), ("missing",), extra=("--force",)),
+    Case("s3-truncated-clip", 3, lambda data: truncate(str(first_clip(data).relative_to(data)), 0.3)(data),
+         ("truncated",), extra=("--force",)),
+    Case("s3-silent-clip", 3, replace_wav(first_clip, silent=True), ("silent",), extra=("--force",),
+         args=["--embedder", "spectral"], subprocess=True),
+    Case("s3-clip-wrong-rate", 3, replace_wav(first_clip, rate=8000), ("8000 Hz",), extra=("--force",)),
+    Case("s3-clip-wrong-channels", 3, replace_wav(first_clip, channels=2), ("channel",), extra=("--force",)),
+    Case("s3-generation-json-list", 3, write_file("generated/generation.json", "[]"),
+         ("generation.json", "expected a JSON object")),
+    Case("s3-generation-json-truncated", 3, truncate("generated/generation.json"),
+         ("generation.json", "not valid JSON"), subprocess=True),
+    Case("s3-generation-json-too-deep", 3, write_file("generated/generation.json", "[" * 200_000),
+         ("generation.json", "nested too deeply"), subprocess=True),
+    Case("s3-generation-json-duplicate-key", 3, edit_text("generated/generation.json", "{", '{"steps": 1, ', 1),
+         ("generation.json", "twice")),
+    Case("s3-index-sample-not-integer", 3, index_cell("sample", "zero"), ("index", "sample")),
+    Case("s3-index-bad-kind", 3, index_cell("kind", "x9"), ("index", "x9")),
+    Case("s3-index-duplicate-clip", 3, index_extra_row(), ("appears twice",)),
+    Case("s3-index-bad-rate", 3, index_cell("sample_rate", "-16000"), ("index", "sample_rate")),
+    Case("s3-index-unquoted-comma", 3, index_raw_line("{prompt_id},0,1,0.5,x0,1,4.0,16000,audio/a,b.wav"),
+         ("fields",)),
+    Case("s3-data-is-a-file", 3, None, ("is not a directory",), extra=("--data", "{data}/generated/generation.json"),
+         subprocess=True),
+    Case("s3-shard-garbage", 3, None, ("--shard",), extra=("--shard", "2/2")),
+    Case("s3-index-negative-step", 3, index_cell("step", "-1"), ("index", "step")),
+    Case("s3-index-fractional-sample", 3, index_cell("sample", "0.5"), ("index", "sample")),
+    Case("s3-index-sigma-garbage", 3, index_cell("sigma", "loud"), ("index", "sigma")),
+    Case("s3-generation-channels-garbage", 3, sidecar_edit("generated/generation.json",
+                                                           lambda g: {**g, "channels": "two"}),
+         ("generation.json", "channels")),
+    Case("s3-unknown-embedder", 3, None, ("--embedder",), extra=("--embedder", "wav2vec")),
+    Case("s3-zero-batch", 3, None, ("batch",), extra=("--batch-size", "0")),
+    Case("s3-model-for-spectral", 3, None, ("--model",), extra=("--model", "x")),
+
+    # ---- stage 4: examples.json of the NSynth folder and the command line
+    Case("s4-duplicate-key", 4, examples_duplicate_key, ("examples.json", "twice"), subprocess=True),
+    Case("s4-missing-field", 4, first_example(lambda note: note.pop("pitch")), ("examples.json", "'pitch'")),
+    Case("s4-pitch-out-of-range", 4, first_example(lambda note: note.update(pitch=200)), ("pitch 200",)),
+    Case("s4-pitch-not-integer", 4, first_example(lambda note: note.update(pitch="high")), ("'pitch'",)),
+    Case("s4-key-mismatch", 4, first_example(lambda note: note.update(note_str="other")), ("keyed",)),
+    Case("s4-instrument-trailing-newline", 4, examples_instrument_newline, ("examples.json", "instrument_str")),
+    Case("s4-too-deep", 4, write_file(NSYNTH + "/examples.json", "[" * 200_000), ("examples.json", "nested")),
+    Case("s4-list-not-object", 4, examples_edit(lambda examples: list(examples.values())),
+         ("examples.json", "expected an object")),
+    Case("s4-truncated", 4, truncate(NSYNTH + "/examples.json"), ("examples.json", "not valid JSON")),
+    Case("s4-unknown-family", 4, first_example(lambda note: note.update(instrument_family_str="kazoo")),
+         ("kazoo",)),
+    Case("s4-qualities-wrong-length", 4, first_example(lambda note: note.update(qualities=[0, 1])),
+         ("qualities",)),
+    Case("s4-wrong-sample-rate", 4, first_example(lambda note: note.update(sample_rate=44100)), ("44100",)),
+    Case("s4-note-audio-missing", 4, lambda data: first_note(data).unlink(), ("missing",)),
+    Case("s4-short-note", 4, replace_wav(first_note, frames=100), ("100 frames",), extra=("--force",)),
+    Case("s4-not-utf8", 4, write_file(NSYNTH + "/examples.json", b'{"caf\xe9": 1}'), ("examples.json", "UTF-8")),
+    Case("s4-nsynth-dir-is-a-file", 4, None, ("examples.json",), args=["--nsynth-dir", "{data}/prompts/prompts.csv"]),
+    Case("s4-test-fraction", 4, None, ("--test-fraction",), extra=("--test-fraction", "1.5")),
+    Case("s4-max-per-concept", 4, None, ("--max-per-concept",), extra=("--max-per-concept", "0")),
+    Case("s4-nsynth-dir-missing", 4, None, ("examples.json", "missing"), args=["--nsynth-dir", "{data}/nowhere"]),
+
+    # ---- stage 5: notes.csv, concepts.json and the notes' audio
+    Case("s5-short-note", 5, replace_wav(first_note, frames=100), ("100 samples", "64000"), extra=("--force",),
+         subprocess=True),
+    Case("s5-silent-note", 5, replace_wav(first_note, silent=True), ("silent",), extra=("--force",)),
+    Case("s5-stereo-note", 5, replace_wav(first_note, channels=2), ("channel",), extra=("--force",)),
+    Case("s5-note-missing", 5, lambda data: first_note(data).unlink(), ("missing",), extra=("--force",)),
+    Case("s5-notes-unquoted-comma", 5, append_line("concepts/notes.csv", "a,b,c,d,e,f,g,h,i,j"),
+         ("notes.csv", "fields"), subprocess=True),
+    Case("s5-notes-duplicate", 5, duplicate_cell("concepts/notes.csv", "note_str"), ("notes.csv row 3", "duplicate")),
+    Case("s5-notes-path-escapes", 5, notes_path_escaping, ("notes.csv", "must stay inside")),
+    Case("s5-notes-path-absolute", 5, notes_path_absolute, ("notes.csv", "must stay inside")),
+    Case("s5-instrument-both-sides", 5, examples_instrument_on_both_sides, ("notes.csv", "both sides")),
+    Case("s5-bad-split", 5, set_cell("concepts/notes.csv", "split", "valid"), ("notes.csv row 2", "split")),
+    Case("s5-concepts-json-list", 5, write_file("concepts/concepts.json", "[1, 2]"),
+         ("concepts.json", "expected a JSON object")),
+    Case("s5-concepts-json-truncated", 5, truncate("concepts/concepts.json"), ("concepts.json", "not valid JSON")),
+    Case("s5-window-for-spectral", 5, None, ("--window",), extra=("--window", "first")),
+    Case("s5-notes-unknown-family", 5, set_cell("concepts/notes.csv", "family", "kazoo"), ("notes.csv row 2", "kazoo")),
+    Case("s5-notes-bad-pitch", 5, set_cell("concepts/notes.csv", "pitch", "C4"), ("notes.csv row 2", "pitch")),
+    Case("s5-notes-unknown-quality", 5, set_cell("concepts/notes.csv", "qualities", "shiny"),
+         ("notes.csv row 2", "shiny")),
+    Case("s5-nsynth-dir-gone", 5, delete(NSYNTH), ("nsynth_dir",)),
+
+    # ---- stage 6: embeddings, sidecars and the command line
+    Case("s6-nan-row", 6, npy_edit(GENERATED_NPY, set_row(np.nan, row=1)), ("spectral.npy", "row 1", "NaN"),
+         subprocess=True),
+    Case("s6-inf-note-row", 6, npy_edit(NOTES_NPY, set_row(np.inf, row=3)), ("spectral.npy", "row 3")),
+    Case("s6-sidecar-list", 6, write_file("generated/embeddings/spectral.json", "[]"),
+         ("spectral.json", "expected a JSON object")),
+    Case("s6-sidecar-truncated", 6, truncate("generated/embeddings/spectral.json"),
+         ("spectral.json", "not valid JSON")),
+    Case("s6-sidecar-duplicate-key", 6, edit_text(NOTES_NPY.replace(".npy", ".json"), "{", '{"dim": 3, ', 1),
+         ("spectral.json", "twice")),
+    Case("s6-mismatched-embedders", 6, sidecar_edit(NOTES_NPY.replace(".npy", ".json"),
+                                                    lambda s: {**s, "window_policy": "another window"}),
+         ("window_policy",)),
+    Case("s6-float64-matrix", 6, npy_edit(GENERATED_NPY, lambda m: m.astype(np.float64)), ("float32",)),
+    Case("s6-row-count", 6, npy_edit(NOTES_NPY, lambda m: m[:-1]), ("rows",)),
+    Case("s6-sets-bad-label", 6, set_cell("concepts/sets.csv", "label", "2"), ("sets.csv row 2", "label")),
+    Case("s6-sets-bad-split", 6, set_cell("concepts/sets.csv", "split", "valid"), ("sets.csv row 2", "split")),
+    Case("s6-sets-unknown-concept", 6, set_cell("concepts/sets.csv", "concept", "is_kazoo"), ("sets.csv row 2", "is_kazoo")),
+    Case("s6-sets-duplicate-row", 6, edit_table("concepts/sets.csv", lambda f: pd.concat([f.iloc[[0]], f])),
+         ("sets.csv row 3", "twice")),
+    Case("s6-kind-without-clips", 6, None, ("xt",), extra=("--kind", "xt")),
+    Case("s6-unknown-embedder", 6, None, ("not an embedder",), args=["--embedder", "nosuch"]),
+    Case("s6-embeddings-missing", 6, delete(GENERATED_NPY), ("spectral.npy", "missing")),
+    Case("s6-bad-probe", 6, None, ("--probe",), extra=("--probe", "forest")),
+    Case("s6-zero-bootstrap", 6, None, ("--bootstrap",), extra=("--bootstrap", "0")),
+    Case("s6-alpha-out-of-range", 6, None, ("--alpha",), extra=("--alpha", "2")),
+    Case("s6-missing-embedder-flag", 6, None, ("--embedder",), args=["--bootstrap", "20"], subprocess=True),
+    Case("s6-index-unknown-prompt", 6, move_index_part_to("p_unknown"), ()),
+
+    # ---- the note renderer (stage 4's input when no NSynth download is at hand)
+    Case("render-bad-velocity", "render", None, ("velocit",), extra=("--velocities", "64")),
+    Case("render-missing-soundfont", "render", None, ("nowhere.sf2",), extra=("--soundfont", "{data}/nowhere.sf2")),
+    Case("render-zero-pitch-step", "render", None, ("--pitch-step",), extra=("--pitch-step", "0")),
+    Case("render-bad-program", "render", None, ("program",), extra=("--programs", "999")),
+]
+
+
+def test_the_catalogue_is_wide():
+    assert len(CASES) >= 60 and len({case.id for case in CASES}) == len(CASES)
+    assert {case.stage for case in CASES} >= {1, 2, 3, 4, 5, 6}
+    assert sum(case.subprocess for case in CASES) >= 10
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_gives_one_line_and_changes_nothing(case: Case, data: Path, monkeypatch):
+    if case.corrupt is not None:
+        case.corrupt(data)
+    before = snapshot(data.parent)
+    argv = stage_argv(case.stage, data, case.args, case.extra)
+    if case.subprocess:
+        code, stderr = run_script(case.stage, argv, env=case.env)
+    else:
+        for name, value in case.env.items():
+            monkeypatch.setenv(name, value)
+        code, stderr = run_in_process(case.stage, argv)
+    lines = stderr.splitlines()
+    assert code == 2, stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+    last_line = len((data / "prompts" / "prompts.csv").read_bytes().splitlines())
+    for words in case.expect:
+        assert words.format(last_line=last_line) in lines[0], lines[0]
+    assert snapshot(data.parent) == before, "files under --data changed"
+
+
+# ---------------------------------------------------------------------------------------------- kills
+
+def temp_files(root: Path) -> list[Path]:
+    return [path for path in root.rglob("*.tmp")]
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+# stage -> (what the copy loses so the stage has its work to do again, the folder its outputs are compared in)
+RESUMABLE = {
+    2: ("generated", "generated"),
+    3: ("generated/embeddings", "generated/embeddings"),
+    5: ("concepts/embeddings", "concepts/embeddings"),
+    "render": (NSYNTH, NSYNTH),
+}
+
+
+def tree(root: Path, skip: str | None = None) -> dict[str, str]:
+    return {name: digest for name, digest in snapshot(root).items() if skip is None or not name.startswith(skip)}
+
+
+def kill_when(process: subprocess.Popen, ready: Callable[[], bool]) -> bool:
+    """SIGKILL the process as soon as ready() holds; True if it was killed (not finished first)."""
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if ready():
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.001)
+    process.wait(timeout=60)
+    return process.returncode == -signal.SIGKILL
+
+
+def any_file(folder: Path) -> Callable[[], bool]:
+    return lambda: folder.is_dir() and any(path.is_file() for path in folder.rglob("*"))
+
+
+def start(stage, argv) -> subprocess.Popen:
+    environ = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, script(stage), *argv], cwd=REPO_ROOT, env=environ,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("stage", list(RESUMABLE), ids=[f"stage-{stage}" for stage in RESUMABLE])
+def test_a_killed_run_leaves_no_temp_file_and_resumes_byte_identical(stage, base, data):
+    redo, compared = RESUMABLE[stage]
+    shutil.rmtree(data / redo)
+    argv = stage_argv(stage, data)
+    # SIGKILL at the first sign of writing: a temp file (a chunk manifest, a clip, a note) or a finished file.
+    killed = kill_when(start(stage, argv), any_file(data / (compared if stage != 2 else "generated")))
+    # Stages 2 and the renderer write many files, so the kill surely lands mid-run; stages 3 and 5 may finish
+    # first (the test below kills them between chunks).
+    if stage in (2, "render"):
+        assert killed
+    code, stderr = run_script(stage, argv)
+    assert code == 0, stderr[-2000:]
+    assert temp_files(data) == []
+    skip = "embeddings/" if stage == 2 else None  # stage 3's outputs, gone with the rest of generated/
+    assert tree(data / compared, skip) == tree(base / compared, skip)
+
+
+# Killed once the given chunk is written, with most of the work still ahead (6 clips, 103 notes).
+@pytest.mark.parametrize("stage, chunk_rows, chunk", [(3, 1, "00000.npy"), (5, 8, "00002.npy")],
+                         ids=["stage-3", "stage-5"])
+def test_an_embedding_run_killed_between_chunks_resumes_from_them_byte_identical(stage, chunk_rows, chunk, data,
+                                                                                  tmp_path):
+    redo, compared = RESUMABLE[stage]
+    reference = shutil.copytree(data, tmp_path / "reference")
+    for root in (data, reference):
+        shutil.rmtree(root / redo)
+    extra = ["--chunk-rows", str(chunk_rows)]
+    code, stderr = run_script(stage, stage_argv(stage, reference) + extra)
+    assert code == 0, stderr[-2000:]
+    chunk = data / compared / "spectral.chunks" / chunk
+    assert kill_when(start(stage, stage_argv(stage, data) + extra), chunk.is_file)
+    code, stderr = run_script(stage, stage_argv(stage, data) + extra)
+    assert code == 0, stderr[-2000:]
+    assert temp_files(data) == [] and not chunk.parent.exists()
+    assert tree(data / compared) == tree(reference / compared)
+
+
+@pytest.mark.parametrize("stage", list(RESUMABLE), ids=[f"stage-{stage}" for stage in RESUMABLE])
+def test_temp_files_of_killed_writers_are_removed_and_live_ones_kept(stage, data):
+    """Deterministic half of the kill test: a temp file named for a dead writer goes, a live one stays."""
+    from data.files import make_temp_file
+    folder = data / RESUMABLE[stage][1]
+    live = make_temp_file(folder / "some-output.csv")  # this test process is alive
+    stale = live.with_name(live.name.replace(f"~{os.getpid()}~", f"~{dead_pid()}~"))
+    stale.write_bytes(b"half a file")
+    code, stderr = run_in_process(stage, stage_argv(stage, data))
+    assert code == 0, stderr[-2000:]
+    assert not stale.exists() and live.exists()
