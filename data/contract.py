@@ -54,6 +54,11 @@ def read_table(path, columns, fix: str, dtype=None) -> pd.DataFrame:
     return frame
 
 
+# Prompts are a sentence or a paragraph (MusicCaps captions average ~300 characters, text-to-music encoders
+# truncate at 128-512 tokens); a longer one is a mistake or an attack, refused before anyone annotates it.
+MAX_PROMPT_CHARACTERS = 2000
+
+
 def _row(index) -> int:
     """CSV row number a person sees: header is row 1."""
     return int(index) + 2
@@ -70,6 +75,9 @@ def check_prompt_ids(frame: pd.DataFrame, path, fix: str) -> None:
     for index, prompt in frame["prompt"].items():
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError(f"{path} row {_row(index)}: empty prompt — {fix}")
+        if len(prompt) > MAX_PROMPT_CHARACTERS:
+            raise InputError(f"{path} row {_row(index)}: the prompt has {len(prompt):,} characters, more than the "
+                             f"limit of {MAX_PROMPT_CHARACTERS:,} — shorten it ({fix})")
 
 
 def read_prompts(data: Path, fix: str = "rerun stage 1 with --force") -> pd.DataFrame:
