@@ -1,24 +1,43 @@
 """The offline annotator: a documented lexicon of words and phrases → vocabulary labels, plus stated BPM.
 
 It needs no key and no network and gives the same answer every time, so `make demo` and the tests run on it.
-It labels what a prompt says, not what its genre implies ("heavy metal" alone gets no guitar): genre knowledge
-is the LLM annotator's job. Rules, each chosen so that a label is a claim the prompt itself makes:
+It labels what a prompt says and what its words imply by the rules below (the LLM annotator, with its own
+instructions, is the reference it is measured against: tests/test_annotator_gold.py). Rules:
 
-- Matching is on whole words, case-insensitive; a phrase's words may be joined by spaces or hyphens
-  ("synth lead" = "synth-lead") and a plural "s"/"es" is accepted ("trumpets").
-- The longest phrase wins where phrases overlap: "bass drum" is a drum, "bass clarinet" a reed, "synth bass"
-  a synthetic bass (not a synth lead), "soprano sax" a reed (not a voice), "steel drums" a mallet instrument.
+- Words: the prompt is lower-cased, accents are dropped ("bodhrán" = "bodhran"), "&" and "'n'" read "and".
+  A phrase's words may be joined by spaces or hyphens ("synth lead" = "synth-lead") but not by punctuation;
+  the last word may carry a plural ("trumpets", "brushes", "melodies") or a possessive ("drummer's").
+- Longest match: every lexicon phrase that starts at any word is a candidate; where candidates overlap, the
+  longest (in characters) wins, then the leftmost. "bass drum" is a drum, "bass clarinet" a reed, "synth bass"
+  a synthetic bass, "soprano sax" a reed (not a voice), "steel drums" a mallet instrument, "blues harp" a
+  harmonica, and "double bass drums" a drum kit's kick drums (the lexicon holds "double bass drum").
 - Negation: a match is dropped when it follows "no", "without", "minus", "lacking", "free of", "devoid of",
   "not", "never", "neither"/"nor" within the same clause ("no drums or bass", "without any vocals"), or when it
   is suffixed "-free"/"-less" ("vocal-free"). A clause ends at punctuation or at a word that starts a new
-  phrase ("but", "with", "just", ...); "and" continues a negation only when an instrument follows it directly
-  ("no drums and bass" drops both, "no vocals and a warm piano" keeps the piano).
+  phrase ("but", "with", "just", ...); "and" continues a negation only when a lexicon phrase follows it directly
+  ("no drums and bass" drops both, "no vocals and a warm piano" keeps the piano). "not just/only" negates nothing.
 - Instruments that are acoustic by construction (trumpet, violin, marimba, ...) also get `acoustic`; electric
   ones (electric guitar, Rhodes, Hammond) `electronic`; synthesizers `synthetic`. A bare "guitar", "bass",
   "organ" or "drums" gets no source: the prompt does not say which.
-- Instruments NSynth has no family for are mapped to its nearest family and documented here: plucked lutes and
-  zithers (banjo, ukulele, mandolin, sitar, koto) → guitar; harp → string; free reeds (accordion, harmonica,
-  melodica) and bagpipes → reed; tuned percussion (steel drums, kalimba, handpan, bells, music box) → mallet.
+- Instruments NSynth has no family for are mapped to its nearest family: plucked lutes and zithers (banjo,
+  ukulele, mandolin, sitar, koto) → guitar; harp → string; free reeds (accordion, harmonica, melodica) and
+  bagpipes → reed; tuned percussion (steel drums, kalimba, handpan, bells, music box) → mallet; any unpitched
+  percussion (congas, gongs, claps) → drum.
+- Ensembles name their instruments: "rhythm section" → bass, drum; "string quartet" → string; "orchestra",
+  "orchestral" → string, brass; "full orchestra(tion)", "symphony", "symphonic" → string, brass, flute, reed;
+  "big band" → brass, reed, bass, drum; "jazz trio" → keyboard, bass, drum; "rock band" → guitar, bass, drum;
+  "riffs", "strumming", "fingerpicked" → guitar; "808s" → drum and bass (see LEXICON).
+- Genres imply the instrumentation that defines them (GENRES: "reggae" → guitar, bass, drum; "techno" → drum,
+  bass, synthetic, electronic; "metal" → guitar, bass, drum, distortion), but their instrument labels count
+  only when the prompt names no instrument itself ("classical piano sonata" is a piano piece), and a genre
+  never brings back what the prompt excludes ("techno without drums").
+- Qualities follow NSynth's definitions (timbre and envelope, not mood): `dark` is NSynth's "muted and bassy
+  sound, also sometimes described as warm", so warm timbre words (warm, mellow, muffled, bassy) map to it and
+  mood words (ominous, sombre) to nothing; sustain words → `long_release`; staccato/plucky/pizzicato →
+  `fast_decay`; reverberant, ambient, ethereal, echoing → `reverb`; swells, tremolo, wobble, wah → `nonlinear_env`;
+  punchy, pounding, slapped → `percussive`; sidechain pumping, synced delays → `tempo-synced`.
+- Linear time: one pass over the words (each candidate phrase is at most a few words long) and one sort of the
+  candidates; a prompt is at most 2,000 characters anyway (data/contract.py MAX_PROMPT_CHARACTERS).
 - BPM: only a tempo stated as a number ("at 120 BPM", "92 beats per minute", "bpm: 140") sets `bpm`, and it
   is copied exactly. A range ("90-110 BPM") or two different stated tempos leave it empty, as does a value
   outside 20–400. Tempo words ("fast", "slow", "andante") are not mapped to numbers: any number chosen for them
