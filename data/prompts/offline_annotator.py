@@ -490,6 +490,8 @@ LEXICON: dict[str, tuple[str, ...]] = {
     "echo": ("reverb",),
     "echoes": ("reverb",),
     "echoey": ("reverb",),
+    "spacey": ("reverb",),
+    "spacy": ("reverb",),
     "ethereal": ("reverb",),
     "expansive": ("reverb",),
     "vast": ("reverb",),
