@@ -1,11 +1,15 @@
 """Readers that check every artifact against data/ARTIFACTS.md and fail with one actionable line."""
+import contextlib
+import csv
+import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from data.files import read_json, sha256_text
+from data.files import _jsonable, read_json, sha256_text, write_json
 from data.stage import InputError
 from data.vocabulary import VOCABULARY, parse_labels
 
@@ -59,25 +63,40 @@ def read_table(path, columns, fix: str, dtype=None) -> pd.DataFrame:
 MAX_PROMPT_CHARACTERS = 2000
 
 
-def _row(index) -> int:
-    """CSV row number a person sees: header is row 1."""
+def _row(index, path=None) -> int:
+    """The line of the file where data row `index` (as pandas numbered it) starts: what an editor shows.
+
+    pandas skips blank lines and a quoted field may span lines, so index + 2 is right only for plain files;
+    the file is re-read (only when an error is reported) to count its lines the way pandas read them.
+    """
+    if path is not None:
+        with contextlib.suppress(OSError, UnicodeDecodeError, csv.Error):
+            with open(path, newline="", encoding="utf-8") as handle:
+                reader = csv.reader(handle)
+                starts, previous_end = [], 0
+                for record in reader:
+                    if record:  # csv yields [] for a blank line, which pandas skips
+                        starts.append(previous_end + 1)
+                    previous_end = reader.line_num
+                if int(index) + 1 < len(starts):
+                    return starts[int(index) + 1]  # starts[0] is the header
     return int(index) + 2
 
 
 def check_prompt_ids(frame: pd.DataFrame, path, fix: str) -> None:
     for index, prompt_id in frame["prompt_id"].items():
         if not isinstance(prompt_id, str) or not PROMPT_ID.match(prompt_id):
-            raise InputError(f"{path} row {_row(index)}: prompt_id {prompt_id!r} must match [A-Za-z0-9_-]+ — {fix}")
+            raise InputError(f"{path} row {_row(index, path)}: prompt_id {prompt_id!r} must match [A-Za-z0-9_-]+ — {fix}")
     duplicated = frame["prompt_id"].duplicated()
     if duplicated.any():
         index = duplicated.idxmax()
-        raise InputError(f"{path} row {_row(index)}: duplicate prompt_id '{frame.at[index, 'prompt_id']}' — {fix}")
+        raise InputError(f"{path} row {_row(index, path)}: duplicate prompt_id '{frame.at[index, 'prompt_id']}' — {fix}")
     for index, prompt in frame["prompt"].items():
         if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError(f"{path} row {_row(index)}: empty prompt — {fix}")
+            raise InputError(f"{path} row {_row(index, path)}: empty prompt — {fix}")
         if len(prompt) > MAX_PROMPT_CHARACTERS:
-            raise InputError(f"{path} row {_row(index)}: the prompt has {len(prompt):,} characters, more than the "
-                             f"limit of {MAX_PROMPT_CHARACTERS:,} — shorten it ({fix})")
+            raise InputError(f"{path} row {_row(index, path)}: the prompt has {len(prompt):,} characters, more "
+                             f"than the limit of {MAX_PROMPT_CHARACTERS:,} — shorten it ({fix})")
 
 
 def read_prompts(data: Path, fix: str = "rerun stage 1 with --force") -> pd.DataFrame:
@@ -98,13 +117,13 @@ def read_annotated(data: Path, fix: str = "fix the row or rerun stage 1 with --f
         try:
             parsed.append(parse_labels(text))
         except ValueError as error:
-            raise InputError(f"{path} row {_row(index)}: {error} ({', '.join(VOCABULARY)}) — {fix}") from None
+            raise InputError(f"{path} row {_row(index, path)}: {error} ({', '.join(VOCABULARY)}) — {fix}") from None
     frame["labels"] = parsed
     bpm = pd.to_numeric(frame["bpm"], errors="coerce")
     bad = frame["bpm"].notna() & (bpm.isna() | (bpm % 1 != 0) | (bpm < 20) | (bpm > 400))
     if bad.any():
         index = bad.idxmax()
-        raise InputError(f"{path} row {_row(index)}: bpm {frame.at[index, 'bpm']!r} is not an integer in 20–400 — {fix}")
+        raise InputError(f"{path} row {_row(index, path)}: bpm {frame.at[index, 'bpm']!r} is not an integer in 20–400 — {fix}")
     frame["bpm"] = bpm.astype("Int64")
     return frame
 
@@ -148,9 +167,9 @@ def read_notes(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFr
     frame["qualities"] = frame["qualities"].fillna("")
     bad = ~frame["split"].isin(["train", "test"])
     if bad.any():
-        raise InputError(f"{path} row {_row(bad.idxmax())}: split must be train or test — {fix}")
+        raise InputError(f"{path} row {_row(bad.idxmax(), path)}: split must be train or test — {fix}")
     if frame["note_str"].duplicated().any():
-        raise InputError(f"{path} row {_row(frame['note_str'].duplicated().idxmax())}: duplicate note_str — {fix}")
+        raise InputError(f"{path} row {_row(frame['note_str'].duplicated().idxmax(), path)}: duplicate note_str — {fix}")
     return frame
 
 
@@ -159,7 +178,7 @@ def read_sets(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFra
     frame = read_table(path, SETS_COLUMNS, fix, dtype={"concept": str, "note_str": str, "split": str})
     bad = ~frame["label"].isin([0, 1])
     if bad.any():
-        raise InputError(f"{path} row {_row(bad.idxmax())}: label must be 0 or 1 — {fix}")
+        raise InputError(f"{path} row {_row(bad.idxmax(), path)}: label must be 0 or 1 — {fix}")
     return frame
 
 
@@ -217,3 +236,113 @@ def check_provenance(sidecar_path, expected: dict, keys, fix: str) -> None:
         if key in existing and existing[key] != expected.get(key):
             raise InputError(f"{sidecar_path}: existing outputs were made with {key}={existing[key]!r}, "
                              f"this run asks for {expected.get(key)!r} — {fix}")
+
+
+# ---- provenance: the one rule for "done / redo / refuse" that every stage follows ---------------------------
+
+@dataclass
+class Provenance:
+    """What a stage's outputs were made from, and where that is written down.
+
+    sidecar: the JSON written LAST, next to the outputs (its presence says the outputs are finished).
+    record:  everything that changes the outputs, e.g. {"inputs": {name: sha256}, "settings": {...}}.
+    outputs: the files that must exist for the work to count as done.
+    """
+    sidecar: Path
+    record: dict
+    outputs: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.sidecar = Path(self.sidecar)
+        self.outputs = [Path(path) for path in self.outputs]
+        # Compare as the JSON file will read back (tuples become lists, numpy scalars plain numbers).
+        self.record = json.loads(json.dumps(self.record, default=_jsonable))
+
+
+def decide(prov: Provenance, force: bool, fix: str) -> bool:
+    """True: the outputs are done (skip). False: (re)do them, then call commit(prov).
+
+    Refuses (InputError naming the sidecar and the first differing key) when existing outputs were made from
+    other inputs or settings and force is not set; mixing or silently replacing them is never right.
+    A sidecar that is not a JSON object is refused (it is corrupt or hand-made: the outputs are unexplained).
+    Writes nothing: a run that then stops on bad input has changed nothing (see begin()).
+    """
+    if force:
+        return False
+    existing = read_provenance(prov.sidecar, f"delete it, or rerun with --force — {fix}")
+    if existing is None:
+        return False
+    found = first_difference(existing, prov.record, "")
+    if found:
+        key, was, now = found
+        raise InputError(f"{prov.sidecar}: existing outputs were made with {key}={_shown(was)}, this run has "
+                         f"{_shown(now)} — {fix}")
+    return all(path.exists() for path in prov.outputs)
+
+
+def begin(prov: Provenance) -> None:
+    """Call right before the first output is replaced (data.files writers take it as before_replace, so it
+    runs after the new content is safely on disk): drops the old sidecar, so that a run killed from here on
+    leaves outputs that no sidecar describes (redone or refused next time, never taken as done)."""
+    prov.sidecar.unlink(missing_ok=True)
+
+
+def commit(prov: Provenance, extra: dict | None = None) -> None:
+    """Write the sidecar (record + extra) atomically; call it after every output is in place."""
+    missing = [path for path in prov.outputs if not path.exists()]
+    if missing:
+        raise RuntimeError(f"commit({prov.sidecar}) before its output {missing[0]} was written")
+    clash = sorted(set(extra or {}) & set(prov.record))
+    if clash:
+        raise RuntimeError(f"commit({prov.sidecar}): extra key {clash[0]!r} would overwrite the record")
+    write_json(prov.sidecar, {**prov.record, **(extra or {})})
+
+
+def read_provenance(path, fix: str) -> dict | None:
+    """A sidecar as a dict; None when it does not exist; InputError when it is unreadable or not an object."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        payload = read_json(path)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: sidecar is not valid JSON ({str(error).splitlines()[0]}) — {fix}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: sidecar is a directory — {fix}") from None
+    if not isinstance(payload, dict):
+        raise InputError(f"{path}: sidecar is a JSON {type(payload).__name__}, not an object — {fix}")
+    return payload
+
+
+def first_difference(was, now, path: str):
+    """(dotted key, old value, new value) of the first key of `now` whose value differs in `was`, else None.
+
+    Keys only in `was` are ignored: a sidecar also holds facts about the outputs (counts, hashes) that are
+    not part of what made them.
+    """
+    if isinstance(now, dict):
+        if not isinstance(was, dict):
+            return (path or "<record>", was, now)
+        for key in now:
+            found = first_difference(was.get(key, _MISSING), now[key], f"{path}.{key}" if path else str(key))
+            if found:
+                return found
+        return None
+    return None if was == now else (path, was, now)
+
+
+class _Missing:
+    def __repr__(self):
+        return "<absent>"
+
+
+_MISSING = _Missing()
+
+
+def _shown(value) -> str:
+    """One short token: hashes by their first 12 digits, long values cut, so the error stays on one line."""
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return repr(value[:12] + "…")
+    text = repr(value) if not isinstance(value, _Missing) else "<absent>"
+    text = " ".join(text.split())
+    return text if len(text) <= 80 else text[:77] + "…"

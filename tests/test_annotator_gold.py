@@ -9,8 +9,8 @@ written before the revision, m01-m20 (MusicCaps-caption style) after it, and no 
 and macro-F1 over the instrument families present, as the project is measured on real prompts. The labels
 are one person's reading of the LLM instructions, and the prompts name their instruments more plainly than
 real ones (the previous annotator scored 0.90 on this held-out split but 0.58 on 1,000 real GPT-4.1-mini
-annotations), so these scores are an upper bound on agreement with the LLM, not an estimate of it. The floors sit below what the
-annotator reaches (printed with `pytest -s`), to catch regressions.
+annotations), so these scores are an upper bound on agreement with the LLM, not an estimate of it. The floors
+sit below what the annotator reaches (printed with `pytest -s`), to catch regressions.
 
     .venv/bin/python tests/test_annotator_gold.py [dev|heldout]   # prints scores and, for dev, the misses
 """

@@ -67,9 +67,9 @@ def test_default_run_writes_contract_artifacts(stage1_outputs):
         "prompt_id", "prompt", "labels", "bpm", "annotator"]
     assert annotated["bpm"].notna().sum() >= 15
     sidecar = read_json(data / "prompts" / "annotated.json")
-    assert sidecar["vocabulary"] == list(VOCABULARY)
-    assert sidecar["annotator"]["name"] == "offline"
-    assert len(sidecar["prompts_sha256"]) == 64
+    assert sidecar["settings"]["vocabulary"] == list(VOCABULARY)
+    assert sidecar["settings"]["annotator"]["name"] == "offline"
+    assert len(sidecar["inputs"]["prompts.csv"]) == 64
     assert not list((data / "prompts").glob("*.tmp"))
 
 
@@ -125,7 +125,11 @@ def test_missing_prompts_csv(tmp_path):
     ("prompt_id,prompt,origin\np1,Solo cello,embedded\np2,,embedded\n", "row 3: empty prompt"),
     ("prompt_id,prompt,origin\nhas space,Solo cello,embedded\n", "row 2: prompt_id 'has space'"),
     ("prompt_id,text\np1,Solo cello\n", "column 'prompt' is missing"),
-], ids=["empty-file", "header-only", "duplicate-id", "empty-prompt", "bad-id", "wrong-columns"])
+    # Row numbers are the lines an editor shows, after blank lines and quoted fields that span lines.
+    ("prompt_id,prompt,origin\n\np1,Solo cello,embedded\n\n\np2,,embedded\n", "row 6: empty prompt"),
+    ('prompt_id,prompt,origin\np1,"Solo\ncello",embedded\np2,,embedded\n', "row 4: empty prompt"),
+], ids=["empty-file", "header-only", "duplicate-id", "empty-prompt", "bad-id", "wrong-columns", "after-blank-lines",
+        "after-multiline-field"])
 def test_bad_prompts_csv(stage1_outputs, content, fragment):
     folder = stage1_outputs / "prompts"
     (folder / "prompts.csv").write_text(content, encoding="utf-8")
@@ -152,7 +156,7 @@ def test_prompts_edited_after_annotation_are_refused(stage1_outputs):
     path.write_text(path.read_text(encoding="utf-8").replace("solo trumpet", "solo cornet", 1), encoding="utf-8")
     before = snapshot(folder)
     result = run_script(stage1_outputs)
-    assert_one_line_error(result, "annotated.json", "different prompts.csv", "--force")
+    assert_one_line_error(result, "annotated.json", "inputs.prompts.csv=", "prompts.csv was edited", "--force")
     assert snapshot(folder) == before
 
 
