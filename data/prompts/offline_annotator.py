@@ -404,6 +404,7 @@ LEXICON: dict[str, tuple[str, ...]] = {
     "lowpass": ("dark",),
     "low pass filtered": ("dark",),
     "subdued": ("dark",),
+    "muddy": ("dark",),
     "distorted": ("distortion",),
     "distortion": ("distortion",),
     "overdriven": ("distortion",),
