@@ -23,12 +23,12 @@ from the soundfonts' own preset -> instrument -> sample tables (data/sf2_tables.
 render otherwise, and tests/test_soundfont.py checks the defaults on the .sf2 files). A recording is the
 sha256 of its PCM data, so the same recording in both soundfonts would count as shared too (none is).
 TimGM6mb alone cannot give every family five sample-disjoint note instruments that avoid the bank (vocal
-has two, synth lead three), hence the second soundfont. The bank stays on TimGM6mb.
+has one, synth lead two), hence the second soundfont. The bank stays on TimGM6mb.
 
 NOTE_INSTRUMENTS takes, per family, six instruments (vocal four, the most the two soundfonts give without
-sharing), spanning the family's sources and both soundfonts where they allow, so that a probe cannot learn a
-soundfont's character in place of a family. Stage 4 splits by instrument, so six gives two test and four
-train instruments at its default test fraction.
+sharing), spanning the family's sources and both soundfonts, so that a probe cannot learn a soundfont's
+character in place of a family. Stage 4 splits by instrument: six give two test and four train instruments at
+its default test fraction (0.25); vocal's four give one test instrument unless stage 4 sends at least two.
 
 Families and sources follow NSynth's definitions: a family names how the sound is made (bowed strings are
 "string", plucked ones "guitar", struck bars "mallet"); the source is "acoustic" for a mechanical
