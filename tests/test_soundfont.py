@@ -181,3 +181,16 @@ def test_note_instruments_cover_every_family_from_both_soundfonts():
         # Stage 4 needs two test and (where the soundfonts allow) three or more train instruments.
         assert len(members) >= (4 if family == "vocal" else 6), family
         assert {instrument.soundfont for instrument in members} == {FLUIDR3, TIMGM6MB}, family
+
+
+def test_unreadable_sample_tables_are_input_errors(tmp_path):
+    junk = tmp_path / "junk.sf2"
+    junk.write_bytes(b"RIFF\x04\x00\x00\x00WAVE")
+    with pytest.raises(InputError, match="not a SoundFont 2 file"):
+        read_tables(junk)
+    truncated = tmp_path / "truncated.sf2"
+    truncated.write_bytes(default_soundfont().read_bytes()[:4096])
+    with pytest.raises(InputError, match="no .* table"):
+        read_tables(truncated)
+    with pytest.raises(InputError, match="fluid-soundfont-gm"):
+        fluidr3_soundfont(tmp_path / "FluidR3_GM.sf2")
