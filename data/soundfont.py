@@ -28,7 +28,7 @@ has one, synth lead two), hence the second soundfont. The bank stays on TimGM6mb
 NOTE_INSTRUMENTS takes, per family, six instruments (vocal four, the most the two soundfonts give without
 sharing), spanning the family's sources and both soundfonts, so that a probe cannot learn a soundfont's
 character in place of a family. Stage 4 splits by instrument: six give two test and four train instruments at
-its default test fraction (0.25); vocal's four give one test instrument unless stage 4 sends at least two.
+its default test fraction (0.25), and vocal's four two and two (stage 4 sends at least two of four or more).
 
 Families and sources follow NSynth's definitions: a family names how the sound is made (bowed strings are
 "string", plucked ones "guitar", struck bars "mallet"); the source is "acoustic" for a mechanical

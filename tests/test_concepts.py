@@ -66,3 +66,17 @@ def test_orchestral_and_acoustic_band_need_an_ensemble():
     assert asks("orchestral", "Strings and woodwinds")
     assert asks("acoustic_band", "Acoustic guitar, upright bass and brushed drums")
     assert not asks("acoustic_band", "Synth bass and acoustic guitar")
+
+
+def test_stage4_sends_two_instruments_of_a_four_instrument_family_to_test():
+    import numpy as np
+    import pandas as pd
+
+    from interp.stage4_concept_sets import split_instruments
+    families = {"vocal": 4, "brass": 6, "flute": 3}
+    rows = [{"instrument_str": f"{family}_acoustic_{family[:1]}{i:02d}", "family": family}
+            for family, count in families.items() for i in range(count) for _ in range(2)]
+    notes = pd.DataFrame(rows)
+    test = split_instruments(notes, np.zeros((len(notes), 1), dtype=np.int8), 0.25, seed=0)
+    per_family = {family: sum(name.startswith(family) for name in test) for family in families}
+    assert per_family == {"vocal": 2, "brass": 2, "flute": 1}
