@@ -5,7 +5,7 @@
 Annotates adversarial prompts (negations chained with "and", overlapping phrases, one long word run) of
 --base characters and of 10x that, in one run, and prints each time and the 10x/1x ratio: a linear annotator
 gives ~10, the previous quadratic one ~100. Stage 1 refuses prompts over 2,000 characters anyway
-(data/contract.py MAX_PROMPT_CHARACTERS); this measures the annotator itself.
+(data/contract.py MAX_PROMPT_CHARS); this measures the annotator itself.
 """
 import argparse
 import sys

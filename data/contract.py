@@ -60,7 +60,7 @@ def read_table(path, columns, fix: str, dtype=None) -> pd.DataFrame:
 
 # Prompts are a sentence or a paragraph (MusicCaps captions average ~300 characters, text-to-music encoders
 # truncate at 128-512 tokens); a longer one is a mistake or an attack, refused before anyone annotates it.
-MAX_PROMPT_CHARACTERS = 2000
+MAX_PROMPT_CHARS = 2000
 
 
 def _row(index, path=None) -> int:
@@ -94,9 +94,9 @@ def check_prompt_ids(frame: pd.DataFrame, path, fix: str) -> None:
     for index, prompt in frame["prompt"].items():
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError(f"{path} row {_row(index, path)}: empty prompt — {fix}")
-        if len(prompt) > MAX_PROMPT_CHARACTERS:
+        if len(prompt) > MAX_PROMPT_CHARS:
             raise InputError(f"{path} row {_row(index, path)}: the prompt has {len(prompt):,} characters, more "
-                             f"than the limit of {MAX_PROMPT_CHARACTERS:,} — shorten it ({fix})")
+                             f"than the limit of {MAX_PROMPT_CHARS:,} — shorten it ({fix})")
 
 
 def read_prompts(data: Path, fix: str = "rerun stage 1 with --force") -> pd.DataFrame:

@@ -37,7 +37,7 @@ instructions, is the reference it is measured against: tests/test_annotator_gold
   `fast_decay`; reverberant, ambient, ethereal, echoing → `reverb`; swells, tremolo, wobble, wah → `nonlinear_env`;
   punchy, pounding, slapped → `percussive`; sidechain pumping, synced delays → `tempo-synced`.
 - Linear time: one pass over the words (each candidate phrase is at most a few words long) and one sort of the
-  candidates; a prompt is at most 2,000 characters anyway (data/contract.py MAX_PROMPT_CHARACTERS).
+  candidates; a prompt is at most 2,000 characters anyway (data/contract.py MAX_PROMPT_CHARS).
 - BPM: only a tempo stated as a number ("at 120 BPM", "92 beats per minute", "bpm: 140") sets `bpm`, and it
   is copied exactly. A range ("90-110 BPM") or two different stated tempos leave it empty, as does a value
   outside 20–400. Tempo words ("fast", "slow", "andante") are not mapped to numbers: any number chosen for them
