@@ -21,7 +21,17 @@ export TOKENIZERS_PARALLELISM ?= false
 
 demo: install stages
 
-install: $(VENV)/.installed
+# The probes' notes come partly from FluidR3_GM (Debian's fluid-soundfont-gm, MIT); the generator's bank stays
+# on TimGM6mb and the two share no recording (data/soundfont.py). apt runs beside pip (~20-30 s on its own).
+FLUIDR3 := /usr/share/sounds/sf2/FluidR3_GM.sf2
+
+install:
+	@$(MAKE) --no-print-directory -j2 $(VENV)/.installed $(FLUIDR3)
+
+$(FLUIDR3):
+	@if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq fluid-soundfont-gm >/dev/null
+	@test -f $@ || { echo "error: $@ is missing after installing fluid-soundfont-gm" >&2; exit 1; }
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +72,7 @@ bench: install
 	$(PY) bench/bench_generation.py --size tiny
 	$(PY) bench/bench_clap.py --clips 40
 	$(PY) bench/bench_analysis.py
+	$(PY) bench/bench_annotator.py
 
 clean-data:
 	rm -rf $(DATA)/prompts/*.csv $(DATA)/prompts/*.json $(DATA)/generated $(DATA)/concepts $(DATA)/nsynth/nsynth-* $(DATA)/results

@@ -1,24 +1,43 @@
 """General MIDI soundfonts as a source of NSynth-like notes and short phrases.
 
-Two consumers share one program table so that they can never overlap:
+Two consumers, kept apart at the level of recordings:
 
-- "probe" instruments are rendered as NSynth-format single notes (data/nsynth/render_soundfont.py); stage 4
-  builds concept sets from them and stage 6 trains probes on them.
-- "bank" instruments are used only by the embedded reference generator's bank of phrases.
+- the generator's bank (diffusion/bank.py) plays the "bank" programs of GM_PROGRAMS, and the GM drum kit,
+  from TimGM6mb (shipped inside pretty_midi);
+- the probes' notes (data/nsynth/render_soundfont.py; stage 4 builds concept sets from them and stage 6 trains
+  probes on them) come from NOTE_INSTRUMENTS: presets of FluidR3_GM (Debian's fluid-soundfont-gm, MIT) and of
+  TimGM6mb.
 
-A probe trained on an instrument that also sounds in the generator's output would partly recognise that
-instrument's samples rather than the concept, so the two roles are disjoint by GM program. Every NSynth family
-has at least two GM programs here, so every family appears on both sides (tests check it); had a family only
-one program, it would go to the probe side (a concept without positives cannot be probed at all) and the bank
-would go without that family. The GM drum kit (channel 10) has no NSynth family: it is labelled "drum" and is
-used by the bank only.
+A probe trained on a recording that also sounds in the generator's output would partly recognise that
+recording rather than the concept, and a probe tested on a recording it was trained on would be scored too
+kindly. GM program numbers do not keep them apart: TimGM6mb plays the same samples for Piano 1, 2 and 3 and
+for Violin, Viola and Fiddle (23 bank/probe program pairs share samples). So the rule is on recordings, read
+from the soundfonts' own preset -> instrument -> sample tables (data/sf2_tables.py):
+
+1. no recording that sounds in a rendered note is one the bank can play (any key, any velocity of a bank
+   preset or the drum kit), and
+2. no recording sounds in the notes of two different note instruments, so however stage 4 splits instruments
+   into train and test, the two sides share no recording.
+
+`shared_recordings` checks both on the notes actually planned (data/nsynth/render_soundfont.py refuses to
+render otherwise, and tests/test_soundfont.py checks the defaults on the .sf2 files). A recording is the
+sha256 of its PCM data, so the same recording in both soundfonts would count as shared too (none is).
+TimGM6mb alone cannot give every family five sample-disjoint note instruments that avoid the bank (vocal
+has one, synth lead two), hence the second soundfont. The bank stays on TimGM6mb.
+
+NOTE_INSTRUMENTS takes, per family, six instruments (vocal four, the most the two soundfonts give without
+sharing), spanning the family's sources and both soundfonts, so that a probe cannot learn a soundfont's
+character in place of a family. Stage 4 splits by instrument: six give two test and four train instruments at
+its default test fraction (0.25), and vocal's four two and two (stage 4 sends at least two of four or more).
 
 Families and sources follow NSynth's definitions: a family names how the sound is made (bowed strings are
 "string", plucked ones "guitar", struck bars "mallet"); the source is "acoustic" for a mechanical
 instrument, "electronic" for one with electric pickups or tone wheels, "synthetic" for a synthesizer patch.
 GM programs that fit no NSynth family are left unmapped: synth pads and effects (88–103), timpani (47),
 orchestra hit (55), the unpitched percussion 113 and 115–119, sound effects (120–127), and the hammered
-dulcimer (15), whose struck strings are neither "string" nor "mallet".
+dulcimer (15), whose struck strings are neither "string" nor "mallet". The GM drum kit (channel 10) has no
+NSynth family: it is labelled "drum" and is used by the bank only. In GM_PROGRAMS, role "bank" marks the
+programs the bank plays and "probe" the ones it leaves out; the notes do not rely on that split (see above).
 
 Rendering uses tinysoundfont. Loading a soundfont is the slow part, so one synthesizer is kept per
 (soundfont, sample rate). Renders are deterministic: every render starts from silence (see `_reset`).
@@ -34,6 +53,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from data import sf2_tables
 from data.audio import SILENCE_RMS
 from data.stage import InputError
 
@@ -196,6 +216,107 @@ def programs_for(role: str, family: str | None = None) -> tuple[GMProgram, ...]:
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
     return tuple(entry for entry in GM_PROGRAMS if entry.role == role and (family is None or entry.family == family))
+
+
+# -- the probes' notes: instruments of two soundfonts, sharing no recording with the bank or each other ---------
+
+FLUIDR3 = "FluidR3_GM"
+TIMGM6MB = "TimGM6mb"
+# Where Debian's fluid-soundfont-gm installs it (`make install` does; see the Makefile).
+DEBIAN_FLUIDR3 = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
+# NSynth's `instrument` number of a note instrument: the GM program for FluidR3_GM, 128 + program for TimGM6mb
+# (three digits, as NSynth's instrument_str needs).
+_NUMBER_OFFSET = {FLUIDR3: 0, TIMGM6MB: 128}
+
+
+@dataclass(frozen=True)
+class NoteInstrument:
+    soundfont: str      # FLUIDR3 or TIMGM6MB
+    program: int        # GM program (bank 0 of the soundfont)
+    gm: GMProgram       # family, source and playable range, from the GM table
+
+    @property
+    def number(self) -> int:
+        return _NUMBER_OFFSET[self.soundfont] + self.program
+
+    family = property(lambda self: self.gm.family)
+    source = property(lambda self: self.gm.source)
+    lowest = property(lambda self: self.gm.lowest)
+    highest = property(lambda self: self.gm.highest)
+    name = property(lambda self: f"{self.gm.name} ({self.soundfont})")
+
+
+def _notes_from(soundfont: str, *programs: int) -> tuple[NoteInstrument, ...]:
+    return tuple(NoteInstrument(soundfont, program, BY_PROGRAM[program]) for program in programs)
+
+
+# Per family (comments: FluidR3_GM | TimGM6mb). Chosen by hand for sources and registers; every pick is checked
+# against the sample tables (shared_recordings), and several obvious ones fail it: TimGM6mb's pianos, violin,
+# viola, alto sax and most leads share recordings with bank programs; FluidR3's Piano 2 and Honky-tonk share
+# Piano 1's, its String Ensembles share Tremolo's, its Charang and Bass & Lead share the Saw lead's.
+NOTE_INSTRUMENTS: tuple[NoteInstrument, ...] = tuple(sorted(
+    _notes_from(FLUIDR3,
+                32, 33, 38, 39,          # bass: acoustic, finger, synth 1, synth 2 | acoustic, slap
+                56, 57, 60, 62,          # brass: trumpet, trombone, French horn, synth brass | trumpet, tuba
+                72, 73, 75, 77,          # flute: piccolo, flute, pan flute, shakuhachi | flute, ocarina
+                24, 25, 27, 30,          # guitar: nylon, steel, clean, distortion | jazz, sitar
+                0, 2, 4, 6, 7,           # keyboard: grand, electric grand, Rhodes, harpsichord, clavinet | EP 1
+                9, 11, 12, 114,          # mallet: glockenspiel, vibraphone, marimba, steel drums | xylo, kalimba
+                16, 18, 19, 20,          # organ: drawbar, rock, church, reed | drawbar, church
+                21, 22, 65, 71,          # reed: accordion, harmonica, alto sax, clarinet | tenor sax, oboe
+                40, 41, 42, 44, 50,      # string: violin, viola, cello, tremolo, synth strings 1 | contrabass
+                80, 81, 82, 85,          # synth lead: square, saw, calliope, voice | square, saw
+                52, 53, 54)              # vocal: choir aahs, voice oohs, synth voice | choir aahs
+    + _notes_from(TIMGM6MB, 32, 36, 56, 58, 73, 79, 26, 104, 4, 13, 108, 16, 19, 66, 68, 43, 80, 81, 52),
+    key=lambda instrument: instrument.number))
+NOTE_BY_NUMBER: dict[int, NoteInstrument] = {instrument.number: instrument for instrument in NOTE_INSTRUMENTS}
+
+
+def fluidr3_soundfont(path=None) -> Path:
+    """FluidR3_GM.sf2: the given path, or where Debian's fluid-soundfont-gm puts it."""
+    path = Path(path) if path is not None else DEBIAN_FLUIDR3
+    if not path.is_file():
+        raise InputError(f"{path}: FluidR3_GM.sf2 not found — install Debian's fluid-soundfont-gm (`make install` "
+                         "does) or pass --fluid-soundfont PATH")
+    return check_soundfont(path)
+
+
+def bank_recordings(bank_soundfont) -> frozenset:
+    """Every recording the generator's bank can play: all zones of its programs' presets and of the drum kit."""
+    tables = sf2_tables.read_tables(bank_soundfont)
+    indices = set(tables.sample_indices(_DRUM_BANK, 0))
+    for entry in programs_for(BANK):
+        indices |= tables.sample_indices(0, entry.program)
+    return tables.recordings(indices)
+
+
+def played_recordings(soundfont, program: int, keys_and_velocities) -> frozenset:
+    """The recordings that sound when bank 0's `program` plays each (key, velocity)."""
+    tables = sf2_tables.read_tables(soundfont)
+    indices = set()
+    for key, velocity in keys_and_velocities:
+        indices |= tables.sample_indices(0, program, int(key), int(velocity))
+    return tables.recordings(indices)
+
+
+def shared_recordings(notes_by_instrument: dict, soundfont_paths: dict, bank_soundfont) -> str | None:
+    """None when the planned notes share no recording with the bank nor between two instruments; otherwise a
+    sentence naming the first conflict. `notes_by_instrument`: NoteInstrument -> [(key, velocity), ...];
+    `soundfont_paths`: FLUIDR3/TIMGM6MB -> path."""
+    bank = bank_recordings(bank_soundfont)
+    owner = {}
+    for instrument in sorted(notes_by_instrument, key=lambda item: item.number):
+        played = played_recordings(soundfont_paths[instrument.soundfont], instrument.program,
+                                   notes_by_instrument[instrument])
+        if played & bank:
+            return (f"note instrument {instrument.number} ({instrument.name}) plays {len(played & bank)} "
+                    "recording(s) that the generator's bank also plays")
+        for recording in played:
+            if recording in owner and owner[recording] != instrument:
+                return (f"note instruments {owner[recording].number} ({owner[recording].name}) and "
+                        f"{instrument.number} ({instrument.name}) play a common recording")
+            owner[recording] = instrument
+    return None
 
 
 def default_soundfont() -> Path:

@@ -11,7 +11,8 @@ Writes <data>/concepts/notes.csv, sets.csv and concepts.json (data/ARTIFACTS.md,
   289k-note train split costs a few hundred rule evaluations.
 - Split: by instrument, so that a probe is tested on instruments it never heard. Instruments are stratified
   by family: each family with n >= 2 instruments sends round(n * test_fraction), clamped to 1..n-1, to test
-  (a family with one instrument stays in train). Stratifying by family alone cannot guarantee the quality and
+  (a family with one instrument stays in train), and at least 2 when n >= 4: a test score whose interval
+  resamples instruments needs two of them (the rendered split's vocal family has four). Stratifying by family alone cannot guarantee the quality and
   higher-level concepts positives on both sides, so 32 candidate shuffles are drawn from --split-seed and the
   first one that gives the most concepts positives and negatives in both splits is kept (ties: the test share
   of notes closest to --test-fraction). Same seed, same split.
@@ -107,7 +108,8 @@ def split_instruments(notes: pd.DataFrame, labels: np.ndarray, test_fraction: fl
         for family, instruments in by_family.items():
             if len(instruments) < 2:
                 continue
-            count = min(max(int(round(len(instruments) * test_fraction)), 1), len(instruments) - 1)
+            fewest = 2 if len(instruments) >= 4 else 1
+            count = min(max(int(round(len(instruments) * test_fraction)), fewest), len(instruments) - 1)
             test.update(rng.permutation(instruments)[:count].tolist())
         in_test = np.isin(np.arange(len(instrument_names)), instrument_names.get_indexer(sorted(test)))
         test_share = notes_per_instrument[in_test].sum() / notes_per_instrument.sum()

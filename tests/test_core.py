@@ -129,7 +129,8 @@ def test_concept_rules():
     assert BY_NAME["is_brass"].label_note(piano) == 0
     assert BY_NAME["orchestral"].label_note(Note("string", "synthetic")) is None
     assert BY_NAME["atmospheric"].label_note(Note("organ", "acoustic", frozenset({"reverb", "percussive"}))) is None
-    assert BY_NAME["orchestral"].prompt_has({"string", "acoustic"})
+    assert BY_NAME["orchestral"].prompt_has({"string", "brass", "acoustic"})
+    assert not BY_NAME["orchestral"].prompt_has({"string", "acoustic"})  # two orchestral families
     assert not BY_NAME["orchestral"].prompt_has({"string", "electronic"})
     assert not BY_NAME["atmospheric"].prompt_has({"reverb", "drum"})
 

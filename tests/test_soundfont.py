@@ -2,8 +2,10 @@ import numpy as np
 import pytest
 
 from data import soundfont
-from data.soundfont import (BANK, BY_PROGRAM, DRUM_FAMILY, GM_PROGRAMS, PROBE, PhraseNote, default_soundfont,
-                            is_silent, programs_for, render_note, render_phrase)
+from data.sf2_tables import read_tables
+from data.soundfont import (BANK, BY_PROGRAM, DRUM_FAMILY, FLUIDR3, GM_PROGRAMS, NOTE_BY_NUMBER, NOTE_INSTRUMENTS,
+                            PROBE, TIMGM6MB, NoteInstrument, PhraseNote, default_soundfont, fluidr3_soundfont,
+                            is_silent, programs_for, render_note, render_phrase, shared_recordings)
 from data.stage import InputError
 from data.vocabulary import FAMILIES, SOURCES
 
@@ -113,3 +115,82 @@ def test_bad_soundfont_paths_are_input_errors(tmp_path):
     broken.write_bytes(b"RIFF\x00\x00")
     with pytest.raises(InputError, match="cannot load"):
         render_note(broken, 0, 60, 100)
+
+
+# -- recordings: the probes' notes share none with the bank, nor between instruments (read from the .sf2) --------
+
+def _default_plan_keys():
+    from data.nsynth import render_soundfont as renderer
+    plan = renderer.planned_notes(NOTE_INSTRUMENTS, renderer.DEFAULT_PITCH_STEP, renderer.DEFAULT_VELOCITIES,
+                                  renderer.DEFAULT_DYAD_VELOCITY)
+    return renderer.played_keys(plan, renderer.DEFAULT_DYAD_VELOCITY)
+
+
+def test_sample_tables_know_timgm6mb_reuses_recordings(timgm):
+    tables = read_tables(timgm)
+    recordings = {program: tables.recordings(tables.sample_indices(0, program)) for program in (0, 1, 40, 41, 110)}
+    # The documented reuse (FACTS.md): Piano 1 = Piano 2; Violin, Viola and Fiddle share samples.
+    assert recordings[0] & recordings[1] and recordings[40] & recordings[41] & recordings[110]
+    assert not recordings[0] & recordings[40]
+    # A key outside a zone sounds none of its samples: the trumpet's low zones are not the high ones.
+    low, high = tables.sample_indices(0, 56, 55, 100), tables.sample_indices(0, 56, 84, 100)
+    assert low and high and low != high
+    assert tables.preset_name(0, 0) and tables.sample_indices(128, 0)
+
+
+def test_probe_notes_share_no_recording_with_the_bank_or_between_instruments(timgm):
+    fluidr3 = fluidr3_soundfont()
+    paths = {TIMGM6MB: timgm, FLUIDR3: fluidr3}
+    keys = _default_plan_keys()
+    assert shared_recordings(keys, paths, timgm) is None
+    # The same claim computed here from the tables, independently of shared_recordings.
+    timgm_tables, fluid_tables = read_tables(timgm), read_tables(fluidr3)
+    bank = set(timgm_tables.recordings(timgm_tables.sample_indices(128, 0)))
+    for entry in programs_for(BANK):
+        bank |= timgm_tables.recordings(timgm_tables.sample_indices(0, entry.program))
+    seen = {}
+    for instrument, pressed in keys.items():
+        tables = fluid_tables if instrument.soundfont == FLUIDR3 else timgm_tables
+        played = set()
+        for key, velocity in pressed:
+            played |= tables.recordings(tables.sample_indices(0, instrument.program, key, velocity))
+        assert played, instrument
+        assert not played & bank, instrument
+        for recording in played:
+            assert seen.setdefault(recording, instrument) == instrument, (seen[recording], instrument)
+
+
+def test_a_note_instrument_sharing_recordings_is_named(timgm):
+    paths = {TIMGM6MB: timgm, FLUIDR3: fluidr3_soundfont()}
+    piano = NoteInstrument(TIMGM6MB, 0, BY_PROGRAM[0])  # TimGM6mb's Piano 1 is the bank's Piano 2
+    conflict = shared_recordings({piano: [(60, 100)]}, paths, timgm)
+    assert conflict and "bank" in conflict and "128" in conflict
+    # FluidR3's Piano 2 plays Piano 1's recordings: two note instruments may not.
+    grand, bright = NOTE_BY_NUMBER[0], NoteInstrument(FLUIDR3, 1, BY_PROGRAM[1])
+    conflict = shared_recordings({grand: [(60, 100)], bright: [(60, 100)]}, paths, timgm)
+    assert conflict and "common recording" in conflict
+
+
+def test_note_instruments_cover_every_family_from_both_soundfonts():
+    assert len({instrument.number for instrument in NOTE_INSTRUMENTS}) == len(NOTE_INSTRUMENTS)
+    for instrument in NOTE_INSTRUMENTS:
+        assert 0 <= instrument.number <= 999 and NOTE_BY_NUMBER[instrument.number] is instrument
+        assert instrument.gm is BY_PROGRAM[instrument.program]
+    for family in FAMILIES:
+        members = [instrument for instrument in NOTE_INSTRUMENTS if instrument.family == family]
+        # Stage 4 needs two test and (where the soundfonts allow) three or more train instruments.
+        assert len(members) >= (4 if family == "vocal" else 6), family
+        assert {instrument.soundfont for instrument in members} == {FLUIDR3, TIMGM6MB}, family
+
+
+def test_unreadable_sample_tables_are_input_errors(tmp_path):
+    junk = tmp_path / "junk.sf2"
+    junk.write_bytes(b"RIFF\x04\x00\x00\x00WAVE")
+    with pytest.raises(InputError, match="not a SoundFont 2 file"):
+        read_tables(junk)
+    truncated = tmp_path / "truncated.sf2"
+    truncated.write_bytes(default_soundfont().read_bytes()[:4096])
+    with pytest.raises(InputError, match="no .* table"):
+        read_tables(truncated)
+    with pytest.raises(InputError, match="fluid-soundfont-gm"):
+        fluidr3_soundfont(tmp_path / "FluidR3_GM.sf2")

@@ -12,16 +12,18 @@ import soundfile as sf
 from conftest import REPO_ROOT
 from data.nsynth import qualities as quality_rules
 from data.nsynth.render_soundfont import DEFAULT_DYAD_VELOCITY, build_parser, main, output_dir
-from data.soundfont import BY_PROGRAM
+from data.soundfont import NOTE_BY_NUMBER
 from data.stage import run_stage
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES
 from interp.nsynth import FIELDS
 
 SCRIPT = REPO_ROOT / "data" / "nsynth" / "render_soundfont.py"
-# Piano, synth voice (TimGM6mb has a hole at C7, velocity 75) and trumpet, every octave: ~35 notes in ~1 s.
-SMALL = ["--programs", "0,54,56", "--pitch-step", "12", "--velocities", "75,127"]
-HOLE = "vocal_synthetic_054-096-075"
-NOTE_STR = re.compile(r"^(?P<family>[a-z_]+)_(?P<source>acoustic|electronic|synthetic)_(?P<program>\d{3})"
+# FluidR3_GM's piano, choir and trumpet, every octave: ~35 notes in ~1 s.
+SMALL = ["--instruments", "0,52,56", "--pitch-step", "12", "--velocities", "75,127"]
+# FluidR3_GM's violin has a hole at D7 (pitch 102); a step of 34 plans pitches 68 and 102.
+WITH_HOLE = ["--instruments", "40", "--pitch-step", "34", "--velocities", "75", "--dyad-velocity", "0"]
+HOLE = "string_acoustic_040-102-075"
+NOTE_STR = re.compile(r"^(?P<family>[a-z_]+)_(?P<source>acoustic|electronic|synthetic)_(?P<number>\d{3})"
                       r"-(?P<pitch>\d{3})-(?P<velocity>\d{3})$")
 
 
@@ -56,12 +58,12 @@ def test_rendered_notes_are_in_nsynth_format(rendered):
         assert set(example) == set(FIELDS)
         match = NOTE_STR.match(name)
         assert match and example["note_str"] == name
-        program = int(match["program"])
-        gm = BY_PROGRAM[program]
+        number = int(match["number"])
+        gm = NOTE_BY_NUMBER[number]
         assert (example["instrument_family_str"], example["instrument_source_str"]) == (gm.family, gm.source)
         assert example["instrument_family"] == FAMILIES.index(gm.family)
         assert example["instrument_source"] == SOURCES.index(gm.source)
-        assert example["instrument"] == program and example["instrument_str"] == name.split("-")[0]
+        assert example["instrument"] == number and example["instrument_str"] == name.split("-")[0]
         assert (example["pitch"], example["velocity"]) == (int(match["pitch"]), int(match["velocity"]))
         assert gm.lowest <= example["pitch"] <= gm.highest and example["pitch"] % 12 == 0
         assert example["sample_rate"] == 16000
@@ -78,14 +80,18 @@ def test_rendered_notes_are_in_nsynth_format(rendered):
     assert {example["instrument_family_str"] for example in examples.values()} == {"keyboard", "vocal", "brass"}
 
 
-def test_silent_notes_are_dropped_and_listed(rendered):
-    examples = json.loads((rendered / "examples.json").read_text())
+def test_silent_notes_are_dropped_and_listed(rendered, tmp_path):
     sidecar = json.loads((rendered / "render.json").read_text())
-    assert HOLE not in examples and not (rendered / "audio" / f"{HOLE}.wav").exists()
-    assert HOLE in sidecar["silent_notes_dropped"]
-    assert sidecar["complete"] and sidecar["n_notes"] == len(examples)
-    assert len(sidecar["soundfont_sha256"]) == 64 and sidecar["programs"] == [0, 54, 56]
-    for name in examples:
+    assert sidecar["complete"] and sidecar["n_notes"] == len(json.loads((rendered / "examples.json").read_text()))
+    assert len(sidecar["soundfont_sha256"]) == 64 and len(sidecar["fluid_soundfont_sha256"]) == 64
+    assert sidecar["programs"] == [0, 52, 56]
+    assert run_stage(main, build_parser(), ["--data", str(tmp_path), *WITH_HOLE]) == 0
+    holed = output_dir(tmp_path)
+    examples = json.loads((holed / "examples.json").read_text())
+    assert set(examples) == {"string_acoustic_040-068-075"}
+    assert not (holed / "audio" / f"{HOLE}.wav").exists()
+    assert json.loads((holed / "render.json").read_text())["silent_notes_dropped"] == [HOLE]
+    for name in json.loads((rendered / "examples.json").read_text()):
         audio, _ = sf.read(rendered / "audio" / f"{name}.wav")
         assert np.sqrt(np.mean(audio ** 2)) > 1e-4
 
@@ -112,7 +118,7 @@ def test_up_to_date_run_is_skipped_and_other_settings_refused(rendered, tmp_path
     before = directory_bytes(output_dir(data))
     assert render(data) == 0
     assert "up to date" in capsys.readouterr().out
-    result = render_subprocess(data, "--programs", "0,54,56", "--pitch-step", "12", "--velocities", "100")
+    result = render_subprocess(data, "--instruments", "0,52,56", "--pitch-step", "12", "--velocities", "100")
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
     assert "velocities" in result.stderr and "--force" in result.stderr
@@ -125,8 +131,9 @@ def test_up_to_date_run_is_skipped_and_other_settings_refused(rendered, tmp_path
 
 
 @pytest.mark.parametrize("arguments, message", [
-    (["--programs", "65"], "bank instrument"),
-    (["--programs", "47"], "no NSynth family"),
+    (["--instruments", "66"], "not a note instrument"),
+    (["--instruments", "47"], "not a note instrument"),
+    (["--fluid-soundfont", "missing.sf2"], "fluid-soundfont-gm"),
     (["--velocities", "80"], "NSynth's velocities"),
     (["--velocities", "50,75"], "--dyad-velocity: 50"),
     (["--pitch-step", "0"], "positive number"),

@@ -16,7 +16,7 @@ from test_stage6_data import EMBEDDER, IDENTITY, analysed_data, term_directions,
 REPO_ROOT = stage6_probe.Path(stage6_probe.__file__).resolve().parent.parent
 # Concepts whose prompt labels are drawn independently of the injected brass label: for them the clips
 # carry no signal, so their probes are random concepts as far as the prompts are concerned.
-UNRELATED = ("long", "is_acoustic", "is_electronic", "is_synthetic")
+UNRELATED = ("atmospheric", "is_acoustic", "is_electronic", "is_synthetic")
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,23 @@
-"""Render NSynth-format single notes of the soundfont's "probe" instruments (data/soundfont.py) for stage 4.
+"""Render NSynth-format single notes of the note instruments (data/soundfont.py NOTE_INSTRUMENTS) for stage 4.
 
-    python data/nsynth/render_soundfont.py --data data [--soundfont PATH] [--force]
+    python data/nsynth/render_soundfont.py --data data [--fluid-soundfont PATH] [--soundfont PATH] [--force]
 
 Writes <data>/nsynth/nsynth-soundfont/ exactly as an NSynth split is laid out: audio/<note_str>.wav (16 kHz mono
 PCM-16, 4 s: key held 3 s, then released) and examples.json keyed by note_str with every NSynth field, so that
 stage 4 reads it through the same code as nsynth-train/valid/test.
 
-- Notes: every probe program, at every pitch of its playable range that is a multiple of --pitch-step (a
+- Instruments: presets of FluidR3_GM (--fluid-soundfont, default Debian's /usr/share/sounds/sf2/FluidR3_GM.sf2)
+  and of TimGM6mb (--soundfont, default the copy inside pretty_midi, which the generator's bank plays). Before
+  rendering, the planned notes are checked against both soundfonts' sample tables: no recording they sound may
+  be one the bank can play, and no two instruments may sound a common recording (data/soundfont.py
+  shared_recordings); otherwise the run is refused. So probe notes never share a recording with the bank, nor
+  train notes with test notes, however stage 4 splits the instruments.
+- Notes: every note instrument, at every pitch of its playable range that is a multiple of --pitch-step (a
   shared grid, so that instruments meet at the same pitches), at each of --velocities (a subset of NSynth's
-  25/50/75/100/127). The defaults give ~1,200 notes, ~25-60 per instrument, in ~15 s on 2 cores.
-- Identity: instrument = the GM program number, instrument_str = <family>_<source>_<program:03d>, note =
-  program * 16384 + pitch * 128 + velocity (unique and the same in every run; NSynth's own ids are arbitrary).
+  25/50/75/100/127). The defaults give ~1,500 notes, ~15-40 per instrument, in ~10 s on 2 cores.
+- Identity: instrument = the note instrument's number (the GM program for FluidR3_GM, 128 + program for
+  TimGM6mb), instrument_str = <family>_<source>_<number:03d>, note = number * 16384 + pitch * 128 + velocity
+  (unique and the same in every run; NSynth's own ids are arbitrary).
 - Family and source come from the GM table (data/soundfont.py); qualities are derived from each note's audio by
   the rules in data/nsynth/qualities.py (reverb and tempo-synced are never set).
 - Multiphonic notes: audio analysis cannot tell a second fundamental from a timbre's own partials, so they are
@@ -53,7 +60,7 @@ HOLD_SECONDS = 3.0
 FRAMES = int(SAMPLE_RATE * SECONDS)
 NSYNTH_VELOCITIES = (25, 50, 75, 100, 127)
 DEFAULT_VELOCITIES = (75, 127)
-DEFAULT_PITCH_STEP = 4
+DEFAULT_PITCH_STEP = 5
 DEFAULT_DYAD_VELOCITY = 50
 DYAD_INTERVAL = 7  # a perfect fifth: two clearly separate fundamentals that still blend
 MULTIPHONIC = QUALITIES.index("multiphonic")
@@ -74,10 +81,13 @@ def _int_list(text: str) -> list[int]:
 def build_parser():
     parser = stage_parser(__doc__.splitlines()[0])
     parser.add_argument("--soundfont", type=Path, default=None,
-                        help="any General MIDI .sf2; None means TimGM6mb.sf2 shipped inside pretty_midi")
-    parser.add_argument("--programs", default=None,
-                        help="comma-separated GM programs to render, all of them probe instruments; None means "
-                             "every probe program of data/soundfont.py")
+                        help="the generator bank's soundfont, TimGM6mb.sf2 (None: the copy inside pretty_midi); "
+                             "its note instruments are rendered from it and every note is checked against it")
+    parser.add_argument("--fluid-soundfont", type=Path, default=None,
+                        help=f"FluidR3_GM.sf2 (None: {gm.DEBIAN_FLUIDR3}, from Debian's fluid-soundfont-gm)")
+    parser.add_argument("--instruments", "--programs", dest="programs", default=None,
+                        help="comma-separated note instrument numbers (data/soundfont.py NOTE_INSTRUMENTS: the GM "
+                             "program for FluidR3_GM, 128 + program for TimGM6mb); None means all of them")
     parser.add_argument("--pitch-step", type=int, default=DEFAULT_PITCH_STEP,
                         help="render pitches that are multiples of this within each instrument's range")
     parser.add_argument("--velocities", default=",".join(map(str, DEFAULT_VELOCITIES)),
@@ -88,23 +98,21 @@ def build_parser():
     return parser
 
 
-def chosen_programs(text) -> list[gm.GMProgram]:
-    probe = {entry.program: entry for entry in gm.programs_for(gm.PROBE)}
+def chosen_programs(text) -> list[gm.NoteInstrument]:
+    """The note instruments to render (named by number), all of them when text is None."""
     if text is None:
-        return list(probe.values())
+        return list(gm.NOTE_INSTRUMENTS)
     chosen = []
-    for program in _int_list(text):
-        if program not in gm.BY_PROGRAM:
-            raise InputError(f"--programs: GM program {program} has no NSynth family (unmapped in data/soundfont.py) "
-                             "— choose probe programs")
-        if program not in probe:
-            raise InputError(f"--programs: GM program {program} ({gm.BY_PROGRAM[program].name}) is a bank instrument "
-                             "— probe and bank instruments must stay disjoint; choose probe programs")
-        if probe[program] not in chosen:
-            chosen.append(probe[program])
+    for number in _int_list(text):
+        if number not in gm.NOTE_BY_NUMBER:
+            raise InputError(f"--instruments: {number} is not a note instrument (see NOTE_INSTRUMENTS in "
+                             "data/soundfont.py: the GM program for FluidR3_GM, 128 + program for TimGM6mb) "
+                             "— choose listed ones")
+        if gm.NOTE_BY_NUMBER[number] not in chosen:
+            chosen.append(gm.NOTE_BY_NUMBER[number])
     if not chosen:
-        raise InputError("--programs: no program given — list at least one probe program or omit the option")
-    return sorted(chosen, key=lambda entry: entry.program)
+        raise InputError("--instruments: none given — list at least one note instrument or omit the option")
+    return sorted(chosen, key=lambda entry: entry.number)
 
 
 def chosen_velocities(text: str) -> list[int]:
@@ -123,7 +131,8 @@ def chosen_dyad_velocity(dyad_velocity: int, velocities) -> int:
     return dyad_velocity
 
 
-def planned_notes(programs, pitch_step: int, velocities, dyad_velocity: int = 0) -> list[tuple[gm.GMProgram, int, int]]:
+def planned_notes(programs, pitch_step: int, velocities,
+                  dyad_velocity: int = 0) -> list[tuple[gm.NoteInstrument, int, int]]:
     if pitch_step < 1:
         raise InputError(f"--pitch-step: {pitch_step} — use a positive number of semitones")
     plan = []
@@ -136,19 +145,30 @@ def planned_notes(programs, pitch_step: int, velocities, dyad_velocity: int = 0)
     return plan
 
 
-def instrument_str(entry: gm.GMProgram) -> str:
-    return f"{entry.family}_{entry.source}_{entry.program:03d}"
+def played_keys(plan, dyad_velocity: int) -> dict:
+    """Per instrument, every (key, velocity) its planned notes press (a dyad presses two keys)."""
+    keys = {}
+    for entry, pitch, velocity in plan:
+        pressed = keys.setdefault(entry, [])
+        pressed.append((pitch, velocity))
+        if dyad_velocity and velocity == dyad_velocity:
+            pressed.append((pitch + DYAD_INTERVAL, velocity))
+    return keys
 
 
-def note_str(entry: gm.GMProgram, pitch: int, velocity: int) -> str:
+def instrument_str(entry: gm.NoteInstrument) -> str:
+    return f"{entry.family}_{entry.source}_{entry.number:03d}"
+
+
+def note_str(entry: gm.NoteInstrument, pitch: int, velocity: int) -> str:
     return f"{instrument_str(entry)}-{pitch:03d}-{velocity:03d}"
 
 
-def example_entry(entry: gm.GMProgram, pitch: int, velocity: int, quality_vector: list[int]) -> dict:
+def example_entry(entry: gm.NoteInstrument, pitch: int, velocity: int, quality_vector: list[int]) -> dict:
     return {
-        "note": entry.program * 16384 + pitch * 128 + velocity,
+        "note": entry.number * 16384 + pitch * 128 + velocity,
         "note_str": note_str(entry, pitch, velocity),
-        "instrument": entry.program,
+        "instrument": entry.number,
         "instrument_str": instrument_str(entry),
         "pitch": pitch,
         "velocity": velocity,
@@ -236,13 +256,21 @@ def main(args) -> None:
     velocities = chosen_velocities(args.velocities)
     dyad_velocity = chosen_dyad_velocity(args.dyad_velocity, velocities)
     plan = planned_notes(programs, args.pitch_step, velocities, dyad_velocity)
+    uses_fluidr3 = any(entry.soundfont == gm.FLUIDR3 for entry in programs)
+    fluid_path = gm.fluidr3_soundfont(args.fluid_soundfont) if uses_fluidr3 else None
+    paths = {gm.TIMGM6MB: soundfont_path, gm.FLUIDR3: fluid_path}
+    conflict = gm.shared_recordings(played_keys(plan, dyad_velocity), paths, soundfont_path)
+    if conflict:
+        raise InputError(f"{conflict} — probe notes must share no recording with the bank ({soundfont_path}) "
+                         "or between instruments: choose other --instruments or fix NOTE_INSTRUMENTS")
     directory = output_dir(args.data)
     audio_dir = directory / "audio"
-    # The soundfont is identified by its hash; its path (recorded for people) may differ between machines.
+    # Soundfonts are identified by their hashes; their paths may differ between machines.
     provenance = {
         "soundfont_sha256": sha256_file(soundfont_path),
+        "fluid_soundfont_sha256": sha256_file(fluid_path) if fluid_path else None,
         "sample_rate": SAMPLE_RATE, "seconds": SECONDS, "hold_seconds": HOLD_SECONDS,
-        "pitch_step": args.pitch_step, "velocities": velocities, "programs": [entry.program for entry in programs],
+        "pitch_step": args.pitch_step, "velocities": velocities, "programs": [entry.number for entry in programs],
         "quality_rules": quality_rule_settings(), "silence_rms": SILENCE_RMS,
         "dyad_velocity": dyad_velocity, "dyad_interval": DYAD_INTERVAL,
     }
@@ -261,7 +289,7 @@ def main(args) -> None:
         samples = read_existing(path)
         is_dyad = bool(dyad_velocity) and velocity == dyad_velocity
         if samples is None:
-            samples = quantise(gm.render_note(soundfont_path, entry.program, pitch, velocity, SAMPLE_RATE,
+            samples = quantise(gm.render_note(paths[entry.soundfont], entry.program, pitch, velocity, SAMPLE_RATE,
                                               SECONDS, HOLD_SECONDS, DYAD_INTERVAL if is_dyad else 0))
             if gm.is_silent(as_float(samples), SILENCE_RMS):
                 holes.append(name)
@@ -282,8 +310,8 @@ def main(args) -> None:
     write_json(examples_path, examples)
     families = Counter(example["instrument_family_str"] for example in examples.values())
     commit(prov, extra={
-        "soundfont": str(soundfont_path), "complete": True, "examples_sha256": sha256_file(examples_path),
-        "n_notes": len(examples),
+        "soundfont": str(soundfont_path), "fluid_soundfont": str(fluid_path) if fluid_path else None,
+        "complete": True, "examples_sha256": sha256_file(examples_path), "n_notes": len(examples),
         "notes_per_family": dict(sorted(families.items())), "silent_notes_dropped": holes,
     })
     seconds = time.perf_counter() - started
