@@ -38,8 +38,9 @@ from typing import Sequence
 from data.audio import write_wav
 from data.contract import INDEX_COLUMNS, check_provenance
 from data.files import read_json, write_json, write_text
+from data.realised_content import content_part_path, format_content_part
 from data.stage import InputError
-from diffusion.base import KINDS, Generator, TrajectoryObserver
+from diffusion.base import KINDS, Conditioning, Generator, TrajectoryAxis, TrajectoryObserver
 
 GENERATION_JSON = "generation.json"
 PROVENANCE_FIX = "pass --force to regenerate with these settings, or use another --data"
@@ -85,26 +86,26 @@ def parse_shard(spec: str | None, environ=None) -> Shard:
     return Shard(index, count)
 
 
-def default_capture_steps(steps: int) -> list[int]:
-    """Every tenth of the trajectory plus the last step: the reference study's 5, 10, ..., 45, 49 of 50."""
-    stride = max(1, steps // 10)
-    return sorted({stride * k for k in range(1, 10) if stride * k < steps} | {steps - 1})
-
-
-def parse_capture_steps(text: str | None, steps: int, default: Sequence[int]) -> list[int]:
+def parse_capture_steps(text: str | None, axis: TrajectoryAxis, default: Sequence[int]) -> list[int]:
+    """--capture-steps: positions on the generator's trajectory axis (denoising steps or layers)."""
     if text is None:
-        return sorted(set(int(step) for step in default))
+        return sorted(set(int(position) for position in default))
     try:
         chosen = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
         raise InputError(f"--capture-steps {text!r} is not a comma-separated list of integers — "
                          "pass e.g. --capture-steps 5,10,49") from None
     if not chosen:
-        raise InputError("--capture-steps is empty — pass at least one step, e.g. --capture-steps 49")
-    outside = [step for step in chosen if not 0 <= step < steps]
+        raise InputError(f"--capture-steps is empty — pass at least one {axis.unit}, "
+                         f"e.g. --capture-steps {axis.positions[-1]}")
+    valid = set(axis.positions)
+    outside = [position for position in chosen if position not in valid]
     if outside:
-        raise InputError(f"--capture-steps {outside[0]} is outside [0, {steps}) for a {steps}-step trajectory — "
-                         f"pick steps from 0 to {steps - 1}")
+        first, last = axis.positions[0], axis.positions[-1]
+        where = (f"outside [{first}, {last + 1})" if list(axis.positions) == list(range(first, last + 1))
+                 else "not a position of the axis")
+        raise InputError(f"--capture-steps {outside[0]} is {where} for a {axis.describe()} — "
+                         f"pick {axis.unit}s from {first} to {last}")
     return chosen
 
 
@@ -154,14 +155,14 @@ def generation_record(generator: Generator, settings: TrajectorySettings, annota
     record.update({
         "generator": generator.name,
         "seed": int(settings.seed),
-        "steps": int(generator.steps),
         "capture_steps": [int(step) for step in settings.capture_steps],
         "kinds": list(settings.kinds),
         "samples_per_prompt": int(settings.samples),
         "seconds_total": float(settings.seconds),
         "sample_rate": int(generator.sample_rate),
         "channels": int(generator.channels),
-        "trajectory_axis": generator.trajectory_axis,
+        "trajectory_axis": generator.axis.record(),
+        "content_labels": list(generator.content_labels),
         "annotated_sha256": annotated_sha256,
     })
     # What the JSON file will hold (tuples become lists), so that a fresh record compares equal to a stored one.
@@ -218,39 +219,48 @@ def run_trajectories(generator: Generator, prompts, generated: Path, settings: T
     mine = shard.select(list(by_id))
     summary.prompts = len(mine)
     expected = settings.expected_rows()
-    todo = [prompt_id for prompt_id in mine if force or not part_is_complete(generated, prompt_id, expected)]
+    todo = [prompt_id for prompt_id in mine
+            if force or not part_is_complete(generated, prompt_id, expected, generator.content_labels)]
     summary.skipped = len(mine) - len(todo)
     with ThreadPoolExecutor(max_workers=WAV_WRITERS) as writers, \
             tqdm(total=len(todo), unit="prompt", desc=f"stage 2 {generator.name} shard {shard}",
                  disable=not progress or not todo, dynamic_ncols=True) as bar:
         for prompt_id in todo:
             row = by_id[prompt_id]
-            summary.clips += generate_prompt(generator, prompt_id, row.prompt, list(row.labels), generated,
-                                             settings, writers)
+            conditioning = Conditioning(prompt=row.prompt, labels=tuple(row.labels))
+            summary.clips += generate_prompt(generator, prompt_id, conditioning, generated, settings, writers)
             summary.generated += 1
             bar.update(1)
     return summary
 
 
-def generate_prompt(generator: Generator, prompt_id: str, prompt: str, labels: list[str], generated: Path,
+def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditioning, generated: Path,
                     settings: TrajectorySettings, writers: ThreadPoolExecutor) -> int:
-    """All samples of one prompt: wavs first, the index part last. Returns the number of clips written."""
+    """All samples of one prompt: wavs first, then the realised content part (if the generator reports
+    content), the index part last. Returns the number of clips written."""
     part_path = generated / "index" / f"{prompt_id}.csv"
+    content_path = content_part_path(generated, prompt_id)
     # A part says "complete"; drop it before touching the prompt's clips so that no kill leaves it lying.
     part_path.unlink(missing_ok=True)
+    content_path.unlink(missing_ok=True)
     audio_dir = generated / "audio" / prompt_id
     if audio_dir.exists():
         shutil.rmtree(audio_dir)
+    labels = tuple(generator.content_labels)
     base_seed = prompt_seed(settings.seed, prompt_id)
     rows = []
     for first in range(0, settings.samples, settings.batch_size):
         count = min(settings.batch_size, settings.samples - first)
         observer = TrajectoryObserver(settings.capture_steps, settings.kinds)
-        generator.sample(prompt, labels, base_seed + first, count, settings.seconds, observer)
-        clips = []  # (sample, kind, step, sigma, latent)
+        generator.sample(conditioning, base_seed + first, count, settings.seconds, observer)
+        clips = []  # (sample, kind, step, sigma, latent, content {label: mass})
         for captured in observer.captured:
+            if set(captured.content) != set(labels):
+                raise RuntimeError(f"{generator.name}: the observer's content at step {captured.position} has "
+                                   f"labels {sorted(captured.content)}, not the declared {list(labels)}")
             for row in range(count):
-                clips.append((first + row, captured.kind, captured.step, captured.sigma, captured.latent[row]))
+                clips.append((first + row, captured.kind, captured.position, captured.sigma, captured.latent[row],
+                              {label: float(captured.content[label][row]) for label in labels}))
         missing = {(sample, kind, step) for sample in range(first, first + count) for kind in settings.kinds
                    for step in settings.capture_steps} - {clip[:3] for clip in clips}
         if missing:
@@ -259,6 +269,8 @@ def generate_prompt(generator: Generator, prompt_id: str, prompt: str, labels: l
         observer.captured.clear()
         rows.extend(_decode_and_write(generator, prompt_id, clips, base_seed, generated, settings, writers))
     rows.sort(key=lambda row: (row["sample"], row["kind"], row["step"]))
+    if labels:
+        write_text(content_path, format_content_part(rows, labels))
     write_text(part_path, _part_csv(rows))
     return len(rows)
 
@@ -270,7 +282,7 @@ def _decode_and_write(generator: Generator, prompt_id: str, clips: list, base_se
     rows, pending = [], []
     for start in range(0, len(clips), settings.decode_batch_size):
         chunk = clips[start:start + settings.decode_batch_size]
-        audio = generator.decode(torch.stack([clip[4] for clip in chunk]))
+        audio = generator.decode(torch.stack([clip[4] for clip in chunk]), settings.seconds)
         if audio.ndim != 3 or audio.shape[0] != len(chunk) or audio.shape[1] != generator.channels:
             raise RuntimeError(f"{generator.name}.decode gave shape {list(audio.shape)} for {len(chunk)} latents; "
                                f"expected [{len(chunk)}, {generator.channels}, samples]")
@@ -279,14 +291,14 @@ def _decode_and_write(generator: Generator, prompt_id: str, clips: list, base_se
         for future in pending:
             future.result()
         pending = []
-        for (sample, kind, step, sigma, _), clip_audio in zip(chunk, audio):
+        for (sample, kind, step, sigma, _, content), clip_audio in zip(chunk, audio):
             relative = clip_path(prompt_id, sample, kind, step)
             pending.append(writers.submit(write_wav, generated / relative, clip_audio, generator.sample_rate))
             # A layer trajectory has no noise level: its sigma is NaN and the column stays empty.
             sigma_text = "" if sigma is None or math.isnan(sigma) else repr(float(sigma))
             rows.append({"prompt_id": prompt_id, "sample": sample, "step": step, "sigma": sigma_text,
                          "kind": kind, "seed": base_seed + sample, "seconds_total": repr(float(settings.seconds)),
-                         "sample_rate": generator.sample_rate, "path": relative})
+                         "sample_rate": generator.sample_rate, "path": relative, "content": content})
     for future in pending:
         future.result()
     return rows
@@ -294,16 +306,19 @@ def _decode_and_write(generator: Generator, prompt_id: str, clips: list, base_se
 
 def _part_csv(rows: list[dict]) -> str:
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(INDEX_COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=list(INDEX_COLUMNS), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return text.getvalue()
 
 
-def part_is_complete(generated: Path, prompt_id: str, expected: set) -> bool:
-    """The prompt's part lists exactly the expected clips, and every listed wav exists."""
+def part_is_complete(generated: Path, prompt_id: str, expected: set, content_labels: Sequence[str] = ()) -> bool:
+    """The prompt's part lists exactly the expected clips, every listed wav exists, and so does its realised
+    content part when the generator reports content."""
     part_path = generated / "index" / f"{prompt_id}.csv"
     if not part_path.is_file():
+        return False
+    if content_labels and not content_part_path(generated, prompt_id).is_file():
         return False
     try:
         with open(part_path, newline="", encoding="utf-8") as handle:
@@ -317,16 +332,31 @@ def part_is_complete(generated: Path, prompt_id: str, expected: set) -> bool:
             and all((generated / path).is_file() for path in paths))
 
 
-def remove_orphans(generated: Path, known_prompt_ids: set) -> list[str]:
-    """Delete index parts and audio folders of prompts that are no longer in annotated.csv."""
+def remove_prompt_outputs(generated: Path, prompt_ids) -> list[str]:
+    """Delete the index parts, content parts and audio folders of these prompts; the ids that had a part."""
     removed = []
-    index_dir = generated / "index"
-    for part in sorted(index_dir.glob("*.csv")) if index_dir.is_dir() else []:
-        if part.stem not in known_prompt_ids:
+    for prompt_id in sorted(prompt_ids):
+        part = generated / "index" / f"{prompt_id}.csv"
+        if part.is_file():
             part.unlink()
-            removed.append(part.stem)
-    audio_root = generated / "audio"
-    for folder in sorted(audio_root.iterdir()) if audio_root.is_dir() else []:
-        if folder.is_dir() and folder.name not in known_prompt_ids:
-            shutil.rmtree(folder)
+            removed.append(prompt_id)
+        content_part_path(generated, prompt_id).unlink(missing_ok=True)
+        if (generated / "audio" / prompt_id).is_dir():
+            shutil.rmtree(generated / "audio" / prompt_id)
     return removed
+
+
+def prompts_on_disk(generated: Path) -> set[str]:
+    """Prompt ids that have an index part, a content part or an audio folder."""
+    found = set()
+    for folder, pattern in (("index", "*.csv"), ("content", "*.csv")):
+        directory = generated / folder
+        found |= {path.stem for path in directory.glob(pattern)} if directory.is_dir() else set()
+    audio_root = generated / "audio"
+    found |= {path.name for path in audio_root.iterdir() if path.is_dir()} if audio_root.is_dir() else set()
+    return found
+
+
+def remove_orphans(generated: Path, known_prompt_ids: set) -> list[str]:
+    """Delete the outputs of prompts that are no longer in annotated.csv."""
+    return remove_prompt_outputs(generated, prompts_on_disk(generated) - set(known_prompt_ids))

@@ -3,6 +3,7 @@ batching, provenance, and every bad input as a one-line error that writes nothin
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,12 +15,13 @@ from conftest import REPO_ROOT
 from data import contract
 from data.audio import read_audio
 from data.files import write_csv
-from data.stage import run_stage
+from data.stage import InputError, run_stage
 from diffusion import trajectory
 from diffusion.bank import save_bank
+from diffusion.base import default_capture_steps
 from diffusion.ideal import IdealGenerator
 from diffusion.stage2_generate import build_parser, main
-from diffusion.trajectory import Shard, default_capture_steps, parse_shard, prompt_seed
+from diffusion.trajectory import Shard, parse_shard, prompt_seed
 from test_ideal import SYNTHETIC_RATE, synthetic_bank
 
 PROMPTS = [
@@ -91,6 +93,7 @@ def test_outputs_follow_the_contract(reference_run, capsys):
         assert key in generation, key
     assert generation["model_kind"] == "reference model, not a trained one"
     assert generation["model_sha256"] == synthetic_bank().sha256
+    assert generation["trajectory_axis"] == {"name": "denoising_step", "unit": "step", "positions": list(range(50))}
 
 
 def test_rerun_skips_every_done_prompt_and_touches_nothing(reference_run, bank_dir, capsys):
@@ -157,7 +160,8 @@ def test_batch_sizes_change_nothing_and_decoding_is_batched(tmp_path, reference_
     decoded = []
     real_decode = IdealGenerator.decode
     monkeypatch.setattr(IdealGenerator, "decode",
-                        lambda self, latents: (decoded.append(len(latents)), real_decode(self, latents))[1])
+                        lambda self, latents, seconds: (decoded.append(len(latents)),
+                                                         real_decode(self, latents, seconds))[1])
     assert stage2(data, bank_dir, "--batch-size", "1", "--decode-batch-size", "3") == 0
     assert snapshot(data) == reference_files
     # Per sampler call (1 sample, 10 clips): decoder calls of 3, 3, 3 and 1.
@@ -272,18 +276,48 @@ def test_shard_parsing_and_selection():
 
 
 def test_index_parts_are_written_last(tmp_path, bank_dir, monkeypatch):
-    """Within a prompt, every wav is on disk before its part appears."""
+    """Within a prompt, every wav and its realised content part are on disk before its index part appears."""
     data = make_data(tmp_path, PROMPTS[:2])
     events = []
     real_write_wav, real_write_text = trajectory.write_wav, trajectory.write_text
     monkeypatch.setattr(trajectory, "write_wav", lambda path, *a, **k: (real_write_wav(path, *a, **k),
                                                                            events.append(("wav", path.parent.name))))
-    monkeypatch.setattr(trajectory, "write_text", lambda path, *a: (events.append(("part", path.stem)),
+    monkeypatch.setattr(trajectory, "write_text", lambda path, *a: (events.append((path.parent.name, path.stem)),
                                                                      real_write_text(path, *a)))
     assert stage2(data, bank_dir, "--samples", "1") == 0
     for prompt_id in ("p-brass", "p-strings"):
         positions = [i for i, event in enumerate(events) if event[1] == prompt_id]
-        assert events[positions[-1]] == ("part", prompt_id)
-        assert [event for event in events if event == ("part", prompt_id)] == [("part", prompt_id)]
+        assert [events[i] for i in positions[-2:]] == [("content", prompt_id), ("index", prompt_id)]
+        assert [event for event in events if event == ("index", prompt_id)] == [("index", prompt_id)]
     with open(contract.generated_dir(data) / "index" / "p-brass.csv", newline="") as handle:
         assert next(csv.reader(handle)) == list(contract.INDEX_COLUMNS)
+
+
+def test_realised_content_is_row_aligned_and_ends_on_the_labels_of_the_chosen_clip(reference_run, bank_dir,
+                                                                                   tmp_path, capsys):
+    from data.realised_content import read_realised_content
+
+    data, files = reference_run
+    index = contract.read_generated_index(data)
+    content = read_realised_content(data, index)
+    labels = json.loads(files["generation.json"])["content_labels"]
+    assert list(content.columns) == [f"content_{label}" for label in labels] and len(content) == len(index)
+    assert ((content >= 0) & (content <= 1)).all().all()
+    bank = synthetic_bank()
+    for row in np.flatnonzero(index.step.to_numpy() == 49):
+        audio, _ = read_audio(contract.generated_dir(data) / index.path[row])
+        chosen = int(np.argmin(np.abs(bank.audio - audio[0]).max(axis=1)))
+        assert np.abs(bank.audio[chosen] - audio[0]).max() < 1e-3      # the clip the trajectory committed to
+        assert content.loc[row].to_dict() == {f"content_{label}": float(label in bank.labels[chosen])
+                                              for label in labels}
+    early = content[index.step.to_numpy() == 5].to_numpy()
+    assert ((early > 1e-3) & (early < 1 - 1e-3)).any()                  # a blend early on
+    # A prompt whose content part is missing is not done: the rerun makes it again, byte for byte.
+    data = tmp_path / "copy"
+    shutil.copytree(reference_run[0], data)
+    (contract.generated_dir(data) / "content" / "p-keys.csv").unlink()
+    with pytest.raises(InputError, match="p-keys.csv: missing"):
+        read_realised_content(data, index)
+    assert stage2(data, bank_dir) == 0
+    assert "5 already done, 1 generated" in capsys.readouterr().err
+    assert snapshot(data) == files
