@@ -25,6 +25,7 @@ from tqdm import tqdm
 from data.contract import (check_same_embedder, concepts_dir, generated_dir, read_annotated, read_embeddings,
                            read_generated_index, read_notes, read_sets, read_sidecar, table_sha256)
 from data.files import read_json, sha256_file, write_csv, write_json
+from data.realised_content import read_realised_content
 from data.stage import InputError, main_exit, stage_parser
 from interp import probes as probe_families
 from interp import statistics, summary
@@ -177,7 +178,6 @@ def _available_stems(folder: Path) -> str:
 def load_content(data: Path, index: pd.DataFrame, selected: np.ndarray) -> RealisedContent | None:
     """The realised content stage 2 records for generators that know what they made (the reference model),
     for the analysed rows of the index; None when the generator records none (data/ARTIFACTS.md, stage 2)."""
-    from data.realised_content import read_realised_content
     frame = read_realised_content(data, index)
     if frame is None:
         return None

@@ -105,6 +105,10 @@ def summarise(out, record: dict | None = None) -> dict:
     return summary
 
 
+def _fixed(value, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
 def _listing(names: list, steps: dict | None = None) -> str:
     if not names:
         return "none"
@@ -127,8 +131,8 @@ def markdown(summary: dict) -> str:
     if quality["highest"]:
         lines.append(
             f"- **Probe quality** (NSynth test AUROC, {quality['concepts_tested']} concepts): from "
-            f"{quality['lowest']['auroc']:.2f} ({quality['lowest']['concept']}) to {quality['highest']['auroc']:.2f} "
-            f"({quality['highest']['concept']}), median {quality['median_auroc']:.2f}; no instrument interval (one test "
+            f"{_fixed(quality['lowest']['auroc'], 2)} ({quality['lowest']['concept']}) to {_fixed(quality['highest']['auroc'], 2)} "
+            f"({quality['highest']['concept']}), median {_fixed(quality['median_auroc'], 2)}; no instrument interval (one test "
             f"instrument on a side) for {len(quality['no_instrument_interval'])}: "
             f"{_listing(quality['no_instrument_interval'])}.")
     for yardstick, metrics in summary["emergence"].items():
@@ -147,12 +151,12 @@ def markdown(summary: dict) -> str:
     if families["count"]:
         lines.append(
             f"- **Families against the prompts** ({families['count']} family probes): mean TPR "
-            f"{families['mean_tpr_first']:.2f} at {unit} {positions[0]} → {families['mean_tpr_last']:.2f} at {unit} "
-            f"{positions[-1]}; mean TNR {families['mean_tnr']:.2f}; mean AUROC {families['mean_auroc']:.2f}.")
+            f"{_fixed(families['mean_tpr_first'], 2)} at {unit} {positions[0]} → {_fixed(families['mean_tpr_last'], 2)} at {unit} "
+            f"{positions[-1]}; mean TNR {_fixed(families['mean_tnr'], 2)}; mean AUROC {_fixed(families['mean_auroc'], 2)}.")
     drift = summary["drift"]
     identical = (f"identical clips from {unit} {drift['identical_from']} on"
                  if drift["identical_from"] is not None else "no two consecutive positions identical")
-    lines.append(f"- **Drift.** Cosine distance to the final {unit}: {drift['cosine_first']:.3f} at {unit} "
+    lines.append(f"- **Drift.** Cosine distance to the final {unit}: {_fixed(drift['cosine_first'], 3)} at {unit} "
                  f"{positions[0]}; {identical}: {drift['distinct_positions']} distinct of {len(positions)} {unit}s.")
     return "\n".join(lines) + "\n"
 

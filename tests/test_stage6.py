@@ -23,7 +23,7 @@ UNRELATED = ("long", "is_acoustic", "is_electronic", "is_synthetic")
 def results(tmp_path_factory):
     root = analysed_data(tmp_path_factory)
     out = stage6_probe.results_dir(root, EMBEDDER, "logreg", "x0")
-    return root, out, {name: pd.read_csv(out / name) for name in stage6_probe.OUTPUT_FILES}
+    return root, out, {name: pd.read_csv(out / name) for name in stage6_probe.OUTPUT_FILES if name.endswith(".csv")}
 
 
 def _run(argv):
@@ -32,31 +32,47 @@ def _run(argv):
 
 def test_injected_concept_emerges_at_its_step(results):
     _, _, tables = results
-    steps = tables["emergence_steps.csv"].set_index(["concept", "metric"])
-    assert steps.loc[("is_brass", "auroc"), "emergence_step"] == 40
-    brass = tables["emergence.csv"].query("concept == 'is_brass'").set_index("step")
+    steps = tables["emergence_steps.csv"].set_index(["yardstick", "concept", "metric"])
+    for yardstick in ("prompt", "content"):
+        brass = steps.loc[(yardstick, "is_brass", "auroc")]
+        assert brass["status"] == "emerged" and brass["emergence_step"] == 40
+        assert brass["first_above"] == 40 and brass["last_above"] == 100
+        assert brass["distinct_above"] == 4 and brass["n_distinct"] == 6
+        # A direction only where the final value is significant (empty cells read back as NaN).
+        assert brass["final_direction"] == "above" if brass["final_significant"] else pd.isna(brass["final_direction"])
+    brass = tables["emergence.csv"].query("concept == 'is_brass' and yardstick == 'prompt'").set_index("step")
     assert (brass.loc[[0, 20], "auroc_low"] < brass.loc[[0, 20], "auroc_baseline_p95"]).all()
     assert (brass.loc[40:, "auroc"] > 0.9).all()
+    assert (brass.loc[40:, "auroc_direction"] == "above").all()
+    assert (brass["trajectory_axis"] == "denoising_step").all()
 
 
 def test_unrelated_concepts_are_not_significant(results):
     _, _, tables = results
-    table = tables["emergence.csv"]
+    table = tables["emergence.csv"].query("yardstick == 'prompt'")
     unrelated = table[table["concept"].isin(UNRELATED)]
     assert len(unrelated) == len(UNRELATED) * 6 and unrelated["auroc"].notna().all()
     assert not unrelated["auroc_significant"].any()
     assert not unrelated["balanced_accuracy_significant"].any()
 
 
-def test_bonferroni_over_concepts_and_steps(results):
-    _, _, tables = results
+def test_bonferroni_over_every_test_the_report_shows(results):
+    """One family: every metric x concept x step x yardstick with a p-value; direction says which side."""
+    _, out, tables = results
     table = tables["emergence.csv"]
-    for metric in ("auroc", "balanced_accuracy", "tpr"):
-        tested = table[f"{metric}_p"].notna()
-        assert tested.sum() > 100
-        expected = np.minimum(table[f"{metric}_p"] * tested.sum(), 1.0)
+    metrics = ("accuracy", "tpr", "tnr", "balanced_accuracy", "auroc")
+    n_tests = int(table[[f"{metric}_p" for metric in metrics]].notna().to_numpy().sum())
+    assert n_tests > 5 * 2 * 100 and read_json(out / "stage6.json")["n_tests"] == n_tests
+    assert f"Bonferroni over all {n_tests} tests" in (out / "report.html").read_text(encoding="utf-8")
+    for metric in metrics:
+        expected = np.minimum(table[f"{metric}_p"] * n_tests, 1.0)
         np.testing.assert_allclose(table[f"{metric}_p_bonferroni"], expected)
         np.testing.assert_array_equal(table[f"{metric}_significant"], table[f"{metric}_p_bonferroni"] < 0.05)
+        tested = table[f"{metric}_p"].notna()
+        above = table[f"{metric}"] > table[f"{metric}_baseline_mean"]
+        assert (table.loc[tested & above, f"{metric}_direction"] == "above").all()
+        below = table[f"{metric}"] < table[f"{metric}_baseline_mean"]
+        assert (table.loc[tested & below, f"{metric}_direction"] == "below").all()
 
 
 def test_outputs_align_with_the_clips(results):
@@ -65,29 +81,35 @@ def test_outputs_align_with_the_clips(results):
     assert len(probabilities) == 40 * 2 * 6
     assert list(probabilities.columns[5:]) == [concept.name for concept in CONCEPTS]
     assert probabilities[[c.name for c in CONCEPTS]].apply(lambda column: column.between(0, 1)).all().all()
-    assert len(tables["emergence.csv"]) == len(CONCEPTS) * 6
+    assert len(tables["emergence.csv"]) == len(CONCEPTS) * 6 * 2  # two yardsticks
     drift = tables["drift.csv"]
     final = drift[drift["step"] == 100]
     assert np.allclose(final[["cosine_distance", "l2_distance"]], 0.0)
     summary = tables["drift_summary.csv"]
     # The synthetic trajectories shrink their noise towards the end: drift falls with the step.
     assert summary["l2_distance"].is_monotonic_decreasing
+    assert (summary["distinct_position"] == summary["step"]).all()  # noise at every step: all distinct
     quality = tables["probe_quality.csv"].set_index("concept")
-    assert quality.loc["is_brass", "test_auroc"] > 0.8
-    assert quality.loc["is_brass", "test_auroc_low"] <= quality.loc["is_brass", "test_auroc"] <= \
-        quality.loc["is_brass", "test_auroc_high"]
+    # The synthetic notes put one brass instrument in the test split: no instrument CI, and the note says so.
+    assert quality.loc["is_brass", "test_auroc"] > 0.8 and quality.loc["is_brass", "n_test_positive_instruments"] == 1
+    assert np.isnan(quality.loc["is_brass", "test_auroc_low"]) and "one instrument" in quality.loc["is_brass", "note"]
+    assert quality.loc["is_acoustic", "n_test_positive_instruments"] >= 2
+    assert quality.loc["is_acoustic", "test_auroc_low"] <= quality.loc["is_acoustic", "test_auroc"] <= \
+        quality.loc["is_acoustic", "test_auroc_high"]
     sidecar = read_json(out / "stage6.json")
-    assert sidecar["settings"]["bootstrap"] == 300 and (out / "plots" / "heatmap_auroc.png").is_file()
+    assert sidecar["settings"]["bootstrap"] == 300 and sidecar["settings"]["baseline"] == "instruments"
+    assert sidecar["trajectory_axis"]["unit"] == "step" and sidecar["yardsticks"] == ["prompt", "content"]
+    assert (out / "plots" / "heatmap_auroc.png").is_file() and (out / "plots" / "heatmap_auroc_content.png").is_file()
 
 
 def test_concept_nobody_asks_for_is_nan_with_a_note(results):
     _, _, tables = results
-    distorted = tables["emergence.csv"].query("concept == 'distorted'")
+    distorted = tables["emergence.csv"].query("concept == 'distorted' and yardstick == 'prompt'")
     assert distorted["n_positive_prompts"].eq(0).all()
     assert distorted["auroc"].isna().all() and distorted["tpr"].isna().all()
     assert distorted["note"].str.contains("no prompt asks for this concept").all()
     steps = tables["emergence_steps.csv"].query("concept == 'distorted'")
-    assert steps["emergence_step"].isna().all()
+    assert steps["emergence_step"].isna().all() and (steps["status"] == "undefined").all()
 
 
 def test_up_to_date_runs_are_skipped_and_force_redoes(tmp_path, capsys):
@@ -173,8 +195,8 @@ def test_text_probe_finds_emergence_with_and_without_nsynth(tmp_path, monkeypatc
     argv = ["--data", root, "--embedder", EMBEDDER, "--probe", "text", "--bootstrap", "200", "--no-report"]
     assert _run(argv) == 0
     out = stage6_probe.results_dir(root, EMBEDDER, "text", "x0")
-    steps = pd.read_csv(out / "emergence_steps.csv").set_index(["concept", "metric"])
-    assert steps.loc[("is_brass", "auroc"), "emergence_step"] == 40
+    steps = pd.read_csv(out / "emergence_steps.csv").set_index(["yardstick", "concept", "metric"])
+    assert steps.loc[("prompt", "is_brass", "auroc"), "emergence_step"] == 40
     assert pd.read_csv(out / "probe_quality.csv").set_index("concept").loc["is_brass", "test_auroc"] > 0.8
     # Zero-shot needs no NSynth: scores (cosines) and AUROC, but no thresholds, so no decision metrics.
     for name in ("notes.csv", "sets.csv"):
@@ -182,8 +204,8 @@ def test_text_probe_finds_emergence_with_and_without_nsynth(tmp_path, monkeypatc
     assert _run(argv + ["--force"]) == 0
     table = pd.read_csv(out / "emergence.csv")
     assert table["balanced_accuracy"].isna().all()
-    assert pd.read_csv(out / "emergence_steps.csv").set_index(["concept", "metric"]).loc[
-        ("is_brass", "auroc"), "emergence_step"] == 40
+    assert pd.read_csv(out / "emergence_steps.csv").set_index(["yardstick", "concept", "metric"]).loc[
+        ("prompt", "is_brass", "auroc"), "emergence_step"] == 40
 
 
 def test_text_probe_refuses_an_embedder_without_text(small_data, capsys):
