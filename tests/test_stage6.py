@@ -211,3 +211,88 @@ def test_text_probe_finds_emergence_with_and_without_nsynth(tmp_path, monkeypatc
 def test_text_probe_refuses_an_embedder_without_text(small_data, capsys):
     message = _error(capsys, ["--data", small_data, "--embedder", EMBEDDER, "--probe", "text", "--no-report"])
     assert "embedder 'synthetic' is unknown" in message
+
+
+def test_realised_content_separates_an_unread_concept_from_an_unmade_one(tmp_path):
+    """40% of the prompts do not realise brass: the clips carry no brass, and their content says so. Against
+    the realised content the probe is right about brass; against the prompts it is penalised for the model's
+    failure. Both yardsticks agree on when brass emerges."""
+    root = write_synthetic_data(tmp_path, n_prompts=30, samples=2, steps=(0, 40, 80), dim=32, write_audio=False,
+                                inject={"brass": 40}, unrealised=0.4)
+    assert _run(["--data", root, "--embedder", EMBEDDER, "--bootstrap", "200", "--random-baselines", "6",
+                 "--no-report"]) == 0
+    out = stage6_probe.results_dir(root, EMBEDDER, "logreg", "x0")
+    table = pd.read_csv(out / "emergence.csv").set_index(["yardstick", "concept", "step"])
+    assert table.loc[("content", "is_brass", 80), "auroc"] > 0.95
+    assert table.loc[("prompt", "is_brass", 80), "auroc"] < table.loc[("content", "is_brass", 80), "auroc"] - 0.1
+    # Prompts that asked for brass but did not get it are content negatives.
+    assert table.loc[("content", "is_brass", 80), "n_positive_clips"] < table.loc[("prompt", "is_brass", 80),
+                                                                                  "n_positive_clips"]
+    steps = pd.read_csv(out / "emergence_steps.csv").set_index(["yardstick", "concept", "metric"])
+    assert steps.loc[("content", "is_brass", "auroc"), "emergence_step"] == 40
+    # Realised labels cover families, drum and sources only: a reverb concept has no content positives.
+    assert steps.loc[("content", "long", "auroc"), "status"] == "undefined"
+
+
+def test_a_generator_without_content_and_a_layer_axis(tmp_path):
+    """No content artifact: the prompt yardstick alone, no special case. A layer trajectory: the axis named
+    in generation.json reaches the CSVs, the sidecar, the summary and the report's words."""
+    root = write_synthetic_data(tmp_path, n_prompts=12, samples=1, steps=(1, 2, 3, 4), dim=16, write_audio=True,
+                                n_instruments=24, notes_per_instrument=4, inject={"brass": 3}, content=False,
+                                axis=("layer", "layer"))
+    assert _run(["--data", root, "--embedder", EMBEDDER, "--bootstrap", "50", "--random-baselines", "3"]) == 0
+    out = stage6_probe.results_dir(root, EMBEDDER, "logreg", "x0")
+    table = pd.read_csv(out / "emergence.csv")
+    assert set(table["yardstick"]) == {"prompt"} and len(table) == len(CONCEPTS) * 4
+    assert set(table["trajectory_axis"]) == {"layer"}
+    assert set(pd.read_csv(out / "emergence_steps.csv")["trajectory_axis"]) == {"layer"}
+    assert read_json(out / "stage6.json")["trajectory_axis"] == {"name": "layer", "unit": "layer",
+                                                                  "positions": [0, 1, 2, 3, 4]}
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "AUROC per concept and layer" in page and "<th>layer</th>" in page and "per step" not in page
+    assert "records no realised content" in page
+    snippet = (out / "summary.md").read_text(encoding="utf-8")
+    assert "4 layers (1–4, axis `layer`)" in snippet and "step" not in snippet
+
+
+def test_an_axis_given_by_name_only_and_the_note_baseline(tmp_path):
+    """Older generation.json files name the axis with a string; --baseline notes keeps the per-note draw."""
+    root = write_synthetic_data(tmp_path, n_prompts=8, samples=1, steps=(0, 10), dim=16, write_audio=False,
+                                n_instruments=24, notes_per_instrument=4)
+    generation = root / "generated" / "generation.json"
+    write_json(generation, dict(read_json(generation), trajectory_axis="denoising_step"))
+    argv = ["--data", root, "--embedder", EMBEDDER, "--bootstrap", "20", "--random-baselines", "3", "--no-report"]
+    assert _run(argv + ["--baseline", "notes"]) == 0
+    out = stage6_probe.results_dir(root, EMBEDDER, "logreg", "x0")
+    record = read_json(out / "stage6.json")
+    assert record["trajectory_axis"]["unit"] == "step" and record["settings"]["baseline"] == "notes"
+    by_notes = pd.read_csv(out / "emergence.csv")["auroc_baseline_mean"]
+    assert _run(argv + ["--force"]) == 0
+    by_instruments = pd.read_csv(out / "emergence.csv")["auroc_baseline_mean"]
+    assert not np.allclose(by_notes.dropna(), by_instruments.dropna())
+
+
+def test_identical_positions_count_once_end_to_end(tmp_path):
+    """Make the clips of step 20 identical to step 10's in every trajectory (a sampler that has committed):
+    drift_summary and emergence_steps see two distinct positions, not three."""
+    root = write_synthetic_data(tmp_path, n_prompts=20, samples=1, steps=(0, 10, 20), dim=16, write_audio=False,
+                                inject={"brass": 10}, strength=6.0, n_instruments=24, notes_per_instrument=4)
+    npy = root / "generated" / "embeddings" / f"{EMBEDDER}.npy"
+    matrix = np.load(npy)
+    steps = stage6_probe.read_generated_index(root)["step"].to_numpy()
+    matrix[steps == 20] = matrix[steps == 10]
+    write_npy(npy, matrix)
+    assert _run(["--data", root, "--embedder", EMBEDDER, "--bootstrap", "100", "--random-baselines", "4",
+                 "--no-report"]) == 0
+    out = stage6_probe.results_dir(root, EMBEDDER, "logreg", "x0")
+    assert pd.read_csv(out / "drift_summary.csv")["distinct_position"].tolist() == [0, 10, 10]
+    steps_table = pd.read_csv(out / "emergence_steps.csv").set_index(["yardstick", "concept", "metric"])
+    brass = steps_table.loc[("prompt", "is_brass", "auroc")]
+    assert brass["status"] == "emerged" and brass["emergence_step"] == 10
+    assert brass["distinct_above"] == 1 and brass["n_distinct"] == 2
+    assert (steps_table["n_distinct"] <= 2).all()
+
+
+def test_unknown_baseline_is_refused(small_data, capsys):
+    message = _error(capsys, ["--data", small_data, "--embedder", EMBEDDER, "--baseline", "prompts", "--no-report"])
+    assert message == "error: --baseline 'prompts' is unknown — choose from instruments, notes"
