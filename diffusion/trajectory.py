@@ -15,9 +15,12 @@ A backend (diffusion/base.py) only samples and decodes; `run_trajectories` does 
   were written. A killed run leaves no part for its unfinished prompt; the rerun clears that prompt's audio
   folder and makes it again.
 - Resume: a prompt is done when its part lists exactly the expected (sample, kind, step) rows and their wavs
-  exist; generated/generation.json (written atomically before any clip) must match this run's provenance.
-  --force rewrites generation.json, redoes this shard's prompts and deletes parts of prompts that are no longer
-  in annotated.csv; after changing settings, rerun every shard with --force (or use a fresh --data).
+  (and realised content part, for generators that report content) exist; generated/generation.json (written
+  atomically before any clip) must match this run's provenance.
+- --force rewrites generation.json, redoes this shard's prompts and deletes parts of prompts that are no longer
+  in annotated.csv. It never leaves clips of two settings under one generation.json: with new settings, a
+  --limit-prompts run that would leave other prompts' clips is refused (`stale_prompts`), and a shard deletes
+  the other shards' old clips, which those shards then remake (with or without --force).
 - generation.json is the one file every shard may write: shards started together write identical bytes, each
   with an atomic rename.
 """
@@ -28,7 +31,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,51 +41,13 @@ from data.audio import write_wav
 from data.contract import INDEX_COLUMNS, check_provenance
 from data.files import read_json, write_json, write_text
 from data.realised_content import content_part_path, format_content_part
-from data.stage import InputError
+from data.stage import InputError, Shard, parse_shard  # noqa: F401 (parse_shard: stage 2 imports it here)
 from diffusion.base import KINDS, Conditioning, Generator, TrajectoryAxis, TrajectoryObserver
 
 GENERATION_JSON = "generation.json"
 PROVENANCE_FIX = "pass --force to regenerate with these settings, or use another --data"
 # fsync dominates a wav write (~8 ms of ~9 ms each here); a few writer threads overlap the waits.
 WAV_WRITERS = 4
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int
-    count: int
-
-    def select(self, prompt_ids: Sequence[str]) -> list[str]:
-        return [prompt_id for position, prompt_id in enumerate(sorted(prompt_ids))
-                if position % self.count == self.index]
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
-def parse_shard(spec: str | None, environ=None) -> Shard:
-    """'i/n' with 0 <= i < n; without one, a SLURM array task's position in its array, else the whole set."""
-    environ = os.environ if environ is None else environ
-    origin = "--shard"
-    if spec is None:
-        task, count = environ.get("SLURM_ARRAY_TASK_ID"), environ.get("SLURM_ARRAY_TASK_COUNT")
-        if task is None or count is None:
-            return Shard(0, 1)
-        try:
-            # Array ids need not start at 0 (--array=1-8): the shard is the task's position in the array.
-            index = int(task) - int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-            spec = f"{index}/{int(count)}"
-        except ValueError:
-            spec = f"{task}/{count}"
-        origin = "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (minus SLURM_ARRAY_TASK_MIN)"
-    parts = str(spec).split("/")
-    try:
-        index, count = (int(part) for part in parts) if len(parts) == 2 else (None, None)
-    except ValueError:
-        index, count = None, None
-    if index is None or count < 1 or not 0 <= index < count:
-        raise InputError(f"{origin} {spec!r} is not a shard 'i/n' with 0 <= i < n — pass e.g. --shard 0/4")
-    return Shard(index, count)
 
 
 def parse_capture_steps(text: str | None, axis: TrajectoryAxis, default: Sequence[int]) -> list[int]:
@@ -175,6 +139,10 @@ def check_generation(generator: Generator, settings: TrajectorySettings, annotat
     force). Writes nothing."""
     record = generation_record(generator, settings, annotated_sha256)
     provenance_path = Path(generated) / GENERATION_JSON
+    if not provenance_path.is_file() and not force and (Path(generated) / "index").is_dir() \
+            and any((Path(generated) / "index").glob("*.csv")):
+        raise InputError(f"{provenance_path}: missing beside existing index parts, so what made them is unknown — "
+                         f"{PROVENANCE_FIX}")
     if provenance_path.is_file() and not force:
         check_provenance(provenance_path, record, list(record), PROVENANCE_FIX)
         unmatched = sorted(set(read_json(provenance_path)) ^ set(record))
@@ -182,6 +150,43 @@ def check_generation(generator: Generator, settings: TrajectorySettings, annotat
             raise InputError(f"{provenance_path}: existing outputs were made by a run that "
                              f"{'lacked' if unmatched[0] in record else 'had'} '{unmatched[0]}' — {PROVENANCE_FIX}")
     return record
+
+
+def check_force(generated: Path, record: dict, prompts, shard: Shard,
+                all_prompt_ids: Sequence[str] | None = None) -> set[str]:
+    """What --force must remove so that generation.json describes every clip (`stale_prompts`); InputError
+    when it is refused. Writes nothing."""
+    given = set(prompts["prompt_id"])
+    known = set(all_prompt_ids) if all_prompt_ids is not None else given
+    return stale_prompts(Path(generated), record, known, set(shard.select(sorted(given))), limited=given != known)
+
+
+def stale_prompts(generated: Path, record: dict, known: set, redone: set, limited: bool) -> set[str]:
+    """--force with a subset of the prompts must not split provenance (one generation.json over clips made
+    with two settings). When this run's record differs from generation.json (or there is none beside existing
+    clips), the prompts it will not redo are stale:
+    - with --limit-prompts, refuse (InputError): the user asked for a quick look, not to drop other work;
+    - for a shard (the other shards make the rest), return them: they are removed before generation.json is
+      rewritten, so every clip left on disk matches it and the other shards regenerate their own prompts.
+    """
+    provenance_path = generated / GENERATION_JSON
+    existing = read_json(provenance_path) if provenance_path.is_file() else None
+    if existing == record:
+        return set()
+    others = sorted((prompts_on_disk(generated) & known) - redone)
+    if not others:
+        return set()
+    if limited:
+        if existing is None:
+            why = "without a generation.json"
+        else:
+            key = next((key for key in record if existing.get(key) != record[key]),
+                       next(iter(set(existing) - set(record)), "?"))
+            why = f"with other settings ({key} differs)"
+        raise InputError(f"{provenance_path}: --force with these settings would leave {len(others)} prompts made "
+                         f"{why} beside the {len(redone)} it redoes (e.g. {others[0]}, outside --limit-prompts) — "
+                         "rerun --force without --limit-prompts, or use a fresh --data for a quick look")
+    return set(others)
 
 
 @dataclass
@@ -192,6 +197,7 @@ class RunSummary:
     generated: int = 0
     clips: int = 0
     removed_orphans: list[str] = field(default_factory=list)
+    removed_stale: list[str] = field(default_factory=list)
 
 
 def run_trajectories(generator: Generator, prompts, generated: Path, settings: TrajectorySettings,
@@ -209,14 +215,17 @@ def run_trajectories(generator: Generator, prompts, generated: Path, settings: T
     record = check_generation(generator, settings, annotated_sha256, generated, force)
     provenance_path = generated / GENERATION_JSON
     summary = RunSummary(shard)
+    by_id = {row.prompt_id: row for row in prompts.itertuples(index=False)}
+    mine = shard.select(list(by_id))
+    known = set(all_prompt_ids if all_prompt_ids is not None else by_id)
+    stale = check_force(generated, record, prompts, shard, all_prompt_ids) if force else set()
+    # Nothing is written before this point: a refused run changes nothing.
     if not provenance_path.is_file() or read_json(provenance_path) != record:
         write_json(provenance_path, record)
     if force:
-        known = set(all_prompt_ids if all_prompt_ids is not None else prompts["prompt_id"])
         summary.removed_orphans = remove_orphans(generated, known)
+        summary.removed_stale = remove_prompt_outputs(generated, stale)
 
-    by_id = {row.prompt_id: row for row in prompts.itertuples(index=False)}
-    mine = shard.select(list(by_id))
     summary.prompts = len(mine)
     expected = settings.expected_rows()
     todo = [prompt_id for prompt_id in mine

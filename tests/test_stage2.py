@@ -321,3 +321,37 @@ def test_realised_content_is_row_aligned_and_ends_on_the_labels_of_the_chosen_cl
     assert stage2(data, bank_dir) == 0
     assert "5 already done, 1 generated" in capsys.readouterr().err
     assert snapshot(data) == files
+
+
+def test_force_with_new_settings_never_splits_provenance(tmp_path, bank_dir, capsys):
+    """Issue 13: a partial --force must not leave clips of two settings under one generation.json."""
+    data = make_data(tmp_path)
+    assert stage2(data, bank_dir, "--samples", "1") == 0
+    before = snapshot(data)
+    capsys.readouterr()
+    # --limit-prompts with new settings: refused, nothing changed.
+    assert stage2(data, bank_dir, "--samples", "1", "--seed", "7", "--force", "--limit-prompts", "2") == 2
+    line = one_error_line(capsys)
+    assert "generation.json" in line and "seed differs" in line and "4 prompts" in line
+    assert "without --limit-prompts" in line and snapshot(data) == before
+    # --limit-prompts with the same settings: only those prompts are redone, identical bytes.
+    assert stage2(data, bank_dir, "--samples", "1", "--force", "--limit-prompts", "2") == 0
+    assert snapshot(data) == before
+    # A shard with new settings removes the other shard's old clips; that shard then remakes them.
+    assert stage2(data, bank_dir, "--samples", "1", "--seed", "7", "--force", "--shard", "0/2") == 0
+    assert "removed 3 other shards' prompts" in capsys.readouterr().err
+    ids = sorted(pid for pid, _, _ in PROMPTS)
+    generated = contract.generated_dir(data)
+    assert sorted(part.stem for part in (generated / "index").glob("*.csv")) == ids[0::2]
+    assert sorted(path.name for path in (generated / "audio").iterdir()) == ids[0::2]
+    assert sorted(part.stem for part in (generated / "content").glob("*.csv")) == ids[0::2]
+    assert stage2(data, bank_dir, "--samples", "1", "--seed", "7", "--shard", "1/2") == 0
+    fresh = make_data(tmp_path / "fresh")
+    assert stage2(fresh, bank_dir, "--samples", "1", "--seed", "7") == 0
+    assert snapshot(data) == snapshot(fresh)
+    # Parts without a generation.json: what made them is unknown, so they are not resumed silently.
+    (generated / "generation.json").unlink()
+    after = snapshot(data)
+    capsys.readouterr()
+    assert stage2(data, bank_dir, "--samples", "1", "--seed", "7") == 2
+    assert "missing beside existing index parts" in one_error_line(capsys) and snapshot(data) == after
