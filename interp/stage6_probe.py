@@ -2,10 +2,11 @@
 chart when each concept emerges against two yardsticks: the prompt annotations, and (for generators that
 record it) the content the generator actually realised (data/ARTIFACTS.md, stage 6).
 
-    python interp/stage6_probe.py --data data --embedder spectral [--probe logreg|svm|cav|text]
+    python interp/stage6_probe.py --data data --embedder spectral [--model X] [--probe logreg|svm|cav|text]
                                   [--kind x0] [--baseline instruments|notes]
 
-Outputs go to <data>/results/<embedder>/<probe>/<kind>/ and are skipped when up to date with their inputs.
+Outputs go to <data>/results/<embedder stem>/<probe>/<kind>/ (the stem of --embedder/--model, as stages 3 and 5
+name their files) and are skipped when up to date with their inputs (data.contract's provenance rule).
 Read top to bottom: inputs (named records) -> probes (one ProbeFamily interface) -> emergence per yardstick ->
 one Bonferroni family -> status per concept -> files, figures, report, summary.
 """
@@ -22,11 +23,13 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from data.contract import (check_same_embedder, concepts_dir, generated_dir, read_annotated, read_embeddings,
-                           read_generated_index, read_notes, read_sets, read_sidecar, table_sha256)
-from data.files import read_json, sha256_file, write_csv, write_json
+from data.contract import (Provenance, begin, check_same_embedder, commit, concepts_dir, decide, generated_dir,
+                           read_annotated, read_embeddings, read_generated_index, read_notes, read_sets, read_sidecar,
+                           table_sha256)
+from data.files import read_json, sha256_file, write_csv
 from data.realised_content import read_realised_content
 from data.stage import InputError, main_exit, stage_parser
+from embeddings import embedding_stem
 from interp import probes as probe_families
 from interp import statistics, summary
 from interp.concepts import CONCEPTS
@@ -46,6 +49,7 @@ EMERGENCE_METRICS = ("auroc", "balanced_accuracy")
 # clips carrying the label; the concept's prompt rule is then applied to the set of realised labels.
 REALISED_MASS = 0.5
 BASELINES = ("instruments", "notes")
+EMBEDDER_KEYS = ("embedder", "model", "checkpoint_sha256", "window_policy", "dim")
 
 
 def results_dir(data: Path, embedder: str, probe: str, kind: str) -> Path:
@@ -55,7 +59,9 @@ def results_dir(data: Path, embedder: str, probe: str, kind: str) -> Path:
 def build_parser():
     parser = stage_parser(__doc__.splitlines()[0])
     parser.add_argument("--embedder", required=True,
-                        help="embedding file stem written by stages 3 and 5 (e.g. spectral, or a clap-... stem)")
+                        help="the embedder given to stages 3 and 5 (e.g. spectral, clap)")
+    parser.add_argument("--model", default=None,
+                        help="the embedder's checkpoint as given to stages 3 and 5 (hub id or local directory)")
     parser.add_argument("--probe", default="logreg",
                         help=f"probe family: {', '.join(probe_families.FAMILIES)} (see interp/probes.py)")
     parser.add_argument("--kind", default="x0", help="which captured clips to analyse: x0 (clean estimate) or xt")
@@ -236,12 +242,13 @@ def load_concept_notes(data: Path, stem: str, generated: GeneratedClips, require
 
 def text_embeddings(generated: GeneratedClips) -> np.ndarray:
     """Embed every concept description with the text tower of the embedder that made the clip embeddings."""
-    from embeddings import EMBEDDERS, load_embedder
+    from embeddings import DEFAULT_MODELS, EMBEDDERS, load_embedder
     name = generated.sidecar.get("embedder")
     if name not in EMBEDDERS:
         raise InputError(f"{generated.npy}: embedder {name!r} is unknown ({', '.join(sorted(EMBEDDERS))}) "
                          "— the text probe needs the embedder that wrote these embeddings")
-    options = {"model": generated.sidecar["model"]} if generated.sidecar.get("model") else {}
+    # Only embedders with weights take a model (the checkpoint stage 3 recorded); the others name a version.
+    options = {"model": generated.sidecar["model"]} if name in DEFAULT_MODELS and generated.sidecar.get("model") else {}
     embedder = load_embedder(name, **options)
     if not hasattr(embedder, "embed_text"):
         raise InputError(f"{generated.npy}: embedder '{name}' has no text tower — --probe text needs a text-audio "
@@ -559,22 +566,6 @@ def _input_fingerprint(data: Path, generated: GeneratedClips, nsynth: ConceptNot
     return fingerprint
 
 
-def _up_to_date(out: Path, provenance: dict, no_report: bool) -> bool:
-    """True when every output exists and was made from these inputs and settings; refuse other provenance."""
-    sidecar = out / SIDECAR
-    if not sidecar.is_file():
-        return False
-    existing = read_json(sidecar)
-    for key in ("inputs", "settings"):
-        old, new = existing.get(key, {}), provenance[key]
-        changed = sorted(name for name in set(old) | set(new) if old.get(name) != new.get(name))
-        if changed:
-            raise InputError(f"{sidecar}: existing results were made with other {key} ({changed[0]} differs) "
-                             "— rerun with --force to replace them")
-    wanted = list(OUTPUT_FILES) + ([] if no_report else ["report.html"])
-    return all((out / name).is_file() for name in wanted)
-
-
 def main(args) -> None:
     # Every fit and matrix here is small: BLAS/OpenMP threads only add synchronisation, which costs ~10x when
     # the cores are shared (measured: a 300 x 64 logistic fit 15 ms on one thread, 100 ms on two, under load).
@@ -591,19 +582,22 @@ def analyse(args) -> None:
         raise InputError("--bootstrap must be >= 1, --random-baselines >= 0 and --alpha in (0, 1) — fix the option")
     family_type = probe_families.FAMILIES[args.probe]
     data = Path(args.data)
-    stem = args.embedder
+    stem = embedding_stem(args.embedder, args.model)
     generated = load_generated(data, stem, args.kind)
     nsynth = load_concept_notes(data, stem, generated, required=family_type.needs_notes)
     out = results_dir(data, stem, args.probe, args.kind)
-    provenance = {
-        "inputs": _input_fingerprint(data, generated, nsynth),
-        "settings": {"probe": args.probe, "kind": args.kind, "baseline": args.baseline, "bootstrap": args.bootstrap,
-                     "random_baselines": args.random_baselines, "alpha": args.alpha, "seed": args.seed,
-                     "baseline_percentile": BASELINE_PERCENTILE, "realised_mass": REALISED_MASS},
-    }
-    if not args.force and _up_to_date(out, provenance, args.no_report):
+    provenance = Provenance(
+        sidecar=out / SIDECAR,
+        record={"inputs": _input_fingerprint(data, generated, nsynth),
+                "settings": {"probe": args.probe, "kind": args.kind, "baseline": args.baseline,
+                             "bootstrap": args.bootstrap, "random_baselines": args.random_baselines,
+                             "alpha": args.alpha, "seed": args.seed, "baseline_percentile": BASELINE_PERCENTILE,
+                             "realised_mass": REALISED_MASS}},
+        outputs=[out / name for name in OUTPUT_FILES] + ([] if args.no_report else [out / "report.html"]))
+    if decide(provenance, args.force, fix="rerun with --force to replace them"):
         print(f"{out}: up to date with its inputs; pass --force to redo")
         return
+    begin(provenance)
     started = time.perf_counter()
     clips, level = generated.clips, 1.0 - args.alpha
 
@@ -638,24 +632,24 @@ def analyse(args) -> None:
                         ("emergence_steps.csv", steps_table), ("drift.csv", drift),
                         ("drift_summary.csv", drift_summary), ("probabilities.csv", probabilities)):
         write_csv(out / name, frame)
-    record = dict(provenance, trajectory_axis=generated.axis.as_dict(), n_tests=n_tests,
-                  yardsticks=[yardstick.name for yardstick in yardsticks],
-                  embedder={key: generated.sidecar.get(key) for key in
-                            ("embedder", "model", "checkpoint_sha256", "window_policy", "dim")})
+    facts = {"trajectory_axis": generated.axis.as_dict(), "n_tests": n_tests,
+             "yardsticks": [yardstick.name for yardstick in yardsticks],
+             "embedder": {key: generated.sidecar.get(key) for key in EMBEDDER_KEYS}}
+    record = {**provenance.record, **facts}
     summary.write_summary(out, record)
     if not args.no_report:
         from interp import plots, report
         plot_files = plots.write_plots(out, table, drift_summary, clips, generated.embeddings, runs,
                                        generated.axis.unit, BASELINE_PERCENTILE)
         report.write_report(out, data, record, plot_files)
-    record["seconds"] = round(time.perf_counter() - started, 2)
-    record["outputs"] = list(OUTPUT_FILES) + ([] if args.no_report else ["report.html", "plots/"])
-    write_json(out / SIDECAR, record)
+    seconds = round(time.perf_counter() - started, 2)
+    commit(provenance, {**facts, "seconds": seconds,
+                        "outputs": list(OUTPUT_FILES) + ([] if args.no_report else ["report.html", "plots/"])})
     status = steps_table[(steps_table["metric"] == "auroc") & (steps_table["yardstick"] == "prompt")]["status"]
     print(f"{out}: AUROC against the prompts — {(status == 'emerged').sum()} of {len(CONCEPTS)} concepts emerged, "
           f"{(status == 'transient').sum()} transient, over {clips['step'].nunique()} {generated.axis.unit}s of "
           f"{clips['prompt_id'].nunique()} prompts ({', '.join(y.name for y in yardsticks)} yardsticks, "
-          f"Bonferroni over {n_tests} tests); {record['seconds']} s")
+          f"Bonferroni over {n_tests} tests); {seconds} s")
 
 
 if __name__ == "__main__":

@@ -125,7 +125,7 @@ def test_up_to_date_runs_are_skipped_and_force_redoes(tmp_path, capsys):
     assert emergence.stat().st_mtime_ns != first
     # Other settings over existing results are refused, and nothing is overwritten.
     assert _run([*argv[:4], "--bootstrap", "30", "--random-baselines", "3", "--no-report"]) == 2
-    assert "bootstrap differs" in capsys.readouterr().err
+    assert "made with settings.bootstrap=20, this run has 30" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -143,8 +143,11 @@ def _error(capsys, argv) -> str:
 
 def test_bad_inputs_give_one_line_errors(small_data, capsys):
     base = ["--data", small_data, "--no-report"]
-    message = _error(capsys, base + ["--embedder", "clap-larger"])
-    assert "clap-larger.npy: missing" in message and "available embedders: synthetic" in message
+    message = _error(capsys, base + ["--embedder", "clap"])
+    assert "clap-larger_clap_general.npy: missing" in message and "available embedders: spectral" in message
+    message = _error(capsys, base + ["--embedder", "clap", "--model", str(small_data / "my_clap")])
+    assert "clap-my_clap.npy: missing" in message
+    assert "is not an embedder" in _error(capsys, base + ["--embedder", "clap-larger"])
     message = _error(capsys, base + ["--embedder", EMBEDDER, "--kind", "xt"])
     assert "no clips of kind 'xt'" in message and "found x0" in message
     notes_sidecar = small_data / "concepts" / "embeddings" / f"{EMBEDDER}.json"
@@ -210,7 +213,7 @@ def test_text_probe_finds_emergence_with_and_without_nsynth(tmp_path, monkeypatc
 
 def test_text_probe_refuses_an_embedder_without_text(small_data, capsys):
     message = _error(capsys, ["--data", small_data, "--embedder", EMBEDDER, "--probe", "text", "--no-report"])
-    assert "embedder 'synthetic' is unknown" in message
+    assert "embedder 'spectral' has no text tower" in message
 
 
 def test_realised_content_separates_an_unread_concept_from_an_unmade_one(tmp_path):

@@ -25,8 +25,10 @@ from data.realised_content import content_part_path, format_content_part
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES, VOCABULARY, format_labels
 from interp.concepts import CONCEPTS, Note
 
-EMBEDDER = "synthetic"
-IDENTITY = {"embedder": EMBEDDER, "model": "gaussian-directions", "checkpoint_sha256": "0" * 64,
+# Stage 6 finds embedding files by the stem of --embedder/--model (embeddings.embedding_stem): the synthetic
+# vectors are filed under the spectral embedder's stem; the sidecar's model says what they are.
+EMBEDDER = "spectral"
+IDENTITY = {"embedder": EMBEDDER, "model": "synthetic-gaussian-directions", "checkpoint_sha256": "0" * 64,
             "window_policy": "whole clip", "dim": None}
 
 
@@ -156,9 +158,9 @@ def test_synthetic_data_passes_the_contract(tmp_path):
     index = read_generated_index(root)
     notes = read_notes(root)
     sets = read_sets(root)
-    generated, generated_sidecar = read_embeddings(root / "generated/embeddings/synthetic.npy", len(index),
+    generated, generated_sidecar = read_embeddings(root / "generated/embeddings" / f"{EMBEDDER}.npy", len(index),
                                                    table_sha256(index), "index_sha256", "fix")
-    _, note_sidecar = read_embeddings(root / "concepts/embeddings/synthetic.npy", len(notes), table_sha256(notes),
+    _, note_sidecar = read_embeddings(root / "concepts/embeddings" / f"{EMBEDDER}.npy", len(notes), table_sha256(notes),
                                       "notes_sha256", "fix")
     check_same_embedder(generated_sidecar, "a", note_sidecar, "b")
     assert len(annotated) == 6 and generated.shape == (12, 64)
