@@ -299,3 +299,24 @@ def test_identical_positions_count_once_end_to_end(tmp_path):
 def test_unknown_baseline_is_refused(small_data, capsys):
     message = _error(capsys, ["--data", small_data, "--embedder", EMBEDDER, "--baseline", "prompts", "--no-report"])
     assert message == "error: --baseline 'prompts' is unknown — choose from instruments, notes"
+
+
+def test_summary_rederives_the_headline_numbers(results):
+    from interp import summary
+    _, out, tables = results
+    derived = summary.summarise(out)
+    assert derived == read_json(out / summary.SUMMARY_JSON)
+    assert derived["run"]["clips"] == 40 * 2 * 6 and derived["run"]["unit"] == "step"
+    prompt = derived["emergence"]["prompt"]["auroc"]
+    assert prompt["emergence_step"]["is_brass"] == 40 and "is_brass" in prompt["emerged"]
+    assert "distorted" in prompt["undefined"]
+    steps = tables["emergence_steps.csv"].query("yardstick == 'prompt' and metric == 'auroc'")
+    for status in ("emerged", "transient", "never", "undefined"):
+        assert sorted(steps[steps["status"] == status]["concept"]) == prompt[status]
+    significant = tables["emergence.csv"]["auroc_significant"]
+    assert sum(derived["significance"]["auroc"].values()) == significant.sum()
+    assert derived["significance"]["tests"] == read_json(out / "stage6.json")["n_tests"]
+    assert "is_brass" in derived["probe_quality"]["no_instrument_interval"]
+    snippet = (out / summary.SUMMARY_MD).read_text(encoding="utf-8")
+    assert snippet == summary.markdown(derived) and "is_brass (40)" in snippet
+    assert f"Bonferroni over {derived['significance']['tests']:,} tests" in snippet
