@@ -144,10 +144,11 @@ def _error(capsys, argv) -> str:
 def test_bad_inputs_give_one_line_errors(small_data, capsys):
     base = ["--data", small_data, "--no-report"]
     message = _error(capsys, base + ["--embedder", "clap"])
-    assert "clap-larger_clap_general.npy: missing" in message and "available embedders: spectral" in message
-    message = _error(capsys, base + ["--embedder", "clap", "--model", str(small_data / "my_clap")])
-    assert "clap-my_clap.npy: missing" in message
-    assert "is not an embedder" in _error(capsys, base + ["--embedder", "clap-larger"])
+    assert "clap-larger_clap_general.npy: missing" in message and f"available embedders: {EMBEDDER}" in message
+    message = _error(capsys, base + ["--embedder", "clap", "--model", "laion/clap-larger"])
+    assert "clap-clap-larger.npy: missing" in message
+    message = _error(capsys, base + ["--embedder", "clap-larger"])
+    assert "--embedder 'clap-larger' is not an embedder — choose from clap, spectral" in message
     message = _error(capsys, base + ["--embedder", EMBEDDER, "--kind", "xt"])
     assert "no clips of kind 'xt'" in message and "found x0" in message
     notes_sidecar = small_data / "concepts" / "embeddings" / f"{EMBEDDER}.json"
