@@ -176,6 +176,12 @@ def write_report(out, data, record: dict, plot_files: dict) -> Path:
     else:
         content_text = ("This generator records no realised content, so the prompt annotations are the only "
                         "yardstick.")
+    if record.get("distinct_by") == "content":
+        distinct_text = (f"Consecutive {unit}s whose realised content is the same in every trajectory (to 1e-6: the "
+                         f"generator has committed to the same clips) count as one <i>distinct</i> {unit}.")
+    else:
+        distinct_text = (f"Consecutive {unit}s whose clips have the same embedding in every trajectory (to 1e-5, "
+                         f"relative) count as one <i>distinct</i> {unit}.")
     baseline = settings.get("baseline", "notes")
     baseline_text = ("random instrument subsets with as many positive and negative instruments as the concept's train "
                      "split (every note of a drawn instrument)" if baseline == "instruments" else
@@ -195,8 +201,7 @@ Random concepts are {baseline_text}, probed with the same family. The p-value co
 random probes (t for one more draw from their distribution); <b>Bonferroni over all {_escape(record.get('n_tests'))} tests</b>
 (every metric × concept × {_escape(unit)} × yardstick with a p-value); a significant value is marked <i>above</i> or
 <i>below</i> the random probes' mean. A {_escape(unit)} is <i>above</i> when the lower interval bound exceeds the random
-probes' {float(settings.get('baseline_percentile', 95)):g}th percentile. Consecutive {_escape(unit)}s whose clips are identical in
-every trajectory (embeddings equal to 1e-5) count as one <i>distinct</i> {_escape(unit)}. Status: <b>emerged</b> = above from
+probes' {float(settings.get('baseline_percentile', 95)):g}th percentile. {distinct_text} Status: <b>emerged</b> = above from
 some {_escape(unit)} to the end (that {_escape(unit)} is the emergence {_escape(unit)}), <i>transient</i> = above somewhere but not
 at the end, <i>never</i> = never above.</p>
 <h2>Overview</h2>

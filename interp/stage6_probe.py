@@ -49,6 +49,12 @@ EMERGENCE_METRICS = ("auroc", "balanced_accuracy")
 # clips carrying the label; the concept's prompt rule is then applied to the set of realised labels.
 REALISED_MASS = 0.5
 BASELINES = ("instruments", "notes")
+# When two consecutive positions count as one (statistics.distinct_positions): with realised content, when the
+# content of every trajectory is the same to CONTENT_ATOL (the parts are written with 9 decimals) — the
+# generator has committed to the same clips; without, when every clip's embedding is the same to
+# EMBEDDING_RTOL (float32 round-off of a deterministic embedder).
+CONTENT_ATOL = 1e-6
+EMBEDDING_RTOL = 1e-5
 EMBEDDER_KEYS = ("embedder", "model", "checkpoint_sha256", "window_policy", "dim")
 
 
@@ -622,7 +628,14 @@ def analyse(args) -> None:
     table, n_tests = multiple_testing(table, args.alpha)
     table = table[emergence_columns()]
     trajectory = clips.groupby(["prompt_id", "sample"], sort=False).ngroup().to_numpy()
-    runs = statistics.distinct_positions(generated.embeddings, trajectory, clips["step"].to_numpy())
+    if generated.content is not None:
+        distinct_by = "content"
+        runs = statistics.distinct_positions(generated.content.mass, trajectory, clips["step"].to_numpy(),
+                                             atol=CONTENT_ATOL)
+    else:
+        distinct_by = "embeddings"
+        runs = statistics.distinct_positions(generated.embeddings, trajectory, clips["step"].to_numpy(),
+                                             rtol=EMBEDDING_RTOL)
     steps_table = emergence_steps(table, runs)
     drift, drift_summary = drift_tables(clips, generated.embeddings, runs, args.bootstrap, args.alpha, args.seed)
     probabilities = pd.concat([clips[["prompt_id", "sample", "step", "kind", "path"]],
@@ -632,7 +645,7 @@ def analyse(args) -> None:
                         ("emergence_steps.csv", steps_table), ("drift.csv", drift),
                         ("drift_summary.csv", drift_summary), ("probabilities.csv", probabilities)):
         write_csv(out / name, frame)
-    facts = {"trajectory_axis": generated.axis.as_dict(), "n_tests": n_tests,
+    facts = {"trajectory_axis": generated.axis.as_dict(), "n_tests": n_tests, "distinct_by": distinct_by,
              "yardsticks": [yardstick.name for yardstick in yardsticks],
              "embedder": {key: generated.sidecar.get(key) for key in EMBEDDER_KEYS}}
     record = {**provenance.record, **facts}

@@ -177,16 +177,16 @@ def directions(values, baseline_means) -> np.ndarray:
     return result
 
 
-def distinct_positions(embeddings, trajectory, positions, tolerance: float = 1e-5) -> dict:
+def distinct_positions(values, trajectory, positions, atol: float = 0.0, rtol: float = 0.0) -> dict:
     """{position: the first position of its run of identical positions}, over the sorted captured positions.
 
-    Two consecutive captured positions p < q are *identical* when every trajectory has a clip at both and,
-    for every trajectory, ||e_p - e_q|| <= tolerance * ||e_q|| (embeddings e; 1e-5 is float32 round-off for a
-    deterministic embedder). A run of positions each identical to the next is one distinct position: once a
-    sampler has committed (the reference model's clean estimate stops changing), its later steps repeat the
-    same clips and are no further evidence that a concept "stays" emerged.
+    `values` [n_clips, d] describe each clip (its realised content, or its embedding). Two consecutive captured
+    positions p < q are *identical* when every trajectory has a clip at both and, for every trajectory,
+    ||v_p - v_q|| <= atol + rtol * ||v_q||. A run of positions each identical to the next is one distinct
+    position: once a sampler has committed (the reference model's posterior sits on one bank clip), its later
+    steps repeat the same clip and are no further evidence that a concept "stays" emerged.
     """
-    embeddings = np.asarray(embeddings, np.float64)
+    values = np.asarray(values, np.float64)
     trajectory = np.asarray(trajectory)
     positions = np.asarray(positions)
     ordered = np.unique(positions)
@@ -196,9 +196,9 @@ def distinct_positions(embeddings, trajectory, positions, tolerance: float = 1e-
     for i, position in enumerate(ordered):
         same = i > 0 and (rows[:, i - 1] >= 0).all() and (rows[:, i] >= 0).all()
         if same:
-            earlier, later = embeddings[rows[:, i - 1]], embeddings[rows[:, i]]
+            earlier, later = values[rows[:, i - 1]], values[rows[:, i]]
             distance = np.linalg.norm(earlier - later, axis=1)
-            same = bool(np.all(distance <= tolerance * np.linalg.norm(later, axis=1)))
+            same = bool(np.all(distance <= atol + rtol * np.linalg.norm(later, axis=1)))
         first_of_run[int(position)] = first_of_run[int(ordered[i - 1])] if same else int(position)
     return first_of_run
 

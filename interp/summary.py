@@ -99,6 +99,7 @@ def summarise(out, record: dict | None = None) -> dict:
     final_run = runs[runs["distinct_position"] == runs["distinct_position"].iloc[-1]]
     summary["drift"] = {
         "cosine_first": _round(runs["cosine_distance"].iloc[0], 3),
+        "distinct_by": record.get("distinct_by"),
         "distinct_positions": int(runs["distinct_position"].nunique()),
         "identical_from": int(final_run["step"].iloc[0]) if len(final_run) > 1 else None,
     }
@@ -154,8 +155,9 @@ def markdown(summary: dict) -> str:
             f"{_fixed(families['mean_tpr_first'], 2)} at {unit} {positions[0]} → {_fixed(families['mean_tpr_last'], 2)} at {unit} "
             f"{positions[-1]}; mean TNR {_fixed(families['mean_tnr'], 2)}; mean AUROC {_fixed(families['mean_auroc'], 2)}.")
     drift = summary["drift"]
-    identical = (f"identical clips from {unit} {drift['identical_from']} on"
-                 if drift["identical_from"] is not None else "no two consecutive positions identical")
+    same = "realised content" if drift["distinct_by"] == "content" else "clip embeddings"
+    identical = (f"the same {same} in every trajectory from {unit} {drift['identical_from']} on"
+                 if drift["identical_from"] is not None else f"no two consecutive {unit}s with the same {same}")
     lines.append(f"- **Drift.** Cosine distance to the final {unit}: {_fixed(drift['cosine_first'], 3)} at {unit} "
                  f"{positions[0]}; {identical}: {drift['distinct_positions']} distinct of {len(positions)} {unit}s.")
     return "\n".join(lines) + "\n"

@@ -276,25 +276,35 @@ def test_an_axis_given_by_name_only_and_the_note_baseline(tmp_path):
     assert not np.allclose(by_notes.dropna(), by_instruments.dropna())
 
 
-def test_identical_positions_count_once_end_to_end(tmp_path):
-    """Make the clips of step 20 identical to step 10's in every trajectory (a sampler that has committed):
-    drift_summary and emergence_steps see two distinct positions, not three."""
+@pytest.mark.parametrize("content", [True, False])
+def test_identical_positions_count_once_end_to_end(tmp_path, content):
+    """From step 10 on the generator has committed: its realised content (when recorded) and the clips'
+    embeddings stop changing. drift_summary and emergence_steps see two distinct positions, not three; the
+    rule reads the content when there is one, the embeddings otherwise."""
     root = write_synthetic_data(tmp_path, n_prompts=20, samples=1, steps=(0, 10, 20), dim=16, write_audio=False,
-                                inject={"brass": 10}, strength=6.0, n_instruments=24, notes_per_instrument=4)
+                                inject={"brass": 10}, strength=6.0, n_instruments=24, notes_per_instrument=4,
+                                content=content, committed_from=10)
     npy = root / "generated" / "embeddings" / f"{EMBEDDER}.npy"
     matrix = np.load(npy)
     steps = stage6_probe.read_generated_index(root)["step"].to_numpy()
     matrix[steps == 20] = matrix[steps == 10]
     write_npy(npy, matrix)
-    assert _run(["--data", root, "--embedder", EMBEDDER, "--bootstrap", "100", "--random-baselines", "4",
-                 "--no-report"]) == 0
+    argv = ["--data", root, "--embedder", EMBEDDER, "--bootstrap", "100", "--random-baselines", "4", "--no-report"]
+    assert _run(argv) == 0
     out = stage6_probe.results_dir(root, EMBEDDER, "logreg", "x0")
+    assert read_json(out / "stage6.json")["distinct_by"] == ("content" if content else "embeddings")
     assert pd.read_csv(out / "drift_summary.csv")["distinct_position"].tolist() == [0, 10, 10]
     steps_table = pd.read_csv(out / "emergence_steps.csv").set_index(["yardstick", "concept", "metric"])
     brass = steps_table.loc[("prompt", "is_brass", "auroc")]
     assert brass["status"] == "emerged" and brass["emergence_step"] == 10
     assert brass["distinct_above"] == 1 and brass["n_distinct"] == 2
     assert (steps_table["n_distinct"] <= 2).all()
+    if content:
+        # Clips that still change while the content stays: the content decides.
+        matrix[steps == 20] += 0.5
+        write_npy(npy, matrix)
+        assert _run(argv + ["--force"]) == 0
+        assert pd.read_csv(out / "drift_summary.csv")["distinct_position"].tolist() == [0, 10, 10]
 
 
 def test_unknown_baseline_is_refused(small_data, capsys):

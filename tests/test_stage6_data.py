@@ -7,11 +7,11 @@ towards the final step, plus — only for the terms in `inject` and only from th
 directions of its prompt's labels. So a concept built on an injected term emerges exactly at that step and
 every other concept's probe sees no signal in the clips.
 
+Realised content (generated/content/, the second yardstick): a prompt label's mass grows from 0.7 to 1 at the
+final step (from `committed_from` on it stays at 1: the generator has committed); other labels have mass 0.
 With `unrealised` > 0 that fraction of prompts does not realise the injected terms: their clips carry no
-direction, and the realised content (generated/content/, the second yardstick) says so — the clips that do
-carry it from the injected step have mass 1, before it 0.6 (the estimate heads there), the rest 0. The content
-of every other prompt label is its prompt label (mass 1). So against the realised content an injected concept
-is read perfectly, against the prompts only as well as the prompts were followed.
+direction, and their content gives those terms mass 0. So against the realised content an injected concept is
+read perfectly, against the prompts only as well as the prompts were followed.
 """
 from pathlib import Path
 
@@ -40,7 +40,7 @@ def term_directions(dim: int, seed: int) -> dict[str, np.ndarray]:
 
 def write_synthetic_data(root, n_prompts=30, samples=2, steps=tuple(range(0, 101, 10)), dim=64,
                          inject=None, strength=4.0, note_strength=3.0, n_instruments=48, notes_per_instrument=8, seed=0,
-                         write_audio=True, kinds=("x0",), unrealised=0.0, content=True,
+                         write_audio=True, kinds=("x0",), unrealised=0.0, content=True, committed_from=None,
                          axis=("denoising_step", "step")) -> Path:
     """Write prompts/annotated.csv, generated/{generation.json,index,content,audio,embeddings},
     concepts/{notes,sets,embeddings}. content=False: a generator that records no realised content."""
@@ -83,13 +83,14 @@ def write_synthetic_data(root, n_prompts=30, samples=2, steps=tuple(range(0, 101
                 for step in steps:
                     noise_scale = 1.2 - step / final_step if final_step else 0.2
                     vector = base + noise_scale * rng.standard_normal(dim)
-                    mass = {label: float(label in labels) for label in content_labels}
+                    committed = committed_from is not None and step >= committed_from
+                    growth = 1.0 if committed else 0.7 + 0.3 * step / max(final_step, 1)
+                    mass = {label: growth * (label in labels) for label in content_labels}
                     for term, from_step in inject.items():
                         if term in labels and step >= from_step and realised:
                             vector = vector + strength * direction[term]
-                        if term in mass:
-                            mass[term] = 0.0 if term not in labels or not realised else (
-                                1.0 if step >= from_step else 0.6)
+                        if term in mass and not realised:
+                            mass[term] = 0.0
                     vectors.append(vector)
                     content_rows.append({"prompt_id": row["prompt_id"], "sample": sample, "kind": kind,
                                          "step": step, "content": mass})
