@@ -62,7 +62,7 @@ def plot_concept(table: pd.DataFrame, concept: str, path, unit: str, percentile:
         axis.set_xlabel(unit)
         axis.set_title(label)
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=6, loc="lower right")
+        axis.legend(fontsize=5.5, loc="lower right")
     figure.suptitle(f"{concept} (red: significant after Bonferroni)")
     _save(figure, path)
 
