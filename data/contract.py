@@ -273,8 +273,9 @@ def decide(prov: Provenance, force: bool, fix: str) -> bool:
 
 
 def begin(prov: Provenance) -> None:
-    """Call right before the first output is (over)written: drops the old sidecar, so that a run killed from
-    here on leaves outputs that no sidecar describes (redone or refused next time, never taken as done)."""
+    """Call right before the first output is replaced (data.files writers take it as before_replace, so it
+    runs after the new content is safely on disk): drops the old sidecar, so that a run killed from here on
+    leaves outputs that no sidecar describes (redone or refused next time, never taken as done)."""
     prov.sidecar.unlink(missing_ok=True)
 
 

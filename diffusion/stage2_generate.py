@@ -41,7 +41,8 @@ def build_parser():
     parser.add_argument("--preset", default=None, help="sampler preset of the generator (unset: its 'reference')")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (unset: the preset's)")
     parser.add_argument("--capture-steps", default=None,
-                        help="comma-separated 0-based steps to save (unset: every tenth step and the last, "
+                        help="comma-separated positions on the generator's trajectory axis to save: denoising "
+                             "steps 0..N-1 (or decoder layers 1..L) (unset: every tenth position and the last, "
                              "5,10,...,45,49 for 50 steps)")
     parser.add_argument("--kinds", default="x0",
                         help="what to save at each captured step: x0 (clean estimate), xt (noisy latent), or both")

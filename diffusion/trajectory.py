@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Sequence
 
 from data.audio import write_wav
-from data.contract import INDEX_COLUMNS, check_provenance
-from data.files import read_json, write_json, write_text
+from data.contract import INDEX_COLUMNS, Provenance, begin, commit, decide
+from data.files import read_json, write_text
 from data.realised_content import content_part_path, format_content_part
 from data.stage import InputError, Shard, parse_shard  # noqa: F401 (parse_shard: stage 2 imports it here)
 from diffusion.base import KINDS, Conditioning, Generator, TrajectoryAxis, TrajectoryObserver
@@ -133,23 +133,34 @@ def generation_record(generator: Generator, settings: TrajectorySettings, annota
     return json.loads(json.dumps(record, default=str))
 
 
+def generation_provenance(generated: Path, record: dict) -> Provenance:
+    """Stage 2's provenance: generation.json describes every clip under generated/. Unlike other stages' sidecars
+    it is written before the clips (shards started together need it), and each prompt's index part is that
+    prompt's "done" marker; so the sidecar lists no outputs."""
+    return Provenance(sidecar=Path(generated) / GENERATION_JSON, record=record, outputs=[])
+
+
 def check_generation(generator: Generator, settings: TrajectorySettings, annotated_sha256: str, generated: Path,
                      force: bool = False) -> dict:
     """This run's generation.json record; InputError if generated/ holds outputs of other settings (unless
     force). Writes nothing."""
     record = generation_record(generator, settings, annotated_sha256)
-    provenance_path = Path(generated) / GENERATION_JSON
-    if not provenance_path.is_file() and not force and (Path(generated) / "index").is_dir() \
-            and any((Path(generated) / "index").glob("*.csv")):
-        raise InputError(f"{provenance_path}: missing beside existing index parts, so what made them is unknown — "
+    prov = generation_provenance(generated, record)
+    index_dir = Path(generated) / "index"
+    if not force and not prov.sidecar.exists() and index_dir.is_dir() and any(index_dir.glob("*.csv")):
+        raise InputError(f"{prov.sidecar}: missing beside existing index parts, so what made them is unknown — "
                          f"{PROVENANCE_FIX}")
-    if provenance_path.is_file() and not force:
-        check_provenance(provenance_path, record, list(record), PROVENANCE_FIX)
-        unmatched = sorted(set(read_json(provenance_path)) ^ set(record))
-        if unmatched:
-            raise InputError(f"{provenance_path}: existing outputs were made by a run that "
-                             f"{'lacked' if unmatched[0] in record else 'had'} '{unmatched[0]}' — {PROVENANCE_FIX}")
-    return record
+    decide(prov, force, PROVENANCE_FIX)
+    return prov.record
+
+
+def stored_generation(generated: Path) -> dict | None:
+    """generation.json as stored; None when absent or unreadable (only a --force run gets this far then)."""
+    try:
+        stored = read_json(Path(generated) / GENERATION_JSON)
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) else None
 
 
 def check_force(generated: Path, record: dict, prompts, shard: Shard,
@@ -170,7 +181,7 @@ def stale_prompts(generated: Path, record: dict, known: set, redone: set, limite
       rewritten, so every clip left on disk matches it and the other shards regenerate their own prompts.
     """
     provenance_path = generated / GENERATION_JSON
-    existing = read_json(provenance_path) if provenance_path.is_file() else None
+    existing = stored_generation(generated)
     if existing == record:
         return set()
     others = sorted((prompts_on_disk(generated) & known) - redone)
@@ -178,7 +189,7 @@ def stale_prompts(generated: Path, record: dict, known: set, redone: set, limite
         return set()
     if limited:
         if existing is None:
-            why = "without a generation.json"
+            why = "without a readable generation.json"
         else:
             key = next((key for key in record if existing.get(key) != record[key]),
                        next(iter(set(existing) - set(record)), "?"))
@@ -213,18 +224,23 @@ def run_trajectories(generator: Generator, prompts, generated: Path, settings: T
 
     generated = Path(generated)
     record = check_generation(generator, settings, annotated_sha256, generated, force)
-    provenance_path = generated / GENERATION_JSON
+    prov = generation_provenance(generated, record)
     summary = RunSummary(shard)
     by_id = {row.prompt_id: row for row in prompts.itertuples(index=False)}
     mine = shard.select(list(by_id))
     known = set(all_prompt_ids if all_prompt_ids is not None else by_id)
     stale = check_force(generated, record, prompts, shard, all_prompt_ids) if force else set()
-    # Nothing is written before this point: a refused run changes nothing.
-    if not provenance_path.is_file() or read_json(provenance_path) != record:
-        write_json(provenance_path, record)
+    # Nothing is written before this point: a refused run changes nothing. New settings: the old sidecar goes
+    # first and the new one is written once no clip of the old settings is left, so a kill in between leaves
+    # clips that no generation.json describes (refused without --force), never a mixed set under one.
+    renewed = stored_generation(generated) != record
+    if renewed:
+        begin(prov)
     if force:
         summary.removed_orphans = remove_orphans(generated, known)
         summary.removed_stale = remove_prompt_outputs(generated, stale)
+    if renewed:
+        commit(prov)
 
     summary.prompts = len(mine)
     expected = settings.expected_rows()
