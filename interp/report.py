@@ -184,7 +184,8 @@ def write_report(out, data, record: dict, plot_files: dict) -> Path:
                          f"relative) count as one <i>distinct</i> {unit}.")
     baseline = settings.get("baseline", "notes")
     baseline_text = ("random instrument subsets with as many positive and negative instruments as the concept's train "
-                     "split (every note of a drawn instrument)" if baseline == "instruments" else
+                     "split (an instrument on the side of most of its notes; every note of a drawn instrument)"
+                     if baseline == "instruments" else
                      "random notes with as many positive and negative notes as the concept's train split")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Musicologist — {_escape(embedder.get('embedder'))} / {_escape(settings.get('probe'))}</title>

@@ -294,6 +294,11 @@ def random_training_sets(nsynth: ConceptNotes | None, split: ConceptSplit | None
     if nsynth is None or split is None or split.train_labels.min() == split.train_labels.max():
         return [None] * count
     instrument_of_row = nsynth.instrument_of_row
+    # An instrument counts on the side most of its train notes are on (a tie counts as negative): for family
+    # and source concepts every instrument is on one side; quality concepts mix, and counting every instrument
+    # with one positive note as positive would leave the random concept almost no negative instrument.
+    share = pd.Series(split.train_labels).groupby(instrument_of_row[split.train_rows]).mean()
+    n_positive, n_negative = int((share > 0.5).sum()), int((share <= 0.5).sum())
     sets = []
     for r in range(count):
         rng = np.random.default_rng([seed, k, r, 1])
@@ -301,11 +306,8 @@ def random_training_sets(nsynth: ConceptNotes | None, split: ConceptSplit | None
             rows, labels = statistics.random_note_sets(nsynth.train_rows, int(split.train_labels.sum()),
                                                        len(split.train_labels), rng)
         else:
-            instruments = instrument_of_row[split.train_rows]
-            rows, labels = statistics.random_instrument_sets(
-                nsynth.train_rows, instrument_of_row,
-                len(np.unique(instruments[split.train_labels == 1])),
-                len(np.unique(instruments[split.train_labels == 0])), rng)
+            rows, labels = statistics.random_instrument_sets(nsynth.train_rows, instrument_of_row,
+                                                             n_positive, n_negative, rng)
         sets.append(nsynth.training_set(rows, labels))
     return sets
 

@@ -331,3 +331,23 @@ def test_summary_rederives_the_headline_numbers(results):
     snippet = (out / summary.SUMMARY_MD).read_text(encoding="utf-8")
     assert snippet == summary.markdown(derived) and "is_brass (40)" in snippet
     assert f"Bonferroni over {derived['significance']['tests']:,} tests" in snippet
+
+
+def test_random_instrument_concepts_count_instruments_by_their_majority():
+    """Instruments a and d have mostly positive train notes, b, c and e mostly (or only) negative ones: every
+    random concept has 2 positive and 3 negative instruments, whole, drawn from the train split only."""
+    instruments = [name for name in "abcdef" for _ in range(3)]
+    notes = pd.DataFrame({"instrument_str": instruments, "split": ["train"] * 15 + ["test"] * 3})
+    nsynth = stage6_probe.ConceptNotes(notes, pd.DataFrame(), np.zeros((18, 2)), REPO_ROOT)
+    labels = np.array([1, 1, 0, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0])
+    split = stage6_probe.ConceptSplit(np.arange(15), labels, np.arange(15, 18), np.zeros(3, int))
+    draws = stage6_probe.random_training_sets(nsynth, split, "instruments", 30, seed=0, k=0)
+    seen = set()
+    for draw in draws:
+        positive, negative = set(draw.instruments[draw.y == 1]), set(draw.instruments[draw.y == 0])
+        assert len(positive) == 2 and len(negative) == 3 and not positive & negative
+        assert len(draw.y) == 15 and set(np.bincount(draw.instruments)) == {3}
+        seen.add(frozenset(positive))
+    assert len(seen) > 3
+    by_notes = stage6_probe.random_training_sets(nsynth, split, "notes", 5, seed=0, k=0)
+    assert all(draw.y.sum() == 6 and len(draw.y) == 15 for draw in by_notes)
