@@ -438,8 +438,7 @@ def emergence_table(probe_scores: ProbeScores, yardstick: Yardstick, clip_prompt
                    "n_prompts": int(len(np.unique(prompts_here))),
                    "n_positive_prompts": int(len(np.unique(prompts_here[y_true]))),
                    "n_clips": int(len(at_step)), "n_positive_clips": int(y_true.sum())}
-            defined = 0 < y_true.sum() < len(y_true)
-            if np.isnan(scores[at_step, k]).all() or not defined:
+            if np.isnan(scores[at_step, k]).all():
                 rows.append(row)
                 for metric in statistics.METRICS:
                     baseline_rows[metric].append(np.full(n_baselines, np.nan))
