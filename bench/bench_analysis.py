@@ -1,11 +1,13 @@
-"""P5: stage 6 at demo size — 28 concepts x 11 steps, 1,000 bootstrap resamples, 20 random baselines.
+"""P5: stage 6 at demo size — 28 concepts x 10-11 steps x every yardstick, 1,000 bootstrap resamples, 20 random
+baselines (random instrument subsets).
 
     .venv/bin/python bench/bench_analysis.py [--data data] [--embedder spectral] [--prompts 80] [--samples 2]
 
 Uses the demo's artifacts when <data> has both embedding files for the embedder (results go to a scratch copy
 made of symlinks, so the demo's own results are untouched); otherwise synthetic artifacts of the same shape
-(80 prompts x 2 samples x 11 steps, the spectral embedder's 248 dimensions, ~400 NSynth-like notes). Prints
-wall and CPU seconds per phase; the goal is <= 60 s for the analysis on the 2-core machine.
+(80 prompts x 2 samples x 11 steps, the spectral embedder's 248 dimensions, ~400 NSynth-like notes, realised
+content as the reference model records it). Prints wall and CPU seconds per phase; the goal is <= 60 s for the
+analysis on the 2-core machine.
 """
 import argparse
 import sys

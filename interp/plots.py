@@ -1,5 +1,8 @@
-"""Stage 6 figures (matplotlib, Agg): an emergence curve per concept, a concepts x steps heatmap, the PCA of
-the trajectories and the drift curve. Each figure is written atomically as a PNG under <results>/plots/."""
+"""Stage 6 figures (matplotlib, Agg): an emergence curve per concept (every yardstick), a concepts x positions
+heatmap per yardstick, the PCA of the trajectories and the drift curve. Each figure is written atomically as a
+PNG under <results>/plots/. The axis word ("step", "layer") comes from the trajectory axis stage 2 recorded."""
+from pathlib import Path
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -9,8 +12,12 @@ import pandas as pd  # noqa: E402
 from sklearn.decomposition import PCA  # noqa: E402
 
 from data.files import atomic_path  # noqa: E402
+from interp.statistics import emergence_status  # noqa: E402
 
 CURVE_METRICS = (("auroc", "AUROC"), ("balanced_accuracy", "balanced accuracy"))
+# Colour and label per yardstick; the prompt yardstick is drawn first, the realised content over it.
+YARDSTICK_STYLE = {"prompt": ("tab:blue", "against the prompts"),
+                   "content": ("tab:orange", "against the realised content")}
 
 
 def _save(figure, path) -> None:
@@ -23,40 +30,45 @@ def concept_file(concept: str) -> str:
     return f"concept_{concept}.png"
 
 
-def plot_concept(table: pd.DataFrame, concept: str, path) -> None:
-    """Metric per step with its CI band, the random baselines' mean and 95th percentile, and emergence."""
-    from interp.stage6_probe import BASELINE_PERCENTILE
-    from interp.statistics import emergence_step
-    rows = table[table["concept"] == concept].sort_values("step")
+def heatmap_file(yardstick: str) -> str:
+    return "heatmap_auroc.png" if yardstick == "prompt" else f"heatmap_auroc_{yardstick}.png"
+
+
+def plot_concept(table: pd.DataFrame, concept: str, path, unit: str, percentile: float, runs: dict) -> None:
+    """Metric per position with its CI band for every yardstick, the random baselines' mean and upper
+    percentile, significant cells and the emergence position."""
+    threshold = f"_baseline_p{percentile:.0f}"
     figure, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(9, 3.4), sharex=True)
     figure.subplots_adjust(left=0.06, right=0.98, bottom=0.15, top=0.84, wspace=0.15)
     for axis, (metric, label) in zip(axes, CURVE_METRICS):
-        steps = rows["step"].to_numpy()
-        top = rows[f"{metric}_baseline_p{BASELINE_PERCENTILE:.0f}"].to_numpy(float)
-        axis.fill_between(steps, rows[f"{metric}_low"].to_numpy(float), rows[f"{metric}_high"].to_numpy(float),
-                          color="tab:blue", alpha=0.25, label="concept 95% CI (prompts resampled)")
-        axis.plot(steps, rows[metric].to_numpy(float), color="tab:blue", marker="o", ms=3, label="concept probe")
-        axis.fill_between(steps, np.zeros(len(steps)), top, color="0.6",
-                          alpha=0.25, label=f"random concepts below p{BASELINE_PERCENTILE:.0f}")
-        axis.plot(steps, rows[f"{metric}_baseline_mean"].to_numpy(float), color="0.4", ls="--",
-                  label="random concepts mean")
-        significant = rows[f"{metric}_significant"].to_numpy(bool)
-        axis.scatter(steps[significant], rows[metric].to_numpy(float)[significant], color="tab:red", zorder=3, s=14,
-                     label="significant (Bonferroni)")
-        emerged = emergence_step(steps, rows[f"{metric}_low"].to_numpy(float), top)
-        if emerged is not None:
-            axis.axvline(emerged, color="tab:green", lw=1.2, label=f"emerges at step {emerged}")
+        for yardstick, rows in table[table["concept"] == concept].groupby("yardstick", sort=False):
+            colour, against = YARDSTICK_STYLE.get(yardstick, ("tab:purple", f"against {yardstick}"))
+            rows = rows.sort_values("step")
+            steps = rows["step"].to_numpy()
+            top = rows[f"{metric}{threshold}"].to_numpy(float)
+            axis.fill_between(steps, rows[f"{metric}_low"].to_numpy(float), rows[f"{metric}_high"].to_numpy(float),
+                              color=colour, alpha=0.2)
+            axis.plot(steps, rows[metric].to_numpy(float), color=colour, marker="o", ms=3,
+                      label=f"probe {against} (CI: prompts resampled)")
+            axis.plot(steps, top, color=colour, ls=":", lw=1, label=f"random concepts p{percentile:.0f} ({yardstick})")
+            significant = rows[f"{metric}_significant"].to_numpy(bool)
+            axis.scatter(steps[significant], rows[metric].to_numpy(float)[significant], color="tab:red", zorder=3,
+                         s=14)
+            status = emergence_status(steps, rows[f"{metric}_low"].to_numpy(float), top, runs)
+            if status.status == "emerged":
+                axis.axvline(status.emergence_step, color=colour, lw=1.2, ls="--",
+                             label=f"emerges at {unit} {status.emergence_step} ({yardstick})")
         axis.set_ylim(0, 1.02)
-        axis.set_xlabel("step")
+        axis.set_xlabel(unit)
         axis.set_title(label)
         axis.grid(alpha=0.3)
-    axes[0].legend(fontsize=6, loc="lower right")
-    figure.suptitle(concept)
+        axis.legend(fontsize=5.5, loc="lower right")
+    figure.suptitle(f"{concept} (red: significant after Bonferroni)")
     _save(figure, path)
 
 
-def plot_heatmap(table: pd.DataFrame, path, metric: str = "auroc") -> None:
-    """Concepts x steps; cells that are not significant after Bonferroni carry a dot."""
+def plot_heatmap(table: pd.DataFrame, path, unit: str, metric: str = "auroc") -> None:
+    """Concepts x positions for one yardstick; cells that are not significant after Bonferroni carry a dot."""
     values = table.pivot(index="concept", columns="step", values=metric)
     concepts = list(dict.fromkeys(table["concept"]))
     values = values.reindex(concepts)
@@ -68,74 +80,82 @@ def plot_heatmap(table: pd.DataFrame, path, metric: str = "auroc") -> None:
     axis.scatter(columns, rows, marker=".", color="black", s=10, label="not significant")
     axis.set_xticks(range(values.shape[1]), [str(step) for step in values.columns], fontsize=7)
     axis.set_yticks(range(len(concepts)), concepts, fontsize=7)
-    axis.set_xlabel("step")
-    axis.set_title(f"{metric} per concept and step (dot: not significant)", fontsize=9)
+    axis.set_xlabel(unit)
+    yardstick = table["yardstick"].iloc[0]
+    axis.set_title(f"{metric} per concept and {unit} {YARDSTICK_STYLE.get(yardstick, ('', yardstick))[1]} "
+                   "(dot: not significant)", fontsize=9)
     figure.colorbar(image, ax=axis, label=metric)
     _save(figure, path)
 
 
-def plot_trajectories(clips: pd.DataFrame, embeddings: np.ndarray, path) -> None:
-    """The first two principal components of every clip, coloured by step, each trajectory joined in order."""
+def plot_trajectories(clips: pd.DataFrame, embeddings: np.ndarray, path, unit: str) -> None:
+    """The first two principal components of every clip, coloured by position, each trajectory joined in order."""
     components = PCA(n_components=2).fit_transform(np.asarray(embeddings, np.float64))
     figure, axis = plt.subplots(figsize=(6, 5))
     ordered = clips.assign(x=components[:, 0], y=components[:, 1]).sort_values(["prompt_id", "sample", "step"])
     for _, trajectory in ordered.groupby(["prompt_id", "sample"], sort=False):
         axis.plot(trajectory["x"], trajectory["y"], color="0.7", lw=0.5, zorder=1)
     points = axis.scatter(ordered["x"], ordered["y"], c=ordered["step"], cmap="viridis", s=8, zorder=2)
-    figure.colorbar(points, ax=axis, label="step")
+    figure.colorbar(points, ax=axis, label=unit)
     axis.set_xlabel("PC 1")
     axis.set_ylabel("PC 2")
     axis.set_title("trajectories in embedding space (PCA)")
     _save(figure, path)
 
 
-def plot_drift(drift_summary: pd.DataFrame, path) -> None:
+def plot_drift(drift_summary: pd.DataFrame, path, unit: str) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(9, 3))
     figure.subplots_adjust(bottom=0.17, wspace=0.25)
     for axis, name in zip(axes, ("cosine_distance", "l2_distance")):
         axis.fill_between(drift_summary["step"], drift_summary[f"{name}_low"], drift_summary[f"{name}_high"],
                           alpha=0.3)
         axis.plot(drift_summary["step"], drift_summary[name], marker="o", ms=3)
-        axis.set_xlabel("step")
-        axis.set_title(f"{name.replace('_', ' ')} to the final step")
+        axis.set_xlabel(unit)
+        axis.set_title(f"{name.replace('_', ' ')} to the final {unit}")
         axis.grid(alpha=0.3)
     _save(figure, path)
 
 
-def plot_family_rates(table: pd.DataFrame, path) -> None:
-    """TPR and TNR of the instrument-family probes per step: each family thin, their mean bold.
-
-    Threshold metrics, unlike AUROC, say whether a clip is *called* brass; a concept emerging shows as the
-    mean TPR rising along the trajectory while TNR holds."""
+def plot_family_rates(table: pd.DataFrame, path, unit: str) -> None:
+    """TPR and TNR of the instrument-family probes per position, one row per yardstick: each family thin,
+    their mean bold. Threshold metrics, unlike AUROC, say whether a clip is *called* brass; a concept
+    emerging shows as the mean TPR rising along the trajectory while TNR holds."""
     from data.vocabulary import FAMILIES
     families = table[table["concept"].isin([f"is_{family}" for family in FAMILIES])]
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3.2), sharey=True)
-    figure.subplots_adjust(bottom=0.17, wspace=0.08)
-    for axis, metric in zip(axes, ("tpr", "tnr")):
-        by_step = families.pivot_table(index="step", columns="concept", values=metric)
-        for concept in by_step.columns:
-            axis.plot(by_step.index, by_step[concept], color="0.7", lw=0.8)
-        axis.plot(by_step.index, by_step.mean(axis=1), color="C0", lw=2.2, marker="o", ms=4,
-                  label=f"mean over {by_step.shape[1]} families")
-        axis.set_title(f"instrument families: {metric.upper()} per step")
-        axis.set_xlabel("step")
-        axis.set_ylim(-0.02, 1.02)
-        axis.grid(alpha=0.3)
-    axes[0].legend(loc="upper left", fontsize=8)
+    yardsticks = list(dict.fromkeys(families["yardstick"]))
+    figure, axes = plt.subplots(len(yardsticks), 2, figsize=(9, 3.2 * len(yardsticks)), sharey=True, squeeze=False)
+    figure.subplots_adjust(bottom=0.17 / len(yardsticks), wspace=0.08, hspace=0.45)
+    for row, yardstick in enumerate(yardsticks):
+        for axis, metric in zip(axes[row], ("tpr", "tnr")):
+            by_step = families[families["yardstick"] == yardstick].pivot_table(index="step", columns="concept",
+                                                                               values=metric)
+            for concept in by_step.columns:
+                axis.plot(by_step.index, by_step[concept], color="0.7", lw=0.8)
+            axis.plot(by_step.index, by_step.mean(axis=1), color=YARDSTICK_STYLE.get(yardstick, ("C0",))[0], lw=2.2,
+                      marker="o", ms=4, label=f"mean over {by_step.shape[1]} families")
+            axis.set_title(f"families: {metric.upper()} per {unit} "
+                           f"{YARDSTICK_STYLE.get(yardstick, ('', yardstick))[1]}", fontsize=9)
+            axis.set_xlabel(unit)
+            axis.set_ylim(-0.02, 1.02)
+            axis.grid(alpha=0.3)
+        axes[row][0].legend(loc="upper left", fontsize=8)
     _save(figure, path)
 
 
-def write_plots(out, table: pd.DataFrame, drift_summary: pd.DataFrame, clips: pd.DataFrame, embeddings) -> dict:
-    """Write every figure; returns {role or concept: path relative to `out`}."""
-    from pathlib import Path
+def write_plots(out, table: pd.DataFrame, drift_summary: pd.DataFrame, clips: pd.DataFrame, embeddings,
+                runs: dict, unit: str, percentile: float) -> dict:
+    """Write every figure; returns {role or concept: path relative to `out`}. `runs`: first position of
+    every position's run of identical positions (statistics.distinct_positions)."""
     folder = Path(out) / "plots"
-    files = {"heatmap": "plots/heatmap_auroc.png", "trajectories": "plots/trajectories_pca.png",
-             "drift": "plots/drift.png", "families": "plots/family_rates.png"}
-    plot_heatmap(table, Path(out) / files["heatmap"])
-    plot_family_rates(table, Path(out) / files["families"])
-    plot_trajectories(clips, embeddings, Path(out) / files["trajectories"])
-    plot_drift(drift_summary, Path(out) / files["drift"])
+    files = {"trajectories": "plots/trajectories_pca.png", "drift": "plots/drift.png",
+             "families": "plots/family_rates.png"}
+    for yardstick, rows in table.groupby("yardstick", sort=False):
+        files[f"heatmap_{yardstick}"] = f"plots/{heatmap_file(yardstick)}"
+        plot_heatmap(rows, Path(out) / files[f"heatmap_{yardstick}"], unit)
+    plot_family_rates(table, Path(out) / files["families"], unit)
+    plot_trajectories(clips, embeddings, Path(out) / files["trajectories"], unit)
+    plot_drift(drift_summary, Path(out) / files["drift"], unit)
     for concept in dict.fromkeys(table["concept"]):
-        plot_concept(table, concept, folder / concept_file(concept))
+        plot_concept(table, concept, folder / concept_file(concept), unit, percentile, runs)
         files[concept] = f"plots/{concept_file(concept)}"
     return files

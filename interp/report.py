@@ -19,6 +19,7 @@ from data.files import write_text
 from interp.concepts import BY_NAME, CONCEPTS
 
 OTHER_CONCEPTS_SHOWN = 3
+YARDSTICK_TITLES = {"prompt": "vs prompts", "content": "vs realised content"}
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
@@ -50,38 +51,59 @@ def _image(path: Path, alt: str) -> str:
     return f"<img alt='{_escape(alt)}' src='data:image/png;base64,{encoded}'>"
 
 
-def _overview(quality: pd.DataFrame, steps: pd.DataFrame) -> str:
-    auroc = steps[steps["metric"] == "auroc"].set_index("concept")
-    balanced = steps[steps["metric"] == "balanced_accuracy"].set_index("concept")
+def _status(row) -> str:
+    """'emerged at step 30 (3 of 6 distinct)', 'transient (steps 10–20)', 'never', or '–'."""
+    if row is None or row["status"] == "undefined":
+        return "–"
+    unit = row["unit"]
+    if row["status"] == "emerged":
+        return (f"<b>emerged</b> at {unit} {int(row['emergence_step'])} <span class='muted'>(above over the last "
+                f"{int(row['distinct_above'])} of {int(row['n_distinct'])} distinct)</span>")
+    if row["status"] == "transient":
+        return (f"transient <span class='muted'>(above {unit}s {int(row['first_above'])}–{int(row['last_above'])}, "
+                f"not at the end)</span>")
+    return "never"
+
+
+def _final(row) -> str:
+    if row is None or pd.isna(row["final_value"]):
+        return "–"
+    significance = (f" <span class='yes'>{_escape(row['final_direction'])}</span>"
+                    if bool(row["final_significant"]) else "")
+    return _with_ci(row["final_value"], row["final_low"], row["final_high"]) + significance
+
+
+def _overview(quality: pd.DataFrame, steps: pd.DataFrame, yardsticks: list[str]) -> str:
+    """One row per concept: probe quality on NSynth, then per yardstick the AUROC emergence status and the
+    final position's AUROC (with 'above'/'below' when significant), side by side."""
+    auroc = steps[steps["metric"] == "auroc"].set_index(["yardstick", "concept"])
+    header = "".join(f"<th>emergence (AUROC) {_escape(YARDSTICK_TITLES.get(y, y))}</th>"
+                     f"<th>final AUROC {_escape(YARDSTICK_TITLES.get(y, y))}</th>" for y in yardsticks)
     lines = ["<table><tr><th class='text'>concept</th><th class='text'>group</th><th>NSynth test AUROC</th>"
-             "<th>NSynth test bal. acc.</th><th>emerges (AUROC)</th><th>emerges (bal. acc.)</th>"
-             "<th>final-step AUROC</th><th>final significant</th><th class='text'>note</th></tr>"]
+             f"<th>NSynth test bal. acc.</th>{header}<th class='text'>note</th></tr>"]
     for _, row in quality.iterrows():
         concept = row["concept"]
-        final = auroc.loc[concept] if concept in auroc.index else None
-        emerged = final["emergence_step"] if final is not None else pd.NA
-        emerged_balanced = balanced.loc[concept, "emergence_step"] if concept in balanced.index else pd.NA
-        note = "; ".join(text for text in (row["note"], None if final is None else final["note"])
-                         if isinstance(text, str) and text)
-        significant = final is not None and bool(final["final_significant"])
+        cells, notes = [], [row["note"]]
+        for yardstick in yardsticks:
+            final = auroc.loc[(yardstick, concept)] if (yardstick, concept) in auroc.index else None
+            cells.append(f"<td class='text'>{_status(final)}</td><td>{_final(final)}</td>")
+            if final is not None and isinstance(final["note"], str) and final["note"]:
+                notes.append(f"{yardstick}: {final['note']}")
+        note = "; ".join(text for text in notes if isinstance(text, str) and text)
         lines.append(
             f"<tr><td class='text'><a href='#concept-{_escape(concept)}'>{_escape(concept)}</a></td>"
             f"<td class='text'>{_escape(row['group'])}</td>"
             f"<td>{_with_ci(row['test_auroc'], row['test_auroc_low'], row['test_auroc_high'])}</td>"
             f"<td>{_with_ci(row['test_balanced_accuracy'], row['test_balanced_accuracy_low'], row['test_balanced_accuracy_high'])}</td>"
-            f"<td>{'never' if pd.isna(emerged) else int(emerged)}</td>"
-            f"<td>{'never' if pd.isna(emerged_balanced) else int(emerged_balanced)}</td>"
-            f"<td>{'–' if final is None else _with_ci(final['final_value'], final['final_low'], final['final_high'])}</td>"
-            f"<td class='{'yes' if significant else 'muted'}'>{'yes' if significant else 'no'}</td>"
-            f"<td class='text'>{_escape(note)}</td></tr>")
+            f"{''.join(cells)}<td class='text'>{_escape(note)}</td></tr>")
     lines.append("</table>")
     return "\n".join(lines)
 
 
-def _sample_table(rows: pd.DataFrame, asked: list[str], out: Path, data: Path) -> str:
+def _sample_table(rows: pd.DataFrame, asked: list[str], out: Path, data: Path, unit: str) -> str:
     others = [concept.name for concept in CONCEPTS if concept.name not in asked and concept.name in rows]
     header = "".join(f"<th>{_escape(name)}</th>" for name in asked)
-    lines = [f"<table><tr><th>step</th><th class='text'>audio</th>{header}"
+    lines = [f"<table><tr><th>{_escape(unit)}</th><th class='text'>audio</th>{header}"
              f"<th class='text'>highest other concepts</th></tr>"]
     rows = rows.sort_values("step")
     asked_values = rows[asked].to_numpy(float)
@@ -98,7 +120,7 @@ def _sample_table(rows: pd.DataFrame, asked: list[str], out: Path, data: Path) -
     return "\n".join(lines)
 
 
-def _prompts(probabilities: pd.DataFrame, annotated: pd.DataFrame, out: Path, data: Path) -> str:
+def _prompts(probabilities: pd.DataFrame, annotated: pd.DataFrame, out: Path, data: Path, unit: str) -> str:
     prompts = annotated.set_index("prompt_id")
     parts = []
     for prompt_id, clips in probabilities.groupby("prompt_id", sort=True):
@@ -107,7 +129,7 @@ def _prompts(probabilities: pd.DataFrame, annotated: pd.DataFrame, out: Path, da
         text = prompts.loc[prompt_id, "prompt"] if prompt_id in prompts.index else ""
         body = []
         for position, (sample, rows) in enumerate(clips.groupby("sample", sort=True)):
-            table = _sample_table(rows, asked, out, data)
+            table = _sample_table(rows, asked, out, data, unit)
             if position == 0:
                 body.append(f"<p>sample {int(sample)}</p>{table}")
             else:
@@ -118,15 +140,19 @@ def _prompts(probabilities: pd.DataFrame, annotated: pd.DataFrame, out: Path, da
     return "\n".join(parts)
 
 
-def write_report(out, data, provenance: dict, plot_files: dict) -> Path:
-    """Build <out>/report.html from the CSVs in `out`, the annotated prompts and the figures in plot_files."""
+def write_report(out, data, record: dict, plot_files: dict) -> Path:
+    """Build <out>/report.html from the CSVs in `out`, the annotated prompts, the figures in plot_files and the
+    stage-6 record (settings, inputs, trajectory_axis, n_tests, yardsticks)."""
     out, data = Path(out), Path(data)
     quality = pd.read_csv(out / "probe_quality.csv", keep_default_na=False, na_values=[""])
-    steps = pd.read_csv(out / "emergence_steps.csv", keep_default_na=False, na_values=[""])
+    unit = record.get("trajectory_axis", {}).get("unit", "step")
+    axis_name = record.get("trajectory_axis", {}).get("name", "")
+    steps = pd.read_csv(out / "emergence_steps.csv", keep_default_na=False, na_values=[""]).assign(unit=unit)
     probabilities = pd.read_csv(out / "probabilities.csv", dtype={"prompt_id": str})
     annotated = read_annotated(data)
-    settings = provenance.get("settings", {})
-    embedder = provenance.get("inputs", {}).get("generated_sidecar", {})
+    settings = record.get("settings", {})
+    embedder = record.get("inputs", {}).get("generated_sidecar", {})
+    yardsticks = record.get("yardsticks", ["prompt"])
     concept_sections = []
     for concept in dict.fromkeys(quality["concept"]):
         figure = plot_files.get(concept)
@@ -134,26 +160,53 @@ def write_report(out, data, provenance: dict, plot_files: dict) -> Path:
         image = _image(out / figure, f"emergence curves of {concept}") if figure else ""
         concept_sections.append(f"<details id='concept-{_escape(concept)}'><summary><b>{_escape(concept)}</b> "
                                 f"<span class='muted'>{_escape(description)}</span></summary>{image}</details>")
+    overview_figures = [("families", f"Instrument families: TPR and TNR per {unit}")]
+    overview_figures += [(f"heatmap_{yardstick}", f"AUROC per concept and {unit}, {YARDSTICK_TITLES.get(yardstick, yardstick)}")
+                         for yardstick in yardsticks]
+    overview_figures += [("trajectories", "Trajectories (PCA)"), ("drift", f"Drift to the final {unit}")]
     figures = "".join(f"<h3>{_escape(title)}</h3>{_image(out / plot_files[key], title)}"
-                      for key, title in (("families", "Instrument families: TPR and TNR per step"),
-                                         ("heatmap", "AUROC per concept and step"),
-                                         ("trajectories", "Trajectories (PCA)"),
-                                         ("drift", "Drift to the final step")) if key in plot_files)
+                      for key, title in overview_figures if key in plot_files)
     level = 100 * (1 - float(settings.get("alpha", 0.05)))
+    if "content" in yardsticks:
+        content_text = (f"A clip <i>realises</i> a concept when the concept's prompt rule holds for the labels on which "
+                        f"the generator put at least {float(settings.get('realised_mass', 0.5)):g} of its posterior mass "
+                        "(the content it actually made). Scored against both, a probe that tracks the realised content "
+                        "but not the prompt says the model did not make what was asked; one that tracks neither says the "
+                        "probe cannot read the concept.")
+    else:
+        content_text = ("This generator records no realised content, so the prompt annotations are the only "
+                        "yardstick.")
+    if record.get("distinct_by") == "content":
+        distinct_text = (f"Consecutive {unit}s whose realised content is the same in every trajectory (to 1e-6: the "
+                         f"generator has committed to the same clips) count as one <i>distinct</i> {unit}.")
+    else:
+        distinct_text = (f"Consecutive {unit}s whose clips have the same embedding in every trajectory (to 1e-5, "
+                         f"relative) count as one <i>distinct</i> {unit}.")
+    baseline = settings.get("baseline", "notes")
+    baseline_text = ("random instrument subsets with as many positive and negative instruments as the concept's train "
+                     "split (an instrument on the side of most of its notes; every note of a drawn instrument)"
+                     if baseline == "instruments" else
+                     "random notes with as many positive and negative notes as the concept's train split")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Musicologist — {_escape(embedder.get('embedder'))} / {_escape(settings.get('probe'))}</title>
 <style>{STYLE}</style></head><body>
 <h1>When do concepts emerge?</h1>
 <p>Embedder <b>{_escape(embedder.get('embedder'))}</b> ({_escape(embedder.get('model'))}), probe <b>{_escape(settings.get('probe'))}</b>,
-clips of kind <b>{_escape(settings.get('kind'))}</b>; {_escape(settings.get('bootstrap'))} bootstrap resamples,
-{_escape(settings.get('random_baselines'))} random-concept baselines per concept, alpha {_escape(settings.get('alpha'))}, seed {_escape(settings.get('seed'))}.</p>
-<p class="muted">A prompt is a positive for a concept when its annotation asks for it. Intervals are {level:.0f}% percentile
-bootstraps: prompt metrics resample prompts (samples of one prompt are correlated), NSynth test metrics resample
-instruments. The p-value compares the concept's value with its random-concept probes (t for one more draw from their
-distribution), Bonferroni-corrected over concepts × steps. A concept emerges at the first step from which the lower
-interval bound stays above the random probes' {float(settings.get('baseline_percentile', 95)):g}th percentile at every later step.</p>
+clips of kind <b>{_escape(settings.get('kind'))}</b>, trajectory axis <b>{_escape(axis_name)}</b> (positions are {_escape(unit)}s);
+{_escape(settings.get('bootstrap'))} bootstrap resamples, {_escape(settings.get('random_baselines'))} random-concept baselines
+per concept, alpha {_escape(settings.get('alpha'))}, seed {_escape(settings.get('seed'))}.</p>
+<p class="muted">Yardsticks: a clip is a positive for a concept when its prompt's annotation <i>asks</i> for it. {content_text}
+Intervals are {level:.0f}% percentile bootstraps: clip metrics resample prompts (samples of one prompt are correlated),
+NSynth test metrics resample instruments (no interval when one side of the test split has a single instrument).
+Random concepts are {baseline_text}, probed with the same family. The p-value compares the concept's value with its
+random probes (t for one more draw from their distribution); <b>Bonferroni over all {_escape(record.get('n_tests'))} tests</b>
+(every metric × concept × {_escape(unit)} × yardstick with a p-value); a significant value is marked <i>above</i> or
+<i>below</i> the random probes' mean. A {_escape(unit)} is <i>above</i> when the lower interval bound exceeds the random
+probes' {float(settings.get('baseline_percentile', 95)):g}th percentile. {distinct_text} Status: <b>emerged</b> = above from
+some {_escape(unit)} to the end (that {_escape(unit)} is the emergence {_escape(unit)}), <i>transient</i> = above somewhere but not
+at the end, <i>never</i> = never above.</p>
 <h2>Overview</h2>
-{_overview(quality, steps)}
+{_overview(quality, steps, yardsticks)}
 <h2>Figures</h2>
 {figures}
 <h2>Concepts</h2>
@@ -161,7 +214,7 @@ interval bound stays above the random probes' {float(settings.get('baseline_perc
 <h2>Prompts</h2>
 <p class="muted">Scores are the probe's P(concept) per clip (the cosine similarity for an uncalibrated text probe); the
 columns are the concepts the prompt asks for.</p>
-{_prompts(probabilities, annotated, out, data)}
+{_prompts(probabilities, annotated, out, data, unit)}
 </body></html>
 """
     path = out / "report.html"

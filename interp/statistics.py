@@ -1,4 +1,4 @@
-"""Cluster bootstrap, random-concept baseline tests, emergence steps and trajectory drift for stage 6.
+"""Cluster bootstrap, random-concept baselines and their tests, emergence status and trajectory drift for stage 6.
 
 Every metric here takes a weight matrix `weights` [n_resamples, n_items]: row b says how many times item i
 appears in resample b. Row of ones = the plain point estimate (it equals scikit-learn's metric, which the
@@ -8,6 +8,7 @@ operation is what keeps 28 concepts x 11 steps x 1,000 resamples within a minute
 clusters, so the resampling is ours and the rest (t distribution, PCA, metrics in tests) is the libraries'.
 """
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats
@@ -165,20 +166,131 @@ def bonferroni(pvalues: np.ndarray) -> np.ndarray:
     return np.minimum(pvalues * tests, 1.0)
 
 
-def emergence_step(steps, lower_bounds, thresholds):
-    """First step from which the lower CI bound exceeds the baseline threshold at that and every later step.
+def directions(values, baseline_means) -> np.ndarray:
+    """'above' / 'below' the random probes' mean per value ('' where either is undefined): the side a
+    two-sided baseline test rejects on, so a significant cell says which way it differs."""
+    values = np.asarray(values, np.float64)
+    means = np.asarray(baseline_means, np.float64)
+    result = np.full(values.shape, "", dtype=object)
+    result[values > means] = "above"
+    result[values < means] = "below"
+    return result
 
-    Returns None when the final step itself is not above: the concept never stays emerged.
+
+def distinct_positions(values, trajectory, positions, atol: float = 0.0, rtol: float = 0.0) -> dict:
+    """{position: the first position of its run of identical positions}, over the sorted captured positions.
+
+    `values` [n_clips, d] describe each clip (its realised content, or its embedding). Two consecutive captured
+    positions p < q are *identical* when every trajectory has a clip at both and, for every trajectory,
+    ||v_p - v_q|| <= atol + rtol * ||v_q||. A run of positions each identical to the next is one distinct
+    position: once a sampler has committed (the reference model's posterior sits on one bank clip), its later
+    steps repeat the same clip and are no further evidence that a concept "stays" emerged.
     """
-    order = np.argsort(np.asarray(steps))
-    steps = np.asarray(steps)[order]
-    above = np.asarray(lower_bounds, np.float64)[order] > np.asarray(thresholds, np.float64)[order]
-    first = None
-    for position in range(len(steps) - 1, -1, -1):
-        if not above[position]:
-            break
-        first = steps[position]
-    return None if first is None else int(first)
+    values = np.asarray(values, np.float64)
+    trajectory = np.asarray(trajectory)
+    positions = np.asarray(positions)
+    ordered = np.unique(positions)
+    rows = np.full((trajectory.max() + 1 if len(trajectory) else 0, len(ordered)), -1)
+    rows[trajectory, np.searchsorted(ordered, positions)] = np.arange(len(positions))
+    first_of_run = {}
+    for i, position in enumerate(ordered):
+        same = i > 0 and (rows[:, i - 1] >= 0).all() and (rows[:, i] >= 0).all()
+        if same:
+            earlier, later = values[rows[:, i - 1]], values[rows[:, i]]
+            distance = np.linalg.norm(earlier - later, axis=1)
+            same = bool(np.all(distance <= atol + rtol * np.linalg.norm(later, axis=1)))
+        first_of_run[int(position)] = first_of_run[int(ordered[i - 1])] if same else int(position)
+    return first_of_run
+
+
+EMERGENCE_STATUSES = ("emerged", "transient", "never", "undefined")
+
+
+@dataclass(frozen=True)
+class Emergence:
+    """How a concept's curve relates to its random baseline along the trajectory.
+
+    status: 'emerged' (above at the final distinct position, emergence_step = first position of the run of
+    distinct positions above that reaches the end), 'transient' (above at some position, not at the end),
+    'never' (never above), 'undefined' (no value at any position: no probe, or no positive/negative clip).
+    first_above / last_above: the first and last captured positions that are above (None if never).
+    distinct_above: distinct positions in the final run above (0 unless emerged); n_distinct: distinct
+    positions with a value.
+    """
+    status: str
+    emergence_step: int | None
+    first_above: int | None
+    last_above: int | None
+    distinct_above: int
+    n_distinct: int
+
+
+def emergence_status(positions, lower_bounds, thresholds, runs: dict | None = None) -> Emergence:
+    """Classify a curve: a position is *above* when the metric's lower CI bound exceeds the baseline threshold.
+
+    `runs` maps each position to the first position of its run of identical positions (distinct_positions);
+    a run counts as one position, and it is above only when every position in it is. Positions without a
+    value (NaN bound or threshold) count as not above; they are left out of n_distinct.
+    """
+    order = np.argsort(np.asarray(positions), kind="stable")
+    positions = np.asarray(positions)[order]
+    lower = np.asarray(lower_bounds, np.float64)[order]
+    threshold = np.asarray(thresholds, np.float64)[order]
+    defined = np.isfinite(lower) & np.isfinite(threshold)
+    above = defined & (np.where(defined, lower, 0.0) > np.where(defined, threshold, 0.0))
+    runs = runs or {}
+    run_of = np.array([runs.get(int(position), int(position)) for position in positions])
+    # One entry per distinct position (run): above only if all its positions are, defined if any is.
+    run_ids = list(dict.fromkeys(run_of))
+    run_above = np.array([above[run_of == run].all() for run in run_ids], bool)
+    run_defined = np.array([defined[run_of == run].any() for run in run_ids], bool)
+    if not run_defined.any():
+        return Emergence("undefined", None, None, None, 0, 0)
+    above_positions = positions[above]
+    first_above = int(above_positions[0]) if above_positions.size else None
+    last_above = int(above_positions[-1]) if above_positions.size else None
+    n_distinct = int(run_defined.sum())
+    if not run_above[-1]:
+        return Emergence("transient" if above.any() else "never", None, first_above, last_above, 0, n_distinct)
+    start = len(run_ids) - 1
+    while start > 0 and run_above[start - 1]:
+        start -= 1
+    return Emergence("emerged", int(run_ids[start]), first_above, last_above, len(run_ids) - start, n_distinct)
+
+
+def emergence_step(steps, lower_bounds, thresholds):
+    """First step from which the lower CI bound exceeds the baseline threshold at that and every later step
+    (None when the final step itself is not above). Same as emergence_status(...).emergence_step."""
+    return emergence_status(steps, lower_bounds, thresholds).emergence_step
+
+
+def random_note_sets(train_rows: np.ndarray, n_positive: int, n_total: int, rng: np.random.Generator):
+    """A random concept drawn note by note: `n_total` train notes, `n_positive` of them labelled positive."""
+    rows = rng.choice(train_rows, n_total, replace=False)
+    labels = np.zeros(n_total, int)
+    labels[rng.choice(n_total, n_positive, replace=False)] = 1
+    return rows, labels
+
+
+def random_instrument_sets(train_rows: np.ndarray, instrument_of_row: np.ndarray, n_positive_instruments: int,
+                           n_negative_instruments: int, rng: np.random.Generator):
+    """A random concept drawn instrument by instrument, matched in NUMBER OF INSTRUMENTS.
+
+    Draws n_positive_instruments of the train instruments as positives and n_negative_instruments of the
+    others as negatives; every train note of a drawn instrument takes its side's label. Probes are trained
+    and tested on disjoint instruments, so the null they are compared with must also vary by instrument: a
+    note-by-note draw mixes every instrument into both classes and gives a narrower null. The counts are
+    capped so that both sides have at least one instrument and do not overlap.
+    """
+    instruments = np.unique(instrument_of_row[train_rows])
+    n_positive = int(np.clip(n_positive_instruments, 1, len(instruments) - 1))
+    n_negative = int(np.clip(n_negative_instruments, 1, len(instruments) - n_positive))
+    drawn = rng.permutation(instruments)[:n_positive + n_negative]
+    positive = np.isin(instrument_of_row[train_rows], drawn[:n_positive])
+    negative = np.isin(instrument_of_row[train_rows], drawn[n_positive:])
+    rows = np.concatenate([train_rows[positive], train_rows[negative]])
+    labels = np.concatenate([np.ones(positive.sum(), int), np.zeros(negative.sum(), int)])
+    return rows, labels
 
 
 def trajectory_drift(embeddings: np.ndarray, trajectory: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -44,6 +44,9 @@ def demo_data(tmp_path_factory):
 def test_results_cover_every_concept_at_every_captured_step(demo_data):
     results = demo_data / "results" / "spectral" / "logreg" / "x0"
     emergence = pd.read_csv(results / "emergence.csv")
+    # The ideal model records its realised content: a second yardstick beside the prompts.
+    assert sorted(emergence.yardstick.unique()) == ["content", "prompt"]
+    emergence = emergence[emergence.yardstick == "prompt"]
     assert set(emergence.concept) == set(CONCEPT_NAMES)
     assert sorted(emergence.step.unique()) == CAPTURE_STEPS
     assert len(emergence) == len(CONCEPT_NAMES) * len(CAPTURE_STEPS)

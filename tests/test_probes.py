@@ -91,3 +91,55 @@ def test_probes_are_deterministic_under_a_seed():
         first = probes.make_probe(name, random_state=3).fit(X, y).predict_proba(X)
         second = probes.make_probe(name, random_state=3).fit(X, y).predict_proba(X)
         np.testing.assert_array_equal(first, second)
+
+
+def test_calibration_folds_never_split_an_instrument():
+    instruments = np.repeat(np.arange(10), 6)
+    y = (instruments < 4).astype(int)           # instruments 0-3 positive, 4-9 negative
+    folds = probes.calibration_folds(y, instruments, 3, random_state=0)
+    assert len(folds) == 3
+    for train, held_out in folds:
+        assert not set(instruments[train]) & set(instruments[held_out])
+        assert set(y[train]) == {0, 1} and set(y[held_out]) == {0, 1}
+    assert sorted(np.concatenate([held for _, held in folds])) == list(range(60))
+    # Fewer positive instruments than folds: as many folds as there are; one instrument: no held-out margins.
+    assert len(probes.calibration_folds((instruments < 2).astype(int), instruments, 3, 0)) == 2
+    assert probes.calibration_folds((instruments < 1).astype(int), instruments, 3, 0) is None
+    # Without instruments the folds are plain stratified ones over notes (as many as the rarer class allows).
+    assert len(probes.calibration_folds(y, None, 3, 0)) == 3
+
+
+def test_svm_family_calibrates_on_instrument_grouped_folds(monkeypatch):
+    _, _, direction = _planted()
+    instruments = np.arange(240) // 8
+    y = (instruments % 3 == 0).astype(int)
+    X = np.random.default_rng(5).standard_normal((240, len(direction))) + 2.5 * y[:, None] * direction
+    seen = []
+    original = probes.calibration_folds
+    monkeypatch.setattr(probes, "calibration_folds", lambda *a, **k: seen.append(a[1]) or original(*a, **k))
+    family = probes.FAMILIES["svm"](seed=0)
+    fitted = family.concept_probe(0, probes.TrainingSet(X, y, instruments))
+    np.testing.assert_array_equal(seen[0], instruments)
+    scores, decisions = family.outputs(fitted.model, X)
+    assert roc_auc_score(y, scores) > 0.9 and decisions.dtype == bool
+
+
+@pytest.mark.parametrize("name", probes.PROBES)
+def test_every_family_makes_concept_and_random_probes_through_one_interface(name):
+    X, y, direction = _planted()
+    instruments = np.arange(len(y)) // 6
+    family = probes.FAMILIES[name](seed=1, text_vectors=np.stack([direction, -direction]))
+    training = probes.TrainingSet(X, y, instruments)
+    fitted = family.concept_probe(0, training)
+    assert fitted.model is not None and fitted.note == ""
+    scores, decisions = family.outputs(fitted.model, X)
+    assert roc_auc_score(y, scores) > 0.9 and decisions.shape == (len(y),)
+    random_probe = family.random_probe(0, 3, training, X.shape[1])
+    assert family.outputs(random_probe, X)[0].shape == (len(y),)
+    # A training set with one class: trained families give no probe and say why; the text probe keeps its
+    # cosine scores without a threshold.
+    one_class = probes.TrainingSet(X, np.ones_like(y), instruments)
+    lonely = family.concept_probe(1, one_class)
+    assert ("only positive" in lonely.note) if family.needs_notes else ("threshold not placed" in lonely.note)
+    assert (lonely.model is None) == family.needs_notes
+    assert (family.random_probe(1, 0, None, X.shape[1]) is None) == family.needs_notes

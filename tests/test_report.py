@@ -48,9 +48,22 @@ def test_every_audio_player_links_an_existing_wav(report):
         assert not os.path.isabs(attrs["src"]) and attrs["preload"] == "none"
         assert (path.parent / attrs["src"]).resolve().is_file(), attrs["src"]
     # Figures are embedded, so the page needs nothing but the wavs: overview figures plus one per concept.
-    assert len(collector.images) == 4 + 28  # families, heatmap, PCA, drift + one per concept
+    # families, a heatmap per yardstick (prompt, content), PCA, drift + one per concept
+    assert len(collector.images) == 5 + 28
     assert all(src.startswith("data:image/png;base64,") for src in collector.images)
     assert collector.details >= 28 + 40
+
+
+def test_overview_shows_both_yardsticks_side_by_side(report):
+    _, path = report
+    page = path.read_text(encoding="utf-8")
+    overview = page[page.index("<h2>Overview</h2>"):page.index("<h2>Figures</h2>")]
+    assert "emergence (AUROC) vs prompts" in overview and "emergence (AUROC) vs realised content" in overview
+    brass = next(line for line in overview.splitlines() if "#concept-is_brass'" in line)
+    # Brass emerges at step 40 against both yardsticks; its probe quality has no CI (one test instrument).
+    assert brass.count("<b>emerged</b> at step 40") == 2
+    assert "come from one instrument" in brass
+    assert "transient" in overview or "never" in overview
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):

@@ -11,7 +11,7 @@ from data.files import read_json, write_json, write_npy
 from data.stage import run_stage
 from interp import stage6_probe
 from interp.concepts import CONCEPTS
-from test_stage6_data import EMBEDDER, IDENTITY, analysed_data, term_directions, write_synthetic_data
+from test_stage6_data import EMBEDDER, analysed_data, term_directions, write_synthetic_data
 
 REPO_ROOT = stage6_probe.Path(stage6_probe.__file__).resolve().parent.parent
 # Concepts whose prompt labels are drawn independently of the injected brass label: for them the clips
@@ -23,7 +23,7 @@ UNRELATED = ("atmospheric", "is_acoustic", "is_electronic", "is_synthetic")
 def results(tmp_path_factory):
     root = analysed_data(tmp_path_factory)
     out = stage6_probe.results_dir(root, EMBEDDER, "logreg", "x0")
-    return root, out, {name: pd.read_csv(out / name) for name in stage6_probe.OUTPUT_FILES}
+    return root, out, {name: pd.read_csv(out / name) for name in stage6_probe.OUTPUT_FILES if name.endswith(".csv")}
 
 
 def _run(argv):
@@ -32,31 +32,47 @@ def _run(argv):
 
 def test_injected_concept_emerges_at_its_step(results):
     _, _, tables = results
-    steps = tables["emergence_steps.csv"].set_index(["concept", "metric"])
-    assert steps.loc[("is_brass", "auroc"), "emergence_step"] == 40
-    brass = tables["emergence.csv"].query("concept == 'is_brass'").set_index("step")
+    steps = tables["emergence_steps.csv"].set_index(["yardstick", "concept", "metric"])
+    for yardstick in ("prompt", "content"):
+        brass = steps.loc[(yardstick, "is_brass", "auroc")]
+        assert brass["status"] == "emerged" and brass["emergence_step"] == 40
+        assert brass["first_above"] == 40 and brass["last_above"] == 100
+        assert brass["distinct_above"] == 4 and brass["n_distinct"] == 6
+        # A direction only where the final value is significant (empty cells read back as NaN).
+        assert brass["final_direction"] == "above" if brass["final_significant"] else pd.isna(brass["final_direction"])
+    brass = tables["emergence.csv"].query("concept == 'is_brass' and yardstick == 'prompt'").set_index("step")
     assert (brass.loc[[0, 20], "auroc_low"] < brass.loc[[0, 20], "auroc_baseline_p95"]).all()
     assert (brass.loc[40:, "auroc"] > 0.9).all()
+    assert (brass.loc[40:, "auroc_direction"] == "above").all()
+    assert (brass["trajectory_axis"] == "denoising_step").all()
 
 
 def test_unrelated_concepts_are_not_significant(results):
     _, _, tables = results
-    table = tables["emergence.csv"]
+    table = tables["emergence.csv"].query("yardstick == 'prompt'")
     unrelated = table[table["concept"].isin(UNRELATED)]
     assert len(unrelated) == len(UNRELATED) * 6 and unrelated["auroc"].notna().all()
     assert not unrelated["auroc_significant"].any()
     assert not unrelated["balanced_accuracy_significant"].any()
 
 
-def test_bonferroni_over_concepts_and_steps(results):
-    _, _, tables = results
+def test_bonferroni_over_every_test_the_report_shows(results):
+    """One family: every metric x concept x step x yardstick with a p-value; direction says which side."""
+    _, out, tables = results
     table = tables["emergence.csv"]
-    for metric in ("auroc", "balanced_accuracy", "tpr"):
-        tested = table[f"{metric}_p"].notna()
-        assert tested.sum() > 100
-        expected = np.minimum(table[f"{metric}_p"] * tested.sum(), 1.0)
+    metrics = ("accuracy", "tpr", "tnr", "balanced_accuracy", "auroc")
+    n_tests = int(table[[f"{metric}_p" for metric in metrics]].notna().to_numpy().sum())
+    assert n_tests > 5 * 2 * 100 and read_json(out / "stage6.json")["n_tests"] == n_tests
+    assert f"Bonferroni over all {n_tests} tests" in (out / "report.html").read_text(encoding="utf-8")
+    for metric in metrics:
+        expected = np.minimum(table[f"{metric}_p"] * n_tests, 1.0)
         np.testing.assert_allclose(table[f"{metric}_p_bonferroni"], expected)
         np.testing.assert_array_equal(table[f"{metric}_significant"], table[f"{metric}_p_bonferroni"] < 0.05)
+        tested = table[f"{metric}_p"].notna()
+        above = table[f"{metric}"] > table[f"{metric}_baseline_mean"]
+        assert (table.loc[tested & above, f"{metric}_direction"] == "above").all()
+        below = table[f"{metric}"] < table[f"{metric}_baseline_mean"]
+        assert (table.loc[tested & below, f"{metric}_direction"] == "below").all()
 
 
 def test_outputs_align_with_the_clips(results):
@@ -65,29 +81,35 @@ def test_outputs_align_with_the_clips(results):
     assert len(probabilities) == 40 * 2 * 6
     assert list(probabilities.columns[5:]) == [concept.name for concept in CONCEPTS]
     assert probabilities[[c.name for c in CONCEPTS]].apply(lambda column: column.between(0, 1)).all().all()
-    assert len(tables["emergence.csv"]) == len(CONCEPTS) * 6
+    assert len(tables["emergence.csv"]) == len(CONCEPTS) * 6 * 2  # two yardsticks
     drift = tables["drift.csv"]
     final = drift[drift["step"] == 100]
     assert np.allclose(final[["cosine_distance", "l2_distance"]], 0.0)
     summary = tables["drift_summary.csv"]
     # The synthetic trajectories shrink their noise towards the end: drift falls with the step.
     assert summary["l2_distance"].is_monotonic_decreasing
+    assert (summary["distinct_position"] == summary["step"]).all()  # noise at every step: all distinct
     quality = tables["probe_quality.csv"].set_index("concept")
-    assert quality.loc["is_brass", "test_auroc"] > 0.8
-    assert quality.loc["is_brass", "test_auroc_low"] <= quality.loc["is_brass", "test_auroc"] <= \
-        quality.loc["is_brass", "test_auroc_high"]
+    # The synthetic notes put one brass instrument in the test split: no instrument CI, and the note says so.
+    assert quality.loc["is_brass", "test_auroc"] > 0.8 and quality.loc["is_brass", "n_test_positive_instruments"] == 1
+    assert np.isnan(quality.loc["is_brass", "test_auroc_low"]) and "one instrument" in quality.loc["is_brass", "note"]
+    assert quality.loc["is_acoustic", "n_test_positive_instruments"] >= 2
+    assert quality.loc["is_acoustic", "test_auroc_low"] <= quality.loc["is_acoustic", "test_auroc"] <= \
+        quality.loc["is_acoustic", "test_auroc_high"]
     sidecar = read_json(out / "stage6.json")
-    assert sidecar["settings"]["bootstrap"] == 300 and (out / "plots" / "heatmap_auroc.png").is_file()
+    assert sidecar["settings"]["bootstrap"] == 300 and sidecar["settings"]["baseline"] == "instruments"
+    assert sidecar["trajectory_axis"]["unit"] == "step" and sidecar["yardsticks"] == ["prompt", "content"]
+    assert (out / "plots" / "heatmap_auroc.png").is_file() and (out / "plots" / "heatmap_auroc_content.png").is_file()
 
 
 def test_concept_nobody_asks_for_is_nan_with_a_note(results):
     _, _, tables = results
-    distorted = tables["emergence.csv"].query("concept == 'distorted'")
+    distorted = tables["emergence.csv"].query("concept == 'distorted' and yardstick == 'prompt'")
     assert distorted["n_positive_prompts"].eq(0).all()
     assert distorted["auroc"].isna().all() and distorted["tpr"].isna().all()
     assert distorted["note"].str.contains("no prompt asks for this concept").all()
     steps = tables["emergence_steps.csv"].query("concept == 'distorted'")
-    assert steps["emergence_step"].isna().all()
+    assert steps["emergence_step"].isna().all() and (steps["status"] == "undefined").all()
 
 
 def test_up_to_date_runs_are_skipped_and_force_redoes(tmp_path, capsys):
@@ -103,7 +125,7 @@ def test_up_to_date_runs_are_skipped_and_force_redoes(tmp_path, capsys):
     assert emergence.stat().st_mtime_ns != first
     # Other settings over existing results are refused, and nothing is overwritten.
     assert _run([*argv[:4], "--bootstrap", "30", "--random-baselines", "3", "--no-report"]) == 2
-    assert "bootstrap differs" in capsys.readouterr().err
+    assert "made with settings.bootstrap=20, this run has 30" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -121,8 +143,10 @@ def _error(capsys, argv) -> str:
 
 def test_bad_inputs_give_one_line_errors(small_data, capsys):
     base = ["--data", small_data, "--no-report"]
+    message = _error(capsys, base + ["--embedder", "clap"])
+    assert "clap-larger_clap_general.npy: missing" in message and f"available embedders: {EMBEDDER}" in message
     message = _error(capsys, base + ["--embedder", "clap", "--model", "laion/clap-larger"])
-    assert "clap-clap-larger.npy: missing" in message and f"available embedders: {EMBEDDER}" in message
+    assert "clap-clap-larger.npy: missing" in message
     message = _error(capsys, base + ["--embedder", "clap-larger"])
     assert "--embedder 'clap-larger' is not an embedder — choose from clap, spectral" in message
     message = _error(capsys, base + ["--embedder", EMBEDDER, "--kind", "xt"])
@@ -169,14 +193,14 @@ class FakeTextEmbedder:
 
 
 def test_text_probe_finds_emergence_with_and_without_nsynth(tmp_path, monkeypatch):
-    monkeypatch.setitem(embeddings.EMBEDDERS, IDENTITY["embedder"], "test_stage6:FakeTextEmbedder")
+    monkeypatch.setitem(embeddings.EMBEDDERS, EMBEDDER, "test_stage6:FakeTextEmbedder")
     root = write_synthetic_data(tmp_path, n_prompts=30, samples=2, steps=(0, 40, 80), dim=32, write_audio=False,
                                 inject={"brass": 40})
     argv = ["--data", root, "--embedder", EMBEDDER, "--probe", "text", "--bootstrap", "200", "--no-report"]
     assert _run(argv) == 0
     out = stage6_probe.results_dir(root, EMBEDDER, "text", "x0")
-    steps = pd.read_csv(out / "emergence_steps.csv").set_index(["concept", "metric"])
-    assert steps.loc[("is_brass", "auroc"), "emergence_step"] == 40
+    steps = pd.read_csv(out / "emergence_steps.csv").set_index(["yardstick", "concept", "metric"])
+    assert steps.loc[("prompt", "is_brass", "auroc"), "emergence_step"] == 40
     assert pd.read_csv(out / "probe_quality.csv").set_index("concept").loc["is_brass", "test_auroc"] > 0.8
     # Zero-shot needs no NSynth: scores (cosines) and AUROC, but no thresholds, so no decision metrics.
     for name in ("notes.csv", "sets.csv"):
@@ -184,10 +208,146 @@ def test_text_probe_finds_emergence_with_and_without_nsynth(tmp_path, monkeypatc
     assert _run(argv + ["--force"]) == 0
     table = pd.read_csv(out / "emergence.csv")
     assert table["balanced_accuracy"].isna().all()
-    assert pd.read_csv(out / "emergence_steps.csv").set_index(["concept", "metric"]).loc[
-        ("is_brass", "auroc"), "emergence_step"] == 40
+    assert pd.read_csv(out / "emergence_steps.csv").set_index(["yardstick", "concept", "metric"]).loc[
+        ("prompt", "is_brass", "auroc"), "emergence_step"] == 40
 
 
 def test_text_probe_refuses_an_embedder_without_text(small_data, capsys):
     message = _error(capsys, ["--data", small_data, "--embedder", EMBEDDER, "--probe", "text", "--no-report"])
-    assert "embedder 'synthetic' is unknown" in message
+    assert "embedder 'spectral' has no text tower" in message
+
+
+def test_realised_content_separates_an_unread_concept_from_an_unmade_one(tmp_path):
+    """40% of the prompts do not realise brass: the clips carry no brass, and their content says so. Against
+    the realised content the probe is right about brass; against the prompts it is penalised for the model's
+    failure. Both yardsticks agree on when brass emerges."""
+    root = write_synthetic_data(tmp_path, n_prompts=30, samples=2, steps=(0, 40, 80), dim=32, write_audio=False,
+                                inject={"brass": 40}, unrealised=0.4)
+    assert _run(["--data", root, "--embedder", EMBEDDER, "--bootstrap", "200", "--random-baselines", "6",
+                 "--no-report"]) == 0
+    out = stage6_probe.results_dir(root, EMBEDDER, "logreg", "x0")
+    table = pd.read_csv(out / "emergence.csv").set_index(["yardstick", "concept", "step"])
+    assert table.loc[("content", "is_brass", 80), "auroc"] > 0.95
+    assert table.loc[("prompt", "is_brass", 80), "auroc"] < table.loc[("content", "is_brass", 80), "auroc"] - 0.1
+    # Prompts that asked for brass but did not get it are content negatives.
+    assert table.loc[("content", "is_brass", 80), "n_positive_clips"] < table.loc[("prompt", "is_brass", 80),
+                                                                                  "n_positive_clips"]
+    steps = pd.read_csv(out / "emergence_steps.csv").set_index(["yardstick", "concept", "metric"])
+    assert steps.loc[("content", "is_brass", "auroc"), "emergence_step"] == 40
+    # Realised labels cover families, drum and sources only: a reverb concept has no content positives.
+    assert steps.loc[("content", "long", "auroc"), "status"] == "undefined"
+
+
+def test_a_generator_without_content_and_a_layer_axis(tmp_path):
+    """No content artifact: the prompt yardstick alone, no special case. A layer trajectory: the axis named
+    in generation.json reaches the CSVs, the sidecar, the summary and the report's words."""
+    root = write_synthetic_data(tmp_path, n_prompts=12, samples=1, steps=(1, 2, 3, 4), dim=16, write_audio=True,
+                                n_instruments=24, notes_per_instrument=4, inject={"brass": 3}, content=False,
+                                axis=("layer", "layer"))
+    assert _run(["--data", root, "--embedder", EMBEDDER, "--bootstrap", "50", "--random-baselines", "3"]) == 0
+    out = stage6_probe.results_dir(root, EMBEDDER, "logreg", "x0")
+    table = pd.read_csv(out / "emergence.csv")
+    assert set(table["yardstick"]) == {"prompt"} and len(table) == len(CONCEPTS) * 4
+    assert set(table["trajectory_axis"]) == {"layer"}
+    assert set(pd.read_csv(out / "emergence_steps.csv")["trajectory_axis"]) == {"layer"}
+    assert read_json(out / "stage6.json")["trajectory_axis"] == {"name": "layer", "unit": "layer",
+                                                                  "positions": [0, 1, 2, 3, 4]}
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "AUROC per concept and layer" in page and "<th>layer</th>" in page and "per step" not in page
+    assert "records no realised content" in page
+    snippet = (out / "summary.md").read_text(encoding="utf-8")
+    assert "4 layers (1–4, axis `layer`)" in snippet and "step" not in snippet
+
+
+def test_an_axis_given_by_name_only_and_the_note_baseline(tmp_path):
+    """Older generation.json files name the axis with a string; --baseline notes keeps the per-note draw."""
+    root = write_synthetic_data(tmp_path, n_prompts=8, samples=1, steps=(0, 10), dim=16, write_audio=False,
+                                n_instruments=24, notes_per_instrument=4)
+    generation = root / "generated" / "generation.json"
+    write_json(generation, dict(read_json(generation), trajectory_axis="denoising_step"))
+    argv = ["--data", root, "--embedder", EMBEDDER, "--bootstrap", "20", "--random-baselines", "3", "--no-report"]
+    assert _run(argv + ["--baseline", "notes"]) == 0
+    out = stage6_probe.results_dir(root, EMBEDDER, "logreg", "x0")
+    record = read_json(out / "stage6.json")
+    assert record["trajectory_axis"]["unit"] == "step" and record["settings"]["baseline"] == "notes"
+    by_notes = pd.read_csv(out / "emergence.csv")["auroc_baseline_mean"]
+    assert _run(argv + ["--force"]) == 0
+    by_instruments = pd.read_csv(out / "emergence.csv")["auroc_baseline_mean"]
+    assert not np.allclose(by_notes.dropna(), by_instruments.dropna())
+
+
+@pytest.mark.parametrize("content", [True, False])
+def test_identical_positions_count_once_end_to_end(tmp_path, content):
+    """From step 10 on the generator has committed: its realised content (when recorded) and the clips'
+    embeddings stop changing. drift_summary and emergence_steps see two distinct positions, not three; the
+    rule reads the content when there is one, the embeddings otherwise."""
+    root = write_synthetic_data(tmp_path, n_prompts=20, samples=1, steps=(0, 10, 20), dim=16, write_audio=False,
+                                inject={"brass": 10}, strength=6.0, n_instruments=24, notes_per_instrument=4,
+                                content=content, committed_from=10)
+    npy = root / "generated" / "embeddings" / f"{EMBEDDER}.npy"
+    matrix = np.load(npy)
+    steps = stage6_probe.read_generated_index(root)["step"].to_numpy()
+    matrix[steps == 20] = matrix[steps == 10]
+    write_npy(npy, matrix)
+    argv = ["--data", root, "--embedder", EMBEDDER, "--bootstrap", "100", "--random-baselines", "4", "--no-report"]
+    assert _run(argv) == 0
+    out = stage6_probe.results_dir(root, EMBEDDER, "logreg", "x0")
+    assert read_json(out / "stage6.json")["distinct_by"] == ("content" if content else "embeddings")
+    assert pd.read_csv(out / "drift_summary.csv")["distinct_position"].tolist() == [0, 10, 10]
+    steps_table = pd.read_csv(out / "emergence_steps.csv").set_index(["yardstick", "concept", "metric"])
+    brass = steps_table.loc[("prompt", "is_brass", "auroc")]
+    assert brass["status"] == "emerged" and brass["emergence_step"] == 10
+    assert brass["distinct_above"] == 1 and brass["n_distinct"] == 2
+    assert (steps_table["n_distinct"] <= 2).all()
+    if content:
+        # Clips that still change while the content stays: the content decides.
+        matrix[steps == 20] += 0.5
+        write_npy(npy, matrix)
+        assert _run(argv + ["--force"]) == 0
+        assert pd.read_csv(out / "drift_summary.csv")["distinct_position"].tolist() == [0, 10, 10]
+
+
+def test_unknown_baseline_is_refused(small_data, capsys):
+    message = _error(capsys, ["--data", small_data, "--embedder", EMBEDDER, "--baseline", "prompts", "--no-report"])
+    assert message == "error: --baseline 'prompts' is unknown — choose from instruments, notes"
+
+
+def test_summary_rederives_the_headline_numbers(results):
+    from interp import summary
+    _, out, tables = results
+    derived = summary.summarise(out)
+    assert derived == read_json(out / summary.SUMMARY_JSON)
+    assert derived["run"]["clips"] == 40 * 2 * 6 and derived["run"]["unit"] == "step"
+    prompt = derived["emergence"]["prompt"]["auroc"]
+    assert prompt["emergence_step"]["is_brass"] == 40 and "is_brass" in prompt["emerged"]
+    assert "distorted" in prompt["undefined"]
+    steps = tables["emergence_steps.csv"].query("yardstick == 'prompt' and metric == 'auroc'")
+    for status in ("emerged", "transient", "never", "undefined"):
+        assert sorted(steps[steps["status"] == status]["concept"]) == prompt[status]
+    significant = tables["emergence.csv"]["auroc_significant"]
+    assert sum(derived["significance"]["auroc"].values()) == significant.sum()
+    assert derived["significance"]["tests"] == read_json(out / "stage6.json")["n_tests"]
+    assert "is_brass" in derived["probe_quality"]["no_instrument_interval"]
+    snippet = (out / summary.SUMMARY_MD).read_text(encoding="utf-8")
+    assert snippet == summary.markdown(derived) and "is_brass (40)" in snippet
+    assert f"Bonferroni over {derived['significance']['tests']:,} tests" in snippet
+
+
+def test_random_instrument_concepts_count_instruments_by_their_majority():
+    """Instruments a and d have mostly positive train notes, b, c and e mostly (or only) negative ones: every
+    random concept has 2 positive and 3 negative instruments, whole, drawn from the train split only."""
+    instruments = [name for name in "abcdef" for _ in range(3)]
+    notes = pd.DataFrame({"instrument_str": instruments, "split": ["train"] * 15 + ["test"] * 3})
+    nsynth = stage6_probe.ConceptNotes(notes, pd.DataFrame(), np.zeros((18, 2)), REPO_ROOT)
+    labels = np.array([1, 1, 0, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0])
+    split = stage6_probe.ConceptSplit(np.arange(15), labels, np.arange(15, 18), np.zeros(3, int))
+    draws = stage6_probe.random_training_sets(nsynth, split, "instruments", 30, seed=0, k=0)
+    seen = set()
+    for draw in draws:
+        positive, negative = set(draw.instruments[draw.y == 1]), set(draw.instruments[draw.y == 0])
+        assert len(positive) == 2 and len(negative) == 3 and not positive & negative
+        assert len(draw.y) == 15 and set(np.bincount(draw.instruments)) == {3}
+        seen.add(frozenset(positive))
+    assert len(seen) > 3
+    by_notes = stage6_probe.random_training_sets(nsynth, split, "notes", 5, seed=0, k=0)
+    assert all(draw.y.sum() == 6 and len(draw.y) == 15 for draw in by_notes)

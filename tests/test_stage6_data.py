@@ -6,6 +6,12 @@ embedding is noise plus its family, source and qualities' directions, so stage 4
 towards the final step, plus — only for the terms in `inject` and only from the given step on — the
 directions of its prompt's labels. So a concept built on an injected term emerges exactly at that step and
 every other concept's probe sees no signal in the clips.
+
+Realised content (generated/content/, the second yardstick): a prompt label's mass grows from 0.7 to 1 at the
+final step (from `committed_from` on it stays at 1: the generator has committed); other labels have mass 0.
+With `unrealised` > 0 that fraction of prompts does not realise the injected terms: their clips carry no
+direction, and their content gives those terms mass 0. So against the realised content an injected concept is
+read perfectly, against the prompts only as well as the prompts were followed.
 """
 from pathlib import Path
 
@@ -14,14 +20,15 @@ import pandas as pd
 import soundfile as sf
 
 from data.contract import read_generated_index, read_notes, table_sha256
-from data.files import write_csv, write_json, write_npy
+from data.files import write_csv, write_json, write_npy, write_text
+from data.realised_content import content_part_path, format_content_part
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES, VOCABULARY, format_labels
 from interp.concepts import CONCEPTS, Note
 
-# Fabricated vectors filed under a registered embedder's stem (stage 6 resolves --embedder through
-# embeddings.embedding_stem like stages 3 and 5); their sidecars say what they really are.
+# Stage 6 finds embedding files by the stem of --embedder/--model (embeddings.embedding_stem): the synthetic
+# vectors are filed under the spectral embedder's stem; the sidecar's model says what they are.
 EMBEDDER = "spectral"
-IDENTITY = {"embedder": "synthetic", "model": "gaussian-directions", "checkpoint_sha256": "0" * 64,
+IDENTITY = {"embedder": EMBEDDER, "model": "synthetic-gaussian-directions", "checkpoint_sha256": "0" * 64,
             "window_policy": "whole clip", "dim": None}
 
 
@@ -33,8 +40,10 @@ def term_directions(dim: int, seed: int) -> dict[str, np.ndarray]:
 
 def write_synthetic_data(root, n_prompts=30, samples=2, steps=tuple(range(0, 101, 10)), dim=64,
                          inject=None, strength=4.0, note_strength=3.0, n_instruments=48, notes_per_instrument=8, seed=0,
-                         write_audio=True, kinds=("x0",)) -> Path:
-    """Write prompts/annotated.csv, generated/{index,audio,embeddings}, concepts/{notes,sets,embeddings}."""
+                         write_audio=True, kinds=("x0",), unrealised=0.0, content=True, committed_from=None,
+                         axis=("denoising_step", "step")) -> Path:
+    """Write prompts/annotated.csv, generated/{generation.json,index,content,audio,embeddings},
+    concepts/{notes,sets,embeddings}. content=False: a generator that records no realised content."""
     root = Path(root)
     inject = {"brass": 40} if inject is None else inject
     rng = np.random.default_rng(seed)
@@ -53,22 +62,38 @@ def write_synthetic_data(root, n_prompts=30, samples=2, steps=tuple(range(0, 101
     annotated = pd.DataFrame(rows)
     write_csv(root / "prompts" / "annotated.csv", annotated)
 
-    index_rows, vectors = [], []
+    # Drawn from their own generator so that unrealised=0 leaves every other draw as it was.
+    unrealised_prompts = set(np.flatnonzero(np.random.default_rng([seed, 11]).random(n_prompts) < unrealised))
+    content_labels = [*FAMILIES, "drum", *SOURCES] if content else []
+    write_json(root / "generated" / "generation.json",
+               {"generator": "synthetic", "seed": seed, "capture_steps": list(steps), "kinds": list(kinds),
+                "trajectory_axis": {"name": axis[0], "unit": axis[1], "positions": list(range(max(steps) + 1))},
+                "content_labels": content_labels})
+
+    index_rows, vectors, content_rows = [], [], []
     rate = 8000
     silence = (0.01 * np.sin(np.linspace(0, 200, rate // 20))).astype(np.float32)
     final_step = max(steps)
-    for row in rows:
+    for p, row in enumerate(rows):
         labels = row["labels"].split(";")
+        realised = p not in unrealised_prompts
         for sample in range(samples):
             base = rng.standard_normal(dim)
             for kind in kinds:
                 for step in steps:
                     noise_scale = 1.2 - step / final_step if final_step else 0.2
                     vector = base + noise_scale * rng.standard_normal(dim)
+                    committed = committed_from is not None and step >= committed_from
+                    growth = 1.0 if committed else 0.7 + 0.3 * step / max(final_step, 1)
+                    mass = {label: growth * (label in labels) for label in content_labels}
                     for term, from_step in inject.items():
-                        if term in labels and step >= from_step:
+                        if term in labels and step >= from_step and realised:
                             vector = vector + strength * direction[term]
+                        if term in mass and not realised:
+                            mass[term] = 0.0
                     vectors.append(vector)
+                    content_rows.append({"prompt_id": row["prompt_id"], "sample": sample, "kind": kind,
+                                         "step": step, "content": mass})
                     path = f"audio/{row['prompt_id']}/s{sample}-{kind}-{step:03d}.wav"
                     index_rows.append({"prompt_id": row["prompt_id"], "sample": sample, "step": step,
                                        "sigma": 1.0 - step / (final_step + 1), "kind": kind, "seed": sample,
@@ -80,6 +105,11 @@ def write_synthetic_data(root, n_prompts=30, samples=2, steps=tuple(range(0, 101
     index = pd.DataFrame(index_rows)
     for prompt_id, part in index.groupby("prompt_id"):
         write_csv(root / "generated" / "index" / f"{prompt_id}.csv", part)
+        if content_labels:
+            # The same rows in the same order as the index part (data/realised_content.py).
+            keyed = {(r["sample"], r["kind"], r["step"]): r for r in content_rows if r["prompt_id"] == prompt_id}
+            ordered = [keyed[key] for key in zip(part["sample"], part["kind"], part["step"])]
+            write_text(content_part_path(root / "generated", prompt_id), format_content_part(ordered, content_labels))
     index = read_generated_index(root)
     # The index reader sorts rows; keep embeddings aligned with the sorted order.
     position = {key: i for i, key in enumerate(zip(*(pd.DataFrame(index_rows)[c] for c in
@@ -129,9 +159,9 @@ def test_synthetic_data_passes_the_contract(tmp_path):
     index = read_generated_index(root)
     notes = read_notes(root)
     sets = read_sets(root)
-    generated, generated_sidecar = read_embeddings(root / "generated/embeddings/synthetic.npy", len(index),
+    generated, generated_sidecar = read_embeddings(root / "generated/embeddings" / f"{EMBEDDER}.npy", len(index),
                                                    table_sha256(index), "index_sha256", "fix")
-    _, note_sidecar = read_embeddings(root / "concepts/embeddings/synthetic.npy", len(notes), table_sha256(notes),
+    _, note_sidecar = read_embeddings(root / "concepts/embeddings" / f"{EMBEDDER}.npy", len(notes), table_sha256(notes),
                                       "notes_sha256", "fix")
     check_same_embedder(generated_sidecar, "a", note_sidecar, "b")
     assert len(annotated) == 6 and generated.shape == (12, 64)

@@ -136,3 +136,82 @@ def test_trajectory_drift_is_zero_at_the_final_step():
     cosine, l2 = statistics.trajectory_drift(embeddings, trajectory, steps)
     np.testing.assert_allclose(cosine, [1.0, 0.0, 0.0, 0.0, 0.0], atol=1e-12)
     np.testing.assert_allclose(l2, [np.sqrt(5), 0.0, 1.0, 0.0, 5.0])
+
+
+def test_direction_says_which_side_of_the_baseline_mean():
+    directions = statistics.directions([0.9, 0.2, 0.5, np.nan, 0.7], [0.5, 0.5, 0.5, 0.5, np.nan])
+    assert directions.tolist() == ["above", "below", "", "", ""]
+
+
+def test_emergence_status_classifies_curves():
+    steps = [0, 10, 20, 30, 40]
+    threshold = [0.6] * 5
+    emerged = statistics.emergence_status(steps, [0.4, 0.8, 0.5, 0.9, 0.95], threshold)
+    assert emerged == statistics.Emergence("emerged", 30, 10, 40, 2, 5)
+    # Above in the middle, below at the end: transient, with its first and last crossing.
+    transient = statistics.emergence_status(steps, [0.4, 0.8, 0.9, 0.7, 0.5], threshold)
+    assert transient == statistics.Emergence("transient", None, 10, 30, 0, 5)
+    assert statistics.emergence_status(steps, [0.1] * 5, threshold) == statistics.Emergence("never", None, None,
+                                                                                            None, 0, 5)
+    assert statistics.emergence_status(steps, [np.nan] * 5, threshold).status == "undefined"
+    # Equal to the threshold is not above; a missing final value is not above either.
+    assert statistics.emergence_status(steps, [0.6] * 5, threshold).status == "never"
+    assert statistics.emergence_status(steps, [0.9, 0.9, 0.9, 0.9, np.nan], threshold).status == "transient"
+
+
+def test_identical_positions_collapse_into_one_distinct_position():
+    """Two trajectories over positions 0, 10, 20, 30, 40: from 30 on the clips stop changing in both, so
+    30 and 40 are one distinct position; 10 and 20 are identical in one trajectory only, so they stay apart."""
+    rng = np.random.default_rng(0)
+    positions = np.array([0, 10, 20, 30, 40] * 2)
+    trajectory = np.repeat([0, 1], 5)
+    embeddings = rng.standard_normal((10, 4))
+    embeddings[4] = embeddings[3]
+    embeddings[9] = embeddings[8] * (1 + 1e-7)  # float round-off still counts as identical
+    embeddings[2] = embeddings[1]               # identical in trajectory 0 only
+    runs = statistics.distinct_positions(embeddings, trajectory, positions, rtol=1e-5)
+    assert runs == {0: 0, 10: 10, 20: 20, 30: 30, 40: 30}
+    assert statistics.distinct_positions(embeddings, trajectory, positions)[40] == 40   # exact: round-off differs
+    embeddings[9] = embeddings[8] + 1e-3
+    assert statistics.distinct_positions(embeddings, trajectory, positions, rtol=1e-5)[40] == 40
+    assert statistics.distinct_positions(embeddings, trajectory, positions, atol=1e-2)[40] == 30
+    # A position missing from one trajectory cannot be shown identical.
+    keep = np.arange(10) != 9
+    assert statistics.distinct_positions(embeddings[keep], trajectory[keep], positions[keep], atol=1)[40] == 40
+
+
+def test_emergence_counts_a_run_of_identical_positions_once():
+    steps = [0, 10, 20, 30, 40, 45, 49]
+    runs = {0: 0, 10: 10, 20: 20, 30: 30, 40: 40, 45: 40, 49: 40}
+    threshold = [0.5] * 7
+    late = statistics.emergence_status(steps, [0.1, 0.1, 0.1, 0.1, 0.9, 0.9, 0.9], threshold, runs)
+    assert late == statistics.Emergence("emerged", 40, 40, 49, 1, 5)   # one distinct position, not three
+    early = statistics.emergence_status(steps, [0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9], threshold, runs)
+    assert early.emergence_step == 10 and early.distinct_above == 4 and early.n_distinct == 5
+    assert statistics.emergence_status(steps, [0.1, 0.9, 0.9, 0.9, 0.9, 0.9, 0.9], threshold).distinct_above == 6
+
+
+def test_random_instrument_sets_match_the_number_of_instruments():
+    instrument_of_row = np.repeat(np.arange(12), [3, 5, 2, 4, 6, 1, 3, 3, 2, 5, 4, 2])
+    train_rows = np.flatnonzero(instrument_of_row < 10)       # instruments 10, 11 are test instruments
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(50):
+        rows, labels = statistics.random_instrument_sets(train_rows, instrument_of_row, 3, 4, rng)
+        positive, negative = set(instrument_of_row[rows[labels == 1]]), set(instrument_of_row[rows[labels == 0]])
+        assert len(positive) == 3 and len(negative) == 4 and not positive & negative
+        assert (positive | negative) <= set(range(10))
+        # Whole instruments: every train note of a drawn instrument is in, with its side's label.
+        for instrument in positive | negative:
+            assert set(rows[instrument_of_row[rows] == instrument]) == set(np.flatnonzero(instrument_of_row == instrument))
+        assert len(rows) == len(set(rows))
+        seen.add(frozenset(positive))
+    assert len(seen) > 20   # random subsets, not one fixed draw
+    # Capped so both sides keep an instrument and stay disjoint.
+    rows, labels = statistics.random_instrument_sets(train_rows, instrument_of_row, 10, 5, rng)
+    assert len(set(instrument_of_row[rows[labels == 1]])) == 9 and len(set(instrument_of_row[rows[labels == 0]])) == 1
+
+
+def test_random_note_sets_match_the_number_of_notes():
+    rows, labels = statistics.random_note_sets(np.arange(100, 160), 7, 25, np.random.default_rng(1))
+    assert len(rows) == 25 == len(set(rows)) and labels.sum() == 7 and set(rows) <= set(range(100, 160))
