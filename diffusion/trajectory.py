@@ -37,7 +37,7 @@ from typing import Sequence
 
 from data.audio import write_wav
 from data.contract import INDEX_COLUMNS, check_provenance
-from data.files import read_json, write_json, write_text
+from data.files import read_json, write_json, write_npy, write_text
 from data.stage import InputError
 from diffusion.base import KINDS, Conditioning, Generator, TrajectoryAxis, TrajectoryObserver
 
@@ -241,8 +241,10 @@ def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditio
     audio_dir = generated / "audio" / prompt_id
     if audio_dir.exists():
         shutil.rmtree(audio_dir)
+    for path in activations_paths(generated, prompt_id):
+        path.unlink(missing_ok=True)
     base_seed = prompt_seed(settings.seed, prompt_id)
-    rows = []
+    rows, activations = [], []
     for first in range(0, settings.samples, settings.batch_size):
         count = min(settings.batch_size, settings.samples - first)
         observer = TrajectoryObserver(settings.capture_steps, settings.kinds)
@@ -257,10 +259,35 @@ def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditio
             sample, kind, step = sorted(missing)[0]
             raise RuntimeError(f"{generator.name}: the observer got no {kind} at step {step} (sample {sample})")
         observer.captured.clear()
+        activations.extend(({**row, "sample": first + row["sample"]}, vector)
+                           for batch_rows, vectors in observer.activations for row, vector in zip(batch_rows, vectors))
         rows.extend(_decode_and_write(generator, prompt_id, clips, base_seed, generated, settings, writers))
     rows.sort(key=lambda row: (row["sample"], row["kind"], row["step"]))
+    if activations:
+        write_activations(generated, prompt_id, base_seed, activations)
     write_text(part_path, _part_csv(rows))
     return len(rows)
+
+
+def activations_paths(generated: Path, prompt_id: str) -> tuple[Path, Path]:
+    return generated / "activations" / f"{prompt_id}.npy", generated / "activations" / f"{prompt_id}.csv"
+
+
+def write_activations(generated: Path, prompt_id: str, base_seed: int, activations: list) -> None:
+    """A backend's reported activations of one prompt (data/ARTIFACTS.md, stage 2): float16 .npy [n, dim] and
+    its index CSV (prompt_id, sample, seed, the backend's keys, row), both before the prompt's index part."""
+    import numpy as np
+
+    array_path, csv_path = activations_paths(generated, prompt_id)
+    table = [{"prompt_id": prompt_id, "sample": row["sample"], "seed": base_seed + row["sample"],
+              **{key: value for key, value in row.items() if key != "sample"}, "row": number}
+             for number, (row, _) in enumerate(activations)]
+    write_npy(array_path, np.stack([vector for _, vector in activations]).astype(np.float16))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(table[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    write_text(csv_path, text.getvalue())
 
 
 def _decode_and_write(generator: Generator, prompt_id: str, clips: list, base_seed: int, generated: Path,
@@ -329,4 +356,8 @@ def remove_orphans(generated: Path, known_prompt_ids: set) -> list[str]:
     for folder in sorted(audio_root.iterdir()) if audio_root.is_dir() else []:
         if folder.is_dir() and folder.name not in known_prompt_ids:
             shutil.rmtree(folder)
+    activations_dir = generated / "activations"
+    for path in sorted(activations_dir.iterdir()) if activations_dir.is_dir() else []:
+        if path.stem not in known_prompt_ids:
+            path.unlink()
     return removed
