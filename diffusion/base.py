@@ -135,6 +135,8 @@ class Generator(ABC):
     default_capture: list[int]  # positions saved when stage 2 gets no --capture-steps
     # Labels of the realised content the observer's `content` carries (empty: the backend reports none).
     content_labels: tuple[str, ...] = ()
+    # What the backend's observer calls carry (a layer trajectory has no noisy latent: ("x0",)).
+    kinds: tuple[str, ...] = KINDS
 
     @abstractmethod
     def provenance(self) -> dict:

@@ -524,6 +524,7 @@ class MusicgenGenerator(Generator):
 
     Latents are codes [K, frames] (long); x0 at layer ℓ is the lens's codes; there is no noisy latent (no `xt`)."""
     name = "musicgen"
+    kinds = ("x0",)
     options = {key: text for key, (_, text) in OPTIONS.items()}
 
     def __init__(self, model=None, preset=None, steps=None, device=None, dtype=None, decode_dtype=None,

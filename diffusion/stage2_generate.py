@@ -107,6 +107,10 @@ def main(args) -> None:
                                device=args.device, dtype=args.dtype, decode_dtype=args.decode_dtype,
                                **({"options": options} if options else {}))
     capture_steps = parse_capture_steps(args.capture_steps, generator.axis, generator.default_capture)
+    unsupported = [kind for kind in kinds if kind not in generator.kinds]
+    if unsupported:
+        raise InputError(f"--kinds {unsupported[0]}: the {generator.name} generator gives no {unsupported[0]} "
+                         f"(its trajectory is a {generator.axis.name}) — use --kinds {','.join(generator.kinds)}")
     seconds = generator.default_seconds if args.seconds is None else args.seconds
     if not 0 < seconds <= generator.max_seconds + 1e-9:
         raise InputError(f"--seconds {seconds:g} is outside (0, {generator.max_seconds:g}] — the longest clip "

@@ -42,7 +42,12 @@ def results_dir(data: Path, embedder: str, probe: str, kind: str) -> Path:
 
 def build_parser():
     parser = stage_parser(__doc__.splitlines()[0])
-    parser.add_argument("--embedder", required=True,
+    parser.add_argument("--space", default="embeddings", choices=("embeddings", "activations"),
+                        help="embeddings: probes on stage 3/5 embeddings of the audio; activations: linear probes "
+                             "per layer on MusicGen's residual stream (interp/activations.py)")
+    parser.add_argument("--branch", default="cond", help="--space activations: cond or uncond rows of the CFG batch")
+    parser.add_argument("--pool", default="mean", help="--space activations: mean over positions or the last one")
+    parser.add_argument("--embedder", default=None,
                         help="embedding file stem written by stages 3 and 5 (e.g. spectral, or a clap-... stem)")
     parser.add_argument("--probe", default="logreg",
                         help=f"probe family: {', '.join(probe_families.PROBES)} (see interp/probes.py)")
@@ -415,6 +420,12 @@ def _up_to_date(out: Path, provenance: dict, no_report: bool) -> bool:
 def main(args) -> None:
     # Every fit and matrix here is small: BLAS/OpenMP threads only add synchronisation, which costs ~10x when
     # the cores are shared (measured: a 300 x 64 logistic fit 15 ms on one thread, 100 ms on two, under load).
+    if args.space == "activations":
+        from interp import activations
+        activations.run(args)
+        return
+    if not args.embedder:
+        raise InputError("--embedder is required for --space embeddings — pass the stem stages 3 and 5 wrote")
     with threadpool_limits(limits=1):
         analyse(args)
 
