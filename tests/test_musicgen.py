@@ -178,3 +178,22 @@ def test_recorder_keys_positions_not_calls(runner):
     with torch.inference_mode(), recorder:
         runner.model.generate(**inputs, max_new_tokens=6, do_sample=False, guidance_scale=1.0)
     assert sorted(recorder.residuals[0]) == list(range(6))
+
+
+def test_a_hub_id_loads_offline_from_the_cache_and_an_uncached_one_is_one_line(tiny_dir, tmp_path, monkeypatch):
+    from hf_cache import put_in_hub_cache
+
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    put_in_hub_cache(tiny_dir, tmp_path / "hub", "facebook/musicgen-small")
+    runner = MusicgenRunner("facebook/musicgen-small", device="cpu")
+    assert runner.num_layers == 4 and runner.provenance()["model"] == "facebook/musicgen-small"
+    with pytest.raises(InputError, match="facebook/musicgen-medium: not in the Hugging Face cache"):
+        MusicgenRunner("facebook/musicgen-medium", device="cpu")
+
+
+def test_a_directory_that_is_not_musicgen_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "clap"}')
+    with pytest.raises(InputError, match="not musicgen or musicgen_melody"):
+        MusicgenRunner(tmp_path, device="cpu")
+    with pytest.raises(InputError, match="no such directory"):
+        MusicgenRunner(tmp_path / "nowhere", device="cpu")
