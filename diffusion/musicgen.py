@@ -37,7 +37,7 @@ import math
 import os
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -299,7 +299,9 @@ class MusicgenRunner:
         self.sample_rate = int(self.model.audio_encoder.config.sampling_rate)
         self.channels = int(getattr(decoder_config, "audio_channels", 1))
         config = self.model.generation_config
-        self.max_frames = int(config.max_length or decoder_config.max_position_embeddings) - self.num_codebooks
+        # The delay pattern shifts codebook k by k positions (stereo checkpoints interleave two such stacks).
+        self.delay = (self.num_codebooks // 2 if self.channels == 2 else self.num_codebooks) - 1
+        self.max_frames = int(config.max_length or decoder_config.max_position_embeddings) - 1 - self.delay
         self.max_seconds = self.max_frames / self.frame_rate
 
     @property
@@ -346,7 +348,7 @@ class MusicgenRunner:
         with torch.inference_mode(), truncated_decoder(self.decoder, layers), \
                 (recorder if recorder is not None else _nothing()):
             # Warpers run inside our sampler; generate() itself goes greedy over the one token we leave finite.
-            audio = self.model.generate(**inputs, max_new_tokens=frames + self.num_codebooks - 1,
+            audio = self.model.generate(**inputs, max_new_tokens=frames + self.delay,
                                         guidance_scale=sampling.guidance_scale, do_sample=False,
                                         temperature=None, top_k=None, top_p=None,
                                         logits_processor=_processor_list(sampler))
@@ -377,7 +379,8 @@ class MusicgenRunner:
         recorder = generation.residuals
         num_samples = generation.codes.shape[0]
         sampler = RowSeededSampler(sampling, [], self.num_codebooks)   # the same CFG and warpers; draws replayed
-        dummy_ids = torch.zeros((num_samples * self.num_codebooks, 1), dtype=torch.long)
+        conditional_rows = num_samples * self.num_codebooks
+        uniforms = None if generation.uniforms is None else generation.uniforms.reshape(-1)
         outputs = LayerOutputs()
         for layer in layers:
             if layer == self.num_layers:
@@ -385,14 +388,17 @@ class MusicgenRunner:
                 continue
             residual = recorder.stacked(layer - 1)                    # [positions, rows (2B with CFG), D]
             logits = self.layer_logits(residual).float()              # [positions, rows, K, V]
-            positions = logits.shape[0]
-            # generate() scores rows as [row*K + k]: flatten (rows, K) the same way, per position.
-            scores = logits.reshape(positions, -1, logits.shape[-1])
-            picked = []
-            for position in range(positions):
-                uniforms = generation.uniforms[position] if generation.uniforms is not None else None
-                picked.append(pick_tokens(sampler.combine(dummy_ids, scores[position]), uniforms).cpu())
-            outputs.codes[layer] = self.codes_from_tokens(torch.stack(picked), num_samples)
+            positions, vocab = logits.shape[0], logits.shape[-1]
+            # generate() scores rows as [row*K + k] with cond rows first: flatten (rows, K) the same way, then put
+            # every position's cond rows before every position's uncond rows, so that the library's CFG processor
+            # (which splits its batch in halves) and warpers handle all positions in one call.
+            scores = logits.reshape(positions, -1, vocab)
+            halves = [scores[:, :conditional_rows]] + ([scores[:, conditional_rows:]] if scores.shape[1] >
+                                                       conditional_rows else [])
+            batch = torch.cat([half.reshape(-1, vocab) for half in halves])
+            dummy_ids = torch.zeros((positions * conditional_rows, 1), dtype=torch.long)
+            tokens = pick_tokens(sampler.combine(dummy_ids, batch), uniforms)
+            outputs.codes[layer] = self.codes_from_tokens(tokens.reshape(positions, -1).cpu(), num_samples)
         return outputs
 
     def decode(self, codes: torch.Tensor, seconds: float) -> np.ndarray:
@@ -560,7 +566,7 @@ class MusicgenGenerator(Generator):
             record.update({
                 "generator": self.name, "preset": "generation-config", "lens": self.lens,
                 "residuals": self.residuals, "residual_pools": list(POOLS),
-                "sampling": {**self.sampling.__dict__, "scheme": "row-seeded inverse CDF after the library's CFG "
+                "sampling": {**asdict(self.sampling), "scheme": "row-seeded inverse CDF after the library's CFG "
                                                                  "and warpers (diffusion/musicgen.py)"},
                 "generator_options": {key: self.settings[key] for key in sorted(self.settings)},
                 "melody_sha256": None if self.melody is None else hashlib.sha256(self.melody.tobytes()).hexdigest(),
@@ -581,7 +587,7 @@ class MusicgenGenerator(Generator):
         wanted = sorted(getattr(observer, "capture", self.axis.positions)) if observer is not None else []
         wanted = [layer for layer in wanted if layer in self.axis.positions]
         last = self.runner.num_layers
-        record = self.lens == "logit" and any(layer != last for layer in wanted) or self.residuals != "none"
+        record = (self.lens == "logit" and any(layer != last for layer in wanted)) or self.residuals != "none"
         full = self.runner.generate(conditioning.prompt, seed, num_samples, seconds, self.sampling,
                                     record_residuals=record, melody=self.melody)
         if self.lens == "logit":
