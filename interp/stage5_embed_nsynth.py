@@ -20,8 +20,10 @@ if __package__ in (None, ""):
 
 from data.contract import concepts_dir, read_notes, read_sidecar, table_sha256
 from data.files import sha256_file
-from data.stage import InputError, main_exit, stage_parser
-from embeddings.run import add_embedder_arguments, batch_size_from_args, embed_files, embedder_from_args, report
+from data.stage import InputError, main_exit, parse_shard, stage_parser
+from embeddings import embedding_stem
+from embeddings.run import (add_embedder_arguments, batch_size_from_args, embed_files, embedder_from_args, lock_name,
+                            report)
 from interp.nsynth import examples_path as nsynth_examples_path
 
 NSYNTH_RATE = 16_000
@@ -67,8 +69,10 @@ def main(args) -> None:
         row = int(notes["path"].isna().idxmax()) + 2
         raise InputError(f"{concepts_dir(args.data) / 'notes.csv'} row {row}: empty path "
                          "— rerun stage 4 with --force")
+    shard = parse_shard(args.shard)
+    stem = embedding_stem(args.embedder, args.model)
     embedder = embedder_from_args(args)
-    out_path = concepts_dir(args.data) / "embeddings" / f"{embedder.name}.npy"
+    out_path = concepts_dir(args.data) / "embeddings" / f"{stem}.npy"
     # examples.json identifies the audio itself: a re-rendered soundfont set under the same directory and the
     # same note names is different sound.
     extra = {"examples_sha256": concepts.get("examples_sha256")}
@@ -76,9 +80,10 @@ def main(args) -> None:
         [nsynth_dir / path for path in notes["path"]], embedder, out_path,
         rows_key="notes_sha256", rows_sha256=table_sha256(notes), extra=extra,
         expect_rate=NSYNTH_RATE, expect_channels=NSYNTH_CHANNELS,
-        batch_size=batch_size_from_args(args, embedder), workers=args.workers, force=args.force)
+        batch_size=batch_size_from_args(args, embedder), workers=args.workers, chunk_rows=args.chunk_rows,
+        force=args.force, shard=shard)
     report(stats, out_path)
 
 
 if __name__ == "__main__":
-    main_exit(main, build_parser())
+    main_exit(main, build_parser(), lock=lock_name("stage5"))

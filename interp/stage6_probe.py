@@ -21,6 +21,7 @@ from data.contract import (check_same_embedder, concepts_dir, generated_dir, rea
                            read_generated_index, read_notes, read_sets, table_sha256)
 from data.files import read_json, sha256_file, write_csv, write_json
 from data.stage import InputError, main_exit, stage_parser
+from embeddings import EMBEDDERS, embedding_stem
 from interp import probes as probe_families
 from interp import statistics
 from interp.concepts import CONCEPTS
@@ -48,7 +49,10 @@ def build_parser():
     parser.add_argument("--branch", default="cond", help="--space activations: cond or uncond rows of the CFG batch")
     parser.add_argument("--pool", default="mean", help="--space activations: mean over positions or the last one")
     parser.add_argument("--embedder", default=None,
-                        help="embedding file stem written by stages 3 and 5 (e.g. spectral, or a clap-... stem)")
+                        help=f"the embedder stages 3 and 5 used ({', '.join(sorted(EMBEDDERS))}); with --model it "
+                             "names the embeddings file exactly as they do (embeddings.embedding_stem); required "
+                             "for --space embeddings")
+    parser.add_argument("--model", help="the --model given to stages 3 and 5 (embedders with weights, e.g. clap)")
     parser.add_argument("--probe", default="logreg",
                         help=f"probe family: {', '.join(probe_families.PROBES)} (see interp/probes.py)")
     parser.add_argument("--kind", default="x0", help="which captured clips to analyse: x0 (clean estimate) or xt")
@@ -76,9 +80,9 @@ def load_generated(data: Path, embedder: str, kind: str):
     npy = folder / f"{embedder}.npy"
     if not npy.is_file():
         raise InputError(f"{npy}: missing — available embedders: {_available_stems(folder)}; "
-                         f"run stage 3 with --embedder {embedder} or pick one of those")
+                         "run stage 3 with the same --embedder/--model, or pick one of those")
     matrix, sidecar = read_embeddings(npy, len(index), table_sha256(index), "index_sha256",
-                                      fix=f"rerun stage 3 with --embedder {embedder} --force")
+                                      fix="rerun stage 3 with the same --embedder/--model and --force")
     unknown = sorted(set(index["prompt_id"]) - set(annotated["prompt_id"]))
     if unknown:
         raise InputError(f"{generated_dir(data) / 'index'}: prompt '{unknown[0]}' is not in "
@@ -101,9 +105,9 @@ def load_concept_notes(data: Path, embedder: str, generated_sidecar: dict, gener
     sets = read_sets(data)
     if not npy.is_file():
         raise InputError(f"{npy}: missing — available embedders: {_available_stems(folder)}; "
-                         f"run stage 5 with --embedder {embedder}")
+                         "run stage 5 with the same --embedder/--model")
     matrix, sidecar = read_embeddings(npy, len(notes), table_sha256(notes), "notes_sha256",
-                                      fix=f"rerun stage 5 with --embedder {embedder} --force")
+                                      fix="rerun stage 5 with the same --embedder/--model and --force")
     check_same_embedder(generated_sidecar, generated_npy, sidecar, npy)
     row_of = pd.Series(np.arange(len(notes)), index=notes["note_str"])
     missing = ~sets["note_str"].isin(row_of.index)
@@ -425,7 +429,7 @@ def main(args) -> None:
         activations.run(args)
         return
     if not args.embedder:
-        raise InputError("--embedder is required for --space embeddings — pass the stem stages 3 and 5 wrote")
+        raise InputError("--embedder is required for --space embeddings — pass the embedder stages 3 and 5 used")
     with threadpool_limits(limits=1):
         analyse(args)
 
@@ -436,13 +440,14 @@ def analyse(args) -> None:
     if args.bootstrap < 1 or args.random_baselines < 0 or not 0 < args.alpha < 1:
         raise InputError("--bootstrap must be >= 1, --random-baselines >= 0 and --alpha in (0, 1) — fix the option")
     data = Path(args.data)
+    stem = embedding_stem(args.embedder, args.model)  # the same file stages 3 and 5 wrote for these options
     annotated, index, clips, clip_embeddings, generated_sidecar, generated_npy = load_generated(
-        data, args.embedder, args.kind)
-    nsynth = load_concept_notes(data, args.embedder, generated_sidecar, generated_npy,
+        data, stem, args.kind)
+    nsynth = load_concept_notes(data, stem, generated_sidecar, generated_npy,
                                 required=args.probe != "text")
-    out = results_dir(data, args.embedder, args.probe, args.kind)
+    out = results_dir(data, stem, args.probe, args.kind)
     provenance = {
-        "inputs": _input_fingerprint(data, args.embedder, index, generated_npy, nsynth),
+        "inputs": _input_fingerprint(data, stem, index, generated_npy, nsynth),
         "settings": {"probe": args.probe, "kind": args.kind, "bootstrap": args.bootstrap,
                      "random_baselines": args.random_baselines, "alpha": args.alpha, "seed": args.seed,
                      "baseline_percentile": BASELINE_PERCENTILE},

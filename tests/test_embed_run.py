@@ -9,7 +9,7 @@ import soundfile as sf
 from data.audio import resample, to_mono, write_wav
 from data.contract import read_embeddings
 from data.files import read_json
-from data.stage import InputError
+from data.stage import InputError, Shard
 from embeddings import run
 from embeddings.run import embed_files
 from embeddings.spectral import SpectralEmbedder
@@ -110,25 +110,33 @@ def test_up_to_date_output_is_skipped_and_force_recomputes(tmp_path):
     assert not run_embed(paths, forced, out, force=True).skipped and forced.rows == 3
 
 
-def test_changed_rows_are_recomputed_not_refused(tmp_path):
+def test_changed_rows_are_refused_unless_forced(tmp_path):
+    """One provenance rule (data.contract.decide): other rows are other inputs, so --force says so."""
     paths = write_clips(tmp_path, 5)
     out = tmp_path / "spectral.npy"
     run_embed(paths[:3], SpectralEmbedder(), out, rows_sha256="three-rows")
+    before = out.read_bytes()
+    with pytest.raises(InputError, match=r"spectral\.json: existing outputs were made with "
+                                         r"index_sha256='three-rows', this run has 'five-rows' — pass --force"):
+        run_embed(paths, SpectralEmbedder(), out, rows_sha256="five-rows")
+    assert out.read_bytes() == before
     grown = Counting()
-    run_embed(paths, grown, out, rows_sha256="five-rows")
+    run_embed(paths, grown, out, rows_sha256="five-rows", force=True)
     assert grown.rows == 5
     read_embeddings(out, 5, "five-rows", "index_sha256", fix="rerun")
     with pytest.raises(InputError, match="made for different rows"):
         read_embeddings(out, 5, "three-rows", "index_sha256", fix="rerun")
 
 
-def test_chunks_for_other_rows_are_discarded(tmp_path):
+def test_chunks_for_other_rows_are_refused_then_discarded_by_force(tmp_path):
     paths = write_clips(tmp_path, 8)
     out = tmp_path / "spectral.npy"
     with pytest.raises(KeyboardInterrupt):
         run_embed(paths, Counting(stop_after_calls=2), out, rows_sha256="old-index")
+    with pytest.raises(InputError, match=r"manifest\.json: existing outputs were made with index_sha256='old-index'"):
+        run_embed(paths, Counting(), out, rows_sha256="new-index")
     fresh = Counting()
-    stats = run_embed(paths, fresh, out, rows_sha256="new-index")
+    stats = run_embed(paths, fresh, out, rows_sha256="new-index", force=True)
     assert fresh.rows == 8 and stats.chunks_reused == 0
 
 
@@ -137,7 +145,7 @@ def test_other_embedder_configuration_is_refused_unless_forced(tmp_path):
     out = tmp_path / "spectral.npy"
     with pytest.raises(KeyboardInterrupt):
         run_embed(paths, Counting(stop_after_calls=2, checkpoint="other-checkpoint"), out)
-    with pytest.raises(InputError, match=r"manifest\.json: existing embeddings were made with checkpoint_sha256="
+    with pytest.raises(InputError, match=r"manifest\.json: existing outputs were made with checkpoint_sha256="
                                          r"'other-checkpoint'.*--force"):
         run_embed(paths, SpectralEmbedder(), out)
     run_embed(paths, SpectralEmbedder(), out, force=True)
@@ -146,7 +154,7 @@ def test_other_embedder_configuration_is_refused_unless_forced(tmp_path):
     assert out.read_bytes() == clean.read_bytes()
 
     # A finished output of another configuration is refused too: it may be hours of GPU work.
-    with pytest.raises(InputError, match=r"spectral\.json: existing embeddings.*--force to replace"):
+    with pytest.raises(InputError, match=r"spectral\.json: existing outputs.*--force to replace"):
         run_embed(paths, Counting(checkpoint="other-checkpoint"), out)
 
 
@@ -259,3 +267,37 @@ def test_wav_truncation_check_accepts_whole_files(tmp_path):
     path.write_bytes(data[:-2])
     with pytest.raises(InputError, match="truncated audio"):
         run.check_wav_complete(path)
+
+
+def test_shards_write_chunks_and_the_last_one_assembles_the_same_matrix(tmp_path):
+    paths = write_clips(tmp_path, 10)
+    clean = tmp_path / "clean" / "spectral.npy"
+    run_embed(paths, SpectralEmbedder(), clean)
+    out = tmp_path / "sharded" / "spectral.npy"
+    chunks = out.with_name("spectral.chunks")
+    # Chunks of 4 rows: 0 and 2 belong to shard 0/2, chunk 1 to shard 1/2.
+    first = Counting()
+    stats = run_embed(paths, first, out, shard=Shard(1, 2))
+    assert first.rows == 4 and stats.chunks_missing == 2 and not out.exists()
+    assert sorted(p.name for p in chunks.iterdir()) == ["00001.npy", "manifest.json"]
+    assert "2 chunks of other shards still missing" in stats.summary()
+    # A kill of shard 0 left a temp file of its own chunk and shard 1 one of its (live) chunk: only its own goes.
+    (chunks / ".00000.npy.abc123.tmp").write_bytes(b"partial")
+    (chunks / ".00001.npy.def456.tmp").write_bytes(b"live")
+    last = Counting()
+    stats = run_embed(paths, last, out, shard=Shard(0, 2))
+    assert last.rows == 6 and stats.chunks_missing == 0
+    assert out.read_bytes() == clean.read_bytes()
+    assert read_json(out.with_suffix(".json")) == read_json(clean.with_suffix(".json"))
+    assert not chunks.exists()
+    # Every shard now finds the matrix up to date.
+    assert run_embed(paths, Counting(), out, shard=Shard(1, 2)).skipped
+
+
+def test_forced_shard_redoes_only_its_own_chunks(tmp_path):
+    paths = write_clips(tmp_path, 8)
+    out = tmp_path / "spectral.npy"
+    run_embed(paths, SpectralEmbedder(), out, shard=Shard(1, 2))
+    forced = Counting()
+    stats = run_embed(paths, forced, out, shard=Shard(0, 2), force=True)
+    assert forced.rows == 4 and stats.chunks_missing == 0 and out.is_file()
