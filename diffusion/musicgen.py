@@ -202,7 +202,8 @@ class ResidualRecorder:
     def __init__(self, decoder, layers: list[int] | None = None):
         self.decoder = decoder                      # MusicgenDecoder (…ForCausalLM.model.decoder)
         self.layers = list(range(len(decoder.layers))) if layers is None else list(layers)
-        self.residuals: dict[int, dict[int, torch.Tensor]] = {i: {} for i in self.layers}  # layer -> pos -> [rows, D]
+        # block -> first position of a forward -> that forward's outputs [rows, n, D]
+        self.residuals: dict[int, dict[int, torch.Tensor]] = {i: {} for i in self.layers}
         self._next_position = 0
         self._first_position = 0
         self._new_positions = 0
@@ -224,10 +225,8 @@ class ResidualRecorder:
     def _after_layer(self, index):
         def hook(module, args, output):
             hidden = output[0] if isinstance(output, tuple) else output   # 5.x: a tensor; older: a tuple
-            new = hidden[:, -self._new_positions:].detach().float()
-            store = self.residuals[index]
-            for offset in range(new.shape[1]):
-                store[self._first_position + offset] = new[:, offset]
+            # A reference, not a copy: every forward makes new output tensors (float() copies only half precision).
+            self.residuals[index][self._first_position] = hidden[:, -self._new_positions:].detach().float()
         return hook
 
     def __enter__(self):
@@ -245,10 +244,13 @@ class ResidualRecorder:
     def stacked(self, index: int) -> torch.Tensor:
         """Layer `index`'s residuals [positions, rows, D] in position order."""
         store = self.residuals[index]
-        positions = sorted(store)
-        if positions != list(range(len(positions))):
-            raise RuntimeError(f"block {index}: positions {positions[:5]}… are not contiguous from 0")
-        return torch.stack([store[p] for p in positions])
+        chunks, position = [], 0
+        for first in sorted(store):
+            if first != position:
+                raise RuntimeError(f"block {index}: positions jump from {position} to {first}")
+            chunks.append(store[first])
+            position += store[first].shape[1]
+        return torch.cat(chunks, dim=1).transpose(0, 1)
 
 
 @contextmanager
