@@ -11,8 +11,8 @@ Per layer and concept, one linear probe (scikit-learn: StandardScaler + class-ba
 trained on the samples against their prompt's annotation (interp/concepts.py `prompt_has`). Scores are out-of-fold:
 StratifiedGroupKFold with the prompt as the group, so a prompt's samples never sit on both sides of a split (they
 share the text and would leak it). The metrics, prompt-bootstrap CIs, baseline tests, Bonferroni correction and
-emergence layer are stage 6's own (`emergence_table`, `emergence_steps`) with the layer as the position, so the
-tables read like the embedding-space ones. Baseline: the same cross-validated probe trained on permuted prompt
+emergence layer use stage 6's statistics (interp/statistics.py) with the layer as the position, and the tables
+have stage 6's columns, so they read like the embedding-space ones. Baseline: the same cross-validated probe trained on permuted prompt
 labels (the prompts' labels shuffled among prompts, class counts kept) and scored against the true labels — what a
 probe of this capacity reads from these activations when the labels carry nothing. A permutation null depends only
 on the number of positive prompts, so concepts with the same count share one set of permutations per layer.
@@ -161,7 +161,6 @@ def run(args) -> None:
     from tqdm import tqdm
 
     from data.contract import Provenance, begin, commit, decide
-    from interp.stage6_probe import emergence_steps, emergence_table
 
     branch, pool = getattr(args, "branch", "cond"), getattr(args, "pool", "mean")
     if branch not in BRANCHES or pool not in POOLS:
@@ -231,13 +230,9 @@ def run(args) -> None:
 
     clip_prompt = np.tile(sample_prompt, len(layers))
     clip_layer = np.repeat(layers, n_samples)
-    decisions = np.nan_to_num(scores, nan=0.0) >= 0.5
-    baseline_decisions = np.nan_to_num(baseline_scores, nan=0.0) >= 0.5
-    table = emergence_table(scores, decisions, baseline_scores, baseline_decisions, clip_prompt, clip_layer,
-                            prompt_labels, names, args.bootstrap, args.alpha, args.seed)
-    table.insert(2, "trajectory_axis", "layer")
-    steps_table = emergence_steps(table.drop(columns="trajectory_axis"))
-    steps_table.insert(1, "trajectory_axis", "layer")
+    table = layer_table(scores, baseline_scores, clip_prompt, clip_layer, prompt_labels, names, args.bootstrap,
+                        args.alpha, args.seed)
+    steps_table = emergence_layers(table)
     quality = probe_quality(prompt_labels, names)
     probabilities = pd.concat([pd.DataFrame({"prompt_id": prompt_ids[clip_prompt],
                                              "sample": np.tile(samples["sample"].to_numpy(), len(layers)),
@@ -255,6 +250,88 @@ def run(args) -> None:
     emerged = steps_table[(steps_table["metric"] == "auroc") & steps_table["emergence_step"].notna()]
     print(f"{out}: {len(emerged)} of {n_concepts} concepts linearly readable (AUROC above the permuted-label "
           f"baseline from some layer on) over {len(layers)} layers of {n_prompts} prompts")
+
+
+def layer_table(scores, baseline_scores, clip_prompt, clip_layer, prompt_labels, names, n_resamples: int,
+                alpha: float, seed: int) -> pd.DataFrame:
+    """Concept × layer metrics against the prompt annotations: point value, prompt-bootstrap CI, the permuted-label
+    baselines' mean and 95th percentile, the baseline test's p-value and its Bonferroni correction over every
+    (concept, layer) tested. Columns as stage 6's emergence.csv (`step` = layer); decision = P ≥ 0.5."""
+    from interp import statistics
+
+    level = 1.0 - alpha
+    # One set of prompt resamples for every concept and layer: a prompt's samples share its text, so the
+    # bootstrap resamples prompts with all their samples.
+    prompt_weights = statistics.cluster_weights(prompt_labels.shape[0], n_resamples, np.random.default_rng([seed, 3]))
+    rows, baselines = [], {metric: [] for metric in statistics.METRICS}
+    for layer in np.unique(clip_layer):
+        at_layer = np.flatnonzero(clip_layer == layer)
+        prompts_here = clip_prompt[at_layer]
+        for k, name in enumerate(names):
+            y_true = prompt_labels[prompts_here, k]
+            row = {"concept": name, "trajectory_axis": "layer", "step": int(layer),
+                   "n_prompts": int(len(np.unique(prompts_here))),
+                   "n_positive_prompts": int(len(np.unique(prompts_here[y_true]))), "n_clips": int(len(at_layer))}
+            probe_scores = scores[at_layer, k]
+            if np.isnan(probe_scores).any():
+                rows.append(row)
+                continue
+            decisions = probe_scores >= 0.5
+            point = statistics.point_metrics(y_true, probe_scores, decisions[None])
+            resampled = statistics.binary_metrics(prompt_weights[:, prompts_here], y_true, probe_scores, decisions)
+            null = baseline_scores[k][:, at_layer]
+            null = null[~np.isnan(null).any(axis=1)]
+            null_values = statistics.point_metrics(y_true, null, null >= 0.5)
+            lows, highs = statistics.percentile_interval(
+                np.stack([resampled[metric] for metric in statistics.METRICS]), level)
+            for m, metric in enumerate(statistics.METRICS):
+                finite = null_values[metric][np.isfinite(null_values[metric])]
+                row.update({metric: float(point[metric][0]), f"{metric}_low": lows[m], f"{metric}_high": highs[m],
+                            f"{metric}_baseline_mean": float(finite.mean()) if finite.size else np.nan,
+                            f"{metric}_baseline_p95": float(np.percentile(finite, 95)) if finite.size else np.nan})
+                baselines[metric].append((len(rows), np.pad(finite, (0, baseline_scores.shape[1] - finite.size),
+                                                             constant_values=np.nan)))
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    for metric in statistics.METRICS:
+        for suffix in ("", "_low", "_high", "_baseline_mean", "_baseline_p95"):
+            if f"{metric}{suffix}" not in table:
+                table[f"{metric}{suffix}"] = np.nan
+        table[f"{metric}_p"] = np.nan
+        if baselines[metric]:
+            tested = [position for position, _ in baselines[metric]]
+            table.loc[tested, f"{metric}_p"] = statistics.baseline_test(
+                table.loc[tested, metric].to_numpy(float), np.stack([null for _, null in baselines[metric]]))
+        table[f"{metric}_p_bonferroni"] = statistics.bonferroni(table[f"{metric}_p"].to_numpy(float))
+        table[f"{metric}_significant"] = table[f"{metric}_p_bonferroni"] < alpha
+    table["note"] = ["" if not np.isnan(value) else "no probe for this concept (see probe_quality.csv)"
+                     for value in table["auroc"]]
+    leading = ["concept", "trajectory_axis", "step", "n_prompts", "n_positive_prompts", "n_clips"]
+    return table[leading + [f"{metric}{suffix}" for metric in statistics.METRICS
+                            for suffix in ("", "_low", "_high", "_baseline_mean", "_baseline_p95", "_p",
+                                           "_p_bonferroni", "_significant")] + ["note"]]
+
+
+def emergence_layers(table: pd.DataFrame) -> pd.DataFrame:
+    """Per concept and metric: the first layer from which the lower CI bound stays above the baselines' 95th
+    percentile (empty: never), and the last layer's value, CI and significance."""
+    from interp import statistics
+
+    rows = []
+    for concept, group in table.groupby("concept", sort=False):
+        group = group.sort_values("step")
+        final = group.iloc[-1]
+        for metric in ("auroc", "balanced_accuracy"):
+            layer = statistics.emergence_step(group["step"].to_numpy(), group[f"{metric}_low"].to_numpy(float),
+                                              group[f"{metric}_baseline_p95"].to_numpy(float))
+            rows.append({"concept": concept, "trajectory_axis": "layer", "metric": metric,
+                         "emergence_step": pd.NA if layer is None else layer, "final_step": int(final["step"]),
+                         "final_value": final[metric], "final_low": final[f"{metric}_low"],
+                         "final_high": final[f"{metric}_high"], "final_baseline_p95": final[f"{metric}_baseline_p95"],
+                         "final_significant": bool(final[f"{metric}_significant"]), "note": final["note"]})
+    frame = pd.DataFrame(rows)
+    frame["emergence_step"] = frame["emergence_step"].astype("Int64")
+    return frame
 
 
 def probe_quality(prompt_labels: np.ndarray, names) -> pd.DataFrame:

@@ -1,5 +1,6 @@
 """Known answers for the residual-stream probes of interp/activations.py (stage 6 --space activations)."""
 import numpy as np
+import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from interp.activations import fold_count, out_of_fold_scores, permutation_scores, probe_direction
@@ -55,3 +56,30 @@ def test_too_few_prompts_of_a_class_means_no_probe():
     assert fold_count(np.array([1, 0, 0, 0], bool)) == 0
     assert fold_count(np.array([1, 1, 0, 0, 0], bool)) == 2
     assert fold_count(np.array([1] * 9 + [0] * 9, bool)) == 5
+
+
+def test_the_layer_table_finds_the_layer_a_concept_becomes_readable_from():
+    """Scores carry the label from layer 3 on and are noise before: the emergence layer is 3, the random-label
+    baselines sit near chance, and a concept without a probe has empty metrics with a note."""
+    from interp.activations import emergence_layers, layer_table
+
+    rng = np.random.default_rng(4)
+    n_prompts, samples, layers = 20, 2, [1, 2, 3, 4]
+    prompt_labels = np.stack([np.arange(n_prompts) % 2 == 0, np.zeros(n_prompts, bool)], axis=1)
+    sample_prompt = np.repeat(np.arange(n_prompts), samples)
+    clip_prompt, clip_layer = np.tile(sample_prompt, len(layers)), np.repeat(layers, len(sample_prompt))
+    truth = prompt_labels[clip_prompt, 0]
+    scores = np.full((len(clip_prompt), 2), np.nan)
+    scores[:, 0] = np.where(clip_layer >= 3, 0.2 + 0.6 * truth + 0.05 * rng.random(len(truth)), rng.random(len(truth)))
+    baseline_scores = np.full((2, 8, len(clip_prompt)), np.nan)
+    baseline_scores[0] = rng.random((8, len(clip_prompt)))
+    table = layer_table(scores, baseline_scores, clip_prompt, clip_layer, prompt_labels, ["planted", "absent"],
+                        n_resamples=200, alpha=0.05, seed=0)
+    planted = table[table["concept"] == "planted"].set_index("step")
+    assert planted.loc[4, "auroc"] == 1.0 and planted.loc[4, "auroc_significant"]
+    assert abs(planted.loc[3, "auroc_baseline_mean"] - 0.5) < 0.15
+    assert table[table["concept"] == "absent"]["auroc"].isna().all()
+    assert (table[table["concept"] == "absent"]["note"] != "").all()
+    steps = emergence_layers(table).set_index(["concept", "metric"])
+    assert steps.loc[("planted", "auroc"), "emergence_step"] == 3
+    assert pd.isna(steps.loc[("absent", "auroc"), "emergence_step"])
