@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     parameters = sum(p.numel() for p in runner.model.decoder.parameters())
     sampling = logit.sampling
     conditioning = Conditioning(PROMPT)
-    positions = runner.frames(args.seconds) + runner.num_codebooks - 1
+    positions = runner.frames(args.seconds) + runner.delay
 
     # M1: hooks on / off around one generate() call.
     plain, hooked, results = alternate(

@@ -17,6 +17,10 @@ labels (the prompts' labels shuffled among prompts, class counts kept) and score
 probe of this capacity reads from these activations when the labels carry nothing. A permutation null depends only
 on the number of positive prompts, so concepts with the same count share one set of permutations per layer.
 
+Cost: per layer, (folds + 1) fits per concept with a probe plus folds × --random-baselines fits per distinct count
+of positive prompts; one fit on 400 samples × 1024 dims (musicgen-small) takes ~0.1 s on one core, so 24 layers with
+20 baselines run for the better part of an hour — pass fewer --random-baselines for a first look.
+
 Outputs in results/activations/<branch>-<pool>/logreg/: probe_quality.csv (why a concept has no probe),
 emergence.csv (concept × layer; `step` = layer, `trajectory_axis` = layer), emergence_steps.csv (the emergence
 layer), probabilities.csv (out-of-fold scores), directions/<concept>.npy + .json (per layer the unit probe direction
