@@ -3,8 +3,9 @@
   <data>/prompts/annotated.csv → <data>/generated/generation.json, index/<prompt_id>.csv, audio/<prompt_id>/*.wav
 
 Generators: "ideal" (embedded; a reference model, not a trained one: the closed-form denoiser of
-diffusion/ideal.py over a bank of soundfont clips, no weights or network needed) and "stable-audio-open"
-(Stable Audio Open 1.0 through diffusers; --model a hub id or a save_pretrained directory).
+diffusion/ideal.py over a bank of soundfont clips, no weights or network needed), "stable-audio-open"
+(Stable Audio Open 1.0 through diffusers; --model a hub id or a save_pretrained directory) and "musicgen"
+(transformers' MusicGen; a trajectory over decoder layers, settings by --generator-option: diffusion/musicgen.py).
 
 Runs resume: prompts whose index part exists are skipped, so a killed run continues where it stopped; --force
 redoes this shard's prompts. Shards (--shard i/n, or a SLURM array's task id and count) split the prompts by

@@ -162,3 +162,31 @@ def test_activation_probes_by_layer(logit_run, tmp_path, capsys):
     assert "up to date" in capsys.readouterr().out
     assert run_stage(stage6.main, stage6.build_parser(), arguments[:-2] + ["--random-baselines", "4"]) == 2
     assert "random_baselines" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage, extra, message", [
+    ("drop_npy", [], "missing for a generated prompt"),
+    (None, ["--branch", "sideways"], "choose --branch from cond, uncond"),
+    (None, ["--pool", "last", "--branch", "uncond"], None),
+    ("no_residuals", [], "captured no residuals"),
+])
+def test_activation_space_bad_inputs_are_one_line(logit_run, tmp_path, capsys, damage, extra, message):
+    from interp import stage6_probe as stage6
+
+    data = tmp_path / "data"
+    shutil.copytree(logit_run, data)
+    if damage == "drop_npy":
+        (data / "generated" / "activations" / "p_keys1.npy").unlink()
+    elif damage == "no_residuals":
+        generation = json.loads((data / "generated" / "generation.json").read_text())
+        generation["residuals"] = "none"
+        (data / "generated" / "generation.json").write_text(json.dumps(generation))
+    arguments = ["--data", str(data), "--space", "activations", "--bootstrap", "5", "--random-baselines", "0",
+                 "--no-report", *extra]
+    code = run_stage(stage6.main, stage6.build_parser(), arguments)
+    if message is None:   # the unconditional half at the last position is there too (residuals=both)
+        assert code == 0 and (data / "results" / "activations" / "uncond-last" / "logreg" / "emergence.csv").is_file()
+        return
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err
+    assert not (data / "results").exists()
