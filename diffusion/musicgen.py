@@ -36,7 +36,7 @@ import json
 import math
 import os
 import re
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,8 +45,7 @@ import torch
 
 from data.hub import hub_error_message
 from data.stage import InputError
-from diffusion.base import (Conditioning, Generator, TrajectoryObserver, layer_axis,
-                            refuse_intervention)
+from diffusion.base import Conditioning, Generator, TrajectoryObserver, layer_axis
 
 HUB_ID = "facebook/musicgen-small"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]
@@ -553,6 +552,11 @@ class MusicgenGenerator(Generator):
         if self.melody is not None and not self.runner.melody_model:
             raise InputError(f"{self.runner.model_id}: --generator-option melody needs a MusicGen Melody checkpoint "
                              "(e.g. facebook/musicgen-melody)")
+        # Where and when an intervention (issue 11, diffusion/interventions.py) may act: the decoder layers, at
+        # generated positions (not the layer axis); CFG rows exist only with guidance.
+        self.intervention_sites = ("layers", list(range(1, self.runner.num_layers + 1)))
+        self.has_unconditional_rows = self.sampling.guidance_scale > 1
+        self.intervention_steps = None
         self.sample_rate = self.runner.sample_rate
         self.channels = self.runner.channels
         self.max_seconds = self.runner.max_seconds
@@ -579,7 +583,6 @@ class MusicgenGenerator(Generator):
 
     def sample(self, conditioning: Conditioning, seed: int, num_samples: int, seconds: float,
                observer: TrajectoryObserver | None) -> torch.Tensor:
-        refuse_intervention(self, conditioning)
         if not isinstance(conditioning.prompt, str) or not conditioning.prompt.strip():
             raise InputError("empty prompt — every prompt needs text (fix prompts/annotated.csv or rerun stage 1)")
         if not 0 < seconds <= self.max_seconds + 1e-9:
@@ -590,15 +593,18 @@ class MusicgenGenerator(Generator):
         wanted = [layer for layer in wanted if layer in self.axis.positions]
         last = self.runner.num_layers
         record = (self.lens == "logit" and any(layer != last for layer in wanted)) or self.residuals != "none"
-        full = self.runner.generate(conditioning.prompt, seed, num_samples, seconds, self.sampling,
-                                    record_residuals=record, melody=self.melody)
+        with self.steering(conditioning, num_samples):
+            full = self.runner.generate(conditioning.prompt, seed, num_samples, seconds, self.sampling,
+                                        record_residuals=record, melody=self.melody)
         if self.lens == "logit":
             per_layer = self.runner.logit_lens(full, self.sampling, wanted).codes
         else:
-            per_layer = {layer: (full.codes if layer == last else
-                                 self.runner.generate(conditioning.prompt, seed, num_samples, seconds, self.sampling,
-                                                      layers=layer, melody=self.melody).codes)
-                         for layer in wanted}
+            per_layer = {last: full.codes}
+            for layer in (layer for layer in wanted if layer != last):
+                # The steering hooks sit on the layer modules, which the truncated decoder keeps.
+                with self.steering(conditioning, num_samples):
+                    per_layer[layer] = self.runner.generate(conditioning.prompt, seed, num_samples, seconds,
+                                                            self.sampling, layers=layer, melody=self.melody).codes
         if observer is not None:
             for layer in wanted:
                 observer(layer, None, None, per_layer[layer])
@@ -612,6 +618,13 @@ class MusicgenGenerator(Generator):
 
     def decode(self, latents: torch.Tensor, seconds: float) -> np.ndarray:
         return self.runner.decode(latents, seconds)
+
+    def steering(self, conditioning: Conditioning, num_samples: int):
+        """The intervention's named hooks on the decoder layers while generating (nothing without one)."""
+        if conditioning.intervention is None:
+            return nullcontext()
+        from diffusion.interventions import musicgen_hooks  # issue 11; imported only when an intervention is asked
+        return musicgen_hooks(self.runner.decoder, conditioning.intervention, num_samples)
 
 
 def residual_summaries(recorder: ResidualRecorder, num_samples: int, unconditional: bool):
