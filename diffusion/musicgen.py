@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import re
 from contextlib import contextmanager, nullcontext
@@ -347,7 +346,7 @@ class MusicgenRunner:
         recorder = ResidualRecorder(self.decoder) if record_residuals else None
         layers = self.num_layers if layers is None else int(layers)
         with torch.inference_mode(), truncated_decoder(self.decoder, layers), \
-                (recorder if recorder is not None else _nothing()):
+                (recorder if recorder is not None else nullcontext()):
             # Warpers run inside our sampler; generate() itself goes greedy over the one token we leave finite.
             audio = self.model.generate(**inputs, max_new_tokens=frames + self.delay,
                                         guidance_scale=sampling.guidance_scale, do_sample=False,
@@ -419,11 +418,6 @@ class MusicgenRunner:
         return {"model": self.model_id, "model_sha256": model_sha256(self.model_dir), "dtype": self.dtype_name,
                 "model_class": type(self.model).__name__, "num_layers": self.num_layers,
                 "num_codebooks": self.num_codebooks, "frame_rate": self.frame_rate}
-
-
-@contextmanager
-def _nothing():
-    yield None
 
 
 def _processor_list(sampler):
