@@ -197,3 +197,15 @@ def test_a_directory_that_is_not_musicgen_is_refused(tmp_path):
         MusicgenRunner(tmp_path, device="cpu")
     with pytest.raises(InputError, match="no such directory"):
         MusicgenRunner(tmp_path / "nowhere", device="cpu")
+
+
+def test_half_precision_runs_and_its_lens_ends_at_the_models_codes(tiny_dir):
+    runner = MusicgenRunner(tiny_dir, device="cpu", dtype="bf16")
+    assert runner.model.dtype == torch.bfloat16
+    sampling = runner.sampling({})
+    generation = runner.generate(PROMPT, 1, 1, SECONDS, sampling, record_residuals=True)
+    lens = runner.logit_lens(generation, sampling, [1, 4]).codes
+    assert lens[1].shape == generation.codes.shape and torch.equal(lens[4], generation.codes)
+    assert runner.decode(generation.codes, SECONDS).dtype == np.float32
+    with pytest.raises(InputError, match="choose one of fp32, fp16, bf16"):
+        MusicgenRunner(tiny_dir, device="cpu", dtype="fp8")
