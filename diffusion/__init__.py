@@ -5,6 +5,7 @@ import importlib
 GENERATORS = {
     "ideal": "diffusion.ideal:IdealGenerator",
     "stable-audio-open": "diffusion.stable_audio:StableAudioGenerator",
+    "musicgen": "diffusion.musicgen:MusicgenGenerator",
 }
 
 
@@ -12,4 +13,9 @@ def load_generator(name: str, **options):
     if name not in GENERATORS:
         raise KeyError(f"unknown generator {name!r}; choose from {sorted(GENERATORS)}")
     module_name, class_name = GENERATORS[name].split(":")
-    return getattr(importlib.import_module(module_name), class_name)(**options)
+    backend = getattr(importlib.import_module(module_name), class_name)
+    if "options" in options and not getattr(backend, "options", None):
+        from data.stage import InputError
+
+        raise InputError(f"the {name} generator has no --generator-option settings — drop them")
+    return backend(**options)

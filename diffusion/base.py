@@ -97,6 +97,16 @@ class TrajectoryObserver:
         self.capture = frozenset(int(position) for position in capture)
         self.kinds = tuple(kinds)
         self.captured: list[CapturedLatent] = []
+        # Internal activations a backend reports (MusicGen's residual stream): (row descriptors, float [n, dim]).
+        self.activations: list[tuple[list[dict], np.ndarray]] = []
+
+    def keep_activations(self, rows: list[dict], vectors: np.ndarray) -> None:
+        """rows[i] describes vectors[i]: a dict with `sample` (0-based within this sampler call) and the
+        backend's own keys (MusicGen: branch, layer, pool). Stage 2 writes them to generated/activations/."""
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or len(rows) != vectors.shape[0]:
+            raise ValueError(f"keep_activations: {len(rows)} rows for vectors of shape {list(vectors.shape)}")
+        self.activations.append(([dict(row) for row in rows], vectors))
 
     def __call__(self, position: int, sigma: float | None, x_t: torch.Tensor | None, x0: torch.Tensor | None,
                  content: Mapping[str, np.ndarray] | None = None) -> None:
@@ -125,6 +135,8 @@ class Generator(ABC):
     default_capture: list[int]  # positions saved when stage 2 gets no --capture-steps
     # Labels of the realised content the observer's `content` carries (empty: the backend reports none).
     content_labels: tuple[str, ...] = ()
+    # What the backend's observer calls carry (a layer trajectory has no noisy latent: ("x0",)).
+    kinds: tuple[str, ...] = KINDS
 
     @abstractmethod
     def provenance(self) -> dict:

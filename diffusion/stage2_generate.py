@@ -3,8 +3,9 @@
   <data>/prompts/annotated.csv → <data>/generated/generation.json, index/<prompt_id>.csv, audio/<prompt_id>/*.wav
 
 Generators: "ideal" (embedded; a reference model, not a trained one: the closed-form denoiser of
-diffusion/ideal.py over a bank of soundfont clips, no weights or network needed) and "stable-audio-open"
-(Stable Audio Open 1.0 through diffusers; --model a hub id or a save_pretrained directory).
+diffusion/ideal.py over a bank of soundfont clips, no weights or network needed), "stable-audio-open"
+(Stable Audio Open 1.0 through diffusers; --model a hub id or a save_pretrained directory) and "musicgen"
+(transformers' MusicGen; a trajectory over decoder layers, settings by --generator-option: diffusion/musicgen.py).
 
 Runs resume: prompts whose index part exists are skipped, so a killed run continues where it stopped; --force
 redoes this shard's prompts. Shards (--shard i/n, or a SLURM array's task id and count) split the prompts by
@@ -61,6 +62,10 @@ def build_parser():
     parser.add_argument("--decode-dtype", default=None,
                         help="fp32, fp16 or bf16 of the decoder that turns latents into audio (unset: fp32, which "
                              "keeps half-precision sampling from degrading the audio; stable-audio-open only)")
+    parser.add_argument("--generator-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting of the chosen generator only (repeatable); each backend lists its keys in "
+                             "its `options` (musicgen: lens=logit|regenerate, residuals=cond|both, guidance_scale, "
+                             "top_k, top_p, temperature, do_sample, melody)")
     parser.add_argument("--shard", default=None,
                         help="'i/n': this job makes the prompts at positions i, i+n, ... of sorted prompt_id "
                              "(unset: from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, else all prompts)")
@@ -80,6 +85,17 @@ def check_counts(args) -> None:
         raise InputError(f"--seed {args.seed} must be non-negative")
 
 
+def parse_generator_options(pairs: list[str]) -> dict[str, str]:
+    """--generator-option KEY=VALUE pairs as a dict of strings; the backend parses and checks the values."""
+    options = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key.strip():
+            raise InputError(f"--generator-option {pair!r} is not KEY=VALUE — e.g. --generator-option lens=regenerate")
+        options[key.strip()] = value.strip()
+    return options
+
+
 def main(args) -> None:
     # Everything a user can get wrong is checked before anything is written.
     if args.generator not in GENERATORS:
@@ -91,9 +107,15 @@ def main(args) -> None:
     prompts = annotated.head(args.limit_prompts) if args.limit_prompts else annotated
 
     started = time.monotonic()
+    options = parse_generator_options(args.generator_option)
     generator = load_generator(args.generator, model=args.model, preset=args.preset, steps=args.steps,
-                               device=args.device, dtype=args.dtype, decode_dtype=args.decode_dtype)
+                               device=args.device, dtype=args.dtype, decode_dtype=args.decode_dtype,
+                               **({"options": options} if options else {}))
     capture_steps = parse_capture_steps(args.capture_steps, generator.axis, generator.default_capture)
+    unsupported = [kind for kind in kinds if kind not in generator.kinds]
+    if unsupported:
+        raise InputError(f"--kinds {unsupported[0]}: the {generator.name} generator gives no {unsupported[0]} "
+                         f"(its trajectory is a {generator.axis.name}) — use --kinds {','.join(generator.kinds)}")
     seconds = generator.default_seconds if args.seconds is None else args.seconds
     if not 0 < seconds <= generator.max_seconds + 1e-9:
         raise InputError(f"--seconds {seconds:g} is outside (0, {generator.max_seconds:g}] — the longest clip "

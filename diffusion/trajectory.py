@@ -39,7 +39,7 @@ from typing import Sequence
 
 from data.audio import write_wav
 from data.contract import INDEX_COLUMNS, Provenance, begin, commit, decide
-from data.files import read_json, write_text
+from data.files import read_json, write_npy, write_text
 from data.realised_content import content_part_path, format_content_part
 from data.stage import InputError, Shard, parse_shard  # noqa: F401 (parse_shard: stage 2 imports it here)
 from diffusion.base import KINDS, Conditioning, Generator, TrajectoryAxis, TrajectoryObserver
@@ -271,9 +271,11 @@ def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditio
     audio_dir = generated / "audio" / prompt_id
     if audio_dir.exists():
         shutil.rmtree(audio_dir)
+    for path in activations_paths(generated, prompt_id):
+        path.unlink(missing_ok=True)
     labels = tuple(generator.content_labels)
     base_seed = prompt_seed(settings.seed, prompt_id)
-    rows = []
+    rows, activations = [], []
     for first in range(0, settings.samples, settings.batch_size):
         count = min(settings.batch_size, settings.samples - first)
         observer = TrajectoryObserver(settings.capture_steps, settings.kinds)
@@ -292,12 +294,37 @@ def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditio
             sample, kind, step = sorted(missing)[0]
             raise RuntimeError(f"{generator.name}: the observer got no {kind} at step {step} (sample {sample})")
         observer.captured.clear()
+        activations.extend(({**row, "sample": first + row["sample"]}, vector)
+                           for batch_rows, vectors in observer.activations for row, vector in zip(batch_rows, vectors))
         rows.extend(_decode_and_write(generator, prompt_id, clips, base_seed, generated, settings, writers))
     rows.sort(key=lambda row: (row["sample"], row["kind"], row["step"]))
+    if activations:
+        write_activations(generated, prompt_id, base_seed, activations)
     if labels:
         write_text(content_path, format_content_part(rows, labels))
     write_text(part_path, _part_csv(rows))
     return len(rows)
+
+
+def activations_paths(generated: Path, prompt_id: str) -> tuple[Path, Path]:
+    return generated / "activations" / f"{prompt_id}.npy", generated / "activations" / f"{prompt_id}.csv"
+
+
+def write_activations(generated: Path, prompt_id: str, base_seed: int, activations: list) -> None:
+    """A backend's reported activations of one prompt (data/ARTIFACTS.md, stage 2): float16 .npy [n, dim] and
+    its index CSV (prompt_id, sample, seed, the backend's keys, row), both before the prompt's index part."""
+    import numpy as np
+
+    array_path, csv_path = activations_paths(generated, prompt_id)
+    table = [{"prompt_id": prompt_id, "sample": row["sample"], "seed": base_seed + row["sample"],
+              **{key: value for key, value in row.items() if key != "sample"}, "row": number}
+             for number, (row, _) in enumerate(activations)]
+    write_npy(array_path, np.stack([vector for _, vector in activations]).astype(np.float16))
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(table[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(table)
+    write_text(csv_path, text.getvalue())
 
 
 def _decode_and_write(generator: Generator, prompt_id: str, clips: list, base_seed: int, generated: Path,
@@ -358,7 +385,8 @@ def part_is_complete(generated: Path, prompt_id: str, expected: set, content_lab
 
 
 def remove_prompt_outputs(generated: Path, prompt_ids) -> list[str]:
-    """Delete the index parts, content parts and audio folders of these prompts; the ids that had a part."""
+    """Delete the index parts, content parts, activations and audio folders of these prompts; the ids that had
+    a part."""
     removed = []
     for prompt_id in sorted(prompt_ids):
         part = generated / "index" / f"{prompt_id}.csv"
@@ -366,15 +394,18 @@ def remove_prompt_outputs(generated: Path, prompt_ids) -> list[str]:
             part.unlink()
             removed.append(prompt_id)
         content_part_path(generated, prompt_id).unlink(missing_ok=True)
+        for path in activations_paths(generated, prompt_id):
+            path.unlink(missing_ok=True)
         if (generated / "audio" / prompt_id).is_dir():
             shutil.rmtree(generated / "audio" / prompt_id)
     return removed
 
 
 def prompts_on_disk(generated: Path) -> set[str]:
-    """Prompt ids that have an index part, a content part or an audio folder."""
+    """Prompt ids that have an index part, a content part, activations or an audio folder."""
     found = set()
-    for folder, pattern in (("index", "*.csv"), ("content", "*.csv")):
+    for folder, pattern in (("index", "*.csv"), ("content", "*.csv"), ("activations", "*.csv"),
+                            ("activations", "*.npy")):
         directory = generated / folder
         found |= {path.stem for path in directory.glob(pattern)} if directory.is_dir() else set()
     audio_root = generated / "audio"

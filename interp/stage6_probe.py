@@ -29,7 +29,7 @@ from data.contract import (Provenance, begin, check_same_embedder, commit, conce
 from data.files import read_json, sha256_file, write_csv
 from data.realised_content import read_realised_content
 from data.stage import InputError, main_exit, stage_parser
-from embeddings import embedding_stem
+from embeddings import EMBEDDERS, embedding_stem
 from interp import probes as probe_families
 from interp import statistics, summary
 from interp.concepts import CONCEPTS
@@ -64,10 +64,16 @@ def results_dir(data: Path, embedder: str, probe: str, kind: str) -> Path:
 
 def build_parser():
     parser = stage_parser(__doc__.splitlines()[0])
-    parser.add_argument("--embedder", required=True,
-                        help="the embedder given to stages 3 and 5 (e.g. spectral, clap)")
-    parser.add_argument("--model", default=None,
-                        help="the embedder's checkpoint as given to stages 3 and 5 (hub id or local directory)")
+    parser.add_argument("--space", default="embeddings", choices=("embeddings", "activations"),
+                        help="embeddings: probes on stage 3/5 embeddings of the audio; activations: linear probes "
+                             "per layer on MusicGen's residual stream (interp/activations.py)")
+    parser.add_argument("--branch", default="cond", help="--space activations: cond or uncond rows of the CFG batch")
+    parser.add_argument("--pool", default="mean", help="--space activations: mean over positions or the last one")
+    parser.add_argument("--embedder", default=None,
+                        help=f"the embedder stages 3 and 5 used ({', '.join(sorted(EMBEDDERS))}); with --model it "
+                             "names the embeddings file exactly as they do (embeddings.embedding_stem); required "
+                             "for --space embeddings")
+    parser.add_argument("--model", help="the --model given to stages 3 and 5 (embedders with weights, e.g. clap)")
     parser.add_argument("--probe", default="logreg",
                         help=f"probe family: {', '.join(probe_families.FAMILIES)} (see interp/probes.py)")
     parser.add_argument("--kind", default="x0", help="which captured clips to analyse: x0 (clean estimate) or xt")
@@ -576,6 +582,12 @@ def _input_fingerprint(data: Path, generated: GeneratedClips, nsynth: ConceptNot
 def main(args) -> None:
     # Every fit and matrix here is small: BLAS/OpenMP threads only add synchronisation, which costs ~10x when
     # the cores are shared (measured: a 300 x 64 logistic fit 15 ms on one thread, 100 ms on two, under load).
+    if args.space == "activations":
+        from interp import activations
+        activations.run(args)
+        return
+    if not args.embedder:
+        raise InputError("--embedder is required for --space embeddings — pass the embedder stages 3 and 5 used")
     with threadpool_limits(limits=1):
         analyse(args)
 

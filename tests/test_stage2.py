@@ -200,7 +200,7 @@ def test_changed_prompts_are_refused_then_forced_with_stale_parts_removed(tmp_pa
 
 
 BAD_INPUTS = [
-    (["--generator", "musicgen"], "unknown generator 'musicgen'"),
+    (["--generator", "jukebox"], "unknown generator 'jukebox'"),
     (["--preset", "fast"], "unknown preset 'fast'"),
     (["--capture-steps", "5,50"], "--capture-steps 50 is outside [0, 50)"),
     (["--capture-steps=-1"], "--capture-steps -1 is outside"),

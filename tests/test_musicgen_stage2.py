@@ -1,0 +1,194 @@
+"""Stage 2 with --generator musicgen on a tiny random MusicGen saved in the hub layout, then stages 3-6 on its layer
+trajectory, and stage 6 --space activations on its residual captures.
+
+The first run goes through the script in a subprocess, offline, as a user runs it; the others call the same `main`
+through data.stage.run_stage in-process.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from data.contract import ANNOTATED_COLUMNS, annotated_csv, read_generated_index
+from data.files import write_csv
+from data.stage import REPO_ROOT, run_stage
+from diffusion import stage2_generate as stage2
+from tiny_musicgen import save_model
+
+SCRIPT = REPO_ROOT / "diffusion" / "stage2_generate.py"
+PROMPTS = [
+    ("p_brass1", "bright brass fanfare", "brass;bright"),
+    ("p_brass2", "loud brass with drums", "brass;drum"),
+    ("p_brass3", "slow brass melody", "brass"),
+    ("p_keys1", "soft acoustic piano", "keyboard;acoustic"),
+    ("p_keys2", "warm piano ballad", "keyboard;dark"),
+    ("p_keys3", "fast piano solo", "keyboard"),
+]
+RUN = ["--generator", "musicgen", "--samples", "2", "--seconds", "0.2", "--seed", "3", "--no-progress"]
+
+
+def write_annotated(data, prompts=PROMPTS):
+    rows = [{"prompt_id": pid, "prompt": text, "labels": labels, "bpm": None, "annotator": "offline"}
+            for pid, text, labels in prompts]
+    write_csv(annotated_csv(data), pd.DataFrame(rows, columns=list(ANNOTATED_COLUMNS)))
+
+
+def stage2_inprocess(data, model, *extra) -> int:
+    return run_stage(stage2.main, stage2.build_parser(), ["--data", str(data), "--model", str(model), *RUN, *extra])
+
+
+def listing(root):
+    return {path.relative_to(root).as_posix(): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return save_model(tmp_path_factory.mktemp("musicgen-stage2") / "tiny-musicgen")
+
+
+@pytest.fixture(scope="module")
+def logit_run(tiny_model, tmp_path_factory):
+    data = tmp_path_factory.mktemp("logit") / "data"
+    write_annotated(data)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, str(SCRIPT), "--data", str(data), "--model", str(tiny_model), *RUN,
+                             "--generator-option", "lens=logit", "--generator-option", "residuals=both"],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    return data
+
+
+def test_layer_trajectory_and_residual_captures_follow_the_contract(logit_run):
+    index = read_generated_index(logit_run)
+    assert len(index) == len(PROMPTS) * 2 * 4
+    assert set(index["step"]) == {1, 2, 3, 4} and set(index["kind"]) == {"x0"} and index["sigma"].isna().all()
+    generation = json.loads((logit_run / "generated" / "generation.json").read_text())
+    assert generation["trajectory_axis"] == {"name": "layer", "unit": "layer", "positions": [1, 2, 3, 4]}
+    assert generation["lens"] == "logit" and generation["residuals"] == "both"
+    table = pd.read_csv(logit_run / "generated" / "activations" / "p_keys2.csv")
+    vectors = np.load(logit_run / "generated" / "activations" / "p_keys2.npy")
+    assert vectors.dtype == np.float16 and vectors.shape == (2 * 2 * 4 * 2, 64)
+    assert list(table["row"]) == list(range(len(table)))
+    assert set(table["branch"]) == {"cond", "uncond"} and set(table["pool"]) == {"mean", "last"}
+    seeds = index[index["prompt_id"] == "p_keys2"].groupby("sample")["seed"].first()
+    assert (table.groupby("sample")["seed"].first() == seeds).all()
+
+
+def test_regenerate_lens_ends_at_the_same_clip_and_a_rerun_skips(logit_run, tiny_model, tmp_path, capsys):
+    data = tmp_path / "data"
+    write_annotated(data, PROMPTS[:2])
+    assert stage2_inprocess(data, tiny_model, "--generator-option", "lens=regenerate",
+                            "--capture-steps", "2,4") == 0
+    for sample in (0, 1):
+        name = f"audio/p_brass1/s{sample}-x0-004.wav"
+        # Layer L of DecoderLens regenerate is normal generation: the same bytes as the logit lens run's.
+        assert (data / "generated" / name).read_bytes() == (logit_run / "generated" / name).read_bytes()
+    before = listing(data / "generated")
+    assert stage2_inprocess(data, tiny_model, "--generator-option", "lens=regenerate", "--capture-steps", "2,4") == 0
+    assert "2 already done, 0 generated" in capsys.readouterr().err
+    assert listing(data / "generated") == before
+    # Other settings on the same outputs are refused, naming the setting.
+    assert stage2_inprocess(data, tiny_model, "--generator-option", "lens=logit", "--capture-steps", "2,4") == 2
+    assert "lens" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--kinds", "x0,xt"], "gives no xt"),
+    (["--generator-option", "lens=tuned"], "choose logit or regenerate"),
+    (["--generator-option", "lens"], "is not KEY=VALUE"),
+    (["--steps", "5"], "--steps does not apply to musicgen"),
+    (["--capture-steps", "0"], "outside"),
+    (["--generator-option", "residuals=both", "--generator-option", "guidance_scale=1"], "needs classifier-free"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_model, tmp_path, capsys, extra, message):
+    data = tmp_path / "data"
+    write_annotated(data)
+    assert stage2_inprocess(data, tiny_model, *extra) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+    assert not (data / "generated").exists()
+
+
+def test_stages_3_to_6_run_on_the_layer_trajectory(logit_run, tmp_path):
+    """Done when: the layer trajectory feeds stages 3-6 offline; positions are the layers."""
+    from data.nsynth import render_soundfont
+    from embeddings import stage3_embed_generated as stage3
+    from interp import stage4_concept_sets as stage4
+    from interp import stage5_embed_nsynth as stage5
+    from interp import stage6_probe as stage6
+
+    data = tmp_path / "data"
+    shutil.copytree(logit_run, data)
+    assert run_stage(stage3.main, stage3.build_parser(),
+                     ["--data", str(data), "--embedder", "spectral", "--workers", "1"]) == 0
+    assert run_stage(render_soundfont.main, render_soundfont.build_parser(),
+                     ["--data", str(data), "--programs", "0,4,56,57,40,42", "--pitch-step", "12",
+                      "--velocities", "75,127"]) == 0
+    assert run_stage(stage4.main, stage4.build_parser(),
+                     ["--data", str(data), "--nsynth-dir", str(render_soundfont.output_dir(data))]) == 0
+    assert run_stage(stage5.main, stage5.build_parser(),
+                     ["--data", str(data), "--embedder", "spectral", "--workers", "1"]) == 0
+    assert run_stage(stage6.main, stage6.build_parser(),
+                     ["--data", str(data), "--embedder", "spectral", "--bootstrap", "20",
+                      "--random-baselines", "2"]) == 0
+    emergence = pd.read_csv(data / "results" / "spectral" / "logreg" / "x0" / "emergence.csv")
+    assert set(emergence["step"]) == {1, 2, 3, 4}
+    assert set(emergence["trajectory_axis"]) == {"layer"}
+    assert "layer" in (data / "results" / "spectral" / "logreg" / "x0" / "report.html").read_text()
+
+
+def test_activation_probes_by_layer(logit_run, tmp_path, capsys):
+    from interp import stage6_probe as stage6
+
+    data = tmp_path / "data"
+    shutil.copytree(logit_run, data)
+    arguments = ["--data", str(data), "--space", "activations", "--bootstrap", "20", "--random-baselines", "3"]
+    assert run_stage(stage6.main, stage6.build_parser(), arguments) == 0
+    out = data / "results" / "activations" / "cond-mean" / "logreg"
+    emergence = pd.read_csv(out / "emergence.csv")
+    assert set(emergence["trajectory_axis"]) == {"layer"} and set(emergence["step"]) == {1, 2, 3, 4}
+    brass = emergence[emergence["concept"] == "is_brass"]
+    assert brass["auroc"].notna().all() and (brass["n_positive_prompts"] == 3).all()
+    assert emergence[emergence["concept"] == "is_vocal"]["auroc"].isna().all()   # no vocal prompt: no probe
+    directions = np.load(out / "directions" / "is_brass.npy")
+    sidecar = json.loads((out / "directions" / "is_brass.json").read_text())
+    assert directions.shape == (4, 64) and sidecar["positions"] == [1, 2, 3, 4]
+    np.testing.assert_allclose(np.linalg.norm(directions, axis=1), 1.0, rtol=1e-5)
+    assert "layer" in (out / "report.html").read_text()
+    assert run_stage(stage6.main, stage6.build_parser(), arguments) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert run_stage(stage6.main, stage6.build_parser(), arguments[:-2] + ["--random-baselines", "4"]) == 2
+    assert "random_baselines" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage, extra, message", [
+    ("drop_npy", [], "missing for a generated prompt"),
+    (None, ["--branch", "sideways"], "choose --branch from cond, uncond"),
+    (None, ["--pool", "last", "--branch", "uncond"], None),
+    ("no_residuals", [], "captured no residuals"),
+])
+def test_activation_space_bad_inputs_are_one_line(logit_run, tmp_path, capsys, damage, extra, message):
+    from interp import stage6_probe as stage6
+
+    data = tmp_path / "data"
+    shutil.copytree(logit_run, data)
+    if damage == "drop_npy":
+        (data / "generated" / "activations" / "p_keys1.npy").unlink()
+    elif damage == "no_residuals":
+        generation = json.loads((data / "generated" / "generation.json").read_text())
+        generation["residuals"] = "none"
+        (data / "generated" / "generation.json").write_text(json.dumps(generation))
+    arguments = ["--data", str(data), "--space", "activations", "--bootstrap", "5", "--random-baselines", "0",
+                 "--no-report", *extra]
+    code = run_stage(stage6.main, stage6.build_parser(), arguments)
+    if message is None:   # the unconditional half at the last position is there too (residuals=both)
+        assert code == 0 and (data / "results" / "activations" / "uncond-last" / "logreg" / "emergence.csv").is_file()
+        return
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err
+    assert not (data / "results").exists()
