@@ -132,6 +132,7 @@ class IdealGenerator(Generator):
     name = "ideal"
     channels = 1
     trajectory_axis = "denoising_step"
+    intervention_sites = ("prior", [])   # steering tilts the concept prior (diffusion/interventions.py)
 
     def __init__(self, model=None, preset: str | None = None, steps: int | None = None, device: str | None = None,
                  dtype: str | None = None, *, bank: ReferenceBank | None = None):
@@ -240,9 +241,11 @@ class IdealGenerator(Generator):
 
     def sample(self, prompt: str, labels: Sequence[str], seed: int, num_samples: int, seconds: float,
                observer: TrajectoryObserver | None,
-               weights_callback: Callable[[int, float, np.ndarray], None] | None = None) -> torch.Tensor:
+               weights_callback: Callable[[int, float, np.ndarray], None] | None = None,
+               intervention=None) -> torch.Tensor:
         """Sample `num_samples` trajectories of one prompt; `weights_callback(step, sigma, weights [samples,
-        clips])` sees the posterior weights over the bank at every step."""
+        clips])` sees the posterior weights over the bank at every step. `intervention` (diffusion/
+        interventions.py, where "prior") tilts the prior towards the concept's clips from its start step on."""
         import torch
 
         if not isinstance(prompt, str) or not prompt.strip():
@@ -251,6 +254,10 @@ class IdealGenerator(Generator):
             raise InputError(f"--samples {num_samples} must be at least 1")
         space = self.latent_space(seconds)
         log_prior = self.log_prior(labels)
+        steering = None
+        if intervention is not None and intervention.strength != 0:
+            from diffusion.interventions import PriorSteering
+            steering = PriorSteering(intervention, self.bank.labels)
         scheduler = self.scheduler
         scheduler.set_timesteps(self.steps)
         generators = [torch.Generator().manual_seed(int(seed) + row) for row in range(num_samples)]
@@ -260,7 +267,8 @@ class IdealGenerator(Generator):
         for step, timestep in enumerate(scheduler.timesteps):
             model_input = scheduler.scale_model_input(latents, timestep)
             sigma = scheduler.sigmas[scheduler.step_index]
-            velocity, weights = self.velocity(model_input, float(sigma), space, log_prior)
+            step_prior = log_prior if steering is None else steering.log_prior(step, log_prior)
+            velocity, weights = self.velocity(model_input, float(sigma), space, step_prior)
             latents = scheduler.step(velocity, timestep, latents).prev_sample
             if observer is not None:
                 # model_outputs[-1] is the scheduler's conversion of our v back into x0 at this step's sigma.
