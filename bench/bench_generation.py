@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from diffusion import load_generator  # noqa: E402
-from diffusion.base import KINDS, TrajectoryObserver  # noqa: E402
+from diffusion.base import KINDS, Conditioning, TrajectoryObserver  # noqa: E402
 from tiny_stable_audio import SIZES, save_model  # noqa: E402
 
 
@@ -55,20 +55,20 @@ class TimedObserver(TrajectoryObserver):
         super().__init__(*args, **kwargs)
         self.seconds = 0.0
 
-    def __call__(self, step, sigma, x_t, x0):
+    def __call__(self, position, sigma, x_t, x0, content=None):
         start = time.perf_counter()
-        super().__call__(step, sigma, x_t, x0)
+        super().__call__(position, sigma, x_t, x0, content)
         self.seconds += time.perf_counter() - start
 
 
 def bench_capture(generator, args) -> dict:
     """P1: the same sampler call with and without the observer, alternating; medians of `repeats` each."""
-    capture_steps = range(generator.steps) if args.capture == "all" else generator.default_capture_steps
+    capture_steps = generator.axis.positions if args.capture == "all" else generator.default_capture
     kinds = KINDS if args.kinds == "both" else (args.kinds,)
 
     def run(capture: bool):
         observer = TimedObserver(capture_steps, kinds) if capture else None
-        latents = generator.sample(args.prompt, [], args.seed, args.samples, args.seconds, observer)
+        latents = generator.sample(Conditioning(args.prompt), args.seed, args.samples, args.seconds, observer)
         return latents, observer
 
     run(True)  # warm-up: first-call allocations and lazy inits belong to neither side
@@ -105,11 +105,11 @@ def bench_decode(generator, observer, args) -> dict:
     batch = args.decode_batch_size or args.decode_k
 
     def batched():
-        return np.concatenate([generator.decode(torch.cat(clips[start:start + batch]))
+        return np.concatenate([generator.decode(torch.cat(clips[start:start + batch]), args.seconds)
                                for start in range(0, len(clips), batch)])
 
     def one_by_one():
-        return np.concatenate([generator.decode(clip) for clip in clips])
+        return np.concatenate([generator.decode(clip, args.seconds) for clip in clips])
 
     vae = generator.pipeline.vae
     samples = int(args.seconds * vae.config.sampling_rate)

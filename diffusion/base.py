@@ -1,17 +1,19 @@
-"""The generator interface: a backend turns (prompt, seed, steps to capture) into a trajectory of clips.
+"""The generator interface: a backend turns (conditioning, seed, positions to capture) into a trajectory of clips.
 
-A backend implements `sample` (run its sampler once for a batch of samples of one prompt, calling the
-observer after every step) and `decode` (latents -> audio). Capturing, decoding in batches, writing wavs and
-index rows, sharding and resuming are shared (diffusion/trajectory.py), so a new backend is one new file.
+A backend implements `sample` (run its sampler once for a batch of samples of one prompt, calling the observer
+at every position of its trajectory axis) and `decode` (latents -> audio, a pure function of its arguments).
+Capturing, decoding in batches, writing wavs and index rows, sharding and resuming are shared
+(diffusion/trajectory.py, which backends never import), so a new backend is one new file.
 
-A trajectory position is called a step; for a layer-wise trajectory (MusicGen's decoder layers) it is the
-layer, and generation.json names the axis.
+The trajectory axis says what a position is: a denoising step (0..N-1) of a diffusion sampler, or a decoder
+layer (1..L) of a layer-wise read-out (MusicGen's DecoderLens). Stage 2 writes it to generation.json as
+{"name", "unit", "positions"}; the index column stays `step` (= the position on the axis) for every model.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 
@@ -19,64 +21,136 @@ if TYPE_CHECKING:
     # Annotations only: a stage 2 rerun with every prompt done loads no model, and importing torch costs seconds.
     import torch
 
-KINDS = ("x0", "xt")  # x0: the model's clean estimate at that step; xt: the noisy latent after that step
+    from diffusion.interventions import Intervention
+
+KINDS = ("x0", "xt")  # x0: the model's clean estimate at that position; xt: the noisy latent after that step
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Everything a prompt conditions a sample with, as one object: backends ignore what they do not use."""
+    prompt: str
+    labels: tuple[str, ...] = ()                  # annotation labels (only the ideal model's prior reads them)
+    intervention: Intervention | None = None      # steering of the sampler (issue 11); None = no intervention
+
+
+@dataclass(frozen=True)
+class TrajectoryAxis:
+    name: str                     # "denoising_step" | "layer"
+    unit: str                     # "step" | "layer": the word used in plots and report text
+    positions: tuple[int, ...]    # valid positions, in trajectory order
+
+    def record(self) -> dict:
+        """generation.json's "trajectory_axis" (data/ARTIFACTS.md, stage 2)."""
+        return {"name": self.name, "unit": self.unit, "positions": [int(p) for p in self.positions]}
+
+    def describe(self) -> str:
+        """'50-step trajectory (0–49)': for messages."""
+        return f"{len(self.positions)}-{self.unit} trajectory ({self.positions[0]}–{self.positions[-1]})"
+
+
+def denoising_axis(steps: int) -> TrajectoryAxis:
+    """A sampler's steps 0..steps-1."""
+    return TrajectoryAxis("denoising_step", "step", tuple(range(int(steps))))
+
+
+def layer_axis(layers: int) -> TrajectoryAxis:
+    """A decoder's layers 1..layers (a read-out after block l)."""
+    return TrajectoryAxis("layer", "layer", tuple(range(1, int(layers) + 1)))
+
+
+def default_capture(positions: Sequence[int]) -> list[int]:
+    """Every tenth of the trajectory plus its last position: the reference study's 5, 10, ..., 45, 49 of 50."""
+    positions = list(positions)
+    stride = max(1, len(positions) // 10)
+    chosen = {positions[stride * k] for k in range(1, 10) if stride * k < len(positions)}
+    return sorted(chosen | {positions[-1]})
+
+
+def default_capture_steps(steps: int) -> list[int]:
+    return default_capture(range(int(steps)))
 
 
 @dataclass
 class CapturedLatent:
-    step: int
-    sigma: float
+    position: int                 # on the generator's axis (the index's `step` column)
+    sigma: float | None           # noise level at that position; None for a layer trajectory
     kind: str
-    latent: torch.Tensor  # [num_samples, *latent_shape], detached copy on CPU
+    latent: torch.Tensor          # [num_samples, *latent_shape], detached copy on CPU
+    # Realised content of the position's clean estimate: label -> float64 [num_samples] (empty: not reported).
+    content: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class TrajectoryObserver:
-    """Per-step callback that keeps copies of the requested steps and changes nothing in the sampler."""
+    """Callback at every trajectory position that keeps copies of the requested ones and changes nothing in
+    the sampler.
 
-    def __init__(self, capture_steps: Sequence[int], kinds: Sequence[str] = ("x0",)):
+    observer(position, sigma, x_t, x0, content=None): `content`, where a backend knows it, maps each of its
+    `content_labels` to an array [num_samples] of that label's mass in the position's clean estimate (the ideal
+    model: the posterior weight of the bank clips carrying the label).
+    """
+
+    def __init__(self, capture: Sequence[int], kinds: Sequence[str] = ("x0",)):
         unknown = set(kinds) - set(KINDS)
         if unknown:
             raise ValueError(f"unknown capture kind {sorted(unknown)[0]!r}; choose from {KINDS}")
-        self.capture_steps = frozenset(int(step) for step in capture_steps)
+        self.capture = frozenset(int(position) for position in capture)
         self.kinds = tuple(kinds)
         self.captured: list[CapturedLatent] = []
 
-    def __call__(self, step: int, sigma: float, x_t: torch.Tensor, x0: torch.Tensor | None) -> None:
-        if step not in self.capture_steps:
+    def __call__(self, position: int, sigma: float | None, x_t: torch.Tensor | None, x0: torch.Tensor | None,
+                 content: Mapping[str, np.ndarray] | None = None) -> None:
+        if position not in self.capture:
             return
+        kept = {label: np.array(mass, dtype=np.float64) for label, mass in (content or {}).items()}
         for kind, tensor in (("x0", x0), ("xt", x_t)):
             if kind in self.kinds:
                 if tensor is None:
-                    raise RuntimeError(f"backend gave no {kind} at step {step}")
-                self.captured.append(CapturedLatent(step, float(sigma), kind, tensor.detach().to("cpu", copy=True)))
+                    raise RuntimeError(f"backend gave no {kind} at position {position}")
+                self.captured.append(CapturedLatent(int(position), None if sigma is None else float(sigma), kind,
+                                                    tensor.detach().to("cpu", copy=True), kept))
 
 
 class Generator(ABC):
-    """Built by `diffusion.load_generator(name, model=, preset=, steps=, device=, dtype=)`: every backend's
-    constructor takes these five keywords (None = the backend's default; ignore those that do not apply) and
-    raises data.stage.InputError for a setting the user can fix (unknown preset, missing model, bad dtype)."""
-    name: str                 # registry key and provenance id, e.g. "ideal", "stable-audio-open"
-    sample_rate: int          # of decoded audio
-    channels: int             # of decoded audio
-    max_seconds: float        # longest clip the model can make
-    default_seconds: float    # clip length when stage 2 gets no --seconds
-    steps: int                # trajectory length: sampler steps (or decoder layers)
-    default_capture_steps: list[int]  # steps saved when stage 2 gets no --capture-steps
-    trajectory_axis: str = "denoising_step"
+    """Built by `diffusion.load_generator(name, model=, preset=, steps=, device=, dtype=, decode_dtype=)`: every
+    backend's constructor takes these six keywords (None = the backend's default; refuse with InputError a
+    value that does not apply) and raises data.stage.InputError for a setting the user can fix (unknown preset,
+    missing model, bad dtype)."""
+    name: str                  # registry key and provenance id, e.g. "ideal", "stable-audio-open"
+    sample_rate: int           # of decoded audio
+    channels: int              # of decoded audio
+    max_seconds: float         # longest clip the model can make
+    default_seconds: float     # clip length when stage 2 gets no --seconds
+    axis: TrajectoryAxis       # what a trajectory position is, and which exist
+    default_capture: list[int]  # positions saved when stage 2 gets no --capture-steps
+    # Labels of the realised content the observer's `content` carries (empty: the backend reports none).
+    content_labels: tuple[str, ...] = ()
 
     @abstractmethod
     def provenance(self) -> dict:
         """Model id, checkpoint hash and every setting that changes the audio; stored in generation.json."""
 
     @abstractmethod
-    def sample(self, prompt: str, labels: Sequence[str], seed: int, num_samples: int, seconds: float,
-               observer: TrajectoryObserver) -> torch.Tensor:
-        """Run the sampler once for `num_samples` samples of one prompt; call observer(step, sigma, x_t, x0)
-        after every step; return the final latents [num_samples, *latent_shape].
+    def sample(self, conditioning: Conditioning, seed: int, num_samples: int, seconds: float,
+               observer: TrajectoryObserver | None) -> torch.Tensor:
+        """Run the sampler once for `num_samples` samples of one prompt; call
+        observer(position, sigma, x_t, x0, content=None) at every position of `axis`; return the final
+        latents [num_samples, *latent_shape].
 
         Seed row r of the batch with `seed + r` (e.g. one torch.Generator per row): stage 2 records seed + r as
         that sample's seed, so a sample must not depend on how many samples shared its sampler call."""
 
     @abstractmethod
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """Latents [batch, *latent_shape] -> audio float32 [batch, channels, samples]."""
+    def decode(self, latents: torch.Tensor, seconds: float) -> np.ndarray:
+        """Latents [batch, *latent_shape] of clips `seconds` long -> audio float32 [batch, channels, samples].
+
+        Pure: the result depends on the arguments and the loaded model only, never on an earlier `sample`."""
+
+
+def refuse_intervention(generator: Generator, conditioning: Conditioning) -> None:
+    """For a backend that cannot apply an intervention: one line instead of silently ignoring it."""
+    if conditioning.intervention is not None:
+        from data.stage import InputError
+
+        raise InputError(f"the {generator.name} generator cannot apply interventions — "
+                         "drop --intervene or choose a generator that supports them")

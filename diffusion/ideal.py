@@ -56,17 +56,15 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Sequence
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
 from data.stage import InputError
+from data.vocabulary import DRUM, FAMILIES, SOURCES
 from diffusion import bank as reference_bank
 from diffusion.bank import CLIP_RMS, ReferenceBank, family_labels, source_labels
-from diffusion.base import Generator, TrajectoryObserver
-from diffusion.trajectory import default_capture_steps
+from diffusion.base import Conditioning, Generator, TrajectoryObserver, default_capture, denoising_axis
 
 if TYPE_CHECKING:
     import torch
@@ -131,20 +129,22 @@ class LatentSpace:
 class IdealGenerator(Generator):
     name = "ideal"
     channels = 1
-    trajectory_axis = "denoising_step"
+    # The realised content of the clean estimate (issue 12's second yardstick): every label a bank clip can carry.
+    content_labels = FAMILIES + (DRUM,) + SOURCES
     intervention_sites = ("prior", [])   # steering tilts the concept prior (diffusion/interventions.py)
 
     def __init__(self, model=None, preset: str | None = None, steps: int | None = None, device: str | None = None,
-                 dtype: str | None = None, *, bank: ReferenceBank | None = None):
+                 dtype: str | None = None, decode_dtype: str | None = None, *, bank: ReferenceBank | None = None):
         """`model`: a bank directory (default: the default soundfont bank's cache, rendered on first use);
         `bank`: a bank object to use instead (tests)."""
         preset = preset or DEFAULT_PRESET
         if preset not in PRESETS:
             raise InputError(f"unknown preset {preset!r} for the ideal generator — "
                              f"choose one of {', '.join(PRESETS)}")
-        if dtype not in (None, "fp32"):
-            raise InputError(f"--dtype {dtype}: the ideal generator computes in fp32 (fp64 logits) — "
-                             "drop --dtype or pass fp32")
+        for flag, value in (("--dtype", dtype), ("--decode-dtype", decode_dtype)):
+            if value not in (None, "fp32"):
+                raise InputError(f"{flag} {value}: the ideal generator computes in fp32 (fp64 logits) — "
+                                 f"drop {flag} or pass fp32")
         if device not in (None, "cpu"):
             raise InputError(f"--device {device}: the ideal generator runs on the CPU (its model is a few hundred "
                              "numbers per step) — drop --device or pass cpu")
@@ -153,7 +153,8 @@ class IdealGenerator(Generator):
         self.steps = int(steps) if steps is not None else self.preset.steps
         if self.steps < 1:
             raise InputError(f"--steps {self.steps} must be at least 1")
-        self.default_capture_steps = default_capture_steps(self.steps)
+        self.axis = denoising_axis(self.steps)
+        self.default_capture = default_capture(self.axis.positions)
 
         self._bank = bank
         self._bank_dir = None
@@ -178,8 +179,9 @@ class IdealGenerator(Generator):
         self.default_seconds = self.max_seconds
 
         self._scheduler = None
+        # Caches of what the bank determines (one latent space per clip length): no state of any sample() call.
         self._spaces: dict[int, LatentSpace] = {}
-        self._decode_samples = bank_samples
+        self._label_masks = None
 
     @property
     def scheduler(self):
@@ -236,28 +238,28 @@ class IdealGenerator(Generator):
             "sample_rate": self.sample_rate,
             "channels": self.channels,
             "max_seconds": self.max_seconds,
-            "trajectory_axis": self.trajectory_axis,
         }
 
-    def sample(self, prompt: str, labels: Sequence[str], seed: int, num_samples: int, seconds: float,
+    def sample(self, conditioning: Conditioning, seed: int, num_samples: int, seconds: float,
                observer: TrajectoryObserver | None,
-               weights_callback: Callable[[int, float, np.ndarray], None] | None = None,
-               intervention=None) -> torch.Tensor:
-        """Sample `num_samples` trajectories of one prompt; `weights_callback(step, sigma, weights [samples,
-        clips])` sees the posterior weights over the bank at every step. `intervention` (diffusion/
-        interventions.py, where "prior") tilts the prior towards the concept's clips from its start step on."""
+               weights_callback: Callable[[int, float, np.ndarray], None] | None = None) -> torch.Tensor:
+        """Sample `num_samples` trajectories of one prompt. The observer gets, with each step, the realised
+        content of the clean estimate (`content_of`); `weights_callback(step, sigma, weights [samples, clips])`
+        sees the posterior weights over the bank themselves (tests and analyses). `conditioning.intervention`
+        (diffusion/interventions.py, where "prior") tilts the prior towards the concept's clips from its start
+        step on."""
         import torch
 
-        if not isinstance(prompt, str) or not prompt.strip():
+        if not isinstance(conditioning.prompt, str) or not conditioning.prompt.strip():
             raise InputError("empty prompt — every prompt needs text (fix prompts/annotated.csv or rerun stage 1)")
         if num_samples < 1:
             raise InputError(f"--samples {num_samples} must be at least 1")
         space = self.latent_space(seconds)
-        log_prior = self.log_prior(labels)
+        log_prior = self.log_prior(conditioning.labels)
         steering = None
-        if intervention is not None and intervention.strength != 0:
+        if conditioning.intervention is not None and conditioning.intervention.strength != 0:
             from diffusion.interventions import PriorSteering
-            steering = PriorSteering(intervention, self.bank.labels)
+            steering = PriorSteering(conditioning.intervention, self.bank.labels)
         scheduler = self.scheduler
         scheduler.set_timesteps(self.steps)
         generators = [torch.Generator().manual_seed(int(seed) + row) for row in range(num_samples)]
@@ -272,19 +274,28 @@ class IdealGenerator(Generator):
             latents = scheduler.step(velocity, timestep, latents).prev_sample
             if observer is not None:
                 # model_outputs[-1] is the scheduler's conversion of our v back into x0 at this step's sigma.
-                observer(step, float(sigma), latents, scheduler.model_outputs[-1])
+                observer(step, float(sigma), latents, scheduler.model_outputs[-1], self.content_of(weights))
             if weights_callback is not None:
                 weights_callback(step, float(sigma), weights)
-        self._decode_samples = space.samples
         return latents
 
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        """Latents [batch, rank] -> float32 audio [batch, 1, samples] (the length of the last `sample` call)."""
+    def decode(self, latents: torch.Tensor, seconds: float) -> np.ndarray:
+        """Latents [batch, rank] of `seconds`-long clips -> float32 audio [batch, 1, samples]."""
         import torch
 
-        space = self._spaces.get(self._decode_samples) or self.latent_space(self._decode_samples / self.sample_rate)
+        space = self.latent_space(seconds)
         audio = (latents.to(dtype=torch.float64) @ space.decoder).to(torch.float32)
         return audio.unsqueeze(1).cpu().numpy()
+
+    def content_of(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """The realised content of a clean estimate: for each label, the posterior weight of the bank clips that
+        carry it (float64 [samples] in [0, 1]). At the end of a trajectory the weights sit on one clip, and the
+        content is that clip's labels (1 for each, 0 for the rest); a mix clip carries two families."""
+        if self._label_masks is None:
+            self._label_masks = np.array([[label in clip_labels for clip_labels in self.bank.labels]
+                                          for label in self.content_labels], dtype=np.float64)
+        masses = np.asarray(weights, dtype=np.float64) @ self._label_masks.T
+        return {label: masses[:, column] for column, label in enumerate(self.content_labels)}
 
     # -- the closed-form model -----------------------------------------------------------------------------------
 

@@ -310,18 +310,23 @@ def check_spec(spec: InterventionSpec, generator, run_samples: int, run_prompt_i
             if outside:
                 raise InputError(f"{head}: {target} {outside[0]} does not exist (valid: {positions[0]}..{positions[-1]})"
                                  f" — {SPEC_FIX}")
-        if intervention.from_step >= generator.steps:
+        # The sampler's steps (a denoising backend); MusicGen counts generated frames, whose number depends on
+        # --seconds, and says so with intervention_steps = None.
+        steps = getattr(generator, "intervention_steps", getattr(generator, "steps", None))
+        if steps is not None and intervention.from_step >= steps:
             raise InputError(f"{head}: from_step {intervention.from_step} is past the last step "
-                             f"{generator.steps - 1} — {SPEC_FIX}")
+                             f"{steps - 1} — {SPEC_FIX}")
         if intervention.rows != "conditional" and not getattr(generator, "has_unconditional_rows", False):
             raise InputError(f"{head}: rows '{intervention.rows}' — the {generator.name} generator runs no "
                              f"unconditional (CFG) rows — {SPEC_FIX}")
     if spec.samples is not None and spec.samples > run_samples:
         raise InputError(f"{spec.path}: samples {spec.samples} is more than the run's {run_samples} per prompt "
                          f"(the reference) — {SPEC_FIX}")
-    if spec.capture_steps is not None and spec.capture_steps[-1] >= generator.steps:
-        raise InputError(f"{spec.path}: capture_steps {spec.capture_steps[-1]} is past the last step "
-                         f"{generator.steps - 1} — {SPEC_FIX}")
+    positions = generator.axis.positions
+    if spec.capture_steps is not None and not set(spec.capture_steps) <= set(positions):
+        outside = sorted(set(spec.capture_steps) - set(positions))[0]
+        raise InputError(f"{spec.path}: capture_steps {outside} is not a position of the trajectory "
+                         f"({positions[0]}..{positions[-1]}) — {SPEC_FIX}")
     if spec.prompts is not None:
         missing = [p for p in spec.prompts if p not in set(run_prompt_ids)]
         if missing:

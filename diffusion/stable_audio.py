@@ -17,15 +17,14 @@ import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 
 from data.hub import hub_error_message
 from data.stage import InputError
-from diffusion.base import Generator, TrajectoryObserver
-from diffusion.trajectory import default_capture_steps
+from diffusion.base import Conditioning, Generator, TrajectoryObserver, default_capture, denoising_axis
+from diffusion.interventions import stable_audio_hooks, stable_audio_sites
 
 HUB_ID = "stabilityai/stable-audio-open-1.0"
 # What save_pretrained writes for StableAudioPipeline, and which file says a component is really there.
@@ -71,16 +70,20 @@ DEFAULT_PRESET = "reference"
 
 class StableAudioGenerator(Generator):
     name = "stable-audio-open"
-    trajectory_axis = "denoising_step"
 
     def __init__(self, model: str | os.PathLike | None = None, preset: str | None = None, steps: int | None = None,
-                 device: str | None = None, dtype: str | None = None):
+                 device: str | None = None, dtype: str | None = None, decode_dtype: str | None = None):
+        """`dtype`: of the sampler (text encoder, projection, DiT); `decode_dtype`: of the VAE decoder, fp32 unless
+        asked otherwise, because the Oobleck decoder's Snake activations divide by (beta + 1e-9) and that 1e-9
+        vanishes in half precision; the decoder is a small part of the work (README_stable_audio.md)."""
         preset = preset or DEFAULT_PRESET
         if preset not in PRESETS:
             raise InputError(f"unknown preset {preset!r} for stable-audio-open — choose one of {', '.join(PRESETS)}")
         dtype = dtype or "fp32"
-        if dtype not in DTYPES:
-            raise InputError(f"unknown dtype {dtype!r} — choose one of {', '.join(DTYPES)}")
+        decode_dtype = decode_dtype or "fp32"
+        for flag, value in (("--dtype", dtype), ("--decode-dtype", decode_dtype)):
+            if value not in DTYPES:
+                raise InputError(f"{flag} {value!r} is not a dtype — choose one of {', '.join(DTYPES)}")
         self.preset_name = preset
         self.preset = PRESETS[preset]
         self.steps = int(steps) if steps is not None else self.preset.steps
@@ -88,6 +91,7 @@ class StableAudioGenerator(Generator):
             raise InputError(f"--steps {self.steps} must be at least 1")
         self.model = str(model) if model is not None else HUB_ID
         self.dtype_name = dtype
+        self.decode_dtype_name = decode_dtype
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise InputError(f"--device {device} asked for, but torch sees no CUDA device — use --device cpu")
@@ -96,6 +100,9 @@ class StableAudioGenerator(Generator):
         check_layout(self.model_dir, self.model)
         self.pipeline = load_pipeline(self.model_dir, DTYPES[dtype], self.device)
         self.pipeline.scheduler = scheduler_for(self.pipeline.scheduler, self.preset)
+        # Sampling asks the pipeline for latents (output_type="latent"), so the pipeline never runs its VAE: the
+        # decoder can live in its own dtype.
+        self.pipeline.vae.to(dtype=DTYPES[decode_dtype])
 
         vae, transformer = self.pipeline.vae, self.pipeline.transformer
         self.sample_rate = int(vae.config.sampling_rate)
@@ -103,9 +110,12 @@ class StableAudioGenerator(Generator):
         # The pipeline always denoises the DiT's full window and crops the decoded audio to seconds_total.
         self.max_seconds = transformer.config.sample_size * vae.hop_length / self.sample_rate
         self.default_seconds = min(self.preset.seconds, self.max_seconds)
-        self.default_capture_steps = default_capture_steps(self.steps)
+        self.axis = denoising_axis(self.steps)
+        self.default_capture = default_capture(self.axis.positions)
+        # Steering targets the DiT blocks (0-based); CFG runs [uncond x B, cond x B] when guidance > 1.
+        self.intervention_sites = stable_audio_sites(transformer)
+        self.has_unconditional_rows = self.preset.guidance_scale > 1.0
         self._model_sha256 = None
-        self._crop_seconds = self.default_seconds
         self.decode_context_frames = decoder_context_frames(vae)
 
     # -- the Generator interface -------------------------------------------------------------------------------
@@ -125,10 +135,10 @@ class StableAudioGenerator(Generator):
             "steps": self.steps,
             "guidance_scale": self.preset.guidance_scale,
             "dtype": self.dtype_name,
+            "decode_dtype": self.decode_dtype_name,
             "sample_rate": self.sample_rate,
             "channels": self.channels,
             "max_seconds": self.max_seconds,
-            "trajectory_axis": self.trajectory_axis,
         }
 
     def check_seconds(self, seconds: float) -> None:
@@ -136,12 +146,13 @@ class StableAudioGenerator(Generator):
             raise InputError(f"seconds_total {seconds:g} is outside (0, {self.max_seconds:.3f}] — the longest clip "
                              f"{self.model} can make is {self.max_seconds:.3f} s; pass a shorter --seconds")
 
-    def sample(self, prompt: str, labels: Sequence[str], seed: int, num_samples: int, seconds: float,
+    def sample(self, conditioning: Conditioning, seed: int, num_samples: int, seconds: float,
                observer: TrajectoryObserver | None) -> torch.Tensor:
         """Call StableAudioPipeline once for `num_samples` samples; the observer sees every step.
 
-        `labels` do not condition Stable Audio (only the prompt text and seconds do).
+        Only the prompt text and seconds condition Stable Audio; `conditioning.labels` are not read.
         """
+        prompt = conditioning.prompt
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError("empty prompt — every prompt needs text (fix prompts/annotated.csv or rerun stage 1)")
         self.check_seconds(seconds)
@@ -162,7 +173,8 @@ class StableAudioGenerator(Generator):
         # each row its own Brownian tree seeded with that generator's seed. CPU generators make the initial noise
         # the same on any device.
         generator = [torch.Generator("cpu").manual_seed(int(seed) + row) for row in range(int(num_samples))]
-        with warnings.catch_warnings():
+        # Steering hooks on the DiT blocks (diffusion/interventions.py), taken off when the call ends.
+        with warnings.catch_warnings(), stable_audio_hooks(pipe, conditioning.intervention, int(num_samples)):
             # diffusers asks its Brownian tree for noise down to the final sigma 0, below the tree's start
             # (sigma_min); torchsde warns at every such step and returns the end value, which the last update
             # multiplies by sigma = 0. The warnings say nothing about this run.
@@ -171,18 +183,16 @@ class StableAudioGenerator(Generator):
                           num_inference_steps=self.steps, guidance_scale=self.preset.guidance_scale,
                           num_waveforms_per_prompt=int(num_samples), generator=generator,
                           callback=on_step if observer is not None else None, callback_steps=1, output_type="latent")
-        self._crop_seconds = float(seconds)
         return output.audios
 
-    def decode(self, latents: torch.Tensor, seconds: float | None = None) -> np.ndarray:
-        """Latents [B, C, frames] -> float32 audio [B, channels, samples], cropped like the pipeline crops.
+    def decode(self, latents: torch.Tensor, seconds: float) -> np.ndarray:
+        """Latents [B, C, frames] -> float32 audio [B, channels, samples], cropped to `seconds` like the pipeline
+        crops to seconds_total, in the decoder's dtype (`decode_dtype`).
 
-        The crop is `seconds` or, by default, the seconds_total of the last `sample` call (a run shares one).
         The pipeline decodes the model's whole window (47.55 s for Stable Audio Open) and then keeps the first
         seconds_total; the decoder is convolutional, so decoding only the frames that reach the kept samples
         (plus its receptive radius) gives the same audio for a fraction of the work (10 s: ~4.5x less).
         """
-        seconds = self._crop_seconds if seconds is None else float(seconds)
         vae = self.pipeline.vae
         samples = int(seconds * vae.config.sampling_rate)  # StableAudioPipeline's own slice end
         keep = min(latents.shape[-1], math.ceil(samples / vae.hop_length) + self.decode_context_frames)

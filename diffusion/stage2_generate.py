@@ -53,7 +53,10 @@ def build_parser():
     parser.add_argument("--decode-batch-size", type=int, default=DEFAULT_DECODE_BATCH,
                         help="captured latents decoded per decoder call; the audio does not depend on it")
     parser.add_argument("--device", default=None, help="cpu or cuda (unset: the generator's choice)")
-    parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 (unset: the generator's, fp32)")
+    parser.add_argument("--dtype", default=None, help="fp32, fp16 or bf16 of the sampler (unset: the generator's, fp32)")
+    parser.add_argument("--decode-dtype", default=None,
+                        help="fp32, fp16 or bf16 of the decoder that turns latents into audio (unset: fp32, which "
+                             "keeps half-precision sampling from degrading the audio; stable-audio-open only)")
     parser.add_argument("--shard", default=None,
                         help="'i/n': this job makes the prompts at positions i, i+n, ... of sorted prompt_id "
                              "(unset: from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, else all prompts)")
@@ -85,8 +88,8 @@ def main(args) -> None:
 
     started = time.monotonic()
     generator = load_generator(args.generator, model=args.model, preset=args.preset, steps=args.steps,
-                               device=args.device, dtype=args.dtype)
-    capture_steps = parse_capture_steps(args.capture_steps, generator.steps, generator.default_capture_steps)
+                               device=args.device, dtype=args.dtype, decode_dtype=args.decode_dtype)
+    capture_steps = parse_capture_steps(args.capture_steps, generator.axis, generator.default_capture)
     seconds = generator.default_seconds if args.seconds is None else args.seconds
     if not 0 < seconds <= generator.max_seconds + 1e-9:
         raise InputError(f"--seconds {seconds:g} is outside (0, {generator.max_seconds:g}] — the longest clip "
@@ -101,7 +104,8 @@ def main(args) -> None:
     provenance = check_generation(generator, settings, annotated_sha256, generated, args.force)
     kind = f" — {provenance['model_kind']}" if provenance.get("model_kind") else ""
     print(f"stage 2: generator {generator.name}{kind}; model {provenance['model']}, preset {provenance['preset']}, "
-          f"{generator.steps} steps, saving {','.join(kinds)} at steps {','.join(map(str, capture_steps))}",
+          f"a {generator.axis.describe()}, saving {','.join(kinds)} at {generator.axis.unit}s "
+          f"{','.join(map(str, capture_steps))}",
           file=sys.stderr)
     summary = run_trajectories(generator, prompts, generated, settings, annotated_sha256,
                                shard=shard, force=args.force, all_prompt_ids=list(annotated["prompt_id"]),

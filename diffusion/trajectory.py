@@ -39,7 +39,7 @@ from data.audio import write_wav
 from data.contract import INDEX_COLUMNS, check_provenance
 from data.files import read_json, write_json, write_text
 from data.stage import InputError
-from diffusion.base import KINDS, Generator, TrajectoryObserver
+from diffusion.base import KINDS, Conditioning, Generator, TrajectoryAxis, TrajectoryObserver
 
 GENERATION_JSON = "generation.json"
 PROVENANCE_FIX = "pass --force to regenerate with these settings, or use another --data"
@@ -85,26 +85,26 @@ def parse_shard(spec: str | None, environ=None) -> Shard:
     return Shard(index, count)
 
 
-def default_capture_steps(steps: int) -> list[int]:
-    """Every tenth of the trajectory plus the last step: the reference study's 5, 10, ..., 45, 49 of 50."""
-    stride = max(1, steps // 10)
-    return sorted({stride * k for k in range(1, 10) if stride * k < steps} | {steps - 1})
-
-
-def parse_capture_steps(text: str | None, steps: int, default: Sequence[int]) -> list[int]:
+def parse_capture_steps(text: str | None, axis: TrajectoryAxis, default: Sequence[int]) -> list[int]:
+    """--capture-steps: positions on the generator's trajectory axis (denoising steps or layers)."""
     if text is None:
-        return sorted(set(int(step) for step in default))
+        return sorted(set(int(position) for position in default))
     try:
         chosen = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
         raise InputError(f"--capture-steps {text!r} is not a comma-separated list of integers — "
                          "pass e.g. --capture-steps 5,10,49") from None
     if not chosen:
-        raise InputError("--capture-steps is empty — pass at least one step, e.g. --capture-steps 49")
-    outside = [step for step in chosen if not 0 <= step < steps]
+        raise InputError(f"--capture-steps is empty — pass at least one {axis.unit}, "
+                         f"e.g. --capture-steps {axis.positions[-1]}")
+    valid = set(axis.positions)
+    outside = [position for position in chosen if position not in valid]
     if outside:
-        raise InputError(f"--capture-steps {outside[0]} is outside [0, {steps}) for a {steps}-step trajectory — "
-                         f"pick steps from 0 to {steps - 1}")
+        first, last = axis.positions[0], axis.positions[-1]
+        where = (f"outside [{first}, {last + 1})" if list(axis.positions) == list(range(first, last + 1))
+                 else "not a position of the axis")
+        raise InputError(f"--capture-steps {outside[0]} is {where} for a {axis.describe()} — "
+                         f"pick {axis.unit}s from {first} to {last}")
     return chosen
 
 
@@ -154,14 +154,14 @@ def generation_record(generator: Generator, settings: TrajectorySettings, annota
     record.update({
         "generator": generator.name,
         "seed": int(settings.seed),
-        "steps": int(generator.steps),
         "capture_steps": [int(step) for step in settings.capture_steps],
         "kinds": list(settings.kinds),
         "samples_per_prompt": int(settings.samples),
         "seconds_total": float(settings.seconds),
         "sample_rate": int(generator.sample_rate),
         "channels": int(generator.channels),
-        "trajectory_axis": generator.trajectory_axis,
+        "trajectory_axis": generator.axis.record(),
+        "content_labels": list(generator.content_labels),
         "annotated_sha256": annotated_sha256,
     })
     # What the JSON file will hold (tuples become lists), so that a fresh record compares equal to a stored one.
@@ -225,14 +225,14 @@ def run_trajectories(generator: Generator, prompts, generated: Path, settings: T
                  disable=not progress or not todo, dynamic_ncols=True) as bar:
         for prompt_id in todo:
             row = by_id[prompt_id]
-            summary.clips += generate_prompt(generator, prompt_id, row.prompt, list(row.labels), generated,
-                                             settings, writers)
+            conditioning = Conditioning(prompt=row.prompt, labels=tuple(row.labels))
+            summary.clips += generate_prompt(generator, prompt_id, conditioning, generated, settings, writers)
             summary.generated += 1
             bar.update(1)
     return summary
 
 
-def generate_prompt(generator: Generator, prompt_id: str, prompt: str, labels: list[str], generated: Path,
+def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditioning, generated: Path,
                     settings: TrajectorySettings, writers: ThreadPoolExecutor) -> int:
     """All samples of one prompt: wavs first, the index part last. Returns the number of clips written."""
     part_path = generated / "index" / f"{prompt_id}.csv"
@@ -246,11 +246,11 @@ def generate_prompt(generator: Generator, prompt_id: str, prompt: str, labels: l
     for first in range(0, settings.samples, settings.batch_size):
         count = min(settings.batch_size, settings.samples - first)
         observer = TrajectoryObserver(settings.capture_steps, settings.kinds)
-        generator.sample(prompt, labels, base_seed + first, count, settings.seconds, observer)
+        generator.sample(conditioning, base_seed + first, count, settings.seconds, observer)
         clips = []  # (sample, kind, step, sigma, latent)
         for captured in observer.captured:
             for row in range(count):
-                clips.append((first + row, captured.kind, captured.step, captured.sigma, captured.latent[row]))
+                clips.append((first + row, captured.kind, captured.position, captured.sigma, captured.latent[row]))
         missing = {(sample, kind, step) for sample in range(first, first + count) for kind in settings.kinds
                    for step in settings.capture_steps} - {clip[:3] for clip in clips}
         if missing:
@@ -270,7 +270,7 @@ def _decode_and_write(generator: Generator, prompt_id: str, clips: list, base_se
     rows, pending = [], []
     for start in range(0, len(clips), settings.decode_batch_size):
         chunk = clips[start:start + settings.decode_batch_size]
-        audio = generator.decode(torch.stack([clip[4] for clip in chunk]))
+        audio = generator.decode(torch.stack([clip[4] for clip in chunk]), settings.seconds)
         if audio.ndim != 3 or audio.shape[0] != len(chunk) or audio.shape[1] != generator.channels:
             raise RuntimeError(f"{generator.name}.decode gave shape {list(audio.shape)} for {len(chunk)} latents; "
                                f"expected [{len(chunk)}, {generator.channels}, samples]")

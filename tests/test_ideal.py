@@ -9,7 +9,7 @@ from data.stage import InputError
 from diffusion import load_generator
 from diffusion import bank as reference_bank
 from diffusion.bank import CLIP_RMS, ReferenceBank, load_bank, save_bank
-from diffusion.base import TrajectoryObserver
+from diffusion.base import Conditioning, TrajectoryObserver
 from diffusion.ideal import IdealGenerator
 
 SYNTHETIC_RATE = 8000
@@ -60,8 +60,9 @@ def default_generator(tmp_path_factory):
 
 def test_observer_captures_exactly_the_requested_steps_and_kinds(tiny):
     observer = TrajectoryObserver([0, 7, 49], ["x0", "xt"])
-    final = tiny.sample("brass stabs", ["brass"], seed=3, num_samples=2, seconds=0.5, observer=observer)
-    assert [(c.step, c.kind) for c in observer.captured] == [(0, "x0"), (0, "xt"), (7, "x0"), (7, "xt"),
+    final = tiny.sample(Conditioning("brass stabs", ("brass",)), seed=3, num_samples=2, seconds=0.5,
+                        observer=observer)
+    assert [(c.position, c.kind) for c in observer.captured] == [(0, "x0"), (0, "xt"), (7, "x0"), (7, "xt"),
                                                             (49, "x0"), (49, "xt")]
     rank = tiny.latent_space(0.5).rank
     assert all(c.latent.shape == (2, rank) for c in observer.captured)
@@ -75,10 +76,10 @@ def test_observer_captures_exactly_the_requested_steps_and_kinds(tiny):
 def test_scheduler_converted_x0_equals_the_closed_form_posterior_mean(tiny):
     steps = list(range(50))
     observer = TrajectoryObserver(steps, ["x0", "xt"])
-    tiny.sample("strings", ["string"], seed=11, num_samples=2, seconds=0.5, observer=observer)
-    x0 = {c.step: c.latent for c in observer.captured if c.kind == "x0"}
-    xt = {c.step: c.latent for c in observer.captured if c.kind == "xt"}
-    sigma = {c.step: c.sigma for c in observer.captured}
+    tiny.sample(Conditioning("strings", ("string",)), seed=11, num_samples=2, seconds=0.5, observer=observer)
+    x0 = {c.position: c.latent for c in observer.captured if c.kind == "x0"}
+    xt = {c.position: c.latent for c in observer.captured if c.kind == "xt"}
+    sigma = {c.position: c.sigma for c in observer.captured}
     space, log_prior = tiny.latent_space(0.5), tiny.log_prior(["string"])
     for step in range(1, 50):
         # The input of step i is the latent after step i - 1.
@@ -95,27 +96,27 @@ def test_scheduler_converted_x0_equals_the_closed_form_posterior_mean(tiny):
 
 
 def test_capture_changes_nothing(tiny):
-    silent = tiny.sample("brass", ["brass"], seed=5, num_samples=2, seconds=0.5, observer=None)
-    observed = tiny.sample("brass", ["brass"], seed=5, num_samples=2, seconds=0.5,
+    silent = tiny.sample(Conditioning("brass", ("brass",)), seed=5, num_samples=2, seconds=0.5, observer=None)
+    observed = tiny.sample(Conditioning("brass", ("brass",)), seed=5, num_samples=2, seconds=0.5,
                            observer=TrajectoryObserver(range(50), ["x0", "xt"]))
     assert torch.equal(silent, observed)
-    assert np.array_equal(tiny.decode(silent), tiny.decode(observed))
+    assert np.array_equal(tiny.decode(silent, 0.5), tiny.decode(observed, 0.5))
 
 
 def test_seeded_rows_are_deterministic_and_independent_of_batching(tiny):
-    batch = tiny.sample("keys", ["keyboard"], seed=40, num_samples=3, seconds=0.5, observer=None)
-    again = tiny.sample("keys", ["keyboard"], seed=40, num_samples=3, seconds=0.5, observer=None)
-    singles = [tiny.sample("keys", ["keyboard"], seed=40 + row, num_samples=1, seconds=0.5, observer=None)
-               for row in range(3)]
+    batch = tiny.sample(Conditioning("keys", ("keyboard",)), seed=40, num_samples=3, seconds=0.5, observer=None)
+    again = tiny.sample(Conditioning("keys", ("keyboard",)), seed=40, num_samples=3, seconds=0.5, observer=None)
+    singles = [tiny.sample(Conditioning("keys", ("keyboard",)), seed=40 + row, num_samples=1, seconds=0.5,
+                           observer=None) for row in range(3)]
     assert torch.equal(batch, again)
     assert torch.equal(batch, torch.cat(singles))
-    other = tiny.sample("keys", ["keyboard"], seed=41, num_samples=3, seconds=0.5, observer=None)
+    other = tiny.sample(Conditioning("keys", ("keyboard",)), seed=41, num_samples=3, seconds=0.5, observer=None)
     assert not torch.equal(batch, other)
 
 
 def test_decoding_a_clip_coordinate_gives_the_clip_back(tiny):
     space = tiny.latent_space(0.5)
-    audio = tiny.decode(torch.from_numpy(space.coordinates[:4]).float())
+    audio = tiny.decode(torch.from_numpy(space.coordinates[:4]).float(), 0.5)
     assert audio.shape == (4, 1, SYNTHETIC_SAMPLES)
     np.testing.assert_allclose(audio[:, 0], tiny.bank.audio[:4], atol=1e-4)
     # Clips are unit vectors in latent units, so noise levels mean the same for every clip length.
@@ -123,10 +124,10 @@ def test_decoding_a_clip_coordinate_gives_the_clip_back(tiny):
 
 
 def test_shorter_clips_use_the_start_of_every_bank_clip(tiny):
-    latents = tiny.sample("brass", ["brass"], seed=1, num_samples=1, seconds=0.25, observer=None)
-    assert tiny.decode(latents).shape == (1, 1, SYNTHETIC_SAMPLES // 2)
+    latents = tiny.sample(Conditioning("brass", ("brass",)), seed=1, num_samples=1, seconds=0.25, observer=None)
+    assert tiny.decode(latents, 0.25).shape == (1, 1, SYNTHETIC_SAMPLES // 2)
     with pytest.raises(InputError, match="outside"):
-        tiny.sample("brass", ["brass"], seed=1, num_samples=1, seconds=0.75, observer=None)
+        tiny.sample(Conditioning("brass", ("brass",)), seed=1, num_samples=1, seconds=0.75, observer=None)
 
 
 def test_prior_favours_matching_clips_and_all_families_of_the_prompt(tiny):
@@ -195,9 +196,9 @@ def test_default_bank_is_disjoint_from_probe_instruments_and_covers_every_family
 def test_brass_prompt_starts_as_a_blend_and_ends_on_a_brass_clip(default_generator):
     generator = default_generator
     weights = {}
-    latents = generator.sample("a brass fanfare", ["brass"], seed=2024, num_samples=2, seconds=4.0,
-                               observer=None, weights_callback=lambda step, sigma, w: weights.update({step: w}))
-    first, last = weights[generator.default_capture_steps[0]], weights[generator.steps - 1]
+    latents = generator.sample(Conditioning("a brass fanfare", ("brass",)), seed=2024, num_samples=2,
+                               seconds=4.0, observer=None, weights_callback=lambda step, sigma, w: weights.update({step: w}))
+    first, last = weights[generator.default_capture[0]], weights[generator.axis.positions[-1]]
     brass = np.array(["brass" in labels for labels in generator.bank.labels])
     entropy = -(first * np.log(np.maximum(first, 1e-300))).sum(axis=1)
     # Early: a prior-weighted blend of many brass clips (log 5 ≈ 1.6 nats = 5 equally weighted clips).
@@ -207,6 +208,6 @@ def test_brass_prompt_starts_as_a_blend_and_ends_on_a_brass_clip(default_generat
     assert np.all(last.max(axis=1) > 0.999)
     chosen = last.argmax(axis=1)
     assert brass[chosen].all()
-    audio = generator.decode(latents)[:, 0]
+    audio = generator.decode(latents, 4.0)[:, 0]
     for row, clip in enumerate(chosen):
         np.testing.assert_allclose(audio[row], generator.bank.audio[clip], atol=2e-3)

@@ -13,7 +13,7 @@ from hf_cache import put_in_hub_cache
 
 from data.stage import InputError
 from diffusion import load_generator
-from diffusion.base import TrajectoryObserver
+from diffusion.base import Conditioning, TrajectoryObserver
 from tiny_stable_audio import save_model
 
 STEPS = 5
@@ -34,8 +34,8 @@ def generator(tiny_dir):
 
 
 def _observe(generator, seed, num_samples=2, kinds=("x0", "xt")):
-    observer = TrajectoryObserver(range(generator.steps), kinds)
-    latents = generator.sample(PROMPT, ["piano"], seed, num_samples, SECONDS, observer)
+    observer = TrajectoryObserver(generator.axis.positions, kinds)
+    latents = generator.sample(Conditioning(PROMPT, ("piano",)), seed, num_samples, SECONDS, observer)
     return latents, observer
 
 
@@ -49,7 +49,7 @@ def test_final_audio_with_capture_equals_the_library_pipeline(tiny_dir, generato
     from diffusers import CosineDPMSolverMultistepScheduler, StableAudioPipeline
 
     latents, observer = observed
-    ours = generator.decode(latents)
+    ours = generator.decode(latents, SECONDS)
 
     # The library, untouched: the same directory, the reference preset written out by hand, no callback.
     pipe = StableAudioPipeline.from_pretrained(tiny_dir)
@@ -67,12 +67,12 @@ def test_final_audio_with_capture_equals_the_library_pipeline(tiny_dir, generato
 
 def test_capture_on_equals_capture_off_and_seed_determines_the_run(generator, observed):
     latents, observer = observed
-    without = generator.sample(PROMPT, [], SEED, 2, SECONDS, observer=None)
+    without = generator.sample(Conditioning(PROMPT, ()), SEED, 2, SECONDS, observer=None)
     assert torch.equal(latents, without)
     again, again_observer = _observe(generator, SEED)
     assert torch.equal(latents, again)
     for a, b in zip(observer.captured, again_observer.captured):
-        assert (a.step, a.kind, a.sigma) == (b.step, b.kind, b.sigma) and torch.equal(a.latent, b.latent)
+        assert (a.position, a.kind, a.sigma) == (b.position, b.kind, b.sigma) and torch.equal(a.latent, b.latent)
     # A batch holds different samples of one prompt, not copies.
     assert latents.shape[0] == 2 and not torch.allclose(latents[0], latents[1])
 
@@ -80,14 +80,15 @@ def test_capture_on_equals_capture_off_and_seed_determines_the_run(generator, ob
 def test_row_r_of_a_batch_is_the_sample_seeded_seed_plus_r(generator, observed):
     """--batch-size changes how samples are grouped, never what they are (diffusion/base.py)."""
     latents = observed[0]
-    alone = [generator.sample(PROMPT, [], SEED + row, 1, SECONDS, observer=None) for row in range(2)]
+    alone = [generator.sample(Conditioning(PROMPT, ()), SEED + row, 1, SECONDS, observer=None)
+             for row in range(2)]
     torch.testing.assert_close(torch.cat(alone), latents, rtol=1e-4, atol=1e-5)
 
 
 def test_captured_x0_is_the_clean_estimate_and_sigmas_follow_the_preset(observed):
     latents, observer = observed
-    x0 = {c.step: c for c in observer.captured if c.kind == "x0"}
-    xt = {c.step: c for c in observer.captured if c.kind == "xt"}
+    x0 = {c.position: c for c in observer.captured if c.kind == "x0"}
+    xt = {c.position: c for c in observer.captured if c.kind == "xt"}
     assert sorted(x0) == sorted(xt) == list(range(STEPS))
     # With a final sigma of 0 the last update returns the clean estimate itself.
     assert torch.equal(x0[STEPS - 1].latent, latents) and torch.equal(xt[STEPS - 1].latent, latents)
@@ -100,10 +101,10 @@ def test_captured_x0_is_the_clean_estimate_and_sigmas_follow_the_preset(observed
 
 
 def test_batched_decode_equals_one_by_one(generator, observed):
-    captured = [c for c in observed[1].captured if c.step in (1, 3)]
+    captured = [c for c in observed[1].captured if c.position in (1, 3)]
     stacked = torch.cat([c.latent for c in captured])
-    batched = generator.decode(stacked)
-    single = np.concatenate([generator.decode(c.latent[i:i + 1]) for c in captured for i in range(2)])
+    batched = generator.decode(stacked, SECONDS)
+    single = np.concatenate([generator.decode(c.latent[i:i + 1], SECONDS) for c in captured for i in range(2)])
     np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
     assert batched.shape == (8, 2, 8000) and batched.dtype == np.float32 and np.isfinite(batched).all()
 
@@ -116,7 +117,7 @@ def test_decoding_only_the_kept_window_equals_decoding_all_of_it(generator, obse
         whole = vae.decode(latents).sample[:, :, :samples].numpy()
     needed = -(-samples // vae.hop_length)
     assert needed + generator.decode_context_frames < latents.shape[-1]  # the shortcut is really taken here
-    np.testing.assert_allclose(generator.decode(latents), whole, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(generator.decode(latents, SECONDS), whole, rtol=1e-5, atol=1e-6)
     # Without the receptive radius the end of the clip would change: the margin is needed, not decoration.
     with torch.no_grad():
         clipped = vae.decode(latents[..., :needed]).sample[:, :, :samples].numpy()
@@ -127,7 +128,7 @@ def test_generator_reports_the_model_and_preset(generator, tiny_dir):
     assert (generator.sample_rate, generator.channels) == (8000, 2)
     assert generator.max_seconds == pytest.approx(2.048)
     assert generator.default_seconds == pytest.approx(2.048)  # the preset's 10 s, capped by this model's window
-    assert generator.default_capture_steps == [1, 2, 3, 4]
+    assert generator.default_capture == [1, 2, 3, 4]
     provenance = generator.provenance()
     assert provenance["model"] == str(tiny_dir) and len(provenance["model_sha256"]) == 64
     assert provenance["settings"]["scheduler"] == "CosineDPMSolverMultistepScheduler"
@@ -139,9 +140,9 @@ def test_model_card_preset_configures_its_schedule(tiny_dir):
     card = load_generator("stable-audio-open", model=str(tiny_dir), preset="model-card", device="cpu")
     config = card.pipeline.scheduler.config
     assert card.steps == 100 and card.preset.guidance_scale == 7.0
-    assert card.default_capture_steps == [10, 20, 30, 40, 50, 60, 70, 80, 90, 99]
+    assert card.default_capture == [10, 20, 30, 40, 50, 60, 70, 80, 90, 99]
     reference = load_generator("stable-audio-open", model=str(tiny_dir), device="cpu")
-    assert reference.steps == 50 and reference.default_capture_steps == [5, 10, 15, 20, 25, 30, 35, 40, 45, 49]
+    assert reference.steps == 50 and reference.default_capture == [5, 10, 15, 20, 25, 30, 35, 40, 45, 49]
     assert (config.sigma_min, config.sigma_max, config.solver_order) == (0.3, 500.0, 2)
     card.pipeline.scheduler.set_timesteps(card.steps)
     assert float(card.pipeline.scheduler.sigmas[0]) == pytest.approx(500.0)
@@ -150,9 +151,9 @@ def test_model_card_preset_configures_its_schedule(tiny_dir):
 def test_bf16_runs_end_to_end(tiny_dir):
     half = load_generator("stable-audio-open", model=str(tiny_dir), steps=3, device="cpu", dtype="bf16")
     observer = TrajectoryObserver([1], ("x0",))
-    latents = half.sample(PROMPT, [], 1, 1, 0.5, observer)
+    latents = half.sample(Conditioning(PROMPT, ()), 1, 1, 0.5, observer)
     assert latents.dtype == torch.bfloat16 and observer.captured[0].latent.dtype == torch.bfloat16
-    audio = half.decode(latents)
+    audio = half.decode(latents, 0.5)
     assert audio.shape == (1, 2, 4000) and audio.dtype == np.float32 and np.isfinite(audio).all()
 
 
@@ -161,15 +162,15 @@ def test_bf16_runs_end_to_end(tiny_dir):
 def test_bad_sampling_input(generator):
     observer = TrajectoryObserver([0])
     with pytest.raises(InputError, match=r"seconds_total 3 is outside \(0, 2.048\]"):
-        generator.sample(PROMPT, [], 0, 1, 3.0, observer)
+        generator.sample(Conditioning(PROMPT, ()), 0, 1, 3.0, observer)
     with pytest.raises(InputError, match="empty prompt"):
-        generator.sample("   ", [], 0, 1, 1.0, observer)
+        generator.sample(Conditioning("   ", ()), 0, 1, 1.0, observer)
 
 
 def test_unknown_preset_and_dtype(tiny_dir):
     with pytest.raises(InputError, match="unknown preset 'fast'.*reference, model-card"):
         load_generator("stable-audio-open", model=str(tiny_dir), preset="fast")
-    with pytest.raises(InputError, match="unknown dtype 'fp8'"):
+    with pytest.raises(InputError, match="--dtype 'fp8' is not a dtype"):
         load_generator("stable-audio-open", model=str(tiny_dir), dtype="fp8")
 
 

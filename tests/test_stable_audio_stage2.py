@@ -159,7 +159,7 @@ def test_rerun_skips_finished_prompts_and_an_interrupted_prompt_is_redone(full_r
     (["--capture-steps", "2,4"], "--capture-steps 4 is outside [0, 4)"),
     (["--seconds", "3"], "--seconds 3 is outside (0, 2.048]"),
     (["--shard", "2/2"], "--shard '2/2' is not a shard"),
-    (["--dtype", "fp8"], "unknown dtype 'fp8'"),
+    (["--dtype", "fp8"], "--dtype 'fp8' is not a dtype"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_model, tmp_path, capsys, extra, message):
     data = tmp_path / "data"

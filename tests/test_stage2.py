@@ -19,7 +19,8 @@ from diffusion import trajectory
 from diffusion.bank import save_bank
 from diffusion.ideal import IdealGenerator
 from diffusion.stage2_generate import build_parser, main
-from diffusion.trajectory import Shard, default_capture_steps, parse_shard, prompt_seed
+from diffusion.base import default_capture_steps
+from diffusion.trajectory import Shard, parse_shard, prompt_seed
 from test_ideal import SYNTHETIC_RATE, synthetic_bank
 
 PROMPTS = [
@@ -91,6 +92,7 @@ def test_outputs_follow_the_contract(reference_run, capsys):
         assert key in generation, key
     assert generation["model_kind"] == "reference model, not a trained one"
     assert generation["model_sha256"] == synthetic_bank().sha256
+    assert generation["trajectory_axis"] == {"name": "denoising_step", "unit": "step", "positions": list(range(50))}
 
 
 def test_rerun_skips_every_done_prompt_and_touches_nothing(reference_run, bank_dir, capsys):
@@ -157,7 +159,8 @@ def test_batch_sizes_change_nothing_and_decoding_is_batched(tmp_path, reference_
     decoded = []
     real_decode = IdealGenerator.decode
     monkeypatch.setattr(IdealGenerator, "decode",
-                        lambda self, latents: (decoded.append(len(latents)), real_decode(self, latents))[1])
+                        lambda self, latents, seconds: (decoded.append(len(latents)),
+                                                         real_decode(self, latents, seconds))[1])
     assert stage2(data, bank_dir, "--batch-size", "1", "--decode-batch-size", "3") == 0
     assert snapshot(data) == reference_files
     # Per sampler call (1 sample, 10 clips): decoder calls of 3, 3, 3 and 1.
