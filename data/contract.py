@@ -14,7 +14,10 @@ PROMPT_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 PROMPTS_COLUMNS = ("prompt_id", "prompt", "origin")
 ANNOTATED_COLUMNS = ("prompt_id", "prompt", "labels", "bpm", "annotator")
 INDEX_COLUMNS = ("prompt_id", "sample", "step", "sigma", "kind", "seed", "seconds_total", "sample_rate", "path")
-INDEX_ORDER = ["prompt_id", "sample", "kind", "step"]
+# Intervened runs (issue 11) live in generated/interventions/<id>/ with the same parts; the reader adds them as
+# ordinary rows whose `intervention` is that id ("" for the reference run) and whose path is relative to generated/.
+INTERVENTION_COLUMN = "intervention"
+INDEX_ORDER = ["intervention", "prompt_id", "sample", "kind", "step"]
 NOTES_COLUMNS = ("note_str", "instrument_str", "family", "source", "qualities", "pitch", "velocity", "split", "path")
 SETS_COLUMNS = ("concept", "note_str", "label", "split")
 # Keys of an embedder's provenance that must agree between stage 3 and stage 5 outputs.
@@ -112,8 +115,15 @@ def read_generated_index(data: Path, fix: str = "rerun stage 2 (add --force if i
     parts = sorted(index_dir.glob("*.csv")) if index_dir.is_dir() else []
     if not parts:
         raise InputError(f"{index_dir}: no index parts — run stage 2 first")
-    frames = [read_table(part, INDEX_COLUMNS, fix, dtype={"prompt_id": str, "kind": str, "path": str}) for part in parts]
-    frame = pd.concat(frames, ignore_index=True)[list(INDEX_COLUMNS)]
+    frames = [read_table(part, INDEX_COLUMNS, fix, dtype={"prompt_id": str, "kind": str, "path": str})
+              .assign(**{INTERVENTION_COLUMN: ""}) for part in parts]
+    for run_index in sorted((generated_dir(data) / "interventions").glob("*/index")):
+        identifier = run_index.parent.name
+        for part in sorted(run_index.glob("*.csv")):
+            part_frame = read_table(part, INDEX_COLUMNS, fix, dtype={"prompt_id": str, "kind": str, "path": str})
+            frames.append(part_frame.assign(**{INTERVENTION_COLUMN: identifier,
+                                               "path": f"interventions/{identifier}/" + part_frame["path"]}))
+    frame = pd.concat(frames, ignore_index=True)[[*INDEX_COLUMNS, INTERVENTION_COLUMN]]
     for column in ("sample", "step", "seed", "sample_rate"):
         values = pd.to_numeric(frame[column], errors="coerce")
         if values.isna().any():
