@@ -386,3 +386,109 @@ def write_outputs(folder: Path, tables: dict, generated: Path, report_dir: Path,
     plot_commitment(tables["interventions"], tables["commitment"], folder / "commitment.png", axis_unit)
     uri = "data:image/png;base64," + base64.b64encode((folder / "commitment.png").read_bytes()).decode("ascii")
     write_text(folder / "section.html", section_html(tables, Path(report_dir), Path(generated), uri, axis_unit))
+
+
+# -- stage 6 --compare ----------------------------------------------------------------------------------------------
+
+COMPARE_DIR = "compare"
+COMPARE_JSON = "compare.json"
+
+
+def _record(data: Path, intervened: tuple, main_provenance: dict) -> dict:
+    from data.contract import table_sha256
+    from data.files import sha256_file
+
+    index, _ = intervened
+    generated = Path(data) / "generated"
+    specs = sorted((generated / "interventions").glob("*/intervention.json"))
+    return {"inputs": {"stage6": main_provenance, "intervened_index_sha256": table_sha256(index),
+                       "interventions": {path.parent.name: sha256_file(path) for path in specs}},
+            "settings": {"loudness_limit_db": LOUDNESS_LIMIT_DB, "silence_dbfs": SILENCE_DBFS}}
+
+
+def up_to_date(out: Path, data: Path, main_provenance: dict) -> bool:
+    """compare/ exists for these inputs (the stage-6 run it extends, the intervened rows and their specs)."""
+    from data.files import read_json
+    from data.contract import generated_dir, read_generated_index
+
+    folder = Path(out) / COMPARE_DIR
+    if not (folder / COMPARE_JSON).is_file() or not all((folder / name).is_file() for name in OUTPUT_FILES):
+        return False
+    index = read_generated_index(data)
+    intervened = (index[index["intervention"] != ""].reset_index(drop=True), None)
+    stored = read_json(folder / COMPARE_JSON)
+    fresh = _record(data, intervened, main_provenance)
+    return {key: stored.get(key) for key in ("inputs", "settings")} == json_roundtrip(fresh)
+
+
+def json_roundtrip(payload):
+    import json
+
+    return json.loads(json.dumps(payload, sort_keys=True, default=str))
+
+
+def run(out: Path, data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray, scores: np.ndarray,
+        intervened: tuple, kind: str, concept_names, fitted: dict, probe_outputs, emergence_steps: pd.DataFrame,
+        main_provenance: dict, n_resamples: int, alpha: float, seed: int) -> None:
+    """Score the intervened clips of `kind` with the fitted concept probes and write <out>/compare/."""
+    from data.audio import read_audio
+    from data.contract import generated_dir
+    from data.files import read_json, write_json
+    from data.stage import InputError
+    from diffusion.interventions import read_intervention_records
+    from interp.concepts import BY_NAME
+
+    index, matrix = intervened
+    chosen = (index["kind"] == kind).to_numpy()
+    if not chosen.any():
+        raise InputError(f"{generated_dir(data) / 'interventions'}: no intervened clips of kind '{kind}' — run stage 2 "
+                         "with --intervene <spec> (and the same --kinds), then stage 3, before --compare")
+    index, matrix = index[chosen].reset_index(drop=True), matrix[chosen]
+    intervened_scores = np.full((len(index), len(concept_names)), np.nan)
+    for k, name in enumerate(concept_names):
+        if fitted.get(name) is not None:
+            intervened_scores[:, k], _ = probe_outputs(fitted[name], matrix)
+    columns = ["prompt_id", "sample", "step", "path"]
+    reference = clips[columns].assign(intervention="", row=np.arange(len(clips)))
+    others = index[columns].assign(intervention=index["intervention"].to_numpy(),
+                                   row=len(clips) + np.arange(len(index)))
+    frame = pd.concat([reference, others], ignore_index=True)
+    frame = pd.concat([frame, pd.DataFrame(np.vstack([scores, intervened_scores]), columns=list(concept_names))],
+                      axis=1)
+    embeddings = np.vstack([clip_embeddings, matrix])
+    generated = generated_dir(data)
+    last = int(index["step"].max())
+    needed = frame.index[frame["step"] == last]
+    loudness = pd.Series(np.nan, index=frame.index)
+    for row in needed:
+        audio, _ = read_audio(generated / frame.at[row, "path"], allow_silent=True)
+        loudness[row] = loudness_dbfs(audio)
+    records = read_intervention_records(generated)
+    records = {identifier: record for identifier, record in records.items()
+               if identifier in set(index["intervention"])}
+    axis = read_json(generated / "generation.json").get("trajectory_axis")
+    unit = axis.get("unit", "step") if isinstance(axis, dict) else "step"
+    name = axis.get("name", "denoising_step") if isinstance(axis, dict) else str(axis or "denoising_step")
+    families = [c for c in concept_names if BY_NAME[c].group == "family"]
+    try:
+        tables = compare(frame, records, concept_names, families, embeddings, loudness, emergence_steps, name,
+                         n_resamples, alpha, seed)
+    except ValueError as error:
+        raise InputError(f"{generated / 'interventions'}: {error} — rerun stage 2 with --intervene and the same "
+                         "settings as the reference run, then stage 3") from None
+    folder = Path(out) / COMPARE_DIR
+    write_outputs(folder, tables, generated, out, unit)
+    write_json(folder / COMPARE_JSON, {**_record(data, (index_full_intervened(data), None), main_provenance),
+                                       "scored_step": tables["scored_step"], "outputs": list(OUTPUT_FILES)})
+    committed = tables["commitment"]
+    print(f"{folder}: {len(tables['interventions'])} interventions scored at {unit} {tables['scored_step']}; "
+          + ", ".join(f"{row.concept}: commitment {row.commitment_step if not pd.isna(row.commitment_step) else 'none'}"
+                      f" / emergence {row.emergence_step if not pd.isna(row.emergence_step) else 'never'}"
+                      for row in committed.itertuples()))
+
+
+def index_full_intervened(data: Path) -> pd.DataFrame:
+    from data.contract import read_generated_index
+
+    index = read_generated_index(data)
+    return index[index["intervention"] != ""].reset_index(drop=True)
