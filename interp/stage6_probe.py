@@ -21,6 +21,7 @@ from data.contract import (check_same_embedder, concepts_dir, generated_dir, rea
                            read_generated_index, read_notes, read_sets, table_sha256)
 from data.files import read_json, sha256_file, write_csv, write_json
 from data.stage import InputError, main_exit, stage_parser
+from interp import compare
 from interp import probes as probe_families
 from interp import statistics
 from interp.concepts import CONCEPTS
@@ -54,6 +55,9 @@ def build_parser():
                         help="family-wise error rate (Bonferroni over concepts x steps); CIs are 1 - alpha")
     parser.add_argument("--seed", type=int, default=0, help="seed for probes, baselines and resamples")
     parser.add_argument("--no-report", action="store_true", help="skip plots/ and report.html")
+    parser.add_argument("--compare", action="store_true",
+                        help="also score the intervened clips of stage 2 --intervene against their unintervened "
+                             "pairs: effects, random-direction baseline, commitment steps (interp/compare.py)")
     return parser
 
 
@@ -74,6 +78,10 @@ def load_generated(data: Path, embedder: str, kind: str):
                          f"run stage 3 with --embedder {embedder} or pick one of those")
     matrix, sidecar = read_embeddings(npy, len(index), table_sha256(index), "index_sha256",
                                       fix=f"rerun stage 3 with --embedder {embedder} --force")
+    # Intervened clips (issue 11) are ordinary index rows; the analysis reads the reference run, --compare the rest.
+    reference = (index["intervention"] == "").to_numpy()
+    intervened = (index[~reference].reset_index(drop=True), matrix[~reference])
+    index, matrix = index[reference].reset_index(drop=True), matrix[reference]
     unknown = sorted(set(index["prompt_id"]) - set(annotated["prompt_id"]))
     if unknown:
         raise InputError(f"{generated_dir(data) / 'index'}: prompt '{unknown[0]}' is not in "
@@ -83,7 +91,7 @@ def load_generated(data: Path, embedder: str, kind: str):
         raise InputError(f"{generated_dir(data) / 'index'}: no clips of kind '{kind}' "
                          f"(found {', '.join(sorted(index['kind'].unique()))}) — pass --kind with one of those")
     clips = index[selected].reset_index(drop=True)
-    return annotated, index, clips, matrix[selected.to_numpy()], sidecar, npy
+    return annotated, index, clips, matrix[selected.to_numpy()], sidecar, npy, intervened
 
 
 def load_concept_notes(data: Path, embedder: str, generated_sidecar: dict, generated_npy: Path, required: bool):
@@ -425,7 +433,7 @@ def analyse(args) -> None:
     if args.bootstrap < 1 or args.random_baselines < 0 or not 0 < args.alpha < 1:
         raise InputError("--bootstrap must be >= 1, --random-baselines >= 0 and --alpha in (0, 1) — fix the option")
     data = Path(args.data)
-    annotated, index, clips, clip_embeddings, generated_sidecar, generated_npy = load_generated(
+    annotated, index, clips, clip_embeddings, generated_sidecar, generated_npy, intervened = load_generated(
         data, args.embedder, args.kind)
     nsynth = load_concept_notes(data, args.embedder, generated_sidecar, generated_npy,
                                 required=args.probe != "text")
@@ -436,7 +444,8 @@ def analyse(args) -> None:
                      "random_baselines": args.random_baselines, "alpha": args.alpha, "seed": args.seed,
                      "baseline_percentile": BASELINE_PERCENTILE},
     }
-    if not args.force and _up_to_date(out, provenance, args.no_report):
+    if not args.force and _up_to_date(out, provenance, args.no_report) and not (
+            args.compare and not compare.up_to_date(out, data, provenance)):
         print(f"{out}: up to date with its inputs; pass --force to redo")
         return
     started = time.perf_counter()
@@ -483,6 +492,9 @@ def analyse(args) -> None:
                         ("emergence_steps.csv", steps_table), ("drift.csv", drift),
                         ("drift_summary.csv", drift_summary), ("probabilities.csv", probabilities)):
         write_csv(out / name, frame)
+    if args.compare:
+        compare.run(out, data, clips, clip_embeddings, scores, intervened, args.kind, names, fitted,
+                    probe_families.probe_outputs, steps_table, provenance, args.bootstrap, args.alpha, args.seed)
     if not args.no_report:
         from interp import plots, report
         plot_files = plots.write_plots(out, table, drift_summary, clips, clip_embeddings)
