@@ -8,6 +8,9 @@ PY := $(VENV)/bin/python
 DATA ?= data
 EMBEDDER ?= spectral
 GENERATOR ?= ideal
+# The demo's step-resolved steering run (issue 11): a few concepts x start steps x random-direction baseline on
+# the ideal model; `make demo INTERVENE=` skips it.
+INTERVENE ?= $(if $(filter ideal,$(GENERATOR)),diffusion/specs/steer_ideal_demo.json)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -31,7 +34,7 @@ stages: stage1 stage2 stage3 stage4 stage5 stage6
 stage1:
 	$(PY) data/prompts/stage1_prompts.py --data $(DATA)
 stage2:
-	$(PY) diffusion/stage2_generate.py --data $(DATA) --generator $(GENERATOR)
+	$(PY) diffusion/stage2_generate.py --data $(DATA) --generator $(GENERATOR) $(if $(INTERVENE),--intervene $(INTERVENE))
 stage3:
 	$(PY) embeddings/stage3_embed_generated.py --data $(DATA) --embedder $(EMBEDDER)
 stage4:
@@ -40,7 +43,7 @@ stage4:
 stage5:
 	$(PY) interp/stage5_embed_nsynth.py --data $(DATA) --embedder $(EMBEDDER)
 stage6:
-	$(PY) interp/stage6_probe.py --data $(DATA) --embedder $(EMBEDDER)
+	$(PY) interp/stage6_probe.py --data $(DATA) --embedder $(EMBEDDER) $(if $(INTERVENE),--compare)
 
 test: install browser
 	$(PY) -m pytest -q

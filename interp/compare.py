@@ -438,6 +438,9 @@ def run(out: Path, data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray,
     from diffusion.interventions import read_intervention_records
     from interp.concepts import BY_NAME
 
+    import time
+
+    started = time.perf_counter()
     index, matrix = intervened
     chosen = (index["kind"] == kind).to_numpy()
     if not chosen.any():
@@ -481,7 +484,8 @@ def run(out: Path, data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray,
     write_json(folder / COMPARE_JSON, {**_record(data, (index_full_intervened(data), None), main_provenance),
                                        "scored_step": tables["scored_step"], "outputs": list(OUTPUT_FILES)})
     committed = tables["commitment"]
-    print(f"{folder}: {len(tables['interventions'])} interventions scored at {unit} {tables['scored_step']}; "
+    print(f"{folder}: {len(tables['interventions'])} interventions scored at {unit} {tables['scored_step']} in "
+          f"{time.perf_counter() - started:.1f} s; "
           + ", ".join(f"{row.concept}: commitment {row.commitment_step if not pd.isna(row.commitment_step) else 'none'}"
                       f" / emergence {row.emergence_step if not pd.isna(row.emergence_step) else 'never'}"
                       for row in committed.itertuples()))
