@@ -9,22 +9,62 @@ from pathlib import Path
 import numpy as np
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; artifacts get the mode open() would give them (0644 under the usual umask 022),
+# so a lab group on a shared cluster can read each other's results. Read once: the umask is per process.
+ARTIFACT_MODE = 0o666 & ~_current_umask()
+TEMP_SUFFIX = ".tmp"
+
+
+def temp_prefix(path) -> str:
+    """Temp files of `path` are named .<name>.<random>.tmp beside it (stale_temps finds them after a kill)."""
+    return f".{Path(path).name}."
+
+
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temp path in the same directory; on success it replaces `path` in one rename."""
+def atomic_path(path, fsync: bool = True):
+    """Yield a temp path in the same directory; on success it replaces `path` in one rename.
+
+    fsync=False skips the flush to disk for many small files (a killed process loses nothing, the page cache
+    survives it; only an OS crash can), when the caller syncs once at the end instead.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=TEMP_SUFFIX, dir=path.parent)
+    try:
+        os.fchmod(fd, ARTIFACT_MODE)
+    finally:
+        os.close(fd)
     try:
         yield Path(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if fsync:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temps(directory, names=None) -> int:
+    """Delete temp files a killed run left in `directory` (only those of `names`, when given); returns how many.
+    Call it only while holding the stage's lock: another live run's temp files look the same."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return 0
+    prefixes = None if names is None else tuple(temp_prefix(name) for name in names)
+    removed = 0
+    for stale in directory.glob(f".*{TEMP_SUFFIX}"):
+        if prefixes is None or stale.name.startswith(prefixes):
+            stale.unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 def write_text(path, text: str) -> None:

@@ -1,8 +1,17 @@
-"""What every stage script shares: the data root, --force/--debug, and one-line errors people can act on."""
+"""What every stage script shares: the data root, --force/--debug, one-line errors people can act on, a lock
+per stage and --data, and SLURM-array shards."""
 import argparse
+import contextlib
+import errno
+import fcntl
+import os
+import re
+import signal
 import sys
 import traceback
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT / "data"
@@ -10,6 +19,14 @@ DEFAULT_DATA = REPO_ROOT / "data"
 
 class InputError(Exception):
     """Bad input the user can fix. The message is one line: the file (and row), the rule broken, the fix."""
+
+
+class LockHeld(Exception):
+    """Another live process holds the lock."""
+
+
+class Terminated(BaseException):
+    """SIGTERM (a SLURM time limit, scancel, kill): unwinds like Ctrl-C so temp files are cleaned up."""
 
 
 def stage_parser(description: str) -> argparse.ArgumentParser:
@@ -22,21 +39,191 @@ def stage_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def run_stage(main, parser: argparse.ArgumentParser, argv=None) -> int:
-    """Parse args and call main(args). InputError -> 'error: ...' on stderr and exit 2, no traceback."""
-    args = parser.parse_args(argv)
+# ---- locks ------------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def file_lock(path, blocking: bool = True):
+    """An advisory fcntl lock on `path`, released by the OS when the process dies (kill -9 included).
+
+    The file is removed on release, so a finished run leaves nothing behind; a waiter that locked a file
+    which was removed meanwhile notices (the inode at `path` changed) and tries again. blocking=False raises
+    LockHeld at once when another process holds it.
+    """
+    path = Path(path)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise LockHeld(holder) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            break
+        os.close(fd)
     try:
-        main(args)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        # Unlink while still holding it: a process that opens the name from now on gets a fresh file.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        return os.pread(fd, 32, 0).decode().strip() or "?"
+    except (OSError, UnicodeDecodeError):
+        return "?"
+
+
+def lock_path(data, name: str) -> Path:
+    """<data>/.<name>.lock, the name reduced to characters safe in a file name."""
+    return Path(data) / f".{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.lock"
+
+
+# ---- shards -----------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    count: int
+
+    def select(self, items: Sequence) -> list:
+        """Item k of the sorted items belongs to shard k mod n: disjoint, covering, independent of input order."""
+        return [item for position, item in enumerate(sorted(items)) if position % self.count == self.index]
+
+    def owns(self, position: int) -> bool:
+        return position % self.count == self.index
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+def parse_shard(spec: str | None, environ=None) -> Shard:
+    """'i/n' with 0 <= i < n; without one, a SLURM array task's position in its array, else the whole set."""
+    environ = os.environ if environ is None else environ
+    origin = "--shard"
+    if spec is None:
+        task, count = environ.get("SLURM_ARRAY_TASK_ID"), environ.get("SLURM_ARRAY_TASK_COUNT")
+        if task is None or count is None:
+            return Shard(0, 1)
+        try:
+            # Array ids need not start at 0 (--array=1-8): the shard is the task's position in the array.
+            index = int(task) - int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
+            spec = f"{index}/{int(count)}"
+        except ValueError:
+            spec = f"{task}/{count}"
+        origin = "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (minus SLURM_ARRAY_TASK_MIN)"
+    parts = str(spec).split("/")
+    try:
+        index, count = (int(part) for part in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        index, count = None, None
+    if index is None or count < 1 or not 0 <= index < count:
+        raise InputError(f"{origin} {spec!r} is not a shard 'i/n' with 0 <= i < n — pass e.g. --shard 0/4")
+    return Shard(index, count)
+
+
+def add_shard_argument(parser) -> None:
+    parser.add_argument("--shard", default=None,
+                        help="i/n: do only shard i of n (0-based), e.g. one task of a SLURM array "
+                             "(unset: from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, else everything)")
+
+
+# ---- running a stage --------------------------------------------------------------------------------------
+
+def _os_error_line(error: OSError) -> str:
+    where = error.filename if error.filename is not None else "the data directory"
+    reason = error.strerror or str(error)
+    fixes = {errno.ENOSPC: "free some space or use another --data",
+             errno.EDQUOT: "free some quota or use another --data",
+             errno.EACCES: "check the permissions of --data (or use another --data)",
+             errno.EPERM: "check the permissions of --data (or use another --data)",
+             errno.EROFS: "the file system is read-only: use another --data",
+             errno.ENOTDIR: "a path component is a file where a directory is expected: fix --data"}
+    return f"{where}: {reason} — {fixes.get(error.errno, 'check the path and the disk, then rerun to resume')}"
+
+
+def run_stage(main, parser: argparse.ArgumentParser, argv=None, lock=None) -> int:
+    """Parse args and call main(args) holding the stage's lock on --data.
+
+    InputError and operating-system faults (not a directory, permission, read-only, disk full) -> one line
+    'error: ...' on stderr and exit 2, no traceback (unless --debug). `lock` names the lock: a string, or a
+    function of the parsed args (stages that shard lock per shard); default: the script's name. A second run
+    holding the same lock on the same --data stops at once with one line (exit 2). SIGTERM unwinds like Ctrl-C.
+    """
+    args = parser.parse_args(argv)
+    debug = getattr(args, "debug", False)
+    previous_handler = _catch_sigterm()
+    data = getattr(args, "data", None)
+    created = False
+    try:
+        if data is not None:
+            data = Path(data)
+            if data.exists() and not data.is_dir():
+                raise InputError(f"--data {data}: is not a directory — pass the artifact directory "
+                                 "(it is created when missing)")
+            created = not data.exists()
+            data.mkdir(parents=True, exist_ok=True)
+            name = lock(args) if callable(lock) else (lock or Path(parser.prog).stem)
+            path = lock_path(data, name)
+            try:
+                held = file_lock(path, blocking=False)
+                held.__enter__()
+            except LockHeld as holder:
+                raise InputError(f"{path}: another run (pid {holder}) of this stage is using --data {data} — "
+                                 "wait for it to finish, or use another --data") from None
+            try:
+                main(args)
+            finally:
+                held.__exit__(None, None, None)
+        else:
+            main(args)
     except InputError as error:
-        if getattr(args, "debug", False):
+        if debug:
             traceback.print_exc()
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except OSError as error:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {_os_error_line(error)}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, Terminated) as stop:
         print("interrupted: finished units are kept; rerun the same command to resume", file=sys.stderr)
-        return 130
+        return 143 if isinstance(stop, Terminated) else 130
+    finally:
+        _restore_sigterm(previous_handler)
+        if created:
+            # A run that made nothing leaves no empty directory behind.
+            with contextlib.suppress(OSError):
+                data.rmdir()
     return 0
 
 
-def main_exit(main, parser, argv=None) -> None:
-    sys.exit(run_stage(main, parser, argv))
+def _catch_sigterm():
+    def terminate(signum, frame):
+        raise Terminated()
+    try:
+        return signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main_exit(main, parser, argv=None, lock=None) -> None:
+    sys.exit(run_stage(main, parser, argv, lock=lock))

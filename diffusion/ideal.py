@@ -37,6 +37,13 @@ is 2.35 nats (a blend of ~10 brass clips) up to step 15, ~1.5 at step 25, 0 from
 the prompt's prior blend, late steps a single clip. (With the "model-card" preset, sigma_min 0.3 stops the
 trajectory before it fully commits: a final entropy of 0.05–0.7 nats.)
 
+Realised content (the second yardstick of stage 6). Because the estimate is a known blend of labelled clips,
+the generator reports with every step, through the observer's `content`, each label's posterior mass
+sum_i w_i [label in clip i] (`content_of`): the probability that the clip being made carries that family, drum
+or source. Early it is the prompt's prior blend; once the trajectory commits it is the chosen clip's labels.
+Stage 2 writes it to generated/content/ (data/ARTIFACTS.md), so a probe can be scored against what the model
+made as well as against what the prompt asked for.
+
 Sampler. diffusers' CosineDPMSolverMultistepScheduler — the DPM-Solver++ (2M, SDE) scheduler diffusers ships for
 Stable Audio Open, which expects a v-prediction from the preconditioned input c_in(sigma) · x. The loop is the
 standard diffusers loop (scale_model_input → model output → scheduler.step); the closed-form x0 is turned into

@@ -98,11 +98,11 @@ class StableAudioGenerator(Generator):
 
         self.model_dir = resolve_model_dir(self.model)
         check_layout(self.model_dir, self.model)
-        self.pipeline = load_pipeline(self.model_dir, DTYPES[dtype], self.device)
-        self.pipeline.scheduler = scheduler_for(self.pipeline.scheduler, self.preset)
         # Sampling asks the pipeline for latents (output_type="latent"), so the pipeline never runs its VAE: the
-        # decoder can live in its own dtype.
-        self.pipeline.vae.to(dtype=DTYPES[decode_dtype])
+        # decoder can be loaded in its own dtype (diffusers takes a per-component dtype).
+        self.pipeline = load_pipeline(self.model_dir, {"default": DTYPES[dtype], "vae": DTYPES[decode_dtype]},
+                                      self.device)
+        self.pipeline.scheduler = scheduler_for(self.pipeline.scheduler, self.preset)
 
         vae, transformer = self.pipeline.vae, self.pipeline.transformer
         self.sample_rate = int(vae.config.sampling_rate)
@@ -257,7 +257,8 @@ def check_layout(model_dir: Path, model: str) -> None:
             raise InputError(f"{folder}: no weights (*.safetensors or *.bin) — re-download or re-save the model")
 
 
-def load_pipeline(model_dir: Path, dtype: torch.dtype, device: torch.device):
+def load_pipeline(model_dir: Path, dtype: dict, device: torch.device):
+    """`dtype`: {"default": dtype, component: dtype, ...} as diffusers' from_pretrained takes it."""
     from diffusers import StableAudioPipeline
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
@@ -278,11 +279,12 @@ def load_pipeline(model_dir: Path, dtype: torch.dtype, device: torch.device):
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{model_dir}: cannot load the Stable Audio pipeline ({first}) — re-download or "
                          "re-save the model") from None
+        # In half precision diffusers warns that a CPU cannot run it; torch's CPU kernels do (tests run there).
+        pipe = pipe.to(device)
     finally:
         diffusers_logging.set_verbosity(verbosity)
         diffusers_logging.enable_progress_bar()
         transformers_logging.enable_progress_bar()
-    pipe = pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -324,14 +326,44 @@ def scheduler_for(loaded_scheduler, preset: Preset):
         sigma_schedule="exponential", solver_order=preset.solver_order, final_sigmas_type="zero")
 
 
+# Files of a component folder that from_pretrained reads besides its weights: configs, tokenizer files and
+# the index of sharded weights. README, images and the like are never read.
+READ_SUFFIXES = (".json", ".model", ".txt")
+
+
+def loaded_files(model_dir: Path) -> list[Path]:
+    """The files StableAudioPipeline.from_pretrained reads from a model directory: model_index.json and, in each
+    component folder model_index.json names, its configs and tokenizer files and one weight format —
+    safetensors when the folder has any (what diffusers and transformers then load), else .bin — without
+    variant files (name.<variant>.safetensors: this loader never asks for a variant).
+
+    The hub repository holds more (the original stable-audio-tools checkpoint model.ckpt and model.safetensors,
+    licence, images, attribution tables) that the pipeline never reads; a full snapshot and the pipeline's own
+    download of the same weights must hash alike.
+    """
+    model_dir = Path(model_dir)
+    index = json.loads((model_dir / "model_index.json").read_text(encoding="utf-8"))
+    files = [model_dir / "model_index.json"]
+    for component, entry in sorted(index.items()):
+        folder = model_dir / component
+        if component.startswith("_") or not isinstance(entry, list) or None in entry or not folder.is_dir():
+            continue
+        present = sorted(path for path in folder.rglob("*") if path.is_file() and not path.name.startswith("."))
+        weights = {suffix: [path for path in present if path.name.endswith(suffix) and "." not in
+                            path.name[:-len(suffix)]] for suffix in WEIGHT_SUFFIXES}
+        chosen = weights[".safetensors"] or weights[".bin"]
+        files += [path for path in present if path.suffix in READ_SUFFIXES] + chosen
+    return sorted(files)
+
+
 def model_sha256(model_dir: Path) -> str:
-    """Identity of a model directory: sha256 over (relative path, file sha256) of every file in it.
+    """Identity of a model: sha256 over (relative path, file sha256) of the files the pipeline loads.
 
     Files in the HF cache are symlinks to blobs named by their own sha256 (LFS files), so hub models hash in
     no time; other weight files are read once.
     """
     digest = hashlib.sha256()
-    for path in sorted(p for p in Path(model_dir).rglob("*") if p.is_file() and not p.name.startswith(".")):
+    for path in loaded_files(model_dir):
         relative = path.relative_to(model_dir).as_posix()
         blob = Path(os.path.realpath(path)).name
         file_hash = blob if HEX64.match(blob) else _sha256_file(path)

@@ -8,7 +8,10 @@ diffusion/ideal.py over a bank of soundfont clips, no weights or network needed)
 
 Runs resume: prompts whose index part exists are skipped, so a killed run continues where it stopped; --force
 redoes this shard's prompts. Shards (--shard i/n, or a SLURM array's task id and count) split the prompts by
-position in sorted prompt_id order; run them side by side on the same --data.
+position in sorted prompt_id order; run them side by side on the same --data. One generation.json describes
+every clip: --force with new settings and --limit-prompts is refused while other prompts' clips would remain
+(rerun without --limit-prompts, or use a fresh --data); a --force shard with new settings removes the other
+shards' old clips, and those shards remake them.
 """
 import sys
 import time
@@ -22,8 +25,8 @@ from data.contract import annotated_csv, generated_dir, read_annotated
 from data.files import sha256_file
 from data.stage import InputError, main_exit, stage_parser
 from diffusion import GENERATORS, interventions, load_generator
-from diffusion.trajectory import (TrajectorySettings, check_generation, parse_capture_steps, parse_kinds,
-                                  parse_shard, run_trajectories)
+from diffusion.trajectory import (TrajectorySettings, check_force, check_generation, parse_capture_steps,
+                                  parse_kinds, parse_shard, run_trajectories)
 
 DEFAULT_SAMPLES = 2
 DEFAULT_DECODE_BATCH = 8
@@ -38,7 +41,8 @@ def build_parser():
     parser.add_argument("--preset", default=None, help="sampler preset of the generator (unset: its 'reference')")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (unset: the preset's)")
     parser.add_argument("--capture-steps", default=None,
-                        help="comma-separated 0-based steps to save (unset: every tenth step and the last, "
+                        help="comma-separated positions on the generator's trajectory axis to save: denoising "
+                             "steps 0..N-1 (or decoder layers 1..L) (unset: every tenth position and the last, "
                              "5,10,...,45,49 for 50 steps)")
     parser.add_argument("--kinds", default="x0",
                         help="what to save at each captured step: x0 (clean estimate), xt (noisy latent), or both")
@@ -109,6 +113,8 @@ def main(args) -> None:
     provenance = check_generation(generator, settings, annotated_sha256, generated, args.force)
     if spec is not None:
         interventions.check_spec(spec, generator, settings.samples, list(prompts["prompt_id"]))
+    if args.force:
+        check_force(generated, provenance, prompts, shard, list(annotated["prompt_id"]))
     kind = f" — {provenance['model_kind']}" if provenance.get("model_kind") else ""
     print(f"stage 2: generator {generator.name}{kind}; model {provenance['model']}, preset {provenance['preset']}, "
           f"a {generator.axis.describe()}, saving {','.join(kinds)} at {generator.axis.unit}s "
@@ -119,6 +125,9 @@ def main(args) -> None:
                                progress=not args.no_progress)
     orphans = f"; removed parts of {len(summary.removed_orphans)} prompts no longer annotated" \
         if summary.removed_orphans else ""
+    if summary.removed_stale:
+        orphans += (f"; removed {len(summary.removed_stale)} other shards' prompts made with the old settings "
+                    "(run those shards to remake them)")
     print(f"stage 2: shard {shard}: {summary.prompts} prompts — {summary.skipped} already done, "
           f"{summary.generated} generated ({summary.clips} clips) in {time.monotonic() - started:.1f} s{orphans}; "
           f"outputs in {generated}", file=sys.stderr)
@@ -129,5 +138,11 @@ def main(args) -> None:
               f"done, {done} generated; outputs in {generated / interventions.INTERVENTIONS_DIR}", file=sys.stderr)
 
 
+def lock_name(args) -> str:
+    """Shards of one array run side by side on one --data; two runs of the same shard must not."""
+    shard = parse_shard(args.shard)
+    return f"stage2-shard-{shard.index}-of-{shard.count}"
+
+
 if __name__ == "__main__":
-    main_exit(main, build_parser())
+    main_exit(main, build_parser(), lock=lock_name)

@@ -15,9 +15,12 @@ A backend (diffusion/base.py) only samples and decodes; `run_trajectories` does 
   were written. A killed run leaves no part for its unfinished prompt; the rerun clears that prompt's audio
   folder and makes it again.
 - Resume: a prompt is done when its part lists exactly the expected (sample, kind, step) rows and their wavs
-  exist; generated/generation.json (written atomically before any clip) must match this run's provenance.
-  --force rewrites generation.json, redoes this shard's prompts and deletes parts of prompts that are no longer
-  in annotated.csv; after changing settings, rerun every shard with --force (or use a fresh --data).
+  (and realised content part, for generators that report content) exist; generated/generation.json (written
+  atomically before any clip) must match this run's provenance.
+- --force rewrites generation.json, redoes this shard's prompts and deletes parts of prompts that are no longer
+  in annotated.csv. It never leaves clips of two settings under one generation.json: with new settings, a
+  --limit-prompts run that would leave other prompts' clips is refused (`stale_prompts`), and a shard deletes
+  the other shards' old clips, which those shards then remake (with or without --force).
 - generation.json is the one file every shard may write: shards started together write identical bytes, each
   with an atomic rename.
 """
@@ -28,7 +31,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,53 +38,16 @@ from pathlib import Path
 from typing import Sequence
 
 from data.audio import write_wav
-from data.contract import INDEX_COLUMNS, check_provenance
-from data.files import read_json, write_json, write_text
-from data.stage import InputError
+from data.contract import INDEX_COLUMNS, Provenance, begin, commit, decide
+from data.files import read_json, write_text
+from data.realised_content import content_part_path, format_content_part
+from data.stage import InputError, Shard, parse_shard  # noqa: F401 (parse_shard: stage 2 imports it here)
 from diffusion.base import KINDS, Conditioning, Generator, TrajectoryAxis, TrajectoryObserver
 
 GENERATION_JSON = "generation.json"
 PROVENANCE_FIX = "pass --force to regenerate with these settings, or use another --data"
 # fsync dominates a wav write (~8 ms of ~9 ms each here); a few writer threads overlap the waits.
 WAV_WRITERS = 4
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int
-    count: int
-
-    def select(self, prompt_ids: Sequence[str]) -> list[str]:
-        return [prompt_id for position, prompt_id in enumerate(sorted(prompt_ids))
-                if position % self.count == self.index]
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-
-def parse_shard(spec: str | None, environ=None) -> Shard:
-    """'i/n' with 0 <= i < n; without one, a SLURM array task's position in its array, else the whole set."""
-    environ = os.environ if environ is None else environ
-    origin = "--shard"
-    if spec is None:
-        task, count = environ.get("SLURM_ARRAY_TASK_ID"), environ.get("SLURM_ARRAY_TASK_COUNT")
-        if task is None or count is None:
-            return Shard(0, 1)
-        try:
-            # Array ids need not start at 0 (--array=1-8): the shard is the task's position in the array.
-            index = int(task) - int(environ.get("SLURM_ARRAY_TASK_MIN", "0"))
-            spec = f"{index}/{int(count)}"
-        except ValueError:
-            spec = f"{task}/{count}"
-        origin = "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (minus SLURM_ARRAY_TASK_MIN)"
-    parts = str(spec).split("/")
-    try:
-        index, count = (int(part) for part in parts) if len(parts) == 2 else (None, None)
-    except ValueError:
-        index, count = None, None
-    if index is None or count < 1 or not 0 <= index < count:
-        raise InputError(f"{origin} {spec!r} is not a shard 'i/n' with 0 <= i < n — pass e.g. --shard 0/4")
-    return Shard(index, count)
 
 
 def parse_capture_steps(text: str | None, axis: TrajectoryAxis, default: Sequence[int]) -> list[int]:
@@ -168,19 +133,71 @@ def generation_record(generator: Generator, settings: TrajectorySettings, annota
     return json.loads(json.dumps(record, default=str))
 
 
+def generation_provenance(generated: Path, record: dict) -> Provenance:
+    """Stage 2's provenance: generation.json describes every clip under generated/. Unlike other stages' sidecars
+    it is written before the clips (shards started together need it), and each prompt's index part is that
+    prompt's "done" marker; so the sidecar lists no outputs."""
+    return Provenance(sidecar=Path(generated) / GENERATION_JSON, record=record, outputs=[])
+
+
 def check_generation(generator: Generator, settings: TrajectorySettings, annotated_sha256: str, generated: Path,
                      force: bool = False) -> dict:
     """This run's generation.json record; InputError if generated/ holds outputs of other settings (unless
     force). Writes nothing."""
     record = generation_record(generator, settings, annotated_sha256)
-    provenance_path = Path(generated) / GENERATION_JSON
-    if provenance_path.is_file() and not force:
-        check_provenance(provenance_path, record, list(record), PROVENANCE_FIX)
-        unmatched = sorted(set(read_json(provenance_path)) ^ set(record))
-        if unmatched:
-            raise InputError(f"{provenance_path}: existing outputs were made by a run that "
-                             f"{'lacked' if unmatched[0] in record else 'had'} '{unmatched[0]}' — {PROVENANCE_FIX}")
-    return record
+    prov = generation_provenance(generated, record)
+    index_dir = Path(generated) / "index"
+    if not force and not prov.sidecar.exists() and index_dir.is_dir() and any(index_dir.glob("*.csv")):
+        raise InputError(f"{prov.sidecar}: missing beside existing index parts, so what made them is unknown — "
+                         f"{PROVENANCE_FIX}")
+    decide(prov, force, PROVENANCE_FIX)
+    return prov.record
+
+
+def stored_generation(generated: Path) -> dict | None:
+    """generation.json as stored; None when absent or unreadable (only a --force run gets this far then)."""
+    try:
+        stored = read_json(Path(generated) / GENERATION_JSON)
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) else None
+
+
+def check_force(generated: Path, record: dict, prompts, shard: Shard,
+                all_prompt_ids: Sequence[str] | None = None) -> set[str]:
+    """What --force must remove so that generation.json describes every clip (`stale_prompts`); InputError
+    when it is refused. Writes nothing."""
+    given = set(prompts["prompt_id"])
+    known = set(all_prompt_ids) if all_prompt_ids is not None else given
+    return stale_prompts(Path(generated), record, known, set(shard.select(sorted(given))), limited=given != known)
+
+
+def stale_prompts(generated: Path, record: dict, known: set, redone: set, limited: bool) -> set[str]:
+    """--force with a subset of the prompts must not split provenance (one generation.json over clips made
+    with two settings). When this run's record differs from generation.json (or there is none beside existing
+    clips), the prompts it will not redo are stale:
+    - with --limit-prompts, refuse (InputError): the user asked for a quick look, not to drop other work;
+    - for a shard (the other shards make the rest), return them: they are removed before generation.json is
+      rewritten, so every clip left on disk matches it and the other shards regenerate their own prompts.
+    """
+    provenance_path = generated / GENERATION_JSON
+    existing = stored_generation(generated)
+    if existing == record:
+        return set()
+    others = sorted((prompts_on_disk(generated) & known) - redone)
+    if not others:
+        return set()
+    if limited:
+        if existing is None:
+            why = "without a readable generation.json"
+        else:
+            key = next((key for key in record if existing.get(key) != record[key]),
+                       next(iter(set(existing) - set(record)), "?"))
+            why = f"with other settings ({key} differs)"
+        raise InputError(f"{provenance_path}: --force with these settings would leave {len(others)} prompts made "
+                         f"{why} beside the {len(redone)} it redoes (e.g. {others[0]}, outside --limit-prompts) — "
+                         "rerun --force without --limit-prompts, or use a fresh --data for a quick look")
+    return set(others)
 
 
 @dataclass
@@ -191,6 +208,7 @@ class RunSummary:
     generated: int = 0
     clips: int = 0
     removed_orphans: list[str] = field(default_factory=list)
+    removed_stale: list[str] = field(default_factory=list)
 
 
 def run_trajectories(generator: Generator, prompts, generated: Path, settings: TrajectorySettings,
@@ -206,19 +224,28 @@ def run_trajectories(generator: Generator, prompts, generated: Path, settings: T
 
     generated = Path(generated)
     record = check_generation(generator, settings, annotated_sha256, generated, force)
-    provenance_path = generated / GENERATION_JSON
+    prov = generation_provenance(generated, record)
     summary = RunSummary(shard)
-    if not provenance_path.is_file() or read_json(provenance_path) != record:
-        write_json(provenance_path, record)
-    if force:
-        known = set(all_prompt_ids if all_prompt_ids is not None else prompts["prompt_id"])
-        summary.removed_orphans = remove_orphans(generated, known)
-
     by_id = {row.prompt_id: row for row in prompts.itertuples(index=False)}
     mine = shard.select(list(by_id))
+    known = set(all_prompt_ids if all_prompt_ids is not None else by_id)
+    stale = check_force(generated, record, prompts, shard, all_prompt_ids) if force else set()
+    # Nothing is written before this point: a refused run changes nothing. New settings: the old sidecar goes
+    # first and the new one is written once no clip of the old settings is left, so a kill in between leaves
+    # clips that no generation.json describes (refused without --force), never a mixed set under one.
+    renewed = stored_generation(generated) != record
+    if renewed:
+        begin(prov)
+    if force:
+        summary.removed_orphans = remove_orphans(generated, known)
+        summary.removed_stale = remove_prompt_outputs(generated, stale)
+    if renewed:
+        commit(prov)
+
     summary.prompts = len(mine)
     expected = settings.expected_rows()
-    todo = [prompt_id for prompt_id in mine if force or not part_is_complete(generated, prompt_id, expected)]
+    todo = [prompt_id for prompt_id in mine
+            if force or not part_is_complete(generated, prompt_id, expected, generator.content_labels)]
     summary.skipped = len(mine) - len(todo)
     with ThreadPoolExecutor(max_workers=WAV_WRITERS) as writers, \
             tqdm(total=len(todo), unit="prompt", desc=f"stage 2 {generator.name} shard {shard}",
@@ -234,23 +261,31 @@ def run_trajectories(generator: Generator, prompts, generated: Path, settings: T
 
 def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditioning, generated: Path,
                     settings: TrajectorySettings, writers: ThreadPoolExecutor) -> int:
-    """All samples of one prompt: wavs first, the index part last. Returns the number of clips written."""
+    """All samples of one prompt: wavs first, then the realised content part (if the generator reports
+    content), the index part last. Returns the number of clips written."""
     part_path = generated / "index" / f"{prompt_id}.csv"
+    content_path = content_part_path(generated, prompt_id)
     # A part says "complete"; drop it before touching the prompt's clips so that no kill leaves it lying.
     part_path.unlink(missing_ok=True)
+    content_path.unlink(missing_ok=True)
     audio_dir = generated / "audio" / prompt_id
     if audio_dir.exists():
         shutil.rmtree(audio_dir)
+    labels = tuple(generator.content_labels)
     base_seed = prompt_seed(settings.seed, prompt_id)
     rows = []
     for first in range(0, settings.samples, settings.batch_size):
         count = min(settings.batch_size, settings.samples - first)
         observer = TrajectoryObserver(settings.capture_steps, settings.kinds)
         generator.sample(conditioning, base_seed + first, count, settings.seconds, observer)
-        clips = []  # (sample, kind, step, sigma, latent)
+        clips = []  # (sample, kind, step, sigma, latent, content {label: mass})
         for captured in observer.captured:
+            if set(captured.content) != set(labels):
+                raise RuntimeError(f"{generator.name}: the observer's content at step {captured.position} has "
+                                   f"labels {sorted(captured.content)}, not the declared {list(labels)}")
             for row in range(count):
-                clips.append((first + row, captured.kind, captured.position, captured.sigma, captured.latent[row]))
+                clips.append((first + row, captured.kind, captured.position, captured.sigma, captured.latent[row],
+                              {label: float(captured.content[label][row]) for label in labels}))
         missing = {(sample, kind, step) for sample in range(first, first + count) for kind in settings.kinds
                    for step in settings.capture_steps} - {clip[:3] for clip in clips}
         if missing:
@@ -259,6 +294,8 @@ def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditio
         observer.captured.clear()
         rows.extend(_decode_and_write(generator, prompt_id, clips, base_seed, generated, settings, writers))
     rows.sort(key=lambda row: (row["sample"], row["kind"], row["step"]))
+    if labels:
+        write_text(content_path, format_content_part(rows, labels))
     write_text(part_path, _part_csv(rows))
     return len(rows)
 
@@ -279,14 +316,14 @@ def _decode_and_write(generator: Generator, prompt_id: str, clips: list, base_se
         for future in pending:
             future.result()
         pending = []
-        for (sample, kind, step, sigma, _), clip_audio in zip(chunk, audio):
+        for (sample, kind, step, sigma, _, content), clip_audio in zip(chunk, audio):
             relative = clip_path(prompt_id, sample, kind, step)
             pending.append(writers.submit(write_wav, generated / relative, clip_audio, generator.sample_rate))
             # A layer trajectory has no noise level: its sigma is NaN and the column stays empty.
             sigma_text = "" if sigma is None or math.isnan(sigma) else repr(float(sigma))
             rows.append({"prompt_id": prompt_id, "sample": sample, "step": step, "sigma": sigma_text,
                          "kind": kind, "seed": base_seed + sample, "seconds_total": repr(float(settings.seconds)),
-                         "sample_rate": generator.sample_rate, "path": relative})
+                         "sample_rate": generator.sample_rate, "path": relative, "content": content})
     for future in pending:
         future.result()
     return rows
@@ -294,16 +331,19 @@ def _decode_and_write(generator: Generator, prompt_id: str, clips: list, base_se
 
 def _part_csv(rows: list[dict]) -> str:
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(INDEX_COLUMNS), lineterminator="\n")
+    writer = csv.DictWriter(text, fieldnames=list(INDEX_COLUMNS), lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return text.getvalue()
 
 
-def part_is_complete(generated: Path, prompt_id: str, expected: set) -> bool:
-    """The prompt's part lists exactly the expected clips, and every listed wav exists."""
+def part_is_complete(generated: Path, prompt_id: str, expected: set, content_labels: Sequence[str] = ()) -> bool:
+    """The prompt's part lists exactly the expected clips, every listed wav exists, and so does its realised
+    content part when the generator reports content."""
     part_path = generated / "index" / f"{prompt_id}.csv"
     if not part_path.is_file():
+        return False
+    if content_labels and not content_part_path(generated, prompt_id).is_file():
         return False
     try:
         with open(part_path, newline="", encoding="utf-8") as handle:
@@ -317,16 +357,31 @@ def part_is_complete(generated: Path, prompt_id: str, expected: set) -> bool:
             and all((generated / path).is_file() for path in paths))
 
 
-def remove_orphans(generated: Path, known_prompt_ids: set) -> list[str]:
-    """Delete index parts and audio folders of prompts that are no longer in annotated.csv."""
+def remove_prompt_outputs(generated: Path, prompt_ids) -> list[str]:
+    """Delete the index parts, content parts and audio folders of these prompts; the ids that had a part."""
     removed = []
-    index_dir = generated / "index"
-    for part in sorted(index_dir.glob("*.csv")) if index_dir.is_dir() else []:
-        if part.stem not in known_prompt_ids:
+    for prompt_id in sorted(prompt_ids):
+        part = generated / "index" / f"{prompt_id}.csv"
+        if part.is_file():
             part.unlink()
-            removed.append(part.stem)
-    audio_root = generated / "audio"
-    for folder in sorted(audio_root.iterdir()) if audio_root.is_dir() else []:
-        if folder.is_dir() and folder.name not in known_prompt_ids:
-            shutil.rmtree(folder)
+            removed.append(prompt_id)
+        content_part_path(generated, prompt_id).unlink(missing_ok=True)
+        if (generated / "audio" / prompt_id).is_dir():
+            shutil.rmtree(generated / "audio" / prompt_id)
     return removed
+
+
+def prompts_on_disk(generated: Path) -> set[str]:
+    """Prompt ids that have an index part, a content part or an audio folder."""
+    found = set()
+    for folder, pattern in (("index", "*.csv"), ("content", "*.csv")):
+        directory = generated / folder
+        found |= {path.stem for path in directory.glob(pattern)} if directory.is_dir() else set()
+    audio_root = generated / "audio"
+    found |= {path.name for path in audio_root.iterdir() if path.is_dir()} if audio_root.is_dir() else set()
+    return found
+
+
+def remove_orphans(generated: Path, known_prompt_ids: set) -> list[str]:
+    """Delete the outputs of prompts that are no longer in annotated.csv."""
+    return remove_prompt_outputs(generated, prompts_on_disk(generated) - set(known_prompt_ids))

@@ -39,7 +39,6 @@ Vectors
     the same space, for zero-shot probes.
 """
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +48,10 @@ from safetensors import SafetensorError
 from data.hub import hub_error_message
 from data.files import read_json, sha256_file, sha256_text, write_json
 from data.stage import InputError
+from embeddings import DEFAULT_MODELS, embedding_stem
 from embeddings.base import Embedder
 
-DEFAULT_MODEL = "laion/larger_clap_general"
+DEFAULT_MODEL = DEFAULT_MODELS["clap"]
 KNOWN_CHECKPOINTS = ("laion/larger_clap_general", "laion/larger_clap_music", "laion/clap-htsat-unfused",
                      "laion/clap-htsat-fused")
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
@@ -135,8 +135,7 @@ class ClapEmbedder(Embedder):
         self._hann = torch.hann_window(extractor.fft_window_size, periodic=True, dtype=torch.float32,
                                        device=self.device)
         self.checkpoint_sha256 = checkpoint_sha256(weights)
-        self.name = "clap-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", self.checkpoint_dir.name if self.model_id is None
-                                     else self.model_id.split("/")[-1])
+        self.name = embedding_stem("clap", str(model))
         fill = {"repeatpad": "repeat-padded (whole copies, then silence)", "repeat": "repeated and cut",
                 "pad": "zero-padded at the end"}[self.padding]
         self.window_policy = (f"one {self.window_seconds:g} s window at {self.sample_rate} Hz: shorter clips "

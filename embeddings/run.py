@@ -8,9 +8,12 @@ file i, and its provenance sidecar:
   small thread pool that runs ahead of the model by a bounded number of files, so decoding overlaps embed()
   and memory stays constant however many files there are.
 - Rows are embedded in fixed chunks (`<name>.chunks/00000.npy` holds rows [0, chunk_rows)), each written
-  atomically; `manifest.json` beside them records the provenance and the rows hash they were made for. A killed
-  run resumes at the missing chunks; chunks made by another embedder configuration are refused (or wiped with
-  --force); chunks made for other rows (the index changed) are discarded.
+  atomically; `manifest.json` beside them (written first) records the provenance they were made for. A killed
+  run resumes at the missing chunks. Provenance follows data.contract.decide: an output or chunks made from
+  other rows, inputs or embedder settings are refused; --force replaces them.
+- Shards (--shard i/n, or a SLURM array's task id and count): shard i embeds chunks k with k mod n == i into
+  the one shared chunks folder. Whichever shard finds every chunk present (the last to finish) streams them
+  into the matrix, under a lock held for that moment only; readers only ever see the final matrix.
 - Batches never straddle a chunk boundary, so a resumed run (with the same batch size) feeds the embedder the
   very same batches as an uninterrupted one and produces a byte-identical matrix.
 - When every chunk exists they are streamed into `<name>.npy` through a memory map (the rows never sit in
@@ -21,6 +24,7 @@ A bad file stops the run with one InputError naming it. Chunks finished before i
 import contextlib
 import importlib
 import inspect
+import math
 import os
 import shutil
 import time
@@ -35,9 +39,10 @@ import soxr
 from tqdm import tqdm
 
 from data.audio import read_audio, resample, to_mono
-from data.files import atomic_path, read_json, sha256_json, write_json, write_npy
-from data.stage import InputError
-from embeddings import EMBEDDERS, load_embedder
+from data.contract import Provenance, begin, commit, decide, first_difference
+from data.files import atomic_path, read_json, remove_stale_temps, write_npy
+from data.stage import InputError, Shard, add_shard_argument, file_lock, lock_path, parse_shard
+from embeddings import EMBEDDERS, embedding_stem, load_embedder
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_WORKERS = 2
@@ -45,6 +50,8 @@ DEFAULT_WORKERS = 2
 # minutes of CLAP on a CPU), and the 289k-note NSynth train split makes ~140 chunk files.
 DEFAULT_CHUNK_ROWS = 2048
 MANIFEST = "manifest.json"
+# A progress bar appears after this long: a run that stops on a bad first file prints only its error line.
+BAR_DELAY_SECONDS = 2.0
 # How the runner turns a file into the embedder's input; part of the provenance because it changes vectors.
 INPUT_POLICY = {"downmix": "channel mean", "resampler": f"soxr {soxr.__version__} HQ"}
 
@@ -60,6 +67,7 @@ class RunStats:
     embed_seconds: float = 0.0      # inside embedder.embed()
     load_wait_seconds: float = 0.0  # the model waiting for the loader: > 0 means decoding is the bottleneck
     concat_seconds: float = 0.0
+    chunks_missing: int = 0         # chunks other shards have still to write (0: the matrix was written)
 
     @property
     def embed_fraction(self) -> float:
@@ -72,70 +80,112 @@ class RunStats:
     def summary(self) -> str:
         if self.skipped:
             return f"up to date: {self.n_rows} rows"
+        waiting = (f"; {self.chunks_missing} chunks of other shards still missing: the last shard to finish "
+                   "writes the matrix" if self.chunks_missing else "")
         return (f"embedded {self.rows_embedded} of {self.n_rows} rows ({self.chunks_reused} chunks reused) in "
                 f"{self.wall_seconds:.1f} s ({self.rows_per_second:.1f} rows/s); {100 * self.embed_fraction:.0f}% "
-                f"of wall time inside embed(), {self.load_wait_seconds:.1f} s waiting for audio")
+                f"of wall time inside embed(), {self.load_wait_seconds:.1f} s waiting for audio{waiting}")
 
 
 def embed_files(paths: Sequence, embedder, out_path, *, rows_key: str, rows_sha256: str, extra: dict | None = None,
                 expect_rate: int | Sequence[int] | None = None, expect_channels: int | Sequence[int] | None = None,
                 batch_size: int = DEFAULT_BATCH_SIZE, workers: int = DEFAULT_WORKERS,
-                chunk_rows: int = DEFAULT_CHUNK_ROWS, force: bool = False, progress: bool = True) -> RunStats:
+                chunk_rows: int = DEFAULT_CHUNK_ROWS, force: bool = False, shard: Shard = Shard(0, 1),
+                progress: bool = True) -> RunStats:
     """Embed `paths` (row i = file i) into float32 `out_path` [len(paths), embedder.dim] plus its sidecar.
 
     rows_key/rows_sha256 name the table the rows are aligned with (e.g. "index_sha256"); `extra` holds other
     input identities for the sidecar (e.g. generation_sha256). expect_rate/expect_channels are one value for
-    every file or one per file. An output that is already up to date is kept; one made by another embedder
-    configuration is refused unless force; one made for other rows or inputs is recomputed.
+    every file or one per file. The provenance rule is data.contract.decide: an output that is up to date is
+    kept; one made from other rows, inputs or embedder settings is refused unless force.
+
+    shard i/n embeds chunks k with k mod n == i; the shard that finds every chunk present writes the matrix
+    and its sidecar (under a short lock, so two shards finishing together do it once).
     """
     started = time.perf_counter()
     paths = [Path(path) for path in paths]
     out_path = Path(out_path)
-    sidecar_path = out_path.with_suffix(".json")
     chunks_dir = out_path.with_name(out_path.stem + ".chunks")
     if batch_size < 1 or chunk_rows < 1 or workers < 0:
         raise InputError(f"batch size {batch_size}, chunk rows {chunk_rows} and workers {workers}: "
                          "batch size and chunk rows must be ≥ 1 and workers ≥ 0 — fix the option")
 
-    identity = {**embedder.provenance(), "input": INPUT_POLICY}
-    expected = {**identity, **(extra or {}), rows_key: rows_sha256, "n_rows": len(paths), "dim": int(embedder.dim)}
+    record = {**embedder.provenance(), "input": INPUT_POLICY, **(extra or {}), rows_key: rows_sha256,
+              "n_rows": len(paths), "dim": int(embedder.dim)}
+    prov = Provenance(sidecar=out_path.with_suffix(".json"), record=record, outputs=[out_path])
     stats = RunStats(n_rows=len(paths))
-
-    if force:
-        shutil.rmtree(chunks_dir, ignore_errors=True)
-    elif _up_to_date(out_path, sidecar_path, expected, identity):
-        # A kill between writing the sidecar and removing the chunks leaves chunks of this very output behind.
-        manifest = _read_json_or_none(chunks_dir / MANIFEST)
-        if manifest is not None and _same({key: manifest.get(key) for key in expected}, expected):
-            shutil.rmtree(chunks_dir, ignore_errors=True)
+    fix = "pass --force to replace them (after changing settings, every shard with --force)"
+    if decide(prov, force, fix) and _matrix_complete(out_path, len(paths), embedder.dim):
+        with _shared_state_lock(out_path):
+            # A kill between writing the sidecar and removing the chunks leaves chunks of this very output.
+            manifest = _read_json_or_none(chunks_dir / MANIFEST)
+            if manifest is not None and first_difference(manifest, prov.record, "") is None:
+                shutil.rmtree(chunks_dir, ignore_errors=True)
         stats.skipped = True
         stats.wall_seconds = time.perf_counter() - started
         return stats
 
-    chunk_rows = _open_chunks(chunks_dir, expected, identity, chunk_rows)
-    chunks = [(start, min(start + chunk_rows, len(paths))) for start in range(0, len(paths), chunk_rows)]
-    todo = [k for k, (start, stop) in enumerate(chunks)
-            if not _chunk_complete(chunks_dir / _chunk_name(k), stop - start, embedder.dim)]
-    stats.chunks_reused = len(chunks) - len(todo)
+    created = _missing_dirs(chunks_dir)
+    try:
+        with _shared_state_lock(out_path):
+            chunk_rows = _open_chunks(chunks_dir, prov, chunk_rows, force, shard)
+        chunks = [(start, min(start + chunk_rows, len(paths))) for start in range(0, len(paths), chunk_rows)]
+        mine = [k for k in range(len(chunks)) if shard.owns(k)]
+        # Temp files of this shard's chunks that a killed run left behind (other shards' may be live).
+        remove_stale_temps(chunks_dir, names=[_chunk_name(k) for k in mine])
+        todo = [k for k in mine if not _chunk_complete(chunks_dir / _chunk_name(k), *_chunk_shape(chunks[k], embedder))]
+        stats.chunks_reused = len(mine) - len(todo)
+        _embed_chunks(paths, todo, chunks, chunks_dir, embedder, stats, expect_rate, expect_channels,
+                      batch_size, workers, progress, out_path.name)
+    except BaseException:
+        # Nothing embedded by anyone: leave no empty folders or lone manifest behind.
+        with _shared_state_lock(out_path):
+            if not any(chunks_dir.glob("[0-9]*.npy")):
+                shutil.rmtree(chunks_dir, ignore_errors=True)
+        for folder in reversed(created[:-1]):
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only when empty: another shard's or output's files keep it
+        raise
+
+    with _shared_state_lock(out_path):
+        missing = [k for k, (start, stop) in enumerate(chunks)
+                   if not _chunk_complete(chunks_dir / _chunk_name(k), stop - start, embedder.dim)]
+        stats.chunks_missing = len(missing)
+        if not missing:
+            concat_started = time.perf_counter()
+            remove_stale_temps(out_path.parent, names=[out_path.name])
+            begin(prov)
+            _concatenate(chunks_dir, chunks, embedder.dim, out_path)
+            commit(prov)
+            shutil.rmtree(chunks_dir, ignore_errors=True)
+            stats.concat_seconds = time.perf_counter() - concat_started
+    stats.wall_seconds = time.perf_counter() - started
+    return stats
+
+
+def _embed_chunks(paths, todo, chunks, chunks_dir, embedder, stats, expect_rate, expect_channels, batch_size,
+                  workers, progress, label) -> None:
     rows = [row for k in todo for row in range(*chunks[k])]
     for row in rows:
         # Checked up front: a file that stage 2 or 4 never wrote should stop the run now, not hours in.
         if not paths[row].is_file():
             raise InputError(f"{paths[row]}: audio file is missing — rerun the stage that writes it")
+    if not rows:
+        return
+    rates, channels = _per_row(expect_rate, len(paths)), _per_row(expect_channels, len(paths))
 
-    if rows:
-        manifest = {**expected, "chunk_rows": chunk_rows}
-        rates, channels = _per_row(expect_rate, len(paths)), _per_row(expect_channels, len(paths))
+    def load(row):
+        check_wav_complete(paths[row])
+        audio, rate = read_audio(paths[row], expect_rate=rates[row], expect_channels=channels[row])
+        return resample(to_mono(audio), rate, embedder.sample_rate)
 
-        def load(row):
-            check_wav_complete(paths[row])
-            audio, rate = read_audio(paths[row], expect_rate=rates[row], expect_channels=channels[row])
-            return resample(to_mono(audio), rate, embedder.sample_rate)
-
-        loaded = _prefetch(rows, load, workers, ahead=2 * batch_size + workers)
-        bar = tqdm(total=len(paths), initial=len(paths) - len(rows), unit="clip", desc=f"embed {out_path.name}",
-                   disable=not progress, dynamic_ncols=True)
-        with contextlib.closing(loaded), bar:
+    loaded = _prefetch(rows, load, workers, ahead=2 * batch_size + workers)
+    # delay: a run that stops on its first files prints its one error line and no bar fragment before it.
+    bar = tqdm(total=len(rows), unit="clip", desc=f"embed {label}", disable=not progress, dynamic_ncols=True,
+               delay=BAR_DELAY_SECONDS)
+    failed = True
+    try:
+        with contextlib.closing(loaded):
             for k in todo:
                 start, stop = chunks[k]
                 parts = []
@@ -149,26 +199,46 @@ def embed_files(paths: Sequence, embedder, out_path, *, rows_key: str, rows_sha2
                     stats.embed_seconds += time.perf_counter() - began
                     parts.append(_check_vectors(vectors, embedder, [paths[row] for row in batch_rows]))
                     bar.update(len(batch_rows))
-                # The manifest goes down with the first chunk, so a run stopped by a bad first file leaves nothing.
-                if not (chunks_dir / MANIFEST).is_file():
-                    write_json(chunks_dir / MANIFEST, manifest)
                 write_npy(chunks_dir / _chunk_name(k), np.concatenate(parts))
                 stats.rows_embedded += stop - start
+        failed = False
+    finally:
+        # On an error the bar's line is cleared, so the error stands alone on stderr.
+        bar.leave = not failed
+        bar.close()
 
-    concat_started = time.perf_counter()
-    _concatenate(chunks_dir, chunks, embedder.dim, out_path, sidecar_path, expected)
-    stats.concat_seconds = time.perf_counter() - concat_started
-    stats.wall_seconds = time.perf_counter() - started
-    return stats
+
+def _chunk_shape(chunk: tuple[int, int], embedder) -> tuple[int, int]:
+    return chunk[1] - chunk[0], embedder.dim
 
 
-def _same(first, second) -> bool:
-    """Equal as JSON (a tuple in a fresh provenance equals the list read back from a sidecar)."""
-    return sha256_json(first) == sha256_json(second)
+def _missing_dirs(path: Path) -> list[Path]:
+    """`path` and those of its parents that do not exist yet, outermost first."""
+    missing = []
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing.append(folder)
+    return list(reversed(missing))
+
+
+@contextlib.contextmanager
+def _shared_state_lock(out_path: Path):
+    """Held for moments: around the manifest check and the final assembly, which every shard may reach."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(lock_path(out_path.parent, out_path.stem + ".chunks")):
+        yield
+
+
+def _matrix_complete(path: Path, n_rows: int, dim: int) -> bool:
+    try:
+        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError):
+        return False
+    return matrix.dtype == np.float32 and matrix.shape == (n_rows, dim)
 
 
 def _read_json_or_none(path: Path) -> dict | None:
-    """A torn or hand-edited JSON file describes nothing: the outputs it belongs to are redone."""
     try:
         payload = read_json(path)
     except (ValueError, OSError):
@@ -176,45 +246,30 @@ def _read_json_or_none(path: Path) -> dict | None:
     return payload if isinstance(payload, dict) else None
 
 
-def _up_to_date(out_path: Path, sidecar_path: Path, expected: dict, identity: dict) -> bool:
-    if not (out_path.is_file() and sidecar_path.is_file()):
-        return False
-    existing = _read_json_or_none(sidecar_path)
-    if existing is None:
-        return False
-    _refuse_other_embedder(existing, identity, sidecar_path, "replace them")
-    if not _same(existing, expected):
-        return False
-    try:
-        matrix = np.load(out_path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError):
-        return False
-    return matrix.dtype == np.float32 and matrix.shape == (expected["n_rows"], expected["dim"])
-
-
-def _refuse_other_embedder(existing: dict, identity: dict, path: Path, what: str) -> None:
-    """Outputs of another embedder configuration are hours of work: replacing them takes --force."""
-    for key in identity:
-        if not _same(existing.get(key), identity[key]):
-            raise InputError(f"{path}: existing embeddings were made with {key}={existing.get(key)!r}, this run "
-                             f"asks for {identity[key]!r} — pass --force to {what}")
-
-
-def _open_chunks(chunks_dir: Path, expected: dict, identity: dict, chunk_rows: int) -> int:
-    """Check leftover chunks against this run; return the chunk size to use (a resumed run keeps its own)."""
-    manifest_path = chunks_dir / MANIFEST
-    if not manifest_path.is_file():
-        shutil.rmtree(chunks_dir, ignore_errors=True)
-        return chunk_rows
-    manifest = _read_json_or_none(manifest_path)
-    if manifest is not None:
-        _refuse_other_embedder(manifest, identity, manifest_path, "discard those partial results")
-    if (manifest is None or not _same({key: manifest.get(key) for key in expected}, expected)
-            or not isinstance(manifest.get("chunk_rows"), int) or manifest["chunk_rows"] < 1):
-        # Same embedder, other rows (e.g. stage 2 added prompts): the partial rows no longer line up.
-        shutil.rmtree(chunks_dir)
-        return chunk_rows
-    return manifest["chunk_rows"]
+def _open_chunks(chunks_dir: Path, prov: Provenance, chunk_rows: int, force: bool, shard: Shard) -> int:
+    """Check leftover chunks against this run (under the shared lock); return the chunk size to use (a
+    resumed run keeps its own). The manifest is data.contract's rule applied to the partial results."""
+    manifest = Provenance(sidecar=chunks_dir / MANIFEST, record=prov.record, outputs=[])
+    if force:
+        existing = _read_json_or_none(manifest.sidecar)
+        if (existing is None or first_difference(existing, prov.record, "") is not None
+                or not isinstance(existing.get("chunk_rows"), int) or existing["chunk_rows"] < 1):
+            shutil.rmtree(chunks_dir, ignore_errors=True)
+        else:
+            # Same settings: other shards' chunks stay; this shard's are made again.
+            for k in range(math.ceil(prov.record["n_rows"] / existing["chunk_rows"])):
+                if shard.owns(k):
+                    (chunks_dir / _chunk_name(k)).unlink(missing_ok=True)
+    elif manifest.sidecar.exists():
+        decide(manifest, False, "pass --force to discard those partial results (every shard with --force)")
+    elif chunks_dir.exists():
+        shutil.rmtree(chunks_dir)  # chunks no manifest describes: of unknown origin
+    existing = _read_json_or_none(manifest.sidecar)
+    if existing is not None and isinstance(existing.get("chunk_rows"), int) and existing["chunk_rows"] >= 1:
+        return existing["chunk_rows"]
+    chunks_dir.mkdir(parents=True, exist_ok=True)
+    commit(manifest, extra={"chunk_rows": chunk_rows})
+    return chunk_rows
 
 
 def _chunk_name(k: int) -> str:
@@ -302,22 +357,18 @@ def _check_vectors(vectors, embedder, batch_paths: list[Path]) -> np.ndarray:
     return vectors
 
 
-def _concatenate(chunks_dir: Path, chunks, dim: int, out_path: Path, sidecar_path: Path, sidecar: dict) -> None:
-    """Stream the chunks into the final matrix, then write the sidecar, then drop the chunks."""
-    # A stale sidecar must never describe the new matrix, even for the instant between the two renames.
-    sidecar_path.unlink(missing_ok=True)
+def _concatenate(chunks_dir: Path, chunks, dim: int, out_path: Path) -> None:
+    """Stream the chunks into the final matrix through a memory map (the rows never sit in RAM together)."""
     n_rows = chunks[-1][1] if chunks else 0
     if n_rows == 0:
         write_npy(out_path, np.zeros((0, dim), dtype=np.float32))
-    else:
-        with atomic_path(out_path) as tmp:
-            matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_rows, dim))
-            for k, (start, stop) in enumerate(chunks):
-                matrix[start:stop] = np.load(chunks_dir / _chunk_name(k), allow_pickle=False)
-            matrix.flush()
-            del matrix
-    write_json(sidecar_path, sidecar)
-    shutil.rmtree(chunks_dir, ignore_errors=True)
+        return
+    with atomic_path(out_path) as tmp:
+        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_rows, dim))
+        for k, (start, stop) in enumerate(chunks):
+            matrix[start:stop] = np.load(chunks_dir / _chunk_name(k), allow_pickle=False)
+        matrix.flush()
+        del matrix
 
 
 # ---- what the two stage scripts share: embedder options on the command line -------------------------------
@@ -332,6 +383,16 @@ def add_embedder_arguments(parser) -> None:
                         help=f"clips per embed() call; unset: the embedder's own batch size, else {DEFAULT_BATCH_SIZE}")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help="threads reading and resampling audio ahead of the model (0: read in the main thread)")
+    add_shard_argument(parser)
+
+
+def lock_name(stage: str):
+    """A lock per stage, embedding stem and shard: shards of one SLURM array run side by side on one --data,
+    two runs of the same shard (or of the same unsharded output) do not."""
+    def name(args) -> str:
+        shard = parse_shard(args.shard)
+        return f"{stage}-{embedding_stem(args.embedder, args.model)}-shard-{shard.index}-of-{shard.count}"
+    return name
 
 
 def embedder_from_args(args):

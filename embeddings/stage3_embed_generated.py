@@ -21,8 +21,10 @@ if __package__ in (None, ""):
 
 from data.contract import generated_dir, read_generated_index, read_sidecar, table_sha256
 from data.files import sha256_file
-from data.stage import InputError, main_exit, stage_parser
-from embeddings.run import add_embedder_arguments, batch_size_from_args, embed_files, embedder_from_args, report
+from data.stage import InputError, main_exit, parse_shard, stage_parser
+from embeddings import embedding_stem
+from embeddings.run import (add_embedder_arguments, batch_size_from_args, embed_files, embedder_from_args, lock_name,
+                            report)
 
 
 def build_parser():
@@ -44,17 +46,19 @@ def main(args) -> None:
         row = index.loc[index["path"].isna().idxmax()]
         raise InputError(f"{generated_dir(args.data) / 'index'}: clip ({row.prompt_id}, sample {row['sample']}, "
                          f"{row.kind}, step {row.step}) has no path — rerun stage 2 for prompt {row.prompt_id}")
+    shard = parse_shard(args.shard)
+    stem = embedding_stem(args.embedder, args.model)
     embedder = embedder_from_args(args)
-    out_path = generated_dir(args.data) / "embeddings" / f"{embedder.name}.npy"
+    out_path = generated_dir(args.data) / "embeddings" / f"{stem}.npy"
     # Channels are a property of the whole generation; the rate is recorded per clip in the index.
     channels = generation.get("channels")
     stats = embed_files(
         [generated_dir(args.data) / path for path in index["path"]], embedder, out_path,
         rows_key="index_sha256", rows_sha256=table_sha256(index), extra={"generation_sha256": generation_sha256},
         expect_rate=index["sample_rate"].tolist(), expect_channels=int(channels) if channels is not None else None,
-        batch_size=batch_size_from_args(args, embedder), workers=args.workers, force=args.force)
+        batch_size=batch_size_from_args(args, embedder), workers=args.workers, force=args.force, shard=shard)
     report(stats, out_path)
 
 
 if __name__ == "__main__":
-    main_exit(main, build_parser())
+    main_exit(main, build_parser(), lock=lock_name("stage3"))

@@ -24,8 +24,10 @@ Writes <data>/concepts/notes.csv, sets.csv and concepts.json (data/ARTIFACTS.md,
   metadata); it is an explicit flag rather than automatic so that a lost audio/ folder is reported, not
   silently ignored. The sidecar records it, and stage 5 has no audio to embed for such sets.
 - Resume: the three files are rebuilt together (seconds even for the train split); a run whose inputs and
-  settings match an existing concepts.json, and whose notes.csv and sets.csv match its hashes, is skipped.
-  Existing outputs made with other inputs or settings are refused unless --force.
+  settings match an existing concepts.json (data.contract.decide), and whose notes.csv and sets.csv match its
+  hashes, is skipped. Existing outputs made with other inputs or settings are refused unless --force.
+- Relocatable: concepts.json stores nsynth_dir relative to --data when it lies below it (the rendered set),
+  else as an absolute path; stage 5 checks examples.json's hash wherever it reads the notes from.
 """
 import sys
 from pathlib import Path
@@ -36,8 +38,9 @@ if __package__ in (None, ""):
 import numpy as np
 import pandas as pd
 
-from data.contract import NOTES_COLUMNS, SETS_COLUMNS, concepts_dir, table_sha256
-from data.files import read_json, sha256_file, write_csv, write_json
+from data.contract import (NOTES_COLUMNS, SETS_COLUMNS, Provenance, begin, commit, concepts_dir, decide,
+                           table_sha256)
+from data.files import read_json, sha256_file, write_csv
 from data.stage import InputError, main_exit, stage_parser
 from interp import nsynth
 from interp.concepts import CONCEPTS
@@ -45,9 +48,6 @@ from interp.concepts import CONCEPTS
 SPLITS = ("train", "test")
 SPLIT_CANDIDATES = 32
 SIDECAR = "concepts.json"
-# Inputs and settings that decide the outputs; existing outputs made with others are refused without --force.
-SETTINGS = ("nsynth_dir", "examples_sha256", "split_seed", "test_fraction", "max_per_concept", "metadata_only",
-            "concepts")
 
 
 def build_parser():
@@ -155,32 +155,20 @@ def summary_table(sets: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def is_up_to_date(out_dir: Path, settings: dict) -> bool:
-    sidecar = out_dir / SIDECAR
+def stored_nsynth_dir(nsynth_dir: Path, data: Path) -> str:
+    """How concepts.json names the NSynth directory: relative to --data when it lies below it (so a copied or
+    moved data directory reads its own copy), else the absolute path; stage 5 checks examples.json's hash
+    there either way."""
     try:
-        existing = read_json(sidecar)
-    except (OSError, ValueError):
-        return False
-    if any(existing.get(key) != settings[key] for key in SETTINGS):
-        return False
-    return all((out_dir / name).is_file() and sha256_file(out_dir / name) == existing.get(f"{name}_file_sha256")
-               for name in ("notes.csv", "sets.csv"))
-
-
-def refuse_other_settings(out_dir: Path, settings: dict) -> None:
-    sidecar = out_dir / SIDECAR
-    if not sidecar.is_file():
-        return
-    try:
-        existing = read_json(sidecar)
+        return nsynth_dir.relative_to(Path(data).resolve()).as_posix()
     except ValueError:
-        return  # an unreadable sidecar protects nothing: the outputs are rebuilt
-    for key in SETTINGS:
-        if key in existing and existing[key] != settings[key]:
-            shown = (f"{key}={existing[key]!r}, this run asks for {settings[key]!r}" if key != "concepts"
-                     else "other concept rules than interp/concepts.py has now")
-            raise InputError(f"{sidecar}: existing concept sets were built with {shown} "
-                             "— rerun with --force to replace them")
+        return str(nsynth_dir)
+
+
+def outputs_unchanged(out_dir: Path) -> bool:
+    """notes.csv and sets.csv are the files concepts.json describes (not edited or replaced since)."""
+    existing = read_json(out_dir / SIDECAR)
+    return all(sha256_file(out_dir / name) == existing.get(f"{name}_file_sha256") for name in ("notes.csv", "sets.csv"))
 
 
 def main(args) -> None:
@@ -191,19 +179,18 @@ def main(args) -> None:
                          "or omit it to use every labelled note")
     nsynth_dir = args.nsynth_dir.resolve()
     notes = nsynth.read_examples(nsynth_dir, require_audio=not args.metadata_only)
-    settings = {
-        "nsynth_dir": str(nsynth_dir),
+    out_dir = concepts_dir(args.data)
+    # Flat keys: stage 5 reads nsynth_dir and examples_sha256 from concepts.json.
+    prov = Provenance(sidecar=out_dir / SIDECAR, outputs=[out_dir / "notes.csv", out_dir / "sets.csv"], record={
+        "nsynth_dir": stored_nsynth_dir(nsynth_dir, args.data),
         "examples_sha256": sha256_file(nsynth.examples_path(nsynth_dir)),
         "split_seed": args.split_seed, "test_fraction": args.test_fraction,
         "max_per_concept": args.max_per_concept, "metadata_only": bool(args.metadata_only),
         "concepts": concept_rules(),
-    }
-    out_dir = concepts_dir(args.data)
-    if not args.force:
-        if is_up_to_date(out_dir, settings):
-            print(f"{out_dir}: up to date with {nsynth_dir}; --force rebuilds")
-            return
-        refuse_other_settings(out_dir, settings)
+    })
+    if decide(prov, args.force, "rerun with --force to replace them") and outputs_unchanged(out_dir):
+        print(f"{out_dir}: up to date with {nsynth_dir}; --force rebuilds")
+        return
 
     labels = label_matrix(notes)
     test_instruments = split_instruments(notes, labels, args.test_fraction, args.split_seed)
@@ -216,12 +203,12 @@ def main(args) -> None:
     table = used[list(NOTES_COLUMNS)]
     out_dir.mkdir(parents=True, exist_ok=True)
     # The sidecar goes last: until it names these files' hashes, a rerun treats them as unfinished.
+    begin(prov)
     write_csv(out_dir / "notes.csv", table)
     write_csv(out_dir / "sets.csv", sets)
     summary = summary_table(sets)
     instruments = {name: sorted(set(used.loc[used["split"] == name, "instrument_str"])) for name in SPLITS}
-    write_json(out_dir / SIDECAR, {
-        **settings,
+    commit(prov, extra={
         "instruments": instruments,
         "notes_sha256": table_sha256(table),
         "sets_sha256": table_sha256(sets),

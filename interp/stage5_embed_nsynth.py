@@ -19,8 +19,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.contract import concepts_dir, read_notes, read_sidecar, table_sha256
-from data.stage import InputError, main_exit, stage_parser
-from embeddings.run import add_embedder_arguments, batch_size_from_args, embed_files, embedder_from_args, report
+from data.files import sha256_file
+from data.stage import InputError, main_exit, parse_shard, stage_parser
+from embeddings import embedding_stem
+from embeddings.run import (add_embedder_arguments, batch_size_from_args, embed_files, embedder_from_args, lock_name,
+                            report)
+from interp.nsynth import examples_path as nsynth_examples_path
 
 NSYNTH_RATE = 16_000
 NSYNTH_CHANNELS = 1
@@ -41,32 +45,34 @@ def read_concepts_json(data) -> dict:
     return concepts
 
 
-def resolve_nsynth_dir(recorded: str, data: Path, concepts_path: Path) -> Path:
-    """Stage 4 records the directory as it was given: absolute, or relative to where it ran (the repository
-    root for `make`) or to the data root. The first candidate that is a directory wins."""
-    recorded_path = Path(recorded)
-    if recorded_path.is_absolute():
-        candidates = [recorded_path]
-    else:
-        candidates = [Path.cwd() / recorded_path, Path(data) / recorded_path]
-    for candidate in candidates:
-        if candidate.is_dir():
-            return candidate
-    raise InputError(f"{concepts_path}: nsynth_dir {recorded!r} is not a directory (looked at "
-                     f"{', '.join(str(c) for c in candidates)}) — run from where stage 4 ran, or rerun stage 4 "
-                     "with --force and an absolute --nsynth-dir")
+def resolve_nsynth_dir(concepts: dict, data: Path, concepts_path: Path) -> Path:
+    """Stage 4 stores nsynth_dir relative to --data when it lies below it (a copied or moved data directory
+    reads its own copy, never the old tree), else absolute. Either way its examples.json must still be the one
+    the concept sets were built from."""
+    recorded = Path(concepts["nsynth_dir"])
+    directory = recorded if recorded.is_absolute() else Path(data) / recorded
+    if not directory.is_dir():
+        raise InputError(f"{concepts_path}: nsynth_dir {concepts['nsynth_dir']!r} is not a directory (looked at "
+                         f"{directory}) — restore it, or rerun stage 4 with --force and its new --nsynth-dir")
+    examples = nsynth_examples_path(directory)
+    if not examples.is_file() or sha256_file(examples) != concepts.get("examples_sha256"):
+        raise InputError(f"{examples}: is not the examples.json the concept sets were built from (its sha256 "
+                         f"differs from examples_sha256 in {concepts_path}) — rerun stage 4 with --force")
+    return directory
 
 
 def main(args) -> None:
     notes = read_notes(args.data)
     concepts = read_concepts_json(args.data)
-    nsynth_dir = resolve_nsynth_dir(concepts["nsynth_dir"], args.data, concepts_dir(args.data) / "concepts.json")
+    nsynth_dir = resolve_nsynth_dir(concepts, args.data, concepts_dir(args.data) / "concepts.json")
     if notes["path"].isna().any():
         row = int(notes["path"].isna().idxmax()) + 2
         raise InputError(f"{concepts_dir(args.data) / 'notes.csv'} row {row}: empty path "
                          "— rerun stage 4 with --force")
+    shard = parse_shard(args.shard)
+    stem = embedding_stem(args.embedder, args.model)
     embedder = embedder_from_args(args)
-    out_path = concepts_dir(args.data) / "embeddings" / f"{embedder.name}.npy"
+    out_path = concepts_dir(args.data) / "embeddings" / f"{stem}.npy"
     # examples.json identifies the audio itself: a re-rendered soundfont set under the same directory and the
     # same note names is different sound.
     extra = {"examples_sha256": concepts.get("examples_sha256")}
@@ -74,9 +80,9 @@ def main(args) -> None:
         [nsynth_dir / path for path in notes["path"]], embedder, out_path,
         rows_key="notes_sha256", rows_sha256=table_sha256(notes), extra=extra,
         expect_rate=NSYNTH_RATE, expect_channels=NSYNTH_CHANNELS,
-        batch_size=batch_size_from_args(args, embedder), workers=args.workers, force=args.force)
+        batch_size=batch_size_from_args(args, embedder), workers=args.workers, force=args.force, shard=shard)
     report(stats, out_path)
 
 
 if __name__ == "__main__":
-    main_exit(main, build_parser())
+    main_exit(main, build_parser(), lock=lock_name("stage5"))

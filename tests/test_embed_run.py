@@ -110,25 +110,33 @@ def test_up_to_date_output_is_skipped_and_force_recomputes(tmp_path):
     assert not run_embed(paths, forced, out, force=True).skipped and forced.rows == 3
 
 
-def test_changed_rows_are_recomputed_not_refused(tmp_path):
+def test_changed_rows_are_refused_unless_forced(tmp_path):
+    """One provenance rule (data.contract.decide): other rows are other inputs, so --force says so."""
     paths = write_clips(tmp_path, 5)
     out = tmp_path / "spectral.npy"
     run_embed(paths[:3], SpectralEmbedder(), out, rows_sha256="three-rows")
+    before = out.read_bytes()
+    with pytest.raises(InputError, match=r"spectral\.json: existing outputs were made with "
+                                         r"index_sha256='three-rows', this run has 'five-rows' — pass --force"):
+        run_embed(paths, SpectralEmbedder(), out, rows_sha256="five-rows")
+    assert out.read_bytes() == before
     grown = Counting()
-    run_embed(paths, grown, out, rows_sha256="five-rows")
+    run_embed(paths, grown, out, rows_sha256="five-rows", force=True)
     assert grown.rows == 5
     read_embeddings(out, 5, "five-rows", "index_sha256", fix="rerun")
     with pytest.raises(InputError, match="made for different rows"):
         read_embeddings(out, 5, "three-rows", "index_sha256", fix="rerun")
 
 
-def test_chunks_for_other_rows_are_discarded(tmp_path):
+def test_chunks_for_other_rows_are_refused_then_discarded_by_force(tmp_path):
     paths = write_clips(tmp_path, 8)
     out = tmp_path / "spectral.npy"
     with pytest.raises(KeyboardInterrupt):
         run_embed(paths, Counting(stop_after_calls=2), out, rows_sha256="old-index")
+    with pytest.raises(InputError, match=r"manifest\.json: existing outputs were made with index_sha256='old-index'"):
+        run_embed(paths, Counting(), out, rows_sha256="new-index")
     fresh = Counting()
-    stats = run_embed(paths, fresh, out, rows_sha256="new-index")
+    stats = run_embed(paths, fresh, out, rows_sha256="new-index", force=True)
     assert fresh.rows == 8 and stats.chunks_reused == 0
 
 
@@ -137,7 +145,7 @@ def test_other_embedder_configuration_is_refused_unless_forced(tmp_path):
     out = tmp_path / "spectral.npy"
     with pytest.raises(KeyboardInterrupt):
         run_embed(paths, Counting(stop_after_calls=2, checkpoint="other-checkpoint"), out)
-    with pytest.raises(InputError, match=r"manifest\.json: existing embeddings were made with checkpoint_sha256="
+    with pytest.raises(InputError, match=r"manifest\.json: existing outputs were made with checkpoint_sha256="
                                          r"'other-checkpoint'.*--force"):
         run_embed(paths, SpectralEmbedder(), out)
     run_embed(paths, SpectralEmbedder(), out, force=True)
@@ -146,7 +154,7 @@ def test_other_embedder_configuration_is_refused_unless_forced(tmp_path):
     assert out.read_bytes() == clean.read_bytes()
 
     # A finished output of another configuration is refused too: it may be hours of GPU work.
-    with pytest.raises(InputError, match=r"spectral\.json: existing embeddings.*--force to replace"):
+    with pytest.raises(InputError, match=r"spectral\.json: existing outputs.*--force to replace"):
         run_embed(paths, Counting(checkpoint="other-checkpoint"), out)
 
 

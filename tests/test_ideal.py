@@ -211,3 +211,32 @@ def test_brass_prompt_starts_as_a_blend_and_ends_on_a_brass_clip(default_generat
     audio = generator.decode(latents, 4.0)[:, 0]
     for row, clip in enumerate(chosen):
         np.testing.assert_allclose(audio[row], generator.bank.audio[clip], atol=2e-3)
+
+
+def test_realised_content_is_the_posterior_mass_of_each_label_and_ends_on_the_chosen_clip(tiny):
+    """Issue 12's second yardstick: what the clean estimate is made of, step by step."""
+    observer = TrajectoryObserver(range(50), ["x0"])
+    weights = {}
+    latents = tiny.sample(Conditioning("brass and strings", ("brass", "string")), seed=9, num_samples=3,
+                          seconds=0.5, observer=observer, weights_callback=lambda s, sigma, w: weights.update({s: w}))
+    masks = {label: np.array([label in labels for labels in tiny.bank.labels]) for label in tiny.content_labels}
+    two_families = np.array([len(set(labels) & {"brass", "string", "keyboard", "drum"}) == 2
+                             for labels in tiny.bank.labels])
+    for captured in observer.captured:
+        w = weights[captured.position]
+        np.testing.assert_allclose(w.sum(axis=1), 1.0, rtol=1e-12)      # the weights behind it sum to 1 per clip
+        assert set(captured.content) == set(tiny.content_labels)
+        for label, mask in masks.items():
+            np.testing.assert_allclose(captured.content[label], w[:, mask].sum(axis=1), rtol=1e-12, atol=1e-15)
+        family_mass = sum(captured.content[label] for label in ("brass", "string", "keyboard", "drum"))
+        # Every clip carries one family, the mix clip two: the family masses add up to 1 + the mix's weight.
+        np.testing.assert_allclose(family_mass, 1.0 + w[:, two_families].sum(axis=1), rtol=1e-12)
+    early = observer.captured[5].content
+    assert not np.all(np.isin(np.round(early["brass"], 6), [0.0, 1.0]))   # a blend early on
+    final = observer.captured[-1].content
+    chosen = weights[49].argmax(axis=1)
+    audio = tiny.decode(latents, 0.5)[:, 0]
+    for row, clip in enumerate(chosen):
+        np.testing.assert_allclose(audio[row], tiny.bank.audio[clip], atol=1e-4)   # committed to that clip
+        expected = {label: float(label in tiny.bank.labels[clip]) for label in tiny.content_labels}
+        assert {label: round(float(final[label][row]), 9) for label in tiny.content_labels} == expected

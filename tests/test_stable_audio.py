@@ -148,13 +148,53 @@ def test_model_card_preset_configures_its_schedule(tiny_dir):
     assert float(card.pipeline.scheduler.sigmas[0]) == pytest.approx(500.0)
 
 
-def test_bf16_runs_end_to_end(tiny_dir):
-    half = load_generator("stable-audio-open", model=str(tiny_dir), steps=3, device="cpu", dtype="bf16")
+@pytest.fixture(scope="module")
+def fp32_decoder(tiny_dir):
+    return load_generator("stable-audio-open", model=str(tiny_dir), steps=3, device="cpu", dtype="fp32")
+
+
+@pytest.mark.parametrize("dtype,torch_dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_half_precision_sampling_decodes_in_fp32(tiny_dir, fp32_decoder, dtype, torch_dtype):
+    """The DiT and text encoder run in half precision, the Oobleck decoder in fp32 unless asked otherwise."""
+    half = load_generator("stable-audio-open", model=str(tiny_dir), steps=3, device="cpu", dtype=dtype)
+    pipe = half.pipeline
+    assert pipe.transformer.dtype == pipe.text_encoder.dtype == torch_dtype and pipe.vae.dtype == torch.float32
+    assert (half.provenance()["dtype"], half.provenance()["decode_dtype"]) == (dtype, "fp32")
     observer = TrajectoryObserver([1], ("x0",))
     latents = half.sample(Conditioning(PROMPT, ()), 1, 1, 0.5, observer)
-    assert latents.dtype == torch.bfloat16 and observer.captured[0].latent.dtype == torch.bfloat16
+    assert latents.dtype == torch_dtype and observer.captured[0].latent.dtype == torch_dtype
+    assert torch.isfinite(latents).all()
     audio = half.decode(latents, 0.5)
     assert audio.shape == (1, 2, 4000) and audio.dtype == np.float32 and np.isfinite(audio).all()
+    # Decoding is the fp32 model's own decoding of those latents, bit for bit.
+    np.testing.assert_array_equal(audio, fp32_decoder.decode(latents.float(), 0.5))
+    # Decoding in the sampler's dtype is offered too; it stays close on this harmless tiny model.
+    same = load_generator("stable-audio-open", model=str(tiny_dir), steps=3, device="cpu", dtype=dtype,
+                          decode_dtype=dtype)
+    assert same.pipeline.vae.dtype == torch_dtype and same.provenance()["decode_dtype"] == dtype
+    np.testing.assert_allclose(same.decode(latents, 0.5), audio, atol=0.05 * float(np.abs(audio).max()))
+
+
+def test_fp16_decoding_breaks_where_snake_needs_its_epsilon_and_fp32_decoding_does_not(tiny_dir, tmp_path):
+    """Snake: x + sin²(αx) / (β + 1e-9). A small β (here e^-12 on one channel) makes 1/(β + 1e-9) exceed fp16's
+    range (65504): the decoded audio becomes inf/NaN in fp16 while fp32 decodes the same latents finely."""
+    from diffusers import AutoencoderOobleck
+    from diffusers.models.autoencoders.autoencoder_oobleck import Snake1d
+
+    model = tmp_path / "small-beta"
+    shutil.copytree(tiny_dir, model)
+    vae = AutoencoderOobleck.from_pretrained(model / "vae")
+    snake = next(module for module in vae.decoder.modules() if isinstance(module, Snake1d))
+    assert snake.logscale
+    with torch.no_grad():
+        snake.beta[0, 0, 0] = -12.0
+    vae.save_pretrained(model / "vae")
+    fp16_sampler = load_generator("stable-audio-open", model=str(model), steps=2, device="cpu", dtype="fp16")
+    latents = fp16_sampler.sample(Conditioning(PROMPT, ()), 3, 1, 0.5, None)
+    assert np.isfinite(fp16_sampler.decode(latents, 0.5)).all()
+    fp16_decoder = load_generator("stable-audio-open", model=str(model), steps=2, device="cpu", dtype="fp16",
+                                  decode_dtype="fp16")
+    assert not np.isfinite(fp16_decoder.decode(latents, 0.5)).all()
 
 
 # -- bad input: one line each ---------------------------------------------------------------------------------------
@@ -172,6 +212,34 @@ def test_unknown_preset_and_dtype(tiny_dir):
         load_generator("stable-audio-open", model=str(tiny_dir), preset="fast")
     with pytest.raises(InputError, match="--dtype 'fp8' is not a dtype"):
         load_generator("stable-audio-open", model=str(tiny_dir), dtype="fp8")
+    with pytest.raises(InputError, match="--decode-dtype 'fp64' is not a dtype"):
+        load_generator("stable-audio-open", model=str(tiny_dir), decode_dtype="fp64")
+
+
+def test_checkpoint_hash_covers_only_what_the_pipeline_loads(tiny_dir, tmp_path):
+    """A full hub snapshot holds files the pipeline never reads (the stable-audio-tools checkpoint, card,
+    images); its hash must equal that of the pipeline's own download of the same weights."""
+    from diffusion.stable_audio import loaded_files, model_sha256
+
+    pipeline_download = model_sha256(tiny_dir)
+    full = tmp_path / "full-snapshot"
+    shutil.copytree(tiny_dir, full)
+    (full / "README.md").write_text("model card")
+    (full / "model.safetensors").write_bytes(b"the original stable-audio-tools checkpoint")
+    (full / "model_config.json").write_text("{}")
+    (full / "transformer" / "diffusion_pytorch_model.bin").write_bytes(b"a second format, not loaded")
+    (full / "vae" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"a variant, not loaded")
+    assert model_sha256(full) == pipeline_download
+    assert [path.relative_to(full) for path in loaded_files(full)] == \
+        [path.relative_to(tiny_dir) for path in loaded_files(tiny_dir)]
+    assert {path.parent.name for path in loaded_files(full)} >= {"transformer", "vae", "text_encoder", "tokenizer"}
+    # What the pipeline does load changes it: a config and a weight file.
+    config = full / "vae" / "config.json"
+    config.write_text(config.read_text().replace("{", '{"edited": 1, ', 1))
+    edited_config = model_sha256(full)
+    weights = full / "projection_model" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + bytes([weights.read_bytes()[-1] ^ 1]))
+    assert len({pipeline_download, edited_config, model_sha256(full)}) == 3
 
 
 @pytest.mark.parametrize("damage, message", [

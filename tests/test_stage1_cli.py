@@ -67,9 +67,9 @@ def test_default_run_writes_contract_artifacts(stage1_outputs):
         "prompt_id", "prompt", "labels", "bpm", "annotator"]
     assert annotated["bpm"].notna().sum() >= 15
     sidecar = read_json(data / "prompts" / "annotated.json")
-    assert sidecar["vocabulary"] == list(VOCABULARY)
-    assert sidecar["annotator"]["name"] == "offline"
-    assert len(sidecar["prompts_sha256"]) == 64
+    assert sidecar["settings"]["vocabulary"] == list(VOCABULARY)
+    assert sidecar["settings"]["annotator"]["name"] == "offline"
+    assert len(sidecar["inputs"]["prompts.csv"]) == 64
     assert not list((data / "prompts").glob("*.tmp"))
 
 
@@ -152,7 +152,7 @@ def test_prompts_edited_after_annotation_are_refused(stage1_outputs):
     path.write_text(path.read_text(encoding="utf-8").replace("solo trumpet", "solo cornet", 1), encoding="utf-8")
     before = snapshot(folder)
     result = run_script(stage1_outputs)
-    assert_one_line_error(result, "annotated.json", "different prompts.csv", "--force")
+    assert_one_line_error(result, "annotated.json", "inputs.prompts.csv=", "prompts.csv was edited", "--force")
     assert snapshot(folder) == before
 
 

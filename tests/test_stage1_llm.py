@@ -186,11 +186,30 @@ def test_success_uses_strict_schema_batches_and_key(llm_data, fake_openai, caplo
     assert "3 requests" in caplog.text and "3,000 input + 600 output tokens" in caplog.text
     assert "estimated $0.0022" in caplog.text  # 3000 * 0.40 / 1e6 + 600 * 1.60 / 1e6
     sidecar = json.loads((llm_data / "prompts" / "annotated.json").read_text())
-    assert sidecar["annotator"]["name"] == "llm" and sidecar["annotator"]["model"] == "gpt-4.1-mini"
+    annotator = sidecar["settings"]["annotator"]
+    assert annotator["name"] == "llm" and annotator["model"] == "gpt-4.1-mini"
+    assert annotator["server"] == fake_openai.base_url
 
     # A rerun with --force rewrites the outputs from the cache alone.
     assert annotate_llm(llm_data, fake_openai, "--force") == 0
     assert len(fake_openai.requests) == 3
+    assert_matches_offline(llm_data)
+
+
+def test_another_server_is_another_model(llm_data, fake_openai, capsys):
+    """One model name on two servers: the second server's answers are asked for, never taken from the cache."""
+    assert annotate_llm(llm_data, fake_openai) == 0
+    capsys.readouterr()
+    other = FakeOpenAI()
+    try:
+        assert annotate_llm(llm_data, other) == 2
+        error = capsys.readouterr().err.strip()
+        assert "\n" not in error and "annotated.json" in error and "settings.annotator.server=" in error
+        assert other.requests == []
+        assert annotate_llm(llm_data, other, "--force") == 0
+        assert len(other.requests) == 3  # a cache keyed without the server would have answered all 12 prompts
+    finally:
+        other.close()
     assert_matches_offline(llm_data)
 
 

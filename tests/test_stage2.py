@@ -3,6 +3,7 @@ batching, provenance, and every bad input as a one-line error that writes nothin
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,12 +15,12 @@ from conftest import REPO_ROOT
 from data import contract
 from data.audio import read_audio
 from data.files import write_csv
-from data.stage import run_stage
+from data.stage import InputError, run_stage
 from diffusion import trajectory
 from diffusion.bank import save_bank
+from diffusion.base import default_capture_steps
 from diffusion.ideal import IdealGenerator
 from diffusion.stage2_generate import build_parser, main
-from diffusion.base import default_capture_steps
 from diffusion.trajectory import Shard, parse_shard, prompt_seed
 from test_ideal import SYNTHETIC_RATE, synthetic_bank
 
@@ -212,6 +213,8 @@ BAD_INPUTS = [
     (["--samples", "0"], "--samples 0 must be at least 1"),
     (["--steps", "0"], "--steps 0 must be at least 1"),
     (["--dtype", "fp16"], "--dtype fp16"),
+    (["--decode-dtype", "bf16"], "--decode-dtype bf16"),
+    (["--capture-steps", ""], "--capture-steps is empty"),
 ]
 
 
@@ -275,18 +278,97 @@ def test_shard_parsing_and_selection():
 
 
 def test_index_parts_are_written_last(tmp_path, bank_dir, monkeypatch):
-    """Within a prompt, every wav is on disk before its part appears."""
+    """Within a prompt, every wav and its realised content part are on disk before its index part appears."""
     data = make_data(tmp_path, PROMPTS[:2])
     events = []
     real_write_wav, real_write_text = trajectory.write_wav, trajectory.write_text
     monkeypatch.setattr(trajectory, "write_wav", lambda path, *a, **k: (real_write_wav(path, *a, **k),
                                                                            events.append(("wav", path.parent.name))))
-    monkeypatch.setattr(trajectory, "write_text", lambda path, *a: (events.append(("part", path.stem)),
+    monkeypatch.setattr(trajectory, "write_text", lambda path, *a: (events.append((path.parent.name, path.stem)),
                                                                      real_write_text(path, *a)))
     assert stage2(data, bank_dir, "--samples", "1") == 0
     for prompt_id in ("p-brass", "p-strings"):
         positions = [i for i, event in enumerate(events) if event[1] == prompt_id]
-        assert events[positions[-1]] == ("part", prompt_id)
-        assert [event for event in events if event == ("part", prompt_id)] == [("part", prompt_id)]
+        assert [events[i] for i in positions[-2:]] == [("content", prompt_id), ("index", prompt_id)]
+        assert [event for event in events if event == ("index", prompt_id)] == [("index", prompt_id)]
     with open(contract.generated_dir(data) / "index" / "p-brass.csv", newline="") as handle:
         assert next(csv.reader(handle)) == list(contract.INDEX_COLUMNS)
+
+
+def test_realised_content_is_row_aligned_and_ends_on_the_labels_of_the_chosen_clip(reference_run, bank_dir,
+                                                                                   tmp_path, capsys):
+    from data.realised_content import read_realised_content
+
+    data, files = reference_run
+    index = contract.read_generated_index(data)
+    content = read_realised_content(data, index)
+    labels = json.loads(files["generation.json"])["content_labels"]
+    assert list(content.columns) == [f"content_{label}" for label in labels] and len(content) == len(index)
+    assert ((content >= 0) & (content <= 1)).all().all()
+    bank = synthetic_bank()
+    for row in np.flatnonzero(index.step.to_numpy() == 49):
+        audio, _ = read_audio(contract.generated_dir(data) / index.path[row])
+        chosen = int(np.argmin(np.abs(bank.audio - audio[0]).max(axis=1)))
+        assert np.abs(bank.audio[chosen] - audio[0]).max() < 1e-3      # the clip the trajectory committed to
+        assert content.loc[row].to_dict() == {f"content_{label}": float(label in bank.labels[chosen])
+                                              for label in labels}
+    early = content[index.step.to_numpy() == 5].to_numpy()
+    assert ((early > 1e-3) & (early < 1 - 1e-3)).any()                  # a blend early on
+    # A prompt whose content part is missing is not done: the rerun makes it again, byte for byte.
+    data = tmp_path / "copy"
+    shutil.copytree(reference_run[0], data)
+    (contract.generated_dir(data) / "content" / "p-keys.csv").unlink()
+    with pytest.raises(InputError, match="p-keys.csv: missing"):
+        read_realised_content(data, index)
+    assert stage2(data, bank_dir) == 0
+    assert "5 already done, 1 generated" in capsys.readouterr().err
+    assert snapshot(data) == files
+
+
+def test_force_with_new_settings_never_splits_provenance(tmp_path, bank_dir, capsys):
+    """Issue 13: a partial --force must not leave clips of two settings under one generation.json."""
+    data = make_data(tmp_path)
+    assert stage2(data, bank_dir, "--samples", "1") == 0
+    before = snapshot(data)
+    capsys.readouterr()
+    # --limit-prompts with new settings: refused, nothing changed.
+    assert stage2(data, bank_dir, "--samples", "1", "--seed", "7", "--force", "--limit-prompts", "2") == 2
+    line = one_error_line(capsys)
+    assert "generation.json" in line and "seed differs" in line and "4 prompts" in line
+    assert "without --limit-prompts" in line and snapshot(data) == before
+    # --limit-prompts with the same settings: only those prompts are redone, identical bytes.
+    assert stage2(data, bank_dir, "--samples", "1", "--force", "--limit-prompts", "2") == 0
+    assert snapshot(data) == before
+    # A shard with new settings removes the other shard's old clips; that shard then remakes them.
+    assert stage2(data, bank_dir, "--samples", "1", "--seed", "7", "--force", "--shard", "0/2") == 0
+    assert "removed 3 other shards' prompts" in capsys.readouterr().err
+    ids = sorted(pid for pid, _, _ in PROMPTS)
+    generated = contract.generated_dir(data)
+    assert sorted(part.stem for part in (generated / "index").glob("*.csv")) == ids[0::2]
+    assert sorted(path.name for path in (generated / "audio").iterdir()) == ids[0::2]
+    assert sorted(part.stem for part in (generated / "content").glob("*.csv")) == ids[0::2]
+    assert stage2(data, bank_dir, "--samples", "1", "--seed", "7", "--shard", "1/2") == 0
+    fresh = make_data(tmp_path / "fresh")
+    assert stage2(fresh, bank_dir, "--samples", "1", "--seed", "7") == 0
+    assert snapshot(data) == snapshot(fresh)
+    # Parts without a generation.json: what made them is unknown, so they are not resumed silently.
+    (generated / "generation.json").unlink()
+    after = snapshot(data)
+    capsys.readouterr()
+    assert stage2(data, bank_dir, "--samples", "1", "--seed", "7") == 2
+    assert "missing beside existing index parts" in one_error_line(capsys) and snapshot(data) == after
+
+
+def test_a_corrupt_generation_json_is_refused_in_one_line_and_force_replaces_it(tmp_path, bank_dir, capsys):
+    data = make_data(tmp_path, PROMPTS[:2])
+    assert stage2(data, bank_dir, "--samples", "1") == 0
+    reference = snapshot(data)
+    provenance = contract.generated_dir(data) / "generation.json"
+    provenance.write_text("[1, 2]")
+    before = snapshot(data)
+    capsys.readouterr()
+    assert stage2(data, bank_dir, "--samples", "1") == 2
+    line = one_error_line(capsys)
+    assert "generation.json" in line and "not an object" in line and snapshot(data) == before
+    assert stage2(data, bank_dir, "--samples", "1", "--force") == 0
+    assert snapshot(data) == reference

@@ -82,11 +82,14 @@ def test_embeddings_align_with_the_sorted_index_and_rerun_skips(data):
     assert again.returncode == 0 and "up to date" in again.stdout
 
 
-def test_more_prompts_in_the_index_recompute_the_embeddings(data):
+def test_more_prompts_in_the_index_are_refused_then_recomputed_by_force(data, capsys):
     assert run_stage(stage3.main, stage3.build_parser(), ["--data", str(data), "--workers", "0"]) == 0
     old_index = read_generated_index(data)
     write_prompt(data, "p_0", 2, samples=1)
-    assert run_stage(stage3.main, stage3.build_parser(), ["--data", str(data), "--workers", "0"]) == 0
+    capsys.readouterr()
+    assert run_stage(stage3.main, stage3.build_parser(), ["--data", str(data), "--workers", "0"]) == 2
+    assert "index_sha256=" in capsys.readouterr().err
+    assert run_stage(stage3.main, stage3.build_parser(), ["--data", str(data), "--workers", "0", "--force"]) == 0
     index = read_generated_index(data)
     assert len(index) == len(old_index) + 6
     read_embeddings(embeddings_path(data), len(index), table_sha256(index), "index_sha256", fix="rerun")

@@ -1,7 +1,9 @@
 """Stage 5 end to end on a small NSynth-format directory and a notes.csv written to the contract (stage 4)."""
 import json
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,6 +12,7 @@ import soundfile as sf
 
 from data.audio import read_audio, write_wav
 from data.contract import NOTES_COLUMNS, read_embeddings, read_notes, table_sha256
+from data.files import sha256_file
 from data.stage import REPO_ROOT, run_stage
 from embeddings.spectral import SpectralEmbedder
 from interp import stage5_embed_nsynth as stage5
@@ -43,6 +46,8 @@ def data(tmp_path):
                              "source": "synthetic", "qualities": "fast_decay" if family == "mallet" else "",
                              "pitch": pitch, "velocity": velocity, "split": "test" if pitch == 72 else "train",
                              "path": f"audio/{note_str}.wav"})
+    # Stage 5 reads only the hash of examples.json: it must be the file the sets were built from.
+    (nsynth / "examples.json").write_text(json.dumps({row["note_str"]: {} for row in rows}))
     data = tmp_path / "data"
     (data / "concepts").mkdir(parents=True)
     pd.DataFrame(rows, columns=list(NOTES_COLUMNS)).to_csv(data / "concepts" / "notes.csv", index=False)
@@ -51,8 +56,11 @@ def data(tmp_path):
 
 
 def write_concepts_json(data, nsynth_dir: str):
+    directory = Path(nsynth_dir) if Path(nsynth_dir).is_absolute() else data / nsynth_dir
+    examples = directory / "examples.json"
+    examples_sha256 = sha256_file(examples) if examples.is_file() else "absent"
     (data / "concepts" / "concepts.json").write_text(json.dumps(
-        {"nsynth_dir": nsynth_dir, "examples_sha256": "fixture", "concepts": [], "split_seed": 0}))
+        {"nsynth_dir": nsynth_dir, "examples_sha256": examples_sha256, "concepts": [], "split_seed": 0}))
 
 
 def nsynth_dir(data):
@@ -73,7 +81,8 @@ def test_embeddings_align_with_notes_csv(data):
     assert result.returncode == 0, result.stderr
     notes = read_notes(data)
     matrix, sidecar = read_embeddings(out_path(data), len(notes), table_sha256(notes), "notes_sha256", fix="rerun")
-    assert sidecar["examples_sha256"] == "fixture" and sidecar["embedder"] == "spectral"
+    assert sidecar["examples_sha256"] == sha256_file(nsynth_dir(data) / "examples.json")
+    assert sidecar["embedder"] == "spectral"
     for row in (0, 7, len(notes) - 1):
         audio, _ = read_audio(nsynth_dir(data) / notes.at[row, "path"])
         np.testing.assert_allclose(matrix[row], SpectralEmbedder().embed([audio[0]])[0], rtol=1e-4, atol=1e-4)
@@ -92,8 +101,19 @@ def test_nsynth_dir_relative_to_the_data_root(data):
     moved.parent.mkdir()
     nsynth_dir(data).rename(moved)
     write_concepts_json(data, "nsynth/fixture")
-    assert run_stage(stage5.main, stage5.build_parser(), ["--data", str(data), "--workers", "0"]) == 0
-    assert out_path(data).is_file()
+    # A copied data directory reads its own copy of the notes: the original is gone before the run.
+    copy = data.parent / "copied"
+    shutil.copytree(data, copy)
+    shutil.rmtree(data)
+    assert run_stage(stage5.main, stage5.build_parser(), ["--data", str(copy), "--workers", "0"]) == 0
+    assert out_path(copy).is_file()
+
+
+def test_outside_nsynth_dir_must_still_hold_the_same_examples(data, capsys):
+    examples = nsynth_dir(data) / "examples.json"
+    examples.write_text(examples.read_text().replace("{}", '{"pitch": 1}', 1))
+    _one_line_error(run_in_process(data, capsys), str(examples), "not the examples.json", "rerun stage 4")
+    assert not (data / "concepts" / "embeddings").exists()
 
 
 def run_in_process(data, capsys, *extra):

@@ -24,12 +24,10 @@ stage 4 reads it through the same code as nsynth-train/valid/test.
   rerun with the same provenance keeps every valid existing wav (re-reading it to derive its qualities) and
   re-renders missing or damaged ones; examples.json is written last. Renders are deterministic, so a resumed
   run writes the same bytes as an uninterrupted one. A rerun with other settings is refused unless --force,
-  which clears the old wavs first.
+  which clears the old wavs first. Temp files a killed run left (.<name>.wav.<random>.tmp) are removed on rerun.
 """
-import json
 import os
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -43,7 +41,8 @@ from tqdm import tqdm
 
 from data import soundfont as gm
 from data.audio import SILENCE_RMS
-from data.files import read_json, sha256_file, write_json
+from data.contract import Provenance, begin, commit, decide
+from data.files import atomic_path, read_json, remove_stale_temps, sha256_file, write_json
 from data.nsynth import qualities as quality_rules
 from data.stage import InputError, main_exit, stage_parser
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES
@@ -59,9 +58,6 @@ DEFAULT_DYAD_VELOCITY = 50
 DYAD_INTERVAL = 7  # a perfect fifth: two clearly separate fundamentals that still blend
 MULTIPHONIC = QUALITIES.index("multiphonic")
 SIDECAR = "render.json"
-# Settings that decide every byte of the output: a resumed run must match them all.
-PROVENANCE_KEYS = ("soundfont_sha256", "sample_rate", "seconds", "hold_seconds", "pitch_step", "velocities",
-                   "programs", "quality_rules", "silence_rms", "dyad_velocity", "dyad_interval")
 
 
 def output_dir(data: Path) -> Path:
@@ -193,17 +189,11 @@ def read_existing(path: Path) -> np.ndarray | None:
 
 
 def write_note(path: Path, samples: np.ndarray) -> None:
-    """Temp file + rename, like data/files.atomic_path, but without a per-file fsync: at ~7 ms each, fsyncs
-    would double the render time. A killed process loses nothing (the page cache survives it); after an OS
-    crash, wavs renamed before the single sync in main() may be damaged, and read_existing re-renders them."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    """Atomic like every artifact, but without a per-file fsync: at ~7 ms each, fsyncs would double the render
+    time. A killed process loses nothing (the page cache survives it); after an OS crash, wavs renamed before
+    the single sync in main() may be damaged, and read_existing re-renders them."""
+    with atomic_path(path, fsync=False) as tmp:
         sf.write(tmp, samples, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def quality_rule_settings() -> dict:
@@ -212,49 +202,32 @@ def quality_rule_settings() -> dict:
             if name.lstrip("_").isupper() and isinstance(value, (int, float, tuple))}
 
 
-def _as_json(value):
-    """Compare settings as they read back from the sidecar (tuples become lists)."""
-    return json.loads(json.dumps(value))
-
-
-def _setting_difference(key, existing, wanted) -> str:
-    if len(repr(existing)) + len(repr(wanted)) > 120:
-        return f"existing notes were rendered with a different {key}"
-    return f"existing notes were rendered with {key}={existing!r}, this run asks for {wanted!r}"
-
-
-def is_up_to_date(directory: Path, provenance: dict) -> bool:
-    """A finished render with this provenance whose examples.json and wavs are all still there."""
-    sidecar, examples_path = directory / SIDECAR, directory / "examples.json"
+def is_complete(directory: Path) -> bool:
+    """examples.json is the one render.json certifies, and every wav it lists is still there."""
+    examples_path = directory / "examples.json"
+    existing = read_json(directory / SIDECAR)
+    if not existing.get("complete") or sha256_file(examples_path) != existing.get("examples_sha256"):
+        return False
     try:
-        existing = read_json(sidecar)
-        if not existing.get("complete") or sha256_file(examples_path) != existing.get("examples_sha256"):
-            return False
         names = read_json(examples_path)
-    except (OSError, ValueError):
+    except ValueError:
         return False
-    if any(existing.get(key) != _as_json(provenance[key]) for key in PROVENANCE_KEYS):
-        return False
-    return all((directory / "audio" / f"{name}.wav").is_file() for name in names)
+    return isinstance(names, dict) and all((directory / "audio" / f"{name}.wav").is_file() for name in names)
 
 
-def prepare_output(directory: Path, provenance: dict, force: bool) -> None:
-    sidecar = directory / SIDECAR
-    if sidecar.is_file():
-        try:
-            existing = read_json(sidecar)
-        except ValueError:
-            existing = {}
-        differing = [key for key in PROVENANCE_KEYS if existing.get(key) != _as_json(provenance[key])]
-        if differing and not force:
-            key = differing[0]
-            raise InputError(f"{sidecar}: {_setting_difference(key, existing.get(key), _as_json(provenance[key]))} "
-                             "— rerun with --force to replace them")
-        if differing or force:
-            for stale in (directory / "audio").glob("*.wav"):
-                stale.unlink()
-            (directory / "examples.json").unlink(missing_ok=True)
-    write_json(sidecar, {**provenance, "complete": False})
+def prepare_output(prov: Provenance, force: bool) -> None:
+    """Wavs are reused only under a render.json of these very settings (written before the first note);
+    otherwise (--force, or wavs of unknown origin) they are cleared. Temp files of a killed run are removed."""
+    directory = prov.sidecar.parent
+    if force or not prov.sidecar.exists():
+        begin(prov)
+        for stale in (directory / "audio").glob("*.wav"):
+            stale.unlink()
+        (directory / "examples.json").unlink(missing_ok=True)
+    remove_stale_temps(directory / "audio")
+    remove_stale_temps(directory)
+    # Describes the partial wavs, so that a killed run resumes them; "complete" says examples.json is not yet.
+    commit(Provenance(prov.sidecar, prov.record, outputs=[]), extra={"complete": False})
 
 
 def main(args) -> None:
@@ -265,18 +238,19 @@ def main(args) -> None:
     plan = planned_notes(programs, args.pitch_step, velocities, dyad_velocity)
     directory = output_dir(args.data)
     audio_dir = directory / "audio"
+    # The soundfont is identified by its hash; its path (recorded for people) may differ between machines.
     provenance = {
-        "soundfont": str(soundfont_path),
         "soundfont_sha256": sha256_file(soundfont_path),
         "sample_rate": SAMPLE_RATE, "seconds": SECONDS, "hold_seconds": HOLD_SECONDS,
         "pitch_step": args.pitch_step, "velocities": velocities, "programs": [entry.program for entry in programs],
         "quality_rules": quality_rule_settings(), "silence_rms": SILENCE_RMS,
         "dyad_velocity": dyad_velocity, "dyad_interval": DYAD_INTERVAL,
     }
-    if not args.force and is_up_to_date(directory, provenance):
+    prov = Provenance(sidecar=directory / SIDECAR, record=provenance, outputs=[directory / "examples.json"])
+    if decide(prov, args.force, "rerun with --force to replace them") and is_complete(directory):
         print(f"{directory}: up to date ({len(plan)} planned notes already rendered); --force renders again")
         return
-    prepare_output(directory, provenance, args.force)
+    prepare_output(prov, args.force)
     audio_dir.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
@@ -307,8 +281,8 @@ def main(args) -> None:
     examples_path = directory / "examples.json"
     write_json(examples_path, examples)
     families = Counter(example["instrument_family_str"] for example in examples.values())
-    write_json(directory / SIDECAR, {
-        **provenance, "complete": True, "examples_sha256": sha256_file(examples_path), "n_notes": len(examples),
+    commit(prov, extra={
+        "soundfont": str(soundfont_path), "complete": True, "examples_sha256": sha256_file(examples_path), "n_notes": len(examples),
         "notes_per_family": dict(sorted(families.items())), "silent_notes_dropped": holes,
     })
     seconds = time.perf_counter() - started

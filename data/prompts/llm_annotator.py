@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from data.prompts.llm_requests import ChatJSON, LLMRequestError, ResponseCache, parse_json_object
+from data.prompts.llm_requests import ChatJSON, LLMRequestError, ResponseCache, describe_base_url, parse_json_object
 from data.vocabulary import VOCABULARY, format_labels
 
 log = logging.getLogger("stage1")
@@ -112,8 +112,9 @@ class LLMAnnotator:
         self.max_reasks = max_reasks
 
     def cache_key(self, prompt: str) -> str:
-        return ResponseCache.key(model=self.chat.settings.model, prompt=prompt, vocabulary=list(VOCABULARY),
-                                 **instructions_identity())
+        # The server is part of the key: one model name on two servers (vLLM, Ollama, OpenAI) is two models.
+        return ResponseCache.key(model=self.chat.settings.model,
+                                 server=describe_base_url(self.chat.settings.base_url), prompt=prompt, vocabulary=list(VOCABULARY), **instructions_identity())
 
     def cached(self, prompt: str) -> Annotation | None:
         payload = self.cache.get(self.cache_key(prompt))

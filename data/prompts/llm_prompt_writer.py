@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 from tqdm import tqdm
 
-from data.prompts.llm_requests import ChatJSON, LLMRequestError, ResponseCache, parse_json_object
+from data.prompts.llm_requests import ChatJSON, LLMRequestError, ResponseCache, describe_base_url, parse_json_object
 from data.prompts.prompt_list import normalise_prompt, prompts_table
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES, VOCABULARY
 
@@ -80,8 +80,9 @@ class LLMPromptWriter:
 
     def _prompts_for(self, number: int, count: int) -> list[str]:
         text = request_text(number, count)
-        key = ResponseCache.key(model=self.chat.settings.model, request=text, vocabulary=list(VOCABULARY),
-                                **instructions_identity())
+        # The server is part of the key: one model name on two servers is two models.
+        key = ResponseCache.key(model=self.chat.settings.model,
+                                server=describe_base_url(self.chat.settings.base_url), request=text, vocabulary=list(VOCABULARY), **instructions_identity())
         cached = self.cache.get(key)
         if cached is not None and isinstance(cached.get("prompts"), list):
             self.chat.usage.add_cache_hits(1)

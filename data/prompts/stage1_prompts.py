@@ -20,8 +20,9 @@ if __package__ in (None, ""):
 
 import pandas as pd
 
-from data.contract import annotated_csv, prompts_csv, read_annotated, read_prompts
-from data.files import read_json, sha256_file, write_csv, write_json
+from data.contract import (Provenance, annotated_csv, begin, commit, decide, prompts_csv, read_annotated,
+                           read_prompts)
+from data.files import sha256_file, write_csv
 from data.prompts.llm_annotator import DEFAULT_BATCH_SIZE, DEFAULT_MAX_REASKS, LLMAnnotator
 from data.prompts.llm_annotator import instructions_identity as annotate_identity
 from data.prompts.llm_prompt_writer import DEFAULT_PROMPT_COUNT, DEFAULT_REQUEST_SIZE, MAX_REQUEST_SIZE
@@ -95,55 +96,24 @@ def make_chat(args, fallback: str) -> ChatJSON:
     return ChatJSON(settings, api_key)
 
 
-def first_difference(was, now, path: str):
-    """(dotted key, old value, new value) of the first setting that differs, or None."""
-    if isinstance(was, dict) and isinstance(now, dict):
-        for key in list(now) + [key for key in was if key not in now]:
-            found = first_difference(was.get(key), now.get(key), f"{path}.{key}")
-            if found:
-                return found
-        return None
-    return None if was == now else (path, was, now)
-
-
-def refuse_if_different(sidecar_path: Path, expected: dict, fix: str) -> None:
-    """Existing outputs made with other settings are not silently replaced or mixed."""
-    existing = read_json(sidecar_path)
-    for key, value in expected.items():
-        found = first_difference(existing.get(key), value, key)
-        if found and found[0] == "prompts_sha256":
-            raise InputError(f"{sidecar_path}: existing outputs were made for a different prompts.csv (it was "
-                             f"edited or regenerated since) — {fix}")
-        if found:
-            name, was, now = found
-            raise InputError(f"{sidecar_path}: existing outputs were made with {name}={_short(was)!r}, this run "
-                             f"has {_short(now)!r} — {fix}")
-
-
-def _short(value):
-    """Hashes are shown by their first 12 digits: enough to tell them apart on one line."""
-    return value[:12] + "…" if isinstance(value, str) and len(value) == 64 else value
-
-
 # --- generate ----------------------------------------------------------------------------------------------
 
 def generate_settings(args) -> dict:
     if args.prompts == "embedded":
         return {"source": "embedded", "embedded_sha256": embedded_sha256()}
-    return {"source": "llm", "model": args.model, "prompt_count": args.prompt_count,
-            "request_size": args.request_size, "instructions_sha256": ResponseCache.key(**generate_identity())}
+    return {"source": "llm", "model": args.model, "server": describe_base_url(args.base_url),
+            "prompt_count": args.prompt_count, "request_size": args.request_size,
+            "instructions_sha256": ResponseCache.key(**generate_identity())}
 
 
 def generate(args) -> None:
     out_csv = prompts_csv(args.data)
-    sidecar = out_csv.with_suffix(".json")
-    settings = generate_settings(args)
-    if out_csv.is_file() and not args.force:
-        if not sidecar.is_file():
-            log.info("generate: keeping %s (no prompts.json: written by hand); --force replaces it", out_csv)
-            return
-        refuse_if_different(sidecar, {"settings": settings},
-                            "rerun with --force to replace them, or use another --data")
+    prov = Provenance(sidecar=out_csv.with_suffix(".json"), record={"settings": generate_settings(args)},
+                      outputs=[out_csv])
+    if out_csv.is_file() and not prov.sidecar.exists() and not args.force:
+        log.info("generate: keeping %s (no prompts.json: written by hand); --force replaces it", out_csv)
+        return
+    if decide(prov, args.force, "rerun with --force to replace them, or use another --data"):
         log.info("generate: %s is up to date; skipped (--force redoes it)", out_csv)
         return
     chat = None
@@ -155,12 +125,11 @@ def generate(args) -> None:
         writer = LLMPromptWriter(chat, ResponseCache(prompts_dir(args.data) / "cache" / "generate"),
                                  request_size=args.request_size)
         table = writer.write(args.prompt_count, args.concurrency)
+    begin(prov)
     write_csv(out_csv, table)
-    provenance = {"settings": settings, "n_prompts": len(table), "prompts_sha256": sha256_file(out_csv)}
     if chat is not None:
-        provenance["server"] = describe_base_url(args.base_url)
         log.info(chat.usage.summary(args.model))
-    write_json(sidecar, provenance)
+    commit(prov, extra={"n_prompts": len(table), "prompts_sha256": sha256_file(out_csv)})
     log.info("generate: wrote %d prompts to %s", len(table), out_csv)
 
 
@@ -169,19 +138,19 @@ def generate(args) -> None:
 def annotator_config(args) -> dict:
     if args.annotator == "offline":
         return {"name": "offline", "lexicon_sha256": lexicon_sha256()}
-    return {"name": "llm", "model": args.model, "batch_size": args.batch_size,
-            "instructions_sha256": ResponseCache.key(**annotate_identity())}
+    return {"name": "llm", "model": args.model, "server": describe_base_url(args.base_url),
+            "batch_size": args.batch_size, "instructions_sha256": ResponseCache.key(**annotate_identity())}
 
 
 def annotate(args) -> None:
     source = prompts_csv(args.data)
     prompts = read_prompts(args.data, fix="run stage 1 generate (or fix the row in prompts.csv)")
     out_csv = annotated_csv(args.data)
-    sidecar = out_csv.with_suffix(".json")
-    expected = {"vocabulary": list(VOCABULARY), "annotator": annotator_config(args),
-                "prompts_sha256": sha256_file(source)}
-    if out_csv.is_file() and sidecar.is_file() and not args.force:
-        refuse_if_different(sidecar, expected, "rerun with --force to annotate again, or use another --data")
+    prov = Provenance(sidecar=out_csv.with_suffix(".json"), outputs=[out_csv], record={
+        "inputs": {"prompts.csv": sha256_file(source)},
+        "settings": {"vocabulary": list(VOCABULARY), "annotator": annotator_config(args)}})
+    if decide(prov, args.force, "prompts.csv was edited or regenerated, or the settings changed: rerun with "
+                                "--force to annotate again, or use another --data"):
         existing = read_annotated(args.data)
         if list(existing["prompt_id"]) != list(prompts["prompt_id"]):
             raise InputError(f"{out_csv}: its prompt ids differ from {source} — rerun stage 1 annotate with --force")
@@ -206,12 +175,10 @@ def annotate(args) -> None:
         "bpm": pd.array([bpm for _, bpm in rows], dtype="Int64"),
         "annotator": annotator_name,
     })
+    begin(prov)
     write_csv(out_csv, table)
-    provenance = dict(expected, n_prompts=len(table))
-    if args.annotator == "llm":
-        provenance["server"] = describe_base_url(args.base_url)
     # The sidecar goes last: an annotated.csv without it is an unfinished run and is redone, never trusted.
-    write_json(sidecar, provenance)
+    commit(prov, extra={"n_prompts": len(table)})
     labelled = sum(1 for labels, _ in rows if labels)
     log.info("annotate: wrote %s (%d prompts, %d with labels, %d with a stated bpm)", out_csv, len(table),
              labelled, sum(1 for _, bpm in rows if bpm is not None))
