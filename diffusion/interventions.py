@@ -579,19 +579,22 @@ def intervention_dir(generated: Path, intervention_id: str) -> Path:
 
 def run_interventions(generator, prompts, generated: Path, settings, spec: InterventionSpec, generation_record: dict,
                       shard=None, force: bool = False, progress: bool = True) -> tuple[int, int]:
-    """Generate every intervention of the spec for this shard's prompts; returns (units generated, skipped).
+    """Generate every intervention of the spec for this shard's prompts; returns (prompt runs made, skipped).
 
     Each intervention is a run of its own in generated/interventions/<id>/ with the reference run's generator,
     seeds and settings (so sample s of a prompt starts from the same noise as its reference), written and resumed
-    per prompt by the same code (diffusion/trajectory.py); intervention.json (the intervention, its direction
-    file's hash and the reference run's generation.json) is written before any clip and must match on resume.
+    per prompt by the same code (diffusion/trajectory.py). Its intervention.json (the intervention, its direction
+    file's hash and the reference run's generation.json hash) follows the one provenance rule (data.contract):
+    other settings are refused unless --force, which clears that intervention's clips first.
     """
+    import shutil
     from concurrent.futures import ThreadPoolExecutor
     from dataclasses import replace
 
     from tqdm import tqdm
 
-    from data.files import read_json, sha256_json, write_json
+    from data.contract import Provenance, begin, commit, decide
+    from data.files import read_json, sha256_json
     from diffusion.base import Conditioning
     from diffusion.trajectory import WAV_WRITERS, Shard, generate_prompt, part_is_complete
 
@@ -602,35 +605,34 @@ def run_interventions(generator, prompts, generated: Path, settings, spec: Inter
     by_id = {row.prompt_id: row for row in prompts.itertuples(index=False)}
     chosen = [p for p in shard.select(list(by_id)) if spec.prompts is None or p in spec.prompts]
     expected = settings.expected_rows()
-    records = {}
+    content_labels = tuple(getattr(generator, "content_labels", ()))
+    provenances = {}
     for intervention in spec.interventions:
         folder = intervention_dir(generated, intervention.id)
         record = {"intervention": intervention.record(), **identity_sha256(intervention),
                   "generation_sha256": sha256_json(generation_record), "samples": settings.samples,
                   "capture_steps": list(settings.capture_steps), "kinds": list(settings.kinds)}
-        sidecar = folder / INTERVENTION_JSON
-        if sidecar.is_file() and not force:
-            existing = read_json(sidecar)
-            changed = sorted(key for key in set(existing) | set(record) if existing.get(key) != record.get(key))
-            if changed:
-                raise InputError(f"{sidecar}: intervention '{intervention.id}' was made with another {changed[0]} — "
-                                 "pass --force to redo it, or give the changed intervention another id")
-        records[intervention.id] = (folder, record)
+        prov = Provenance(sidecar=folder / INTERVENTION_JSON, record=record)
+        decide(prov, force, "pass --force to redo it, or give the changed intervention another id")
+        provenances[intervention.id] = (folder, prov)
+    # Nothing written before this point: a refused spec changes nothing.
+    for folder, prov in provenances.values():
+        stored = read_json(prov.sidecar) if prov.sidecar.is_file() else None
+        if stored != prov.record or force:
+            begin(prov)
+            for part in ("index", "audio", "content"):
+                shutil.rmtree(folder / part, ignore_errors=True)
+            commit(prov)
     todo = [(intervention, prompt_id) for intervention in spec.interventions for prompt_id in chosen
-            if force or not part_is_complete(records[intervention.id][0], prompt_id, expected)]
+            if force or not part_is_complete(provenances[intervention.id][0], prompt_id, expected, content_labels)]
     skipped = len(spec.interventions) * len(chosen) - len(todo)
     with ThreadPoolExecutor(max_workers=WAV_WRITERS) as writers, \
             tqdm(total=len(todo), unit="run", desc=f"stage 2 interventions shard {shard}",
                  disable=not progress or not todo, dynamic_ncols=True) as bar:
-        written = set()
         for intervention, prompt_id in todo:
-            folder, record = records[intervention.id]
-            if intervention.id not in written:
-                write_json(folder / INTERVENTION_JSON, record)
-                written.add(intervention.id)
             row = by_id[prompt_id]
             conditioning = Conditioning(prompt=row.prompt, labels=tuple(row.labels), intervention=intervention)
-            generate_prompt(generator, prompt_id, conditioning, folder, settings, writers)
+            generate_prompt(generator, prompt_id, conditioning, provenances[intervention.id][0], settings, writers)
             bar.update(1)
     return len(todo), skipped
 
@@ -639,11 +641,19 @@ def read_intervention_records(generated: Path) -> dict[str, dict]:
     """id -> Intervention.record() of every intervened run under generated/interventions/."""
     from data.contract import read_sidecar
 
+    from data.files import sha256_json
+
     root = Path(generated) / INTERVENTIONS_DIR
+    generation = read_sidecar(Path(generated) / "generation.json", "run stage 2 first", "rerun stage 2 with --force")
     records = {}
     for folder in sorted(root.iterdir()) if root.is_dir() else []:
         if (folder / "index").is_dir():
             sidecar = read_sidecar(folder / INTERVENTION_JSON, "rerun stage 2 with --intervene",
                                    "rerun stage 2 with --intervene --force")
+            # Pairs are only pairs if both runs came from the same generator settings and seeds.
+            if sidecar.get("generation_sha256") != sha256_json(generation):
+                raise InputError(f"{folder / INTERVENTION_JSON}: made beside another reference run (generation.json "
+                                 "changed since) — rerun stage 2 with --intervene <spec> --force, or delete "
+                                 f"{folder}")
             records[folder.name] = sidecar["intervention"]
     return records
