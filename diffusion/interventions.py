@@ -577,46 +577,64 @@ def intervention_dir(generated: Path, intervention_id: str) -> Path:
     return Path(generated) / INTERVENTIONS_DIR / intervention_id
 
 
-def run_interventions(generator, prompts, generated: Path, settings, spec: InterventionSpec, generation_record: dict,
-                      shard=None, force: bool = False, progress: bool = True) -> tuple[int, int]:
-    """Generate every intervention of the spec for this shard's prompts; returns (prompt runs made, skipped).
+@dataclass
+class InterventionPlan:
+    """What stage 2 --intervene will do, decided before anything is written (see plan_interventions)."""
+    spec: InterventionSpec
+    settings: object                     # diffusion.trajectory.TrajectorySettings of the intervened runs
+    provenances: dict                    # id -> (folder, data.contract.Provenance of its intervention.json)
 
-    Each intervention is a run of its own in generated/interventions/<id>/ with the reference run's generator,
-    seeds and settings (so sample s of a prompt starts from the same noise as its reference), written and resumed
-    per prompt by the same code (diffusion/trajectory.py). Its intervention.json (the intervention, its direction
-    file's hash and the reference run's generation.json hash) follows the one provenance rule (data.contract):
-    other settings are refused unless --force, which clears that intervention's clips first.
-    """
-    import shutil
-    from concurrent.futures import ThreadPoolExecutor
+
+def plan_interventions(generated: Path, settings, spec: InterventionSpec, generation_record: dict,
+                       force: bool = False) -> InterventionPlan:
+    """Each intervention is a run of its own in generated/interventions/<id>/ with the reference run's generator,
+    seeds and settings (so sample s of a prompt starts from the same noise as its reference). Its
+    intervention.json (the intervention, its direction file's hash, the reference run's generation.json hash)
+    follows the one provenance rule (data.contract): other settings are refused here, before the reference run
+    or any intervened run writes anything, unless --force (which clears that intervention's clips)."""
     from dataclasses import replace
 
-    from tqdm import tqdm
+    from data.contract import Provenance, decide
+    from data.files import sha256_json
 
-    from data.contract import Provenance, begin, commit, decide
-    from data.files import read_json, sha256_json
-    from diffusion.base import Conditioning
-    from diffusion.trajectory import WAV_WRITERS, Shard, generate_prompt, part_is_complete
-
-    shard = shard or Shard(0, 1)
     settings = replace(settings, samples=spec.samples or settings.samples,
                        batch_size=min(settings.batch_size, spec.samples or settings.samples),
                        capture_steps=tuple(spec.capture_steps or settings.capture_steps))
-    by_id = {row.prompt_id: row for row in prompts.itertuples(index=False)}
-    chosen = [p for p in shard.select(list(by_id)) if spec.prompts is None or p in spec.prompts]
-    expected = settings.expected_rows()
-    content_labels = tuple(getattr(generator, "content_labels", ()))
+    # generation.json will hold exactly this record (diffusion/trajectory.py commits it without extras).
+    generation_sha256 = sha256_json(generation_record)
     provenances = {}
     for intervention in spec.interventions:
         folder = intervention_dir(generated, intervention.id)
         record = {"intervention": intervention.record(), **identity_sha256(intervention),
-                  "generation_sha256": sha256_json(generation_record), "samples": settings.samples,
+                  "generation_sha256": generation_sha256, "samples": settings.samples,
                   "capture_steps": list(settings.capture_steps), "kinds": list(settings.kinds)}
         prov = Provenance(sidecar=folder / INTERVENTION_JSON, record=record)
         decide(prov, force, "pass --force to redo it, or give the changed intervention another id")
         provenances[intervention.id] = (folder, prov)
-    # Nothing written before this point: a refused spec changes nothing.
-    for folder, prov in provenances.values():
+    return InterventionPlan(spec, settings, provenances)
+
+
+def run_interventions(generator, prompts, plan: InterventionPlan, shard=None, force: bool = False,
+                      progress: bool = True) -> tuple[int, int]:
+    """Generate the planned interventions for this shard's prompts, per prompt and resumable like the reference
+    run (the same diffusion/trajectory.py code); returns (prompt runs made, prompt runs already done)."""
+    import shutil
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm import tqdm
+
+    from data.contract import begin, commit
+    from data.files import read_json
+    from diffusion.base import Conditioning
+    from diffusion.trajectory import WAV_WRITERS, Shard, generate_prompt, part_is_complete
+
+    shard = shard or Shard(0, 1)
+    spec, settings = plan.spec, plan.settings
+    by_id = {row.prompt_id: row for row in prompts.itertuples(index=False)}
+    chosen = [p for p in shard.select(list(by_id)) if spec.prompts is None or p in spec.prompts]
+    expected = settings.expected_rows()
+    content_labels = tuple(getattr(generator, "content_labels", ()))
+    for folder, prov in plan.provenances.values():
         stored = read_json(prov.sidecar) if prov.sidecar.is_file() else None
         if stored != prov.record or force:
             begin(prov)
@@ -624,7 +642,8 @@ def run_interventions(generator, prompts, generated: Path, settings, spec: Inter
                 shutil.rmtree(folder / part, ignore_errors=True)
             commit(prov)
     todo = [(intervention, prompt_id) for intervention in spec.interventions for prompt_id in chosen
-            if force or not part_is_complete(provenances[intervention.id][0], prompt_id, expected, content_labels)]
+            if force or not part_is_complete(plan.provenances[intervention.id][0], prompt_id, expected,
+                                             content_labels)]
     skipped = len(spec.interventions) * len(chosen) - len(todo)
     with ThreadPoolExecutor(max_workers=WAV_WRITERS) as writers, \
             tqdm(total=len(todo), unit="run", desc=f"stage 2 interventions shard {shard}",
@@ -632,7 +651,8 @@ def run_interventions(generator, prompts, generated: Path, settings, spec: Inter
         for intervention, prompt_id in todo:
             row = by_id[prompt_id]
             conditioning = Conditioning(prompt=row.prompt, labels=tuple(row.labels), intervention=intervention)
-            generate_prompt(generator, prompt_id, conditioning, provenances[intervention.id][0], settings, writers)
+            generate_prompt(generator, prompt_id, conditioning, plan.provenances[intervention.id][0], settings,
+                            writers)
             bar.update(1)
     return len(todo), skipped
 

@@ -111,8 +111,10 @@ def main(args) -> None:
     generated = generated_dir(args.data)
     annotated_sha256 = sha256_file(annotated_csv(args.data))
     provenance = check_generation(generator, settings, annotated_sha256, generated, args.force)
+    plan = None
     if spec is not None:
         interventions.check_spec(spec, generator, settings.samples, list(prompts["prompt_id"]))
+        plan = interventions.plan_interventions(generated, settings, spec, provenance, args.force)
     if args.force:
         check_force(generated, provenance, prompts, shard, list(annotated["prompt_id"]))
     kind = f" — {provenance['model_kind']}" if provenance.get("model_kind") else ""
@@ -131,9 +133,9 @@ def main(args) -> None:
     print(f"stage 2: shard {shard}: {summary.prompts} prompts — {summary.skipped} already done, "
           f"{summary.generated} generated ({summary.clips} clips) in {time.monotonic() - started:.1f} s{orphans}; "
           f"outputs in {generated}", file=sys.stderr)
-    if spec is not None:
-        done, skipped = interventions.run_interventions(generator, prompts, generated, settings, spec, provenance,
-                                                        shard=shard, force=args.force, progress=not args.no_progress)
+    if plan is not None:
+        done, skipped = interventions.run_interventions(generator, prompts, plan, shard=shard, force=args.force,
+                                                        progress=not args.no_progress)
         print(f"stage 2: {len(spec.interventions)} interventions of {spec.path.name}: {skipped} prompt runs already "
               f"done, {done} generated; outputs in {generated / interventions.INTERVENTIONS_DIR}", file=sys.stderr)
 
