@@ -7,6 +7,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DATA ?= data
 EMBEDDER ?= spectral
+# MODEL: the embedder's checkpoint (hub id or local directory), passed to stages 3, 5 and 6 when set, e.g.
+#   make stage3 stage5 stage6 EMBEDDER=clap MODEL=laion/larger_clap_general
+MODEL ?=
+MODEL_ARG := $(if $(MODEL),--model $(MODEL))
+# Extra options for stage 6, e.g. STAGE6_ARGS="--probe svm --bootstrap 200"
+STAGE6_ARGS ?=
 GENERATOR ?= ideal
 # The demo's step-resolved steering run (issue 11): a few concepts x start steps x random-direction baseline on
 # the ideal model; `make demo INTERVENE=` skips it.
@@ -36,14 +42,14 @@ stage1:
 stage2:
 	$(PY) diffusion/stage2_generate.py --data $(DATA) --generator $(GENERATOR) $(if $(INTERVENE),--intervene $(INTERVENE))
 stage3:
-	$(PY) embeddings/stage3_embed_generated.py --data $(DATA) --embedder $(EMBEDDER)
+	$(PY) embeddings/stage3_embed_generated.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG)
 stage4:
 	$(PY) data/nsynth/render_soundfont.py --data $(DATA)
 	$(PY) interp/stage4_concept_sets.py --data $(DATA) --nsynth-dir $(DATA)/nsynth/nsynth-soundfont
 stage5:
-	$(PY) interp/stage5_embed_nsynth.py --data $(DATA) --embedder $(EMBEDDER)
+	$(PY) interp/stage5_embed_nsynth.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG)
 stage6:
-	$(PY) interp/stage6_probe.py --data $(DATA) --embedder $(EMBEDDER) $(if $(INTERVENE),--compare)
+	$(PY) interp/stage6_probe.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG) $(STAGE6_ARGS) $(if $(INTERVENE),--compare)
 
 test: install browser
 	$(PY) -m pytest -q

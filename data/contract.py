@@ -1,4 +1,6 @@
 """Readers that check every artifact against data/ARTIFACTS.md and fail with one actionable line."""
+import contextlib
+import csv
 import json
 import re
 from dataclasses import dataclass, field
@@ -59,22 +61,37 @@ def read_table(path, columns, fix: str, dtype=None) -> pd.DataFrame:
     return frame
 
 
-def _row(index) -> int:
-    """CSV row number a person sees: header is row 1."""
+def _row(index, path=None) -> int:
+    """The line of the file where data row `index` (as pandas numbered it) starts: what an editor shows.
+
+    pandas skips blank lines and a quoted field may span lines, so index + 2 is right only for plain files;
+    the file is re-read (only when an error is reported) to count its lines the way pandas read them.
+    """
+    if path is not None:
+        with contextlib.suppress(OSError, UnicodeDecodeError, csv.Error):
+            with open(path, newline="", encoding="utf-8") as handle:
+                reader = csv.reader(handle)
+                starts, previous_end = [], 0
+                for record in reader:
+                    if record:  # csv yields [] for a blank line, which pandas skips
+                        starts.append(previous_end + 1)
+                    previous_end = reader.line_num
+                if int(index) + 1 < len(starts):
+                    return starts[int(index) + 1]  # starts[0] is the header
     return int(index) + 2
 
 
 def check_prompt_ids(frame: pd.DataFrame, path, fix: str) -> None:
     for index, prompt_id in frame["prompt_id"].items():
         if not isinstance(prompt_id, str) or not PROMPT_ID.match(prompt_id):
-            raise InputError(f"{path} row {_row(index)}: prompt_id {prompt_id!r} must match [A-Za-z0-9_-]+ — {fix}")
+            raise InputError(f"{path} row {_row(index, path)}: prompt_id {prompt_id!r} must match [A-Za-z0-9_-]+ — {fix}")
     duplicated = frame["prompt_id"].duplicated()
     if duplicated.any():
         index = duplicated.idxmax()
-        raise InputError(f"{path} row {_row(index)}: duplicate prompt_id '{frame.at[index, 'prompt_id']}' — {fix}")
+        raise InputError(f"{path} row {_row(index, path)}: duplicate prompt_id '{frame.at[index, 'prompt_id']}' — {fix}")
     for index, prompt in frame["prompt"].items():
         if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError(f"{path} row {_row(index)}: empty prompt — {fix}")
+            raise InputError(f"{path} row {_row(index, path)}: empty prompt — {fix}")
 
 
 def read_prompts(data: Path, fix: str = "rerun stage 1 with --force") -> pd.DataFrame:
@@ -95,13 +112,13 @@ def read_annotated(data: Path, fix: str = "fix the row or rerun stage 1 with --f
         try:
             parsed.append(parse_labels(text))
         except ValueError as error:
-            raise InputError(f"{path} row {_row(index)}: {error} ({', '.join(VOCABULARY)}) — {fix}") from None
+            raise InputError(f"{path} row {_row(index, path)}: {error} ({', '.join(VOCABULARY)}) — {fix}") from None
     frame["labels"] = parsed
     bpm = pd.to_numeric(frame["bpm"], errors="coerce")
     bad = frame["bpm"].notna() & (bpm.isna() | (bpm % 1 != 0) | (bpm < 20) | (bpm > 400))
     if bad.any():
         index = bad.idxmax()
-        raise InputError(f"{path} row {_row(index)}: bpm {frame.at[index, 'bpm']!r} is not an integer in 20–400 — {fix}")
+        raise InputError(f"{path} row {_row(index, path)}: bpm {frame.at[index, 'bpm']!r} is not an integer in 20–400 — {fix}")
     frame["bpm"] = bpm.astype("Int64")
     return frame
 
@@ -152,9 +169,9 @@ def read_notes(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFr
     frame["qualities"] = frame["qualities"].fillna("")
     bad = ~frame["split"].isin(["train", "test"])
     if bad.any():
-        raise InputError(f"{path} row {_row(bad.idxmax())}: split must be train or test — {fix}")
+        raise InputError(f"{path} row {_row(bad.idxmax(), path)}: split must be train or test — {fix}")
     if frame["note_str"].duplicated().any():
-        raise InputError(f"{path} row {_row(frame['note_str'].duplicated().idxmax())}: duplicate note_str — {fix}")
+        raise InputError(f"{path} row {_row(frame['note_str'].duplicated().idxmax(), path)}: duplicate note_str — {fix}")
     return frame
 
 
@@ -163,7 +180,7 @@ def read_sets(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFra
     frame = read_table(path, SETS_COLUMNS, fix, dtype={"concept": str, "note_str": str, "split": str})
     bad = ~frame["label"].isin([0, 1])
     if bad.any():
-        raise InputError(f"{path} row {_row(bad.idxmax())}: label must be 0 or 1 — {fix}")
+        raise InputError(f"{path} row {_row(bad.idxmax(), path)}: label must be 0 or 1 — {fix}")
     return frame
 
 
@@ -266,8 +283,9 @@ def decide(prov: Provenance, force: bool, fix: str) -> bool:
 
 
 def begin(prov: Provenance) -> None:
-    """Call right before the first output is (over)written: drops the old sidecar, so that a run killed from
-    here on leaves outputs that no sidecar describes (redone or refused next time, never taken as done)."""
+    """Call right before the first output is replaced (data.files writers take it as before_replace, so it
+    runs after the new content is safely on disk): drops the old sidecar, so that a run killed from here on
+    leaves outputs that no sidecar describes (redone or refused next time, never taken as done)."""
     prov.sidecar.unlink(missing_ok=True)
 
 

@@ -27,11 +27,13 @@ def temp_prefix(path) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(path, fsync: bool = True):
+def atomic_path(path, fsync: bool = True, before_replace=None):
     """Yield a temp path in the same directory; on success it replaces `path` in one rename.
 
     fsync=False skips the flush to disk for many small files (a killed process loses nothing, the page cache
-    survives it; only an OS crash can), when the caller syncs once at the end instead.
+    survives it; only an OS crash can), when the caller syncs once at the end instead. before_replace() runs
+    once the new content is safely written, just before the rename (e.g. data.contract.begin: the old
+    sidecar goes only when the old output really is about to be replaced, not when a full disk stops the run).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,6 +47,8 @@ def atomic_path(path, fsync: bool = True):
         if fsync:
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -67,22 +71,22 @@ def remove_stale_temps(directory, names=None) -> int:
     return removed
 
 
-def write_text(path, text: str) -> None:
-    with atomic_path(path) as tmp:
+def write_text(path, text: str, before_replace=None) -> None:
+    with atomic_path(path, before_replace=before_replace) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
 
 
-def write_json(path, payload) -> None:
-    write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n")
+def write_json(path, payload, before_replace=None) -> None:
+    write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=_jsonable) + "\n", before_replace)
 
 
-def write_csv(path, frame) -> None:
-    with atomic_path(path) as tmp:
+def write_csv(path, frame, before_replace=None) -> None:
+    with atomic_path(path, before_replace=before_replace) as tmp:
         frame.to_csv(tmp, index=False)
 
 
-def write_npy(path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
+def write_npy(path, array: np.ndarray, before_replace=None) -> None:
+    with atomic_path(path, before_replace=before_replace) as tmp:
         with open(tmp, "wb") as handle:
             np.save(handle, array, allow_pickle=False)
 

@@ -159,7 +159,7 @@ def run_stage(main, parser: argparse.ArgumentParser, argv=None, lock=None) -> in
 
     InputError and operating-system faults (not a directory, permission, read-only, disk full) -> one line
     'error: ...' on stderr and exit 2, no traceback (unless --debug). `lock` names the lock: a string, or a
-    function of the parsed args (stages that shard lock per shard); default: the script's name. A second run
+    function of the parsed args (stages that shard lock per shard); default: the stage script's name. A second run
     holding the same lock on the same --data stops at once with one line (exit 2). SIGTERM unwinds like Ctrl-C.
     """
     args = parser.parse_args(argv)
@@ -175,7 +175,7 @@ def run_stage(main, parser: argparse.ArgumentParser, argv=None, lock=None) -> in
                                  "(it is created when missing)")
             created = not data.exists()
             data.mkdir(parents=True, exist_ok=True)
-            name = lock(args) if callable(lock) else (lock or Path(parser.prog).stem)
+            name = lock(args) if callable(lock) else (lock or _stage_name(main, parser))
             path = lock_path(data, name)
             try:
                 held = file_lock(path, blocking=False)
@@ -209,6 +209,12 @@ def run_stage(main, parser: argparse.ArgumentParser, argv=None, lock=None) -> in
             with contextlib.suppress(OSError):
                 data.rmdir()
     return 0
+
+
+def _stage_name(main, parser) -> str:
+    """The stage script's name, whether it runs as a script (__main__) or is called in-process."""
+    module = getattr(main, "__module__", "__main__") or "__main__"
+    return Path(parser.prog).stem if module == "__main__" else module.rsplit(".", 1)[-1]
 
 
 def _catch_sigterm():

@@ -154,8 +154,7 @@ def embed_files(paths: Sequence, embedder, out_path, *, rows_key: str, rows_sha2
         if not missing:
             concat_started = time.perf_counter()
             remove_stale_temps(out_path.parent, names=[out_path.name])
-            begin(prov)
-            _concatenate(chunks_dir, chunks, embedder.dim, out_path)
+            _concatenate(chunks_dir, chunks, embedder.dim, out_path, before_replace=lambda: begin(prov))
             commit(prov)
             shutil.rmtree(chunks_dir, ignore_errors=True)
             stats.concat_seconds = time.perf_counter() - concat_started
@@ -357,13 +356,13 @@ def _check_vectors(vectors, embedder, batch_paths: list[Path]) -> np.ndarray:
     return vectors
 
 
-def _concatenate(chunks_dir: Path, chunks, dim: int, out_path: Path) -> None:
+def _concatenate(chunks_dir: Path, chunks, dim: int, out_path: Path, before_replace) -> None:
     """Stream the chunks into the final matrix through a memory map (the rows never sit in RAM together)."""
     n_rows = chunks[-1][1] if chunks else 0
     if n_rows == 0:
-        write_npy(out_path, np.zeros((0, dim), dtype=np.float32))
+        write_npy(out_path, np.zeros((0, dim), dtype=np.float32), before_replace=before_replace)
         return
-    with atomic_path(out_path) as tmp:
+    with atomic_path(out_path, before_replace=before_replace) as tmp:
         matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_rows, dim))
         for k, (start, stop) in enumerate(chunks):
             matrix[start:stop] = np.load(chunks_dir / _chunk_name(k), allow_pickle=False)
@@ -383,6 +382,9 @@ def add_embedder_arguments(parser) -> None:
                         help=f"clips per embed() call; unset: the embedder's own batch size, else {DEFAULT_BATCH_SIZE}")
     parser.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
                         help="threads reading and resampling audio ahead of the model (0: read in the main thread)")
+    parser.add_argument("--chunk-rows", type=int, default=DEFAULT_CHUNK_ROWS,
+                        help="rows per chunk file: the unit a killed run resumes from and shards split "
+                             "(a resumed run keeps the size it started with)")
     add_shard_argument(parser)
 
 

@@ -56,7 +56,8 @@ def main(args) -> None:
         [generated_dir(args.data) / path for path in index["path"]], embedder, out_path,
         rows_key="index_sha256", rows_sha256=table_sha256(index), extra={"generation_sha256": generation_sha256},
         expect_rate=index["sample_rate"].tolist(), expect_channels=int(channels) if channels is not None else None,
-        batch_size=batch_size_from_args(args, embedder), workers=args.workers, force=args.force, shard=shard)
+        batch_size=batch_size_from_args(args, embedder), workers=args.workers, chunk_rows=args.chunk_rows,
+        force=args.force, shard=shard)
     report(stats, out_path)
 
 

@@ -203,8 +203,7 @@ def main(args) -> None:
     table = used[list(NOTES_COLUMNS)]
     out_dir.mkdir(parents=True, exist_ok=True)
     # The sidecar goes last: until it names these files' hashes, a rerun treats them as unfinished.
-    begin(prov)
-    write_csv(out_dir / "notes.csv", table)
+    write_csv(out_dir / "notes.csv", table, before_replace=lambda: begin(prov))
     write_csv(out_dir / "sets.csv", sets)
     summary = summary_table(sets)
     instruments = {name: sorted(set(used.loc[used["split"] == name, "instrument_str"])) for name in SPLITS}

@@ -80,7 +80,8 @@ def main(args) -> None:
         [nsynth_dir / path for path in notes["path"]], embedder, out_path,
         rows_key="notes_sha256", rows_sha256=table_sha256(notes), extra=extra,
         expect_rate=NSYNTH_RATE, expect_channels=NSYNTH_CHANNELS,
-        batch_size=batch_size_from_args(args, embedder), workers=args.workers, force=args.force, shard=shard)
+        batch_size=batch_size_from_args(args, embedder), workers=args.workers, chunk_rows=args.chunk_rows,
+        force=args.force, shard=shard)
     report(stats, out_path)
 
 

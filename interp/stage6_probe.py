@@ -21,6 +21,7 @@ from data.contract import (check_same_embedder, concepts_dir, generated_dir, rea
                            read_generated_index, read_notes, read_sets, table_sha256)
 from data.files import read_json, sha256_file, write_csv, write_json
 from data.stage import InputError, main_exit, stage_parser
+from embeddings import EMBEDDERS, embedding_stem
 from interp import compare
 from interp import probes as probe_families
 from interp import statistics
@@ -44,7 +45,9 @@ def results_dir(data: Path, embedder: str, probe: str, kind: str) -> Path:
 def build_parser():
     parser = stage_parser(__doc__.splitlines()[0])
     parser.add_argument("--embedder", required=True,
-                        help="embedding file stem written by stages 3 and 5 (e.g. spectral, or a clap-... stem)")
+                        help=f"the embedder stages 3 and 5 used ({', '.join(sorted(EMBEDDERS))}); with --model it "
+                             "names the embeddings file exactly as they do (embeddings.embedding_stem)")
+    parser.add_argument("--model", help="the --model given to stages 3 and 5 (embedders with weights, e.g. clap)")
     parser.add_argument("--probe", default="logreg",
                         help=f"probe family: {', '.join(probe_families.PROBES)} (see interp/probes.py)")
     parser.add_argument("--kind", default="x0", help="which captured clips to analyse: x0 (clean estimate) or xt")
@@ -75,9 +78,9 @@ def load_generated(data: Path, embedder: str, kind: str):
     npy = folder / f"{embedder}.npy"
     if not npy.is_file():
         raise InputError(f"{npy}: missing — available embedders: {_available_stems(folder)}; "
-                         f"run stage 3 with --embedder {embedder} or pick one of those")
+                         "run stage 3 with the same --embedder/--model, or pick one of those")
     matrix, sidecar = read_embeddings(npy, len(index), table_sha256(index), "index_sha256",
-                                      fix=f"rerun stage 3 with --embedder {embedder} --force")
+                                      fix="rerun stage 3 with the same --embedder/--model and --force")
     # Intervened clips (issue 11) are ordinary index rows; the analysis reads the reference run, --compare the rest.
     reference = (index["intervention"] == "").to_numpy()
     intervened = (index[~reference].reset_index(drop=True), matrix[~reference])
@@ -104,9 +107,9 @@ def load_concept_notes(data: Path, embedder: str, generated_sidecar: dict, gener
     sets = read_sets(data)
     if not npy.is_file():
         raise InputError(f"{npy}: missing — available embedders: {_available_stems(folder)}; "
-                         f"run stage 5 with --embedder {embedder}")
+                         "run stage 5 with the same --embedder/--model")
     matrix, sidecar = read_embeddings(npy, len(notes), table_sha256(notes), "notes_sha256",
-                                      fix=f"rerun stage 5 with --embedder {embedder} --force")
+                                      fix="rerun stage 5 with the same --embedder/--model and --force")
     check_same_embedder(generated_sidecar, generated_npy, sidecar, npy)
     row_of = pd.Series(np.arange(len(notes)), index=notes["note_str"])
     missing = ~sets["note_str"].isin(row_of.index)
@@ -433,13 +436,14 @@ def analyse(args) -> None:
     if args.bootstrap < 1 or args.random_baselines < 0 or not 0 < args.alpha < 1:
         raise InputError("--bootstrap must be >= 1, --random-baselines >= 0 and --alpha in (0, 1) — fix the option")
     data = Path(args.data)
+    stem = embedding_stem(args.embedder, args.model)  # the same file stages 3 and 5 wrote for these options
     annotated, index, clips, clip_embeddings, generated_sidecar, generated_npy, intervened = load_generated(
-        data, args.embedder, args.kind)
-    nsynth = load_concept_notes(data, args.embedder, generated_sidecar, generated_npy,
+        data, stem, args.kind)
+    nsynth = load_concept_notes(data, stem, generated_sidecar, generated_npy,
                                 required=args.probe != "text")
-    out = results_dir(data, args.embedder, args.probe, args.kind)
+    out = results_dir(data, stem, args.probe, args.kind)
     provenance = {
-        "inputs": _input_fingerprint(data, args.embedder, index, generated_npy, nsynth),
+        "inputs": _input_fingerprint(data, stem, index, generated_npy, nsynth),
         "settings": {"probe": args.probe, "kind": args.kind, "bootstrap": args.bootstrap,
                      "random_baselines": args.random_baselines, "alpha": args.alpha, "seed": args.seed,
                      "baseline_percentile": BASELINE_PERCENTILE},

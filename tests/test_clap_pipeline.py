@@ -17,6 +17,7 @@ from data.audio import read_audio, resample, to_mono, write_wav
 from data.contract import INDEX_COLUMNS, read_embeddings, read_generated_index, read_notes, table_sha256
 from data.files import read_json, sha256_file, write_json
 from data.stage import REPO_ROOT, run_stage
+from embeddings import embedding_stem
 from embeddings import stage3_embed_generated as stage3
 from embeddings.clap import ClapEmbedder
 from data.nsynth import render_soundfont
@@ -120,8 +121,8 @@ def test_stage5_rows_are_the_notes_of_notes_csv(pipeline):
 @pytest.mark.parametrize("probe", ["logreg", "text"])
 def test_stage6_runs_on_clap_embeddings(pipeline, probe, capsys):
     """NSynth-trained probes, and zero-shot text probes from the tokenizer saved beside the checkpoint."""
-    data, _, embedder = pipeline
-    code = in_process(stage6_probe, "--data", data, "--embedder", embedder.name, "--probe", probe,
+    data, checkpoint, embedder = pipeline
+    code = in_process(stage6_probe, "--data", data, "--embedder", "clap", "--model", checkpoint, "--probe", probe,
                       "--bootstrap", "20", "--random-baselines", "2", "--no-report")
     assert code == 0, capsys.readouterr().err
     out = stage6_probe.results_dir(data, embedder.name, probe, "x0")
@@ -137,7 +138,7 @@ def test_stage6_refuses_nsynth_embeddings_from_another_checkpoint(pipeline, tmp_
     try:
         assert in_process(stage5, "--data", data, "--embedder", "clap", "--model", checkpoint, "--force") == 0
         capsys.readouterr()
-        assert in_process(stage6_probe, "--data", data, "--embedder", embedder.name, "--bootstrap", "5",
+        assert in_process(stage6_probe, "--data", data, "--embedder", "clap", "--model", checkpoint, "--bootstrap", "5",
                           "--random-baselines", "0", "--no-report", "--force") == 2
         error = capsys.readouterr().err.strip()
         assert "checkpoint_sha256" in error and len(error.splitlines()) == 1
@@ -157,3 +158,24 @@ def test_a_checkpoint_that_is_not_clap_stops_stage3_with_one_line(pipeline, tmp_
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and len(error.splitlines()) == 1 and "not a CLAP checkpoint" in error
     assert npy.read_bytes() == before  # nothing half-written, nothing removed
+
+
+def test_make_stage3_stage5_stage6_with_embedder_and_model(pipeline, tmp_path):
+    """`--embedder clap --model X` names the same files in stages 3, 5 and 6, through the Makefile's variables.
+    The data directory is a copy (stage 4's nsynth_dir is relative to it), run without PYTHONPATH."""
+    data, checkpoint, embedder = pipeline
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy, ignore=shutil.ignore_patterns("embeddings", "results"))
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    result = subprocess.run(
+        ["make", "--no-print-directory", "-C", str(REPO_ROOT), "stage3", "stage5", "stage6", "EMBEDDER=clap",
+         f"MODEL={checkpoint}", f"DATA={copy}", f"PY={sys.executable}",
+         "STAGE6_ARGS=--bootstrap 20 --random-baselines 2 --no-report"],
+        capture_output=True, text=True, timeout=600, env={**env, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    stem = embedding_stem("clap", str(checkpoint))
+    assert stem == embedder.name
+    for folder in ("generated", "concepts"):
+        made = copy / folder / "embeddings" / f"{stem}.npy"
+        assert made.read_bytes() == (data / folder / "embeddings" / f"{stem}.npy").read_bytes()
+    assert (stage6_probe.results_dir(copy, stem, "logreg", "x0") / "emergence.csv").is_file()

@@ -9,7 +9,7 @@ import soundfile as sf
 from data.audio import resample, to_mono, write_wav
 from data.contract import read_embeddings
 from data.files import read_json
-from data.stage import InputError
+from data.stage import InputError, Shard
 from embeddings import run
 from embeddings.run import embed_files
 from embeddings.spectral import SpectralEmbedder
@@ -267,3 +267,37 @@ def test_wav_truncation_check_accepts_whole_files(tmp_path):
     path.write_bytes(data[:-2])
     with pytest.raises(InputError, match="truncated audio"):
         run.check_wav_complete(path)
+
+
+def test_shards_write_chunks_and_the_last_one_assembles_the_same_matrix(tmp_path):
+    paths = write_clips(tmp_path, 10)
+    clean = tmp_path / "clean" / "spectral.npy"
+    run_embed(paths, SpectralEmbedder(), clean)
+    out = tmp_path / "sharded" / "spectral.npy"
+    chunks = out.with_name("spectral.chunks")
+    # Chunks of 4 rows: 0 and 2 belong to shard 0/2, chunk 1 to shard 1/2.
+    first = Counting()
+    stats = run_embed(paths, first, out, shard=Shard(1, 2))
+    assert first.rows == 4 and stats.chunks_missing == 2 and not out.exists()
+    assert sorted(p.name for p in chunks.iterdir()) == ["00001.npy", "manifest.json"]
+    assert "2 chunks of other shards still missing" in stats.summary()
+    # A kill of shard 0 left a temp file of its own chunk and shard 1 one of its (live) chunk: only its own goes.
+    (chunks / ".00000.npy.abc123.tmp").write_bytes(b"partial")
+    (chunks / ".00001.npy.def456.tmp").write_bytes(b"live")
+    last = Counting()
+    stats = run_embed(paths, last, out, shard=Shard(0, 2))
+    assert last.rows == 6 and stats.chunks_missing == 0
+    assert out.read_bytes() == clean.read_bytes()
+    assert read_json(out.with_suffix(".json")) == read_json(clean.with_suffix(".json"))
+    assert not chunks.exists()
+    # Every shard now finds the matrix up to date.
+    assert run_embed(paths, Counting(), out, shard=Shard(1, 2)).skipped
+
+
+def test_forced_shard_redoes_only_its_own_chunks(tmp_path):
+    paths = write_clips(tmp_path, 8)
+    out = tmp_path / "spectral.npy"
+    run_embed(paths, SpectralEmbedder(), out, shard=Shard(1, 2))
+    forced = Counting()
+    stats = run_embed(paths, forced, out, shard=Shard(0, 2), force=True)
+    assert forced.rows == 4 and stats.chunks_missing == 0 and out.is_file()

@@ -1,5 +1,9 @@
 """The conda env file and pyproject must name the same packages, or one of the two install paths breaks."""
+import importlib.metadata
+import os
 import re
+import subprocess
+import sys
 import tomllib
 
 import yaml
@@ -24,3 +28,37 @@ def test_torch_is_pinned_to_the_cpu_wheel_everywhere():
     assert "torch==2.13.0" in (REPO_ROOT / "constraints.txt").read_text()
     assert "torch==2.13.0" in (REPO_ROOT / "requirements.yaml").read_text()
     assert "torch==2.13.0" in (REPO_ROOT / "Makefile").read_text()
+
+
+STAGE_SCRIPTS = ["data/prompts/stage1_prompts.py", "diffusion/stage2_generate.py",
+                 "embeddings/stage3_embed_generated.py", "data/nsynth/render_soundfont.py",
+                 "interp/stage4_concept_sets.py", "interp/stage5_embed_nsynth.py", "interp/stage6_probe.py"]
+
+
+def _plain_environment() -> dict:
+    """The user's shell: no PYTHONPATH pointing at the checkout."""
+    return {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+
+def test_every_stage_script_runs_from_any_directory_without_an_install(tmp_path):
+    # Started together: each pays its own imports (torch, transformers), the wall time is shared.
+    runs = {script: subprocess.Popen([sys.executable, str(REPO_ROOT / script), "--help"], cwd=tmp_path,
+                                     env=_plain_environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+            for script in STAGE_SCRIPTS}
+    for script, process in runs.items():
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, f"{script}: {err[-1500:]}"
+        assert out.startswith("usage: ") and "--data" in out, script
+
+
+def test_the_installed_distribution_claims_no_top_level_modules(tmp_path):
+    distribution = importlib.metadata.distribution("musicologist")
+    installed = [str(path) for path in distribution.files or []]
+    assert installed and all(path.startswith("musicologist-") for path in installed), installed
+    top_level = distribution.read_text("top_level.txt") or ""
+    assert not top_level.split(), top_level
+    for name in ("data", "diffusion", "embeddings", "interp"):
+        result = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=tmp_path, env=_plain_environment(),
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr, (name, result.stderr)

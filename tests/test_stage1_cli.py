@@ -125,7 +125,11 @@ def test_missing_prompts_csv(tmp_path):
     ("prompt_id,prompt,origin\np1,Solo cello,embedded\np2,,embedded\n", "row 3: empty prompt"),
     ("prompt_id,prompt,origin\nhas space,Solo cello,embedded\n", "row 2: prompt_id 'has space'"),
     ("prompt_id,text\np1,Solo cello\n", "column 'prompt' is missing"),
-], ids=["empty-file", "header-only", "duplicate-id", "empty-prompt", "bad-id", "wrong-columns"])
+    # Row numbers are the lines an editor shows, after blank lines and quoted fields that span lines.
+    ("prompt_id,prompt,origin\n\np1,Solo cello,embedded\n\n\np2,,embedded\n", "row 6: empty prompt"),
+    ('prompt_id,prompt,origin\np1,"Solo\ncello",embedded\np2,,embedded\n', "row 4: empty prompt"),
+], ids=["empty-file", "header-only", "duplicate-id", "empty-prompt", "bad-id", "wrong-columns", "after-blank-lines",
+        "after-multiline-field"])
 def test_bad_prompts_csv(stage1_outputs, content, fragment):
     folder = stage1_outputs / "prompts"
     (folder / "prompts.csv").write_text(content, encoding="utf-8")

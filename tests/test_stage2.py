@@ -372,3 +372,28 @@ def test_a_corrupt_generation_json_is_refused_in_one_line_and_force_replaces_it(
     assert "generation.json" in line and "not an object" in line and snapshot(data) == before
     assert stage2(data, bank_dir, "--samples", "1", "--force") == 0
     assert snapshot(data) == reference
+
+
+def test_capture_positions_are_checked_against_the_generators_axis():
+    import torch
+
+    from diffusion.base import TrajectoryObserver, default_capture, denoising_axis, layer_axis
+    from diffusion.trajectory import parse_capture_steps
+
+    steps, layers = denoising_axis(50), layer_axis(24)
+    assert steps.record() == {"name": "denoising_step", "unit": "step", "positions": list(range(50))}
+    assert layers.record() == {"name": "layer", "unit": "layer", "positions": list(range(1, 25))}
+    assert default_capture(steps.positions) == default_capture_steps(50) == [5, 10, 15, 20, 25, 30, 35, 40, 45, 49]
+    assert default_capture(layers.positions) == [3, 5, 7, 9, 11, 13, 15, 17, 19, 24]
+    assert default_capture(layer_axis(3).positions) == [2, 3]
+    assert parse_capture_steps("24,1", layers, []) == [1, 24]
+    with pytest.raises(InputError, match=r"--capture-steps 0 is outside \[1, 25\) for a 24-layer trajectory "
+                                         r"\(1–24\) — pick layers from 1 to 24"):
+        parse_capture_steps("0,3", layers, [])
+    # A layer trajectory has no noise level and no noisy latent: the observer keeps what it is given.
+    observer = TrajectoryObserver([2], ["x0"])
+    for layer in layers.positions[:3]:
+        observer(layer, None, None, torch.full((2, 3), float(layer)), {"brass": np.array([0.25, 1.0])})
+    (kept,) = observer.captured
+    assert (kept.position, kept.sigma, kept.kind) == (2, None, "x0") and kept.latent[0, 0] == 2.0
+    np.testing.assert_array_equal(kept.content["brass"], [0.25, 1.0])

@@ -1,5 +1,6 @@
 """Stage 3 end to end on a small generated set written to the contract (data/ARTIFACTS.md, stage 2)."""
 import json
+import shutil
 import subprocess
 import sys
 
@@ -109,6 +110,8 @@ def _one_line_error(result, *fragments):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, result.stderr
+    # Nothing else on stderr either (no progress-bar fragment before the error).
+    assert result.stderr.strip() == errors[0], result.stderr
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
 
@@ -195,3 +198,23 @@ def test_clap_options_reach_the_embedder_and_rows_align(tmp_path, capsys):
 
     # The embedder's own refusal (half precision on CPU) comes out as the stage's one-line error.
     _one_line_error(run_in_process(data, capsys, *argv[:-1], "fp16", "--force"), "--dtype fp16 runs only on a CUDA")
+
+
+def test_a_slurm_array_shares_the_work_and_the_last_task_writes_the_matrix(data, tmp_path, monkeypatch, capsys):
+    whole = tmp_path / "whole"
+    shutil.copytree(data, whole)
+    argv = ["--workers", "0", "--chunk-rows", "5"]
+    assert run_stage(stage3.main, stage3.build_parser(), ["--data", str(whole), *argv]) == 0
+    # An array --array=1-2: task ids start at 1, so the shard is the task's position in the array.
+    monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "2")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_MIN", "1")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "2")
+    assert run_stage(stage3.main, stage3.build_parser(), ["--data", str(data), *argv]) == 0
+    assert "chunks of other shards still missing" in capsys.readouterr().out
+    assert not embeddings_path(data).exists()
+    chunks = sorted(path.name for path in embeddings_path(data).with_name("spectral.chunks").glob("0*.npy"))
+    assert chunks == ["00001.npy", "00003.npy"]  # 24 rows in chunks of 5: shard 1/2 owns chunks 1 and 3
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    assert run_stage(stage3.main, stage3.build_parser(), ["--data", str(data), *argv]) == 0
+    assert embeddings_path(data).read_bytes() == embeddings_path(whole).read_bytes()
+    assert not embeddings_path(data).with_name("spectral.chunks").exists()

@@ -246,3 +246,15 @@ def test_notes_csv_rows_follow_the_contract(built):
     assert frame["qualities"].str.split(";").explode().replace("", pd.NA).dropna().isin(
         ["bright", "dark", "distortion", "fast_decay", "long_release", "multiphonic", "nonlinear_env",
          "percussive", "reverb", "tempo-synced"]).all()
+
+
+def test_nsynth_dir_under_data_is_stored_relative_so_a_moved_data_dir_still_matches(rendered, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(rendered, data / "nsynth" / "nsynth-soundfont")
+    assert stage(data, data / "nsynth" / "nsynth-soundfont") == 0
+    assert json.loads((data / "concepts" / "concepts.json").read_text())["nsynth_dir"] == "nsynth/nsynth-soundfont"
+    moved = tmp_path / "moved"
+    shutil.move(data, moved)
+    capsys.readouterr()
+    assert stage(moved, moved / "nsynth" / "nsynth-soundfont") == 0
+    assert "up to date" in capsys.readouterr().out

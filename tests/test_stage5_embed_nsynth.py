@@ -127,6 +127,8 @@ def _one_line_error(result, *fragments):
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, result.stderr
+    # Nothing else on stderr either (no progress-bar fragment before the error).
+    assert result.stderr.strip() == errors[0], result.stderr
     for fragment in fragments:
         assert fragment in errors[0], errors[0]
 

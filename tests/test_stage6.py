@@ -11,7 +11,7 @@ from data.files import read_json, write_json, write_npy
 from data.stage import run_stage
 from interp import stage6_probe
 from interp.concepts import CONCEPTS
-from test_stage6_data import EMBEDDER, analysed_data, term_directions, write_synthetic_data
+from test_stage6_data import EMBEDDER, IDENTITY, analysed_data, term_directions, write_synthetic_data
 
 REPO_ROOT = stage6_probe.Path(stage6_probe.__file__).resolve().parent.parent
 # Concepts whose prompt labels are drawn independently of the injected brass label: for them the clips
@@ -121,8 +121,10 @@ def _error(capsys, argv) -> str:
 
 def test_bad_inputs_give_one_line_errors(small_data, capsys):
     base = ["--data", small_data, "--no-report"]
+    message = _error(capsys, base + ["--embedder", "clap", "--model", "laion/clap-larger"])
+    assert "clap-clap-larger.npy: missing" in message and f"available embedders: {EMBEDDER}" in message
     message = _error(capsys, base + ["--embedder", "clap-larger"])
-    assert "clap-larger.npy: missing" in message and "available embedders: synthetic" in message
+    assert "--embedder 'clap-larger' is not an embedder — choose from clap, spectral" in message
     message = _error(capsys, base + ["--embedder", EMBEDDER, "--kind", "xt"])
     assert "no clips of kind 'xt'" in message and "found x0" in message
     notes_sidecar = small_data / "concepts" / "embeddings" / f"{EMBEDDER}.json"
@@ -167,7 +169,7 @@ class FakeTextEmbedder:
 
 
 def test_text_probe_finds_emergence_with_and_without_nsynth(tmp_path, monkeypatch):
-    monkeypatch.setitem(embeddings.EMBEDDERS, EMBEDDER, "test_stage6:FakeTextEmbedder")
+    monkeypatch.setitem(embeddings.EMBEDDERS, IDENTITY["embedder"], "test_stage6:FakeTextEmbedder")
     root = write_synthetic_data(tmp_path, n_prompts=30, samples=2, steps=(0, 40, 80), dim=32, write_audio=False,
                                 inject={"brass": 40})
     argv = ["--data", root, "--embedder", EMBEDDER, "--probe", "text", "--bootstrap", "200", "--no-report"]

@@ -18,8 +18,10 @@ from data.files import write_csv, write_json, write_npy
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES, VOCABULARY, format_labels
 from interp.concepts import CONCEPTS, Note
 
-EMBEDDER = "synthetic"
-IDENTITY = {"embedder": EMBEDDER, "model": "gaussian-directions", "checkpoint_sha256": "0" * 64,
+# Fabricated vectors filed under a registered embedder's stem (stage 6 resolves --embedder through
+# embeddings.embedding_stem like stages 3 and 5); their sidecars say what they really are.
+EMBEDDER = "spectral"
+IDENTITY = {"embedder": "synthetic", "model": "gaussian-directions", "checkpoint_sha256": "0" * 64,
             "window_policy": "whole clip", "dim": None}
 
 

@@ -125,8 +125,7 @@ def generate(args) -> None:
         writer = LLMPromptWriter(chat, ResponseCache(prompts_dir(args.data) / "cache" / "generate"),
                                  request_size=args.request_size)
         table = writer.write(args.prompt_count, args.concurrency)
-    begin(prov)
-    write_csv(out_csv, table)
+    write_csv(out_csv, table, before_replace=lambda: begin(prov))
     if chat is not None:
         log.info(chat.usage.summary(args.model))
     commit(prov, extra={"n_prompts": len(table), "prompts_sha256": sha256_file(out_csv)})
@@ -175,8 +174,7 @@ def annotate(args) -> None:
         "bpm": pd.array([bpm for _, bpm in rows], dtype="Int64"),
         "annotator": annotator_name,
     })
-    begin(prov)
-    write_csv(out_csv, table)
+    write_csv(out_csv, table, before_replace=lambda: begin(prov))
     # The sidecar goes last: an annotated.csv without it is an unfinished run and is redone, never trusted.
     commit(prov, extra={"n_prompts": len(table)})
     labelled = sum(1 for labels, _ in rows if labels)
