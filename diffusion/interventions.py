@@ -483,6 +483,12 @@ class HookSet(contextlib.AbstractContextManager):
             raise ValueError(f"hook {name!r} is registered twice")
         self.handles[name] = module.register_forward_hook(hook)
 
+    def add_pre(self, name: str, module, hook: Callable) -> None:
+        """A forward pre-hook that sees the call's keyword arguments (hook(module, args, kwargs))."""
+        if name in self.handles:
+            raise ValueError(f"hook {name!r} is registered twice")
+        self.handles[name] = module.register_forward_pre_hook(hook, with_kwargs=True)
+
     def remove(self) -> None:
         for handle in self.handles.values():
             handle.remove()
@@ -564,6 +570,77 @@ def identity_sha256(intervention: Intervention) -> dict:
 
     path = Path(intervention.direction_file)
     return {"direction_sha256": sha256_file(path), "direction_sidecar_sha256": sha256_file(path.with_suffix(".json"))}
+
+
+# -- MusicGen: decoder layers, step = the generated position from the KV cache -------------------------------------
+
+class GenerationPosition:
+    """Where a MusicGen decoder forward sits in the audio-code sequence: read from its KV cache before the forward,
+    never from counting calls (generate() runs the prefill twice, and a call count would be off by one from then
+    on — the published steering code's bug). Melody models prepend their conditioning to the decoder input; the
+    last `count` positions of a forward are the audio positions first .. first + count - 1."""
+
+    def __init__(self):
+        self.first, self.count, self._next = 0, 0, 0
+
+    def before_decoder(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        cached = cache.get_seq_length() if cache is not None else 0
+        if cached == 0:   # a prefill: the sequence starts again
+            self._next = 0
+        self.first, self.count = self._next, int(input_ids.shape[-1])
+        self._next += self.count
+
+
+def musicgen_layer_hook(intervention: Intervention, vectors: SteeringVectors, layer: int, position: GenerationPosition,
+                        rows_of: Callable[[int], slice]) -> Callable:
+    """Steer decoder layer `layer`'s output (1-based: the output of block layer - 1) at the generated positions
+    where the intervention is active, on the asked rows of the [cond x B, uncond x B] batch.
+
+    A 5.x decoder layer returns a tensor (the published hook indexed output[0] of it, i.e. the first batch row)."""
+    import torch
+
+    def hook(module, inputs, output):
+        hidden = output if isinstance(output, torch.Tensor) else output[0]
+        columns = [j for j in range(position.count) if intervention.active(position.first + j)]
+        rows = rows_of(hidden.shape[0])
+        if not columns or rows.stop <= rows.start:
+            return None
+        offset = hidden.shape[1] - position.count
+        steered = hidden.clone()
+        for j in columns:
+            vector = torch.as_tensor(vectors.at(layer, position.first + j)).to(device=hidden.device,
+                                                                               dtype=hidden.dtype)
+            steered[rows, offset + j] = steer(hidden[rows, offset + j], vector, intervention.strength,
+                                              intervention.mode)
+        return steered if isinstance(output, torch.Tensor) else (steered, *output[1:])
+
+    return hook
+
+
+def musicgen_sites(decoder) -> tuple[str, list[int]]:
+    return "layers", list(range(1, len(decoder.layers) + 1))
+
+
+def musicgen_hooks(decoder, intervention: Intervention | None, samples: int) -> HookSet:
+    """Hooks steering MusicGen decoder layers; the direction of layer l steers layer l (the published code took
+    the probe of one layer and steered another)."""
+    hooks = HookSet()
+    if intervention is None or intervention.strength == 0:
+        return hooks
+    vectors = steering_vectors(intervention, int(decoder.config.hidden_size) if hasattr(decoder, "config")
+                               else decoder.layers[0].self_attn.out_proj.out_features)
+    position = GenerationPosition()
+    hooks.add_pre("decoder.position", decoder, position.before_decoder)
+
+    def rows_of(batch: int) -> slice:
+        return cfg_rows(batch, samples, intervention.rows, "cond_first")
+
+    for layer in intervention.where:
+        hooks.add(f"blocks.{layer - 1}.hook_resid_post.steer", decoder.layers[layer - 1],
+                  musicgen_layer_hook(intervention, vectors, layer, position, rows_of))
+    return hooks
 
 
 # -- stage 2: intervened runs beside the reference run -------------------------------------------------------------
