@@ -643,6 +643,121 @@ def musicgen_hooks(decoder, intervention: Intervention | None, samples: int) -> 
     return hooks
 
 
+# -- MusicGen interchange interventions (Vélez Vásquez et al., ISMIR 2024) ------------------------------------------
+
+# The three components whose output an interchange replaces, per decoder layer (all nn.Linear in transformers).
+COMPONENTS = {
+    "self_attn": lambda layer: layer.self_attn.out_proj,
+    "cross_attn": lambda layer: layer.encoder_attn.out_proj,
+    "mlp": lambda layer: layer.fc2,
+}
+BRANCHES = ("cond", "uncond")
+INTERCHANGE_OPS = ("replace", "adjust")
+
+
+class ComponentMeans(contextlib.AbstractContextManager):
+    """Mean output of every (component, layer) per generated position over the rows of every generate() run inside
+    the `with` block, the conditional and unconditional rows of the [cond x B, uncond x B] batch kept apart.
+
+    `means()` -> float32 [components, layers, positions, branches, dim] (layers 1..L in order; positions from 0 to
+    the shortest run's last). The published iterator hooked the last layer only; here every layer is hooked.
+    """
+
+    def __init__(self, decoder, samples: int):
+        self.decoder, self.samples = decoder, samples
+        self.sums: dict[tuple, "object"] = {}
+        self.counts: dict[tuple, int] = {}
+        self.position = GenerationPosition()
+        self.hooks = HookSet()
+        self.hooks.add_pre("decoder.position", decoder, self.position.before_decoder)
+        for c, (name, module_of) in enumerate(COMPONENTS.items()):
+            for index, layer in enumerate(decoder.layers):
+                self.hooks.add(f"blocks.{index}.{name}.record", module_of(layer), self._hook(c, index))
+
+    def _hook(self, component: int, index: int):
+        def hook(module, inputs, output):
+            batch = output.shape[0]
+            halves = [(0, slice(0, batch))] if batch == self.samples else \
+                [(0, slice(0, self.samples)), (1, slice(self.samples, batch))]
+            offset = output.shape[1] - self.position.count
+            for branch, rows in halves:
+                summed = output[rows, offset:].detach().double().sum(dim=0)
+                for j in range(self.position.count):
+                    key = (component, index, self.position.first + j, branch)
+                    self.sums[key] = summed[j] + self.sums[key] if key in self.sums else summed[j].clone()
+                    self.counts[key] = self.counts.get(key, 0) + (rows.stop - rows.start)
+        return hook
+
+    def __exit__(self, *exc_info):
+        self.hooks.remove()
+        return False
+
+    def means(self) -> np.ndarray:
+        import torch
+
+        last: dict[tuple, int] = {}
+        for (c, i, p, b) in self.sums:
+            last[(c, i, b)] = max(last.get((c, i, b), -1), p)
+        positions = 1 + min(last.values())
+        branches = 1 + max(b for (_, _, _, b) in self.sums)
+        layers = len(self.decoder.layers)
+        out = torch.stack([torch.stack([torch.stack([torch.stack([
+            self.sums[(c, i, p, b)] / self.counts[(c, i, p, b)] for b in range(branches)])
+            for p in range(positions)]) for i in range(layers)]) for c in range(len(COMPONENTS))])
+        return out.float().cpu().numpy()
+
+
+def interchange_hooks(decoder, means_a: np.ndarray, means_b: np.ndarray, assignments: Sequence, op: str) -> HookSet:
+    """One (component, layer) per sample row: row r of the batch (and its unconditional twin B + r) gets
+    assignments[r] = (component name, layer 1..L) or None (left alone). "replace": that component's output
+    becomes B's mean at the same generated position and branch; "adjust": it is shifted by mean_B - mean_A.
+    Positions past the recorded means are left alone."""
+    import torch
+
+    if op not in INTERCHANGE_OPS:
+        raise ValueError(f"interchange op {op!r} is not one of {INTERCHANGE_OPS}")
+    samples = len(assignments)
+    names = list(COMPONENTS)
+    position = GenerationPosition()
+    hooks = HookSet()
+    hooks.add_pre("decoder.position", decoder, position.before_decoder)
+    target = torch.as_tensor(means_b if op == "replace" else means_b - means_a)
+    by_site: dict[tuple[int, int], list[int]] = {}
+    for row, assignment in enumerate(assignments):
+        if assignment is not None:
+            component, layer = assignment
+            if component not in COMPONENTS or not 1 <= layer <= len(decoder.layers):
+                raise ValueError(f"row {row}: {assignment} is not (one of {names}, layer 1..{len(decoder.layers)})")
+            by_site.setdefault((names.index(component), layer - 1), []).append(row)
+
+    def hook_for(component: int, index: int, rows: list[int]):
+        def hook(module, inputs, output):
+            batch = output.shape[0]
+            branches = [(0, rows)] + ([(1, [samples + r for r in rows])] if batch == 2 * samples else [])
+            offset = output.shape[1] - position.count
+            changed = output.clone()
+            for j in range(position.count):
+                p = position.first + j
+                if p >= target.shape[2]:
+                    continue
+                for branch, branch_rows in branches:
+                    value = target[component, index, p, branch].to(device=output.device, dtype=output.dtype)
+                    picked = torch.tensor(branch_rows, device=output.device)
+                    changed[picked, offset + j] = value if op == "replace" else changed[picked, offset + j] + value
+            return changed
+        return hook
+
+    for (component, index), rows in by_site.items():
+        hooks.add(f"blocks.{index}.{names[component]}.interchange", COMPONENTS[names[component]](decoder.layers[index]),
+                  hook_for(component, index, rows))
+    return hooks
+
+
+def every_site(layers: int) -> list[tuple[str, int]]:
+    """The 3 x L (component, layer) pairs of one batched interchange generation."""
+    return [(name, layer) for layer in range(1, layers + 1) for name in COMPONENTS]
+
+
 # -- stage 2: intervened runs beside the reference run -------------------------------------------------------------
 
 INTERVENTIONS_DIR = "interventions"

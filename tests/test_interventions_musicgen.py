@@ -85,3 +85,43 @@ def test_zero_strength_and_unconditional_rows(runner, direction, tmp_path):
     _, steered = generate(runner, intervention_for(tmp_path, direction, rows="unconditional"))
     assert torch.equal(steered[(LAYER, START)][0:2], reference[(LAYER, START)][0:2])
     assert not torch.equal(steered[(LAYER, START)][2:4], reference[(LAYER, START)][2:4])
+
+
+# -- interchange interventions --------------------------------------------------------------------------------------
+
+def record_means(runner, prompt, seed, samples):
+    from diffusion.interventions import ComponentMeans
+
+    with ComponentMeans(runner.decoder, samples) as recorder:
+        runner.generate(prompt, seed, samples, SECONDS, runner.sampling({}))
+    return recorder.means()
+
+
+def interchange(runner, prompt, seed, assignments, means_a, means_b, op):
+    from diffusion.interventions import interchange_hooks
+
+    with interchange_hooks(runner.decoder, means_a, means_b, assignments, op):
+        return runner.generate(prompt, seed, len(assignments), SECONDS, runner.sampling({})).codes
+
+
+def test_interchange_with_a_equal_to_b_changes_nothing(runner):
+    from diffusion.interventions import every_site
+
+    means = record_means(runner, PROMPT, 5, 1)
+    assert means.shape[:2] == (3, runner.num_layers) and means.shape[3] == 2
+    sites = every_site(runner.num_layers)                 # 3 x L rows: one batched generation
+    reference = runner.generate(PROMPT, 5, len(sites), SECONDS, runner.sampling({})).codes
+    assert torch.equal(interchange(runner, PROMPT, 5, sites, means, means, "adjust"), reference)
+    # Replacing a row's component by the mean of a run that is that very row (same prompt, seed, one sample).
+    assert torch.equal(interchange(runner, PROMPT, 5, [("mlp", 2)], means, means, "replace"), reference[:1])
+
+
+def test_interchange_touches_only_its_rows_and_comes_off(runner):
+    means_a, means_b = record_means(runner, PROMPT, 5, 2), record_means(runner, "dark strings", 9, 2)
+    reference = runner.generate(PROMPT, 5, 3, SECONDS, runner.sampling({})).codes
+    changed = interchange(runner, PROMPT, 5, [("self_attn", 1), None, None], means_a, means_b, "replace")
+    assert not torch.equal(changed[0], reference[0])
+    assert torch.equal(changed[1:], reference[1:])
+    assert torch.equal(runner.generate(PROMPT, 5, 3, SECONDS, runner.sampling({})).codes, reference)
+    assert not any(layer.fc2._forward_hooks or layer.self_attn.out_proj._forward_hooks
+                   for layer in runner.decoder.layers)
