@@ -369,12 +369,15 @@ class PriorSteering:
     def __init__(self, intervention: Intervention, clip_labels: Sequence[Sequence[str]]):
         self.intervention = intervention
         self.tilt = intervention.strength * prior_direction(intervention, clip_labels)
+        self._tilted = None   # (the prompt's log prior, its tilted version): one per sampler call
 
     def log_prior(self, step: int, log_prior: np.ndarray) -> np.ndarray:
         if not self.intervention.active(step):
             return log_prior
-        tilted = log_prior + self.tilt
-        return tilted - np.logaddexp.reduce(tilted)
+        if self._tilted is None or self._tilted[0] is not log_prior:
+            tilted = log_prior + self.tilt
+            self._tilted = (log_prior, tilted - np.logaddexp.reduce(tilted))
+        return self._tilted[1]
 
 
 # -- activation steering: named forward hooks -----------------------------------------------------------------------
