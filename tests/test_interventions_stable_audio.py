@@ -102,3 +102,26 @@ def test_a_direction_for_another_width_is_refused(generator, tmp_path):
     wrong = save_direction(tmp_path / "wrong", np.ones((2, 3)), [0, 1], "is_brass", "mean_difference")
     with pytest.raises(InputError, match="direction dim 3"):
         generator.sample(Conditioning("soft keys", (), spec_for(tmp_path, wrong)), 0, 1, SECONDS, None)
+
+
+def test_the_directions_command_writes_a_per_step_difference_of_means(generator, tmp_path):
+    from data.stage import run_stage
+    from interp import directions
+
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "annotated.csv").write_text(
+        "prompt_id,prompt,labels,bpm,annotator\np1,bright brass,brass;acoustic,,offline\n"
+        "p2,dark strings,string;acoustic,,offline\n")
+    model = generator.model
+    out = tmp_path / "dirs" / "is_brass.npy"
+    argv = ["--data", str(tmp_path), "--model", model, "--concept", "is_brass", "--out", str(out), "--steps", "3",
+            "--seconds", str(SECONDS), "--prompts", "1"]
+    assert run_stage(directions.main, directions.build_parser(), argv) == 0
+    array = np.load(out)
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert array.shape[:2] == (3, 2) and sidecar["steps"] == [0, 1, 2] and sidecar["positions"] == [0, 1]
+    assert sidecar["positive_prompts"] == ["p1"] and sidecar["negative_prompts"] == ["p2"]
+    assert np.abs(array).sum() > 0
+    assert run_stage(directions.main, directions.build_parser(), argv[:-2] + ["--prompts", "1", "--concept",
+                                                                                "is_tuba"]) == 0  # exists: skipped
+    assert run_stage(directions.main, directions.build_parser(), argv + ["--force", "--concept", "is_tuba"]) == 2
