@@ -14,8 +14,9 @@ MODEL_ARG := $(if $(MODEL),--model $(MODEL))
 # Extra options for stage 6, e.g. STAGE6_ARGS="--probe svm --bootstrap 200"
 STAGE6_ARGS ?=
 GENERATOR ?= ideal
-# The demo's step-resolved steering run (issue 11): a few concepts x start steps x random-direction baseline on
-# the ideal model; `make demo INTERVENE=` skips it.
+# The demo's step-resolved steering run (issue 11) on the ideal model: is_guitar steered from steps 5, 25, 45 against
+# two random directions, on 20 embedded prompts (their ids are in the spec: with other prompts pass your own spec,
+# or INTERVENE= to skip it).
 INTERVENE ?= $(if $(filter ideal,$(GENERATOR)),diffusion/specs/steer_ideal_demo.json)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
