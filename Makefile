@@ -14,6 +14,10 @@ MODEL_ARG := $(if $(MODEL),--model $(MODEL))
 # Extra options for stage 6, e.g. STAGE6_ARGS="--probe svm --bootstrap 200"
 STAGE6_ARGS ?=
 GENERATOR ?= ideal
+# The demo's step-resolved steering run (issue 11) on the ideal model: is_guitar steered from steps 5, 25, 45 against
+# two random directions, on 20 embedded prompts (their ids are in the spec: with other prompts pass your own spec,
+# or INTERVENE= to skip it).
+INTERVENE ?= $(if $(filter ideal,$(GENERATOR)),diffusion/specs/steer_ideal_demo.json)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -47,7 +51,7 @@ stages: stage1 stage2 stage3 stage4 stage5 stage6
 stage1:
 	$(PY) data/prompts/stage1_prompts.py --data $(DATA)
 stage2:
-	$(PY) diffusion/stage2_generate.py --data $(DATA) --generator $(GENERATOR)
+	$(PY) diffusion/stage2_generate.py --data $(DATA) --generator $(GENERATOR) $(if $(INTERVENE),--intervene $(INTERVENE))
 stage3:
 	$(PY) embeddings/stage3_embed_generated.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG)
 stage4:
@@ -56,7 +60,7 @@ stage4:
 stage5:
 	$(PY) interp/stage5_embed_nsynth.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG)
 stage6:
-	$(PY) interp/stage6_probe.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG) $(STAGE6_ARGS)
+	$(PY) interp/stage6_probe.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG) $(STAGE6_ARGS) $(if $(INTERVENE),--compare)
 
 test: install browser
 	$(PY) -m pytest -q

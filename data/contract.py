@@ -26,7 +26,10 @@ LENGTH_TOLERANCE = 0.01
 PROMPTS_COLUMNS = ("prompt_id", "prompt", "origin")
 ANNOTATED_COLUMNS = ("prompt_id", "prompt", "labels", "bpm", "annotator")
 INDEX_COLUMNS = ("prompt_id", "sample", "step", "sigma", "kind", "seed", "seconds_total", "sample_rate", "path")
-INDEX_ORDER = ["prompt_id", "sample", "kind", "step"]
+# Intervened runs (issue 11) live in generated/interventions/<id>/ with the same parts; the reader adds them as
+# ordinary rows whose `intervention` is that id ("" for the reference run) and whose path is relative to generated/.
+INTERVENTION_COLUMN = "intervention"
+INDEX_ORDER = ["intervention", "prompt_id", "sample", "kind", "step"]
 NOTES_COLUMNS = ("note_str", "instrument_str", "family", "source", "qualities", "pitch", "velocity", "split", "path")
 SETS_COLUMNS = ("concept", "note_str", "label", "split")
 # Keys of an embedder's provenance that must agree between stage 3 and stage 5 outputs.
@@ -224,8 +227,15 @@ def read_generated_index(data: Path, fix: str = "rerun stage 2 (add --force if i
     parts = sorted(index_dir.glob("*.csv")) if index_dir.is_dir() else []
     if not parts:
         raise InputError(f"{index_dir}: no index parts — run stage 2 first")
-    frames = [_read_index_part(part, data, fix) for part in parts]
-    frame = pd.concat(frames, ignore_index=True)[list(INDEX_COLUMNS)]
+    frames = [_read_index_part(part, data, fix).assign(**{INTERVENTION_COLUMN: ""}) for part in parts]
+    # Intervened runs (stage 2 --intervene) are ordinary rows with the run's id in the intervention column.
+    for run_index in sorted((generated_dir(data) / "interventions").glob("*/index")):
+        identifier = run_index.parent.name
+        for part in sorted(run_index.glob("*.csv")):
+            part_frame = _read_index_part(part, data, fix)
+            frames.append(part_frame.assign(**{INTERVENTION_COLUMN: identifier,
+                                               "path": f"interventions/{identifier}/" + part_frame["path"]}))
+    frame = pd.concat(frames, ignore_index=True)[[*INDEX_COLUMNS, INTERVENTION_COLUMN]]
     for column in ("sample", "step", "seed", "sample_rate"):
         values = pd.to_numeric(frame[column], errors="coerce")
         bad = values.isna() | (values % 1 != 0) | (values < 0)

@@ -71,8 +71,7 @@ from data.stage import InputError
 from data.vocabulary import DRUM, FAMILIES, SOURCES
 from diffusion import bank as reference_bank
 from diffusion.bank import CLIP_RMS, ReferenceBank, family_labels, source_labels
-from diffusion.base import (Conditioning, Generator, TrajectoryObserver, default_capture, denoising_axis,
-                            refuse_intervention)
+from diffusion.base import Conditioning, Generator, TrajectoryObserver, default_capture, denoising_axis
 
 if TYPE_CHECKING:
     import torch
@@ -139,6 +138,7 @@ class IdealGenerator(Generator):
     channels = 1
     # The realised content of the clean estimate (issue 12's second yardstick): every label a bank clip can carry.
     content_labels = FAMILIES + (DRUM,) + SOURCES
+    intervention_sites = ("prior", [])   # steering tilts the concept prior (diffusion/interventions.py)
 
     def __init__(self, model=None, preset: str | None = None, steps: int | None = None, device: str | None = None,
                  dtype: str | None = None, decode_dtype: str | None = None, *, bank: ReferenceBank | None = None):
@@ -252,16 +252,21 @@ class IdealGenerator(Generator):
                weights_callback: Callable[[int, float, np.ndarray], None] | None = None) -> torch.Tensor:
         """Sample `num_samples` trajectories of one prompt. The observer gets, with each step, the realised
         content of the clean estimate (`content_of`); `weights_callback(step, sigma, weights [samples, clips])`
-        sees the posterior weights over the bank themselves (tests and analyses)."""
+        sees the posterior weights over the bank themselves (tests and analyses). `conditioning.intervention`
+        (diffusion/interventions.py, where "prior") tilts the prior towards the concept's clips from its start
+        step on."""
         import torch
 
         if not isinstance(conditioning.prompt, str) or not conditioning.prompt.strip():
             raise InputError("empty prompt — every prompt needs text (fix prompts/annotated.csv or rerun stage 1)")
-        refuse_intervention(self, conditioning)
         if num_samples < 1:
             raise InputError(f"--samples {num_samples} must be at least 1")
         space = self.latent_space(seconds)
         log_prior = self.log_prior(conditioning.labels)
+        steering = None
+        if conditioning.intervention is not None and conditioning.intervention.strength != 0:
+            from diffusion.interventions import PriorSteering
+            steering = PriorSteering(conditioning.intervention, self.bank.labels)
         scheduler = self.scheduler
         scheduler.set_timesteps(self.steps)
         generators = [torch.Generator().manual_seed(int(seed) + row) for row in range(num_samples)]
@@ -271,7 +276,8 @@ class IdealGenerator(Generator):
         for step, timestep in enumerate(scheduler.timesteps):
             model_input = scheduler.scale_model_input(latents, timestep)
             sigma = scheduler.sigmas[scheduler.step_index]
-            velocity, weights = self.velocity(model_input, float(sigma), space, log_prior)
+            step_prior = log_prior if steering is None else steering.log_prior(step, log_prior)
+            velocity, weights = self.velocity(model_input, float(sigma), space, step_prior)
             latents = scheduler.step(velocity, timestep, latents).prev_sample
             if observer is not None:
                 # model_outputs[-1] is the scheduler's conversion of our v back into x0 at this step's sigma.

@@ -23,8 +23,8 @@ import torch
 
 from data.hub import hub_error_message
 from data.stage import InputError
-from diffusion.base import (Conditioning, Generator, TrajectoryObserver, default_capture, denoising_axis,
-                            refuse_intervention)
+from diffusion.base import Conditioning, Generator, TrajectoryObserver, default_capture, denoising_axis
+from diffusion.interventions import stable_audio_hooks, stable_audio_sites
 
 HUB_ID = "stabilityai/stable-audio-open-1.0"
 # What save_pretrained writes for StableAudioPipeline, and which file says a component is really there.
@@ -112,6 +112,9 @@ class StableAudioGenerator(Generator):
         self.default_seconds = min(self.preset.seconds, self.max_seconds)
         self.axis = denoising_axis(self.steps)
         self.default_capture = default_capture(self.axis.positions)
+        # Steering targets the DiT blocks (0-based); CFG runs [uncond x B, cond x B] when guidance > 1.
+        self.intervention_sites = stable_audio_sites(transformer)
+        self.has_unconditional_rows = self.preset.guidance_scale > 1.0
         self._model_sha256 = None
         self.decode_context_frames = decoder_context_frames(vae)
 
@@ -152,7 +155,6 @@ class StableAudioGenerator(Generator):
         prompt = conditioning.prompt
         if not isinstance(prompt, str) or not prompt.strip():
             raise InputError("empty prompt — every prompt needs text (fix prompts/annotated.csv or rerun stage 1)")
-        refuse_intervention(self, conditioning)
         self.check_seconds(seconds)
         if num_samples < 1:
             raise InputError(f"--samples {num_samples} must be at least 1")
@@ -171,7 +173,8 @@ class StableAudioGenerator(Generator):
         # each row its own Brownian tree seeded with that generator's seed. CPU generators make the initial noise
         # the same on any device.
         generator = [torch.Generator("cpu").manual_seed(int(seed) + row) for row in range(int(num_samples))]
-        with warnings.catch_warnings():
+        # Steering hooks on the DiT blocks (diffusion/interventions.py), taken off when the call ends.
+        with warnings.catch_warnings(), stable_audio_hooks(pipe, conditioning.intervention, int(num_samples)):
             # diffusers asks its Brownian tree for noise down to the final sigma 0, below the tree's start
             # (sigma_min); torchsde warns at every such step and returns the end value, which the last update
             # multiplies by sigma = 0. The warnings say nothing about this run.

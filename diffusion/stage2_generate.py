@@ -25,7 +25,7 @@ if __package__ in (None, ""):
 from data.contract import annotated_csv, generated_dir, read_annotated
 from data.files import sha256_file
 from data.stage import InputError, main_exit, stage_parser
-from diffusion import GENERATORS, load_generator
+from diffusion import GENERATORS, interventions, load_generator
 from diffusion.trajectory import (TrajectorySettings, check_force, check_generation, parse_capture_steps,
                                   parse_kinds, parse_shard, run_trajectories)
 
@@ -71,6 +71,10 @@ def build_parser():
                              "(unset: from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, else all prompts)")
     parser.add_argument("--limit-prompts", type=int, default=None,
                         help="only the first N prompts of annotated.csv (quick looks)")
+    parser.add_argument("--intervene", default=None, metavar="SPEC",
+                        help="also generate the interventions of this spec file (JSON/YAML, format in "
+                             "diffusion/interventions.py) into generated/interventions/<id>/, paired by seed with "
+                             "this run (the reference)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -105,6 +109,7 @@ def main(args) -> None:
     kinds = parse_kinds(args.kinds)
     annotated = read_annotated(args.data)
     prompts = annotated.head(args.limit_prompts) if args.limit_prompts else annotated
+    spec = interventions.load_spec(args.intervene) if args.intervene else None
 
     started = time.monotonic()
     options = parse_generator_options(args.generator_option)
@@ -128,6 +133,10 @@ def main(args) -> None:
     generated = generated_dir(args.data)
     annotated_sha256 = sha256_file(annotated_csv(args.data))
     provenance = check_generation(generator, settings, annotated_sha256, generated, args.force)
+    plan = None
+    if spec is not None:
+        interventions.check_spec(spec, generator, settings.samples, list(prompts["prompt_id"]))
+        plan = interventions.plan_interventions(generated, settings, spec, provenance, args.force)
     if args.force:
         check_force(generated, provenance, prompts, shard, list(annotated["prompt_id"]))
     kind = f" — {provenance['model_kind']}" if provenance.get("model_kind") else ""
@@ -146,6 +155,11 @@ def main(args) -> None:
     print(f"stage 2: shard {shard}: {summary.prompts} prompts — {summary.skipped} already done, "
           f"{summary.generated} generated ({summary.clips} clips) in {time.monotonic() - started:.1f} s{orphans}; "
           f"outputs in {generated}", file=sys.stderr)
+    if plan is not None:
+        done, skipped = interventions.run_interventions(generator, prompts, plan, shard=shard, force=args.force,
+                                                        progress=not args.no_progress)
+        print(f"stage 2: {len(spec.interventions)} interventions of {spec.path.name}: {skipped} prompt runs already "
+              f"done, {done} generated; outputs in {generated / interventions.INTERVENTIONS_DIR}", file=sys.stderr)
 
 
 def lock_name(args) -> str:

@@ -140,6 +140,12 @@ def _prompts(probabilities: pd.DataFrame, annotated: pd.DataFrame, out: Path, da
     return "\n".join(parts)
 
 
+def _interventions_section(out: Path) -> str:
+    """Stage 6 --compare's section (interp/compare.py writes it), when this result folder has one."""
+    section = Path(out) / "compare" / "section.html"
+    return section.read_text(encoding="utf-8") if section.is_file() else ""
+
+
 def write_report(out, data, record: dict, plot_files: dict) -> Path:
     """Build <out>/report.html from the CSVs in `out`, the annotated prompts, the figures in plot_files and the
     stage-6 record (settings, inputs, trajectory_axis, n_tests, yardsticks)."""
@@ -211,6 +217,7 @@ at the end, <i>never</i> = never above.</p>
 {figures}
 <h2>Concepts</h2>
 {''.join(concept_sections)}
+{_interventions_section(out)}
 <h2>Prompts</h2>
 <p class="muted">Scores are the probe's P(concept) per clip (the cosine similarity for an uncalibrated text probe); the
 columns are the concepts the prompt asks for.</p>

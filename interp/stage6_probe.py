@@ -30,6 +30,7 @@ from data.files import read_json, sha256_file, write_csv
 from data.realised_content import read_realised_content
 from data.stage import InputError, main_exit, stage_parser
 from embeddings import EMBEDDERS, embedding_stem
+from interp import compare
 from interp import probes as probe_families
 from interp import statistics, summary
 from interp.concepts import CONCEPTS
@@ -88,6 +89,9 @@ def build_parser():
                              "CIs are 1 - alpha")
     parser.add_argument("--seed", type=int, default=0, help="seed for probes, baselines and resamples")
     parser.add_argument("--no-report", action="store_true", help="skip plots/ and report.html")
+    parser.add_argument("--compare", action="store_true",
+                        help="also score the intervened clips of stage 2 --intervene against their unintervened "
+                             "pairs: effects, random-direction baseline, commitment steps (interp/compare.py)")
     return parser
 
 
@@ -134,6 +138,7 @@ class GeneratedClips:
     generation: Path          # generated/generation.json
     axis: TrajectoryAxis
     content: RealisedContent | None
+    intervened: tuple         # (index rows, embeddings) of stage 2 --intervene runs; --compare scores them
 
 
 @dataclass(frozen=True)
@@ -213,6 +218,10 @@ def load_generated(data: Path, stem: str, kind: str) -> GeneratedClips:
                          f"run stage 3 with the same --embedder/--model or pick one of those")
     matrix, sidecar = read_embeddings(npy, len(index), table_sha256(index), "index_sha256",
                                       fix="rerun stage 3 with the same --embedder/--model and --force")
+    # Intervened clips (issue 11) are ordinary index rows; the analysis reads the reference run, --compare the rest.
+    reference = (index["intervention"] == "").to_numpy()
+    intervened = (index[~reference].reset_index(drop=True), matrix[~reference])
+    index, matrix = index[reference].reset_index(drop=True), matrix[reference]
     unknown = sorted(set(index["prompt_id"]) - set(annotated["prompt_id"]))
     if unknown:
         raise InputError(f"{generated_dir(data) / 'index'}: prompt '{unknown[0]}' is not in "
@@ -226,7 +235,7 @@ def load_generated(data: Path, stem: str, kind: str) -> GeneratedClips:
     axis = TrajectoryAxis.from_generation(record.get("trajectory_axis"), generation)
     clips = index[selected].reset_index(drop=True)
     return GeneratedClips(annotated, index, clips, matrix[selected.to_numpy()], sidecar, npy, generation, axis,
-                          load_content(data, index, selected.to_numpy()))
+                          load_content(data, index, selected.to_numpy()), intervened)
 
 
 def load_concept_notes(data: Path, stem: str, generated: GeneratedClips, required: bool) -> ConceptNotes | None:
@@ -613,7 +622,9 @@ def analyse(args) -> None:
                              "alpha": args.alpha, "seed": args.seed, "baseline_percentile": BASELINE_PERCENTILE,
                              "realised_mass": REALISED_MASS}},
         outputs=[out / name for name in OUTPUT_FILES] + ([] if args.no_report else [out / "report.html"]))
-    if decide(provenance, args.force, fix="rerun with --force to replace them"):
+    # --compare extends a finished analysis: an up-to-date run is redone when its compare/ outputs are stale.
+    if decide(provenance, args.force, fix="rerun with --force to replace them") and not (
+            args.compare and not compare.up_to_date(out, data, provenance.record)):
         print(f"{out}: up to date with its inputs; pass --force to redo")
         return
     begin(provenance)
@@ -663,6 +674,11 @@ def analyse(args) -> None:
              "embedder": {key: generated.sidecar.get(key) for key in EMBEDDER_KEYS}}
     record = {**provenance.record, **facts}
     summary.write_summary(out, record)
+    if args.compare:
+        models = {name: probe.model for name, probe in fitted.items()}
+        compare.run(out, data, clips, generated.embeddings, probe_scores.scores, generated.intervened, args.kind,
+                    names, models, family.outputs, steps_table[steps_table["yardstick"] == "prompt"],
+                    provenance.record, args.bootstrap, args.alpha, args.seed)
     if not args.no_report:
         from interp import plots, report
         plot_files = plots.write_plots(out, table, drift_summary, clips, generated.embeddings, runs,

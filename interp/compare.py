@@ -1,0 +1,502 @@
+"""Stage 6 --compare: what each intervention did to the concepts the probes read (issue 11).
+
+Every intervened clip is paired with the unintervened clip of the same (prompt, sample, step) — the same seed, so
+the only difference is the intervention — and scored by the same concept probes. Per intervention:
+
+- delta: mean over pairs of P_int(c) - P_ref(c) for the target concept and for every other concept (off-target),
+  with a percentile CI that resamples PROMPTS (samples of one prompt share its text and are correlated);
+- against the baseline: the random-direction interventions of the same group (same target, place, strength, mode,
+  rows and start step; matched norm) are run on the same pairs; effect = delta(concept direction) - mean delta
+  (random directions), paired per clip, prompt-bootstrap CI. "Beyond the baseline" = the CI excludes 0 on the side
+  the strength pushes (above for s > 0, below for s < 0);
+- the published interchange metrics (Vélez Vásquez et al., ISMIR 2024): the log-odds shift of the target concept,
+  mean over pairs of logit P_int(c) - logit P_ref(c), and the KL divergence KL(ref || int) between the clip's
+  distribution over the instrument-family concepts (family probe scores normalised to sum to 1), both with CIs;
+- an audio sanity guard: cosine distance between the intervened clip's embedding and its reference's (beside the
+  median distance between references of different prompts, for scale), the loudness change in dB, and the share
+  of silent clips. The guard fails on non-finite or silent audio, or a loudness change beyond LOUDNESS_LIMIT_DB.
+
+For step-resolved steering the COMMITMENT STEP of a group is the last start step k at which steering from k on
+still moves the target concept beyond the baseline; it sits beside the concept's emergence step. If some earlier
+k does not move it, the commitment step is still the last one that does, and `monotone` says so.
+
+Outputs in <results>/compare/: interventions.csv, effects.csv, commitment.csv, pairs.csv, commitment.png,
+section.html (the report's section), compare.json (provenance, written last).
+"""
+from __future__ import annotations
+
+import html
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data.files import atomic_path, write_csv, write_text
+from interp import statistics
+
+LOUDNESS_LIMIT_DB = 10.0
+SILENCE_DBFS = -60.0
+EPSILON = 1e-6
+AUDIO_PAIRS_SHOWN = 2
+OUTPUT_FILES = ("interventions.csv", "effects.csv", "commitment.csv", "pairs.csv", "commitment.png", "section.html")
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), EPSILON, 1.0 - EPSILON)
+    return np.log(p) - np.log1p(-p)
+
+
+def family_kl(reference: np.ndarray, intervened: np.ndarray) -> np.ndarray:
+    """KL(ref || int) per row between probe scores [rows, families] normalised to distributions."""
+    p = np.clip(np.asarray(reference, np.float64), EPSILON, None)
+    q = np.clip(np.asarray(intervened, np.float64), EPSILON, None)
+    p, q = p / p.sum(axis=1, keepdims=True), q / q.sum(axis=1, keepdims=True)
+    return np.sum(p * (np.log(p) - np.log(q)), axis=1)
+
+
+def loudness_dbfs(audio: np.ndarray) -> float:
+    value = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
+    return 20.0 * np.log10(max(value, 1e-12))
+
+
+def pair_clips(scores: pd.DataFrame) -> pd.DataFrame:
+    """Intervened rows joined to their reference rows on (prompt_id, sample, step).
+
+    scores: one row per clip with prompt_id, sample, step, intervention ("" = reference), row (index into the
+    embedding matrix), path, and one column per concept. Returns intervened rows with `ref_` copies.
+    """
+    reference = scores[scores["intervention"] == ""]
+    intervened = scores[scores["intervention"] != ""]
+    pairs = intervened.merge(reference, on=["prompt_id", "sample", "step"], suffixes=("", "_ref"), how="left",
+                             validate="many_to_one")
+    return pairs
+
+
+def bootstrap_mean(values: np.ndarray, prompt: np.ndarray, weights: np.ndarray, level: float) -> tuple:
+    """(mean, low, high) of per-pair values with prompt-resampled weights [resamples, n_prompts]."""
+    values = np.asarray(values, np.float64)
+    keep = np.isfinite(values)
+    if not keep.any():
+        return np.nan, np.nan, np.nan
+    values, prompt = values[keep], prompt[keep]
+    point = float(values.mean())
+    low, high = statistics.percentile_interval(statistics.weighted_mean(weights[:, prompt], values), level)
+    return point, low, high
+
+
+def beyond(low: float, high: float, strength: float) -> bool:
+    if not np.isfinite(low) or not np.isfinite(high):
+        return False
+    return bool(low > 0) if strength >= 0 else bool(high < 0)
+
+
+def compare(scores: pd.DataFrame, records: dict[str, dict], concept_names, family_concepts, embeddings=None,
+            loudness: pd.Series | None = None, emergence_steps: pd.DataFrame | None = None, axis_name: str = "step",
+            n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, pd.DataFrame]:
+    """The comparison tables (module docstring). `records`: intervention id -> its record (diffusion/
+    interventions.py Intervention.record()); `embeddings`: matrix indexed by scores' `row`; `loudness`: dBFS per
+    scores row (index aligned), or None to skip the loudness guard."""
+    level = 1.0 - alpha
+    concept_names = list(concept_names)
+    last_step = int(scores.loc[scores["intervention"] != "", "step"].max())
+    at_last = scores[scores["step"] == last_step].copy()
+    if loudness is not None:
+        at_last["loudness_db"] = loudness.loc[at_last.index].to_numpy(float)
+    pairs = pair_clips(at_last)
+    unpaired = pairs["row_ref"].isna() if "row_ref" in pairs else pd.Series(True, index=pairs.index)
+    if unpaired.any():
+        first = pairs[unpaired].iloc[0]
+        raise ValueError(f"intervened clip ({first['prompt_id']}, sample {first['sample']}, step {last_step}, "
+                         f"{first['intervention']}) has no unintervened clip")
+    prompt_ids = sorted(pairs["prompt_id"].unique())
+    prompt_of = {prompt_id: index for index, prompt_id in enumerate(prompt_ids)}
+    weights = statistics.cluster_weights(len(prompt_ids), n_resamples, np.random.default_rng([seed, 11]))
+
+    deltas = {c: pairs[c].to_numpy(float) - pairs[f"{c}_ref"].to_numpy(float) for c in concept_names}
+    pairs = pairs.assign(prompt_index=pairs["prompt_id"].map(prompt_of))
+
+    # Per-clip delta of each random intervention on its target concept, to be averaged into the baseline.
+    by_id = {identifier: pairs.index[pairs["intervention"] == identifier] for identifier in records}
+    group_of = {identifier: _group(record) for identifier, record in records.items()}
+    reference_distance_scale = np.nan
+    if embeddings is not None:
+        refs = at_last[at_last["intervention"] == ""].drop_duplicates("prompt_id")
+        if len(refs) > 1:
+            vectors = _unit(np.asarray(embeddings)[refs["row"].to_numpy(int)])
+            cosine = 1.0 - vectors @ vectors.T
+            reference_distance_scale = float(np.median(cosine[np.triu_indices(len(refs), 1)]))
+
+    effect_rows, summary_rows, pair_rows = [], [], []
+    for identifier, record in records.items():
+        rows = by_id[identifier]
+        if len(rows) == 0:
+            continue
+        chosen = pairs.loc[rows]
+        prompt = chosen["prompt_index"].to_numpy()
+        target = record["concept"]
+        strength = float(record["strength"])
+        baseline_ids = [other for other, other_record in records.items()
+                        if other_record["direction"] == "random" and group_of[other] == group_of[identifier]
+                        and other_record["from_step"] == record["from_step"] and other != identifier]
+        key = chosen[["prompt_id", "sample"]].apply(tuple, axis=1)
+        baseline = {}
+        if record["direction"] != "random" and baseline_ids:
+            for concept in concept_names:
+                stacks = []
+                for other in baseline_ids:
+                    other_rows = pairs.loc[by_id[other]]
+                    values = pd.Series(deltas[concept][pairs.index.get_indexer(other_rows.index)],
+                                       index=other_rows[["prompt_id", "sample"]].apply(tuple, axis=1))
+                    stacks.append(values.reindex(key).to_numpy(float))
+                baseline[concept] = np.nanmean(np.stack(stacks), axis=0) if stacks else None
+        positions = pairs.index.get_indexer(rows)
+        for concept in concept_names:
+            delta = deltas[concept][positions]
+            mean, low, high = bootstrap_mean(delta, prompt, weights, level)
+            row = {"intervention": identifier, "target_concept": target, "concept": concept,
+                   "is_target": concept == target, "n_pairs": int(len(delta)), "n_prompts": int(len(set(prompt))),
+                   "delta": mean, "delta_low": low, "delta_high": high}
+            if concept in baseline and baseline[concept] is not None:
+                effect, effect_low, effect_high = bootstrap_mean(delta - baseline[concept], prompt, weights, level)
+                row.update(baseline_delta=float(np.nanmean(baseline[concept])), effect=effect,
+                           effect_low=effect_low, effect_high=effect_high,
+                           beyond_baseline=beyond(effect_low, effect_high, strength))
+            effect_rows.append(row)
+
+        target_delta = deltas[target][positions]
+        summary = {**_flat(record), "n_pairs": int(len(positions)), "n_prompts": int(len(set(prompt))),
+                   "n_baseline_directions": len(baseline_ids) if record["direction"] != "random" else 0}
+        summary["target_delta"], summary["target_delta_low"], summary["target_delta_high"] = bootstrap_mean(
+            target_delta, prompt, weights, level)
+        if baseline.get(target) is not None:
+            effect, effect_low, effect_high = bootstrap_mean(target_delta - baseline[target], prompt, weights, level)
+            summary.update(effect=effect, effect_low=effect_low, effect_high=effect_high,
+                           beyond_baseline=beyond(effect_low, effect_high, strength))
+        others = [c for c in concept_names if c != target]
+        off = np.array([np.nanmean(deltas[c][positions]) for c in others])
+        summary["off_target_mean_abs_delta"] = float(np.nanmean(np.abs(off))) if np.isfinite(off).any() else np.nan
+        if np.isfinite(off).any():
+            worst = int(np.nanargmax(np.abs(off)))
+            summary["off_target_largest"] = f"{others[worst]} {off[worst]:+.3f}"
+        log_odds = logit(chosen[target].to_numpy(float)) - logit(chosen[f"{target}_ref"].to_numpy(float))
+        summary["log_odds_shift"], summary["log_odds_shift_low"], summary["log_odds_shift_high"] = bootstrap_mean(
+            log_odds, prompt, weights, level)
+        families = [c for c in family_concepts if c in chosen]
+        kl = family_kl(chosen[[f"{c}_ref" for c in families]].to_numpy(float), chosen[families].to_numpy(float)) \
+            if families else np.full(len(chosen), np.nan)
+        summary["family_kl"], summary["family_kl_low"], summary["family_kl_high"] = bootstrap_mean(
+            kl, prompt, weights, level)
+        distance = np.full(len(chosen), np.nan)
+        if embeddings is not None:
+            a = _unit(np.asarray(embeddings)[chosen["row"].to_numpy(int)])
+            b = _unit(np.asarray(embeddings)[chosen["row_ref"].to_numpy(int)])
+            distance = 1.0 - np.sum(a * b, axis=1)
+        summary["embedding_distance"], summary["embedding_distance_low"], summary["embedding_distance_high"] = \
+            bootstrap_mean(distance, prompt, weights, level)
+        summary["reference_distance_scale"] = reference_distance_scale
+        guard = []
+        if loudness is not None:
+            change = chosen["loudness_db"].to_numpy(float) - chosen["loudness_db_ref"].to_numpy(float)
+            silent = chosen["loudness_db"].to_numpy(float) < SILENCE_DBFS
+            summary["loudness_change_db"] = float(np.mean(change)) if np.isfinite(change).all() else np.nan
+            summary["silent_fraction"] = float(np.mean(silent))
+            if not np.isfinite(change).all():
+                guard.append("non-finite audio")
+            if silent.any():
+                guard.append(f"{int(silent.sum())} silent clip(s)")
+            if np.isfinite(change).all() and abs(float(np.mean(change))) > LOUDNESS_LIMIT_DB:
+                guard.append(f"loudness moved {float(np.mean(change)):+.1f} dB")
+        summary["audio_guard"] = "ok" if not guard else "; ".join(guard)
+        summary_rows.append(summary)
+        for i, (_, pair) in enumerate(chosen.iterrows()):
+            pair_rows.append({"intervention": identifier, "prompt_id": pair["prompt_id"], "sample": int(pair["sample"]),
+                              "step": last_step, "path": pair["path"], "path_ref": pair["path_ref"],
+                              "target_concept": target, "target_score": float(pair[target]),
+                              "target_score_ref": float(pair[f"{target}_ref"]),
+                              "embedding_distance": float(distance[i])})
+
+    interventions = pd.DataFrame(summary_rows)
+    effects = pd.DataFrame(effect_rows)
+    commitment = commitment_table(interventions, emergence_steps, axis_name)
+    return {"interventions": interventions, "effects": effects, "commitment": commitment,
+            "pairs": pd.DataFrame(pair_rows), "scored_step": last_step}
+
+
+def commitment_table(interventions: pd.DataFrame, emergence_steps: pd.DataFrame | None,
+                     axis_name: str = "step") -> pd.DataFrame:
+    """Per steering group with a baseline: the start steps tried, those that move the target beyond the baseline,
+    and the commitment step (the last of them), beside the concept's emergence step (AUROC)."""
+    rows = []
+    if interventions.empty or "beyond_baseline" not in interventions:
+        return pd.DataFrame(columns=["concept", "where", "strength", "mode", "rows", "steps_tested", "steps_beyond",
+                                     "commitment_step", "monotone", "emergence_step", "emergence_status",
+                                     "trajectory_axis"])
+    steered = interventions[(interventions["direction"] != "random") & interventions["beyond_baseline"].notna()]
+    emergence, status = {}, {}
+    if emergence_steps is not None and not emergence_steps.empty:
+        auroc = emergence_steps[emergence_steps["metric"] == "auroc"]
+        emergence = dict(zip(auroc["concept"], auroc["emergence_step"]))
+        if "status" in auroc:
+            status = dict(zip(auroc["concept"], auroc["status"]))
+    for key, group in steered.groupby(["concept", "direction", "where", "strength", "mode", "rows"], sort=False):
+        group = group.sort_values("from_step")
+        tested = group["from_step"].astype(int).tolist()
+        moved = group.loc[group["beyond_baseline"].astype(bool), "from_step"].astype(int).tolist()
+        commitment = max(moved) if moved else None
+        monotone = commitment is None or all(step in moved for step in tested if step <= commitment)
+        step = emergence.get(key[0], pd.NA)
+        rows.append({"concept": key[0], "direction": key[1], "where": key[2], "strength": key[3], "mode": key[4],
+                     "rows": key[5], "steps_tested": ";".join(map(str, tested)),
+                     "steps_beyond": ";".join(map(str, moved)),
+                     "commitment_step": pd.NA if commitment is None else commitment, "monotone": monotone,
+                     "emergence_step": pd.NA if pd.isna(step) else int(step),
+                     "emergence_status": status.get(key[0], ""), "trajectory_axis": axis_name})
+    frame = pd.DataFrame(rows)
+    for column in ("commitment_step", "emergence_step"):
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def _group(record: dict) -> tuple:
+    return (record.get("kind", "steer"), record["concept"], str(record["where"]), float(record["strength"]),
+            record["mode"], record.get("to_step"), record["rows"], record.get("direction_file"))
+
+
+def _flat(record: dict) -> dict:
+    keep = ("id", "kind", "concept", "direction", "seed", "where", "strength", "mode", "from_step", "to_step", "rows")
+    flat = {key: record.get(key) for key in keep}
+    flat["where"] = record["where"] if isinstance(record["where"], str) else ";".join(map(str, record["where"]))
+    flat["intervention"] = flat.pop("id")
+    return flat
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, np.float64)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-30)
+
+
+# -- outputs --------------------------------------------------------------------------------------------------------
+
+def plot_commitment(interventions: pd.DataFrame, commitment: pd.DataFrame, path: Path, axis_unit: str = "step") -> None:
+    """Effect beyond the random baseline per start step k, per concept; emergence and commitment marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steered = interventions[(interventions["direction"] != "random")] if "effect" in interventions else interventions[:0]
+    steered = steered[steered["effect"].notna()] if "effect" in steered else steered
+    concepts = list(dict.fromkeys(steered["concept"])) or ["(none)"]
+    figure, axes = plt.subplots(1, len(concepts), figsize=(3.6 * len(concepts), 3.2), squeeze=False)
+    for axis, concept in zip(axes[0], concepts):
+        rows = steered[steered["concept"] == concept].sort_values("from_step")
+        if not rows.empty:
+            steps = rows["from_step"].to_numpy(float)
+            axis.fill_between(steps, rows["effect_low"].to_numpy(float), rows["effect_high"].to_numpy(float),
+                              color="tab:orange", alpha=0.3, label="95% CI (prompts resampled)")
+            axis.plot(steps, rows["effect"].to_numpy(float), color="tab:orange", marker="o", ms=3,
+                      label="concept − random direction")
+        axis.axhline(0.0, color="0.5", lw=0.8)
+        info = commitment[commitment["concept"] == concept] if not commitment.empty else commitment
+        if len(info):
+            emerged, committed = info.iloc[0]["emergence_step"], info.iloc[0]["commitment_step"]
+            if not pd.isna(emerged):
+                axis.axvline(float(emerged), color="tab:blue", ls="--", lw=1, label=f"emergence ({int(emerged)})")
+            if not pd.isna(committed):
+                axis.axvline(float(committed), color="tab:red", ls=":", lw=1.5, label=f"commitment ({int(committed)})")
+        axis.set_title(concept, fontsize=9)
+        axis.set_xlabel(f"steering from {axis_unit} k on")
+        axis.tick_params(labelsize=7)
+        axis.legend(fontsize=6, loc="best")
+    axes[0][0].set_ylabel("Δ P(target) beyond random", fontsize=8)
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=80)
+    plt.close(figure)
+
+
+def _number(value, digits: int = 2) -> str:
+    return "–" if value is None or pd.isna(value) else f"{float(value):+.{digits}f}" if digits < 0 else \
+        f"{float(value):.{digits}f}"
+
+
+def _ci(row, name: str) -> str:
+    if name not in row or pd.isna(row[name]):
+        return "–"
+    return (f"{float(row[name]):+.3f} <span class='muted'>[{float(row[f'{name}_low']):+.3f}, "
+            f"{float(row[f'{name}_high']):+.3f}]</span>")
+
+
+def section_html(tables: dict, out: Path, generated: Path, image_uri: str, axis_unit: str = "step") -> str:
+    """The report's section: commitment beside emergence, the per-intervention table, and audio side by side."""
+    escape = html.escape
+    commitment, interventions, pairs = tables["commitment"], tables["interventions"], tables["pairs"]
+    lines = [f"<h2 id='interventions'>Interventions: when is a concept committed?</h2>",
+             f"<p class='muted'>Each intervened clip is paired with the unintervened clip of the same prompt, sample "
+             f"and seed, and both are scored by the concept probes at {axis_unit} {tables['scored_step']}. Effect = "
+             "change of P(target) under the concept's direction minus the mean change under random directions of "
+             "the same norm; intervals resample prompts. The commitment step is the last start step k from which "
+             "steering still moves the target beyond that baseline.</p>",
+             "<table><tr><th class='text'>concept</th><th>emergence " + escape(axis_unit) + "</th><th>commitment "
+             + escape(axis_unit) + "</th><th class='text'>start steps tried</th><th class='text'>moved beyond "
+             "baseline</th><th class='text'>monotone</th><th class='text'>strength / place</th></tr>"]
+    for _, row in commitment.iterrows():
+        emerged = "never" if pd.isna(row["emergence_step"]) else int(row["emergence_step"])
+        committed = "none" if pd.isna(row["commitment_step"]) else int(row["commitment_step"])
+        lines.append(f"<tr><td class='text'>{escape(str(row['concept']))}</td><td>{emerged}</td><td>{committed}</td>"
+                     f"<td class='text'>{escape(str(row['steps_tested']))}</td>"
+                     f"<td class='text'>{escape(str(row['steps_beyond']) or '–')}</td>"
+                     f"<td class='text'>{'yes' if row['monotone'] else 'no'}</td>"
+                     f"<td class='text'>{escape(str(row['strength']))} / {escape(str(row['where']))}</td></tr>")
+    lines.append("</table>")
+    if image_uri:
+        lines.append(f"<img alt='commitment curves' src='{image_uri}'>")
+    lines.append("<table><tr><th class='text'>intervention</th><th>pairs</th><th>Δ P(target)</th>"
+                 "<th>effect vs random</th><th>log-odds shift</th><th>family KL</th><th>off-target mean |Δ|</th>"
+                 "<th>embedding distance</th><th class='text'>audio guard</th></tr>")
+    for _, row in interventions.iterrows():
+        lines.append(f"<tr><td class='text'>{escape(str(row['intervention']))}</td><td>{int(row['n_pairs'])}</td>"
+                     f"<td>{_ci(row, 'target_delta')}</td><td>{_ci(row, 'effect')}</td>"
+                     f"<td>{_ci(row, 'log_odds_shift')}</td><td>{_ci(row, 'family_kl')}</td>"
+                     f"<td>{_number(row.get('off_target_mean_abs_delta'), 3)}</td>"
+                     f"<td>{_ci(row, 'embedding_distance')}</td>"
+                     f"<td class='text'>{escape(str(row.get('audio_guard', '')))}</td></tr>")
+    lines.append("</table>")
+    lines.append("<details><summary>Listen: unintervened and intervened clips side by side</summary><table>"
+                 "<tr><th class='text'>intervention</th><th class='text'>prompt / sample</th>"
+                 "<th class='text'>unintervened</th><th>P(target)</th><th class='text'>intervened</th>"
+                 "<th>P(target)</th></tr>")
+    for identifier, chosen in pairs.groupby("intervention", sort=False):
+        for _, pair in chosen.head(AUDIO_PAIRS_SHOWN).iterrows():
+            links = [Path(os.path.relpath(generated / pair[column], out)).as_posix() for column in ("path_ref", "path")]
+            lines.append(f"<tr><td class='text'>{escape(identifier)}</td><td class='text'>{escape(pair['prompt_id'])} "
+                         f"/ {int(pair['sample'])}</td><td class='text'><audio controls preload='none' "
+                         f"src='{escape(links[0])}'></audio></td><td>{pair['target_score_ref']:.2f}</td>"
+                         f"<td class='text'><audio controls preload='none' src='{escape(links[1])}'></audio></td>"
+                         f"<td>{pair['target_score']:.2f}</td></tr>")
+    lines.append("</table></details>")
+    return "\n".join(lines)
+
+
+def write_outputs(folder: Path, tables: dict, generated: Path, report_dir: Path, axis_unit: str = "step") -> None:
+    """CSVs, the figure and the report section (links relative to report_dir, where report.html lives)."""
+    import base64
+
+    folder = Path(folder)
+    for name in ("interventions", "effects", "commitment", "pairs"):
+        write_csv(folder / f"{name}.csv", tables[name])
+    plot_commitment(tables["interventions"], tables["commitment"], folder / "commitment.png", axis_unit)
+    uri = "data:image/png;base64," + base64.b64encode((folder / "commitment.png").read_bytes()).decode("ascii")
+    write_text(folder / "section.html", section_html(tables, Path(report_dir), Path(generated), uri, axis_unit))
+
+
+# -- stage 6 --compare ----------------------------------------------------------------------------------------------
+
+COMPARE_DIR = "compare"
+COMPARE_JSON = "compare.json"
+
+
+def _record(data: Path, intervened: tuple, main_provenance: dict) -> dict:
+    from data.contract import table_sha256
+    from data.files import sha256_file
+
+    index, _ = intervened
+    generated = Path(data) / "generated"
+    specs = sorted((generated / "interventions").glob("*/intervention.json"))
+    return {"inputs": {"stage6": main_provenance, "intervened_index_sha256": table_sha256(index),
+                       "interventions": {path.parent.name: sha256_file(path) for path in specs}},
+            "settings": {"loudness_limit_db": LOUDNESS_LIMIT_DB, "silence_dbfs": SILENCE_DBFS}}
+
+
+def up_to_date(out: Path, data: Path, main_provenance: dict) -> bool:
+    """compare/ exists for these inputs (the stage-6 run it extends, the intervened rows and their specs)."""
+    from data.files import read_json
+    from data.contract import generated_dir, read_generated_index
+
+    folder = Path(out) / COMPARE_DIR
+    if not (folder / COMPARE_JSON).is_file() or not all((folder / name).is_file() for name in OUTPUT_FILES):
+        return False
+    index = read_generated_index(data)
+    intervened = (index[index["intervention"] != ""].reset_index(drop=True), None)
+    stored = read_json(folder / COMPARE_JSON)
+    fresh = _record(data, intervened, main_provenance)
+    return {key: stored.get(key) for key in ("inputs", "settings")} == json_roundtrip(fresh)
+
+
+def json_roundtrip(payload):
+    import json
+
+    return json.loads(json.dumps(payload, sort_keys=True, default=str))
+
+
+def run(out: Path, data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray, scores: np.ndarray,
+        intervened: tuple, kind: str, concept_names, fitted: dict, probe_outputs, emergence_steps: pd.DataFrame,
+        main_provenance: dict, n_resamples: int, alpha: float, seed: int) -> None:
+    """Score the intervened clips of `kind` with the fitted concept probes and write <out>/compare/."""
+    from data.audio import read_audio
+    from data.contract import generated_dir
+    from data.files import read_json, write_json
+    from data.stage import InputError
+    from diffusion.interventions import read_intervention_records
+    from interp.concepts import BY_NAME
+
+    import time
+
+    started = time.perf_counter()
+    index, matrix = intervened
+    chosen = (index["kind"] == kind).to_numpy()
+    if not chosen.any():
+        raise InputError(f"{generated_dir(data) / 'interventions'}: no intervened clips of kind '{kind}' — run stage 2 "
+                         "with --intervene <spec> (and the same --kinds), then stage 3, before --compare")
+    index, matrix = index[chosen].reset_index(drop=True), matrix[chosen]
+    intervened_scores = np.full((len(index), len(concept_names)), np.nan)
+    for k, name in enumerate(concept_names):
+        if fitted.get(name) is not None:
+            intervened_scores[:, k], _ = probe_outputs(fitted[name], matrix)
+    columns = ["prompt_id", "sample", "step", "path"]
+    reference = clips[columns].assign(intervention="", row=np.arange(len(clips)))
+    others = index[columns].assign(intervention=index["intervention"].to_numpy(),
+                                   row=len(clips) + np.arange(len(index)))
+    frame = pd.concat([reference, others], ignore_index=True)
+    frame = pd.concat([frame, pd.DataFrame(np.vstack([scores, intervened_scores]), columns=list(concept_names))],
+                      axis=1)
+    embeddings = np.vstack([clip_embeddings, matrix])
+    generated = generated_dir(data)
+    last = int(index["step"].max())
+    needed = frame.index[frame["step"] == last]
+    loudness = pd.Series(np.nan, index=frame.index)
+    for row in needed:
+        audio, _ = read_audio(generated / frame.at[row, "path"], allow_silent=True)
+        loudness[row] = loudness_dbfs(audio)
+    records = read_intervention_records(generated)
+    records = {identifier: record for identifier, record in records.items()
+               if identifier in set(index["intervention"])}
+    axis = read_json(generated / "generation.json").get("trajectory_axis")
+    unit = axis.get("unit", "step") if isinstance(axis, dict) else "step"
+    name = axis.get("name", "denoising_step") if isinstance(axis, dict) else str(axis or "denoising_step")
+    families = [c for c in concept_names if BY_NAME[c].group == "family"]
+    try:
+        tables = compare(frame, records, concept_names, families, embeddings, loudness, emergence_steps, name,
+                         n_resamples, alpha, seed)
+    except ValueError as error:
+        raise InputError(f"{generated / 'interventions'}: {error} — rerun stage 2 with --intervene and the same "
+                         "settings as the reference run, then stage 3") from None
+    folder = Path(out) / COMPARE_DIR
+    write_outputs(folder, tables, generated, out, unit)
+    write_json(folder / COMPARE_JSON, {**_record(data, (index_full_intervened(data), None), main_provenance),
+                                       "scored_step": tables["scored_step"], "outputs": list(OUTPUT_FILES)})
+    committed = tables["commitment"]
+    print(f"{folder}: {len(tables['interventions'])} interventions scored at {unit} {tables['scored_step']} in "
+          f"{time.perf_counter() - started:.1f} s; "
+          + ", ".join(f"{row.concept}: commitment {row.commitment_step if not pd.isna(row.commitment_step) else 'none'}"
+                      f" / emergence {row.emergence_step if not pd.isna(row.emergence_step) else 'never'}"
+                      for row in committed.itertuples()))
+
+
+def index_full_intervened(data: Path) -> pd.DataFrame:
+    from data.contract import read_generated_index
+
+    index = read_generated_index(data)
+    return index[index["intervention"] != ""].reset_index(drop=True)

@@ -1,0 +1,127 @@
+"""Steering hooks on a tiny Stable Audio DiT: only the asked rows, blocks and steps change; removal restores."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from data.stage import InputError
+from diffusion import load_generator
+from diffusion.base import Conditioning, TrajectoryObserver
+from diffusion.interventions import load_spec
+from interp.directions import ActivationRecorder, mean_difference, save_direction
+from tiny_stable_audio import save_model
+
+STEPS, SECONDS, START = 5, 1.0, 3
+
+
+@pytest.fixture(scope="module")
+def generator(tmp_path_factory):
+    model = save_model(tmp_path_factory.mktemp("sao") / "tiny-stable-audio")
+    return load_generator("stable-audio-open", model=str(model), preset="reference", steps=STEPS, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def direction(generator, tmp_path_factory):
+    """A difference of means between two prompts' block activations, recorded per step on the cond rows."""
+    transformer, scheduler = generator.pipeline.transformer, generator.pipeline.scheduler
+    blocks = dict(enumerate(transformer.transformer_blocks))
+    recorded = []
+    for prompt in ("bright brass", "dark strings"):
+        with ActivationRecorder(blocks, lambda: scheduler.step_index or 0, lambda batch: slice(batch // 2, batch)) as rec:
+            generator.sample(Conditioning(prompt), 0, 1, SECONDS, None)
+        steps, means = rec.means()
+        recorded.append(means[:, :, 0])                    # [steps, blocks, dim]
+    assert steps == list(range(STEPS)) and not any(h.handles for h in [rec.hooks])
+    vectors = mean_difference(recorded[0][None], recorded[1][None])
+    return save_direction(tmp_path_factory.mktemp("dirs") / "is_brass", vectors, sorted(blocks), "is_brass",
+                          "mean_difference", steps=steps, provenance={"model": "tiny"})
+
+
+def spec_for(tmp_path, direction, **entry):
+    payload = {"interventions": [{"concept": "is_brass", "direction": str(direction), "where": [0], "strength": 2.0,
+                                  "from_step": START, **entry}]}
+    (tmp_path / "spec.json").write_text(json.dumps(payload))
+    return load_spec(tmp_path / "spec.json").interventions[0]
+
+
+def run(generator, intervention, seed=4):
+    """Block 1's input (= block 0's possibly steered output) and output, per step, plus the final latents."""
+    transformer, scheduler = generator.pipeline.transformer, generator.pipeline.scheduler
+    seen = {}
+
+    def before(module, args, kwargs):
+        seen[("in", scheduler.step_index or 0)] = kwargs["hidden_states"].clone()
+
+    def after(module, args, output):
+        seen[("out", scheduler.step_index or 0)] = output.clone()
+
+    handles = [transformer.transformer_blocks[1].register_forward_pre_hook(before, with_kwargs=True),
+               transformer.transformer_blocks[1].register_forward_hook(after)]
+    try:
+        observer = TrajectoryObserver([STEPS - 1], ["x0"])
+        final = generator.sample(Conditioning("soft keys", (), intervention), seed, 2, SECONDS, observer)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen, final
+
+
+def test_steering_changes_only_the_conditional_rows_of_the_asked_block_from_the_asked_step(generator, direction,
+                                                                                             tmp_path):
+    intervention = spec_for(tmp_path, direction)
+    reference, reference_final = run(generator, None)
+    steered, steered_final = run(generator, intervention)
+    vector = torch.as_tensor(np.load(direction)[START, 0])
+    for step in range(START):
+        assert torch.equal(steered[("in", step)], reference[("in", step)])
+    # At the first steered step: unconditional rows (first half of the CFG batch) untouched, conditional rows
+    # moved by exactly s v, and block 1 (not asked for) changes only where its input did.
+    unconditional, conditional = slice(0, 2), slice(2, 4)
+    assert torch.equal(steered[("in", START)][unconditional], reference[("in", START)][unconditional])
+    torch.testing.assert_close(steered[("in", START)][conditional] - reference[("in", START)][conditional],
+                               (2.0 * vector).expand_as(reference[("in", START)][conditional]), rtol=0, atol=1e-5)
+    assert torch.equal(steered[("out", START)][unconditional], reference[("out", START)][unconditional])
+    assert not torch.equal(steered_final, reference_final)
+    # Every hook came off: the same call without an intervention gives the reference again, bit for bit.
+    again, again_final = run(generator, None)
+    assert torch.equal(again_final, reference_final)
+    assert not generator.pipeline.transformer.transformer_blocks[0]._forward_hooks
+
+
+def test_unconditional_rows_and_zero_strength(generator, direction, tmp_path):
+    reference, reference_final = run(generator, None)
+    steered, _ = run(generator, spec_for(tmp_path, direction, rows="unconditional"))
+    assert torch.equal(steered[("in", START)][2:4], reference[("in", START)][2:4])
+    assert not torch.equal(steered[("in", START)][0:2], reference[("in", START)][0:2])
+    _, zero_final = run(generator, spec_for(tmp_path, direction, strength=0.0))
+    assert torch.equal(zero_final, reference_final)
+
+
+def test_a_direction_for_another_width_is_refused(generator, tmp_path):
+    wrong = save_direction(tmp_path / "wrong", np.ones((2, 3)), [0, 1], "is_brass", "mean_difference")
+    with pytest.raises(InputError, match="direction dim 3"):
+        generator.sample(Conditioning("soft keys", (), spec_for(tmp_path, wrong)), 0, 1, SECONDS, None)
+
+
+def test_the_directions_command_writes_a_per_step_difference_of_means(generator, tmp_path):
+    from data.stage import run_stage
+    from interp import directions
+
+    (tmp_path / "prompts").mkdir()
+    (tmp_path / "prompts" / "annotated.csv").write_text(
+        "prompt_id,prompt,labels,bpm,annotator\np1,bright brass,brass;acoustic,,offline\n"
+        "p2,dark strings,string;acoustic,,offline\n")
+    model = generator.model
+    out = tmp_path / "dirs" / "is_brass.npy"
+    argv = ["--data", str(tmp_path), "--model", model, "--concept", "is_brass", "--out", str(out), "--steps", "3",
+            "--seconds", str(SECONDS), "--prompts", "1"]
+    assert run_stage(directions.main, directions.build_parser(), argv) == 0
+    array = np.load(out)
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert array.shape[:2] == (3, 2) and sidecar["steps"] == [0, 1, 2] and sidecar["positions"] == [0, 1]
+    assert sidecar["positive_prompts"] == ["p1"] and sidecar["negative_prompts"] == ["p2"]
+    assert np.abs(array).sum() > 0
+    assert run_stage(directions.main, directions.build_parser(), argv[:-2] + ["--prompts", "1", "--concept",
+                                                                                "is_tuba"]) == 0  # exists: skipped
+    assert run_stage(directions.main, directions.build_parser(), argv + ["--force", "--concept", "is_tuba"]) == 2
