@@ -42,9 +42,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt '.[test]'
+	# The build leaves setuptools' scratch folders in the checkout; the package itself holds no modules.
+	rm -rf build musicologist.egg-info
 	# tinysoundfont declares pyaudio (live playback only), which does not build here.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps tinysoundfont==0.3.7
 	touch $@
+
+# --compare when this data folder holds intervened runs (expanded when stage 6 starts, after stage 2 has run).
+COMPARE_ARG = $(if $(INTERVENE),$(if $(wildcard $(DATA)/generated/interventions/*/index),--compare))
 
 stages: stage1 stage2 stage3 stage4 stage5 stage6
 
@@ -60,9 +65,12 @@ stage4:
 stage5:
 	$(PY) interp/stage5_embed_nsynth.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG)
 stage6:
-	$(PY) interp/stage6_probe.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG) $(STAGE6_ARGS) $(if $(INTERVENE),--compare)
+	$(PY) interp/stage6_probe.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG) $(STAGE6_ARGS) $(COMPARE_ARG)
 
+# The suite checks the README's demo numbers against the demo's own artifacts (tests/test_readme_numbers.py), so
+# the demo's stages run first (seconds when `make demo` already made them; each stage skips finished work).
 test: install browser
+	$(MAKE) --no-print-directory stages
 	$(PY) -m pytest -q
 
 # The report test opens report.html in headless Chromium (Debian's package).

@@ -58,12 +58,19 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+# Largest CSV field read at all (64 MiB); anything bigger is refused as unreadable.
+MAX_FIELD_CHARACTERS = 1 << 26
+
+
 def _record_lines(path: Path, fix: str) -> list[int]:
     """Line number (header = 1) of each non-blank record, after checking every record has the header's fields.
 
     pandas would silently pad a short row with NaN, or turn the first column into the index when a row has one
     field too many (an unquoted comma), so the shape is checked here, by the csv module, line by line."""
     lines = []
+    # The csv module stops at fields over 128 KiB; raise that cap so an over-long prompt reaches the check that
+    # names the limit (MAX_PROMPT_CHARACTERS) instead of a parser error. Reading stays linear in the file size.
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_FIELD_CHARACTERS))
     try:
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.reader(handle)

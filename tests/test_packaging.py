@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 import tomllib
 
 import yaml
@@ -53,7 +54,12 @@ def test_every_stage_script_runs_from_any_directory_without_an_install(tmp_path)
 
 
 def test_the_installed_distribution_claims_no_top_level_modules(tmp_path):
-    distribution = importlib.metadata.distribution("musicologist")
+    # Look in the environment itself: a build leaves musicologist.egg-info (its SOURCES.txt lists the checkout's
+    # files) beside the checkout, which the checkout's place on sys.path would find first.
+    site_packages = sysconfig.get_paths()["purelib"]
+    found = list(importlib.metadata.distributions(name="musicologist", path=[site_packages]))
+    assert found, f"musicologist is not installed in {site_packages}"
+    distribution = found[0]
     installed = [str(path) for path in distribution.files or []]
     assert installed and all(path.startswith("musicologist-") for path in installed), installed
     top_level = distribution.read_text("top_level.txt") or ""
