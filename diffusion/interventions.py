@@ -1003,7 +1003,10 @@ class InterchangeBatch:
             self.generator.sample_sites(prompt, seed, num_samples, seconds, observers, self.means_a, self.means_b,
                                         self.sites, self.op)
             self.results[key] = observers
-        made = self.results[key][self.sites.index(site)]
+        observers = self.results[key]
+        made, observers[self.sites.index(site)] = observers[self.sites.index(site)], None
+        if all(other is None for other in observers):   # every site has its rows: free the batch's codes
+            del self.results[key]
         observer.captured.extend(made.captured)
         observer.activations.extend(made.activations)
 

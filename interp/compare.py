@@ -420,10 +420,19 @@ def interchange_html(table: pd.DataFrame | None) -> list[str]:
                      "log-odds shift logit P(B) − logit P(A), intervened − reference</h3>"
                      "<table><tr><th class='text'>component</th>"
                      + "".join(f"<th>layer {int(layer)}</th>" for layer in layers) + "</tr>")
+        # A heatmap in the table itself: orange towards B, blue away from it, saturated at the largest |shift|.
+        scale = max(float(np.nanmax(np.abs(group["log_odds_shift"].to_numpy(float)))), 1e-12) \
+            if group["log_odds_shift"].notna().any() else 1.0
         for component, rows in group.groupby("component", sort=False):
-            cells = {int(row["layer"]): _ci(row, "log_odds_shift") for _, row in rows.iterrows()}
+            cells = {}
+            for _, row in rows.iterrows():
+                value = float(row["log_odds_shift"])
+                shade = "" if not np.isfinite(value) else (
+                    f" style='background: rgba({'230,120,20' if value > 0 else '40,110,220'},"
+                    f"{0.6 * abs(value) / scale:.2f})'")
+                cells[int(row["layer"])] = f"<td{shade}>{_ci(row, 'log_odds_shift')}</td>"
             lines.append(f"<tr><td class='text'>{html.escape(component)}</td>"
-                         + "".join(f"<td>{cells.get(int(layer), '–')}</td>" for layer in layers) + "</tr>")
+                         + "".join(cells.get(int(layer), "<td>–</td>") for layer in layers) + "</tr>")
         lines.append("</table>")
     return lines
 

@@ -108,7 +108,37 @@ def test_interchange_runs_through_stages_3_and_6_compare(tiny_model, tmp_path):
     assert (table["n_pairs"] == 2 * len(BRASS_PROMPTS)).all()
     assert table["log_odds_shift"].notna().all() and (table["log_odds_shift_low"] <= table["log_odds_shift"]).all()
     assert (table["family_kl"] >= 0).all()
-    assert "Interchange is_brass → is_keyboard (replace)" in (folder / "section.html").read_text()
+    section = (folder / "section.html").read_text()
+    assert "Interchange is_brass → is_keyboard (replace)" in section and "background: rgba" in section
+
+
+
+def test_batched_sites_equal_one_site_generations_and_change_their_rows(tiny_model):
+    """Row block i of the batched generation is what site i alone gives (same seeds); a mean far from the rows'
+    own activations changes the clips. (The tiny model's brass and keyboard means differ by ~1e-3, too little to
+    flip a sampled token, so the stage-level run above moves no clip; here B's mean is pushed far away.)"""
+    import torch
+
+    from diffusion.base import TrajectoryObserver
+    from diffusion.interventions import every_site, interchange_hooks
+
+    generator = musicgen.MusicgenGenerator(model=tiny_model, device="cpu")
+    last, prompt, seed, samples, seconds = generator.runner.num_layers, "bright brass", 5, 2, 0.2
+    means_a = generator.component_means([(prompt, seed)], samples, seconds)
+    means_b = means_a + 3.0
+    sites = every_site(last)
+    observers = [TrajectoryObserver([last]) for _ in sites]
+    generator.sample_sites(prompt, seed, samples, seconds, observers, means_a, means_b, sites, "replace")
+    reference = generator.runner.generate(prompt, seed, samples, seconds, generator.sampling).codes
+    changed = 0
+    for site, observer in zip(sites, observers):
+        batched = observer.captured[0].latent
+        if site in (("self_attn", 1), ("mlp", last)):
+            with interchange_hooks(generator.runner.decoder, means_a, means_b, [site] * samples, "replace"):
+                alone = generator.runner.generate(prompt, seed, samples, seconds, generator.sampling).codes
+            assert torch.equal(batched, alone), site
+        changed += not torch.equal(batched, reference)
+    assert changed >= len(sites) // 2
 
 
 @pytest.mark.parametrize("entry, extra, message", [
