@@ -371,6 +371,11 @@ def check_spec(spec: InterventionSpec, generator, run_samples: int, run_prompt_i
                                                          for labels in prompt_labels.values()):
                     raise InputError(f"{head}: no prompt of the run carries '{concept}', so it has no mean "
                                      f"activation — annotate prompts with it or choose another concept")
+            if prompt_labels is not None and spec.prompts is not None and not any(
+                    BY_NAME[intervention.concept_a].prompt_has(prompt_labels[p]) for p in spec.prompts
+                    if p in prompt_labels):
+                raise InputError(f"{head}: none of the spec's prompts carries '{intervention.concept_a}', so the "
+                                 f"interchange has nothing to generate — add some of its prompts to 'prompts'")
         if (intervention.where == PRIOR) != (target == PRIOR):
             raise InputError(f"{head}: where {intervention.record()['where']!r} — the {generator.name} generator "
                              f"intervenes on {target}" + ("" if target == PRIOR else f" {positions[0]}..{positions[-1]}")

@@ -147,12 +147,16 @@ def test_batched_sites_equal_one_site_generations_and_change_their_rows(tiny_mod
     ({"components": ["mlp", "attn"]}, [], "must be a non-empty list of distinct names"),
     ({"concept_b": "is_vocal"}, [], "no prompt of the run carries 'is_vocal'"),
     ({"strength": 2.0}, [], "unknown key of an interchange"),
+    ({"prompts": ["p_keys1"]}, [], "none of the spec's prompts carries 'is_brass'"),
     ({}, ["--generator", "ideal"], "interchange swaps MusicGen decoder components"),
 ])
 def test_bad_interchange_specs_are_one_line_exit_2(tiny_model, tmp_path, capsys, entry, extra, message):
     data = tmp_path / "data"
     write_annotated(data)
-    spec = write_spec(tmp_path, **entry)
+    spec = write_spec(tmp_path, **{key: value for key, value in entry.items() if key != "prompts"})
+    if "prompts" in entry:
+        payload = json.loads(spec.read_text())
+        spec.write_text(json.dumps({**payload, "prompts": entry["prompts"]}))
     arguments = ["--data", str(data), "--model", str(tiny_model), *RUN, "--intervene", str(spec), *extra]
     if extra:   # the ideal model: its own bank, no --model
         arguments = ["--data", str(data), "--samples", "1", "--steps", "5", "--limit-prompts", "1", "--no-progress",
