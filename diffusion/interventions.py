@@ -14,7 +14,18 @@ as a grid, so "3 concepts x 3 start steps x {concept, 2 random}" is one entry:
                                                   # musicgen: decoder layers [1..L] (1 = the first block's output)
         "strength": 8.0, "mode": "add",           # add: h + s v;  norm_relative: (h + s |h| v/|v|) / (1 + s)
         "from_step": [5, 25, 45], "to_step": null, # steps [from_step, to_step) of the sampler's own step counter
-        "rows": "conditional"}]}                  # conditional | unconditional | both (CFG batches)
+        "rows": "conditional"},                   # conditional | unconditional | both (CFG batches)
+       {"kind": "interchange",                    # MusicGen only (Velez Vasquez et al., ISMIR 2024)
+        "concept_a": "is_brass", "concept_b": "is_keyboard",
+        "op": "replace",                          # replace: output <- mean_B;  adjust: output + mean_B - mean_A
+        "components": ["self_attn", "cross_attn", "mlp"],   # optional (default: all three)
+        "layers": [1, 2, 3, 4],                   # decoder layers 1..L whose components are swapped
+        "id": "brass-keys"}]}                     # optional name (default: <concept_a>-<concept_b>)
+
+An interchange entry is one intervention run per (component, layer) site, id <name>-<op>-<component>-L<layer>,
+each generating concept A's prompts; stage 2 makes all sites of one prompt in ONE batched generation (one site
+per batch row). The means of A and B (per component, layer, generated position, CFG branch) come from a generation
+pass over the run's prompts that carry the concept, cached in generated/interventions/component-means/.
 
 Directions: "concept" is the backend's own direction for the concept (the ideal model's prior tilt towards the bank
 clips that carry it); a path names a direction file (`interp/directions.py`: .npy [positions, dim] or
@@ -45,13 +56,14 @@ import numpy as np
 from data.stage import InputError
 
 SPEC_FORMAT = 1
-INTERVENTION_KINDS = ("steer",)
+INTERVENTION_KINDS = ("steer", "interchange")
 MODES = ("add", "norm_relative")
 ROWS = ("conditional", "unconditional", "both")
 PRIOR = "prior"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]+$")
 ENTRY_KEYS = {"id", "kind", "concept", "direction", "where", "strength", "mode", "from_step", "to_step", "rows"}
 GRID_KEYS = ("concept", "direction", "strength", "from_step")
+INTERCHANGE_KEYS = {"id", "kind", "concept_a", "concept_b", "op", "components", "layers"}
 SPEC_KEYS = {"format", "prompts", "samples", "capture_steps", "interventions"}
 SPEC_FIX = "fix the spec (format: diffusion/interventions.py, data/ARTIFACTS.md)"
 
@@ -71,6 +83,10 @@ class Intervention:
     kind: str = "steer"
     # Absolute path of the direction .npy: the one steered along ("file"), or whose norms a random one matches.
     direction_file: str | None = None
+    # Interchange only: `concept` is B (the concept swapped in), concept_a the prompts' own; component and op.
+    concept_a: str | None = None
+    component: str | None = None
+    op: str | None = None
 
     @property
     def is_baseline(self) -> bool:
@@ -83,6 +99,9 @@ class Intervention:
         """What the run's provenance keeps (JSON types)."""
         record = asdict(self)
         record["where"] = self.where if isinstance(self.where, str) else list(self.where)
+        if self.kind == "steer":   # steering records stay as they were before interchange existed
+            for key in ("concept_a", "component", "op"):
+                record.pop(key)
         return record
 
     def group(self) -> tuple:
@@ -171,6 +190,9 @@ def load_spec(path) -> InterventionSpec:
         where_text = f"interventions[{number}]"
         if not isinstance(entry, dict):
             raise fail(where_text, "must be an object")
+        if entry.get("kind") == "interchange":
+            interventions.extend(_interchange_entry(entry, fail, where_text))
+            continue
         unknown = sorted(set(entry) - ENTRY_KEYS)
         if unknown:
             raise fail(f"{where_text}.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(ENTRY_KEYS))})")
@@ -249,6 +271,41 @@ def load_spec(path) -> InterventionSpec:
                             samples=samples, capture_steps=None if capture is None else tuple(sorted(set(capture))))
 
 
+def _interchange_entry(entry: dict, fail, where_text: str) -> list[Intervention]:
+    """The (component, layer) sites of one interchange entry, one Intervention each."""
+    from interp.concepts import BY_NAME
+
+    unknown = sorted(set(entry) - INTERCHANGE_KEYS)
+    if unknown:
+        raise fail(f"{where_text}.{unknown[0]}", f"unknown key of an interchange (allowed: "
+                                                 f"{', '.join(sorted(INTERCHANGE_KEYS))})")
+    for key in ("concept_a", "concept_b", "op", "layers"):
+        if key not in entry:
+            raise fail(where_text, f"'{key}' is required for an interchange")
+    for key in ("concept_a", "concept_b"):
+        if not isinstance(entry[key], str) or entry[key] not in BY_NAME:
+            raise fail(f"{where_text}.{key}", f"{entry[key]!r} is not a concept of interp/concepts.py")
+    op = entry["op"]
+    if op not in INTERCHANGE_OPS:
+        raise fail(f"{where_text}.op", f"{op!r} is not one of {', '.join(INTERCHANGE_OPS)}")
+    components = entry.get("components", list(COMPONENTS))
+    if (not isinstance(components, list) or not components or len(set(map(str, components))) != len(components)
+            or not all(c in COMPONENTS for c in components)):
+        raise fail(f"{where_text}.components", f"{components!r} must be a non-empty list of distinct names from "
+                                               f"{', '.join(COMPONENTS)}")
+    layers = entry["layers"]
+    if (not isinstance(layers, list) or not layers or not all(_is_int(p) and p >= 1 for p in layers)
+            or len(set(layers)) != len(layers)):
+        raise fail(f"{where_text}.layers", f"{layers!r} must be a non-empty list of distinct decoder layers 1..L")
+    name = entry.get("id", f"{entry['concept_a']}-{entry['concept_b']}")
+    if not isinstance(name, str) or not ID_PATTERN.match(name):
+        raise fail(f"{where_text}.id", f"{name!r} must match [A-Za-z0-9_.+-]+")
+    return [Intervention(id=f"{name}-{op}-{component}-L{layer}", concept=entry["concept_b"], direction="interchange",
+                         where=(int(layer),), strength=1.0, from_step=0, rows="both", kind="interchange",
+                         concept_a=entry["concept_a"], component=component, op=op)
+            for layer in sorted(layers) for component in components]
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -292,8 +349,12 @@ def default_id(concept: str, direction: str, seed: int, direction_file: str | No
     return "_".join(parts).replace("/", "-")
 
 
-def check_spec(spec: InterventionSpec, generator, run_samples: int, run_prompt_ids: Sequence[str]) -> None:
-    """What needs the model: positions exist, steps fall in the trajectory, prompts and samples are in the run."""
+def check_spec(spec: InterventionSpec, generator, run_samples: int, run_prompt_ids: Sequence[str],
+               prompt_labels: dict | None = None) -> None:
+    """What needs the model: positions exist, steps fall in the trajectory, prompts and samples are in the run;
+    an interchange's concepts each have prompts among the run's (prompt_labels: prompt id -> labels)."""
+    from interp.concepts import BY_NAME
+
     sites = getattr(generator, "intervention_sites", None)
     if sites is None:
         raise InputError(f"{spec.path}: the {generator.name} generator takes no interventions — use ideal, "
@@ -301,6 +362,20 @@ def check_spec(spec: InterventionSpec, generator, run_samples: int, run_prompt_i
     target, positions = sites
     for intervention in spec.interventions:
         head = f"{spec.path}: intervention '{intervention.id}'"
+        if intervention.kind == "interchange":
+            if generator.name != "musicgen":
+                raise InputError(f"{head}: interchange swaps MusicGen decoder components; the {generator.name} "
+                                 f"generator has none — use --generator musicgen or steer instead")
+            for concept in (intervention.concept_a, intervention.concept):
+                if prompt_labels is not None and not any(BY_NAME[concept].prompt_has(labels)
+                                                         for labels in prompt_labels.values()):
+                    raise InputError(f"{head}: no prompt of the run carries '{concept}', so it has no mean "
+                                     f"activation — annotate prompts with it or choose another concept")
+            if prompt_labels is not None and spec.prompts is not None and not any(
+                    BY_NAME[intervention.concept_a].prompt_has(prompt_labels[p]) for p in spec.prompts
+                    if p in prompt_labels):
+                raise InputError(f"{head}: none of the spec's prompts carries '{intervention.concept_a}', so the "
+                                 f"interchange has nothing to generate — add some of its prompts to 'prompts'")
         if (intervention.where == PRIOR) != (target == PRIOR):
             raise InputError(f"{head}: where {intervention.record()['where']!r} — the {generator.name} generator "
                              f"intervenes on {target}" + ("" if target == PRIOR else f" {positions[0]}..{positions[-1]}")
@@ -316,7 +391,8 @@ def check_spec(spec: InterventionSpec, generator, run_samples: int, run_prompt_i
         if steps is not None and intervention.from_step >= steps:
             raise InputError(f"{head}: from_step {intervention.from_step} is past the last step "
                              f"{steps - 1} — {SPEC_FIX}")
-        if intervention.rows != "conditional" and not getattr(generator, "has_unconditional_rows", False):
+        if intervention.kind == "steer" and intervention.rows != "conditional" and \
+                not getattr(generator, "has_unconditional_rows", False):
             raise InputError(f"{head}: rows '{intervention.rows}' — the {generator.name} generator runs no "
                              f"unconditional (CFG) rows — {SPEC_FIX}")
     if spec.samples is not None and spec.samples > run_samples:
@@ -632,6 +708,8 @@ def musicgen_hooks(decoder, intervention: Intervention | None, samples: int) -> 
     hooks = HookSet()
     if intervention is None or intervention.strength == 0:
         return hooks
+    if intervention.kind != "steer":
+        raise ValueError(f"{intervention.id}: an interchange runs batched through InterchangeBatch, not as steering")
     vectors = steering_vectors(intervention, int(decoder.config.hidden_size) if hasattr(decoder, "config")
                                else decoder.layers[0].self_attn.out_proj.out_features)
     position = GenerationPosition()
@@ -778,6 +856,7 @@ class InterventionPlan:
     spec: InterventionSpec
     settings: object                     # diffusion.trajectory.TrajectorySettings of the intervened runs
     provenances: dict                    # id -> (folder, data.contract.Provenance of its intervention.json)
+    generated: Path | None = None        # where interchange means are cached
 
 
 def plan_interventions(generated: Path, settings, spec: InterventionSpec, generation_record: dict,
@@ -806,7 +885,7 @@ def plan_interventions(generated: Path, settings, spec: InterventionSpec, genera
         prov = Provenance(sidecar=folder / INTERVENTION_JSON, record=record)
         decide(prov, force, "pass --force to redo it, or give the changed intervention another id")
         provenances[intervention.id] = (folder, prov)
-    return InterventionPlan(spec, settings, provenances)
+    return InterventionPlan(spec, settings, provenances, Path(generated))
 
 
 def run_interventions(generator, prompts, plan: InterventionPlan, shard=None, force: bool = False,
@@ -827,6 +906,8 @@ def run_interventions(generator, prompts, plan: InterventionPlan, shard=None, fo
     spec, settings = plan.spec, plan.settings
     by_id = {row.prompt_id: row for row in prompts.itertuples(index=False)}
     chosen = [p for p in shard.select(list(by_id)) if spec.prompts is None or p in spec.prompts]
+    labels_of = {p: tuple(by_id[p].labels) for p in chosen}
+    generates = {intervention.id: prompts_of(intervention, labels_of) for intervention in spec.interventions}
     expected = settings.expected_rows()
     content_labels = tuple(getattr(generator, "content_labels", ()))
     for folder, prov in plan.provenances.values():
@@ -837,19 +918,116 @@ def run_interventions(generator, prompts, plan: InterventionPlan, shard=None, fo
                 shutil.rmtree(folder / part, ignore_errors=True)
             commit(prov)
     todo = [(intervention, prompt_id) for intervention in spec.interventions for prompt_id in chosen
-            if force or not part_is_complete(plan.provenances[intervention.id][0], prompt_id, expected,
-                                             content_labels)]
-    skipped = len(spec.interventions) * len(chosen) - len(todo)
+            if prompt_id in generates[intervention.id]
+            and (force or not part_is_complete(plan.provenances[intervention.id][0], prompt_id, expected,
+                                               content_labels))]
+    skipped = sum(len(prompt_ids) for prompt_ids in generates.values()) - len(todo)
+    # An interchange's unfinished sites of one prompt share one batch: (prompt, A, B, op) -> InterchangeBatch.
+    batches, means = {}, {}
+    for intervention, prompt_id in todo:
+        if intervention.kind == "interchange":
+            batches.setdefault((prompt_id, intervention.concept_a, intervention.concept, intervention.op), []).append(
+                (intervention.component, intervention.where[0]))
     with ThreadPoolExecutor(max_workers=WAV_WRITERS) as writers, \
             tqdm(total=len(todo), unit="run", desc=f"stage 2 interventions shard {shard}",
                  disable=not progress or not todo, dynamic_ncols=True) as bar:
         for intervention, prompt_id in todo:
             row = by_id[prompt_id]
             conditioning = Conditioning(prompt=row.prompt, labels=tuple(row.labels), intervention=intervention)
-            generate_prompt(generator, prompt_id, conditioning, plan.provenances[intervention.id][0], settings,
+            runner = generator
+            if intervention.kind == "interchange":
+                for concept in (intervention.concept_a, intervention.concept):
+                    if concept not in means:   # over all the run's prompts, not this shard's: shards agree
+                        means[concept] = concept_means(generator, plan.generated, concept, prompts, settings)
+                key = (prompt_id, intervention.concept_a, intervention.concept, intervention.op)
+                if not isinstance(batches[key], InterchangeBatch):
+                    batches[key] = InterchangeBatch(generator, means[intervention.concept_a],
+                                                    means[intervention.concept], intervention.op, batches[key])
+                runner = SiteGenerator(batches[key], (intervention.component, intervention.where[0]))
+            generate_prompt(runner, prompt_id, conditioning, plan.provenances[intervention.id][0], settings,
                             writers)
             bar.update(1)
     return len(todo), skipped
+
+
+# -- stage 2: interchange runs, batched over their (component, layer) sites ------------------------------------------
+
+MEANS_DIR = "component-means"
+
+
+def prompts_of(intervention: Intervention, labels_of: dict) -> set[str]:
+    """The prompts an intervention generates: all for steering, concept A's for an interchange."""
+    if intervention.kind != "interchange":
+        return set(labels_of)
+    from interp.concepts import BY_NAME
+    return {p for p, labels in labels_of.items() if BY_NAME[intervention.concept_a].prompt_has(labels)}
+
+
+def concept_means(generator, generated: Path, concept: str, prompts, settings) -> np.ndarray:
+    """Per-(component, layer, position, branch) mean activation over the run's prompts that carry `concept`
+    (every sample, the run's seeds and length), cached as generated/interventions/component-means/
+    <concept>-<hash>.npy + .json; the hash covers everything the means depend on, so a rerun reads them back and
+    other settings make another file."""
+    from data.files import read_json, sha256_json, write_json, write_npy
+    from diffusion.trajectory import prompt_seed
+    from interp.concepts import BY_NAME
+
+    chosen = [(row.prompt_id, row.prompt) for row in prompts.itertuples(index=False)
+              if BY_NAME[concept].prompt_has(tuple(row.labels))]
+    record = {"concept": concept, "generator": generator.provenance(), "prompt_ids": [p for p, _ in chosen],
+              "prompt_texts_sha256": sha256_json([text for _, text in chosen]), "seed": int(settings.seed),
+              "samples": int(settings.samples), "seconds": float(settings.seconds),
+              "layout": "float32 [components (self_attn, cross_attn, mlp), layers 1..L, generated positions, "
+                        "branches (cond, uncond), dim]"}
+    path = Path(generated) / INTERVENTIONS_DIR / MEANS_DIR / f"{concept}-{sha256_json(record)[:16]}.npy"
+    sidecar = path.with_suffix(".json")
+    if path.is_file() and sidecar.is_file() and read_json(sidecar) == json.loads(json.dumps(record)):
+        return np.load(path, allow_pickle=False)
+    means = generator.component_means([(text, prompt_seed(settings.seed, p)) for p, text in chosen],
+                                      settings.samples, settings.seconds)
+    write_npy(path, means)
+    write_json(sidecar, record)   # last: the sidecar says the array is complete
+    return means
+
+
+class InterchangeBatch:
+    """The batched generations of one interchange (A, B, op) on one prompt: the first site asking for a sampler
+    call (seed, count) runs every site of `sites` at once (MusicgenGenerator.sample_sites); the others read their
+    rows back. Stage 2 then writes each site's run with the ordinary generate_prompt through SiteGenerator."""
+
+    def __init__(self, generator, means_a: np.ndarray, means_b: np.ndarray, op: str, sites: list[tuple[str, int]]):
+        self.generator, self.means_a, self.means_b, self.op, self.sites = generator, means_a, means_b, op, sites
+        self.results: dict[tuple, list] = {}   # (seed, count, seconds) -> per site: its observer
+
+    def sample(self, site: tuple[str, int], seed: int, num_samples: int, seconds: float, observer, prompt: str):
+        from diffusion.base import TrajectoryObserver
+
+        key = (seed, num_samples, seconds)
+        if key not in self.results:
+            observers = [TrajectoryObserver(observer.capture, observer.kinds) for _ in self.sites]
+            self.generator.sample_sites(prompt, seed, num_samples, seconds, observers, self.means_a, self.means_b,
+                                        self.sites, self.op)
+            self.results[key] = observers
+        observers = self.results[key]
+        made, observers[self.sites.index(site)] = observers[self.sites.index(site)], None
+        if all(other is None for other in observers):   # every site has its rows: free the batch's codes
+            del self.results[key]
+        observer.captured.extend(made.captured)
+        observer.activations.extend(made.activations)
+
+
+class SiteGenerator:
+    """The generator as generate_prompt sees it for one interchange site: sampling comes from the batch, the rest
+    (decode, name, content labels, ...) is the MusicGen generator's own."""
+
+    def __init__(self, batch: InterchangeBatch, site: tuple[str, int]):
+        self.batch, self.site = batch, site
+
+    def __getattr__(self, name):
+        return getattr(self.batch.generator, name)
+
+    def sample(self, conditioning, seed: int, num_samples: int, seconds: float, observer):
+        self.batch.sample(self.site, seed, num_samples, seconds, observer, conditioning.prompt)
 
 
 def read_intervention_records(generated: Path) -> dict[str, dict]:

@@ -336,11 +336,13 @@ class MusicgenRunner:
 
     def generate(self, prompt: str, seed: int, num_samples: int, seconds: float, sampling: Sampling,
                  layers: int | None = None, record_residuals: bool = False,
-                 melody: np.ndarray | None = None) -> Generation:
-        """One generate() call for `num_samples` rows (row r seeded with seed + r), optionally with the decoder
-        truncated to its first `layers` blocks and every block's residual recorded."""
+                 melody: np.ndarray | None = None, row_seeds: list[int] | None = None) -> Generation:
+        """One generate() call for `num_samples` rows (row r seeded with seed + r, or row_seeds[r]: a batched
+        interchange repeats each sample's seed once per site), optionally with the decoder truncated to its first
+        `layers` blocks and every block's residual recorded."""
         frames = self.frames(seconds)
-        generators = [torch.Generator("cpu").manual_seed(int(seed) + row) for row in range(num_samples)]
+        seeds = [int(seed) + row for row in range(num_samples)] if row_seeds is None else list(row_seeds)
+        generators = [torch.Generator("cpu").manual_seed(int(row_seed)) for row_seed in seeds]
         sampler = RowSeededSampler(sampling, generators, self.num_codebooks)
         inputs = self.inputs(prompt, num_samples, melody)
         recorder = ResidualRecorder(self.decoder) if record_residuals else None
@@ -583,32 +585,75 @@ class MusicgenGenerator(Generator):
             raise InputError(f"--seconds {seconds:g} is outside (0, {self.max_seconds:g}] for {self.runner.model_id}")
         if observer is not None and "xt" in getattr(observer, "kinds", ()):
             raise InputError("musicgen has no noisy latent (xt): its trajectory is over decoder layers — use --kinds x0")
+        wanted = self._wanted(observer)
+        full, per_layer = self._generate_layers(conditioning.prompt, [seed + row for row in range(num_samples)],
+                                                seconds, wanted, lambda: self.steering(conditioning, num_samples))
+        self._report(observer, wanted, full, per_layer, range(num_samples))
+        return full.codes
+
+    def _wanted(self, observer) -> list[int]:
         wanted = sorted(getattr(observer, "capture", self.axis.positions)) if observer is not None else []
-        wanted = [layer for layer in wanted if layer in self.axis.positions]
-        last = self.runner.num_layers
+        return [layer for layer in wanted if layer in self.axis.positions]
+
+    def _generate_layers(self, prompt: str, row_seeds: list[int], seconds: float, wanted: list[int], hooks):
+        """One generation of len(row_seeds) rows under hooks() (a fresh hook context per generate() call), and
+        each wanted layer's codes through the lens."""
+        last, rows = self.runner.num_layers, len(row_seeds)
         record = (self.lens == "logit" and any(layer != last for layer in wanted)) or self.residuals != "none"
-        with self.steering(conditioning, num_samples):
-            full = self.runner.generate(conditioning.prompt, seed, num_samples, seconds, self.sampling,
-                                        record_residuals=record, melody=self.melody)
+        with hooks():
+            full = self.runner.generate(prompt, row_seeds[0], rows, seconds, self.sampling, record_residuals=record,
+                                        melody=self.melody, row_seeds=row_seeds)
         if self.lens == "logit":
             per_layer = self.runner.logit_lens(full, self.sampling, wanted).codes
         else:
             per_layer = {last: full.codes}
             for layer in (layer for layer in wanted if layer != last):
-                # The steering hooks sit on the layer modules, which the truncated decoder keeps.
-                with self.steering(conditioning, num_samples):
-                    per_layer[layer] = self.runner.generate(conditioning.prompt, seed, num_samples, seconds,
-                                                            self.sampling, layers=layer, melody=self.melody).codes
-        if observer is not None:
-            for layer in wanted:
-                observer(layer, None, None, per_layer[layer])
-            if self.residuals != "none":
-                keep = getattr(observer, "keep_activations", None)
-                if keep is None:
-                    raise RuntimeError("residual capture needs an observer with keep_activations (diffusion/base.py)")
-                rows, array = residual_summaries(full.residuals, num_samples, self.residuals == "both")
-                keep(rows, array)
-        return full.codes
+                # The intervention's hooks sit on the layer modules, which the truncated decoder keeps.
+                with hooks():
+                    per_layer[layer] = self.runner.generate(prompt, row_seeds[0], rows, seconds, self.sampling,
+                                                            layers=layer, melody=self.melody,
+                                                            row_seeds=row_seeds).codes
+        return full, per_layer
+
+    def _report(self, observer, wanted: list[int], full: Generation, per_layer: dict, rows: range) -> None:
+        """Give the observer the codes (and residual summaries) of batch rows `rows` as its samples 0.."""
+        if observer is None:
+            return
+        for layer in wanted:
+            observer(layer, None, None, per_layer[layer][rows.start:rows.stop])
+        if self.residuals != "none":
+            keep = getattr(observer, "keep_activations", None)
+            if keep is None:
+                raise RuntimeError("residual capture needs an observer with keep_activations (diffusion/base.py)")
+            summaries, array = residual_summaries(full.residuals, full.codes.shape[0], self.residuals == "both")
+            chosen = [i for i, row in enumerate(summaries) if row["sample"] in rows]
+            keep([{**summaries[i], "sample": summaries[i]["sample"] - rows.start} for i in chosen], array[chosen])
+
+    def sample_sites(self, prompt: str, seed: int, num_samples: int, seconds: float, observers: list,
+                     means_a: np.ndarray, means_b: np.ndarray, sites: list, op: str) -> None:
+        """Interchange (issue 11): every (component, layer) site of `sites` for samples seed .. seed + n - 1 in ONE
+        batched generation, site i on rows i*n .. i*n + n - 1 (each with its sample's seed, so it pairs with the
+        reference clip); observers[i] gets site i's layers as its samples 0..n-1."""
+        from diffusion.interventions import interchange_hooks
+
+        assignments = [site for site in sites for _ in range(num_samples)]
+        row_seeds = [seed + sample for _ in sites for sample in range(num_samples)]
+        wanted = self._wanted(observers[0])
+        full, per_layer = self._generate_layers(
+            prompt, row_seeds, seconds, wanted,
+            lambda: interchange_hooks(self.runner.decoder, means_a, means_b, assignments, op))
+        for i, observer in enumerate(observers):
+            self._report(observer, wanted, full, per_layer, range(i * num_samples, (i + 1) * num_samples))
+
+    def component_means(self, prompts: list[tuple[str, int]], num_samples: int, seconds: float) -> np.ndarray:
+        """Mean output of every (component, layer, generated position, CFG branch) over the samples of
+        `prompts` ((text, seed of sample 0) pairs): diffusion/interventions.py ComponentMeans."""
+        from diffusion.interventions import ComponentMeans
+
+        with ComponentMeans(self.runner.decoder, num_samples) as recorder:
+            for prompt, seed in prompts:
+                self.runner.generate(prompt, seed, num_samples, seconds, self.sampling, melody=self.melody)
+        return recorder.means()
 
     def decode(self, latents: torch.Tensor, seconds: float) -> np.ndarray:
         return self.runner.decode(latents, seconds)

@@ -135,7 +135,8 @@ def main(args) -> None:
     provenance = check_generation(generator, settings, annotated_sha256, generated, args.force)
     plan = None
     if spec is not None:
-        interventions.check_spec(spec, generator, settings.samples, list(prompts["prompt_id"]))
+        interventions.check_spec(spec, generator, settings.samples, list(prompts["prompt_id"]),
+                                 dict(zip(prompts["prompt_id"], map(tuple, prompts["labels"]))))
         plan = interventions.plan_interventions(generated, settings, spec, provenance, args.force)
     if args.force:
         check_force(generated, provenance, prompts, shard, list(annotated["prompt_id"]))

@@ -12,6 +12,9 @@ the only difference is the intervention — and scored by the same concept probe
 - the published interchange metrics (Vélez Vásquez et al., ISMIR 2024): the log-odds shift of the target concept,
   mean over pairs of logit P_int(c) - logit P_ref(c), and the KL divergence KL(ref || int) between the clip's
   distribution over the instrument-family concepts (family probe scores normalised to sum to 1), both with CIs;
+  for an interchange (A's prompts with one component swapped towards B) the log-odds shift is between the two
+  concepts: [logit P(B) - logit P(A)] intervened minus the same for the reference; interchange.csv puts these
+  per (component, layer) site, and the report shows them as a components x layers table;
 - an audio sanity guard: cosine distance between the intervened clip's embedding and its reference's (beside the
   median distance between references of different prompts, for scale), the loudness change in dB, and the share
   of silent clips. The guard fails on non-finite or silent audio, or a loudness change beyond LOUDNESS_LIMIT_DB.
@@ -20,8 +23,8 @@ For step-resolved steering the COMMITMENT STEP of a group is the last start step
 still moves the target concept beyond the baseline; it sits beside the concept's emergence step. If some earlier
 k does not move it, the commitment step is still the last one that does, and `monotone` says so.
 
-Outputs in <results>/compare/: interventions.csv, effects.csv, commitment.csv, pairs.csv, commitment.png,
-section.html (the report's section), compare.json (provenance, written last).
+Outputs in <results>/compare/: interventions.csv, effects.csv, commitment.csv, pairs.csv, interchange.csv,
+commitment.png, section.html (the report's section), compare.json (provenance, written last).
 """
 from __future__ import annotations
 
@@ -39,7 +42,11 @@ LOUDNESS_LIMIT_DB = 10.0
 SILENCE_DBFS = -60.0
 EPSILON = 1e-6
 AUDIO_PAIRS_SHOWN = 2
-OUTPUT_FILES = ("interventions.csv", "effects.csv", "commitment.csv", "pairs.csv", "commitment.png", "section.html")
+OUTPUT_FILES = ("interventions.csv", "effects.csv", "commitment.csv", "pairs.csv", "interchange.csv", "commitment.png",
+                "section.html")
+INTERCHANGE_COLUMNS = ["intervention", "concept_a", "concept_b", "op", "component", "layer", "n_pairs", "n_prompts",
+                       "log_odds_shift", "log_odds_shift_low", "log_odds_shift_high", "family_kl", "family_kl_low",
+                       "family_kl_high", "target_delta", "target_delta_low", "target_delta_high", "audio_guard"]
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -180,11 +187,17 @@ def compare(scores: pd.DataFrame, records: dict[str, dict], concept_names, famil
             worst = int(np.nanargmax(np.abs(off)))
             summary["off_target_largest"] = f"{others[worst]} {off[worst]:+.3f}"
         log_odds = logit(chosen[target].to_numpy(float)) - logit(chosen[f"{target}_ref"].to_numpy(float))
+        if record.get("kind") == "interchange":   # between the concepts: logit P(B) - logit P(A), int - ref
+            source = record["concept_a"]
+            log_odds = log_odds - (logit(chosen[source].to_numpy(float))
+                                   - logit(chosen[f"{source}_ref"].to_numpy(float)))
         summary["log_odds_shift"], summary["log_odds_shift_low"], summary["log_odds_shift_high"] = bootstrap_mean(
             log_odds, prompt, weights, level)
-        families = [c for c in family_concepts if c in chosen]
+        # The families whose probe could be fitted (a family no prompt carries has no scores, not zero mass).
+        families = [c for c in family_concepts if c in chosen and np.isfinite(chosen[c].to_numpy(float)).all()
+                    and np.isfinite(chosen[f"{c}_ref"].to_numpy(float)).all()]
         kl = family_kl(chosen[[f"{c}_ref" for c in families]].to_numpy(float), chosen[families].to_numpy(float)) \
-            if families else np.full(len(chosen), np.nan)
+            if len(families) >= 2 else np.full(len(chosen), np.nan)
         summary["family_kl"], summary["family_kl_low"], summary["family_kl_high"] = bootstrap_mean(
             kl, prompt, weights, level)
         distance = np.full(len(chosen), np.nan)
@@ -220,7 +233,21 @@ def compare(scores: pd.DataFrame, records: dict[str, dict], concept_names, famil
     effects = pd.DataFrame(effect_rows)
     commitment = commitment_table(interventions, emergence_steps, axis_name)
     return {"interventions": interventions, "effects": effects, "commitment": commitment,
-            "pairs": pd.DataFrame(pair_rows), "scored_step": last_step}
+            "pairs": pd.DataFrame(pair_rows), "interchange": interchange_table(interventions),
+            "scored_step": last_step}
+
+
+def interchange_table(interventions: pd.DataFrame) -> pd.DataFrame:
+    """One row per interchange site (component, layer): the published metrics with their CIs."""
+    if interventions.empty or "kind" not in interventions:
+        return pd.DataFrame(columns=INTERCHANGE_COLUMNS)
+    chosen = interventions[interventions["kind"] == "interchange"]
+    table = chosen.rename(columns={"concept": "concept_b"}).assign(layer=chosen["where"].astype(int))
+    table = table.reindex(columns=INTERCHANGE_COLUMNS)
+    order = {name: i for i, name in enumerate(("self_attn", "cross_attn", "mlp"))}
+    return table.sort_values(["concept_a", "concept_b", "op", "layer", "component"],
+                             key=lambda column: column.map(order) if column.name == "component" else column,
+                             ).reset_index(drop=True)
 
 
 def commitment_table(interventions: pd.DataFrame, emergence_steps: pd.DataFrame | None,
@@ -269,6 +296,7 @@ def _flat(record: dict) -> dict:
     flat = {key: record.get(key) for key in keep}
     flat["where"] = record["where"] if isinstance(record["where"], str) else ";".join(map(str, record["where"]))
     flat["intervention"] = flat.pop("id")
+    flat.update({key: record[key] for key in ("concept_a", "component", "op") if key in record})
     return flat
 
 
@@ -364,6 +392,7 @@ def section_html(tables: dict, out: Path, generated: Path, image_uri: str, axis_
                      f"<td>{_ci(row, 'embedding_distance')}</td>"
                      f"<td class='text'>{escape(str(row.get('audio_guard', '')))}</td></tr>")
     lines.append("</table>")
+    lines.extend(interchange_html(tables.get("interchange")))
     lines.append("<details><summary>Listen: unintervened and intervened clips side by side</summary><table>"
                  "<tr><th class='text'>intervention</th><th class='text'>prompt / sample</th>"
                  "<th class='text'>unintervened</th><th>P(target)</th><th class='text'>intervened</th>"
@@ -380,12 +409,40 @@ def section_html(tables: dict, out: Path, generated: Path, image_uri: str, axis_
     return "\n".join(lines)
 
 
+def interchange_html(table: pd.DataFrame | None) -> list[str]:
+    """Per interchange (A, B, op): a components x layers table of the log-odds shift, CI below each value."""
+    if table is None or table.empty:
+        return []
+    lines = []
+    for (source, target, op), group in table.groupby(["concept_a", "concept_b", "op"], sort=False):
+        layers = sorted(group["layer"].unique())
+        lines.append(f"<h3>Interchange {html.escape(source)} → {html.escape(target)} ({html.escape(op)}): "
+                     "log-odds shift logit P(B) − logit P(A), intervened − reference</h3>"
+                     "<table><tr><th class='text'>component</th>"
+                     + "".join(f"<th>layer {int(layer)}</th>" for layer in layers) + "</tr>")
+        # A heatmap in the table itself: orange towards B, blue away from it, saturated at the largest |shift|.
+        scale = max(float(np.nanmax(np.abs(group["log_odds_shift"].to_numpy(float)))), 1e-12) \
+            if group["log_odds_shift"].notna().any() else 1.0
+        for component, rows in group.groupby("component", sort=False):
+            cells = {}
+            for _, row in rows.iterrows():
+                value = float(row["log_odds_shift"])
+                shade = "" if not np.isfinite(value) else (
+                    f" style='background: rgba({'230,120,20' if value > 0 else '40,110,220'},"
+                    f"{0.6 * abs(value) / scale:.2f})'")
+                cells[int(row["layer"])] = f"<td{shade}>{_ci(row, 'log_odds_shift')}</td>"
+            lines.append(f"<tr><td class='text'>{html.escape(component)}</td>"
+                         + "".join(cells.get(int(layer), "<td>–</td>") for layer in layers) + "</tr>")
+        lines.append("</table>")
+    return lines
+
+
 def write_outputs(folder: Path, tables: dict, generated: Path, report_dir: Path, axis_unit: str = "step") -> None:
     """CSVs, the figure and the report section (links relative to report_dir, where report.html lives)."""
     import base64
 
     folder = Path(folder)
-    for name in ("interventions", "effects", "commitment", "pairs"):
+    for name in ("interventions", "effects", "commitment", "pairs", "interchange"):
         write_csv(folder / f"{name}.csv", tables[name])
     plot_commitment(tables["interventions"], tables["commitment"], folder / "commitment.png", axis_unit)
     uri = "data:image/png;base64," + base64.b64encode((folder / "commitment.png").read_bytes()).decode("ascii")

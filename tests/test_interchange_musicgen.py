@@ -1,0 +1,167 @@
+"""Interchange interventions end to end on a tiny MusicGen (issue 11): spec -> stage 2 (one batched generation per
+prompt for every (component, layer) site) -> stage 3 -> stage 6 --compare (interchange.csv).
+
+Known answer: "adjust" with A == B shifts every component by mean_A - mean_A = 0, so each site's clips are the
+reference run's clips byte for byte (which also checks that batching the sites changes no row)."""
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+pytest.importorskip("diffusion.musicgen", reason="the MusicGen backend (issue 10) is not in this checkout")
+
+from data.stage import run_stage  # noqa: E402
+from diffusion import musicgen  # noqa: E402
+from diffusion import stage2_generate as stage2  # noqa: E402
+from tiny_musicgen import save_model  # noqa: E402
+from test_musicgen_stage2 import PROMPTS, RUN, write_annotated  # noqa: E402
+
+LAYERS = [1, 2, 3, 4]
+BRASS_PROMPTS = [pid for pid, _, labels in PROMPTS if "brass" in labels.split(";")]
+
+
+def write_spec(folder, **entry):
+    payload = {"interventions": [{"kind": "interchange", "concept_a": "is_brass", "concept_b": "is_keyboard",
+                                  "op": "replace", "layers": LAYERS, **entry}]}
+    path = folder / "spec.json"
+    path.write_text(json.dumps(payload))
+    return path
+
+
+def stage2_run(data, model, spec, *extra) -> int:
+    return run_stage(stage2.main, stage2.build_parser(),
+                     ["--data", str(data), "--model", str(model), *RUN, "--intervene", str(spec), *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    return save_model(tmp_path_factory.mktemp("interchange") / "tiny-musicgen")
+
+
+def test_adjust_with_a_equal_to_b_changes_nothing_and_sites_share_one_generation(tiny_model, tmp_path, monkeypatch,
+                                                                                 capsys):
+    data = tmp_path / "data"
+    write_annotated(data, PROMPTS[:4])      # 3 brass prompts, 1 keyboard prompt
+    spec = write_spec(tmp_path, concept_b="is_brass", op="adjust", id="same")
+    calls = []
+    original = musicgen.MusicgenRunner.generate
+
+    def counted(self, prompt, seed, num_samples, *args, **kwargs):
+        calls.append(num_samples)
+        return original(self, prompt, seed, num_samples, *args, **kwargs)
+
+    monkeypatch.setattr(musicgen.MusicgenRunner, "generate", counted)
+    assert stage2_run(data, tiny_model, spec, "--capture-steps", "2,4") == 0
+    sites = 3 * len(LAYERS)
+    # Reference: one per prompt; means of A (cached, and B is A): one per brass prompt; interchange: ONE batched
+    # generation of 12 sites x 2 samples per brass prompt.
+    assert calls == [2] * 4 + [2] * len(BRASS_PROMPTS) + [sites * 2] * len(BRASS_PROMPTS)
+    generated = data / "generated"
+    runs = sorted(p.name for p in (generated / "interventions").iterdir() if (p / "index").is_dir())
+    assert len(runs) == sites and "same-adjust-cross_attn-L3" in runs
+    for run in runs:
+        index = pd.read_csv(generated / "interventions" / run / "index" / "p_brass2.csv")
+        assert set(index["prompt_id"]) == {"p_brass2"} and len(index) == 2 * 2
+        assert not (generated / "interventions" / run / "index" / "p_keys1.csv").exists()   # A's prompts only
+        for path in index["path"]:
+            assert (generated / "interventions" / run / path).read_bytes() == (generated / path).read_bytes()
+    means = list((generated / "interventions" / "component-means").glob("is_brass-*.npy"))
+    assert len(means) == 1 and means[0].with_suffix(".json").is_file()
+    # A rerun makes nothing: every site is done, and the means are read back, not recomputed.
+    calls.clear()
+    capsys.readouterr()
+    assert stage2_run(data, tiny_model, spec, "--capture-steps", "2,4") == 0
+    assert calls == [] and f"{sites * len(BRASS_PROMPTS)} prompt runs already done, 0 generated" in \
+        capsys.readouterr().err
+
+
+def test_interchange_runs_through_stages_3_and_6_compare(tiny_model, tmp_path):
+    from data.nsynth import render_soundfont
+    from embeddings import stage3_embed_generated as stage3
+    from interp import stage4_concept_sets as stage4
+    from interp import stage5_embed_nsynth as stage5
+    from interp import stage6_probe as stage6
+
+    data = tmp_path / "data"
+    write_annotated(data)
+    spec = write_spec(tmp_path)
+    assert stage2_run(data, tiny_model, spec, "--capture-steps", "4") == 0
+    assert run_stage(stage3.main, stage3.build_parser(),
+                     ["--data", str(data), "--embedder", "spectral", "--workers", "1"]) == 0
+    assert run_stage(render_soundfont.main, render_soundfont.build_parser(),
+                     ["--data", str(data), "--programs", "0,4,56,57,40,42", "--pitch-step", "12",
+                      "--velocities", "75,127"]) == 0
+    assert run_stage(stage4.main, stage4.build_parser(),
+                     ["--data", str(data), "--nsynth-dir", str(render_soundfont.output_dir(data))]) == 0
+    assert run_stage(stage5.main, stage5.build_parser(),
+                     ["--data", str(data), "--embedder", "spectral", "--workers", "1"]) == 0
+    assert run_stage(stage6.main, stage6.build_parser(),
+                     ["--data", str(data), "--embedder", "spectral", "--bootstrap", "20", "--random-baselines", "0",
+                      "--compare"]) == 0
+    folder = data / "results" / "spectral" / "logreg" / "x0" / "compare"
+    table = pd.read_csv(folder / "interchange.csv")
+    assert len(table) == 3 * len(LAYERS)
+    assert set(zip(table["component"], table["layer"])) == {(c, layer) for c in ("self_attn", "cross_attn", "mlp")
+                                                            for layer in LAYERS}
+    assert (table["concept_a"] == "is_brass").all() and (table["concept_b"] == "is_keyboard").all()
+    assert (table["n_pairs"] == 2 * len(BRASS_PROMPTS)).all()
+    assert table["log_odds_shift"].notna().all() and (table["log_odds_shift_low"] <= table["log_odds_shift"]).all()
+    assert (table["family_kl"] >= 0).all()
+    section = (folder / "section.html").read_text()
+    assert "Interchange is_brass → is_keyboard (replace)" in section and "background: rgba" in section
+
+
+
+def test_batched_sites_equal_one_site_generations_and_change_their_rows(tiny_model):
+    """Row block i of the batched generation is what site i alone gives (same seeds); a mean far from the rows'
+    own activations changes the clips. (The tiny model's brass and keyboard means differ by ~1e-3, too little to
+    flip a sampled token, so the stage-level run above moves no clip; here B's mean is pushed far away.)"""
+    import torch
+
+    from diffusion.base import TrajectoryObserver
+    from diffusion.interventions import every_site, interchange_hooks
+
+    generator = musicgen.MusicgenGenerator(model=tiny_model, device="cpu")
+    last, prompt, seed, samples, seconds = generator.runner.num_layers, "bright brass", 5, 2, 0.2
+    means_a = generator.component_means([(prompt, seed)], samples, seconds)
+    means_b = means_a + 3.0
+    sites = every_site(last)
+    observers = [TrajectoryObserver([last]) for _ in sites]
+    generator.sample_sites(prompt, seed, samples, seconds, observers, means_a, means_b, sites, "replace")
+    reference = generator.runner.generate(prompt, seed, samples, seconds, generator.sampling).codes
+    changed = 0
+    for site, observer in zip(sites, observers):
+        batched = observer.captured[0].latent
+        if site in (("self_attn", 1), ("mlp", last)):
+            with interchange_hooks(generator.runner.decoder, means_a, means_b, [site] * samples, "replace"):
+                alone = generator.runner.generate(prompt, seed, samples, seconds, generator.sampling).codes
+            assert torch.equal(batched, alone), site
+        changed += not torch.equal(batched, reference)
+    assert changed >= len(sites) // 2
+
+
+@pytest.mark.parametrize("entry, extra, message", [
+    ({"op": "swap"}, [], "'swap' is not one of replace, adjust"),
+    ({"layers": [1, 9]}, [], "layers 9 does not exist"),
+    ({"components": ["mlp", "attn"]}, [], "must be a non-empty list of distinct names"),
+    ({"concept_b": "is_vocal"}, [], "no prompt of the run carries 'is_vocal'"),
+    ({"strength": 2.0}, [], "unknown key of an interchange"),
+    ({"prompts": ["p_keys1"]}, [], "none of the spec's prompts carries 'is_brass'"),
+    ({}, ["--generator", "ideal"], "interchange swaps MusicGen decoder components"),
+])
+def test_bad_interchange_specs_are_one_line_exit_2(tiny_model, tmp_path, capsys, entry, extra, message):
+    data = tmp_path / "data"
+    write_annotated(data)
+    spec = write_spec(tmp_path, **{key: value for key, value in entry.items() if key != "prompts"})
+    if "prompts" in entry:
+        payload = json.loads(spec.read_text())
+        spec.write_text(json.dumps({**payload, "prompts": entry["prompts"]}))
+    arguments = ["--data", str(data), "--model", str(tiny_model), *RUN, "--intervene", str(spec), *extra]
+    if extra:   # the ideal model: its own bank, no --model
+        arguments = ["--data", str(data), "--samples", "1", "--steps", "5", "--limit-prompts", "1", "--no-progress",
+                     "--intervene", str(spec), *extra]
+    assert run_stage(stage2.main, stage2.build_parser(), arguments) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and message in err and "\n" not in err
+    assert not (data / "generated" / "interventions").exists()
