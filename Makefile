@@ -85,6 +85,8 @@ bench: install
 	$(PY) bench/bench_clap.py --clips 40
 	$(PY) bench/bench_analysis.py
 	$(PY) bench/bench_annotator.py
+	$(PY) bench/bench_musicgen.py --size tiny
+	$(PY) bench/bench_interventions.py --size tiny
 
 clean-data:
 	rm -rf $(DATA)/prompts/*.csv $(DATA)/prompts/*.json $(DATA)/generated $(DATA)/concepts $(DATA)/nsynth/nsynth-* $(DATA)/results

@@ -41,7 +41,7 @@ from data.audio import write_wav
 from data.contract import INDEX_COLUMNS, Provenance, begin, commit, decide
 from data.files import read_json, write_npy, write_text
 from data.realised_content import content_part_path, format_content_part
-from data.stage import InputError, Shard, parse_shard  # noqa: F401 (parse_shard: stage 2 imports it here)
+from data.stage import InputError, Shard
 from diffusion.base import KINDS, Conditioning, Generator, TrajectoryAxis, TrajectoryObserver
 
 GENERATION_JSON = "generation.json"

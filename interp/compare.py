@@ -361,7 +361,7 @@ def section_html(tables: dict, out: Path, generated: Path, image_uri: str, axis_
     """The report's section: commitment beside emergence, the per-intervention table, and audio side by side."""
     escape = html.escape
     commitment, interventions, pairs = tables["commitment"], tables["interventions"], tables["pairs"]
-    lines = [f"<h2 id='interventions'>Interventions: when is a concept committed?</h2>",
+    lines = ["<h2 id='interventions'>Interventions: when is a concept committed?</h2>",
              f"<p class='muted'>Each intervened clip is paired with the unintervened clip of the same prompt, sample "
              f"and seed, and both are scored by the concept probes at {axis_unit} {tables['scored_step']}. Effect = "
              "change of P(target) under the concept's direction minus the mean change under random directions of "
@@ -470,7 +470,7 @@ def _record(data: Path, intervened: tuple, main_provenance: dict) -> dict:
 def up_to_date(out: Path, data: Path, main_provenance: dict) -> bool:
     """compare/ exists for these inputs (the stage-6 run it extends, the intervened rows and their specs)."""
     from data.files import read_json
-    from data.contract import generated_dir, read_generated_index
+    from data.contract import read_generated_index
 
     folder = Path(out) / COMPARE_DIR
     if not (folder / COMPARE_JSON).is_file() or not all((folder / name).is_file() for name in OUTPUT_FILES):

@@ -21,7 +21,8 @@ from diffusion.bank import save_bank
 from diffusion.base import default_capture_steps
 from diffusion.ideal import IdealGenerator
 from diffusion.stage2_generate import build_parser, main
-from diffusion.trajectory import Shard, parse_shard, prompt_seed
+from data.stage import Shard, parse_shard
+from diffusion.trajectory import prompt_seed
 from test_ideal import SYNTHETIC_RATE, synthetic_bank
 
 PROMPTS = [
