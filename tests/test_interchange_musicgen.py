@@ -4,7 +4,6 @@ prompt for every (component, layer) site) -> stage 3 -> stage 6 --compare (inter
 Known answer: "adjust" with A == B shifts every component by mean_A - mean_A = 0, so each site's clips are the
 reference run's clips byte for byte (which also checks that batching the sites changes no row)."""
 import json
-import shutil
 
 import pandas as pd
 import pytest
