@@ -467,19 +467,22 @@ def _record(data: Path, intervened: tuple, main_provenance: dict) -> dict:
             "settings": {"loudness_limit_db": LOUDNESS_LIMIT_DB, "silence_dbfs": SILENCE_DBFS}}
 
 
-def up_to_date(out: Path, data: Path, main_provenance: dict) -> bool:
-    """compare/ exists for these inputs (the stage-6 run it extends, the intervened rows and their specs)."""
-    from data.files import read_json
-    from data.contract import read_generated_index
+def compare_provenance(out: Path, data: Path, main_provenance: dict):
+    """compare/'s provenance: the stage-6 run it extends, the intervened rows and their specs (data.contract's rule)."""
+    from data.contract import Provenance
 
     folder = Path(out) / COMPARE_DIR
-    if not (folder / COMPARE_JSON).is_file() or not all((folder / name).is_file() for name in OUTPUT_FILES):
-        return False
-    index = read_generated_index(data)
-    intervened = (index[index["intervention"] != ""].reset_index(drop=True), None)
-    stored = read_json(folder / COMPARE_JSON)
-    fresh = _record(data, intervened, main_provenance)
-    return {key: stored.get(key) for key in ("inputs", "settings")} == json_roundtrip(fresh)
+    return Provenance(sidecar=folder / COMPARE_JSON,
+                      record=json_roundtrip(_record(data, (index_full_intervened(data), None), main_provenance)),
+                      outputs=[folder / name for name in OUTPUT_FILES])
+
+
+def up_to_date(out: Path, data: Path, main_provenance: dict) -> bool:
+    """True when compare/ was made from these inputs; other inputs are refused (stage 6 --force redoes them)."""
+    from data.contract import decide
+
+    return decide(compare_provenance(out, data, main_provenance), False,
+                  "rerun stage 6 with --compare --force to score the current intervened runs")
 
 
 def json_roundtrip(payload):
@@ -494,7 +497,8 @@ def run(out: Path, data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray,
     """Score the intervened clips of `kind` with the fitted concept probes and write <out>/compare/."""
     from data.audio import read_audio
     from data.contract import generated_dir
-    from data.files import read_json, write_json
+    from data.contract import begin, commit
+    from data.files import read_json
     from data.stage import InputError
     from diffusion.interventions import read_intervention_records
     from interp.concepts import BY_NAME
@@ -541,9 +545,10 @@ def run(out: Path, data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray,
         raise InputError(f"{generated / 'interventions'}: {error} — rerun stage 2 with --intervene and the same "
                          "settings as the reference run, then stage 3") from None
     folder = Path(out) / COMPARE_DIR
+    provenance = compare_provenance(out, data, main_provenance)
+    begin(provenance)
     write_outputs(folder, tables, generated, out, unit)
-    write_json(folder / COMPARE_JSON, {**_record(data, (index_full_intervened(data), None), main_provenance),
-                                       "scored_step": tables["scored_step"], "outputs": list(OUTPUT_FILES)})
+    commit(provenance, {"scored_step": tables["scored_step"], "outputs": list(OUTPUT_FILES)})
     committed = tables["commitment"]
     print(f"{folder}: {len(tables['interventions'])} interventions scored at {unit} {tables['scored_step']} in "
           f"{time.perf_counter() - started:.1f} s; "
