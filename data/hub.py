@@ -1,5 +1,26 @@
-"""One actionable line for a failed Hugging Face hub load, shared by every backend that takes a hub id."""
+"""What every backend that takes `--model` (a local directory or a hub id) shares: telling the two apart, and one
+actionable line for a failed Hugging Face hub load."""
 import os
+import re
+from pathlib import Path
+
+from data.stage import InputError
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def local_model_dir(model: str, example_hub_id: str) -> Path | None:
+    """The directory `model` names, or None when it is a hub id to fetch; one-line errors for anything else."""
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise InputError(f"{model}: is a file, not a model directory — pass the directory save_pretrained wrote "
+                             f"or a hub id such as {example_hub_id}")
+        return path
+    if not REPO_ID.match(model) or model.startswith((".", "/", "~")):
+        raise InputError(f"{model}: no such directory — pass an existing model directory or a hub id such as "
+                         f"{example_hub_id}")
+    return None
 
 
 def hub_error_message(model: str, error: BaseException) -> str | None:

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.hub import hub_error_message
+from data.hub import hub_error_message, local_model_dir
 from data.stage import InputError
 from diffusion.base import Conditioning, Generator, TrajectoryObserver, layer_axis
 
@@ -51,7 +51,6 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LENSES = ("logit", "regenerate")
 RESIDUALS = ("none", "cond", "both")
-REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 DEFAULT_SECONDS = 10.0
 
@@ -431,14 +430,9 @@ def _processor_list(sampler):
 
 def resolve_model_dir(model: str) -> Path:
     """A local directory as is; a hub id through the HF cache (HF_TOKEN, HF_HOME, HF_HUB_OFFLINE honoured)."""
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise InputError(f"{model}: is a file, not a model directory — pass the directory save_pretrained wrote "
-                             f"or a hub id such as {HUB_ID}")
+    path = local_model_dir(model, HUB_ID)
+    if path is not None:
         return path.resolve()
-    if not REPO_ID.match(model) or model.startswith((".", "/", "~")):
-        raise InputError(f"{model}: no such directory — pass an existing model directory or a hub id such as {HUB_ID}")
     from huggingface_hub import snapshot_download
     try:
         return Path(snapshot_download(model, allow_patterns=HUB_PATTERNS))

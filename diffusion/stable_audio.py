@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.hub import hub_error_message
+from data.hub import hub_error_message, local_model_dir
 from data.stage import InputError
 from diffusion.base import Conditioning, Generator, TrajectoryObserver, default_capture, denoising_axis
 from diffusion.interventions import stable_audio_hooks, stable_audio_sites
@@ -39,7 +39,6 @@ COMPONENTS = {
 WEIGHTED = ("transformer", "vae", "text_encoder", "projection_model")
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -205,14 +204,9 @@ class StableAudioGenerator(Generator):
 
 def resolve_model_dir(model: str) -> Path:
     """A local directory as is; a hub id through the HF cache (HF_TOKEN, HF_HOME, HF_HUB_OFFLINE honoured)."""
-    path = Path(model).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise InputError(f"{model}: is a file, not a model directory — pass the directory save_pretrained wrote "
-                             f"or a hub id such as {HUB_ID}")
+    path = local_model_dir(model, HUB_ID)
+    if path is not None:
         return path
-    if not REPO_ID.match(model) or model.startswith((".", "/", "~")):
-        raise InputError(f"{model}: no such directory — pass an existing model directory or a hub id such as {HUB_ID}")
     from diffusers import StableAudioPipeline
     from diffusers.utils import logging as diffusers_logging
 
