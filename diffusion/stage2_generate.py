@@ -66,6 +66,10 @@ def build_parser():
                         help="a setting of the chosen generator only (repeatable); each backend lists its keys in "
                              "its `options` (musicgen: lens=logit|regenerate, residuals=cond|both, guidance_scale, "
                              "top_k, top_p, temperature, do_sample, melody)")
+    parser.add_argument("--lens", default=None,
+                        help="how a layer trajectory reads each decoder layer: logit (one generation, every layer's "
+                             "readout; cheap) or regenerate (DecoderLens: one generation per layer); the same as "
+                             "--generator-option lens=..., for generators whose trajectory is over layers (musicgen)")
     parser.add_argument("--shard", default=None,
                         help="'i/n': this job makes the prompts at positions i, i+n, ... of sorted prompt_id "
                              "(unset: from SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, else all prompts)")
@@ -113,6 +117,10 @@ def main(args) -> None:
 
     started = time.monotonic()
     options = parse_generator_options(args.generator_option)
+    if args.lens is not None:
+        if options.get("lens", args.lens) != args.lens:
+            raise InputError(f"--lens {args.lens} and --generator-option lens={options['lens']} disagree — keep one")
+        options["lens"] = args.lens
     generator = load_generator(args.generator, model=args.model, preset=args.preset, steps=args.steps,
                                device=args.device, dtype=args.dtype, decode_dtype=args.decode_dtype,
                                **({"options": options} if options else {}))

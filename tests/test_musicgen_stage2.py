@@ -89,7 +89,8 @@ def test_regenerate_lens_ends_at_the_same_clip_and_a_rerun_skips(logit_run, tiny
         # Layer L of DecoderLens regenerate is normal generation: the same bytes as the logit lens run's.
         assert (data / "generated" / name).read_bytes() == (logit_run / "generated" / name).read_bytes()
     before = listing(data / "generated")
-    assert stage2_inprocess(data, tiny_model, "--generator-option", "lens=regenerate", "--capture-steps", "2,4") == 0
+    # --lens is the same setting as --generator-option lens=...: the rerun finds its outputs done.
+    assert stage2_inprocess(data, tiny_model, "--lens", "regenerate", "--capture-steps", "2,4") == 0
     assert "2 already done, 0 generated" in capsys.readouterr().err
     assert listing(data / "generated") == before
     # Other settings on the same outputs are refused, naming the setting.
@@ -101,6 +102,7 @@ def test_regenerate_lens_ends_at_the_same_clip_and_a_rerun_skips(logit_run, tiny
     (["--kinds", "x0,xt"], "gives no xt"),
     (["--generator-option", "lens=tuned"], "choose logit or regenerate"),
     (["--generator-option", "lens"], "is not KEY=VALUE"),
+    (["--lens", "logit", "--generator-option", "lens=regenerate"], "disagree"),
     (["--steps", "5"], "--steps does not apply to musicgen"),
     (["--capture-steps", "0"], "outside"),
     (["--generator-option", "residuals=both", "--generator-option", "guidance_scale=1"], "needs classifier-free"),
