@@ -73,12 +73,21 @@ def _final(row) -> str:
     return _with_ci(row["final_value"], row["final_low"], row["final_high"]) + significance
 
 
-def _overview(quality: pd.DataFrame, steps: pd.DataFrame, yardsticks: list[str]) -> str:
+def _overview(quality: pd.DataFrame, steps: pd.DataFrame, yardsticks: list[str],
+              commitment: pd.DataFrame | None = None) -> str:
     """One row per concept: probe quality on NSynth, then per yardstick the AUROC emergence status and the
-    final position's AUROC (with 'above'/'below' when significant), side by side."""
+    final position's AUROC (with 'above'/'below' when significant), side by side; with --compare, the
+    commitment step of the concept's steering runs beside them."""
     auroc = steps[steps["metric"] == "auroc"].set_index(["yardstick", "concept"])
     header = "".join(f"<th>emergence (AUROC) {_escape(YARDSTICK_TITLES.get(y, y))}</th>"
                      f"<th>final AUROC {_escape(YARDSTICK_TITLES.get(y, y))}</th>" for y in yardsticks)
+    committed = {}
+    if commitment is not None and not commitment.empty:
+        header += "<th class='text'>commitment (steering)</th>"
+        for concept, group in commitment.groupby("concept"):
+            committed[concept] = "; ".join(
+                f"{'none' if pd.isna(row.commitment_step) else int(row.commitment_step)} ({_escape(str(row.where))}, "
+                f"tested {_escape(str(row.steps_tested))})" for row in group.itertuples())
     lines = ["<table><tr><th class='text'>concept</th><th class='text'>group</th><th>NSynth test AUROC</th>"
              f"<th>NSynth test bal. acc.</th>{header}<th class='text'>note</th></tr>"]
     for _, row in quality.iterrows():
@@ -95,7 +104,10 @@ def _overview(quality: pd.DataFrame, steps: pd.DataFrame, yardsticks: list[str])
             f"<td class='text'>{_escape(row['group'])}</td>"
             f"<td>{_with_ci(row['test_auroc'], row['test_auroc_low'], row['test_auroc_high'])}</td>"
             f"<td>{_with_ci(row['test_balanced_accuracy'], row['test_balanced_accuracy_low'], row['test_balanced_accuracy_high'])}</td>"
-            f"{''.join(cells)}<td class='text'>{_escape(note)}</td></tr>")
+            f"{''.join(cells)}"
+            + (f"<td class='text'>{committed.get(concept, '–')}</td>" if commitment is not None and not commitment.empty
+               else "")
+            + f"<td class='text'>{_escape(note)}</td></tr>")
     lines.append("</table>")
     return "\n".join(lines)
 
@@ -159,6 +171,8 @@ def write_report(out, data, record: dict, plot_files: dict) -> Path:
     settings = record.get("settings", {})
     embedder = record.get("inputs", {}).get("generated_sidecar", {})
     yardsticks = record.get("yardsticks", ["prompt"])
+    commitment_csv = out / "compare" / "commitment.csv"  # stage 6 --compare (interp/compare.py)
+    commitment = pd.read_csv(commitment_csv) if commitment_csv.is_file() else None
     concept_sections = []
     for concept in dict.fromkeys(quality["concept"]):
         figure = plot_files.get(concept)
@@ -212,7 +226,7 @@ probes' {float(settings.get('baseline_percentile', 95)):g}th percentile. {distin
 some {_escape(unit)} to the end (that {_escape(unit)} is the emergence {_escape(unit)}), <i>transient</i> = above somewhere but not
 at the end, <i>never</i> = never above.</p>
 <h2>Overview</h2>
-{_overview(quality, steps, yardsticks)}
+{_overview(quality, steps, yardsticks, commitment)}
 <h2>Figures</h2>
 {figures}
 <h2>Concepts</h2>

@@ -64,6 +64,8 @@ def test_steering_early_moves_the_concept_beyond_random_directions_and_late_does
     assert commitment.loc[0, "commitment_step"] == 5 and commitment.loc[0, "steps_tested"] == "5;45"
     report = (data / "results" / "spectral" / "logreg" / "x0" / "report.html").read_text()
     assert "Interventions: when is a concept committed?" in report and "interventions/is_guitar_concept" in report
+    # The overview table puts the commitment step beside the emergence status.
+    assert "commitment (steering)" in report and "<td class='text'>5 (prior, tested 5;45)" in report
 
 
 def test_a_rerun_skips_every_intervention_and_a_changed_one_is_refused(compared):
