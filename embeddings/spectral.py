@@ -42,6 +42,7 @@ import json
 
 import librosa
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from embeddings.base import Embedder
 
@@ -268,4 +269,7 @@ class SpectralEmbedder(Embedder):
     def embed(self, waveforms: list[np.ndarray]) -> np.ndarray:
         if not waveforms:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return spectral_features(np.stack([window(waveform) for waveform in waveforms]))
+        # One BLAS thread: a multi-threaded matrix product may sum in another order, and the descriptors must be the
+        # same bytes on every machine, whatever its cores (a resumed run is compared byte for byte with a fresh one).
+        with threadpool_limits(limits=1):
+            return spectral_features(np.stack([window(waveform) for waveform in waveforms]))
