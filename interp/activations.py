@@ -24,7 +24,7 @@ of positive prompts; one fit on 400 samples × 1024 dims (musicgen-small) takes 
 Outputs in results/activations/<branch>-<pool>/logreg/: probe_quality.csv (why a concept has no probe),
 emergence.csv (concept × layer; `step` = layer, `trajectory_axis` = layer), emergence_steps.csv (the emergence
 layer), probabilities.csv (out-of-fold scores), directions/<concept>.npy + .json (per layer the unit probe direction
-in raw residual space, for steering: /work/plan/H4_DIRECTIONS_FORMAT.md and data/ARTIFACTS.md), plots/heatmap_auroc.png
+in raw residual space, for steering: data/ARTIFACTS.md), plots/heatmap_auroc.png
 (layers × concepts) and report.html (the section), stage6.json (provenance, written last).
 """
 from __future__ import annotations
@@ -352,7 +352,7 @@ def probe_quality(prompt_labels: np.ndarray, names) -> pd.DataFrame:
 
 def write_directions(folder: Path, directions: dict, layers, prompt_labels, names, quality, table, generation,
                      record: dict, n_samples: int) -> None:
-    """Per concept with a probe: unit directions [layers, dim] + JSON sidecar (H5's direction-file format)."""
+    """Per concept with a probe: unit directions [layers, dim] + JSON sidecar (the direction-file format of interp/directions.py)."""
     for k, name in enumerate(names):
         if not quality.at[k, "folds"]:
             continue

@@ -17,7 +17,8 @@ from interp.concepts import BY_NAME, CONCEPT_NAMES
 from interp.nsynth import note_of
 
 SCRIPT = REPO_ROOT / "interp" / "stage4_concept_sets.py"
-REFERENCE = Path("/work/shared/reference/nsynth-test-examples.json")
+# ../shared/ sits beside the checkout (in CI too); the real NSynth test-split metadata lives there.
+REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "nsynth-test-examples.json"
 FAMILY_COUNTS = {"bass": 843, "keyboard": 766, "guitar": 652, "organ": 502, "string": 306, "brass": 269,
                  "reed": 235, "mallet": 202, "flute": 180, "vocal": 141}
 
