@@ -25,7 +25,7 @@ if __package__ in (None, ""):
 from data.contract import annotated_csv, generated_dir, read_annotated
 from data.files import sha256_file
 from data.stage import InputError, main_exit, parse_shard, stage_parser
-from diffusion import GENERATORS, interventions, load_generator
+from diffusion import GENERATORS, intervened_runs, interventions, load_generator
 from diffusion.trajectory import (TrajectorySettings, check_force, check_generation, parse_capture_steps,
                                   parse_kinds, run_trajectories)
 
@@ -145,7 +145,7 @@ def main(args) -> None:
     if spec is not None:
         interventions.check_spec(spec, generator, settings.samples, list(prompts["prompt_id"]),
                                  dict(zip(prompts["prompt_id"], map(tuple, prompts["labels"]))))
-        plan = interventions.plan_interventions(generated, settings, spec, provenance, args.force)
+        plan = intervened_runs.plan_interventions(generated, settings, spec, provenance, args.force)
     if args.force:
         check_force(generated, provenance, prompts, shard, list(annotated["prompt_id"]))
     kind = f" — {provenance['model_kind']}" if provenance.get("model_kind") else ""
@@ -165,7 +165,7 @@ def main(args) -> None:
           f"{summary.generated} generated ({summary.clips} clips) in {time.monotonic() - started:.1f} s{orphans}; "
           f"outputs in {generated}", file=sys.stderr)
     if plan is not None:
-        done, skipped = interventions.run_interventions(generator, prompts, plan, shard=shard, force=args.force,
+        done, skipped = intervened_runs.run_interventions(generator, prompts, plan, shard=shard, force=args.force,
                                                         progress=not args.no_progress)
         print(f"stage 2: {len(spec.interventions)} interventions of {spec.path.name}: {skipped} prompt runs already "
               f"done, {done} generated; outputs in {generated / interventions.INTERVENTIONS_DIR}", file=sys.stderr)

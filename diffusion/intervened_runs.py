@@ -1,0 +1,188 @@
+"""Stage 2 --intervene: each intervention of a spec is a run of its own beside the reference run.
+
+The spec format, directions and hooks are diffusion/interventions.py (the backends use those); this module is the
+runner's side: it plans the intervened runs (one provenance record each), generates them per prompt with the
+reference run's code (diffusion/trajectory.py) and seeds, and batches an interchange's (component, layer) sites of
+one prompt into one generation.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data.contract import Provenance, begin, commit, decide
+from data.files import read_json, sha256_json, write_npy
+from diffusion.base import Conditioning, TrajectoryObserver
+from diffusion.interventions import (INTERVENTION_JSON, INTERVENTIONS_DIR, Intervention, InterventionSpec,
+                                     identity_sha256)
+from diffusion.trajectory import WAV_WRITERS, Shard, generate_prompt, part_is_complete, prompt_seed
+from interp.concepts import BY_NAME
+
+
+def intervention_dir(generated: Path, intervention_id: str) -> Path:
+    """generated/interventions/<id>/: index/ and audio/ exactly as the reference run's (data/ARTIFACTS.md)."""
+    return Path(generated) / INTERVENTIONS_DIR / intervention_id
+
+
+@dataclass
+class InterventionPlan:
+    """What stage 2 --intervene will do, decided before anything is written (see plan_interventions)."""
+    spec: InterventionSpec
+    settings: object                     # diffusion.trajectory.TrajectorySettings of the intervened runs
+    provenances: dict                    # id -> (folder, data.contract.Provenance of its intervention.json)
+    generated: Path | None = None        # where interchange means are cached
+
+
+def plan_interventions(generated: Path, settings, spec: InterventionSpec, generation_record: dict,
+                       force: bool = False) -> InterventionPlan:
+    """Each intervention is a run of its own in generated/interventions/<id>/ with the reference run's generator,
+    seeds and settings (so sample s of a prompt starts from the same noise as its reference). Its
+    intervention.json (the intervention, its direction file's hash, the reference run's generation.json hash)
+    follows the one provenance rule (data.contract): other settings are refused here, before the reference run
+    or any intervened run writes anything, unless --force (which clears that intervention's clips)."""
+    settings = replace(settings, samples=spec.samples or settings.samples,
+                       batch_size=min(settings.batch_size, spec.samples or settings.samples),
+                       capture_steps=tuple(spec.capture_steps or settings.capture_steps))
+    # generation.json will hold exactly this record (diffusion/trajectory.py commits it without extras).
+    generation_sha256 = sha256_json(generation_record)
+    provenances = {}
+    for intervention in spec.interventions:
+        folder = intervention_dir(generated, intervention.id)
+        record = {"intervention": intervention.record(), **identity_sha256(intervention),
+                  "generation_sha256": generation_sha256, "samples": settings.samples,
+                  "capture_steps": list(settings.capture_steps), "kinds": list(settings.kinds)}
+        prov = Provenance(sidecar=folder / INTERVENTION_JSON, record=record)
+        decide(prov, force, "pass --force to redo it, or give the changed intervention another id")
+        provenances[intervention.id] = (folder, prov)
+    return InterventionPlan(spec, settings, provenances, Path(generated))
+
+
+def run_interventions(generator, prompts, plan: InterventionPlan, shard=None, force: bool = False,
+                      progress: bool = True) -> tuple[int, int]:
+    """Generate the planned interventions for this shard's prompts, per prompt and resumable like the reference
+    run (the same diffusion/trajectory.py code); returns (prompt runs made, prompt runs already done)."""
+    shard = shard or Shard(0, 1)
+    spec, settings = plan.spec, plan.settings
+    by_id = {row.prompt_id: row for row in prompts.itertuples(index=False)}
+    chosen = [p for p in shard.select(list(by_id)) if spec.prompts is None or p in spec.prompts]
+    labels_of = {p: tuple(by_id[p].labels) for p in chosen}
+    generates = {intervention.id: prompts_of(intervention, labels_of) for intervention in spec.interventions}
+    expected = settings.expected_rows()
+    content_labels = tuple(getattr(generator, "content_labels", ()))
+    for folder, prov in plan.provenances.values():
+        stored = read_json(prov.sidecar) if prov.sidecar.is_file() else None
+        if stored != prov.record or force:
+            begin(prov)
+            for part in ("index", "audio", "content"):
+                shutil.rmtree(folder / part, ignore_errors=True)
+            commit(prov)
+    todo = [(intervention, prompt_id) for intervention in spec.interventions for prompt_id in chosen
+            if prompt_id in generates[intervention.id]
+            and (force or not part_is_complete(plan.provenances[intervention.id][0], prompt_id, expected,
+                                               content_labels))]
+    skipped = sum(len(prompt_ids) for prompt_ids in generates.values()) - len(todo)
+    # An interchange's unfinished sites of one prompt share one batch: (prompt, A, B, op) -> InterchangeBatch.
+    batches, means = {}, {}
+    for intervention, prompt_id in todo:
+        if intervention.kind == "interchange":
+            batches.setdefault((prompt_id, intervention.concept_a, intervention.concept, intervention.op), []).append(
+                (intervention.component, intervention.where[0]))
+    with ThreadPoolExecutor(max_workers=WAV_WRITERS) as writers, \
+            tqdm(total=len(todo), unit="run", desc=f"stage 2 interventions shard {shard}",
+                 disable=not progress or not todo, dynamic_ncols=True) as bar:
+        for intervention, prompt_id in todo:
+            row = by_id[prompt_id]
+            conditioning = Conditioning(prompt=row.prompt, labels=tuple(row.labels), intervention=intervention)
+            runner = generator
+            if intervention.kind == "interchange":
+                for concept in (intervention.concept_a, intervention.concept):
+                    if concept not in means:   # over all the run's prompts, not this shard's: shards agree
+                        means[concept] = concept_means(generator, plan.generated, concept, prompts, settings)
+                key = (prompt_id, intervention.concept_a, intervention.concept, intervention.op)
+                if not isinstance(batches[key], InterchangeBatch):
+                    batches[key] = InterchangeBatch(generator, means[intervention.concept_a],
+                                                    means[intervention.concept], intervention.op, batches[key])
+                runner = SiteGenerator(batches[key], (intervention.component, intervention.where[0]))
+            generate_prompt(runner, prompt_id, conditioning, plan.provenances[intervention.id][0], settings,
+                            writers)
+            bar.update(1)
+    return len(todo), skipped
+
+
+# -- interchange runs, batched over their (component, layer) sites ---------------------------------------------------
+
+MEANS_DIR = "component-means"
+
+
+def prompts_of(intervention: Intervention, labels_of: dict) -> set[str]:
+    """The prompts an intervention generates: all for steering, concept A's for an interchange."""
+    if intervention.kind != "interchange":
+        return set(labels_of)
+    return {p for p, labels in labels_of.items() if BY_NAME[intervention.concept_a].prompt_has(labels)}
+
+
+def concept_means(generator, generated: Path, concept: str, prompts, settings) -> np.ndarray:
+    """Per-(component, layer, position, branch) mean activation over the run's prompts that carry `concept`
+    (every sample, the run's seeds and length), cached as generated/interventions/component-means/
+    <concept>-<hash>.npy + .json; the hash covers everything the means depend on, so a rerun reads them back and
+    other settings make another file."""
+    chosen = [(row.prompt_id, row.prompt) for row in prompts.itertuples(index=False)
+              if BY_NAME[concept].prompt_has(tuple(row.labels))]
+    record = {"concept": concept, "generator": generator.provenance(), "prompt_ids": [p for p, _ in chosen],
+              "prompt_texts_sha256": sha256_json([text for _, text in chosen]), "seed": int(settings.seed),
+              "samples": int(settings.samples), "seconds": float(settings.seconds),
+              "layout": "float32 [components (self_attn, cross_attn, mlp), layers 1..L, generated positions, "
+                        "branches (cond, uncond), dim]"}
+    path = Path(generated) / INTERVENTIONS_DIR / MEANS_DIR / f"{concept}-{sha256_json(record)[:16]}.npy"
+    prov = Provenance(sidecar=path.with_suffix(".json"), record=json.loads(json.dumps(record)), outputs=[path])
+    if decide(prov, False, f"delete {path.parent} to recompute the means"):
+        return np.load(path, allow_pickle=False)
+    means = generator.component_means([(text, prompt_seed(settings.seed, p)) for p, text in chosen],
+                                      settings.samples, settings.seconds)
+    write_npy(path, means)
+    commit(prov)   # last: the sidecar says the array is complete
+    return means
+
+
+class InterchangeBatch:
+    """The batched generations of one interchange (A, B, op) on one prompt: the first site asking for a sampler
+    call (seed, count) runs every site of `sites` at once (MusicgenGenerator.sample_sites); the others read their
+    rows back. Stage 2 then writes each site's run with the ordinary generate_prompt through SiteGenerator."""
+
+    def __init__(self, generator, means_a: np.ndarray, means_b: np.ndarray, op: str, sites: list[tuple[str, int]]):
+        self.generator, self.means_a, self.means_b, self.op, self.sites = generator, means_a, means_b, op, sites
+        self.results: dict[tuple, list] = {}   # (seed, count, seconds) -> per site: its observer
+
+    def sample(self, site: tuple[str, int], seed: int, num_samples: int, seconds: float, observer, prompt: str):
+        key = (seed, num_samples, seconds)
+        if key not in self.results:
+            observers = [TrajectoryObserver(observer.capture, observer.kinds) for _ in self.sites]
+            self.generator.sample_sites(prompt, seed, num_samples, seconds, observers, self.means_a, self.means_b,
+                                        self.sites, self.op)
+            self.results[key] = observers
+        observers = self.results[key]
+        made, observers[self.sites.index(site)] = observers[self.sites.index(site)], None
+        if all(other is None for other in observers):   # every site has its rows: free the batch's codes
+            del self.results[key]
+        observer.captured.extend(made.captured)
+        observer.activations.extend(made.activations)
+
+
+class SiteGenerator:
+    """The generator as generate_prompt sees it for one interchange site: sampling comes from the batch, the rest
+    (decode, name, content labels, ...) is the MusicGen generator's own."""
+
+    def __init__(self, batch: InterchangeBatch, site: tuple[str, int]):
+        self.batch, self.site = batch, site
+
+    def __getattr__(self, name):
+        return getattr(self.batch.generator, name)
+
+    def sample(self, conditioning, seed: int, num_samples: int, seconds: float, observer):
+        self.batch.sample(self.site, seed, num_samples, seconds, observer, conditioning.prompt)
