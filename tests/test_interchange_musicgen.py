@@ -13,6 +13,7 @@ pytest.importorskip("diffusion.musicgen", reason="the MusicGen backend (issue 10
 from data.stage import run_stage  # noqa: E402
 from diffusion import musicgen  # noqa: E402
 from diffusion import stage2_generate as stage2  # noqa: E402
+from stage_runs import run_stages_3_to_6  # noqa: E402
 from tiny_musicgen import save_model  # noqa: E402
 from test_musicgen_stage2 import PROMPTS, RUN, write_annotated  # noqa: E402
 
@@ -76,28 +77,12 @@ def test_adjust_with_a_equal_to_b_changes_nothing_and_sites_share_one_generation
 
 
 def test_interchange_runs_through_stages_3_and_6_compare(tiny_model, tmp_path):
-    from data.nsynth import render_soundfont
-    from embeddings import stage3_embed_generated as stage3
-    from interp import stage4_concept_sets as stage4
-    from interp import stage5_embed_nsynth as stage5
-    from interp import stage6_probe as stage6
 
     data = tmp_path / "data"
     write_annotated(data)
     spec = write_spec(tmp_path)
     assert stage2_run(data, tiny_model, spec, "--capture-steps", "4") == 0
-    assert run_stage(stage3.main, stage3.build_parser(),
-                     ["--data", str(data), "--embedder", "spectral", "--workers", "1"]) == 0
-    assert run_stage(render_soundfont.main, render_soundfont.build_parser(),
-                     ["--data", str(data), "--programs", "0,4,56,57,40,42", "--pitch-step", "12",
-                      "--velocities", "75,127"]) == 0
-    assert run_stage(stage4.main, stage4.build_parser(),
-                     ["--data", str(data), "--nsynth-dir", str(render_soundfont.output_dir(data))]) == 0
-    assert run_stage(stage5.main, stage5.build_parser(),
-                     ["--data", str(data), "--embedder", "spectral", "--workers", "1"]) == 0
-    assert run_stage(stage6.main, stage6.build_parser(),
-                     ["--data", str(data), "--embedder", "spectral", "--bootstrap", "20", "--random-baselines", "0",
-                      "--compare"]) == 0
+    run_stages_3_to_6(data, "--random-baselines", "0", "--compare")
     folder = data / "results" / "spectral" / "logreg" / "x0" / "compare"
     table = pd.read_csv(folder / "interchange.csv")
     assert len(table) == 3 * len(LAYERS)

@@ -14,10 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.contract import ANNOTATED_COLUMNS, annotated_csv, read_generated_index
-from data.files import write_csv
+from data.contract import read_generated_index
 from data.stage import REPO_ROOT, run_stage
 from diffusion import stage2_generate as stage2
+import stage_runs
+from stage_runs import run_stages_3_to_6
 from tiny_musicgen import save_model
 
 SCRIPT = REPO_ROOT / "diffusion" / "stage2_generate.py"
@@ -33,9 +34,7 @@ RUN = ["--generator", "musicgen", "--samples", "2", "--seconds", "0.2", "--seed"
 
 
 def write_annotated(data, prompts=PROMPTS):
-    rows = [{"prompt_id": pid, "prompt": text, "labels": labels, "bpm": None, "annotator": "offline"}
-            for pid, text, labels in prompts]
-    write_csv(annotated_csv(data), pd.DataFrame(rows, columns=list(ANNOTATED_COLUMNS)))
+    stage_runs.write_annotated(data, prompts)
 
 
 def stage2_inprocess(data, model, *extra) -> int:
@@ -118,26 +117,9 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tiny_model, tmp_path, 
 
 def test_stages_3_to_6_run_on_the_layer_trajectory(logit_run, tmp_path):
     """Done when: the layer trajectory feeds stages 3-6 offline; positions are the layers."""
-    from data.nsynth import render_soundfont
-    from embeddings import stage3_embed_generated as stage3
-    from interp import stage4_concept_sets as stage4
-    from interp import stage5_embed_nsynth as stage5
-    from interp import stage6_probe as stage6
-
     data = tmp_path / "data"
     shutil.copytree(logit_run, data)
-    assert run_stage(stage3.main, stage3.build_parser(),
-                     ["--data", str(data), "--embedder", "spectral", "--workers", "1"]) == 0
-    assert run_stage(render_soundfont.main, render_soundfont.build_parser(),
-                     ["--data", str(data), "--programs", "0,4,56,57,40,42", "--pitch-step", "12",
-                      "--velocities", "75,127"]) == 0
-    assert run_stage(stage4.main, stage4.build_parser(),
-                     ["--data", str(data), "--nsynth-dir", str(render_soundfont.output_dir(data))]) == 0
-    assert run_stage(stage5.main, stage5.build_parser(),
-                     ["--data", str(data), "--embedder", "spectral", "--workers", "1"]) == 0
-    assert run_stage(stage6.main, stage6.build_parser(),
-                     ["--data", str(data), "--embedder", "spectral", "--bootstrap", "20",
-                      "--random-baselines", "2"]) == 0
+    run_stages_3_to_6(data, "--random-baselines", "2")
     emergence = pd.read_csv(data / "results" / "spectral" / "logreg" / "x0" / "emergence.csv")
     assert set(emergence["step"]) == {1, 2, 3, 4}
     assert set(emergence["trajectory_axis"]) == {"layer"}

@@ -15,10 +15,11 @@ import pandas as pd
 import pytest
 
 from data.audio import read_audio
-from data.contract import ANNOTATED_COLUMNS, annotated_csv, read_generated_index
-from data.files import write_csv
+from data.contract import read_generated_index
 from data.stage import REPO_ROOT, run_stage
 from diffusion import stage2_generate as stage2
+import stage_runs
+from stage_runs import run_stages_3_to_6
 from tiny_stable_audio import save_model
 
 SCRIPT = REPO_ROOT / "diffusion" / "stage2_generate.py"
@@ -40,9 +41,7 @@ def tiny_model(tmp_path_factory):
 
 
 def write_annotated(data, prompts=PROMPTS):
-    rows = [{"prompt_id": pid, "prompt": text, "labels": labels, "bpm": None, "annotator": "offline"}
-            for pid, text, labels in prompts]
-    write_csv(annotated_csv(data), pd.DataFrame(rows, columns=list(ANNOTATED_COLUMNS)))
+    stage_runs.write_annotated(data, prompts)
 
 
 def stage2_inprocess(data, model, *extra) -> int:
@@ -190,25 +189,9 @@ def test_empty_prompt_and_incomplete_model_dir(tiny_model, tmp_path, capsys):
 
 def test_stages_3_to_6_run_on_the_generated_trajectories(full_run, tmp_path):
     """Done when: the Stable Audio trajectories feed stages 3-6 offline."""
-    from data.nsynth import render_soundfont
-    from embeddings import stage3_embed_generated as stage3
-    from interp import stage4_concept_sets as stage4
-    from interp import stage5_embed_nsynth as stage5
-    from interp import stage6_probe as stage6
 
     data = full_run
-    assert run_stage(stage3.main, stage3.build_parser(),
-                     ["--data", str(data), "--embedder", "spectral", "--workers", "1"]) == 0
-    assert run_stage(render_soundfont.main, render_soundfont.build_parser(),
-                     ["--data", str(data), "--programs", "0,4,56,57,40,42", "--pitch-step", "12",
-                      "--velocities", "75,127"]) == 0
-    assert run_stage(stage4.main, stage4.build_parser(),
-                     ["--data", str(data), "--nsynth-dir", str(render_soundfont.output_dir(data))]) == 0
-    assert run_stage(stage5.main, stage5.build_parser(),
-                     ["--data", str(data), "--embedder", "spectral", "--workers", "1"]) == 0
-    assert run_stage(stage6.main, stage6.build_parser(),
-                     ["--data", str(data), "--embedder", "spectral", "--bootstrap", "20", "--random-baselines", "2",
-                      "--no-report"]) == 0
+    run_stages_3_to_6(data, "--random-baselines", "2", "--no-report")
     results = data / "results" / "spectral" / "logreg" / "x0"
     emergence = pd.read_csv(results / "emergence.csv")
     assert len(emergence) > 0 and set(emergence["step"]) <= {1, 3}
