@@ -467,21 +467,21 @@ def _record(data: Path, intervened: tuple, main_provenance: dict) -> dict:
             "settings": {"loudness_limit_db": LOUDNESS_LIMIT_DB, "silence_dbfs": SILENCE_DBFS}}
 
 
-def compare_provenance(out: Path, data: Path, main_provenance: dict):
+def compare_provenance(out: Path, data: Path, main_provenance: dict, intervened_index: pd.DataFrame):
     """compare/'s provenance: the stage-6 run it extends, the intervened rows and their specs (data.contract's rule)."""
     from data.contract import Provenance
 
     folder = Path(out) / COMPARE_DIR
     return Provenance(sidecar=folder / COMPARE_JSON,
-                      record=json_roundtrip(_record(data, (index_full_intervened(data), None), main_provenance)),
+                      record=json_roundtrip(_record(data, (intervened_index, None), main_provenance)),
                       outputs=[folder / name for name in OUTPUT_FILES])
 
 
-def up_to_date(out: Path, data: Path, main_provenance: dict) -> bool:
+def up_to_date(out: Path, data: Path, main_provenance: dict, intervened_index: pd.DataFrame) -> bool:
     """True when compare/ was made from these inputs; other inputs are refused (stage 6 --force redoes them)."""
     from data.contract import decide
 
-    return decide(compare_provenance(out, data, main_provenance), False,
+    return decide(compare_provenance(out, data, main_provenance, intervened_index), False,
                   "rerun stage 6 with --compare --force to score the current intervened runs")
 
 
@@ -496,8 +496,7 @@ def run(out: Path, data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray,
         main_provenance: dict, n_resamples: int, alpha: float, seed: int) -> None:
     """Score the intervened clips of `kind` with the fitted concept probes and write <out>/compare/."""
     from data.audio import read_audio
-    from data.contract import generated_dir
-    from data.contract import begin, commit
+    from data.contract import begin, commit, generated_dir
     from data.files import read_json
     from data.stage import InputError
     from diffusion.interventions import read_intervention_records
@@ -545,7 +544,7 @@ def run(out: Path, data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray,
         raise InputError(f"{generated / 'interventions'}: {error} — rerun stage 2 with --intervene and the same "
                          "settings as the reference run, then stage 3") from None
     folder = Path(out) / COMPARE_DIR
-    provenance = compare_provenance(out, data, main_provenance)
+    provenance = compare_provenance(out, data, main_provenance, intervened[0])
     begin(provenance)
     write_outputs(folder, tables, generated, out, unit)
     commit(provenance, {"scored_step": tables["scored_step"], "outputs": list(OUTPUT_FILES)})
@@ -556,9 +555,3 @@ def run(out: Path, data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray,
                       f" / emergence {row.emergence_step if not pd.isna(row.emergence_step) else 'never'}"
                       for row in committed.itertuples()))
 
-
-def index_full_intervened(data: Path) -> pd.DataFrame:
-    from data.contract import read_generated_index
-
-    index = read_generated_index(data)
-    return index[index["intervention"] != ""].reset_index(drop=True)

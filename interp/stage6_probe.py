@@ -624,7 +624,7 @@ def analyse(args) -> None:
         outputs=[out / name for name in OUTPUT_FILES] + ([] if args.no_report else [out / "report.html"]))
     # --compare extends a finished analysis: an up-to-date run is redone when its compare/ outputs are stale.
     if decide(provenance, args.force, fix="rerun with --force to replace them") and not (
-            args.compare and not compare.up_to_date(out, data, provenance.record)):
+            args.compare and not compare.up_to_date(out, data, provenance.record, generated.intervened[0])):
         print(f"{out}: up to date with its inputs; pass --force to redo")
         return
     begin(provenance)
