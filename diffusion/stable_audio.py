@@ -269,12 +269,13 @@ def load_pipeline(model_dir: Path, dtype: dict, device: torch.device):
             # A resolved directory never needs the network; this also keeps transformers from probing the hub.
             pipe = StableAudioPipeline.from_pretrained(model_dir, local_files_only=True,
                                                        **{_dtype_argument(): dtype})
+        # Inside the quieted block: in half precision diffusers warns that a CPU cannot run it; torch's CPU
+        # kernels do (tests run there).
+        pipe = pipe.to(device)
     except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{model_dir}: cannot load the Stable Audio pipeline ({first}) — re-download or "
                          "re-save the model") from None
-        # In half precision diffusers warns that a CPU cannot run it; torch's CPU kernels do (tests run there).
-        pipe = pipe.to(device)
     finally:
         diffusers_logging.set_verbosity(verbosity)
         diffusers_logging.enable_progress_bar()

@@ -293,3 +293,22 @@ def test_hub_id_loads_from_the_hf_cache_offline(tiny_dir, tmp_path, monkeypatch)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     cached = load_generator("stable-audio-open", model="someone/tiny-sao", steps=2)
     assert cached.model_dir.name == snapshot.name and cached.provenance()["model"] == "someone/tiny-sao"
+
+
+def test_the_loaded_pipeline_is_moved_to_the_requested_device(tiny_dir, monkeypatch):
+    # Only a CPU is here: record the device the pipeline is sent to rather than run on another one.
+    import torch
+    from diffusers import StableAudioPipeline
+
+    from diffusion.stable_audio import load_pipeline
+
+    moved = []
+    original = StableAudioPipeline.to
+
+    def to(self, *args, **kwargs):
+        moved.append(args[0] if args else kwargs.get("device"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StableAudioPipeline, "to", to)
+    load_pipeline(tiny_dir, {"default": torch.float32}, torch.device("cpu"))
+    assert moved == [torch.device("cpu")]
