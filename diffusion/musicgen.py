@@ -190,7 +190,7 @@ class RowSeededSampler:
 class ResidualRecorder:
     """Keeps every decoder layer's output at every generated position while attached.
 
-    Hook names follow TransformerLens: `blocks.{i}.hook_resid_post` (0-based block i = layer i + 1). A position is
+    It hooks the site TransformerLens names `blocks.{i}.hook_resid_post` (0-based block i = layer i + 1). A position is
     keyed by where it sits in the audio-code sequence, not by counting calls: generate() runs the prefill twice and
     the second result replaces the first. Melody models prepend their conditioning to the decoder input; only the
     last n positions of a forward (n = code positions fed) are audio positions.
@@ -205,9 +205,6 @@ class ResidualRecorder:
         self._first_position = 0
         self._new_positions = 0
         self._handles = []
-
-    def hook_names(self) -> list[str]:
-        return [f"blocks.{i}.hook_resid_post" for i in self.layers]
 
     def _before_decoder(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
@@ -544,7 +541,8 @@ class MusicgenGenerator(Generator):
                              "(e.g. facebook/musicgen-melody)")
         # Where and when an intervention (issue 11, diffusion/interventions.py) may act: the decoder layers, at
         # generated positions (not the layer axis); CFG rows exist only with guidance.
-        self.intervention_sites = ("layers", list(range(1, self.runner.num_layers + 1)))
+        from diffusion.interventions import musicgen_sites
+        self.intervention_sites = musicgen_sites(self.runner.decoder)
         self.has_unconditional_rows = self.sampling.guidance_scale > 1
         self.intervention_steps = None
         self.sample_rate = self.runner.sample_rate
