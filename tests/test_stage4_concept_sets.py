@@ -1,4 +1,5 @@
 """Stage 4 on the real NSynth test-split metadata and on a rendered split with audio."""
+import os
 import json
 import shutil
 import subprocess
@@ -22,7 +23,9 @@ REFERENCE = REPO_ROOT.parent / "shared" / "reference" / "nsynth-test-examples.js
 FAMILY_COUNTS = {"bass": 843, "keyboard": 766, "guitar": 652, "organ": 502, "string": 306, "brass": 269,
                  "reed": 235, "mallet": 202, "flute": 180, "vocal": 141}
 
-pytestmark = pytest.mark.skipif(not REFERENCE.is_file(), reason="NSynth test metadata not available")
+# A checkout without ../shared/ skips these; CI always has it, so there a missing file fails instead of skipping.
+pytestmark = pytest.mark.skipif(not REFERENCE.is_file() and not os.environ.get("CI"),
+                                reason="NSynth test metadata not available (../shared/ is not beside the checkout)")
 
 
 def stage(data, nsynth_dir, *extra) -> int:
