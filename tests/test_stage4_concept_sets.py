@@ -1,6 +1,6 @@
 """Stage 4 on the real NSynth test-split metadata and on a rendered split with audio."""
-import os
 import json
+import os
 import shutil
 import subprocess
 import sys
