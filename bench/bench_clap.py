@@ -31,11 +31,11 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 import soxr  # noqa: E402
 import torch  # noqa: E402
+from tiny_clap import save_tiny_clap  # noqa: E402
 
 from data.files import sha256_text  # noqa: E402
 from embeddings.clap import ClapEmbedder  # noqa: E402
 from embeddings.run import embed_files  # noqa: E402
-from tiny_clap import save_tiny_clap  # noqa: E402
 
 
 def write_clips(directory: Path, n_clips: int, seed: int = 0) -> list[Path]:

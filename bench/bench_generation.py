@@ -34,10 +34,10 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from tiny_stable_audio import SIZES, save_model  # noqa: E402
 
 from diffusion import load_generator  # noqa: E402
 from diffusion.base import KINDS, Conditioning, TrajectoryObserver  # noqa: E402
-from tiny_stable_audio import SIZES, save_model  # noqa: E402
 
 
 def timed(function):

@@ -23,12 +23,12 @@ sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from tiny_stable_audio import save_model  # noqa: E402
 
 from diffusion import load_generator  # noqa: E402
 from diffusion.base import Conditioning  # noqa: E402
 from diffusion.interventions import Intervention, load_spec  # noqa: E402
 from interp.directions import save_direction  # noqa: E402
-from tiny_stable_audio import save_model  # noqa: E402
 
 
 def timed(call):

@@ -30,10 +30,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 import torch  # noqa: E402
+from tiny_musicgen import save_model  # noqa: E402
 
 from diffusion.base import Conditioning, TrajectoryObserver  # noqa: E402
 from diffusion.musicgen import MusicgenGenerator  # noqa: E402
-from tiny_musicgen import save_model  # noqa: E402
 
 PROMPT = "a bright brass fanfare with drums"
 

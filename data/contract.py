@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
+from data.concepts import CONCEPT_NAMES
 from data.files import _jsonable, read_json, sha256_text, write_json
 from data.stage import InputError
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES, VOCABULARY, parse_labels
@@ -350,11 +351,10 @@ def read_sets(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFra
     if bad.any():
         raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: needs a concept, a note_str and split train or "
                          f"test — {fix}")
-    from interp.concepts import CONCEPT_NAMES  # the concept rules own the names (imported late: data/ is below interp/)
     unknown = ~frame["concept"].isin(CONCEPT_NAMES)
     if unknown.any():
         raise InputError(f"{path} row {_row(unknown.idxmax(), frame)}: concept {frame.at[unknown.idxmax(), 'concept']!r} "
-                         f"is not one of interp/concepts.py's — {fix}")
+                         f"is not one of data/concepts.py's — {fix}")
     duplicated = frame.duplicated(["concept", "note_str"])
     if duplicated.any():
         raise InputError(f"{path} row {_row(duplicated.idxmax(), frame)}: note '{frame.at[duplicated.idxmax(), 'note_str']}' "

@@ -19,6 +19,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from data.contract import generated_dir
+from data.generation import read_generation
 from data.stage import InputError
 
 KEY_COLUMNS = ("prompt_id", "sample", "kind", "step")
@@ -48,14 +50,8 @@ def format_content_part(rows: Sequence[dict], labels: Sequence[str]) -> str:
 def read_realised_content(data: Path, index: pd.DataFrame, fix: str = "rerun stage 2 with --force") -> pd.DataFrame | None:
     """The realised content row-aligned with `index` (data.contract.read_generated_index): row i <-> index row i,
     columns content_<label>. None when generation.json lists no content labels (the generator reports none)."""
-    from data.contract import generated_dir, read_sidecar
-
     generated = generated_dir(data)
-    generation_path = generated / "generation.json"
-    generation = read_sidecar(generation_path, "run stage 2 first", fix)
-    labels = generation.get("content_labels") or []
-    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-        raise InputError(f"{generation_path}: content_labels must be a list of label names — {fix}")
+    labels = list(read_generation(data).content_labels)
     if not labels:
         return None
     columns = content_columns(labels)

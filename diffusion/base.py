@@ -5,9 +5,8 @@ at every position of its trajectory axis) and `decode` (latents -> audio, a pure
 Capturing, decoding in batches, writing wavs and index rows, sharding and resuming are shared
 (diffusion/trajectory.py, which backends never import), so a new backend is one new file.
 
-The trajectory axis says what a position is: a denoising step (0..N-1) of a diffusion sampler, or a decoder
-layer (1..L) of a layer-wise read-out (MusicGen's DecoderLens). Stage 2 writes it to generation.json as
-{"name", "unit", "positions"}; the index column stays `step` (= the position on the axis) for every model.
+The trajectory axis (data/generation.py) says what a position is: a denoising step of a diffusion sampler, or a
+decoder layer of a layer-wise read-out (MusicGen's DecoderLens).
 """
 from __future__ import annotations
 
@@ -16,6 +15,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
+
+from data.generation import TrajectoryAxis
 
 if TYPE_CHECKING:
     # Annotations only: a stage 2 rerun with every prompt done loads no model, and importing torch costs seconds.
@@ -32,31 +33,6 @@ class Conditioning:
     prompt: str
     labels: tuple[str, ...] = ()                  # annotation labels (only the ideal model's prior reads them)
     intervention: Intervention | None = None      # steering of the sampler (issue 11); None = no intervention
-
-
-@dataclass(frozen=True)
-class TrajectoryAxis:
-    name: str                     # "denoising_step" | "layer"
-    unit: str                     # "step" | "layer": the word used in plots and report text
-    positions: tuple[int, ...]    # valid positions, in trajectory order
-
-    def record(self) -> dict:
-        """generation.json's "trajectory_axis" (data/ARTIFACTS.md, stage 2)."""
-        return {"name": self.name, "unit": self.unit, "positions": [int(p) for p in self.positions]}
-
-    def describe(self) -> str:
-        """'50-step trajectory (0–49)': for messages."""
-        return f"{len(self.positions)}-{self.unit} trajectory ({self.positions[0]}–{self.positions[-1]})"
-
-
-def denoising_axis(steps: int) -> TrajectoryAxis:
-    """A sampler's steps 0..steps-1."""
-    return TrajectoryAxis("denoising_step", "step", tuple(range(int(steps))))
-
-
-def layer_axis(layers: int) -> TrajectoryAxis:
-    """A decoder's layers 1..layers (a read-out after block l)."""
-    return TrajectoryAxis("layer", "layer", tuple(range(1, int(layers) + 1)))
 
 
 def default_capture(positions: Sequence[int]) -> list[int]:

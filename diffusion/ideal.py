@@ -67,11 +67,12 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from data.generation import denoising_axis
 from data.stage import InputError
 from data.vocabulary import DRUM, FAMILIES, SOURCES
 from diffusion import bank as reference_bank
 from diffusion.bank import CLIP_RMS, ReferenceBank, family_labels, source_labels
-from diffusion.base import Conditioning, Generator, TrajectoryObserver, default_capture, denoising_axis
+from diffusion.base import Conditioning, Generator, TrajectoryObserver, default_capture
 
 if TYPE_CHECKING:
     import torch

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from data.concepts import BY_NAME
 from data.contract import Provenance, begin, commit, decide
 from data.files import read_json, sha256_json, write_npy
 from diffusion.base import Conditioning, TrajectoryObserver
 from diffusion.interventions import (INTERVENTION_JSON, INTERVENTIONS_DIR, Intervention, InterventionSpec,
                                      identity_sha256)
 from diffusion.trajectory import WAV_WRITERS, Shard, generate_prompt, part_is_complete, prompt_seed
-from interp.concepts import BY_NAME
 
 
 def intervention_dir(generated: Path, intervention_id: str) -> Path:

@@ -8,7 +8,7 @@ as a grid, so "3 concepts x 3 start steps x {concept, 2 random}" is one entry:
      "samples": 1,                      # optional: the first N samples of each prompt (paired by seed with the run)
      "capture_steps": [49],             # optional: steps to save (default: the run's)
      "interventions": [
-       {"concept": ["is_brass", "is_string"],     # target concept (interp/concepts.py): what the scoring reads
+       {"concept": ["is_brass", "is_string"],     # target concept (data/concepts.py): what the scoring reads
         "direction": ["concept", "random:0", "random:1"],
         "where": "prior",                         # ideal: its concept prior; stable-audio-open: DiT blocks [0, 5];
                                                   # musicgen: decoder layers [1..L] (1 = the first block's output)
@@ -71,7 +71,7 @@ SPEC_FIX = "fix the spec (format: diffusion/interventions.py, data/ARTIFACTS.md)
 @dataclass(frozen=True)
 class Intervention:
     id: str
-    concept: str                      # the target concept (interp/concepts.py name)
+    concept: str                      # the target concept (data/concepts.py name)
     direction: str                    # "concept" (the prior's own tilt), "file" or "random"
     where: tuple[int, ...] | str      # PRIOR, or layer / block positions
     strength: float
@@ -157,7 +157,7 @@ def read_spec_file(path) -> dict:
 
 def load_spec(path) -> InterventionSpec:
     """Read and validate a spec without a model: names, types, ranges that need no backend (see check_spec)."""
-    from interp.concepts import BY_NAME
+    from data.concepts import BY_NAME
 
     path = Path(path).expanduser().resolve()
     payload = read_spec_file(path)
@@ -226,7 +226,7 @@ def load_spec(path) -> InterventionSpec:
                 raise fail(f"{where_text}.{key}", "is an empty list")
         for concept in grid["concept"]:
             if concept not in BY_NAME:
-                raise fail(f"{where_text}.concept", f"{concept!r} is not a concept of interp/concepts.py")
+                raise fail(f"{where_text}.concept", f"{concept!r} is not a concept of data/concepts.py")
         for strength in grid["strength"]:
             if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not math.isfinite(strength):
                 raise fail(f"{where_text}.strength", f"{strength!r} must be a finite number")
@@ -273,7 +273,7 @@ def load_spec(path) -> InterventionSpec:
 
 def _interchange_entry(entry: dict, fail, where_text: str) -> list[Intervention]:
     """The (component, layer) sites of one interchange entry, one Intervention each."""
-    from interp.concepts import BY_NAME
+    from data.concepts import BY_NAME
 
     unknown = sorted(set(entry) - INTERCHANGE_KEYS)
     if unknown:
@@ -284,7 +284,7 @@ def _interchange_entry(entry: dict, fail, where_text: str) -> list[Intervention]
             raise fail(where_text, f"'{key}' is required for an interchange")
     for key in ("concept_a", "concept_b"):
         if not isinstance(entry[key], str) or entry[key] not in BY_NAME:
-            raise fail(f"{where_text}.{key}", f"{entry[key]!r} is not a concept of interp/concepts.py")
+            raise fail(f"{where_text}.{key}", f"{entry[key]!r} is not a concept of data/concepts.py")
     op = entry["op"]
     if op not in INTERCHANGE_OPS:
         raise fail(f"{where_text}.op", f"{op!r} is not one of {', '.join(INTERCHANGE_OPS)}")
@@ -353,7 +353,7 @@ def check_spec(spec: InterventionSpec, generator, run_samples: int, run_prompt_i
                prompt_labels: dict | None = None) -> None:
     """What needs the model: positions exist, steps fall in the trajectory, prompts and samples are in the run;
     an interchange's concepts each have prompts among the run's (prompt_labels: prompt id -> labels)."""
-    from interp.concepts import BY_NAME
+    from data.concepts import BY_NAME
 
     sites = getattr(generator, "intervention_sites", None)
     if sites is None:
@@ -419,7 +419,7 @@ def prior_direction(intervention: Intervention, clip_labels: Sequence[Sequence[s
     """The tilt d over the bank's clips: 1 on the clips whose labels carry the concept (the concept's prompt
     rule applied to the clip's labels), else 0. The random baseline marks as many clips chosen at random
     (same norm, no meaning)."""
-    from interp.concepts import BY_NAME
+    from data.concepts import BY_NAME
 
     concept = BY_NAME[intervention.concept]
     carries = np.array([concept.prompt_has(labels) for labels in clip_labels], dtype=np.float64)
@@ -848,7 +848,6 @@ INTERVENTION_JSON = "intervention.json"
 def read_intervention_records(generated: Path) -> dict[str, dict]:
     """id -> Intervention.record() of every intervened run under generated/interventions/."""
     from data.contract import read_sidecar
-
     from data.files import sha256_json
 
     root = Path(generated) / INTERVENTIONS_DIR

@@ -42,9 +42,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.generation import layer_axis
 from data.hub import hub_error_message, local_model_dir
 from data.stage import InputError
-from diffusion.base import Conditioning, Generator, TrajectoryObserver, layer_axis
+from diffusion.base import Conditioning, Generator, TrajectoryObserver
 
 HUB_ID = "facebook/musicgen-small"
 HUB_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt"]
@@ -442,8 +443,7 @@ def resolve_model_dir(model: str) -> Path:
 
 def load_model(model_dir: Path, dtype: torch.dtype, device: torch.device):
     """(model, tokenizer, is_melody) from a save_pretrained directory; one-line errors for the wrong layout."""
-    from transformers import (AutoTokenizer, MusicgenForConditionalGeneration,
-                              MusicgenMelodyForConditionalGeneration)
+    from transformers import AutoTokenizer, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
     from transformers.utils import logging as transformers_logging
 
     config_path = model_dir / "config.json"

@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.generation import denoising_axis
 from data.hub import hub_error_message, local_model_dir
 from data.stage import InputError
-from diffusion.base import Conditioning, Generator, TrajectoryObserver, default_capture, denoising_axis
+from diffusion.base import Conditioning, Generator, TrajectoryObserver, default_capture
 from diffusion.interventions import stable_audio_hooks, stable_audio_sites
 
 HUB_ID = "stabilityai/stable-audio-open-1.0"

@@ -26,8 +26,8 @@ from data.contract import annotated_csv, generated_dir, read_annotated
 from data.files import sha256_file
 from data.stage import InputError, main_exit, parse_shard, stage_parser
 from diffusion import GENERATORS, intervened_runs, interventions, load_generator
-from diffusion.trajectory import (TrajectorySettings, check_force, check_generation, parse_capture_steps,
-                                  parse_kinds, run_trajectories)
+from diffusion.trajectory import (TrajectorySettings, check_force, check_generation, parse_capture_steps, parse_kinds,
+                                  run_trajectories)
 
 DEFAULT_SAMPLES = 2
 DEFAULT_DECODE_BATCH = 8

@@ -40,11 +40,11 @@ from typing import Sequence
 from data.audio import write_wav
 from data.contract import INDEX_COLUMNS, Provenance, begin, commit, decide
 from data.files import read_json, write_npy, write_text
+from data.generation import GENERATION_JSON, TrajectoryAxis
 from data.realised_content import content_part_path, format_content_part
 from data.stage import InputError, Shard
-from diffusion.base import KINDS, Conditioning, Generator, TrajectoryAxis, TrajectoryObserver
+from diffusion.base import KINDS, Conditioning, Generator, TrajectoryObserver
 
-GENERATION_JSON = "generation.json"
 PROVENANCE_FIX = "pass --force to regenerate with these settings, or use another --data"
 # fsync dominates a wav write (~8 ms of ~9 ms each here); a few writer threads overlap the waits.
 WAV_WRITERS = 4

@@ -48,8 +48,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from data.hub import hub_error_message
 from data.files import read_json, sha256_file, sha256_text, write_json
+from data.hub import hub_error_message
 from data.stage import InputError
 from embeddings import DEFAULT_MODELS, embedding_stem
 from embeddings.base import Embedder

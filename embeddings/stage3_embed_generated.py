@@ -19,9 +19,9 @@ if __package__ in (None, ""):
     # Run as a script: make the repository root importable (the project is not installed as a package).
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data.contract import (check_index_prompts, generated_dir, read_annotated, read_generated_index,
-                           read_sidecar, relative_path, table_sha256)
-from data.files import sha256_file
+from data.contract import (check_index_prompts, generated_dir, read_annotated, read_generated_index, relative_path,
+                           table_sha256)
+from data.generation import read_generation
 from data.stage import InputError, main_exit, parse_shard, stage_parser
 from embeddings import embedding_stem
 from embeddings.run import (add_embedder_arguments, batch_size_from_args, embed_files, embedder_from_args, lock_name,
@@ -34,14 +34,9 @@ def build_parser():
     return parser
 
 
-def read_generation(data) -> tuple[dict, str]:
-    path = generated_dir(data) / "generation.json"
-    generation = read_sidecar(path, "run stage 2 first", "rerun stage 2 with --force")
-    return generation, sha256_file(path)
-
-
 def main(args) -> None:
-    generation, generation_sha256 = read_generation(args.data)
+    stored = read_generation(args.data)
+    generation, generation_sha256 = stored.record, stored.sha256
     index = read_generated_index(args.data)
     if index["path"].isna().any():
         row = index.loc[index["path"].isna().idxmax()]

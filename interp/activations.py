@@ -8,7 +8,7 @@ decoder block ℓ, pooled over the generated positions (`mean`) or taken at the 
 conditional (`cond`) or unconditional (`uncond`) half of the CFG batch.
 
 Per layer and concept, one linear probe (scikit-learn: StandardScaler + class-balanced LogisticRegression) is
-trained on the samples against their prompt's annotation (interp/concepts.py `prompt_has`). Scores are out-of-fold:
+trained on the samples against their prompt's annotation (data/concepts.py `prompt_has`). Scores are out-of-fold:
 StratifiedGroupKFold with the prompt as the group, so a prompt's samples never sit on both sides of a split (they
 share the text and would leak it). The metrics, prompt-bootstrap CIs, baseline tests, Bonferroni correction and
 emergence layer use stage 6's statistics (interp/statistics.py) with the layer as the position, and the tables
@@ -35,10 +35,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.concepts import CONCEPTS
 from data.contract import generated_dir, read_annotated, read_generated_index, read_table, table_sha256
-from data.files import read_json, sha256_file, write_csv, write_json, write_npy, write_text
+from data.files import sha256_file, write_csv, write_json, write_npy, write_text
+from data.generation import read_generation
 from data.stage import InputError
-from interp.concepts import CONCEPTS
 
 BRANCHES = ("cond", "uncond")
 POOLS = ("mean", "last")
@@ -173,10 +174,8 @@ def run(args) -> None:
     if args.bootstrap < 1 or args.random_baselines < 0 or not 0 < args.alpha < 1:
         raise InputError("--bootstrap must be >= 1, --random-baselines >= 0 and --alpha in (0, 1) — fix the option")
     data = Path(args.data)
-    generation_path = generated_dir(data) / "generation.json"
-    if not generation_path.is_file():
-        raise InputError(f"{generation_path}: missing — {STAGE2_FIX}")
-    generation = read_json(generation_path)
+    stored = read_generation(data, STAGE2_FIX)
+    generation_path, generation = stored.path, stored.record
     if generation.get("residuals", "none") == "none":
         raise InputError(f"{generation_path}: stage 2 captured no residuals (generator "
                          f"{generation.get('generator')!r}) — {STAGE2_FIX}")

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 
 from data.files import atomic_path, write_csv, write_text
+from data.generation import read_generation
 from interp import statistics
 
 LOUDNESS_LIMIT_DB = 10.0
@@ -495,14 +496,13 @@ def run(out: Path, data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray,
         intervened: tuple, kind: str, concept_names, fitted: dict, probe_outputs, emergence_steps: pd.DataFrame,
         main_provenance: dict, n_resamples: int, alpha: float, seed: int) -> None:
     """Score the intervened clips of `kind` with the fitted concept probes and write <out>/compare/."""
+    import time
+
     from data.audio import read_audio
+    from data.concepts import BY_NAME
     from data.contract import begin, commit, generated_dir
-    from data.files import read_json
     from data.stage import InputError
     from diffusion.interventions import read_intervention_records
-    from interp.concepts import BY_NAME
-
-    import time
 
     started = time.perf_counter()
     index, matrix = intervened
@@ -533,9 +533,8 @@ def run(out: Path, data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray,
     records = read_intervention_records(generated)
     records = {identifier: record for identifier, record in records.items()
                if identifier in set(index["intervention"])}
-    axis = read_json(generated / "generation.json").get("trajectory_axis")
-    unit = axis.get("unit", "step") if isinstance(axis, dict) else "step"
-    name = axis.get("name", "denoising_step") if isinstance(axis, dict) else str(axis or "denoising_step")
+    axis = read_generation(data).axis
+    unit, name = axis.unit, axis.name
     families = [c for c in concept_names if BY_NAME[c].group == "family"]
     try:
         tables = compare(frame, records, concept_names, families, embeddings, loudness, emergence_steps, name,

@@ -105,20 +105,20 @@ def main(args) -> None:
         python interp/directions.py --data data --model <stable audio dir or hub id> --concept is_brass \\
             --out directions/is_brass.npy
     """
+    from data.concepts import BY_NAME
     from data.contract import annotated_csv, read_annotated
     from data.files import sha256_file
     from data.stage import InputError
     from diffusion import load_generator
     from diffusion.base import Conditioning
     from diffusion.trajectory import prompt_seed
-    from interp.concepts import BY_NAME
 
     out = Path(args.out).with_suffix(".npy")
     if out.is_file() and out.with_suffix(".json").is_file() and not args.force:
         print(f"{out}: exists; pass --force to recompute it")
         return
     if args.concept not in BY_NAME:
-        raise InputError(f"--concept {args.concept!r} is not a concept of interp/concepts.py")
+        raise InputError(f"--concept {args.concept!r} is not a concept of data/concepts.py")
     if args.generator != "stable-audio-open":
         raise InputError(f"--generator {args.generator}: difference-of-means directions are recorded on Stable Audio "
                          "DiT blocks here; MusicGen directions come from stage 6 --space activations (probe "
@@ -160,7 +160,7 @@ def build_parser():
     from data.stage import stage_parser
 
     parser = stage_parser("Concept directions for steering: difference of means of block activations per step")
-    parser.add_argument("--concept", required=True, help="concept of interp/concepts.py (prompt rule picks the sides)")
+    parser.add_argument("--concept", required=True, help="concept of data/concepts.py (prompt rule picks the sides)")
     parser.add_argument("--out", required=True, help="direction file to write (.npy; its .json beside it)")
     parser.add_argument("--generator", default="stable-audio-open")
     parser.add_argument("--model", default=None, help="hub id or save_pretrained directory")

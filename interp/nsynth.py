@@ -16,10 +16,10 @@ import pandas as pd
 import soundfile as sf
 from tqdm import tqdm
 
+from data.concepts import Note
 from data.files import unique_keys
 from data.stage import InputError
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES
-from interp.concepts import Note
 
 EXAMPLES_FILE = "examples.json"
 AUDIO_DIR = "audio"
@@ -232,7 +232,7 @@ def check_audio(nsynth_dir, note_strs) -> None:
 
 
 def note_of(family: str, source: str, qualities: str) -> Note:
-    """The concept rules' view of a note (interp.concepts.Note)."""
+    """The concept rules' view of a note (data.concepts.Note)."""
     names = frozenset(name for name in str(qualities).split(QUALITY_SEPARATOR) if name)
     return Note(family=family, source=source, qualities=names)
 

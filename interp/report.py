@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.concepts import BY_NAME, CONCEPTS
 from data.contract import generated_dir, read_annotated
 from data.files import write_text
-from interp.concepts import BY_NAME, CONCEPTS
 
 OTHER_CONCEPTS_SHOWN = 3
 YARDSTICK_TITLES = {"prompt": "vs prompts", "content": "vs realised content"}

@@ -5,7 +5,7 @@
 
 Writes <data>/concepts/notes.csv, sets.csv and concepts.json (data/ARTIFACTS.md, stage 4).
 
-- Labels: interp.concepts.Concept.label_note on each note's family, source and qualities: 1 positive,
+- Labels: data.concepts.Concept.label_note on each note's family, source and qualities: 1 positive,
   0 negative; "like" notes (sharing the concept's sound without being positives) are left out of its set.
   Labels are computed once per distinct (family, source, qualities) combination and mapped back, so the
   289k-note train split costs a few hundred rule evaluations.
@@ -39,12 +39,11 @@ if __package__ in (None, ""):
 import numpy as np
 import pandas as pd
 
-from data.contract import (NOTES_COLUMNS, SETS_COLUMNS, Provenance, begin, commit, concepts_dir, decide,
-                           table_sha256)
+from data.concepts import CONCEPTS
+from data.contract import NOTES_COLUMNS, SETS_COLUMNS, Provenance, begin, commit, concepts_dir, decide, table_sha256
 from data.files import read_json, sha256_file, write_csv
 from data.stage import InputError, main_exit, stage_parser
 from interp import nsynth
-from interp.concepts import CONCEPTS
 
 SPLITS = ("train", "test")
 SPLIT_CANDIDATES = 32

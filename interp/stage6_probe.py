@@ -23,17 +23,16 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+from data.concepts import CONCEPTS
 from data.contract import (Provenance, begin, check_same_embedder, commit, concepts_dir, decide, generated_dir,
-                           read_annotated, read_embeddings, read_generated_index, read_notes, read_sets, read_sidecar,
-                           table_sha256)
+                           read_annotated, read_embeddings, read_generated_index, read_notes, read_sets, table_sha256)
 from data.files import read_json, sha256_file, write_csv
+from data.generation import TrajectoryAxis, read_generation
 from data.realised_content import read_realised_content
 from data.stage import InputError, main_exit, stage_parser
 from embeddings import EMBEDDERS, embedding_stem
-from interp import compare
+from interp import compare, statistics, summary
 from interp import probes as probe_families
-from interp import statistics, summary
-from interp.concepts import CONCEPTS
 from interp.probes import TrainingSet
 
 OUTPUT_FILES = ("probe_quality.csv", "emergence.csv", "emergence_steps.csv", "drift.csv", "drift_summary.csv",
@@ -96,28 +95,6 @@ def build_parser():
 
 
 # ------------------------------------------------------------------------------------------ records
-
-@dataclass(frozen=True)
-class TrajectoryAxis:
-    """What a position along the trajectory is: name ('denoising_step', 'layer'), the unit word used in
-    plots and the report ('step', 'layer'), and the valid positions (empty: the captured ones)."""
-    name: str
-    unit: str
-    positions: tuple[int, ...] = ()
-
-    @classmethod
-    def from_generation(cls, value, path: Path) -> "TrajectoryAxis":
-        """generation.json's "trajectory_axis": a {"name", "unit", "positions"} object or (older runs) a name."""
-        if isinstance(value, str) and value:
-            return cls(value, "layer" if "layer" in value else "step")
-        if isinstance(value, dict) and value.get("name") and value.get("unit"):
-            return cls(str(value["name"]), str(value["unit"]), tuple(int(p) for p in value.get("positions") or ()))
-        raise InputError(f"{path}: trajectory_axis {value!r} is not a name or a {{name, unit, positions}} object "
-                         "— rerun stage 2 with --force")
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "unit": self.unit, "positions": list(self.positions)}
-
 
 @dataclass(frozen=True)
 class RealisedContent:
@@ -230,12 +207,10 @@ def load_generated(data: Path, stem: str, kind: str) -> GeneratedClips:
     if not selected.any():
         raise InputError(f"{generated_dir(data) / 'index'}: no clips of kind '{kind}' "
                          f"(found {', '.join(sorted(index['kind'].unique()))}) — pass --kind with one of those")
-    generation = generated_dir(data) / "generation.json"
-    record = read_sidecar(generation, "rerun stage 2", "rerun stage 2 with --force")
-    axis = TrajectoryAxis.from_generation(record.get("trajectory_axis"), generation)
+    generation = read_generation(data)
     clips = index[selected].reset_index(drop=True)
-    return GeneratedClips(annotated, index, clips, matrix[selected.to_numpy()], sidecar, npy, generation, axis,
-                          load_content(data, index, selected.to_numpy()), intervened)
+    return GeneratedClips(annotated, index, clips, matrix[selected.to_numpy()], sidecar, npy, generation.path,
+                          generation.axis, load_content(data, index, selected.to_numpy()), intervened)
 
 
 def load_concept_notes(data: Path, stem: str, generated: GeneratedClips, required: bool) -> ConceptNotes | None:
@@ -669,7 +644,7 @@ def analyse(args) -> None:
                         ("emergence_steps.csv", steps_table), ("drift.csv", drift),
                         ("drift_summary.csv", drift_summary), ("probabilities.csv", probabilities)):
         write_csv(out / name, frame)
-    facts = {"trajectory_axis": generated.axis.as_dict(), "n_tests": n_tests, "distinct_by": distinct_by,
+    facts = {"trajectory_axis": generated.axis.record(), "n_tests": n_tests, "distinct_by": distinct_by,
              "yardsticks": [yardstick.name for yardstick in yardsticks],
              "embedder": {key: generated.sidecar.get(key) for key in EMBEDDER_KEYS}}
     record = {**provenance.record, **facts}

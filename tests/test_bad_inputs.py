@@ -29,8 +29,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-
 from conftest import REPO_ROOT
+
 from data.stage import run_stage
 
 STAGES = {

@@ -4,13 +4,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_clap import save_tiny_clap
 from transformers import ClapFeatureExtractor, ClapModel
 
 from data.files import sha256_file
 from data.stage import InputError
 from embeddings import load_embedder
 from embeddings.clap import ClapEmbedder, checkpoint_sha256
-from tiny_clap import save_tiny_clap
 
 RATE = 48_000
 

@@ -12,19 +12,19 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from tiny_clap import save_tiny_clap
 
 from data.audio import read_audio, resample, to_mono, write_wav
 from data.contract import INDEX_COLUMNS, read_embeddings, read_generated_index, read_notes, table_sha256
 from data.files import read_json, sha256_file, write_json
+from data.nsynth import render_soundfont
 from data.stage import REPO_ROOT, run_stage
 from embeddings import embedding_stem
 from embeddings import stage3_embed_generated as stage3
 from embeddings.clap import ClapEmbedder
-from data.nsynth import render_soundfont
 from interp import stage4_concept_sets as stage4
 from interp import stage5_embed_nsynth as stage5
 from interp import stage6_probe
-from tiny_clap import save_tiny_clap
 
 GENERATED_RATE = 44_100
 PROMPTS = {"p_brass": ("a brass fanfare", "brass;bright"), "p_keys": ("a soft piano ballad", "keyboard;acoustic"),
@@ -52,7 +52,8 @@ def write_generated(data) -> None:
     annotated.to_csv(data / "prompts" / "annotated.csv", index=False)
     write_json(data / "generated" / "generation.json",
                {"generator": "fixture", "sample_rate": GENERATED_RATE, "channels": 2, "steps": len(STEPS),
-                "capture_steps": list(STEPS), "kinds": ["x0"], "trajectory_axis": "denoising_step"})
+                "capture_steps": list(STEPS), "kinds": ["x0"],
+                "trajectory_axis": {"name": "denoising_step", "unit": "step", "positions": list(STEPS)}})
     t = np.arange(3 * GENERATED_RATE) / GENERATED_RATE
     for number, prompt_id in enumerate(PROMPTS):
         rows = []

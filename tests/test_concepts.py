@@ -1,11 +1,11 @@
-"""The concepts are defined once (interp/concepts.py, written out in data/ARTIFACTS.md), are distinct on the
+"""The concepts are defined once (data/concepts.py, written out in data/ARTIFACTS.md), are distinct on the
 demo prompts, and mean what their names say, on notes and on prompts."""
 from itertools import combinations
 from pathlib import Path
 
+from data.concepts import BY_NAME, CONCEPTS, Note, rules_markdown
 from data.prompts.offline_annotator import offline_labels
 from data.prompts.prompt_list import embedded_prompts
-from interp.concepts import BY_NAME, CONCEPTS, Note, rules_markdown
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "data" / "ARTIFACTS.md"
 

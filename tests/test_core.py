@@ -6,14 +6,14 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO_ROOT
+
 from data import contract
 from data.audio import read_audio, resample, write_wav
+from data.concepts import BY_NAME, CONCEPTS, Note
 from data.files import atomic_path, write_csv, write_npy
 from data.stage import InputError
 from data.vocabulary import VOCABULARY, format_labels, parse_labels
-from interp.concepts import BY_NAME, CONCEPTS, Note
 
 
 def test_atomic_path_leaves_old_file_when_writer_fails(tmp_path):

@@ -6,9 +6,9 @@ import sys
 
 import pandas as pd
 import pytest
-
 from conftest import REPO_ROOT
-from interp.concepts import CONCEPT_NAMES
+
+from data.concepts import CONCEPT_NAMES
 
 CAPTURE_STEPS = [3, 6, 9]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from data.stage import InputError
-from diffusion import load_generator
 from diffusion import bank as reference_bank
+from diffusion import load_generator
 from diffusion.bank import CLIP_RMS, ReferenceBank, load_bank, save_bank
 from diffusion.base import Conditioning, TrajectoryObserver
 from diffusion.ideal import IdealGenerator

@@ -10,12 +10,13 @@ import pytest
 
 pytest.importorskip("diffusion.musicgen", reason="the MusicGen backend (issue 10) is not in this checkout")
 
+from stage_runs import run_stages_3_to_6  # noqa: E402
+from test_musicgen_stage2 import PROMPTS, RUN, write_annotated  # noqa: E402
+from tiny_musicgen import save_model  # noqa: E402
+
 from data.stage import run_stage  # noqa: E402
 from diffusion import musicgen  # noqa: E402
 from diffusion import stage2_generate as stage2  # noqa: E402
-from stage_runs import run_stages_3_to_6  # noqa: E402
-from tiny_musicgen import save_model  # noqa: E402
-from test_musicgen_stage2 import PROMPTS, RUN, write_annotated  # noqa: E402
 
 LAYERS = [1, 2, 3, 4]
 BRASS_PROMPTS = [pid for pid, _, labels in PROMPTS if "brass" in labels.split(";")]

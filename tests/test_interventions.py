@@ -5,13 +5,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_ideal import synthetic_bank
 
 from data.stage import InputError
 from diffusion.base import Conditioning, TrajectoryObserver
 from diffusion.ideal import IdealGenerator
 from diffusion.interventions import Intervention, check_spec, load_spec, prior_direction, steer
 from interp import compare
-from test_ideal import synthetic_bank
 
 PROMPT_IDS = ["p1", "p2", "p3"]
 

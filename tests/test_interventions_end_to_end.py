@@ -10,7 +10,6 @@ import sys
 
 import pandas as pd
 import pytest
-
 from conftest import REPO_ROOT
 
 # The first 20 prompts of the embedded set (all among its first 30) that do not ask for a guitar (brass, flute, keyboard, mallet, organ).

@@ -8,9 +8,10 @@ import torch
 
 musicgen = pytest.importorskip("diffusion.musicgen", reason="the MusicGen backend (issue 10) is not in this checkout")
 
+from tiny_musicgen import save_model  # noqa: E402
+
 from diffusion.interventions import load_spec, musicgen_hooks  # noqa: E402
 from interp.directions import save_direction  # noqa: E402
-from tiny_musicgen import save_model  # noqa: E402
 
 PROMPT, SECONDS, START, LAYER = "bright brass", 0.2, 4, 2
 

@@ -4,13 +4,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_stable_audio import save_model
 
 from data.stage import InputError
 from diffusion import load_generator
 from diffusion.base import Conditioning, TrajectoryObserver
 from diffusion.interventions import load_spec
 from interp.directions import ActivationRecorder, mean_difference, save_direction
-from tiny_stable_audio import save_model
 
 STEPS, SECONDS, START = 5, 1.0, 3
 

@@ -8,12 +8,11 @@ decodes to near-constant audio).
 import numpy as np
 import pytest
 import torch
+from tiny_musicgen import save_model
 
 from data.stage import InputError
 from diffusion.base import Conditioning, TrajectoryObserver
-from diffusion.musicgen import (MusicgenGenerator, MusicgenRunner, ResidualRecorder, parse_options,
-                                residual_summaries)
-from tiny_musicgen import save_model
+from diffusion.musicgen import MusicgenGenerator, MusicgenRunner, ResidualRecorder, parse_options, residual_summaries
 
 SECONDS = 0.2   # 10 frames at 50 Hz: 13 positions with the 4-codebook delay pattern
 PROMPT = "a bright piano melody"

@@ -8,7 +8,6 @@ import sysconfig
 import tomllib
 
 import yaml
-
 from conftest import REPO_ROOT
 
 

@@ -10,9 +10,9 @@ import matplotlib.image
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from test_stage6_data import EMBEDDER, analysed_data
 
 from interp import stage6_probe
-from test_stage6_data import EMBEDDER, analysed_data
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 

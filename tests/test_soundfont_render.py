@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 import soundfile as sf
-
 from conftest import REPO_ROOT
+
 from data.nsynth import qualities as quality_rules
 from data.nsynth.render_soundfont import DEFAULT_DYAD_VELOCITY, build_parser, main, output_dir
 from data.soundfont import NOTE_BY_NUMBER

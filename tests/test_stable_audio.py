@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from hf_cache import put_in_hub_cache
+from tiny_stable_audio import save_model
 
 from data.stage import InputError
 from diffusion import load_generator
 from diffusion.base import Conditioning, TrajectoryObserver
-from tiny_stable_audio import save_model
 
 STEPS = 5
 SECONDS = 1.0

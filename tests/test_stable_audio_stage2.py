@@ -13,14 +13,14 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import stage_runs
+from stage_runs import run_stages_3_to_6
+from tiny_stable_audio import save_model
 
 from data.audio import read_audio
 from data.contract import read_generated_index
 from data.stage import REPO_ROOT, run_stage
 from diffusion import stage2_generate as stage2
-import stage_runs
-from stage_runs import run_stages_3_to_6
-from tiny_stable_audio import save_model
 
 SCRIPT = REPO_ROOT / "diffusion" / "stage2_generate.py"
 PROMPTS = [

@@ -147,6 +147,7 @@ def test_stage1_refuses_a_prompt_over_the_length_limit(tmp_path):
     import sys
 
     from conftest import REPO_ROOT
+
     from data.contract import MAX_PROMPT_CHARACTERS
 
     data = tmp_path / "data"

@@ -10,20 +10,19 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import REPO_ROOT
+from test_ideal import SYNTHETIC_RATE, synthetic_bank
+
 from data import contract
 from data.audio import read_audio
 from data.files import write_csv
-from data.stage import InputError, run_stage
+from data.stage import InputError, Shard, parse_shard, run_stage
 from diffusion import trajectory
 from diffusion.bank import save_bank
 from diffusion.base import default_capture_steps
 from diffusion.ideal import IdealGenerator
 from diffusion.stage2_generate import build_parser, main
-from data.stage import Shard, parse_shard
 from diffusion.trajectory import prompt_seed
-from test_ideal import SYNTHETIC_RATE, synthetic_bank
 
 PROMPTS = [
     ("p-brass", "a brass fanfare", "brass;acoustic"),
@@ -378,7 +377,8 @@ def test_a_corrupt_generation_json_is_refused_in_one_line_and_force_replaces_it(
 def test_capture_positions_are_checked_against_the_generators_axis():
     import torch
 
-    from diffusion.base import TrajectoryObserver, default_capture, denoising_axis, layer_axis
+    from data.generation import denoising_axis, layer_axis
+    from diffusion.base import TrajectoryObserver, default_capture
     from diffusion.trajectory import parse_capture_steps
 
     steps, layers = denoising_axis(50), layer_axis(24)

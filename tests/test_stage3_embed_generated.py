@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from data.audio import resample, to_mono, read_audio, write_wav
+from data.audio import read_audio, resample, to_mono, write_wav
 from data.contract import INDEX_COLUMNS, read_embeddings, read_generated_index, table_sha256
 from data.files import sha256_file
 from data.stage import REPO_ROOT, InputError, run_stage
@@ -57,7 +57,8 @@ def data(tmp_path):
     data = tmp_path / "data"
     (data / "generated").mkdir(parents=True)
     (data / "generated" / "generation.json").write_text(json.dumps(
-        {"generator": "fixture", "sample_rate": RATE, "channels": 2, "seed": 0, "steps": 10}))
+        {"generator": "fixture", "sample_rate": RATE, "channels": 2, "seed": 0, "steps": 10,
+         "trajectory_axis": {"name": "denoising_step", "unit": "step", "positions": list(range(10))}}))
     write_prompt(data, "p_b", 1)
     write_prompt(data, "p_a", 0)
     return data
@@ -184,8 +185,9 @@ def test_other_embedder_configuration_needs_force(data):
 
 def test_clap_options_reach_the_embedder_and_rows_align(tmp_path, capsys):
     """The runner with the other registered embedder: a tiny CLAP saved in the hub layout, loaded by path."""
-    from embeddings.clap import ClapEmbedder
     from tiny_clap import save_tiny_clap
+
+    from embeddings.clap import ClapEmbedder
 
     model_dir = save_tiny_clap(tmp_path / "tiny-clap", fused=False)
     data = tmp_path / "data"

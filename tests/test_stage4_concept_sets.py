@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import REPO_ROOT
+
+from data.concepts import BY_NAME, CONCEPT_NAMES
 from data.contract import read_notes, read_sets, table_sha256
 from data.nsynth import render_soundfont
 from data.stage import run_stage
 from interp import stage4_concept_sets as stage4
-from interp.concepts import BY_NAME, CONCEPT_NAMES
 from interp.nsynth import note_of
 
 SCRIPT = REPO_ROOT / "interp" / "stage4_concept_sets.py"
@@ -72,7 +72,7 @@ def test_like_notes_are_left_out_of_negatives(built):
     negative_families = set(notes.loc[brass.loc[brass["label"] == 0, "note_str"], "family"])
     assert not negative_families & {"brass", "reed", "flute"}
     assert len(brass[brass["label"] == 0]) == 4096 - 269 - 235 - 180
-    # Every note is labelled exactly as interp/concepts.py says (None: absent from the set).
+    # Every note is labelled exactly as data/concepts.py says (None: absent from the set).
     checked = ("is_brass", "staccato", "orchestral", "atmospheric")
     chosen = {name: sets[sets["concept"] == name].set_index("note_str")["label"].to_dict() for name in checked}
     for row in notes.reset_index().itertuples(index=False):

@@ -5,13 +5,13 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from test_stage6_data import EMBEDDER, analysed_data, term_directions, write_synthetic_data
 
 import embeddings
+from data.concepts import CONCEPTS
 from data.files import read_json, write_json, write_npy
 from data.stage import run_stage
 from interp import stage6_probe
-from interp.concepts import CONCEPTS
-from test_stage6_data import EMBEDDER, analysed_data, term_directions, write_synthetic_data
 
 REPO_ROOT = stage6_probe.Path(stage6_probe.__file__).resolve().parent.parent
 # Concepts whose prompt labels are drawn independently of the injected brass label: for them the clips
@@ -259,12 +259,20 @@ def test_a_generator_without_content_and_a_layer_axis(tmp_path):
     assert "4 layers (1–4, axis `layer`)" in snippet and "step" not in snippet
 
 
-def test_an_axis_given_by_name_only_and_the_note_baseline(tmp_path):
-    """Older generation.json files name the axis with a string; --baseline notes keeps the per-note draw."""
+def test_an_axis_given_by_name_only_is_refused(tmp_path, capsys):
+    """generation.json's axis is a {name, unit, positions} object (data/generation.py reads it for every stage)."""
     root = write_synthetic_data(tmp_path, n_prompts=8, samples=1, steps=(0, 10), dim=16, write_audio=False,
                                 n_instruments=24, notes_per_instrument=4)
     generation = root / "generated" / "generation.json"
     write_json(generation, dict(read_json(generation), trajectory_axis="denoising_step"))
+    assert _run(["--data", root, "--embedder", EMBEDDER, "--no-report"]) == 2
+    assert "trajectory_axis 'denoising_step' is not a {name, unit, positions} object" in capsys.readouterr().err
+
+
+def test_the_note_baseline(tmp_path):
+    """--baseline notes keeps the per-note draw, and differs from the instrument draw."""
+    root = write_synthetic_data(tmp_path, n_prompts=8, samples=1, steps=(0, 10), dim=16, write_audio=False,
+                                n_instruments=24, notes_per_instrument=4)
     argv = ["--data", root, "--embedder", EMBEDDER, "--bootstrap", "20", "--random-baselines", "3", "--no-report"]
     assert _run(argv + ["--baseline", "notes"]) == 0
     out = stage6_probe.results_dir(root, EMBEDDER, "logreg", "x0")

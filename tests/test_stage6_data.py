@@ -2,7 +2,7 @@
 
 Every vocabulary term has a random direction in a `dim`-dimensional embedding space. An NSynth note's
 embedding is noise plus its family, source and qualities' directions, so stage 4's real concept rules
-(interp/concepts.py) define learnable sets. A generated clip's embedding is its trajectory's noise, shrinking
+(data/concepts.py) define learnable sets. A generated clip's embedding is its trajectory's noise, shrinking
 towards the final step, plus — only for the terms in `inject` and only from the given step on — the
 directions of its prompt's labels. So a concept built on an injected term emerges exactly at that step and
 every other concept's probe sees no signal in the clips.
@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from data.concepts import CONCEPTS, Note
 from data.contract import read_generated_index, read_notes, table_sha256
 from data.files import write_csv, write_json, write_npy, write_text
 from data.realised_content import content_part_path, format_content_part
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES, VOCABULARY, format_labels
-from interp.concepts import CONCEPTS, Note
 
 # Stage 6 finds embedding files by the stem of --embedder/--model (embeddings.embedding_stem): the synthetic
 # vectors are filed under the spectral embedder's stem; the sidecar's model says what they are.

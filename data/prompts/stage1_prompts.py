@@ -20,13 +20,11 @@ if __package__ in (None, ""):
 
 import pandas as pd
 
-from data.contract import (Provenance, annotated_csv, begin, commit, decide, prompts_csv, read_annotated,
-                           read_prompts)
+from data.contract import Provenance, annotated_csv, begin, commit, decide, prompts_csv, read_annotated, read_prompts
 from data.files import sha256_file, write_csv
 from data.prompts.llm_annotator import DEFAULT_BATCH_SIZE, DEFAULT_MAX_REASKS, LLMAnnotator
 from data.prompts.llm_annotator import instructions_identity as annotate_identity
-from data.prompts.llm_prompt_writer import DEFAULT_PROMPT_COUNT, DEFAULT_REQUEST_SIZE, MAX_REQUEST_SIZE
-from data.prompts.llm_prompt_writer import LLMPromptWriter
+from data.prompts.llm_prompt_writer import DEFAULT_PROMPT_COUNT, DEFAULT_REQUEST_SIZE, MAX_REQUEST_SIZE, LLMPromptWriter
 from data.prompts.llm_prompt_writer import instructions_identity as generate_identity
 from data.prompts.llm_requests import DEFAULT_MODEL, ChatJSON, LLMSettings, ResponseCache, describe_base_url
 from data.prompts.offline_annotator import annotate_offline, lexicon_sha256
