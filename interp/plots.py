@@ -100,7 +100,9 @@ def plot_heatmap(table: pd.DataFrame, path, unit: str, metric: str = "auroc") ->
 
 def plot_trajectories(clips: pd.DataFrame, embeddings: np.ndarray, path, unit: str) -> None:
     """The first two principal components of every clip, coloured by position, each trajectory joined in order."""
-    components = PCA(n_components=2).fit_transform(np.asarray(embeddings, np.float64))
+    # The exact solver: with svd_solver="auto" scikit-learn picks a randomized SVD for this shape (fewer than 10x as
+    # many clips as dimensions), unseeded, so the figure (and report.html, which embeds it) changed from run to run.
+    components = PCA(n_components=2, svd_solver="full").fit_transform(np.asarray(embeddings, np.float64))
     figure = new_figure(figsize=(6, 5))
     axis = figure.subplots()
     ordered = clips.assign(x=components[:, 0], y=components[:, 1]).sort_values(["prompt_id", "sample", "step"])
