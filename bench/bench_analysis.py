@@ -19,6 +19,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 
+from test_stage6_data import EMBEDDER, write_synthetic_data  # noqa: E402
+
+from data.stage import run_stage  # noqa: E402
+from interp import stage6_probe  # noqa: E402
+
 GOAL_SECONDS = 60.0
 
 
@@ -41,16 +46,12 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=248, help="synthetic embedding dimension (spectral: 248)")
     args = parser.parse_args()
 
-    from data.stage import run_stage
-    from interp import stage6_probe
-
     with tempfile.TemporaryDirectory(prefix="bench_analysis_") as scratch:
         scratch = Path(scratch)
         if _demo_ready(args.data, args.embedder):
             data, embedder = _scratch_copy(args.data, scratch), args.embedder
             source = f"demo artifacts in {args.data}"
         else:
-            from test_stage6_data import EMBEDDER, write_synthetic_data
             data = write_synthetic_data(scratch, n_prompts=args.prompts, samples=args.samples,
                                         steps=tuple(range(0, 101, 10)), dim=args.dim, inject={"brass": 40, "reverb": 70},
                                         n_instruments=50, notes_per_instrument=8, write_audio=True)

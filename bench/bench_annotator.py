@@ -1,4 +1,4 @@
-"""The offline annotator's cost grows linearly with prompt length (issue 13: a 10 MB prompt ran for minutes).
+"""The offline annotator's cost grows linearly with prompt length (a 10 MB prompt once ran for minutes).
 
     .venv/bin/python bench/bench_annotator.py [--base 20000]
 

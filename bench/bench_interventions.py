@@ -1,4 +1,4 @@
-"""What a steering hook costs (issue 11): Stable Audio sampling with a steering intervention on DiT blocks / the
+"""What a steering hook costs: Stable Audio sampling with a steering intervention on DiT blocks / the
 same call without, in one run, one torch thread. Goal <= 1.03. The ideal model's prior tilt is timed the same way.
 
 Runs alternate (with, without, without, with, ...) so that drifting machine load hits both sides alike; ratios are

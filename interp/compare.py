@@ -1,4 +1,5 @@
-"""Stage 6 --compare: what each intervention did to the concepts the probes read (issue 11).
+"""Stage 6 --compare: what each intervention did to the concepts the probes read (the statistics; the figure and
+the report's section are interp/compare_report.py).
 
 Every intervened clip is paired with the unintervened clip of the same (prompt, sample, step) — the same seed, so
 the only difference is the intervention — and scored by the same concept probes. Per intervention:
@@ -24,25 +25,29 @@ still moves the target concept beyond the baseline; it sits beside the concept's
 k does not move it, the commitment step is still the last one that does, and `monotone` says so.
 
 Outputs in <results>/compare/: interventions.csv, effects.csv, commitment.csv, pairs.csv, interchange.csv,
-commitment.png, section.html (the report's section), compare.json (provenance, written last).
+commitment.png, section.html (the report's section), compare.json (provenance, written last). compare.json is
+decided apart from the analysis' stage6.json: an up-to-date analysis with a stale compare/ redoes compare/ only.
 """
 from __future__ import annotations
 
-import html
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from data.files import atomic_path, write_csv, write_text
-from data.generation import read_generation
+from data.audio import read_audio
+from data.concepts import BY_NAME
+from data.contract import Provenance, generated_dir, table_sha256
+from data.files import sha256_file
+from data.stage import InputError
+from diffusion.interventions import read_intervention_records
 from interp import statistics
 
 LOUDNESS_LIMIT_DB = 10.0
 SILENCE_DBFS = -60.0
 EPSILON = 1e-6
-AUDIO_PAIRS_SHOWN = 2
+COMPARE_DIR = "compare"
+COMPARE_JSON = "compare.json"
 OUTPUT_FILES = ("interventions.csv", "effects.csv", "commitment.csv", "pairs.csv", "interchange.csv", "commitment.png",
                 "section.html")
 INTERCHANGE_COLUMNS = ["intervention", "concept_a", "concept_b", "op", "component", "layer", "n_pairs", "n_prompts",
@@ -306,205 +311,26 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-30)
 
 
-# -- outputs --------------------------------------------------------------------------------------------------------
-
-def plot_commitment(interventions: pd.DataFrame, commitment: pd.DataFrame, path: Path, axis_unit: str = "step") -> None:
-    """Effect beyond the random baseline per start step k, per concept; emergence and commitment marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steered = interventions[(interventions["direction"] != "random")] if "effect" in interventions else interventions[:0]
-    steered = steered[steered["effect"].notna()] if "effect" in steered else steered
-    concepts = list(dict.fromkeys(steered["concept"])) or ["(none)"]
-    figure, axes = plt.subplots(1, len(concepts), figsize=(3.6 * len(concepts), 3.2), squeeze=False)
-    for axis, concept in zip(axes[0], concepts):
-        rows = steered[steered["concept"] == concept].sort_values("from_step")
-        if not rows.empty:
-            steps = rows["from_step"].to_numpy(float)
-            axis.fill_between(steps, rows["effect_low"].to_numpy(float), rows["effect_high"].to_numpy(float),
-                              color="tab:orange", alpha=0.3, label="95% CI (prompts resampled)")
-            axis.plot(steps, rows["effect"].to_numpy(float), color="tab:orange", marker="o", ms=3,
-                      label="concept − random direction")
-        axis.axhline(0.0, color="0.5", lw=0.8)
-        info = commitment[commitment["concept"] == concept] if not commitment.empty else commitment
-        if len(info):
-            emerged, committed = info.iloc[0]["emergence_step"], info.iloc[0]["commitment_step"]
-            if not pd.isna(emerged):
-                axis.axvline(float(emerged), color="tab:blue", ls="--", lw=1, label=f"emergence ({int(emerged)})")
-            if not pd.isna(committed):
-                axis.axvline(float(committed), color="tab:red", ls=":", lw=1.5, label=f"commitment ({int(committed)})")
-        axis.set_title(concept, fontsize=9)
-        axis.set_xlabel(f"steering from {axis_unit} k on")
-        axis.tick_params(labelsize=7)
-        axis.legend(fontsize=6, loc="best")
-    axes[0][0].set_ylabel("Δ P(target) beyond random", fontsize=8)
-    figure.tight_layout()
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=80)
-    plt.close(figure)
-
-
-def _number(value, digits: int = 2) -> str:
-    return "–" if value is None or pd.isna(value) else f"{float(value):+.{digits}f}" if digits < 0 else \
-        f"{float(value):.{digits}f}"
-
-
-def _ci(row, name: str) -> str:
-    if name not in row or pd.isna(row[name]):
-        return "–"
-    return (f"{float(row[name]):+.3f} <span class='muted'>[{float(row[f'{name}_low']):+.3f}, "
-            f"{float(row[f'{name}_high']):+.3f}]</span>")
-
-
-def section_html(tables: dict, out: Path, generated: Path, image_uri: str, axis_unit: str = "step") -> str:
-    """The report's section: commitment beside emergence, the per-intervention table, and audio side by side."""
-    escape = html.escape
-    commitment, interventions, pairs = tables["commitment"], tables["interventions"], tables["pairs"]
-    lines = ["<h2 id='interventions'>Interventions: when is a concept committed?</h2>",
-             f"<p class='muted'>Each intervened clip is paired with the unintervened clip of the same prompt, sample "
-             f"and seed, and both are scored by the concept probes at {axis_unit} {tables['scored_step']}. Effect = "
-             "change of P(target) under the concept's direction minus the mean change under random directions of "
-             "the same norm; intervals resample prompts. The commitment step is the last start step k from which "
-             "steering still moves the target beyond that baseline.</p>",
-             "<table><tr><th class='text'>concept</th><th>emergence " + escape(axis_unit) + "</th><th>commitment "
-             + escape(axis_unit) + "</th><th class='text'>start steps tried</th><th class='text'>moved beyond "
-             "baseline</th><th class='text'>monotone</th><th class='text'>strength / place</th></tr>"]
-    for _, row in commitment.iterrows():
-        emerged = "never" if pd.isna(row["emergence_step"]) else int(row["emergence_step"])
-        committed = "none" if pd.isna(row["commitment_step"]) else int(row["commitment_step"])
-        lines.append(f"<tr><td class='text'>{escape(str(row['concept']))}</td><td>{emerged}</td><td>{committed}</td>"
-                     f"<td class='text'>{escape(str(row['steps_tested']))}</td>"
-                     f"<td class='text'>{escape(str(row['steps_beyond']) or '–')}</td>"
-                     f"<td class='text'>{'yes' if row['monotone'] else 'no'}</td>"
-                     f"<td class='text'>{escape(str(row['strength']))} / {escape(str(row['where']))}</td></tr>")
-    lines.append("</table>")
-    if image_uri:
-        lines.append(f"<img alt='commitment curves' src='{image_uri}'>")
-    lines.append("<table><tr><th class='text'>intervention</th><th>pairs</th><th>Δ P(target)</th>"
-                 "<th>effect vs random</th><th>log-odds shift</th><th>family KL</th><th>off-target mean |Δ|</th>"
-                 "<th>embedding distance</th><th class='text'>audio guard</th></tr>")
-    for _, row in interventions.iterrows():
-        lines.append(f"<tr><td class='text'>{escape(str(row['intervention']))}</td><td>{int(row['n_pairs'])}</td>"
-                     f"<td>{_ci(row, 'target_delta')}</td><td>{_ci(row, 'effect')}</td>"
-                     f"<td>{_ci(row, 'log_odds_shift')}</td><td>{_ci(row, 'family_kl')}</td>"
-                     f"<td>{_number(row.get('off_target_mean_abs_delta'), 3)}</td>"
-                     f"<td>{_ci(row, 'embedding_distance')}</td>"
-                     f"<td class='text'>{escape(str(row.get('audio_guard', '')))}</td></tr>")
-    lines.append("</table>")
-    lines.extend(interchange_html(tables.get("interchange")))
-    lines.append("<details><summary>Listen: unintervened and intervened clips side by side</summary><table>"
-                 "<tr><th class='text'>intervention</th><th class='text'>prompt / sample</th>"
-                 "<th class='text'>unintervened</th><th>P(target)</th><th class='text'>intervened</th>"
-                 "<th>P(target)</th></tr>")
-    for identifier, chosen in pairs.groupby("intervention", sort=False):
-        for _, pair in chosen.head(AUDIO_PAIRS_SHOWN).iterrows():
-            links = [Path(os.path.relpath(generated / pair[column], out)).as_posix() for column in ("path_ref", "path")]
-            lines.append(f"<tr><td class='text'>{escape(identifier)}</td><td class='text'>{escape(pair['prompt_id'])} "
-                         f"/ {int(pair['sample'])}</td><td class='text'><audio controls preload='none' "
-                         f"src='{escape(links[0])}'></audio></td><td>{pair['target_score_ref']:.2f}</td>"
-                         f"<td class='text'><audio controls preload='none' src='{escape(links[1])}'></audio></td>"
-                         f"<td>{pair['target_score']:.2f}</td></tr>")
-    lines.append("</table></details>")
-    return "\n".join(lines)
-
-
-def interchange_html(table: pd.DataFrame | None) -> list[str]:
-    """Per interchange (A, B, op): a components x layers table of the log-odds shift, CI below each value."""
-    if table is None or table.empty:
-        return []
-    lines = []
-    for (source, target, op), group in table.groupby(["concept_a", "concept_b", "op"], sort=False):
-        layers = sorted(group["layer"].unique())
-        lines.append(f"<h3>Interchange {html.escape(source)} → {html.escape(target)} ({html.escape(op)}): "
-                     "log-odds shift logit P(B) − logit P(A), intervened − reference</h3>"
-                     "<table><tr><th class='text'>component</th>"
-                     + "".join(f"<th>layer {int(layer)}</th>" for layer in layers) + "</tr>")
-        # A heatmap in the table itself: orange towards B, blue away from it, saturated at the largest |shift|.
-        scale = max(float(np.nanmax(np.abs(group["log_odds_shift"].to_numpy(float)))), 1e-12) \
-            if group["log_odds_shift"].notna().any() else 1.0
-        for component, rows in group.groupby("component", sort=False):
-            cells = {}
-            for _, row in rows.iterrows():
-                value = float(row["log_odds_shift"])
-                shade = "" if not np.isfinite(value) else (
-                    f" style='background: rgba({'230,120,20' if value > 0 else '40,110,220'},"
-                    f"{0.6 * abs(value) / scale:.2f})'")
-                cells[int(row["layer"])] = f"<td{shade}>{_ci(row, 'log_odds_shift')}</td>"
-            lines.append(f"<tr><td class='text'>{html.escape(component)}</td>"
-                         + "".join(cells.get(int(layer), "<td>–</td>") for layer in layers) + "</tr>")
-        lines.append("</table>")
-    return lines
-
-
-def write_outputs(folder: Path, tables: dict, generated: Path, report_dir: Path, axis_unit: str = "step") -> None:
-    """CSVs, the figure and the report section (links relative to report_dir, where report.html lives)."""
-    import base64
-
-    folder = Path(folder)
-    for name in ("interventions", "effects", "commitment", "pairs", "interchange"):
-        write_csv(folder / f"{name}.csv", tables[name])
-    plot_commitment(tables["interventions"], tables["commitment"], folder / "commitment.png", axis_unit)
-    uri = "data:image/png;base64," + base64.b64encode((folder / "commitment.png").read_bytes()).decode("ascii")
-    write_text(folder / "section.html", section_html(tables, Path(report_dir), Path(generated), uri, axis_unit))
-
-
 # -- stage 6 --compare ----------------------------------------------------------------------------------------------
 
-COMPARE_DIR = "compare"
-COMPARE_JSON = "compare.json"
-
-
-def _record(data: Path, intervened: tuple, main_provenance: dict) -> dict:
-    from data.contract import table_sha256
-    from data.files import sha256_file
-
-    index, _ = intervened
-    generated = Path(data) / "generated"
-    specs = sorted((generated / "interventions").glob("*/intervention.json"))
-    return {"inputs": {"stage6": main_provenance, "intervened_index_sha256": table_sha256(index),
-                       "interventions": {path.parent.name: sha256_file(path) for path in specs}},
-            "settings": {"loudness_limit_db": LOUDNESS_LIMIT_DB, "silence_dbfs": SILENCE_DBFS}}
-
-
-def compare_provenance(out: Path, data: Path, main_provenance: dict, intervened_index: pd.DataFrame):
-    """compare/'s provenance: the stage-6 run it extends, the intervened rows and their specs (data.contract's rule)."""
-    from data.contract import Provenance
-
+def provenance(out: Path, data: Path, analysis_record: dict, intervened_index: pd.DataFrame) -> Provenance:
+    """compare/'s provenance, decided apart from the analysis' own (stage6.json): what it is made from is the
+    analysis' record (its inputs and settings), the intervened rows and their specs (data.contract's rule)."""
+    specs = sorted((generated_dir(data) / "interventions").glob("*/intervention.json"))
+    record = {"inputs": {"stage6": analysis_record, "intervened_index_sha256": table_sha256(intervened_index),
+                         "interventions": {path.parent.name: sha256_file(path) for path in specs}},
+              "settings": {"loudness_limit_db": LOUDNESS_LIMIT_DB, "silence_dbfs": SILENCE_DBFS}}
     folder = Path(out) / COMPARE_DIR
-    return Provenance(sidecar=folder / COMPARE_JSON,
-                      record=json_roundtrip(_record(data, (intervened_index, None), main_provenance)),
-                      outputs=[folder / name for name in OUTPUT_FILES])
+    return Provenance(sidecar=folder / COMPARE_JSON, record=record, outputs=[folder / name for name in OUTPUT_FILES])
 
 
-def up_to_date(out: Path, data: Path, main_provenance: dict, intervened_index: pd.DataFrame) -> bool:
-    """True when compare/ was made from these inputs; other inputs are refused (stage 6 --force redoes them)."""
-    from data.contract import decide
-
-    return decide(compare_provenance(out, data, main_provenance, intervened_index), False,
-                  "rerun stage 6 with --compare --force to score the current intervened runs")
-
-
-def json_roundtrip(payload):
-    import json
-
-    return json.loads(json.dumps(payload, sort_keys=True, default=str))
-
-
-def run(out: Path, data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray, scores: np.ndarray,
-        intervened: tuple, kind: str, concept_names, fitted: dict, probe_outputs, emergence_steps: pd.DataFrame,
-        main_provenance: dict, n_resamples: int, alpha: float, seed: int) -> None:
-    """Score the intervened clips of `kind` with the fitted concept probes and write <out>/compare/."""
-    import time
-
-    from data.audio import read_audio
-    from data.concepts import BY_NAME
-    from data.contract import begin, commit, generated_dir
-    from data.stage import InputError
-    from diffusion.interventions import read_intervention_records
-
-    started = time.perf_counter()
+def score_interventions(data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray, scores: np.ndarray,
+                        intervened: tuple, kind: str, concept_names, models: dict, probe_outputs,
+                        emergence_steps: pd.DataFrame, axis_name: str, n_resamples: int, alpha: float,
+                        seed: int) -> dict:
+    """compare()'s tables for the intervened clips of `kind`, scored with the fitted concept probes (`models`:
+    concept -> fitted probe or None; `probe_outputs(probe, X) -> (score, decision)`) against the reference clips'
+    `scores`. Writes nothing; an intervened run that does not match the reference run is one InputError."""
     index, matrix = intervened
     chosen = (index["kind"] == kind).to_numpy()
     if not chosen.any():
@@ -513,8 +339,8 @@ def run(out: Path, data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray,
     index, matrix = index[chosen].reset_index(drop=True), matrix[chosen]
     intervened_scores = np.full((len(index), len(concept_names)), np.nan)
     for k, name in enumerate(concept_names):
-        if fitted.get(name) is not None:
-            intervened_scores[:, k], _ = probe_outputs(fitted[name], matrix)
+        if models.get(name) is not None:
+            intervened_scores[:, k], _ = probe_outputs(models[name], matrix)
     columns = ["prompt_id", "sample", "step", "path"]
     reference = clips[columns].assign(intervention="", row=np.arange(len(clips)))
     others = index[columns].assign(intervention=index["intervention"].to_numpy(),
@@ -533,24 +359,18 @@ def run(out: Path, data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray,
     records = read_intervention_records(generated)
     records = {identifier: record for identifier, record in records.items()
                if identifier in set(index["intervention"])}
-    axis = read_generation(data).axis
-    unit, name = axis.unit, axis.name
     families = [c for c in concept_names if BY_NAME[c].group == "family"]
     try:
-        tables = compare(frame, records, concept_names, families, embeddings, loudness, emergence_steps, name,
-                         n_resamples, alpha, seed)
+        return compare(frame, records, concept_names, families, embeddings, loudness, emergence_steps, axis_name,
+                       n_resamples, alpha, seed)
     except ValueError as error:
         raise InputError(f"{generated / 'interventions'}: {error} — rerun stage 2 with --intervene and the same "
                          "settings as the reference run, then stage 3") from None
-    folder = Path(out) / COMPARE_DIR
-    provenance = compare_provenance(out, data, main_provenance, intervened[0])
-    begin(provenance)
-    write_outputs(folder, tables, generated, out, unit)
-    commit(provenance, {"scored_step": tables["scored_step"], "outputs": list(OUTPUT_FILES)})
-    committed = tables["commitment"]
-    print(f"{folder}: {len(tables['interventions'])} interventions scored at {unit} {tables['scored_step']} in "
-          f"{time.perf_counter() - started:.1f} s; "
-          + ", ".join(f"{row.concept}: commitment {row.commitment_step if not pd.isna(row.commitment_step) else 'none'}"
-                      f" / emergence {row.emergence_step if not pd.isna(row.emergence_step) else 'never'}"
-                      for row in committed.itertuples()))
 
+
+def headline(tables: dict, unit: str) -> str:
+    """One line for the console: how many interventions were scored, and each concept's commitment and emergence."""
+    return (f"{len(tables['interventions'])} interventions scored at {unit} {tables['scored_step']}; "
+            + ", ".join(f"{row.concept}: commitment {row.commitment_step if not pd.isna(row.commitment_step) else 'none'}"
+                        f" / emergence {row.emergence_step if not pd.isna(row.emergence_step) else 'never'}"
+                        for row in tables["commitment"].itertuples()))

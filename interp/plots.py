@@ -1,18 +1,20 @@
 """Stage 6 figures (matplotlib, Agg): an emergence curve per concept (every yardstick), a concepts x positions
 heatmap per yardstick, the PCA of the trajectories and the drift curve. Each figure is written atomically as a
-PNG under <results>/plots/. The axis word ("step", "layer") comes from the trajectory axis stage 2 recorded."""
+PNG under <results>/plots/. The axis word ("step", "layer") comes from the trajectory axis stage 2 recorded.
+
+Figures are matplotlib `Figure`s on their own Agg canvas (new_figure), never pyplot's: importing this module
+leaves pyplot's backend alone (a notebook that imports the stage keeps its inline figures)."""
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn.decomposition import PCA
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-
-from data.files import atomic_path  # noqa: E402
-from interp.statistics import emergence_status  # noqa: E402
+from data.files import atomic_path
+from data.vocabulary import FAMILIES
+from interp.statistics import emergence_status
 
 CURVE_METRICS = (("auroc", "AUROC"), ("balanced_accuracy", "balanced accuracy"))
 # Colour and label per yardstick; the prompt yardstick is drawn first, the realised content over it.
@@ -20,10 +22,16 @@ YARDSTICK_STYLE = {"prompt": ("tab:blue", "against the prompts"),
                    "content": ("tab:orange", "against the realised content")}
 
 
+def new_figure(**options) -> Figure:
+    """A figure on its own Agg canvas (what pyplot's Agg backend would give, without touching pyplot)."""
+    figure = Figure(**options)
+    FigureCanvasAgg(figure)
+    return figure
+
+
 def _save(figure, path) -> None:
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=80)
-    plt.close(figure)
 
 
 def concept_file(concept: str) -> str:
@@ -38,7 +46,8 @@ def plot_concept(table: pd.DataFrame, concept: str, path, unit: str, percentile:
     """Metric per position with its CI band for every yardstick, the random baselines' mean and upper
     percentile, significant cells and the emergence position."""
     threshold = f"_baseline_p{percentile:.0f}"
-    figure, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(9, 3.4), sharex=True)
+    figure = new_figure(figsize=(9, 3.4))
+    axes = figure.subplots(1, len(CURVE_METRICS), sharex=True)
     figure.subplots_adjust(left=0.06, right=0.98, bottom=0.15, top=0.84, wspace=0.15)
     for axis, (metric, label) in zip(axes, CURVE_METRICS):
         for yardstick, rows in table[table["concept"] == concept].groupby("yardstick", sort=False):
@@ -73,7 +82,8 @@ def plot_heatmap(table: pd.DataFrame, path, unit: str, metric: str = "auroc") ->
     concepts = list(dict.fromkeys(table["concept"]))
     values = values.reindex(concepts)
     significant = table.pivot(index="concept", columns="step", values=f"{metric}_significant").reindex(concepts)
-    figure, axis = plt.subplots(figsize=(1.2 + 0.45 * values.shape[1], 0.8 + 0.28 * len(concepts)))
+    figure = new_figure(figsize=(1.2 + 0.45 * values.shape[1], 0.8 + 0.28 * len(concepts)))
+    axis = figure.subplots()
     figure.subplots_adjust(left=0.25, right=0.95, bottom=0.08, top=0.95)
     image = axis.imshow(values.to_numpy(float), aspect="auto", cmap="RdBu_r", vmin=0, vmax=1)
     rows, columns = np.nonzero(~significant.fillna(False).to_numpy(bool))
@@ -90,8 +100,11 @@ def plot_heatmap(table: pd.DataFrame, path, unit: str, metric: str = "auroc") ->
 
 def plot_trajectories(clips: pd.DataFrame, embeddings: np.ndarray, path, unit: str) -> None:
     """The first two principal components of every clip, coloured by position, each trajectory joined in order."""
-    components = PCA(n_components=2).fit_transform(np.asarray(embeddings, np.float64))
-    figure, axis = plt.subplots(figsize=(6, 5))
+    # The exact solver: with svd_solver="auto" scikit-learn picks a randomized SVD for this shape (fewer than 10x as
+    # many clips as dimensions), unseeded, so the figure (and report.html, which embeds it) changed from run to run.
+    components = PCA(n_components=2, svd_solver="full").fit_transform(np.asarray(embeddings, np.float64))
+    figure = new_figure(figsize=(6, 5))
+    axis = figure.subplots()
     ordered = clips.assign(x=components[:, 0], y=components[:, 1]).sort_values(["prompt_id", "sample", "step"])
     for _, trajectory in ordered.groupby(["prompt_id", "sample"], sort=False):
         axis.plot(trajectory["x"], trajectory["y"], color="0.7", lw=0.5, zorder=1)
@@ -104,7 +117,8 @@ def plot_trajectories(clips: pd.DataFrame, embeddings: np.ndarray, path, unit: s
 
 
 def plot_drift(drift_summary: pd.DataFrame, path, unit: str) -> None:
-    figure, axes = plt.subplots(1, 2, figsize=(9, 3))
+    figure = new_figure(figsize=(9, 3))
+    axes = figure.subplots(1, 2)
     figure.subplots_adjust(bottom=0.17, wspace=0.25)
     for axis, name in zip(axes, ("cosine_distance", "l2_distance")):
         axis.fill_between(drift_summary["step"], drift_summary[f"{name}_low"], drift_summary[f"{name}_high"],
@@ -120,10 +134,10 @@ def plot_family_rates(table: pd.DataFrame, path, unit: str) -> None:
     """TPR and TNR of the instrument-family probes per position, one row per yardstick: each family thin,
     their mean bold. Threshold metrics, unlike AUROC, say whether a clip is *called* brass; a concept
     emerging shows as the mean TPR rising along the trajectory while TNR holds."""
-    from data.vocabulary import FAMILIES
     families = table[table["concept"].isin([f"is_{family}" for family in FAMILIES])]
     yardsticks = list(dict.fromkeys(families["yardstick"]))
-    figure, axes = plt.subplots(len(yardsticks), 2, figsize=(9, 3.2 * len(yardsticks)), sharey=True, squeeze=False)
+    figure = new_figure(figsize=(9, 3.2 * len(yardsticks)))
+    axes = figure.subplots(len(yardsticks), 2, sharey=True, squeeze=False)
     figure.subplots_adjust(bottom=0.17 / len(yardsticks), wspace=0.08, hspace=0.45)
     for row, yardstick in enumerate(yardsticks):
         for axis, metric in zip(axes[row], ("tpr", "tnr")):
@@ -142,20 +156,27 @@ def plot_family_rates(table: pd.DataFrame, path, unit: str) -> None:
     _save(figure, path)
 
 
-def write_plots(out, table: pd.DataFrame, drift_summary: pd.DataFrame, clips: pd.DataFrame, embeddings,
-                runs: dict, unit: str, percentile: float) -> dict:
-    """Write every figure; returns {role or concept: path relative to `out`}. `runs`: first position of
-    every position's run of identical positions (statistics.distinct_positions)."""
-    folder = Path(out) / "plots"
+def figure_files(concepts, yardsticks) -> dict:
+    """{role or concept: path relative to the result folder} of every figure write_plots makes."""
     files = {"trajectories": "plots/trajectories_pca.png", "drift": "plots/drift.png",
              "families": "plots/family_rates.png"}
+    files.update({f"heatmap_{yardstick}": f"plots/{heatmap_file(yardstick)}" for yardstick in yardsticks})
+    files.update({concept: f"plots/{concept_file(concept)}" for concept in concepts})
+    return files
+
+
+def write_plots(out, table: pd.DataFrame, drift_summary: pd.DataFrame, clips: pd.DataFrame, embeddings,
+                runs: dict, unit: str, percentile: float) -> dict:
+    """Write every figure; returns figure_files(). `runs`: first position of every position's run of identical
+    positions (statistics.distinct_positions)."""
+    out = Path(out)
+    concepts = list(dict.fromkeys(table["concept"]))
+    files = figure_files(concepts, list(dict.fromkeys(table["yardstick"])))
     for yardstick, rows in table.groupby("yardstick", sort=False):
-        files[f"heatmap_{yardstick}"] = f"plots/{heatmap_file(yardstick)}"
-        plot_heatmap(rows, Path(out) / files[f"heatmap_{yardstick}"], unit)
-    plot_family_rates(table, Path(out) / files["families"], unit)
-    plot_trajectories(clips, embeddings, Path(out) / files["trajectories"], unit)
-    plot_drift(drift_summary, Path(out) / files["drift"], unit)
-    for concept in dict.fromkeys(table["concept"]):
-        plot_concept(table, concept, folder / concept_file(concept), unit, percentile, runs)
-        files[concept] = f"plots/{concept_file(concept)}"
+        plot_heatmap(rows, out / files[f"heatmap_{yardstick}"], unit)
+    plot_family_rates(table, out / files["families"], unit)
+    plot_trajectories(clips, embeddings, out / files["trajectories"], unit)
+    plot_drift(drift_summary, out / files["drift"], unit)
+    for concept in concepts:
+        plot_concept(table, concept, out / files[concept], unit, percentile, runs)
     return files

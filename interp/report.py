@@ -4,7 +4,8 @@ generated wavs, which it links relatively so the report can be moved together wi
 Layout: settings and definitions, an overview table per concept, the overview figures, a collapsible section
 per concept with its curves, and a collapsible section per prompt with an <audio> player for every captured
 step beside the probe scores (first sample open, further samples folded) — readable at ~80 prompts x 2
-samples x 11 steps because players load nothing until played (preload="none").
+samples x 11 steps because players load nothing until played (preload="none"). The activation-space analysis
+(interp/stage6_activations.py) gets a page of its own in the same style (write_activation_report).
 """
 import base64
 import html
@@ -236,6 +237,39 @@ at the end, <i>never</i> = never above.</p>
 <p class="muted">Scores are the probe's P(concept) per clip (the cosine similarity for an uncalibrated text probe); the
 columns are the concepts the prompt asks for.</p>
 {_prompts(probabilities, annotated, out, data, unit)}
+</body></html>
+"""
+    path = out / "report.html"
+    write_text(path, page)
+    return path
+
+
+def write_activation_report(out, steps: pd.DataFrame, branch: str, pool: str, generation: dict, unit: str,
+                            heatmap: str) -> Path:
+    """<out>/report.html of the activation-space probes: what was probed, the heatmap (`heatmap`: its path
+    relative to out) and per concept its emergence status and final value, as in the embedding-space overview."""
+    out = Path(out)
+    auroc = steps[steps["metric"] == "auroc"].assign(unit=unit)
+    rows = []
+    for _, row in auroc.iterrows():
+        rows.append(f"<tr><td class='text'>{_escape(row['concept'])}</td><td class='text'>{_status(row)}</td>"
+                    f"<td>{_final(row)}</td><td class='text'>{_escape(row['note'])}</td></tr>")
+    title = f"Musicologist — residual-stream probes ({_escape(generation.get('model'))})"
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>{STYLE}</style></head><body>
+<h1>{title}</h1>
+<h2>Residual-stream probes by {_escape(unit)} ({_escape(branch)} rows, {_escape(pool)}-pooled)</h2>
+<p class="muted">One linear probe per concept and {_escape(unit)} on the residual stream of generator
+{_escape(generation.get('generator'))}, cross-validated with folds grouped by prompt; metrics against the prompt
+annotations with prompt-bootstrap CIs; baseline: the same probe trained on permuted prompt labels; Bonferroni over
+every p-value in emergence.csv. A {_escape(unit)} is <i>above</i> when the AUROC's lower interval bound exceeds the
+baseline's 95th percentile; <b>emerged</b> = above from some {_escape(unit)} to the last one.</p>
+{_image(out / heatmap, "AUROC per concept and " + unit)}
+<table><tr><th class='text'>concept</th><th class='text'>emergence (AUROC)</th><th>last-{_escape(unit)} AUROC</th>
+<th class='text'>note</th></tr>
+{"".join(rows)}
+</table>
 </body></html>
 """
     path = out / "report.html"

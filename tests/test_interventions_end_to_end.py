@@ -1,4 +1,4 @@
-"""The known answer end to end (issue 11): stage 2 --intervene on the ideal model, stage 3, stage 6 --compare.
+"""The known answer end to end: stage 2 --intervene on the ideal model, stage 3, stage 6 --compare.
 
 The ideal model commits to one bank clip by about step 35, so tilting its prior towards a concept from step 5
 on must raise the concept's probe score beyond random directions of the same norm, and from step 45 on must not.
@@ -81,3 +81,30 @@ def test_a_rerun_skips_every_intervention_and_a_changed_one_is_refused(compared)
                             env=env, capture_output=True, text=True)
     assert result.returncode == 2 and "strength" in result.stderr and "--force" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_compare_has_a_provenance_of_its_own(compared):
+    """compare/ is decided apart from the analysis: without compare.json it is redone alone (stage6.json and the
+    analysis untouched, the same tables again); a compare.json made with other settings is refused in one line and
+    leaves stage6.json as it was."""
+    data, _ = compared
+    out = data / "results" / "spectral" / "logreg" / "x0"
+    stage6 = ["interp/stage6_probe.py", "--embedder", "spectral", "--bootstrap", "200", "--random-baselines", "4",
+              "--compare"]
+    analysis, effects = (out / "stage6.json").read_bytes(), (out / "compare" / "effects.csv").read_bytes()
+    sidecar = out / "compare" / "compare.json"
+    record = json.loads(sidecar.read_text())
+    sidecar.unlink()
+    result = run(data, *stage6)
+    assert "the analysis was up to date; compare/ redone" in result.stdout
+    assert (out / "stage6.json").read_bytes() == analysis
+    assert (out / "compare" / "effects.csv").read_bytes() == effects and sidecar.is_file()
+    sidecar.write_text(json.dumps(dict(record, settings=dict(record["settings"], loudness_limit_db=3.0))))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    refused = subprocess.run([sys.executable, stage6[0], "--data", str(data), *stage6[1:]], cwd=REPO_ROOT, env=env,
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1
+    assert "loudness_limit_db=3.0" in refused.stderr and "--compare --force" in refused.stderr
+    assert (out / "stage6.json").read_bytes() == analysis
+    sidecar.write_text(json.dumps(record))
+    assert "up to date" in run(data, *stage6).stdout

@@ -1,9 +1,17 @@
-"""Known answers for the residual-stream probes of interp/activations.py (stage 6 --space activations)."""
+"""Known answers for the residual-stream probes of interp/activations.py (stage 6 in activation space), and for
+stage 6's one emergence computation on tables shaped like theirs."""
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import KFold, cross_val_predict
 
-from interp.activations import fold_count, out_of_fold_scores, permutation_scores, probe_direction
+from data.concepts import CONCEPTS
+from interp import fitting
+from interp.activations import (fold_count, out_of_fold_scores, permutation_scores, probe_direction, probe_quality,
+                                score_layers)
+from interp.emergence import emergence, emergence_columns, emergence_steps
+from interp.probes import make_probe
+from interp.records import ProbeScores, Yardstick
 
 
 def prompts_with_samples(n_prompts=24, samples=3, dim=40, seed=0):
@@ -34,11 +42,7 @@ def test_folds_grouped_by_prompt_do_not_leak_a_prompts_identity():
     vectors = prompt_vectors[sample_prompt] + 0.01 * rng.normal(size=(len(sample_prompt), 60))
     grouped = roc_auc_score(labels[sample_prompt], out_of_fold_scores(vectors, sample_prompt, labels, seed=0))
     assert grouped < 0.75
-
-    from sklearn.model_selection import KFold, cross_val_predict
-
-    from interp.activations import make_probe
-    leaky = cross_val_predict(make_probe(0), vectors, labels[sample_prompt].astype(int),
+    leaky = cross_val_predict(make_probe("logreg", 0), vectors, labels[sample_prompt].astype(int),
                               cv=KFold(5, shuffle=True, random_state=0), method="predict_proba")[:, 1]
     assert roc_auc_score(labels[sample_prompt], leaky) > 0.9   # the failure the grouping prevents
 
@@ -58,11 +62,10 @@ def test_too_few_prompts_of_a_class_means_no_probe():
     assert fold_count(np.array([1] * 9 + [0] * 9, bool)) == 5
 
 
-def test_the_layer_table_finds_the_layer_a_concept_becomes_readable_from():
-    """Scores carry the label from layer 3 on and are noise before: the emergence layer is 3, the random-label
-    baselines sit near chance, and a concept without a probe has empty metrics with a note."""
-    from interp.activations import emergence_layers, layer_table
-
+def test_the_emergence_computation_finds_the_layer_a_concept_becomes_readable_from():
+    """Scores carry the label from layer 3 on and are noise before: the emergence layer is 3, the permuted-label
+    baselines sit near chance, and a concept no prompt asks for has empty metrics with a note. Bonferroni runs over
+    every p-value of the table, every metric included, as in embedding space."""
     rng = np.random.default_rng(4)
     n_prompts, samples, layers = 20, 2, [1, 2, 3, 4]
     prompt_labels = np.stack([np.arange(n_prompts) % 2 == 0, np.zeros(n_prompts, bool)], axis=1)
@@ -73,13 +76,45 @@ def test_the_layer_table_finds_the_layer_a_concept_becomes_readable_from():
     scores[:, 0] = np.where(clip_layer >= 3, 0.2 + 0.6 * truth + 0.05 * rng.random(len(truth)), rng.random(len(truth)))
     baseline_scores = np.full((2, 8, len(clip_prompt)), np.nan)
     baseline_scores[0] = rng.random((8, len(clip_prompt)))
-    table = layer_table(scores, baseline_scores, clip_prompt, clip_layer, prompt_labels, ["planted", "absent"],
-                        n_resamples=200, alpha=0.05, seed=0)
+    with np.errstate(invalid="ignore"):
+        probe_scores = ProbeScores(scores, scores >= 0.5, baseline_scores, baseline_scores >= 0.5)
+    yardstick = Yardstick("prompt", prompt_labels[clip_prompt], "asks for", "prompt")
+    table, n_tests = emergence(probe_scores, [yardstick], clip_prompt, clip_layer, ["planted", "absent"], "layer",
+                               n_resamples=200, alpha=0.05, seed=0, progress=False)
+    assert list(table.columns) == emergence_columns() and set(table["trajectory_axis"]) == {"layer"}
+    metrics = ("accuracy", "tpr", "tnr", "balanced_accuracy", "auroc")
+    assert n_tests == int(table[[f"{metric}_p" for metric in metrics]].notna().to_numpy().sum()) == 5 * 4
+    np.testing.assert_allclose(table["auroc_p_bonferroni"], np.minimum(table["auroc_p"] * n_tests, 1.0))
     planted = table[table["concept"] == "planted"].set_index("step")
     assert planted.loc[4, "auroc"] == 1.0 and planted.loc[4, "auroc_significant"]
+    assert planted.loc[4, "auroc_direction"] == "above"
     assert abs(planted.loc[3, "auroc_baseline_mean"] - 0.5) < 0.15
     assert table[table["concept"] == "absent"]["auroc"].isna().all()
     assert (table[table["concept"] == "absent"]["note"] != "").all()
-    steps = emergence_layers(table).set_index(["concept", "metric"])
-    assert steps.loc[("planted", "auroc"), "emergence_step"] == 3
+    steps = emergence_steps(table, runs=None).set_index(["concept", "metric"])
+    assert steps.loc[("planted", "auroc"), "emergence_step"] == 3 and steps.loc[("planted", "auroc"), "status"] == \
+        "emerged"
     assert pd.isna(steps.loc[("absent", "auroc"), "emergence_step"])
+    assert steps.loc[("absent", "auroc"), "status"] == "undefined"
+
+
+def test_layer_scores_and_quality_rows_line_up_with_the_shared_tables():
+    """score_layers puts sample i of the p-th layer at row p * n_samples + i, shares one permuted-label null per
+    count of positive prompts, and gives a unit direction only where a concept has a probe; probe_quality has
+    the embedding-space columns, counting samples."""
+    rng, prompt_vectors, sample_prompt = prompts_with_samples(n_prompts=12, samples=2, dim=16, seed=5)
+    concepts = len(CONCEPTS)
+    prompt_labels = np.zeros((12, concepts), bool)
+    prompt_labels[:6, 0] = prompt_labels[:6, 1] = True        # same count: one shared null
+    prompt_labels[0, 2] = True                                 # one positive prompt: no probe
+    by_layer = {1: prompt_vectors[sample_prompt], 2: prompt_vectors[sample_prompt] + 1.0}
+    probe_scores, directions = score_layers(by_layer, sample_prompt, prompt_labels, count=3, seed=0, progress=False)
+    assert probe_scores.scores.shape == (2 * 24, concepts) and probe_scores.baseline_scores.shape == (concepts, 3, 48)
+    np.testing.assert_array_equal(probe_scores.baseline_scores[0], probe_scores.baseline_scores[1])
+    assert np.isnan(probe_scores.scores[:, 2]).all() and np.isnan(directions[2]).all()
+    np.testing.assert_allclose(np.linalg.norm(directions[0], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(probe_scores.decisions[:, 0], probe_scores.scores[:, 0] >= 0.5)
+    quality = probe_quality(prompt_labels, sample_prompt)
+    assert list(quality.columns) == fitting.QUALITY_COLUMNS
+    assert quality.loc[0, "n_train_positive"] == 12 and quality.loc[0, "n_test_negative"] == 12
+    assert quality["test_auroc"].isna().all() and "grouped cross-validation" in quality.loc[2, "note"]

@@ -6,6 +6,7 @@ through data.stage.run_stage in-process.
 """
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,8 +19,11 @@ from stage_runs import run_stages_3_to_6
 from tiny_musicgen import save_model
 
 from data.contract import read_generated_index
+from data.directions import Direction
 from data.stage import REPO_ROOT, run_stage
 from diffusion import stage2_generate as stage2
+from interp import stage6_activations
+from interp import stage6_probe as stage6
 
 SCRIPT = REPO_ROOT / "diffusion" / "stage2_generate.py"
 PROMPTS = [
@@ -127,8 +131,6 @@ def test_stages_3_to_6_run_on_the_layer_trajectory(logit_run, tmp_path):
 
 
 def test_activation_probes_by_layer(logit_run, tmp_path, capsys):
-    from interp import stage6_probe as stage6
-
     data = tmp_path / "data"
     shutil.copytree(logit_run, data)
     arguments = ["--data", str(data), "--space", "activations", "--bootstrap", "20", "--random-baselines", "3"]
@@ -139,10 +141,17 @@ def test_activation_probes_by_layer(logit_run, tmp_path, capsys):
     brass = emergence[emergence["concept"] == "is_brass"]
     assert brass["auroc"].notna().all() and (brass["n_positive_prompts"] == 3).all()
     assert emergence[emergence["concept"] == "is_vocal"]["auroc"].isna().all()   # no vocal prompt: no probe
-    directions = np.load(out / "directions" / "is_brass.npy")
-    sidecar = json.loads((out / "directions" / "is_brass.json").read_text())
-    assert directions.shape == (4, 64) and sidecar["positions"] == [1, 2, 3, 4]
-    np.testing.assert_allclose(np.linalg.norm(directions, axis=1), 1.0, rtol=1e-5)
+    # The tables have the embedding-space columns (one emergence computation, one probe_quality schema).
+    steps = pd.read_csv(out / "emergence_steps.csv")
+    assert {"yardstick", "status", "first_above", "final_direction"} <= set(steps.columns)
+    assert set(pd.read_csv(out / "probe_quality.csv").columns) >= {"n_train_positive", "test_auroc", "note"}
+    sidecar = json.loads((out / "stage6.json").read_text())
+    assert sidecar["n_tests"] == int(emergence.filter(regex="_p$").notna().to_numpy().sum())
+    # Directions are the one direction artifact: row b = block b, whose output is layer b + 1.
+    direction = Direction.load(out / "directions" / "is_brass.npy")
+    assert direction.vectors.shape == (4, 64) and direction.blocks == (0, 1, 2, 3) and direction.method == "probe"
+    assert direction.provenance["branch"] == "cond" and len(direction.provenance["auroc"]) == 4
+    np.testing.assert_allclose(np.linalg.norm(direction.vectors, axis=1), 1.0, rtol=1e-5)
     assert "layer" in (out / "report.html").read_text()
     assert run_stage(stage6.main, stage6.build_parser(), arguments) == 0
     assert "up to date" in capsys.readouterr().out
@@ -155,10 +164,9 @@ def test_activation_probes_by_layer(logit_run, tmp_path, capsys):
     (None, ["--branch", "sideways"], "choose --branch from cond, uncond"),
     (None, ["--pool", "last", "--branch", "uncond"], None),
     ("no_residuals", [], "captured no residuals"),
+    (None, ["--probe", "svm"], "--probe does not apply to --space activations"),
 ])
 def test_activation_space_bad_inputs_are_one_line(logit_run, tmp_path, capsys, damage, extra, message):
-    from interp import stage6_probe as stage6
-
     data = tmp_path / "data"
     shutil.copytree(logit_run, data)
     if damage == "drop_npy":
@@ -176,3 +184,26 @@ def test_activation_space_bad_inputs_are_one_line(logit_run, tmp_path, capsys, d
     err = capsys.readouterr().err.strip()
     assert code == 2 and message in err and "\n" not in err
     assert not (data / "results").exists()
+
+
+def test_the_readmes_activation_command_runs_as_written(logit_run, tmp_path):
+    """README.md's `--space activations` command, run as a user runs it: the script in a subprocess, under the
+    stage's lock. Only --data is added (the README's command works on the default data/). The activation-space
+    entry point then finds the same results folder up to date: the two commands are one stage."""
+    line = next(line for line in (REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+                if line.startswith("python interp/stage6_probe.py --space activations"))
+    command = shlex.split(line.split("#")[0])
+    data = tmp_path / "data"
+    shutil.copytree(logit_run, data)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, *command[1:], "--data", str(data)], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (data / "results" / "activations" / "cond-mean" / "logreg" / "stage6.json").is_file()
+    assert not list(data.glob(".*.lock"))   # the lock was taken and released
+    again = subprocess.run([sys.executable, "interp/stage6_activations.py", "--data", str(data)], cwd=REPO_ROOT,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "up to date" in again.stdout, again.stderr
+    parse = stage6.build_parser().parse_args
+    assert stage6.lock_name(parse(["--space", "activations"])) == \
+        stage6_activations.lock_name(stage6_activations.build_parser().parse_args([]))

@@ -32,7 +32,8 @@ def test_torch_is_pinned_to_the_cpu_wheel_everywhere():
 
 STAGE_SCRIPTS = ["data/prompts/stage1_prompts.py", "diffusion/stage2_generate.py",
                  "embeddings/stage3_embed_generated.py", "data/nsynth/render_soundfont.py",
-                 "interp/stage4_concept_sets.py", "interp/stage5_embed_nsynth.py", "interp/stage6_probe.py"]
+                 "interp/stage4_concept_sets.py", "interp/stage5_embed_nsynth.py", "interp/stage6_probe.py",
+                 "interp/stage6_activations.py"]
 
 
 def _plain_environment() -> dict:

@@ -9,9 +9,12 @@ from test_stage6_data import EMBEDDER, analysed_data, term_directions, write_syn
 
 import embeddings
 from data.concepts import CONCEPTS
+from data.contract import read_generated_index
 from data.files import read_json, write_json, write_npy
 from data.stage import run_stage
 from interp import stage6_probe
+from interp.fitting import random_training_sets
+from interp.records import ConceptNotes, ConceptSplit
 
 REPO_ROOT = stage6_probe.Path(stage6_probe.__file__).resolve().parent.parent
 # Concepts whose prompt labels are drawn independently of the injected brass label: for them the clips
@@ -294,7 +297,7 @@ def test_identical_positions_count_once_end_to_end(tmp_path, content):
                                 content=content, committed_from=10)
     npy = root / "generated" / "embeddings" / f"{EMBEDDER}.npy"
     matrix = np.load(npy)
-    steps = stage6_probe.read_generated_index(root)["step"].to_numpy()
+    steps = read_generated_index(root)["step"].to_numpy()
     matrix[steps == 20] = matrix[steps == 10]
     write_npy(npy, matrix)
     argv = ["--data", root, "--embedder", EMBEDDER, "--bootstrap", "100", "--random-baselines", "4", "--no-report"]
@@ -346,10 +349,10 @@ def test_random_instrument_concepts_count_instruments_by_their_majority():
     random concept has 2 positive and 3 negative instruments, whole, drawn from the train split only."""
     instruments = [name for name in "abcdef" for _ in range(3)]
     notes = pd.DataFrame({"instrument_str": instruments, "split": ["train"] * 15 + ["test"] * 3})
-    nsynth = stage6_probe.ConceptNotes(notes, pd.DataFrame(), np.zeros((18, 2)), REPO_ROOT)
+    nsynth = ConceptNotes(notes, pd.DataFrame(), np.zeros((18, 2)), REPO_ROOT)
     labels = np.array([1, 1, 0, 1, 0, 0, 0, 0, 0, 1, 1, 1, 0, 0, 0])
-    split = stage6_probe.ConceptSplit(np.arange(15), labels, np.arange(15, 18), np.zeros(3, int))
-    draws = stage6_probe.random_training_sets(nsynth, split, "instruments", 30, seed=0, k=0)
+    split = ConceptSplit(np.arange(15), labels, np.arange(15, 18), np.zeros(3, int))
+    draws = random_training_sets(nsynth, split, "instruments", 30, seed=0, k=0)
     seen = set()
     for draw in draws:
         positive, negative = set(draw.instruments[draw.y == 1]), set(draw.instruments[draw.y == 0])
@@ -357,5 +360,5 @@ def test_random_instrument_concepts_count_instruments_by_their_majority():
         assert len(draw.y) == 15 and set(np.bincount(draw.instruments)) == {3}
         seen.add(frozenset(positive))
     assert len(seen) > 3
-    by_notes = stage6_probe.random_training_sets(nsynth, split, "notes", 5, seed=0, k=0)
+    by_notes = random_training_sets(nsynth, split, "notes", 5, seed=0, k=0)
     assert all(draw.y.sum() == 6 and len(draw.y) == 15 for draw in by_notes)

@@ -166,6 +166,10 @@ def test_stage6_locks_per_results_folder():
     assert name(parse(["--embedder", "spectral"])) != name(parse(["--embedder", "spectral", "--probe", "svm"]))
     assert name(parse(["--embedder", "spectral"])) != name(parse(["--embedder", "spectral", "--kind", "xt"]))
     assert name(parse(["--embedder", "spectral"])) == name(parse(["--embedder", "spectral", "--seed", "3"]))
+    # Activation space: one lock per branch-pool folder, needing no --embedder.
+    activations = name(parse(["--space", "activations"]))
+    assert activations != name(parse(["--space", "activations", "--branch", "uncond"]))
+    assert activations == name(parse(["--space", "activations", "--embedder", "spectral", "--seed", "3"]))
 
 
 def test_stage2_locks_per_shard():
