@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.concepts import BY_NAME
-from data.contract import Provenance, begin, commit, decide
+from data.provenance import Provenance, begin, commit, decide
 from data.files import read_json, sha256_json, write_npy
 from diffusion.base import Conditioning, TrajectoryObserver
 from diffusion.interventions import (INTERVENTION_JSON, INTERVENTIONS_DIR, Intervention, InterventionSpec,
@@ -35,7 +35,7 @@ class InterventionPlan:
     """What stage 2 --intervene will do, decided before anything is written (see plan_interventions)."""
     spec: InterventionSpec
     settings: object                     # diffusion.trajectory.TrajectorySettings of the intervened runs
-    provenances: dict                    # id -> (folder, data.contract.Provenance of its intervention.json)
+    provenances: dict                    # id -> (folder, data.provenance.Provenance of its intervention.json)
     generated: Path | None = None        # where interchange means are cached
 
 

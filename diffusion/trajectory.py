@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Sequence
 
 from data.audio import write_wav
-from data.contract import INDEX_COLUMNS, Provenance, begin, commit, decide
+from data.contract import INDEX_COLUMNS
 from data.files import read_json, write_npy, write_text
 from data.generation import GENERATION_JSON, TrajectoryAxis
+from data.provenance import Provenance, begin, commit, decide
 from data.realised_content import content_part_path, format_content_part
 from data.stage import InputError, Shard
 from diffusion.base import KINDS, Conditioning, Generator, TrajectoryObserver

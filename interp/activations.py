@@ -165,7 +165,7 @@ def run(args) -> None:
     from threadpoolctl import threadpool_limits
     from tqdm import tqdm
 
-    from data.contract import Provenance, begin, commit, decide
+    from data.provenance import Provenance, begin, commit, decide
 
     branch, pool = getattr(args, "branch", "cond"), getattr(args, "pool", "mean")
     if branch not in BRANCHES or pool not in POOLS:

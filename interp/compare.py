@@ -469,8 +469,8 @@ def _record(data: Path, intervened: tuple, main_provenance: dict) -> dict:
 
 
 def compare_provenance(out: Path, data: Path, main_provenance: dict, intervened_index: pd.DataFrame):
-    """compare/'s provenance: the stage-6 run it extends, the intervened rows and their specs (data.contract's rule)."""
-    from data.contract import Provenance
+    """compare/'s provenance: the stage-6 run it extends, the intervened rows and their specs (data.provenance's rule)."""
+    from data.provenance import Provenance
 
     folder = Path(out) / COMPARE_DIR
     return Provenance(sidecar=folder / COMPARE_JSON,
@@ -480,7 +480,7 @@ def compare_provenance(out: Path, data: Path, main_provenance: dict, intervened_
 
 def up_to_date(out: Path, data: Path, main_provenance: dict, intervened_index: pd.DataFrame) -> bool:
     """True when compare/ was made from these inputs; other inputs are refused (stage 6 --force redoes them)."""
-    from data.contract import decide
+    from data.provenance import decide
 
     return decide(compare_provenance(out, data, main_provenance, intervened_index), False,
                   "rerun stage 6 with --compare --force to score the current intervened runs")
@@ -500,7 +500,8 @@ def run(out: Path, data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray,
 
     from data.audio import read_audio
     from data.concepts import BY_NAME
-    from data.contract import begin, commit, generated_dir
+    from data.contract import generated_dir
+    from data.provenance import begin, commit
     from data.stage import InputError
     from diffusion.interventions import read_intervention_records
 

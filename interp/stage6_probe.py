@@ -6,7 +6,7 @@ record it) the content the generator actually realised (data/ARTIFACTS.md, stage
                                   [--kind x0] [--baseline instruments|notes]
 
 Outputs go to <data>/results/<embedder stem>/<probe>/<kind>/ (the stem of --embedder/--model, as stages 3 and 5
-name their files) and are skipped when up to date with their inputs (data.contract's provenance rule).
+name their files) and are skipped when up to date with their inputs (data.provenance's rule).
 Read top to bottom: inputs (named records) -> probes (one ProbeFamily interface) -> emergence per yardstick ->
 one Bonferroni family -> status per concept -> files, figures, report, summary.
 """
@@ -24,10 +24,11 @@ from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from data.concepts import CONCEPTS
-from data.contract import (Provenance, begin, check_same_embedder, commit, concepts_dir, decide, generated_dir,
-                           read_annotated, read_embeddings, read_generated_index, read_notes, read_sets, table_sha256)
+from data.contract import (check_same_embedder, concepts_dir, generated_dir, read_annotated, read_embeddings,
+                           read_generated_index, read_notes, read_sets, table_sha256)
 from data.files import read_json, sha256_file, write_csv
 from data.generation import TrajectoryAxis, read_generation
+from data.provenance import Provenance, begin, commit, decide
 from data.realised_content import read_realised_content
 from data.stage import InputError, main_exit, stage_parser
 from embeddings import EMBEDDERS, embedding_stem
