@@ -25,8 +25,9 @@ LENGTH_TOLERANCE = 0.01
 PROMPTS_COLUMNS = ("prompt_id", "prompt", "origin")
 ANNOTATED_COLUMNS = ("prompt_id", "prompt", "labels", "bpm", "annotator")
 INDEX_COLUMNS = ("prompt_id", "sample", "step", "sigma", "kind", "seed", "seconds_total", "sample_rate", "path")
-# Intervened runs (issue 11) live in generated/interventions/<id>/ with the same parts; the reader adds them as
-# ordinary rows whose `intervention` is that id ("" for the reference run) and whose path is relative to generated/.
+# Intervened runs live in generated/interventions/<id>/ (data/interventions.py) with the same parts; the reader
+# adds them as ordinary rows whose `intervention` is that id ("" for the reference run) and whose path is relative
+# to generated/.
 INTERVENTION_COLUMN = "intervention"
 INDEX_ORDER = ["intervention", "prompt_id", "sample", "kind", "step"]
 NOTES_COLUMNS = ("note_str", "instrument_str", "family", "source", "qualities", "pitch", "velocity", "split", "path")

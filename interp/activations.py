@@ -366,7 +366,7 @@ def write_directions(folder: Path, directions: dict, layers, prompt_labels, name
             "auroc": rows["auroc"].tolist(), "auroc_low": rows["auroc_low"].tolist(),
             "auroc_high": rows["auroc_high"].tolist(), "generation_sha256": record["inputs"]["generation"],
             "activations_sha256": record["inputs"]["activations"], "generator": generation.get("generator"),
-            "model": generation.get("model"), "model_sha256": generation.get("model_sha256"),
+            "model": generation.get("model"), "checkpoint_sha256": generation.get("checkpoint_sha256"),
             "trained_on": "every sample (final fit after cross-validation)"})
 
 

@@ -37,6 +37,8 @@ import pandas as pd
 
 from data.files import atomic_path, write_csv, write_text
 from data.generation import read_generation
+from data.interventions import read_intervention_records
+from diffusion.interventions.records import group_key
 from interp import statistics
 
 LOUDNESS_LIMIT_DB = 10.0
@@ -103,7 +105,7 @@ def compare(scores: pd.DataFrame, records: dict[str, dict], concept_names, famil
             loudness: pd.Series | None = None, emergence_steps: pd.DataFrame | None = None, axis_name: str = "step",
             n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, pd.DataFrame]:
     """The comparison tables (module docstring). `records`: intervention id -> its record (diffusion/
-    interventions.py Intervention.record()); `embeddings`: matrix indexed by scores' `row`; `loudness`: dBFS per
+    interventions/records.py `record()`); `embeddings`: matrix indexed by scores' `row`; `loudness`: dBFS per
     scores row (index aligned), or None to skip the loudness guard."""
     level = 1.0 - alpha
     concept_names = list(concept_names)
@@ -143,13 +145,13 @@ def compare(scores: pd.DataFrame, records: dict[str, dict], concept_names, famil
         chosen = pairs.loc[rows]
         prompt = chosen["prompt_index"].to_numpy()
         target = record["concept"]
-        strength = float(record["strength"])
+        strength = record.get("strength")   # steering only; an interchange has no baseline to be beyond
         baseline_ids = [other for other, other_record in records.items()
-                        if other_record["direction"] == "random" and group_of[other] == group_of[identifier]
+                        if other_record.get("direction") == "random" and group_of[other] == group_of[identifier]
                         and other_record["from_step"] == record["from_step"] and other != identifier]
         key = chosen[["prompt_id", "sample"]].apply(tuple, axis=1)
         baseline = {}
-        if record["direction"] != "random" and baseline_ids:
+        if record.get("direction") != "random" and baseline_ids:
             for concept in concept_names:
                 stacks = []
                 for other in baseline_ids:
@@ -174,7 +176,7 @@ def compare(scores: pd.DataFrame, records: dict[str, dict], concept_names, famil
 
         target_delta = deltas[target][positions]
         summary = {**_flat(record), "n_pairs": int(len(positions)), "n_prompts": int(len(set(prompt))),
-                   "n_baseline_directions": len(baseline_ids) if record["direction"] != "random" else 0}
+                   "n_baseline_directions": len(baseline_ids) if record.get("direction") != "random" else 0}
         summary["target_delta"], summary["target_delta_low"], summary["target_delta_high"] = bootstrap_mean(
             target_delta, prompt, weights, level)
         if baseline.get(target) is not None:
@@ -243,7 +245,8 @@ def interchange_table(interventions: pd.DataFrame) -> pd.DataFrame:
     if interventions.empty or "kind" not in interventions:
         return pd.DataFrame(columns=INTERCHANGE_COLUMNS)
     chosen = interventions[interventions["kind"] == "interchange"]
-    table = chosen.rename(columns={"concept": "concept_b"}).assign(layer=chosen["where"].astype(int))
+    # `layer` stays the decoder layer 1..L of the trajectory axis: block b's components are layer b + 1's.
+    table = chosen.rename(columns={"concept": "concept_b"}).assign(layer=chosen["where"].astype(int) + 1)
     table = table.reindex(columns=INTERCHANGE_COLUMNS)
     order = {name: i for i, name in enumerate(("self_attn", "cross_attn", "mlp"))}
     return table.sort_values(["concept_a", "concept_b", "op", "layer", "component"],
@@ -288,8 +291,7 @@ def commitment_table(interventions: pd.DataFrame, emergence_steps: pd.DataFrame 
 
 
 def _group(record: dict) -> tuple:
-    return (record.get("kind", "steer"), record["concept"], str(record["where"]), float(record["strength"]),
-            record["mode"], record.get("to_step"), record["rows"], record.get("direction_file"))
+    return group_key(record)
 
 
 def _flat(record: dict) -> dict:
@@ -503,7 +505,6 @@ def run(out: Path, data: Path, clips: pd.DataFrame, clip_embeddings: np.ndarray,
     from data.contract import generated_dir
     from data.provenance import begin, commit
     from data.stage import InputError
-    from diffusion.interventions import read_intervention_records
 
     started = time.perf_counter()
     index, matrix = intervened

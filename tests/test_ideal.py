@@ -53,7 +53,7 @@ def default_generator(tmp_path_factory):
     """The real default bank, rendered from the soundfont into an empty bank directory on first use."""
     directory = tmp_path_factory.mktemp("default-bank")
     generator = IdealGenerator(model=str(directory))
-    assert generator.provenance()["model_sha256"] == load_bank(directory).sha256
+    assert generator.provenance()["checkpoint_sha256"] == load_bank(directory).sha256
     assert reference_bank.read_bank_sidecar(directory)["recipe"] == reference_bank.default_recipe()
     return generator
 
@@ -167,7 +167,7 @@ def test_bank_directory_round_trip_and_corruption(tmp_path):
     loaded = load_bank(tmp_path / "bank")
     assert loaded.sha256 == bank.sha256 and loaded.clip_ids == bank.clip_ids and loaded.labels == bank.labels
     generator = load_generator("ideal", model=str(tmp_path / "bank"))
-    assert generator.provenance()["model_sha256"] == bank.sha256
+    assert generator.provenance()["checkpoint_sha256"] == bank.sha256
     assert generator.sample_rate == SYNTHETIC_RATE and generator.max_seconds == pytest.approx(0.5)
     (tmp_path / "bank" / "clips.csv").write_text("clip_id,labels\nx,brass\n")
     with pytest.raises(InputError, match="clips.csv"):
