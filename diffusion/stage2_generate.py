@@ -5,7 +5,7 @@
 Generators: "ideal" (embedded; a reference model, not a trained one: the closed-form denoiser of
 diffusion/ideal.py over a bank of soundfont clips, no weights or network needed), "stable-audio-open"
 (Stable Audio Open 1.0 through diffusers; --model a hub id or a save_pretrained directory) and "musicgen"
-(transformers' MusicGen; a trajectory over decoder layers, settings by --generator-option: diffusion/musicgen.py).
+(transformers' MusicGen; a trajectory over decoder layers, settings by --generator-option: diffusion/musicgen/).
 
 Runs resume: prompts whose index part exists are skipped, so a killed run continues where it stopped; --force
 redoes this shard's prompts. Shards (--shard i/n, or a SLURM array's task id and count) split the prompts by

@@ -214,7 +214,7 @@ def test_brass_prompt_starts_as_a_blend_and_ends_on_a_brass_clip(default_generat
 
 
 def test_realised_content_is_the_posterior_mass_of_each_label_and_ends_on_the_chosen_clip(tiny):
-    """Issue 12's second yardstick: what the clean estimate is made of, step by step."""
+    """Stage 6's second yardstick: what the clean estimate is made of, step by step."""
     observer = TrajectoryObserver(range(50), ["x0"])
     weights = {}
     latents = tiny.sample(Conditioning("brass and strings", ("brass", "string")), seed=9, num_samples=3,

@@ -326,7 +326,7 @@ def test_realised_content_is_row_aligned_and_ends_on_the_labels_of_the_chosen_cl
 
 
 def test_force_with_new_settings_never_splits_provenance(tmp_path, bank_dir, capsys):
-    """Issue 13: a partial --force must not leave clips of two settings under one generation.json."""
+    """A partial --force must not leave clips of two settings under one generation.json."""
     data = make_data(tmp_path)
     assert stage2(data, bank_dir, "--samples", "1") == 0
     before = snapshot(data)
