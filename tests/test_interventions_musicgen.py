@@ -133,3 +133,24 @@ def test_interchange_touches_only_its_rows_and_comes_off(runner):
     assert torch.equal(runner.generate(PROMPT, 5, 3, SECONDS, runner.sampling({})).codes, reference)
     assert not any(layer.fc2._forward_hooks or layer.self_attn.out_proj._forward_hooks
                    for layer in runner.decoder.layers)
+
+
+def test_the_clock_ticks_are_the_generated_positions_and_later_steps_are_refused(generator, direction, tmp_path):
+    from data.stage import InputError
+    from diffusion.interventions.hooks import Hooks
+    from diffusion.interventions.spec import check_spec
+
+    runner, position, seen = generator.runner, GenerationPosition(), set()
+    watch = position.hooks + Hooks([("blocks.0.hook_resid_post",
+                                     lambda module, args, output: seen.update(t for t, _ in position.ticks(
+                                         output.shape[1])))])
+    with hooks_applied(generator.hook_points(), watch):
+        runner.generate(PROMPT, 5, 1, SECONDS, runner.sampling({}))
+    assert seen == set(range(generator.clock_ticks(SECONDS)))
+    last = generator.clock_ticks(SECONDS) - 1
+    steering_for(tmp_path, direction, from_step=last)
+    check_spec(load_spec(tmp_path / "spec.json"), generator, SECONDS, 2, ["p1"])
+    steering_for(tmp_path, direction, from_step=last + 1)
+    with pytest.raises(InputError, match=f"from_step {last + 1} is past the last generated position {last} of a "
+                                         f"{SECONDS:g} s clip"):
+        check_spec(load_spec(tmp_path / "spec.json"), generator, SECONDS, 2, ["p1"])

@@ -13,7 +13,7 @@ from stage_runs import write_annotated
 
 from data.directions import Direction
 from data.interventions import INTERVENTIONS_DIR
-from data.stage import run_stage
+from data.stage import InputError, run_stage
 from diffusion import GENERATORS
 from diffusion import stage2_generate as stage2
 from diffusion.base import Conditioning
@@ -115,4 +115,14 @@ def test_the_steered_block_moves_by_s_v_and_the_blocks_before_it_do_not(register
     assert not torch.equal(steered_final, reference_final)
     # The hooks came off: the same call without a steering is the reference again, bit for bit.
     assert torch.equal(block_inputs(generator, None)[1], reference_final)
+    assert not any(module._forward_hooks or module._forward_pre_hooks for module in generator.model.modules())
+
+
+def test_hooks_come_off_when_the_run_fails(tmp_path):
+    """A direction of another width fails inside the steered block's hook: one line, and no hook stays behind."""
+    generator = toy.ToyGenerator(steps=STEPS)
+    wrong = Direction(np.ones((toy.BLOCKS, toy.DIM + 1)), range(toy.BLOCKS), "is_brass", "probe").save(tmp_path / "w")
+    steering = load_spec(write_spec(tmp_path, wrong)).interventions[0]
+    with pytest.raises(InputError, match=f"direction dim {toy.DIM + 1} but block {BLOCK}'s width is {toy.DIM}"):
+        generator.sample(Conditioning("soft acoustic piano", steering=steering), 11, 2, toy.SECONDS, None)
     assert not any(module._forward_hooks or module._forward_pre_hooks for module in generator.model.modules())

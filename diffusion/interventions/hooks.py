@@ -76,10 +76,10 @@ class StepClock:
     """The clock of a diffusers sampler loop: the scheduler's own step_index, read when a hook runs (None before
     its first step() = step 0). Every forward of the denoiser within a step, and every token of it, sits at that
     step, however many times the model runs per step."""
-    hooks = Hooks()
 
     def __init__(self, scheduler):
         self.scheduler = scheduler
+        self.hooks = Hooks()   # it reads the scheduler, and needs no hook of its own
 
     def now(self) -> int:
         return 0 if self.scheduler.step_index is None else int(self.scheduler.step_index)

@@ -325,14 +325,14 @@ def check_spec(spec: InterventionSpec, generator, seconds: float, run_samples: i
                                  f"interchange has nothing to generate — add some of its prompts to 'prompts'")
         where = intervention.site.where
         if (where == PRIOR) != (site == PRIOR):
-            valid = "its prior" if site == PRIOR else f"blocks {blocks[0]}..{blocks[-1]}"
+            valid = "its prior" if site == PRIOR else f"blocks {blocks[0]}..{blocks[-1]}" if blocks else "no blocks"
             raise InputError(f"{head}: where {intervention.site.record()['where']!r} — the {generator.name} "
                              f"generator intervenes on {valid} — {SPEC_FIX}")
         if site != PRIOR:
             outside = [b for b in where if b not in blocks]
             if outside:
-                raise InputError(f"{head}: block {outside[0]} does not exist (valid: {blocks[0]}..{blocks[-1]}, "
-                                 f"0-based) — {SPEC_FIX}")
+                valid = f"{blocks[0]}..{blocks[-1]}, 0-based" if blocks else "the generator names none"
+                raise InputError(f"{head}: block {outside[0]} does not exist (valid: {valid}) — {SPEC_FIX}")
         if intervention.site.from_step >= ticks:
             raise InputError(f"{head}: from_step {intervention.site.from_step} is past the last {clock} "
                              f"{ticks - 1} of a {seconds:g} s clip — {SPEC_FIX}")
