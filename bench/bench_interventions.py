@@ -25,10 +25,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tiny_stable_audio import save_model  # noqa: E402
 
+from data.directions import Direction  # noqa: E402
 from diffusion import load_generator  # noqa: E402
 from diffusion.base import Conditioning  # noqa: E402
-from diffusion.interventions import Intervention, load_spec  # noqa: E402
-from interp.directions import save_direction  # noqa: E402
+from diffusion.interventions.hooks import blocks_of  # noqa: E402
+from diffusion.interventions.records import PRIOR, Site, Steering  # noqa: E402
+from diffusion.interventions.spec import load_spec  # noqa: E402
 
 
 def timed(call):
@@ -61,13 +63,13 @@ def main():
         model = save_model(Path(tmp) / "sao", args.size, args.seconds)
         generator = load_generator("stable-audio-open", model=str(model), steps=args.steps, device="cpu")
         seconds = generator.max_seconds if args.seconds is None else args.seconds
-        blocks = generator.intervention_sites[1]
+        blocks = blocks_of(generator.hook_points())
         dim = generator.pipeline.transformer.config.num_attention_heads * \
             generator.pipeline.transformer.config.attention_head_dim
-        direction = save_direction(Path(tmp) / "dir", np.random.default_rng(0).standard_normal((len(blocks), dim)),
-                                   blocks, "is_brass", "random-bench")
+        direction = Direction(np.random.default_rng(0).standard_normal((len(blocks), dim)), blocks, "is_brass",
+                              "mean_difference", provenance={"note": "random vectors for timing"}).save(Path(tmp) / "dir")
         spec = Path(tmp) / "spec.json"
-        spec.write_text(json.dumps({"interventions": [{"concept": "is_brass", "direction": str(direction),
+        spec.write_text(json.dumps({"format": 2, "interventions": [{"concept": "is_brass", "direction": str(direction),
                                                        "where": blocks, "strength": 0.5, "mode": "norm_relative",
                                                        "from_step": 0}]}))
         steering = load_spec(spec).interventions[0]
@@ -80,7 +82,7 @@ def main():
         results["stable_audio_all_blocks_every_step"] = (wall, cpu, base)
 
     ideal = load_generator("ideal", steps=50)
-    tilt = Intervention("bench", "is_brass", "concept", "prior", 8.0, from_step=0)
+    tilt = Steering("bench", "is_brass", "concept", Site(PRIOR, from_step=0), 8.0)
 
     def sample_ideal(intervention):
         ideal.sample(Conditioning("soft keys", ("keyboard",), intervention), 0, args.samples, ideal.default_seconds,

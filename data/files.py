@@ -79,7 +79,7 @@ def atomic_path(path, fsync: bool = True, before_replace=None):
 
     fsync=False skips the flush to disk for many small files (a killed process loses nothing, the page cache
     survives it; only an OS crash can), when the caller syncs once at the end instead. before_replace() runs
-    once the new content is safely written, just before the rename (e.g. data.contract.begin: the old
+    once the new content is safely written, just before the rename (e.g. data.provenance.begin: the old
     sidecar goes only when the old output really is about to be replaced, not when a full disk stops the run).
     """
     path = Path(path)

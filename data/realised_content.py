@@ -1,6 +1,6 @@
 """Realised content of generated clips: what the model actually made, beside what the prompt asked for.
 
-Issue 12's second yardstick. A generator that knows what its clean estimate is made of (the ideal reference
+Stage 6's second yardstick. A generator that knows what its clean estimate is made of (the ideal reference
 model: a posterior-weighted blend of labelled bank clips) reports, per captured step, each label's mass in
 that estimate. Stage 2 writes it next to the index, one part per prompt (data/ARTIFACTS.md, stage 2):
 

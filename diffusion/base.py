@@ -7,6 +7,11 @@ Capturing, decoding in batches, writing wavs and index rows, sharding and resumi
 
 The trajectory axis (data/generation.py) says what a position is: a denoising step of a diffusion sampler, or a
 decoder layer of a layer-wise read-out (MusicGen's DecoderLens).
+
+What a backend can do beyond sampling it declares on the class (defaults below: nothing), never by being probed:
+its `options` (stage 2 --generator-option keys), where an intervention acts (`intervention_site`, `hook_points`),
+when (`intervention_clock`, `clock_ticks`), on which rows (`has_unconditional_rows`, `cfg_layout`), and whether it
+runs interchange interventions (`supports_interchange`, `component_means`, `sample_sites`).
 """
 from __future__ import annotations
 
@@ -17,12 +22,11 @@ from typing import TYPE_CHECKING, Mapping, Sequence
 import numpy as np
 
 from data.generation import TrajectoryAxis
+from diffusion.interventions.records import Steering
 
 if TYPE_CHECKING:
     # Annotations only: a stage 2 rerun with every prompt done loads no model, and importing torch costs seconds.
     import torch
-
-    from diffusion.interventions import Intervention
 
 KINDS = ("x0", "xt")  # x0: the model's clean estimate at that position; xt: the noisy latent after that step
 
@@ -32,7 +36,7 @@ class Conditioning:
     """Everything a prompt conditions a sample with, as one object: backends ignore what they do not use."""
     prompt: str
     labels: tuple[str, ...] = ()                  # annotation labels (only the ideal model's prior reads them)
-    intervention: Intervention | None = None      # steering of the sampler (issue 11); None = no intervention
+    steering: Steering | None = None              # steering of the sampler; None = none
 
 
 def default_capture(positions: Sequence[int]) -> list[int]:
@@ -113,6 +117,21 @@ class Generator(ABC):
     content_labels: tuple[str, ...] = ()
     # What the backend's observer calls carry (a layer trajectory has no noisy latent: ("x0",)).
     kinds: tuple[str, ...] = KINDS
+    # Stage 2 --generator-option keys -> their help; the constructor takes `options=` (a dict of strings, passed
+    # only when given) and parses and checks the values itself. Empty: the backend has none.
+    options: Mapping[str, str] = {}
+    # Where an intervention acts: "prior" (the ideal model's concept prior, steered in its own loop), "blocks"
+    # (the blocks b with a hook point `blocks.{b}.hook_resid_post`), or None (no interventions).
+    intervention_site: str | None = None
+    # What an intervention's from_step / to_step count: "denoising_step" (the sampler's own step) or
+    # "generated_position" (an autoregressive model's position in the generated sequence). Never hook calls.
+    intervention_clock: str = "denoising_step"
+    # Whether the sampler runs unconditional rows (classifier-free guidance), and where they sit in a batch:
+    # "uncond_first" ([uncond x B, cond x B], diffusers) or "cond_first" ([cond x B, uncond x B], MusicGen).
+    has_unconditional_rows: bool = False
+    cfg_layout: str = "uncond_first"
+    # Whether `component_means` and `sample_sites` run interchange interventions.
+    supports_interchange: bool = False
 
     @abstractmethod
     def provenance(self) -> dict:
@@ -134,11 +153,32 @@ class Generator(ABC):
 
         Pure: the result depends on the arguments and the loaded model only, never on an earlier `sample`."""
 
+    # -- interventions (optional; see the class attributes above) -------------------------------------------------
 
-def refuse_intervention(generator: Generator, conditioning: Conditioning) -> None:
-    """For a backend that cannot apply an intervention: one line instead of silently ignoring it."""
-    if conditioning.intervention is not None:
-        from data.stage import InputError
+    def clock_ticks(self, seconds: float) -> int:
+        """How many ticks the intervention clock makes for a clip of `seconds`: from_step must be below it. A
+        denoising backend's clock is its sampler's steps, one per trajectory position."""
+        return len(self.axis.positions)
 
-        raise InputError(f"the {generator.name} generator cannot apply interventions — "
-                         "drop --intervene or choose a generator that supports them")
+    def hook_points(self) -> dict[str, torch.nn.Module]:
+        """The modules a hook can attach to, by name (diffusion/interventions/hooks.py: `blocks.{b}.hook_resid_post`
+        and the other names of its one convention, b 0-based). Stage 2 steers `intervention_site` "blocks" through
+        them (diffusion/interventions/steering.py)."""
+        return {}
+
+    def hook_clock(self):
+        """A fresh clock for one sampler call's hooks (diffusion/interventions/hooks.py: `ticks(tokens)` -> the tick
+        of each token column of a hooked output, and the `hooks` it needs to keep time)."""
+        raise NotImplementedError(f"the {self.name} generator declares no hook clock")
+
+    def component_means(self, prompts: list[tuple[str, int]], num_samples: int, seconds: float) -> np.ndarray:
+        """Interchange: the mean output of every (component, block, clock tick, CFG branch) over `num_samples`
+        samples of each (prompt text, seed of sample 0) of `prompts`."""
+        raise NotImplementedError(f"the {self.name} generator runs no interchange interventions")
+
+    def sample_sites(self, prompt: str, seed: int, num_samples: int, seconds: float, observers: list,
+                     means_a: np.ndarray, means_b: np.ndarray, sites: list, op: str) -> None:
+        """Interchange: every (component, block) site of `sites` for samples seed .. seed + n - 1 in one batched
+        generation; observers[i] gets site i's trajectory as its samples 0..n-1."""
+        raise NotImplementedError(f"the {self.name} generator runs no interchange interventions")
+

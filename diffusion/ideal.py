@@ -23,19 +23,19 @@ outweighs a solo clip that matches one by e^4.
 
 Latent space. The bank's clips (loudness-normalised to CLIP_RMS) are scaled by 1 / (CLIP_RMS · sqrt(samples)),
 so a full-loudness clip has unit norm whatever its length and rate; distinct clips are then ~sqrt(2) apart
-(1st–95th percentile of pairwise distances in the default bank: 0.99–1.44). The latent is the coordinate
+(1st–95th percentile of pairwise distances in the default bank: 0.98–1.44). The latent is the coordinate
 vector in an orthonormal basis of the span of the bank (from an eigendecomposition of the clips' Gram matrix;
 exactly dependent clips, e.g. mixes of the same parts, reduce its rank). Noise orthogonal to that span would
 add the same ||x||² to every logit and cancel in the softmax, so sampling in the span gives exactly the
 clean estimates a waveform-space sampler would give, at a cost of ~r instead of ~64,000 numbers per sample
-(r = 125 for the default bank's 227 clips). `decode` maps a latent back to the waveform: a linear decoder.
+(r = 227 for the default bank's 319 clips of 4 s). `decode` maps a latent back to the waveform: a linear decoder.
 
 Sigma scale. Logit differences are ~ distance² / (2 sigma²). With the reference schedule (sigma 100 → 0.01,
 50 steps) they are < 1e-4 at sigma_max (weights = the prior), the estimate starts to commit below
 sigma ≈ 2 (step 20), and by sigma ≈ 0.14 (step 35) it is one clip: for a "brass" prompt the weights' entropy
-is 2.35 nats (a blend of ~10 brass clips) up to step 15, ~1.5 at step 25, 0 from step 35 on. Early steps carry
-the prompt's prior blend, late steps a single clip. (With the "model-card" preset, sigma_min 0.3 stops the
-trajectory before it fully commits: a final entropy of 0.05–0.7 nats.)
+(mean of 8 samples) is 2.9 nats (a blend of ~19 brass clips) up to step 15, 2.5 at step 25, 0.5 at step 30 and 0
+from step 35 on. Early steps carry the prompt's prior blend, late steps a single clip. (With the "model-card"
+preset, sigma_min 0.3 stops the trajectory before it fully commits: a final entropy of 0.01–1.6 nats.)
 
 Realised content (the second yardstick of stage 6). Because the estimate is a known blend of labelled clips,
 the generator reports with every step, through the observer's `content`, each label's posterior mass
@@ -52,7 +52,7 @@ c_skip = sigma_data² / (sigma² + sigma_data²) and c_out = −sigma · sigma_d
 the clean estimate the observer gets is the scheduler's own conversion, `scheduler.model_outputs[-1]`.
 
 One change to the library's defaults: the scheduler draws its SDE noise from a torchsde Brownian tree, whose
-every query walks the tree in Python — 0.9 s per 50-step call of a 125-dim latent on 2 cores, and 8 s for
+every query walks the tree in Python — 0.9 s per 50-step call of a 125-dim bank latent on 2 cores, and 8 s for
 a 64,000-sample waveform: minutes for the demo. For a fixed sigma schedule the tree's normalised increments
 over the disjoint step intervals are independent standard normals, so the scheduler's public `noise_sampler`
 slot is filled with a seeded per-sample Gaussian source (`PerSampleGaussianNoise`): the same distribution and
@@ -61,18 +61,21 @@ the same solver; sample r of a call is seeded by seed + r.
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
+from data.concepts import BY_NAME
 from data.generation import denoising_axis
 from data.stage import InputError
 from data.vocabulary import DRUM, FAMILIES, SOURCES
 from diffusion import bank as reference_bank
 from diffusion.bank import CLIP_RMS, ReferenceBank, family_labels, source_labels
 from diffusion.base import Conditioning, Generator, TrajectoryObserver, default_capture
+from diffusion.interventions.records import PRIOR, Steering
 
 if TYPE_CHECKING:
     import torch
@@ -84,7 +87,7 @@ SCHEDULER = "CosineDPMSolverMultistepScheduler"
 PRIOR_SHARPNESS = 4.0
 SIGMA_DATA = 1.0
 # Eigen-directions of the bank's Gram matrix below this fraction of the largest are numerical zeros (the default
-# bank's spectrum falls from 8e-3 to 2e-16 of the largest at its rank, 125).
+# bank's spectrum falls from 3e-3 to 2e-16 of the largest at its rank, 227).
 RANK_TOLERANCE = 1e-10
 
 
@@ -137,9 +140,11 @@ class LatentSpace:
 class IdealGenerator(Generator):
     name = "ideal"
     channels = 1
-    # The realised content of the clean estimate (issue 12's second yardstick): every label a bank clip can carry.
+    # The realised content of the clean estimate (stage 6's second yardstick): every label a bank clip can carry.
     content_labels = FAMILIES + (DRUM,) + SOURCES
-    intervention_sites = ("prior", [])   # steering tilts the concept prior (diffusion/interventions.py)
+    # Steering tilts the concept prior (PriorSteering) from its start step on; the clock is the sampler's step.
+    intervention_site = PRIOR
+    intervention_clock = "denoising_step"
 
     def __init__(self, model=None, preset: str | None = None, steps: int | None = None, device: str | None = None,
                  dtype: str | None = None, decode_dtype: str | None = None, *, bank: ReferenceBank | None = None):
@@ -235,7 +240,7 @@ class IdealGenerator(Generator):
         return {
             "generator": self.name,
             "model": model,
-            "model_sha256": bank_sha256,
+            "checkpoint_sha256": bank_sha256,
             "model_kind": REFERENCE_NOTE,
             "preset": self.preset_name,
             "settings": {**asdict(self.preset), "steps": self.steps, "sigma_data": SIGMA_DATA,
@@ -253,9 +258,8 @@ class IdealGenerator(Generator):
                weights_callback: Callable[[int, float, np.ndarray], None] | None = None) -> torch.Tensor:
         """Sample `num_samples` trajectories of one prompt. The observer gets, with each step, the realised
         content of the clean estimate (`content_of`); `weights_callback(step, sigma, weights [samples, clips])`
-        sees the posterior weights over the bank themselves (tests and analyses). `conditioning.intervention`
-        (diffusion/interventions.py, where "prior") tilts the prior towards the concept's clips from its start
-        step on."""
+        sees the posterior weights over the bank themselves (tests and analyses). `conditioning.steering` (where
+        "prior") tilts the prior towards the concept's clips from its start step on (PriorSteering)."""
         import torch
 
         if not isinstance(conditioning.prompt, str) or not conditioning.prompt.strip():
@@ -265,9 +269,8 @@ class IdealGenerator(Generator):
         space = self.latent_space(seconds)
         log_prior = self.log_prior(conditioning.labels)
         steering = None
-        if conditioning.intervention is not None and conditioning.intervention.strength != 0:
-            from diffusion.interventions import PriorSteering
-            steering = PriorSteering(conditioning.intervention, self.bank.labels)
+        if conditioning.steering is not None and conditioning.steering.strength != 0:
+            steering = PriorSteering(conditioning.steering, self.bank.labels)
         scheduler = self.scheduler
         scheduler.set_timesteps(self.steps)
         generators = [torch.Generator().manual_seed(int(seed) + row) for row in range(num_samples)]
@@ -369,3 +372,44 @@ class IdealGenerator(Generator):
             self._spaces[samples] = LatentSpace(samples, coordinates, 0.5 * np.square(coordinates).sum(axis=1),
                                                 torch.from_numpy(decoder))
         return self._spaces[samples]
+
+
+# -- steering: tilting the concept prior ------------------------------------------------------------------------------
+
+def prior_direction(steering: Steering, clip_labels: Sequence[Sequence[str]]) -> np.ndarray:
+    """The tilt d over the bank's clips: 1 on the clips whose labels carry the concept (the concept's prompt
+    rule applied to the clip's labels), else 0. The random baseline marks as many clips chosen at random
+    (same norm, no meaning), seeded by (seed, concept)."""
+    concept = BY_NAME[steering.concept]
+    carries = np.array([concept.prompt_has(labels) for labels in clip_labels], dtype=np.float64)
+    count = int(carries.sum())
+    if count == 0:
+        raise InputError(f"intervention '{steering.id}': concept '{steering.concept}' marks no clip of the ideal "
+                         "generator's bank (bank clips carry family, drum and source labels) — steer a family, source "
+                         "or higher concept")
+    if count == len(carries):
+        raise InputError(f"intervention '{steering.id}': every bank clip carries '{steering.concept}', so tilting "
+                         "the prior towards it changes nothing — steer another concept")
+    if not steering.is_baseline:
+        return carries
+    rng = np.random.default_rng([int(steering.seed), zlib.crc32(steering.concept.encode())])
+    random = np.zeros(len(carries))
+    random[rng.choice(len(carries), count, replace=False)] = 1.0
+    return random
+
+
+class PriorSteering:
+    """log pi_i + s d_i (renormalised) at the steps where the steering is active; the prompt's prior elsewhere."""
+
+    def __init__(self, steering: Steering, clip_labels: Sequence[Sequence[str]]):
+        self.steering = steering
+        self.tilt = steering.strength * prior_direction(steering, clip_labels)
+        self._tilted = None   # (the prompt's log prior, its tilted version): one per sampler call
+
+    def log_prior(self, step: int, log_prior: np.ndarray) -> np.ndarray:
+        if not self.steering.active(step):
+            return log_prior
+        if self._tilted is None or self._tilted[0] is not log_prior:
+            tilted = log_prior + self.tilt
+            self._tilted = (log_prior, tilted - np.logaddexp.reduce(tilted))
+        return self._tilted[1]

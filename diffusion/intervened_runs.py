@@ -1,9 +1,9 @@
 """Stage 2 --intervene: each intervention of a spec is a run of its own beside the reference run.
 
-The spec format, directions and hooks are diffusion/interventions.py (the backends use those); this module is the
-runner's side: it plans the intervened runs (one provenance record each), generates them per prompt with the
-reference run's code (diffusion/trajectory.py) and seeds, and batches an interchange's (component, layer) sites of
-one prompt into one generation.
+The spec and records are diffusion/interventions/, the hooks belong to the backends, and where the runs live is
+data/interventions.py; this module is the runner's side: it plans the intervened runs (one provenance record
+each), generates them per prompt with the reference run's code (diffusion/trajectory.py) and seeds, and batches an
+interchange's (component, block) sites of one prompt into one generation.
 """
 from __future__ import annotations
 
@@ -17,17 +17,13 @@ import numpy as np
 from tqdm import tqdm
 
 from data.concepts import BY_NAME
-from data.contract import Provenance, begin, commit, decide
-from data.files import read_json, sha256_json, write_npy
+from data.files import read_json, sha256_file, sha256_json, write_npy
+from data.interventions import INTERVENTION_JSON, intervention_dir, means_dir
+from data.provenance import Provenance, begin, commit, decide
 from diffusion.base import Conditioning, TrajectoryObserver
-from diffusion.interventions import (INTERVENTION_JSON, INTERVENTIONS_DIR, Intervention, InterventionSpec,
-                                     identity_sha256)
+from diffusion.interventions.records import Interchange, Intervention, Steering
+from diffusion.interventions.spec import InterventionSpec
 from diffusion.trajectory import WAV_WRITERS, Shard, generate_prompt, part_is_complete, prompt_seed
-
-
-def intervention_dir(generated: Path, intervention_id: str) -> Path:
-    """generated/interventions/<id>/: index/ and audio/ exactly as the reference run's (data/ARTIFACTS.md)."""
-    return Path(generated) / INTERVENTIONS_DIR / intervention_id
 
 
 @dataclass
@@ -35,7 +31,7 @@ class InterventionPlan:
     """What stage 2 --intervene will do, decided before anything is written (see plan_interventions)."""
     spec: InterventionSpec
     settings: object                     # diffusion.trajectory.TrajectorySettings of the intervened runs
-    provenances: dict                    # id -> (folder, data.contract.Provenance of its intervention.json)
+    provenances: dict                    # id -> (folder, Provenance of its intervention.json)
     generated: Path | None = None        # where interchange means are cached
 
 
@@ -44,7 +40,7 @@ def plan_interventions(generated: Path, settings, spec: InterventionSpec, genera
     """Each intervention is a run of its own in generated/interventions/<id>/ with the reference run's generator,
     seeds and settings (so sample s of a prompt starts from the same noise as its reference). Its
     intervention.json (the intervention, its direction file's hash, the reference run's generation.json hash)
-    follows the one provenance rule (data.contract): other settings are refused here, before the reference run
+    follows the one provenance rule (data/provenance.py): other settings are refused here, before the reference run
     or any intervened run writes anything, unless --force (which clears that intervention's clips)."""
     settings = replace(settings, samples=spec.samples or settings.samples,
                        batch_size=min(settings.batch_size, spec.samples or settings.samples),
@@ -54,7 +50,7 @@ def plan_interventions(generated: Path, settings, spec: InterventionSpec, genera
     provenances = {}
     for intervention in spec.interventions:
         folder = intervention_dir(generated, intervention.id)
-        record = {"intervention": intervention.record(), **identity_sha256(intervention),
+        record = {"intervention": intervention.record(), **direction_hashes(intervention),
                   "generation_sha256": generation_sha256, "samples": settings.samples,
                   "capture_steps": list(settings.capture_steps), "kinds": list(settings.kinds)}
         prov = Provenance(sidecar=folder / INTERVENTION_JSON, record=record)
@@ -74,7 +70,7 @@ def run_interventions(generator, prompts, plan: InterventionPlan, shard=None, fo
     labels_of = {p: tuple(by_id[p].labels) for p in chosen}
     generates = {intervention.id: prompts_of(intervention, labels_of) for intervention in spec.interventions}
     expected = settings.expected_rows()
-    content_labels = tuple(getattr(generator, "content_labels", ()))
+    content_labels = tuple(generator.content_labels)
     for folder, prov in plan.provenances.values():
         stored = read_json(prov.sidecar) if prov.sidecar.is_file() else None
         if stored != prov.record or force:
@@ -90,41 +86,55 @@ def run_interventions(generator, prompts, plan: InterventionPlan, shard=None, fo
     # An interchange's unfinished sites of one prompt share one batch: (prompt, A, B, op) -> InterchangeBatch.
     batches, means = {}, {}
     for intervention, prompt_id in todo:
-        if intervention.kind == "interchange":
-            batches.setdefault((prompt_id, intervention.concept_a, intervention.concept, intervention.op), []).append(
-                (intervention.component, intervention.where[0]))
+        if isinstance(intervention, Interchange):
+            batches.setdefault(batch_key(prompt_id, intervention), []).append(site_of(intervention))
     with ThreadPoolExecutor(max_workers=WAV_WRITERS) as writers, \
             tqdm(total=len(todo), unit="run", desc=f"stage 2 interventions shard {shard}",
                  disable=not progress or not todo, dynamic_ncols=True) as bar:
         for intervention, prompt_id in todo:
             row = by_id[prompt_id]
-            conditioning = Conditioning(prompt=row.prompt, labels=tuple(row.labels), intervention=intervention)
-            runner = generator
-            if intervention.kind == "interchange":
+            conditioning = Conditioning(prompt=row.prompt, labels=tuple(row.labels))
+            sample = None
+            if isinstance(intervention, Steering):
+                conditioning = replace(conditioning, steering=intervention)
+            else:
                 for concept in (intervention.concept_a, intervention.concept):
                     if concept not in means:   # over all the run's prompts, not this shard's: shards agree
                         means[concept] = concept_means(generator, plan.generated, concept, prompts, settings)
-                key = (prompt_id, intervention.concept_a, intervention.concept, intervention.op)
+                key = batch_key(prompt_id, intervention)
                 if not isinstance(batches[key], InterchangeBatch):
                     batches[key] = InterchangeBatch(generator, means[intervention.concept_a],
                                                     means[intervention.concept], intervention.op, batches[key])
-                runner = SiteGenerator(batches[key], (intervention.component, intervention.where[0]))
-            generate_prompt(runner, prompt_id, conditioning, plan.provenances[intervention.id][0], settings,
-                            writers)
+                sample = batches[key].sampler(site_of(intervention))
+            generate_prompt(generator, prompt_id, conditioning, plan.provenances[intervention.id][0], settings,
+                            writers, sample)
             bar.update(1)
     return len(todo), skipped
 
 
-# -- interchange runs, batched over their (component, layer) sites ---------------------------------------------------
+def direction_hashes(intervention: Intervention) -> dict:
+    """Hash of a steering's direction file and its sidecar, so a changed file is a changed intervention."""
+    if not isinstance(intervention, Steering) or intervention.direction_file is None:
+        return {}
+    path = Path(intervention.direction_file)
+    return {"direction_sha256": sha256_file(path), "direction_sidecar_sha256": sha256_file(path.with_suffix(".json"))}
 
-MEANS_DIR = "component-means"
 
+# -- interchange runs, batched over their (component, block) sites ---------------------------------------------------
 
 def prompts_of(intervention: Intervention, labels_of: dict) -> set[str]:
     """The prompts an intervention generates: all for steering, concept A's for an interchange."""
-    if intervention.kind != "interchange":
+    if isinstance(intervention, Steering):
         return set(labels_of)
     return {p for p, labels in labels_of.items() if BY_NAME[intervention.concept_a].prompt_has(labels)}
+
+
+def batch_key(prompt_id: str, interchange: Interchange) -> tuple:
+    return prompt_id, interchange.concept_a, interchange.concept, interchange.op
+
+
+def site_of(interchange: Interchange) -> tuple[str, int]:
+    return interchange.component, interchange.block
 
 
 def concept_means(generator, generated: Path, concept: str, prompts, settings) -> np.ndarray:
@@ -137,9 +147,9 @@ def concept_means(generator, generated: Path, concept: str, prompts, settings) -
     record = {"concept": concept, "generator": generator.provenance(), "prompt_ids": [p for p, _ in chosen],
               "prompt_texts_sha256": sha256_json([text for _, text in chosen]), "seed": int(settings.seed),
               "samples": int(settings.samples), "seconds": float(settings.seconds),
-              "layout": "float32 [components (self_attn, cross_attn, mlp), layers 1..L, generated positions, "
+              "layout": "float32 [components (self_attn, cross_attn, mlp), blocks 0..L-1, generated positions, "
                         "branches (cond, uncond), dim]"}
-    path = Path(generated) / INTERVENTIONS_DIR / MEANS_DIR / f"{concept}-{sha256_json(record)[:16]}.npy"
+    path = means_dir(generated) / f"{concept}-{sha256_json(record)[:16]}.npy"
     prov = Provenance(sidecar=path.with_suffix(".json"), record=json.loads(json.dumps(record)), outputs=[path])
     if decide(prov, False, f"delete {path.parent} to recompute the means"):
         return np.load(path, allow_pickle=False)
@@ -152,8 +162,8 @@ def concept_means(generator, generated: Path, concept: str, prompts, settings) -
 
 class InterchangeBatch:
     """The batched generations of one interchange (A, B, op) on one prompt: the first site asking for a sampler
-    call (seed, count) runs every site of `sites` at once (MusicgenGenerator.sample_sites); the others read their
-    rows back. Stage 2 then writes each site's run with the ordinary generate_prompt through SiteGenerator."""
+    call (seed, count) runs every site of `sites` at once (Generator.sample_sites); the others read their rows
+    back. Stage 2 then writes each site's run with the ordinary generate_prompt, sampling through `sampler(site)`."""
 
     def __init__(self, generator, means_a: np.ndarray, means_b: np.ndarray, op: str, sites: list[tuple[str, int]]):
         self.generator, self.means_a, self.means_b, self.op, self.sites = generator, means_a, means_b, op, sites
@@ -173,16 +183,8 @@ class InterchangeBatch:
         observer.captured.extend(made.captured)
         observer.activations.extend(made.activations)
 
-
-class SiteGenerator:
-    """The generator as generate_prompt sees it for one interchange site: sampling comes from the batch, the rest
-    (decode, name, content labels, ...) is the MusicGen generator's own."""
-
-    def __init__(self, batch: InterchangeBatch, site: tuple[str, int]):
-        self.batch, self.site = batch, site
-
-    def __getattr__(self, name):
-        return getattr(self.batch.generator, name)
-
-    def sample(self, conditioning, seed: int, num_samples: int, seconds: float, observer):
-        self.batch.sample(self.site, seed, num_samples, seconds, observer, conditioning.prompt)
+    def sampler(self, site: tuple[str, int]):
+        """generate_prompt's `sample` for one site: its rows of the batched generation."""
+        def sample(conditioning, seed: int, num_samples: int, seconds: float, observer):
+            self.sample(site, seed, num_samples, seconds, observer, conditioning.prompt)
+        return sample

@@ -9,11 +9,9 @@ observer sees both the clean estimate (x0) and the noisy latent after the step (
 Presets are scheduler configs built with `CosineDPMSolverMultistepScheduler.from_config(pipe.scheduler.config, ...)`;
 README_stable_audio.md (diffusion/) says which sampler each realises and how it differs from stable-audio-tools.
 """
-import hashlib
 import json
 import math
 import os
-import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,10 +20,11 @@ import numpy as np
 import torch
 
 from data.generation import denoising_axis
-from data.hub import hub_error_message, local_model_dir
+from data.hub import WEIGHT_SUFFIXES, checkpoint_sha256, hub_error_message, loaded_files, local_model_dir
 from data.stage import InputError
 from diffusion.base import Conditioning, Generator, TrajectoryObserver, default_capture
-from diffusion.interventions import stable_audio_hooks, stable_audio_sites
+from diffusion.interventions.hooks import StepClock, hooks_applied, resid_post
+from diffusion.interventions.steering import steering_hooks
 
 HUB_ID = "stabilityai/stable-audio-open-1.0"
 # What save_pretrained writes for StableAudioPipeline, and which file says a component is really there.
@@ -38,9 +37,7 @@ COMPONENTS = {
     "scheduler": ("scheduler_config.json",),
 }
 WEIGHTED = ("transformer", "vae", "text_encoder", "projection_model")
-WEIGHT_SUFFIXES = (".safetensors", ".bin")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -56,7 +53,7 @@ class Preset:
 
 
 PRESETS = {
-    # The reference study's settings (issue 3): 50 steps, cfg 6, dpmpp-2m-sde, sigma 0.01-100, 10 s; its config
+    # The reference study's settings: 50 steps, cfg 6, dpmpp-2m-sde, sigma 0.01-100, 10 s; its config
     # (dkytezab/musicologist, diffusion/diff_config.yml) saves x0 at steps 5, 10, ..., 45, and the final one.
     "reference": Preset(steps=50, guidance_scale=6.0, sigma_min=0.01, sigma_max=100.0, solver_order=2,
                         seconds=10.0, source_sampler="dpmpp-2m-sde", source="reference study"),
@@ -70,6 +67,11 @@ DEFAULT_PRESET = "reference"
 
 class StableAudioGenerator(Generator):
     name = "stable-audio-open"
+    # Steering acts on the DiT blocks' outputs at the scheduler's own step; CFG runs [uncond x B, cond x B] when
+    # guidance > 1 (has_unconditional_rows, set from the preset).
+    intervention_site = "blocks"
+    intervention_clock = "denoising_step"
+    cfg_layout = "uncond_first"
 
     def __init__(self, model: str | os.PathLike | None = None, preset: str | None = None, steps: int | None = None,
                  device: str | None = None, dtype: str | None = None, decode_dtype: str | None = None):
@@ -112,22 +114,20 @@ class StableAudioGenerator(Generator):
         self.default_seconds = min(self.preset.seconds, self.max_seconds)
         self.axis = denoising_axis(self.steps)
         self.default_capture = default_capture(self.axis.positions)
-        # Steering targets the DiT blocks (0-based); CFG runs [uncond x B, cond x B] when guidance > 1.
-        self.intervention_sites = stable_audio_sites(transformer)
         self.has_unconditional_rows = self.preset.guidance_scale > 1.0
-        self._model_sha256 = None
+        self._checkpoint_sha256 = None
         self.decode_context_frames = decoder_context_frames(vae)
 
     # -- the Generator interface -------------------------------------------------------------------------------
 
     def provenance(self) -> dict:
-        if self._model_sha256 is None:
-            self._model_sha256 = model_sha256(self.model_dir)
+        if self._checkpoint_sha256 is None:
+            self._checkpoint_sha256 = checkpoint_sha256(self.model_dir, pipeline_files(self.model_dir))
         scheduler = self.pipeline.scheduler
         return {
             "generator": self.name,
             "model": self.model,
-            "model_sha256": self._model_sha256,
+            "checkpoint_sha256": self._checkpoint_sha256,
             "preset": self.preset_name,
             "settings": {**asdict(self.preset), "steps": self.steps,
                          "scheduler": type(scheduler).__name__,
@@ -173,8 +173,9 @@ class StableAudioGenerator(Generator):
         # each row its own Brownian tree seeded with that generator's seed. CPU generators make the initial noise
         # the same on any device.
         generator = [torch.Generator("cpu").manual_seed(int(seed) + row) for row in range(int(num_samples))]
-        # Steering hooks on the DiT blocks (diffusion/interventions.py), taken off when the call ends.
-        with warnings.catch_warnings(), stable_audio_hooks(pipe, conditioning.intervention, int(num_samples)):
+        # Steering hooks on the DiT blocks (diffusion/interventions/steering.py), taken off when the call ends.
+        with warnings.catch_warnings(), hooks_applied(self.hook_points(),
+                                                      steering_hooks(self, conditioning.steering, int(num_samples))):
             # diffusers asks its Brownian tree for noise down to the final sigma 0, below the tree's start
             # (sigma_min); torchsde warns at every such step and returns the end value, which the last update
             # multiplies by sigma = 0. The warnings say nothing about this run.
@@ -184,6 +185,15 @@ class StableAudioGenerator(Generator):
                           num_waveforms_per_prompt=int(num_samples), generator=generator,
                           callback=on_step if observer is not None else None, callback_steps=1, output_type="latent")
         return output.audios
+
+    def hook_points(self) -> dict[str, torch.nn.Module]:
+        """Block b's output (`blocks.{b}.hook_resid_post`) is transformer_blocks[b]'s."""
+        return {resid_post(block): module for block, module in enumerate(self.pipeline.transformer.transformer_blocks)}
+
+    def hook_clock(self) -> StepClock:
+        """The scheduler's own step_index: the pipeline calls the transformer once per step with [uncond x B,
+        cond x B] rows."""
+        return StepClock(self.pipeline.scheduler)
 
     def decode(self, latents: torch.Tensor, seconds: float) -> np.ndarray:
         """Latents [B, C, frames] -> float32 audio [B, channels, samples], cropped to `seconds` like the pipeline
@@ -322,16 +332,9 @@ def scheduler_for(loaded_scheduler, preset: Preset):
         sigma_schedule="exponential", solver_order=preset.solver_order, final_sigmas_type="zero")
 
 
-# Files of a component folder that from_pretrained reads besides its weights: configs, tokenizer files and
-# the index of sharded weights. README, images and the like are never read.
-READ_SUFFIXES = (".json", ".model", ".txt")
-
-
-def loaded_files(model_dir: Path) -> list[Path]:
+def pipeline_files(model_dir: Path) -> list[Path]:
     """The files StableAudioPipeline.from_pretrained reads from a model directory: model_index.json and, in each
-    component folder model_index.json names, its configs and tokenizer files and one weight format —
-    safetensors when the folder has any (what diffusers and transformers then load), else .bin — without
-    variant files (name.<variant>.safetensors: this loader never asks for a variant).
+    component folder model_index.json names, what from_pretrained reads there (data/hub.py `loaded_files`).
 
     The hub repository holds more (the original stable-audio-tools checkpoint model.ckpt and model.safetensors,
     licence, images, attribution tables) that the pipeline never reads; a full snapshot and the pipeline's own
@@ -344,32 +347,5 @@ def loaded_files(model_dir: Path) -> list[Path]:
         folder = model_dir / component
         if component.startswith("_") or not isinstance(entry, list) or None in entry or not folder.is_dir():
             continue
-        present = sorted(path for path in folder.rglob("*") if path.is_file() and not path.name.startswith("."))
-        weights = {suffix: [path for path in present if path.name.endswith(suffix) and "." not in
-                            path.name[:-len(suffix)]] for suffix in WEIGHT_SUFFIXES}
-        chosen = weights[".safetensors"] or weights[".bin"]
-        files += [path for path in present if path.suffix in READ_SUFFIXES] + chosen
+        files += loaded_files(folder)
     return sorted(files)
-
-
-def model_sha256(model_dir: Path) -> str:
-    """Identity of a model: sha256 over (relative path, file sha256) of the files the pipeline loads.
-
-    Files in the HF cache are symlinks to blobs named by their own sha256 (LFS files), so hub models hash in
-    no time; other weight files are read once.
-    """
-    digest = hashlib.sha256()
-    for path in loaded_files(model_dir):
-        relative = path.relative_to(model_dir).as_posix()
-        blob = Path(os.path.realpath(path)).name
-        file_hash = blob if HEX64.match(blob) else _sha256_file(path)
-        digest.update(f"{relative}\0{file_hash}\n".encode())
-    return digest.hexdigest()
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

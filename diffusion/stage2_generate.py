@@ -5,7 +5,7 @@
 Generators: "ideal" (embedded; a reference model, not a trained one: the closed-form denoiser of
 diffusion/ideal.py over a bank of soundfont clips, no weights or network needed), "stable-audio-open"
 (Stable Audio Open 1.0 through diffusers; --model a hub id or a save_pretrained directory) and "musicgen"
-(transformers' MusicGen; a trajectory over decoder layers, settings by --generator-option: diffusion/musicgen.py).
+(transformers' MusicGen; a trajectory over decoder layers, settings by --generator-option: diffusion/musicgen/).
 
 Runs resume: prompts whose index part exists are skipped, so a killed run continues where it stopped; --force
 redoes this shard's prompts. Shards (--shard i/n, or a SLURM array's task id and count) split the prompts by
@@ -24,8 +24,10 @@ if __package__ in (None, ""):
 
 from data.contract import annotated_csv, generated_dir, read_annotated
 from data.files import sha256_file
+from data.interventions import INTERVENTIONS_DIR
 from data.stage import InputError, main_exit, parse_shard, stage_parser
-from diffusion import GENERATORS, intervened_runs, interventions, load_generator
+from diffusion import GENERATORS, intervened_runs, load_generator
+from diffusion.interventions.spec import check_spec, load_spec
 from diffusion.trajectory import (TrajectorySettings, check_force, check_generation, parse_capture_steps, parse_kinds,
                                   run_trajectories)
 
@@ -77,8 +79,8 @@ def build_parser():
                         help="only the first N prompts of annotated.csv (quick looks)")
     parser.add_argument("--intervene", default=None, metavar="SPEC",
                         help="also generate the interventions of this spec file (JSON/YAML, format in "
-                             "diffusion/interventions.py) into generated/interventions/<id>/, paired by seed with "
-                             "this run (the reference)")
+                             "diffusion/interventions/spec.py) into generated/interventions/<id>/, paired by seed "
+                             "with this run (the reference)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
@@ -113,7 +115,7 @@ def main(args) -> None:
     kinds = parse_kinds(args.kinds)
     annotated = read_annotated(args.data)
     prompts = annotated.head(args.limit_prompts) if args.limit_prompts else annotated
-    spec = interventions.load_spec(args.intervene) if args.intervene else None
+    spec = load_spec(args.intervene) if args.intervene else None
 
     started = time.monotonic()
     options = parse_generator_options(args.generator_option)
@@ -143,8 +145,8 @@ def main(args) -> None:
     provenance = check_generation(generator, settings, annotated_sha256, generated, args.force)
     plan = None
     if spec is not None:
-        interventions.check_spec(spec, generator, settings.samples, list(prompts["prompt_id"]),
-                                 dict(zip(prompts["prompt_id"], map(tuple, prompts["labels"]))))
+        check_spec(spec, generator, settings.seconds, settings.samples, list(prompts["prompt_id"]),
+                   dict(zip(prompts["prompt_id"], map(tuple, prompts["labels"]))))
         plan = intervened_runs.plan_interventions(generated, settings, spec, provenance, args.force)
     if args.force:
         check_force(generated, provenance, prompts, shard, list(annotated["prompt_id"]))
@@ -168,7 +170,7 @@ def main(args) -> None:
         done, skipped = intervened_runs.run_interventions(generator, prompts, plan, shard=shard, force=args.force,
                                                         progress=not args.no_progress)
         print(f"stage 2: {len(spec.interventions)} interventions of {spec.path.name}: {skipped} prompt runs already "
-              f"done, {done} generated; outputs in {generated / interventions.INTERVENTIONS_DIR}", file=sys.stderr)
+              f"done, {done} generated; outputs in {generated / INTERVENTIONS_DIR}", file=sys.stderr)
 
 
 def lock_name(args) -> str:

@@ -35,12 +35,13 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from data.audio import write_wav
-from data.contract import INDEX_COLUMNS, Provenance, begin, commit, decide
+from data.contract import INDEX_COLUMNS
 from data.files import read_json, write_npy, write_text
 from data.generation import GENERATION_JSON, TrajectoryAxis
+from data.provenance import Provenance, begin, commit, decide
 from data.realised_content import content_part_path, format_content_part
 from data.stage import InputError, Shard
 from diffusion.base import KINDS, Conditioning, Generator, TrajectoryObserver
@@ -113,7 +114,7 @@ def generation_record(generator: Generator, settings: TrajectorySettings, annota
     Batch sizes are left out: they change how the work is grouped, not the audio (seed + row per sample).
     """
     record = dict(generator.provenance())
-    for key in ("model", "model_sha256", "preset"):
+    for key in ("model", "checkpoint_sha256", "preset"):
         if key not in record:
             raise RuntimeError(f"{type(generator).__name__}.provenance() must give '{key}'")
     record.update({
@@ -260,9 +261,12 @@ def run_trajectories(generator: Generator, prompts, generated: Path, settings: T
 
 
 def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditioning, generated: Path,
-                    settings: TrajectorySettings, writers: ThreadPoolExecutor) -> int:
+                    settings: TrajectorySettings, writers: ThreadPoolExecutor, sample: Callable | None = None) -> int:
     """All samples of one prompt: wavs first, then the realised content part (if the generator reports
-    content), the index part last. Returns the number of clips written."""
+    content), the index part last. Returns the number of clips written.
+
+    `sample(conditioning, seed, num_samples, seconds, observer)` replaces `generator.sample` where the samples come
+    from elsewhere (an interchange site's rows of a batched generation, diffusion/intervened_runs.py)."""
     part_path = generated / "index" / f"{prompt_id}.csv"
     content_path = content_part_path(generated, prompt_id)
     # A part says "complete"; drop it before touching the prompt's clips so that no kill leaves it lying.
@@ -279,7 +283,7 @@ def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditio
     for first in range(0, settings.samples, settings.batch_size):
         count = min(settings.batch_size, settings.samples - first)
         observer = TrajectoryObserver(settings.capture_steps, settings.kinds)
-        generator.sample(conditioning, base_seed + first, count, settings.seconds, observer)
+        (sample or generator.sample)(conditioning, base_seed + first, count, settings.seconds, observer)
         clips = []  # (sample, kind, step, sigma, latent, content {label: mass})
         for captured in observer.captured:
             if set(captured.content) != set(labels):

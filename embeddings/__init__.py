@@ -4,6 +4,8 @@ import importlib
 import re
 from pathlib import Path
 
+from data.stage import InputError
+
 # name -> "module:Class"; a new embedder is one new file and one line here.
 EMBEDDERS = {
     "spectral": "embeddings.spectral:SpectralEmbedder",
@@ -29,8 +31,6 @@ def embedding_stem(embedder: str, model: str | None = None) -> str:
     is a local directory's name or a hub id's last part ("clap-larger_clap_general"). Needs no model loaded,
     so stage 6 finds the files stages 3 and 5 wrote from the same two options.
     """
-    from data.stage import InputError
-
     if embedder not in EMBEDDERS:
         raise InputError(f"--embedder {embedder!r} is not an embedder — choose from {', '.join(sorted(EMBEDDERS))}")
     if model is None:

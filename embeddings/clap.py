@@ -5,9 +5,8 @@ Checkpoints
     laion/clap-htsat-unfused and laion/clap-htsat-fused also work) resolved through the Hugging Face cache
     (HF_HOME, HF_TOKEN and HF_HUB_OFFLINE are honoured), or a local directory saved with save_pretrained
     holding config.json (model_type "clap"), the weights and the feature extractor's config; a tokenizer beside them
-    enables the text path. The checkpoint hash is the sha256 of the weight files' bytes (for one file it is
-    that file's sha256, which the hub also reports); digests are cached by (path, size, mtime) so a 600 MB
-    checkpoint is hashed once.
+    enables the text path. The checkpoint's identity is data/hub.py's one rule (`checkpoint_sha256` over the
+    files the loader reads: configs, tokenizer files, weights).
 
 Window policy (deterministic: the same clip always gives the same vector, in any batch)
     Every clip is cut to exactly one window of `max_length_s` (10 s) at the extractor's rate (48 kHz) before
@@ -41,15 +40,14 @@ Vectors
     CLAP's contrastive space is cosine-based). `embed_text` gives the text projection, also L2-normalised, in
     the same space, for zero-shot probes.
 """
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors import SafetensorError
 
-from data.files import read_json, sha256_file, sha256_text, write_json
-from data.hub import hub_error_message
+from data.files import read_json
+from data.hub import checkpoint_sha256, hub_error_message, loaded_files
 from data.stage import InputError
 from embeddings import DEFAULT_MODELS, embedding_stem
 from embeddings.base import Embedder
@@ -142,7 +140,7 @@ class ClapEmbedder(Embedder):
         self._mel_filters = torch.from_numpy(np.asarray(filters, dtype=np.float32)).to(self.device)
         self._hann = torch.hann_window(extractor.fft_window_size, periodic=True, dtype=torch.float32,
                                        device=self.device)
-        self.checkpoint_sha256 = checkpoint_sha256(weights)
+        self.checkpoint_sha256 = checkpoint_sha256(self.checkpoint_dir, loaded_files(self.checkpoint_dir))
         self.name = embedding_stem("clap", str(model))
         fill = {"repeatpad": "repeat-padded (whole copies, then silence)", "repeat": "repeated and cut",
                 "pad": "zero-padded at the end"}[self.padding]
@@ -304,40 +302,6 @@ def weight_files(directory: Path) -> list[Path]:
         if found:
             return found
     return []
-
-
-def checkpoint_sha256(files: list[Path]) -> str:
-    """sha256 of one weight file's bytes; for sharded weights, of the lines '<name> <sha256>'."""
-    digests = [(path.name, _cached_sha256(path)) for path in files]
-    if len(digests) == 1:
-        return digests[0][1]
-    return sha256_text("".join(f"{name} {digest}\n" for name, digest in digests))
-
-
-def _hash_cache_path() -> Path:
-    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return root / "musicologist" / "checkpoint_sha256.json"
-
-
-def _cached_sha256(path: Path) -> str:
-    """Hub snapshots are symlinks into a blob store: key on the real file so every snapshot shares one digest."""
-    real = path.resolve()
-    stat = real.stat()
-    key = f"{real}|{stat.st_size}|{stat.st_mtime_ns}"
-    cache_path = _hash_cache_path()
-    try:
-        cache = read_json(cache_path) if cache_path.is_file() else {}
-    except (ValueError, OSError):
-        cache = {}  # a torn cache is only a lost shortcut
-    if not isinstance(cache, dict):
-        cache = {}
-    if key not in cache:
-        cache[key] = sha256_file(real)
-        try:
-            write_json(cache_path, cache)
-        except OSError:
-            pass  # a read-only home still embeds; it just hashes again next time
-    return cache[key]
 
 
 # ---------------------------------------------------------------------------------------------- helpers

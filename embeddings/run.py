@@ -9,7 +9,7 @@ file i, and its provenance sidecar:
   and memory stays constant however many files there are.
 - Rows are embedded in fixed chunks (`<name>.chunks/00000.npy` holds rows [0, chunk_rows)), each written
   atomically; `manifest.json` beside them (written first) records the provenance they were made for. A killed
-  run resumes at the missing chunks. Provenance follows data.contract.decide: an output or chunks made from
+  run resumes at the missing chunks. Provenance follows data.provenance.decide: an output or chunks made from
   other rows, inputs or embedder settings are refused; --force replaces them.
 - Shards (--shard i/n, or a SLURM array's task id and count): shard i embeds chunks k with k mod n == i into
   the one shared chunks folder. Whichever shard finds every chunk present (the last to finish) streams them
@@ -40,8 +40,9 @@ import soxr
 from tqdm import tqdm
 
 from data.audio import read_audio, resample, to_mono
-from data.contract import LENGTH_TOLERANCE, Provenance, begin, commit, decide, first_difference, first_line
+from data.contract import LENGTH_TOLERANCE, first_line
 from data.files import atomic_path, read_json, remove_stale_temps, write_npy
+from data.provenance import Provenance, begin, commit, decide, first_difference
 from data.stage import InputError, Shard, add_shard_argument, file_lock, lock_path, parse_shard
 from embeddings import EMBEDDERS, embedding_stem, load_embedder
 
@@ -98,7 +99,7 @@ def embed_files(paths: Sequence, embedder, out_path, *, rows_key: str, rows_sha2
     rows_key/rows_sha256 name the table the rows are aligned with (e.g. "index_sha256"); `extra` holds other
     input identities for the sidecar (e.g. generation_sha256). expect_rate/expect_channels are one value for
     every file or one per file; so is expect_frames, the declared length that a file may fall short of by at most
-    data.contract.LENGTH_TOLERANCE. The provenance rule is data.contract.decide: an output that is up to date is
+    data.contract.LENGTH_TOLERANCE. The provenance rule is data.provenance.decide: an output that is up to date is
     kept; one made from other rows, inputs or embedder settings is refused unless force.
 
     shard i/n embeds chunks k with k mod n == i; the shard that finds every chunk present writes the matrix
@@ -250,7 +251,7 @@ def _read_json_or_none(path: Path) -> dict | None:
 
 def _open_chunks(chunks_dir: Path, prov: Provenance, chunk_rows: int, force: bool, shard: Shard) -> int:
     """Check leftover chunks against this run (under the shared lock); return the chunk size to use (a
-    resumed run keeps its own). The manifest is data.contract's rule applied to the partial results."""
+    resumed run keeps its own). The manifest is data.provenance's rule applied to the partial results."""
     manifest = Provenance(sidecar=chunks_dir / MANIFEST, record=prov.record, outputs=[])
     if force:
         existing = _read_json_or_none(manifest.sidecar)

@@ -37,10 +37,12 @@ import pandas as pd
 
 from data.audio import read_audio
 from data.concepts import BY_NAME
-from data.contract import Provenance, generated_dir, table_sha256
+from data.contract import generated_dir, table_sha256
 from data.files import sha256_file
 from data.stage import InputError
-from diffusion.interventions import read_intervention_records
+from data.interventions import read_intervention_records
+from data.provenance import Provenance
+from diffusion.interventions.records import group_key
 from interp import statistics
 
 LOUDNESS_LIMIT_DB = 10.0
@@ -108,7 +110,7 @@ def compare(scores: pd.DataFrame, records: dict[str, dict], concept_names, famil
             loudness: pd.Series | None = None, emergence_steps: pd.DataFrame | None = None, axis_name: str = "step",
             n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, pd.DataFrame]:
     """The comparison tables (module docstring). `records`: intervention id -> its record (diffusion/
-    interventions.py Intervention.record()); `embeddings`: matrix indexed by scores' `row`; `loudness`: dBFS per
+    interventions/records.py `record()`); `embeddings`: matrix indexed by scores' `row`; `loudness`: dBFS per
     scores row (index aligned), or None to skip the loudness guard."""
     level = 1.0 - alpha
     concept_names = list(concept_names)
@@ -148,13 +150,13 @@ def compare(scores: pd.DataFrame, records: dict[str, dict], concept_names, famil
         chosen = pairs.loc[rows]
         prompt = chosen["prompt_index"].to_numpy()
         target = record["concept"]
-        strength = float(record["strength"])
+        strength = record.get("strength")   # steering only; an interchange has no baseline to be beyond
         baseline_ids = [other for other, other_record in records.items()
-                        if other_record["direction"] == "random" and group_of[other] == group_of[identifier]
+                        if other_record.get("direction") == "random" and group_of[other] == group_of[identifier]
                         and other_record["from_step"] == record["from_step"] and other != identifier]
         key = chosen[["prompt_id", "sample"]].apply(tuple, axis=1)
         baseline = {}
-        if record["direction"] != "random" and baseline_ids:
+        if record.get("direction") != "random" and baseline_ids:
             for concept in concept_names:
                 stacks = []
                 for other in baseline_ids:
@@ -179,7 +181,7 @@ def compare(scores: pd.DataFrame, records: dict[str, dict], concept_names, famil
 
         target_delta = deltas[target][positions]
         summary = {**_flat(record), "n_pairs": int(len(positions)), "n_prompts": int(len(set(prompt))),
-                   "n_baseline_directions": len(baseline_ids) if record["direction"] != "random" else 0}
+                   "n_baseline_directions": len(baseline_ids) if record.get("direction") != "random" else 0}
         summary["target_delta"], summary["target_delta_low"], summary["target_delta_high"] = bootstrap_mean(
             target_delta, prompt, weights, level)
         if baseline.get(target) is not None:
@@ -248,7 +250,8 @@ def interchange_table(interventions: pd.DataFrame) -> pd.DataFrame:
     if interventions.empty or "kind" not in interventions:
         return pd.DataFrame(columns=INTERCHANGE_COLUMNS)
     chosen = interventions[interventions["kind"] == "interchange"]
-    table = chosen.rename(columns={"concept": "concept_b"}).assign(layer=chosen["where"].astype(int))
+    # `layer` stays the decoder layer 1..L of the trajectory axis: block b's components are layer b + 1's.
+    table = chosen.rename(columns={"concept": "concept_b"}).assign(layer=chosen["where"].astype(int) + 1)
     table = table.reindex(columns=INTERCHANGE_COLUMNS)
     order = {name: i for i, name in enumerate(("self_attn", "cross_attn", "mlp"))}
     return table.sort_values(["concept_a", "concept_b", "op", "layer", "component"],
@@ -293,8 +296,7 @@ def commitment_table(interventions: pd.DataFrame, emergence_steps: pd.DataFrame 
 
 
 def _group(record: dict) -> tuple:
-    return (record.get("kind", "steer"), record["concept"], str(record["where"]), float(record["strength"]),
-            record["mode"], record.get("to_step"), record["rows"], record.get("direction_file"))
+    return group_key(record)
 
 
 def _flat(record: dict) -> dict:
@@ -315,7 +317,7 @@ def _unit(vectors: np.ndarray) -> np.ndarray:
 
 def provenance(out: Path, data: Path, analysis_record: dict, intervened_index: pd.DataFrame) -> Provenance:
     """compare/'s provenance, decided apart from the analysis' own (stage6.json): what it is made from is the
-    analysis' record (its inputs and settings), the intervened rows and their specs (data.contract's rule)."""
+    analysis' record (its inputs and settings), the intervened rows and their specs (data.provenance's rule)."""
     specs = sorted((generated_dir(data) / "interventions").glob("*/intervention.json"))
     record = {"inputs": {"stage6": analysis_record, "intervened_index_sha256": table_sha256(intervened_index),
                          "interventions": {path.parent.name: sha256_file(path) for path in specs}},

@@ -25,7 +25,7 @@ Writes <data>/concepts/notes.csv, sets.csv and concepts.json (data/ARTIFACTS.md,
   metadata); it is an explicit flag rather than automatic so that a lost audio/ folder is reported, not
   silently ignored. The sidecar records it, and stage 5 has no audio to embed for such sets.
 - Resume: the three files are rebuilt together (seconds even for the train split); a run whose inputs and
-  settings match an existing concepts.json (data.contract.decide), and whose notes.csv and sets.csv match its
+  settings match an existing concepts.json (data.provenance.decide), and whose notes.csv and sets.csv match its
   hashes, is skipped. Existing outputs made with other inputs or settings are refused unless --force.
 - Relocatable: concepts.json stores nsynth_dir relative to --data when it lies below it (the rendered set),
   else as an absolute path; stage 5 checks examples.json's hash wherever it reads the notes from.
@@ -40,8 +40,9 @@ import numpy as np
 import pandas as pd
 
 from data.concepts import CONCEPTS
-from data.contract import NOTES_COLUMNS, SETS_COLUMNS, Provenance, begin, commit, concepts_dir, decide, table_sha256
+from data.contract import NOTES_COLUMNS, SETS_COLUMNS, concepts_dir, table_sha256
 from data.files import read_json, sha256_file, write_csv
+from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError, main_exit, stage_parser
 from interp import nsynth
 

@@ -11,7 +11,7 @@ have the embedding-space columns and come from the same computation (interp/emer
 Outputs in results/activations/<branch>-<pool>/logreg/: those three tables, probabilities.csv (out-of-fold
 scores), directions/<concept>.npy + .json (per layer the unit probe direction in raw residual space, for steering:
 data/directions.py's artifact, method "probe", block = layer − 1), plots/heatmap_auroc.png and report.html (unless
---no-report), stage6.json (provenance, written last). Skipped when up to date (data.contract's rule).
+--no-report), stage6.json (provenance, written last). Skipped when up to date (data.provenance's rule).
 """
 import sys
 import time
@@ -25,7 +25,8 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from data.concepts import CONCEPTS
-from data.contract import Provenance, begin, commit, decide, generated_dir, read_annotated, read_generated_index
+from data.contract import generated_dir, read_annotated, read_generated_index
+from data.provenance import Provenance, begin, commit, decide
 from data.directions import Direction
 from data.files import sha256_file, write_csv
 from data.generation import TrajectoryAxis, read_generation
@@ -144,7 +145,7 @@ def direction_of(concept: str, vectors: np.ndarray, axis: TrajectoryAxis, table:
         "auroc": rows["auroc"].tolist(), "auroc_low": rows["auroc_low"].tolist(),
         "auroc_high": rows["auroc_high"].tolist(), "generation_sha256": record["inputs"]["generation"],
         "activations_sha256": record["inputs"]["activations"], "generator": generation.get("generator"),
-        "model": generation.get("model"), "model_sha256": generation.get("model_sha256"),
+        "model": generation.get("model"), "checkpoint_sha256": generation.get("checkpoint_sha256"),
         "trained_on": "every sample (final fit after cross-validation)"})
 
 

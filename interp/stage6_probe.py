@@ -7,7 +7,7 @@ record it) the content the generator actually realised (data/ARTIFACTS.md, stage
     python interp/stage6_probe.py --data data --space activations [--branch cond] [--pool mean]
 
 Outputs go to <data>/results/<embedder stem>/<probe>/<kind>/ (the stem of --embedder/--model, as stages 3 and 5
-name their files) and are skipped when up to date with their inputs (data.contract's provenance rule).
+name their files) and are skipped when up to date with their inputs (data.provenance's rule).
 Read top to bottom: inputs (named records, interp/records.py) -> probes and their random-concept baselines
 (interp/fitting.py) -> emergence per yardstick, one Bonferroni family, status per concept (interp/emergence.py)
 -> files, figures, report, summary. `--compare` scores the intervened clips against their pairs
@@ -27,8 +27,9 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from data.concepts import CONCEPTS
-from data.contract import Provenance, begin, commit, concepts_dir, decide, generated_dir, table_sha256
+from data.contract import concepts_dir, generated_dir, table_sha256
 from data.files import read_json, sha256_file, write_csv
+from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError, main_exit, stage_parser
 from embeddings import EMBEDDERS, embedding_stem
 from interp import compare, compare_report, plots, report, stage6_activations, summary

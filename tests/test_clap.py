@@ -7,10 +7,10 @@ import torch
 from tiny_clap import save_tiny_clap
 from transformers import ClapFeatureExtractor, ClapModel
 
-from data.files import sha256_file
+from data.hub import checkpoint_sha256, loaded_files
 from data.stage import InputError
 from embeddings import load_embedder
-from embeddings.clap import ClapEmbedder, checkpoint_sha256
+from embeddings.clap import ClapEmbedder
 
 RATE = 48_000
 
@@ -177,7 +177,7 @@ def test_provenance_names_checkpoint_hash_window_and_normalisation(unfused_dir, 
     provenance = unfused.provenance()
     assert provenance["embedder"] == "clap" and unfused.name == "clap-tiny-unfused"
     assert provenance["model"] == str(unfused_dir.resolve())
-    assert provenance["checkpoint_sha256"] == sha256_file(unfused_dir / "model.safetensors")
+    assert provenance["checkpoint_sha256"] == checkpoint_sha256(unfused_dir, loaded_files(unfused_dir))
     assert provenance["window_policy"] == unfused.window_policy and "centred 10 s" in unfused.window_policy
     assert provenance["dim"] == unfused.dim == 24
     assert provenance["l2_normalised"] is True and provenance["sample_rate"] == RATE
@@ -188,10 +188,10 @@ def test_provenance_names_checkpoint_hash_window_and_normalisation(unfused_dir, 
 
 
 def test_the_checkpoint_digest_is_cached_by_path_size_and_mtime(unfused_dir, monkeypatch):
-    weights = [unfused_dir / "model.safetensors"]
-    digest = checkpoint_sha256(weights)
-    monkeypatch.setattr("embeddings.clap.sha256_file", lambda path: pytest.fail("hashed again"))
-    assert checkpoint_sha256(weights) == digest
+    files = loaded_files(unfused_dir)
+    digest = checkpoint_sha256(unfused_dir, files)
+    monkeypatch.setattr("data.hub.sha256_file", lambda path: pytest.fail("hashed again"))
+    assert checkpoint_sha256(unfused_dir, files) == digest
 
 
 def test_load_embedder_builds_clap_by_name(unfused_dir):
@@ -327,7 +327,7 @@ def test_a_hub_id_loads_offline_from_the_hugging_face_cache(tmp_path, monkeypatc
     embedder = ClapEmbedder("laion/larger_clap_general")
     assert embedder.name == "clap-larger_clap_general"
     assert embedder.provenance()["model"] == "laion/larger_clap_general"
-    assert embedder.provenance()["checkpoint_sha256"] == sha256_file(unfused_dir / "model.safetensors")
+    assert embedder.provenance()["checkpoint_sha256"] == checkpoint_sha256(unfused_dir, loaded_files(unfused_dir))
     clip = tone(4.0, 220.0)
     np.testing.assert_array_equal(embedder.embed([clip]), ClapEmbedder(str(unfused_dir)).embed([clip]))
 

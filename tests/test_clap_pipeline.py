@@ -16,7 +16,8 @@ from tiny_clap import save_tiny_clap
 
 from data.audio import read_audio, resample, to_mono, write_wav
 from data.contract import INDEX_COLUMNS, read_embeddings, read_generated_index, read_notes, table_sha256
-from data.files import read_json, sha256_file, write_json
+from data.files import read_json, write_json
+from data.hub import checkpoint_sha256, loaded_files
 from data.nsynth import render_soundfont
 from data.stage import REPO_ROOT, run_stage
 from embeddings import embedding_stem
@@ -96,7 +97,7 @@ def test_stage3_rows_are_the_clips_of_the_sorted_index(pipeline):
     npy = data / "generated" / "embeddings" / f"{embedder.name}.npy"
     matrix, sidecar = read_embeddings(npy, len(index), table_sha256(index), "index_sha256", fix="rerun stage 3")
     assert sidecar["embedder"] == "clap" and sidecar["model"] == str(checkpoint.resolve())
-    assert sidecar["checkpoint_sha256"] == sha256_file(checkpoint / "model.safetensors")
+    assert sidecar["checkpoint_sha256"] == checkpoint_sha256(checkpoint, loaded_files(checkpoint))
     assert sidecar["window_policy"] == embedder.window_policy and sidecar["dim"] == embedder.dim
     for row in range(len(index)):
         audio, rate = read_audio(data / "generated" / index.at[row, "path"])

@@ -111,7 +111,7 @@ def test_up_to_date_output_is_skipped_and_force_recomputes(tmp_path):
 
 
 def test_changed_rows_are_refused_unless_forced(tmp_path):
-    """One provenance rule (data.contract.decide): other rows are other inputs, so --force says so."""
+    """One provenance rule (data.provenance.decide): other rows are other inputs, so --force says so."""
     paths = write_clips(tmp_path, 5)
     out = tmp_path / "spectral.npy"
     run_embed(paths[:3], SpectralEmbedder(), out, rows_sha256="three-rows")

@@ -53,7 +53,7 @@ def default_generator(tmp_path_factory):
     """The real default bank, rendered from the soundfont into an empty bank directory on first use."""
     directory = tmp_path_factory.mktemp("default-bank")
     generator = IdealGenerator(model=str(directory))
-    assert generator.provenance()["model_sha256"] == load_bank(directory).sha256
+    assert generator.provenance()["checkpoint_sha256"] == load_bank(directory).sha256
     assert reference_bank.read_bank_sidecar(directory)["recipe"] == reference_bank.default_recipe()
     return generator
 
@@ -167,7 +167,7 @@ def test_bank_directory_round_trip_and_corruption(tmp_path):
     loaded = load_bank(tmp_path / "bank")
     assert loaded.sha256 == bank.sha256 and loaded.clip_ids == bank.clip_ids and loaded.labels == bank.labels
     generator = load_generator("ideal", model=str(tmp_path / "bank"))
-    assert generator.provenance()["model_sha256"] == bank.sha256
+    assert generator.provenance()["checkpoint_sha256"] == bank.sha256
     assert generator.sample_rate == SYNTHETIC_RATE and generator.max_seconds == pytest.approx(0.5)
     (tmp_path / "bank" / "clips.csv").write_text("clip_id,labels\nx,brass\n")
     with pytest.raises(InputError, match="clips.csv"):
@@ -214,7 +214,7 @@ def test_brass_prompt_starts_as_a_blend_and_ends_on_a_brass_clip(default_generat
 
 
 def test_realised_content_is_the_posterior_mass_of_each_label_and_ends_on_the_chosen_clip(tiny):
-    """Issue 12's second yardstick: what the clean estimate is made of, step by step."""
+    """Stage 6's second yardstick: what the clean estimate is made of, step by step."""
     observer = TrajectoryObserver(range(50), ["x0"])
     weights = {}
     latents = tiny.sample(Conditioning("brass and strings", ("brass", "string")), seed=9, num_samples=3,

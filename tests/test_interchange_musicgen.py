@@ -1,4 +1,4 @@
-"""Interchange interventions end to end on a tiny MusicGen (issue 11): spec -> stage 2 (one batched generation per
+"""Interchange interventions end to end on a tiny MusicGen: spec -> stage 2 (one batched generation per
 prompt for every (component, layer) site) -> stage 3 -> stage 6 --compare (interchange.csv).
 
 Known answer: "adjust" with A == B shifts every component by mean_A - mean_A = 0, so each site's clips are the
@@ -8,7 +8,7 @@ import json
 import pandas as pd
 import pytest
 
-pytest.importorskip("diffusion.musicgen", reason="the MusicGen backend (issue 10) is not in this checkout")
+pytest.importorskip("diffusion.musicgen", reason="the MusicGen backend is not in this checkout")
 
 from stage_runs import run_stages_3_to_6  # noqa: E402
 from test_musicgen_stage2 import PROMPTS, RUN, write_annotated  # noqa: E402
@@ -18,13 +18,14 @@ from data.stage import run_stage  # noqa: E402
 from diffusion import musicgen  # noqa: E402
 from diffusion import stage2_generate as stage2  # noqa: E402
 
-LAYERS = [1, 2, 3, 4]
+BLOCKS = [0, 1, 2, 3]
 BRASS_PROMPTS = [pid for pid, _, labels in PROMPTS if "brass" in labels.split(";")]
 
 
 def write_spec(folder, **entry):
-    payload = {"interventions": [{"kind": "interchange", "concept_a": "is_brass", "concept_b": "is_keyboard",
-                                  "op": "replace", "layers": LAYERS, **entry}]}
+    payload = {"format": 2, "interventions": [{"kind": "interchange", "concept_a": "is_brass",
+                                                "concept_b": "is_keyboard", "op": "replace", "blocks": BLOCKS,
+                                                **entry}]}
     path = folder / "spec.json"
     path.write_text(json.dumps(payload))
     return path
@@ -54,13 +55,13 @@ def test_adjust_with_a_equal_to_b_changes_nothing_and_sites_share_one_generation
 
     monkeypatch.setattr(musicgen.MusicgenRunner, "generate", counted)
     assert stage2_run(data, tiny_model, spec, "--capture-steps", "2,4") == 0
-    sites = 3 * len(LAYERS)
+    sites = 3 * len(BLOCKS)
     # Reference: one per prompt; means of A (cached, and B is A): one per brass prompt; interchange: ONE batched
     # generation of 12 sites x 2 samples per brass prompt.
     assert calls == [2] * 4 + [2] * len(BRASS_PROMPTS) + [sites * 2] * len(BRASS_PROMPTS)
     generated = data / "generated"
     runs = sorted(p.name for p in (generated / "interventions").iterdir() if (p / "index").is_dir())
-    assert len(runs) == sites and "same-adjust-cross_attn-L3" in runs
+    assert len(runs) == sites and "same-adjust-cross_attn-B2" in runs
     for run in runs:
         index = pd.read_csv(generated / "interventions" / run / "index" / "p_brass2.csv")
         assert set(index["prompt_id"]) == {"p_brass2"} and len(index) == 2 * 2
@@ -86,9 +87,10 @@ def test_interchange_runs_through_stages_3_and_6_compare(tiny_model, tmp_path):
     run_stages_3_to_6(data, "--random-baselines", "0", "--compare")
     folder = data / "results" / "spectral" / "logreg" / "x0" / "compare"
     table = pd.read_csv(folder / "interchange.csv")
-    assert len(table) == 3 * len(LAYERS)
-    assert set(zip(table["component"], table["layer"])) == {(c, layer) for c in ("self_attn", "cross_attn", "mlp")
-                                                            for layer in LAYERS}
+    assert len(table) == 3 * len(BLOCKS)
+    # interchange.csv's `layer` is the decoder layer of the trajectory axis: block b's components are layer b + 1's.
+    assert set(zip(table["component"], table["layer"])) == {(c, block + 1) for c in ("self_attn", "cross_attn", "mlp")
+                                                            for block in BLOCKS}
     assert (table["concept_a"] == "is_brass").all() and (table["concept_b"] == "is_keyboard").all()
     assert (table["n_pairs"] == 2 * len(BRASS_PROMPTS)).all()
     assert table["log_odds_shift"].notna().all() and (table["log_odds_shift_low"] <= table["log_odds_shift"]).all()
@@ -105,7 +107,8 @@ def test_batched_sites_equal_one_site_generations_and_change_their_rows(tiny_mod
     import torch
 
     from diffusion.base import TrajectoryObserver
-    from diffusion.interventions import every_site, interchange_hooks
+    from diffusion.interventions.hooks import hooks_applied
+    from diffusion.musicgen.hooks import every_site, interchange_hooks
 
     generator = musicgen.MusicgenGenerator(model=tiny_model, device="cpu")
     last, prompt, seed, samples, seconds = generator.runner.num_layers, "bright brass", 5, 2, 0.2
@@ -118,8 +121,9 @@ def test_batched_sites_equal_one_site_generations_and_change_their_rows(tiny_mod
     changed = 0
     for site, observer in zip(sites, observers):
         batched = observer.captured[0].latent
-        if site in (("self_attn", 1), ("mlp", last)):
-            with interchange_hooks(generator.runner.decoder, means_a, means_b, [site] * samples, "replace"):
+        if site in (("self_attn", 0), ("mlp", last - 1)):
+            with hooks_applied(generator.hook_points(),
+                               interchange_hooks(last, means_a, means_b, [site] * samples, "replace")):
                 alone = generator.runner.generate(prompt, seed, samples, seconds, generator.sampling).codes
             assert torch.equal(batched, alone), site
         changed += not torch.equal(batched, reference)
@@ -128,12 +132,12 @@ def test_batched_sites_equal_one_site_generations_and_change_their_rows(tiny_mod
 
 @pytest.mark.parametrize("entry, extra, message", [
     ({"op": "swap"}, [], "'swap' is not one of replace, adjust"),
-    ({"layers": [1, 9]}, [], "layers 9 does not exist"),
+    ({"blocks": [0, 9]}, [], "block 9 does not exist"),
     ({"components": ["mlp", "attn"]}, [], "must be a non-empty list of distinct names"),
     ({"concept_b": "is_vocal"}, [], "no prompt of the run carries 'is_vocal'"),
     ({"strength": 2.0}, [], "unknown key of an interchange"),
     ({"prompts": ["p_keys1"]}, [], "none of the spec's prompts carries 'is_brass'"),
-    ({}, ["--generator", "ideal"], "interchange swaps MusicGen decoder components"),
+    ({}, ["--generator", "ideal"], "the ideal generator supports none"),
 ])
 def test_bad_interchange_specs_are_one_line_exit_2(tiny_model, tmp_path, capsys, entry, extra, message):
     data = tmp_path / "data"

@@ -1,4 +1,4 @@
-"""Interventions (issue 11): the spec format, the ideal model's prior steering, and the --compare statistics."""
+"""Interventions: the spec format, the records, the ideal model's prior steering, and the --compare statistics."""
 import json
 
 import numpy as np
@@ -9,8 +9,10 @@ from test_ideal import synthetic_bank
 
 from data.stage import InputError
 from diffusion.base import Conditioning, TrajectoryObserver
-from diffusion.ideal import IdealGenerator
-from diffusion.interventions import Intervention, check_spec, load_spec, prior_direction, steer
+from diffusion.ideal import IdealGenerator, prior_direction
+from diffusion.interventions.records import Interchange, Site, Steering, from_record, group_key
+from diffusion.interventions.spec import check_spec, load_spec
+from diffusion.interventions.steering import steer
 from interp import compare
 
 PROMPT_IDS = ["p1", "p2", "p3"]
@@ -18,8 +20,12 @@ PROMPT_IDS = ["p1", "p2", "p3"]
 
 def write_spec(tmp_path, payload, name="spec.json"):
     path = tmp_path / name
-    path.write_text(json.dumps(payload) if name.endswith(".json") else payload)
+    path.write_text(json.dumps({"format": 2, **payload}) if name.endswith(".json") else payload)
     return path
+
+
+def prior_steering(identifier, concept, direction, strength, from_step=0, seed=0):
+    return Steering(identifier, concept, direction, Site("prior", from_step), strength, seed=seed)
 
 
 def steer_entry(**changes):
@@ -35,7 +41,7 @@ def tiny():
 
 
 def test_a_grid_entry_expands_into_named_interventions(tmp_path):
-    spec = load_spec(write_spec(tmp_path, {"format": 1, "samples": 1, "capture_steps": [49],
+    spec = load_spec(write_spec(tmp_path, {"samples": 1, "capture_steps": [49],
                                            "interventions": [steer_entry()]}))
     assert [i.id for i in spec.interventions] == [
         "is_brass_concept_prior_s8_k5", "is_brass_concept_prior_s8_k45",
@@ -46,10 +52,10 @@ def test_a_grid_entry_expands_into_named_interventions(tmp_path):
 
 
 def test_yaml_and_json_specs_give_the_same_interventions(tmp_path):
-    yaml_text = ("format: 1\ninterventions:\n  - concept: is_brass\n    direction: [concept, 'random:0']\n"
+    yaml_text = ("format: 2\ninterventions:\n  - concept: is_brass\n    direction: [concept, 'random:0']\n"
                  "    where: prior\n    strength: 8.0\n    from_step: [5, 45]\n")
     from_yaml = load_spec(write_spec(tmp_path, yaml_text, "spec.yaml"))
-    from_json = load_spec(write_spec(tmp_path, {"format": 1, "interventions": [steer_entry()]}))
+    from_json = load_spec(write_spec(tmp_path, {"interventions": [steer_entry()]}))
     assert from_yaml.interventions == from_json.interventions
 
 
@@ -65,7 +71,10 @@ def test_yaml_and_json_specs_give_the_same_interventions(tmp_path):
     ({"interventions": [steer_entry(id="one")]}, "explicit id names one intervention"),
     ({"interventions": [steer_entry(), steer_entry()]}, "is given twice"),
     ({"interventions": [steer_entry(strenght=2)]}, "unknown key"),
-    ({"format": 2, "interventions": [steer_entry()]}, "not a known spec format"),
+    ({"format": 3, "interventions": [steer_entry()]}, "not a known spec format"),
+    ({"format": 1, "interventions": [steer_entry()]}, "MusicGen decoder layers 1-based .* subtract 1"),
+    ({"interventions": [{"kind": "interchange", "concept_a": "is_brass", "concept_b": "is_keyboard", "op": "replace",
+                         "layers": [1]}]}, "unknown key of an interchange .format 2 names 0-based 'blocks'"),
 ])
 def test_bad_specs_are_refused_in_one_line(tmp_path, payload, message):
     with pytest.raises(InputError, match=message) as error:
@@ -75,33 +84,33 @@ def test_bad_specs_are_refused_in_one_line(tmp_path, payload, message):
 
 def test_the_spec_is_checked_against_the_generator_and_run(tmp_path, tiny):
     spec = load_spec(write_spec(tmp_path, {"prompts": ["p1"], "interventions": [steer_entry(from_step=50)]}))
-    with pytest.raises(InputError, match="from_step 50 is past the last step 49"):
-        check_spec(spec, tiny, 1, PROMPT_IDS)
+    with pytest.raises(InputError, match="from_step 50 is past the last denoising step 49"):
+        check_spec(spec, tiny, 0.5, 1, PROMPT_IDS)
     spec = load_spec(write_spec(tmp_path, {"prompts": ["p9"], "interventions": [steer_entry()]}))
     with pytest.raises(InputError, match="prompt 'p9' is not among"):
-        check_spec(spec, tiny, 1, PROMPT_IDS)
+        check_spec(spec, tiny, 0.5, 1, PROMPT_IDS)
     spec = load_spec(write_spec(tmp_path, {"samples": 3, "interventions": [steer_entry()]}))
     with pytest.raises(InputError, match="samples 3 is more than the run's 2"):
-        check_spec(spec, tiny, 2, PROMPT_IDS)
+        check_spec(spec, tiny, 0.5, 2, PROMPT_IDS)
     spec = load_spec(write_spec(tmp_path, {"interventions": [steer_entry(rows="both")]}))
     with pytest.raises(InputError, match="runs no unconditional"):
-        check_spec(spec, tiny, 1, PROMPT_IDS)
+        check_spec(spec, tiny, 0.5, 1, PROMPT_IDS)
 
 
 def test_the_random_prior_direction_has_the_concepts_norm_and_no_meaning(tiny):
     labels = tiny.bank.labels
-    concept = prior_direction(Intervention("a", "is_brass", "concept", "prior", 8.0), labels)
+    concept = prior_direction(prior_steering("a", "is_brass", "concept", 8.0), labels)
     assert concept.tolist() == [float("brass" in clip) for clip in labels]
-    randoms = [prior_direction(Intervention("b", "is_brass", "random", "prior", 8.0, seed=s), labels) for s in range(5)]
+    randoms = [prior_direction(prior_steering("b", "is_brass", "random", 8.0, seed=s), labels) for s in range(5)]
     assert all(r.sum() == concept.sum() for r in randoms)
     assert len({tuple(r) for r in randoms}) > 1
     with pytest.raises(InputError, match="marks no clip"):
-        prior_direction(Intervention("c", "warm", "concept", "prior", 8.0), labels)
+        prior_direction(prior_steering("c", "warm", "concept", 8.0), labels)
 
 
-def final_clips(generator, intervention, seed=3, samples=4):
+def final_clips(generator, steering, seed=3, samples=4):
     weights = {}
-    latents = generator.sample(Conditioning("soft keys", ("keyboard",), intervention), seed, samples, 0.5, None,
+    latents = generator.sample(Conditioning("soft keys", ("keyboard",), steering), seed, samples, 0.5, None,
                                weights_callback=lambda step, sigma, w: weights.__setitem__(step, w))
     return latents, weights[max(weights)].argmax(axis=1)
 
@@ -112,20 +121,43 @@ def test_steering_the_ideal_prior_early_changes_the_clip_and_after_commitment_do
     reference, reference_clips = final_clips(tiny, None)
     assert not set(reference_clips) & set(brass)
     # The keyboard prompt favours keyboard clips by e^8 over brass ones; a tilt of 16 nats overturns that.
-    _, early = final_clips(tiny, Intervention("e", "is_brass", "concept", "prior", 16.0, from_step=5))
+    _, early = final_clips(tiny, prior_steering("e", "is_brass", "concept", 16.0, from_step=5))
     assert set(early) <= set(brass)
-    late, late_clips = final_clips(tiny, Intervention("l", "is_brass", "concept", "prior", 16.0, from_step=45))
+    late, late_clips = final_clips(tiny, prior_steering("l", "is_brass", "concept", 16.0, from_step=45))
     assert late_clips.tolist() == reference_clips.tolist()
     torch.testing.assert_close(late, reference, rtol=0, atol=1e-9)
 
 
 def test_zero_strength_is_no_intervention_byte_for_byte(tiny):
     observed = []
-    for intervention in (None, Intervention("z", "is_brass", "concept", "prior", 0.0, from_step=0)):
+    for steering in (None, prior_steering("z", "is_brass", "concept", 0.0, from_step=0)):
         observer = TrajectoryObserver([10, 49], ["x0", "xt"])
-        final = tiny.sample(Conditioning("soft keys", ("keyboard",), intervention), 7, 2, 0.5, observer)
+        final = tiny.sample(Conditioning("soft keys", ("keyboard",), steering), 7, 2, 0.5, observer)
         observed.append([final.numpy().tobytes()] + [c.latent.numpy().tobytes() for c in observer.captured])
     assert observed[0] == observed[1]
+
+
+def test_records_round_trip_and_hold_only_their_own_fields():
+    steering = Steering("s", "is_brass", "file", Site((0, 2), 5, 9), 2.0, "norm_relative", "both", 0, "/d/x.npy")
+    interchange = Interchange("i", "is_keyboard", "is_brass", "adjust", "mlp", Site((3,)))
+    assert from_record(steering.record()) == steering and from_record(interchange.record()) == interchange
+    # intervention.json of a steering keeps the keys (and order) runs were made with.
+    assert list(steering.record()) == ["id", "concept", "direction", "where", "strength", "mode", "from_step",
+                                       "to_step", "rows", "seed", "kind", "direction_file"]
+    assert set(interchange.record()) == {"id", "kind", "concept", "concept_a", "op", "component", "where",
+                                         "from_step", "to_step"}
+
+
+def test_a_steering_group_is_everything_but_direction_and_start_step():
+    """The random directions of a group are its concept direction's baseline (interp/compare.py reads this)."""
+    base = Steering("c5", "is_brass", "file", Site((1,), 5), 2.0, direction_file="/d/brass.npy")
+    same = [Steering("r25", "is_brass", "random", Site((1,), 25), 2.0, seed=3, direction_file="/d/brass.npy")]
+    other = [Steering("x", "is_brass", "file", Site((1,), 5), 4.0, direction_file="/d/brass.npy"),
+             Steering("y", "is_brass", "file", Site((2,), 5), 2.0, direction_file="/d/brass.npy"),
+             Steering("z", "is_brass", "file", Site((1,), 5), 2.0, direction_file="/d/other.npy"),
+             Steering("w", "is_brass", "file", Site((1,), 5, 30), 2.0, direction_file="/d/brass.npy")]
+    assert all(group_key(s.record()) == base.group_key() for s in same)
+    assert len({base.group_key(), *(s.group_key() for s in other)}) == 1 + len(other)
 
 
 def test_steer_is_the_published_norm_relative_form():
@@ -142,7 +174,7 @@ CONCEPTS = ["is_brass", "is_keyboard", "is_string"]
 
 
 def record(identifier, direction, from_step, seed=0):
-    return Intervention(identifier, "is_brass", direction, "prior", 8.0, from_step=from_step, seed=seed).record()
+    return prior_steering(identifier, "is_brass", direction, 8.0, from_step=from_step, seed=seed).record()
 
 
 def synthetic_scores(effects: dict, prompts=8, samples=2, seed=0):

@@ -18,7 +18,7 @@ PROMPTS = ["pf12c20e744", "p8dd39f7fe3", "p44a96b0edd", "pbad4f79216", "p4269496
            "pb23d310c35", "pb040924531", "p3abd06f7b0", "pfc23f8dd6b", "p47c2747317", "pa3c979e68e",
            "pde5b8edbf4", "p2b25833d16", "pd59a2bbeeb", "p3b0d903852", "p2bc9939760", "pf49506b69b",
            "p399693ef89", "p79f2f2954e"]
-SPEC = {"format": 1, "prompts": PROMPTS, "samples": 1, "capture_steps": [49],
+SPEC = {"format": 2, "prompts": PROMPTS, "samples": 1, "capture_steps": [49],
         "interventions": [{"concept": "is_guitar", "direction": ["concept", "random:0", "random:1"], "where": "prior",
                            "strength": 8.0, "from_step": [5, 45]}]}
 

@@ -6,11 +6,13 @@ import pytest
 import torch
 from tiny_stable_audio import save_model
 
+from data.directions import Direction
 from data.stage import InputError
 from diffusion import load_generator
 from diffusion.base import Conditioning, TrajectoryObserver
-from diffusion.interventions import load_spec
-from interp.directions import ActivationRecorder, mean_difference, save_direction
+from diffusion.interventions.hooks import hooks_applied
+from diffusion.interventions.spec import load_spec
+from interp.directions import block_recorder, mean_difference
 
 STEPS, SECONDS, START = 5, 1.0, 3
 
@@ -24,28 +26,29 @@ def generator(tmp_path_factory):
 @pytest.fixture(scope="module")
 def direction(generator, tmp_path_factory):
     """A difference of means between two prompts' block activations, recorded per step on the cond rows."""
-    transformer, scheduler = generator.pipeline.transformer, generator.pipeline.scheduler
-    blocks = dict(enumerate(transformer.transformer_blocks))
+    transformer = generator.pipeline.transformer
     recorded = []
     for prompt in ("bright brass", "dark strings"):
-        with ActivationRecorder(blocks, lambda: scheduler.step_index or 0, lambda batch: slice(batch // 2, batch)) as rec:
+        recorder = block_recorder(generator, 1)
+        with hooks_applied(generator.hook_points(), recorder.hooks):
             generator.sample(Conditioning(prompt), 0, 1, SECONDS, None)
-        steps, means = rec.means()
+        steps, means = recorder.means()
         recorded.append(means[:, :, 0])                    # [steps, blocks, dim]
-    assert steps == list(range(STEPS)) and not any(h.handles for h in [rec.hooks])
+    assert steps == list(range(STEPS)) and recorder.blocks == list(range(len(transformer.transformer_blocks)))
+    assert not any(block._forward_hooks for block in transformer.transformer_blocks)
     vectors = mean_difference(recorded[0][None], recorded[1][None])
-    return save_direction(tmp_path_factory.mktemp("dirs") / "is_brass", vectors, sorted(blocks), "is_brass",
-                          "mean_difference", steps=steps, provenance={"model": "tiny"})
+    return Direction(vectors, recorder.blocks, "is_brass", "mean_difference", steps=steps,
+                     provenance={"model": "tiny"}).save(tmp_path_factory.mktemp("dirs") / "is_brass")
 
 
 def spec_for(tmp_path, direction, **entry):
-    payload = {"interventions": [{"concept": "is_brass", "direction": str(direction), "where": [0], "strength": 2.0,
-                                  "from_step": START, **entry}]}
+    payload = {"format": 2, "interventions": [{"concept": "is_brass", "direction": str(direction), "where": [0],
+                                                "strength": 2.0, "from_step": START, **entry}]}
     (tmp_path / "spec.json").write_text(json.dumps(payload))
     return load_spec(tmp_path / "spec.json").interventions[0]
 
 
-def run(generator, intervention, seed=4):
+def run(generator, steering, seed=4):
     """Block 1's input (= block 0's possibly steered output) and output, per step, plus the final latents."""
     transformer, scheduler = generator.pipeline.transformer, generator.pipeline.scheduler
     seen = {}
@@ -60,7 +63,7 @@ def run(generator, intervention, seed=4):
                transformer.transformer_blocks[1].register_forward_hook(after)]
     try:
         observer = TrajectoryObserver([STEPS - 1], ["x0"])
-        final = generator.sample(Conditioning("soft keys", (), intervention), seed, 2, SECONDS, observer)
+        final = generator.sample(Conditioning("soft keys", (), steering), seed, 2, SECONDS, observer)
     finally:
         for handle in handles:
             handle.remove()
@@ -99,7 +102,7 @@ def test_unconditional_rows_and_zero_strength(generator, direction, tmp_path):
 
 
 def test_a_direction_for_another_width_is_refused(generator, tmp_path):
-    wrong = save_direction(tmp_path / "wrong", np.ones((2, 3)), [0, 1], "is_brass", "mean_difference")
+    wrong = Direction(np.ones((2, 3)), [0, 1], "is_brass", "mean_difference").save(tmp_path / "wrong")
     with pytest.raises(InputError, match="direction dim 3"):
         generator.sample(Conditioning("soft keys", (), spec_for(tmp_path, wrong)), 0, 1, SECONDS, None)
 
@@ -119,7 +122,8 @@ def test_the_directions_command_writes_a_per_step_difference_of_means(generator,
     assert run_stage(directions.main, directions.build_parser(), argv) == 0
     array = np.load(out)
     sidecar = json.loads(out.with_suffix(".json").read_text())
-    assert array.shape[:2] == (3, 2) and sidecar["steps"] == [0, 1, 2] and sidecar["positions"] == [0, 1]
+    assert array.shape[:2] == (3, 2) and sidecar["steps"] == [0, 1, 2] and sidecar["blocks"] == [0, 1]
+    assert Direction.load(out).method == "mean_difference" and len(sidecar["checkpoint_sha256"]) == 64
     assert sidecar["positive_prompts"] == ["p1"] and sidecar["negative_prompts"] == ["p2"]
     assert np.abs(array).sum() > 0
     assert run_stage(directions.main, directions.build_parser(), argv[:-2] + ["--prompts", "1", "--concept",

@@ -12,7 +12,11 @@ from tiny_musicgen import save_model
 
 from data.stage import InputError
 from diffusion.base import Conditioning, TrajectoryObserver
-from diffusion.musicgen import MusicgenGenerator, MusicgenRunner, ResidualRecorder, parse_options, residual_summaries
+from diffusion.interventions.hooks import hooks_applied
+from diffusion.musicgen import MusicgenGenerator, MusicgenRunner
+from diffusion.musicgen.generator import residual_summaries
+from diffusion.musicgen.hooks import ResidualRecorder
+from diffusion.musicgen.options import parse_options
 
 SECONDS = 0.2   # 10 frames at 50 Hz: 13 positions with the 4-codebook delay pattern
 PROMPT = "a bright piano melody"
@@ -172,9 +176,9 @@ def test_bad_options_are_one_line_errors(options, message):
 
 def test_recorder_keys_positions_not_calls(runner):
     """The duplicated prefill lands on position 0 again instead of shifting every later position by one."""
-    recorder = ResidualRecorder(runner.decoder, layers=[0])
+    recorder = ResidualRecorder(blocks=[0])
     inputs = runner.inputs(PROMPT, 1)
-    with torch.inference_mode(), recorder:
+    with torch.inference_mode(), hooks_applied(runner.hook_points, recorder.hooks):
         runner.model.generate(**inputs, max_new_tokens=6, do_sample=False, guidance_scale=1.0)
     assert sorted(recorder.residuals[0]) == list(range(6))
 

@@ -1,10 +1,10 @@
-"""Known answers for the one provenance rule (data.contract.decide / commit) every stage follows."""
+"""Known answers for the one provenance rule (data.provenance.decide / commit) every stage follows."""
 import json
 import os
 
 import pytest
 
-from data.contract import Provenance, begin, commit, decide
+from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError
 
 FIX = "rerun with --force"

@@ -130,7 +130,7 @@ def test_generator_reports_the_model_and_preset(generator, tiny_dir):
     assert generator.default_seconds == pytest.approx(2.048)  # the preset's 10 s, capped by this model's window
     assert generator.default_capture == [1, 2, 3, 4]
     provenance = generator.provenance()
-    assert provenance["model"] == str(tiny_dir) and len(provenance["model_sha256"]) == 64
+    assert provenance["model"] == str(tiny_dir) and len(provenance["checkpoint_sha256"]) == 64
     assert provenance["settings"]["scheduler"] == "CosineDPMSolverMultistepScheduler"
     assert provenance["settings"]["scheduler_config"]["sigma_max"] == 100.0
     assert json.loads(json.dumps(provenance)) == provenance
@@ -219,7 +219,11 @@ def test_unknown_preset_and_dtype(tiny_dir):
 def test_checkpoint_hash_covers_only_what_the_pipeline_loads(tiny_dir, tmp_path):
     """A full hub snapshot holds files the pipeline never reads (the stable-audio-tools checkpoint, card,
     images); its hash must equal that of the pipeline's own download of the same weights."""
-    from diffusion.stable_audio import loaded_files, model_sha256
+    from data.hub import checkpoint_sha256
+    from diffusion.stable_audio import pipeline_files
+
+    def model_sha256(model_dir):
+        return checkpoint_sha256(model_dir, pipeline_files(model_dir))
 
     pipeline_download = model_sha256(tiny_dir)
     full = tmp_path / "full-snapshot"
@@ -230,9 +234,9 @@ def test_checkpoint_hash_covers_only_what_the_pipeline_loads(tiny_dir, tmp_path)
     (full / "transformer" / "diffusion_pytorch_model.bin").write_bytes(b"a second format, not loaded")
     (full / "vae" / "diffusion_pytorch_model.fp16.safetensors").write_bytes(b"a variant, not loaded")
     assert model_sha256(full) == pipeline_download
-    assert [path.relative_to(full) for path in loaded_files(full)] == \
-        [path.relative_to(tiny_dir) for path in loaded_files(tiny_dir)]
-    assert {path.parent.name for path in loaded_files(full)} >= {"transformer", "vae", "text_encoder", "tokenizer"}
+    assert [path.relative_to(full) for path in pipeline_files(full)] == \
+        [path.relative_to(tiny_dir) for path in pipeline_files(tiny_dir)]
+    assert {path.parent.name for path in pipeline_files(full)} >= {"transformer", "vae", "text_encoder", "tokenizer"}
     # What the pipeline does load changes it: a config and a weight file.
     config = full / "vae" / "config.json"
     config.write_text(config.read_text().replace("{", '{"edited": 1, ', 1))

@@ -89,7 +89,7 @@ def test_cli_writes_the_contract(full_run, tiny_model):
     assert generation["generator"] == "stable-audio-open" and generation["model"] == str(tiny_model)
     assert generation["preset"] == "reference" and generation["steps"] == 4 and generation["channels"] == 2
     assert generation["settings"]["scheduler"] == "CosineDPMSolverMultistepScheduler"
-    assert len(generation["model_sha256"]) == 64
+    assert len(generation["checkpoint_sha256"]) == 64
 
 
 def test_final_x0_clip_is_the_final_audio(full_run):

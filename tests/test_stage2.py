@@ -87,12 +87,12 @@ def test_outputs_follow_the_contract(reference_run, capsys):
         assert audio.shape == (1, 4000)
     assert len([name for name in files if name.endswith(".wav")]) == len(index)
     generation = json.loads(files["generation.json"])
-    for key in ("generator", "model", "model_sha256", "preset", "seed", "steps", "capture_steps", "kinds",
+    for key in ("generator", "model", "checkpoint_sha256", "preset", "seed", "steps", "capture_steps", "kinds",
                 "samples_per_prompt", "seconds_total", "sample_rate", "channels", "trajectory_axis",
                 "annotated_sha256"):
         assert key in generation, key
     assert generation["model_kind"] == "reference model, not a trained one"
-    assert generation["model_sha256"] == synthetic_bank().sha256
+    assert generation["checkpoint_sha256"] == synthetic_bank().sha256
     assert generation["trajectory_axis"] == {"name": "denoising_step", "unit": "step", "positions": list(range(50))}
 
 
@@ -326,7 +326,7 @@ def test_realised_content_is_row_aligned_and_ends_on_the_labels_of_the_chosen_cl
 
 
 def test_force_with_new_settings_never_splits_provenance(tmp_path, bank_dir, capsys):
-    """Issue 13: a partial --force must not leave clips of two settings under one generation.json."""
+    """A partial --force must not leave clips of two settings under one generation.json."""
     data = make_data(tmp_path)
     assert stage2(data, bank_dir, "--samples", "1") == 0
     before = snapshot(data)

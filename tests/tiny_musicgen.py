@@ -79,7 +79,7 @@ def build_processor(size: str = "tiny", melody: bool = False):
     tokenizer = T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
     if melody:
         # MusicgenMelodyFeatureExtractor needs torchaudio, whose PyPI wheels do not import here (FACTS.md): the
-        # melody fixture ships the tokenizer alone and tests condition on chroma arrays (diffusion/musicgen.py).
+        # melody fixture ships the tokenizer alone and tests condition on chroma arrays (diffusion/musicgen/loading.py).
         return tokenizer
     return MusicgenProcessor(EncodecFeatureExtractor(feature_size=1, sampling_rate=32000, padding_value=0.0),
                              tokenizer)

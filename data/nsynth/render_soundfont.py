@@ -48,9 +48,9 @@ from tqdm import tqdm
 
 from data import soundfont as gm
 from data.audio import SILENCE_RMS
-from data.contract import Provenance, begin, commit, decide
 from data.files import atomic_path, read_json, remove_stale_temps, sha256_file, write_json
 from data.nsynth import qualities as quality_rules
+from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError, main_exit, stage_parser
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES
 

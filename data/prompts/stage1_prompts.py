@@ -20,7 +20,7 @@ if __package__ in (None, ""):
 
 import pandas as pd
 
-from data.contract import Provenance, annotated_csv, begin, commit, decide, prompts_csv, read_annotated, read_prompts
+from data.contract import annotated_csv, prompts_csv, read_annotated, read_prompts
 from data.files import sha256_file, write_csv
 from data.prompts.llm_annotator import DEFAULT_BATCH_SIZE, DEFAULT_MAX_REASKS, LLMAnnotator
 from data.prompts.llm_annotator import instructions_identity as annotate_identity
@@ -29,6 +29,7 @@ from data.prompts.llm_prompt_writer import instructions_identity as generate_ide
 from data.prompts.llm_requests import DEFAULT_MODEL, ChatJSON, LLMSettings, ResponseCache, describe_base_url
 from data.prompts.offline_annotator import annotate_offline, lexicon_sha256
 from data.prompts.prompt_list import EMBEDDED_PROMPTS, embedded_prompts, embedded_sha256
+from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError, main_exit, stage_parser
 from data.vocabulary import VOCABULARY
 
