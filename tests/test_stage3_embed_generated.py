@@ -52,13 +52,16 @@ def write_prompt(data, prompt_id: str, prompt_number: int, samples=2, steps=(0, 
     frame.to_csv(data / "generated" / "index" / f"{prompt_id}.csv", index=False)
 
 
+AXIS = {"name": "denoising_step", "unit": "step", "positions": list(range(10))}
+
+
 @pytest.fixture
 def data(tmp_path):
     data = tmp_path / "data"
     (data / "generated").mkdir(parents=True)
     (data / "generated" / "generation.json").write_text(json.dumps(
         {"generator": "fixture", "sample_rate": RATE, "channels": 2, "seed": 0, "steps": 10,
-         "trajectory_axis": {"name": "denoising_step", "unit": "step", "positions": list(range(10))}}))
+         "trajectory_axis": AXIS}))
     write_prompt(data, "p_b", 1)
     write_prompt(data, "p_a", 0)
     return data
@@ -159,10 +162,10 @@ def test_missing_inputs_and_wrong_options(data, tmp_path, capsys):
 
     empty = tmp_path / "no_index"
     (empty / "generated").mkdir(parents=True)
-    (empty / "generated" / "generation.json").write_text("{}")
+    (empty / "generated" / "generation.json").write_text(json.dumps({"trajectory_axis": AXIS}))
     _one_line_error(run_in_process(empty, capsys), "index: no index parts", "run stage 2 first")
 
-    (data / "generated" / "generation.json").write_text(json.dumps({"channels": 2}))
+    (data / "generated" / "generation.json").write_text(json.dumps({"channels": 2, "trajectory_axis": AXIS}))
     _one_line_error(run_in_process(data, capsys, "--model", "some/model"),
                     "--model is not an option of the spectral embedder")
     assert not (data / "generated" / "embeddings").exists()
@@ -192,7 +195,7 @@ def test_clap_options_reach_the_embedder_and_rows_align(tmp_path, capsys):
     model_dir = save_tiny_clap(tmp_path / "tiny-clap", fused=False)
     data = tmp_path / "data"
     (data / "generated").mkdir(parents=True)
-    (data / "generated" / "generation.json").write_text(json.dumps({"channels": 2}))
+    (data / "generated" / "generation.json").write_text(json.dumps({"channels": 2, "trajectory_axis": AXIS}))
     write_prompt(data, "p_a", 0, samples=1, steps=(0, 9))
     argv = ["--embedder", "clap", "--model", str(model_dir), "--device", "cpu", "--dtype", "fp32"]
     result = run_in_process(data, capsys, *argv)
