@@ -96,6 +96,12 @@ def _record_lines(path: Path, fix: str) -> list[int]:
     return lines
 
 
+class _Lines(tuple):
+    """Row line numbers. pandas deep-copies attrs into every derived frame: these never change, so no copy."""
+    def __deepcopy__(self, memo):
+        return self
+
+
 def read_table(path, columns, fix: str, dtype=None) -> pd.DataFrame:
     """Read a CSV and check it exists, is non-empty, is well formed and has the contract's columns.
 
@@ -115,7 +121,7 @@ def read_table(path, columns, fix: str, dtype=None) -> pd.DataFrame:
     if frame.empty:
         raise InputError(f"{path}: has no rows — {fix}")
     if len(lines) == len(frame):
-        frame.attrs["lines"] = lines
+        frame.attrs["lines"] = _Lines(lines)
     return frame
 
 
