@@ -2,9 +2,9 @@ import numpy as np
 import pytest
 
 from data import soundfont
-from data.nsynth import render_soundfont as renderer
 from data.note_instruments import (DRUM_KITS, FLUIDR3, NOTE_BY_NUMBER, NOTE_INSTRUMENTS, TIMGM6MB, DrumKit,
                                    NoteInstrument, fluidr3_soundfont, shared_recordings)
+from data.nsynth import render_soundfont as renderer
 from data.sf2_tables import read_tables
 from data.soundfont import (BANK, BY_PROGRAM, DRUM_FAMILY, GM_KITS, GM_PROGRAMS, PLAYED, PROBE, PhraseNote,
                             default_soundfont, is_silent, programs_for, render_note, render_phrase)

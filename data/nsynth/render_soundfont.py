@@ -21,7 +21,7 @@ stage 4 reads it through the same code as nsynth-train/valid/test.
   --dyad-velocity (default 50, which the single notes do not use, so note_str stays
   <instrument>-<pitch>-<velocity>; 0 renders none); and, unless --no-mixes, mixes of two or three
   instruments: every pair of families and drums as in the generator's bank, and every ensemble a concept
-  names (orchestral, acoustic band, techno). The defaults give ~1,800 notes and ~500 mixes.
+  names (orchestral, acoustic band, techno). The defaults give ~1,650 notes and ~900 mixes.
 - Identity: instrument = the note instrument's number (the GM program for FluidR3_GM, 128 + program for
   TimGM6mb, 256 + kit for a drum kit), instrument_str = <family>_<source>_<number:03d> (drum_<number> for a
   kit), note = number * 16384 + pitch * 128 + velocity (unique and the same in every run; NSynth's own ids are
