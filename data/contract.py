@@ -31,6 +31,8 @@ INDEX_COLUMNS = ("prompt_id", "sample", "step", "sigma", "kind", "seed", "second
 INTERVENTION_COLUMN = "intervention"
 INDEX_ORDER = ["intervention", "prompt_id", "sample", "kind", "step"]
 NOTES_COLUMNS = ("note_str", "instrument_str", "family", "source", "qualities", "pitch", "velocity", "split", "path")
+# Written by stage 4 after NOTES_COLUMNS; optional for readers (a notes.csv without them has single notes only).
+NOTES_PART_COLUMNS = ("program", "parts")
 SETS_COLUMNS = ("concept", "note_str", "label", "split")
 # Keys of an embedder's provenance that must agree between stage 3 and stage 5 outputs.
 EMBEDDER_IDENTITY = ("embedder", "model", "checkpoint_sha256", "window_policy", "dim")
@@ -95,6 +97,12 @@ def _record_lines(path: Path, fix: str) -> list[int]:
     return lines
 
 
+class _Lines(tuple):
+    """Row line numbers. pandas deep-copies attrs into every derived frame: these never change, so no copy."""
+    def __deepcopy__(self, memo):
+        return self
+
+
 def read_table(path, columns, fix: str, dtype=None) -> pd.DataFrame:
     """Read a CSV and check it exists, is non-empty, is well formed and has the contract's columns.
 
@@ -114,7 +122,7 @@ def read_table(path, columns, fix: str, dtype=None) -> pd.DataFrame:
     if frame.empty:
         raise InputError(f"{path}: has no rows — {fix}")
     if len(lines) == len(frame):
-        frame.attrs["lines"] = lines
+        frame.attrs["lines"] = _Lines(lines)
     return frame
 
 
@@ -300,7 +308,8 @@ def check_index_prompts(index: pd.DataFrame, annotated: pd.DataFrame, data: Path
 def read_notes(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFrame:
     path = concepts_dir(data) / "notes.csv"
     frame = read_table(path, NOTES_COLUMNS, fix, dtype={"note_str": str, "instrument_str": str, "family": str,
-                                                         "source": str, "qualities": str, "split": str, "path": str})
+                                                         "source": str, "qualities": str, "split": str, "path": str,
+                                                         "parts": str})
     frame["qualities"] = frame["qualities"].fillna("")
     for column in ("note_str", "instrument_str", "family", "source", "path"):
         empty = frame[column].isna()
@@ -328,11 +337,15 @@ def read_notes(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFr
     if frame["note_str"].duplicated().any():
         raise InputError(f"{path} row {_row(frame['note_str'].duplicated().idxmax(), frame)}: duplicate note_str "
                          f"— {fix}")
-    # The split is by instrument, so that probes are tested on instruments they never heard.
-    sides = frame.groupby("instrument_str")["split"].nunique()
+    # The split is by instrument, so that probes are tested on instruments they never heard (a mix: its parts').
+    parts = frame["parts"].fillna("").astype(str) if "parts" in frame.columns else pd.Series("", index=frame.index)
+    instruments = pd.Series([[token.rpartition(":")[0] for token in text.split(";")] if text else [own]
+                             for own, text in zip(frame["instrument_str"], parts)], index=frame.index).explode()
+    played = pd.DataFrame({"instrument": instruments, "split": frame["split"].reindex(instruments.index)})
+    sides = played.groupby("instrument")["split"].nunique()
     if (sides > 1).any():
         instrument = sides.index[int(np.argmax(sides.to_numpy() > 1))]
-        index = frame.index[(frame["instrument_str"] == instrument) & (frame["split"] == "test")][0]
+        index = played.index[(played["instrument"] == instrument) & (played["split"] == "test")][0]
         raise InputError(f"{path} row {_row(index, frame)}: instrument '{instrument}' is on both sides of the "
                          f"train/test split — {fix}")
     for index, note_path in frame["path"].items():

@@ -1,34 +1,12 @@
-"""General MIDI soundfonts as a source of NSynth-like notes and short phrases.
+"""General MIDI soundfonts as a source of NSynth-like notes and short phrases: the GM program table and rendering.
 
-Two consumers, kept apart at the level of recordings:
+Two consumers, kept apart at the level of recordings (data/note_instruments.py says how):
 
 - the generator's bank (diffusion/bank.py) plays the "bank" programs of GM_PROGRAMS, and the GM drum kit,
   from TimGM6mb (shipped inside pretty_midi);
 - the probes' notes (data/nsynth/render_soundfont.py; stage 4 builds concept sets from them and stage 6 trains
-  probes on them) come from NOTE_INSTRUMENTS: presets of FluidR3_GM (Debian's fluid-soundfont-gm, MIT) and of
-  TimGM6mb.
-
-A probe trained on a recording that also sounds in the generator's output would partly recognise that
-recording rather than the concept, and a probe tested on a recording it was trained on would be scored too
-kindly. GM program numbers do not keep them apart: TimGM6mb plays the same samples for Piano 1, 2 and 3 and
-for Violin, Viola and Fiddle (23 bank/probe program pairs share samples). So the rule is on recordings, read
-from the soundfonts' own preset -> instrument -> sample tables (data/sf2_tables.py):
-
-1. no recording that sounds in a rendered note is one the bank can play (any key, any velocity of a bank
-   preset or the drum kit), and
-2. no recording sounds in the notes of two different note instruments, so however stage 4 splits instruments
-   into train and test, the two sides share no recording.
-
-`shared_recordings` checks both on the notes actually planned (data/nsynth/render_soundfont.py refuses to
-render otherwise, and tests/test_soundfont.py checks the defaults on the .sf2 files). A recording is the
-sha256 of its PCM data, so the same recording in both soundfonts would count as shared too (none is).
-TimGM6mb alone cannot give every family five sample-disjoint note instruments that avoid the bank (vocal
-has one, synth lead two), hence the second soundfont. The bank stays on TimGM6mb.
-
-NOTE_INSTRUMENTS takes, per family, six instruments (vocal four, the most the two soundfonts give without
-sharing), spanning the family's sources and both soundfonts, so that a probe cannot learn a soundfont's
-character in place of a family. Stage 4 splits by instrument: six give two test and four train instruments at
-its default test fraction (0.25), and vocal's four two and two (stage 4 sends at least two of four or more).
+  probes on them) come from data/note_instruments.py NOTE_INSTRUMENTS and DRUM_KITS: presets of FluidR3_GM
+  (Debian's fluid-soundfont-gm, MIT) and of TimGM6mb that share no recording with the bank.
 
 Families and sources follow NSynth's definitions: a family names how the sound is made (bowed strings are
 "string", plucked ones "guitar", struck bars "mallet"); the source is "acoustic" for a mechanical
@@ -36,8 +14,13 @@ instrument, "electronic" for one with electric pickups or tone wheels, "syntheti
 GM programs that fit no NSynth family are left unmapped: synth pads and effects (88–103), timpani (47),
 orchestra hit (55), the unpitched percussion 113 and 115–119, sound effects (120–127), and the hammered
 dulcimer (15), whose struck strings are neither "string" nor "mallet". The GM drum kit (channel 10) has no
-NSynth family: it is labelled "drum" and is used by the bank only. In GM_PROGRAMS, role "bank" marks the
-programs the bank plays and "probe" the ones it leaves out; the notes do not rely on that split (see above).
+NSynth family: it is labelled "drum". In GM_PROGRAMS, role "bank" marks the programs the bank plays and
+"probe" the ones it leaves out; the notes do not rely on that split (data/note_instruments.py).
+
+PLAYED says how each mapped program's instrument makes its sound (struck, plucked, bowed, blown by a player,
+wind from bellows or a blower, electric, sung, synthesized) and GM_KITS which drum kits are acoustic and which
+electronic: documented facts about the instruments the GM names denote, written down before any audio exists.
+The concepts (data/concepts.py) and the rendered notes' qualities (data/nsynth/qualities.py) read them.
 
 Rendering uses tinysoundfont. Loading a soundfont is the slow part, so one synthesizer is kept per
 (soundfont, sample rate). Renders are deterministic: every render starts from silence (see `_reset`).
@@ -53,7 +36,6 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from data import sf2_tables
 from data.audio import SILENCE_RMS
 from data.stage import InputError
 
@@ -63,7 +45,7 @@ ROLES = (PROBE, BANK)
 DRUM_FAMILY = "drum"
 
 # tinysoundfont's bank number for percussion presets and the GM drum channel (channel 10, zero-based 9).
-_DRUM_BANK = 128
+DRUM_BANK = 128
 _DRUM_CHANNEL = 9
 _MELODIC_CHANNELS = tuple(channel for channel in range(16) if channel != _DRUM_CHANNEL)
 # sounds_off() fades voices out over a few milliseconds instead of cutting them; rendering this much silence
@@ -196,6 +178,27 @@ GM_PROGRAMS: tuple[GMProgram, ...] = (
 BY_PROGRAM: dict[int, GMProgram] = {entry.program: entry for entry in GM_PROGRAMS}
 UNMAPPED_PROGRAMS = tuple(program for program in range(128) if program not in BY_PROGRAM)
 
+# How each mapped program's instrument sounds (module docstring). Harpsichord and music box pluck; slap bass
+# counts as plucked (thumb and popped strings); electric pianos and clavinet strike tines or strings.
+STRUCK, PLUCKED, BOWED, BLOWN, BELLOWS, ELECTRIC, SUNG, SYNTHESIZED = (
+    "struck", "plucked", "bowed", "blown", "bellows", "electric", "sung", "synthesized")
+PLAYED: dict[int, str] = {
+    **dict.fromkeys((0, 1, 2, 3, 4, 5, 7, 8, 9, 11, 12, 13, 14, 112, 114), STRUCK),
+    **dict.fromkeys((6, 10, *range(24, 38), 45, 46, 104, 105, 106, 107, 108), PLUCKED),
+    **dict.fromkeys((40, 41, 42, 43, 44, 48, 49, 110), BOWED),
+    **dict.fromkeys((22, *range(56, 62), *range(64, 80), 109, 111), BLOWN),
+    **dict.fromkeys((19, 20, 21, 23), BELLOWS),
+    **dict.fromkeys((16, 17, 18), ELECTRIC),
+    **dict.fromkeys((52, 53), SUNG),
+    **dict.fromkeys((38, 39, 50, 51, 54, 62, 63, *range(80, 88)), SYNTHESIZED),
+}
+# GM's drum kits (bank 128 presets, the GS numbering both soundfonts follow): name and whether the kit's
+# sounds are recorded drums ("acoustic") or drum machines ("electronic").
+GM_KITS: dict[int, tuple[str, str]] = {
+    0: ("Standard", "acoustic"), 8: ("Room", "acoustic"), 16: ("Power", "acoustic"), 24: ("Electronic", "electronic"),
+    25: ("TR-808", "electronic"), 32: ("Jazz", "acoustic"), 40: ("Brush", "acoustic"), 48: ("Orchestra", "acoustic"),
+}
+
 # GM percussion key map (channel 10), for the bank's drum grooves.
 GM_PERCUSSION: dict[int, str] = {
     35: "Acoustic Bass Drum", 36: "Bass Drum 1", 37: "Side Stick", 38: "Acoustic Snare", 39: "Hand Clap",
@@ -216,107 +219,6 @@ def programs_for(role: str, family: str | None = None) -> tuple[GMProgram, ...]:
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, not {role!r}")
     return tuple(entry for entry in GM_PROGRAMS if entry.role == role and (family is None or entry.family == family))
-
-
-# -- the probes' notes: instruments of two soundfonts, sharing no recording with the bank or each other ---------
-
-FLUIDR3 = "FluidR3_GM"
-TIMGM6MB = "TimGM6mb"
-# Where Debian's fluid-soundfont-gm installs it (`make install` does; see the Makefile).
-DEBIAN_FLUIDR3 = Path("/usr/share/sounds/sf2/FluidR3_GM.sf2")
-# NSynth's `instrument` number of a note instrument: the GM program for FluidR3_GM, 128 + program for TimGM6mb
-# (three digits, as NSynth's instrument_str needs).
-_NUMBER_OFFSET = {FLUIDR3: 0, TIMGM6MB: 128}
-
-
-@dataclass(frozen=True)
-class NoteInstrument:
-    soundfont: str      # FLUIDR3 or TIMGM6MB
-    program: int        # GM program (bank 0 of the soundfont)
-    gm: GMProgram       # family, source and playable range, from the GM table
-
-    @property
-    def number(self) -> int:
-        return _NUMBER_OFFSET[self.soundfont] + self.program
-
-    family = property(lambda self: self.gm.family)
-    source = property(lambda self: self.gm.source)
-    lowest = property(lambda self: self.gm.lowest)
-    highest = property(lambda self: self.gm.highest)
-    name = property(lambda self: f"{self.gm.name} ({self.soundfont})")
-
-
-def _notes_from(soundfont: str, *programs: int) -> tuple[NoteInstrument, ...]:
-    return tuple(NoteInstrument(soundfont, program, BY_PROGRAM[program]) for program in programs)
-
-
-# Per family (comments: FluidR3_GM | TimGM6mb). Chosen by hand for sources and registers; every pick is checked
-# against the sample tables (shared_recordings), and several obvious ones fail it: TimGM6mb's pianos, violin,
-# viola, alto sax and most leads share recordings with bank programs; FluidR3's Piano 2 and Honky-tonk share
-# Piano 1's, its String Ensembles share Tremolo's, its Charang and Bass & Lead share the Saw lead's.
-NOTE_INSTRUMENTS: tuple[NoteInstrument, ...] = tuple(sorted(
-    _notes_from(FLUIDR3,
-                32, 33, 38, 39,          # bass: acoustic, finger, synth 1, synth 2 | acoustic, slap
-                56, 57, 60, 62,          # brass: trumpet, trombone, French horn, synth brass | trumpet, tuba
-                72, 73, 75, 77,          # flute: piccolo, flute, pan flute, shakuhachi | flute, ocarina
-                24, 25, 27, 30,          # guitar: nylon, steel, clean, distortion | jazz, sitar
-                0, 2, 4, 6, 7,           # keyboard: grand, electric grand, Rhodes, harpsichord, clavinet | EP 1
-                9, 11, 12, 114,          # mallet: glockenspiel, vibraphone, marimba, steel drums | xylo, kalimba
-                16, 18, 19, 20,          # organ: drawbar, rock, church, reed | drawbar, church
-                21, 22, 65, 71,          # reed: accordion, harmonica, alto sax, clarinet | tenor sax, oboe
-                40, 41, 42, 44, 50,      # string: violin, viola, cello, tremolo, synth strings 1 | contrabass
-                80, 81, 82, 85,          # synth lead: square, saw, calliope, voice | square, saw
-                52, 53, 54)              # vocal: choir aahs, voice oohs, synth voice | choir aahs
-    + _notes_from(TIMGM6MB, 32, 36, 56, 58, 73, 79, 26, 104, 4, 13, 108, 16, 19, 66, 68, 43, 80, 81, 52),
-    key=lambda instrument: instrument.number))
-NOTE_BY_NUMBER: dict[int, NoteInstrument] = {instrument.number: instrument for instrument in NOTE_INSTRUMENTS}
-
-
-def fluidr3_soundfont(path=None) -> Path:
-    """FluidR3_GM.sf2: the given path, or where Debian's fluid-soundfont-gm puts it."""
-    path = Path(path) if path is not None else DEBIAN_FLUIDR3
-    if not path.is_file():
-        raise InputError(f"{path}: FluidR3_GM.sf2 not found — install Debian's fluid-soundfont-gm (`make install` "
-                         "does) or pass --fluid-soundfont PATH")
-    return check_soundfont(path)
-
-
-def bank_recordings(bank_soundfont) -> frozenset:
-    """Every recording the generator's bank can play: all zones of its programs' presets and of the drum kit."""
-    tables = sf2_tables.read_tables(bank_soundfont)
-    indices = set(tables.sample_indices(_DRUM_BANK, 0))
-    for entry in programs_for(BANK):
-        indices |= tables.sample_indices(0, entry.program)
-    return tables.recordings(indices)
-
-
-def played_recordings(soundfont, program: int, keys_and_velocities) -> frozenset:
-    """The recordings that sound when bank 0's `program` plays each (key, velocity)."""
-    tables = sf2_tables.read_tables(soundfont)
-    indices = set()
-    for key, velocity in keys_and_velocities:
-        indices |= tables.sample_indices(0, program, int(key), int(velocity))
-    return tables.recordings(indices)
-
-
-def shared_recordings(notes_by_instrument: dict, soundfont_paths: dict, bank_soundfont) -> str | None:
-    """None when the planned notes share no recording with the bank nor between two instruments; otherwise a
-    sentence naming the first conflict. `notes_by_instrument`: NoteInstrument -> [(key, velocity), ...];
-    `soundfont_paths`: FLUIDR3/TIMGM6MB -> path."""
-    bank = bank_recordings(bank_soundfont)
-    owner = {}
-    for instrument in sorted(notes_by_instrument, key=lambda item: item.number):
-        played = played_recordings(soundfont_paths[instrument.soundfont], instrument.program,
-                                   notes_by_instrument[instrument])
-        if played & bank:
-            return (f"note instrument {instrument.number} ({instrument.name}) plays {len(played & bank)} "
-                    "recording(s) that the generator's bank also plays")
-        for recording in played:
-            if recording in owner and owner[recording] != instrument:
-                return (f"note instruments {owner[recording].number} ({owner[recording].name}) and "
-                        f"{instrument.number} ({instrument.name}) play a common recording")
-            owner[recording] = instrument
-    return None
 
 
 def default_soundfont() -> Path:
@@ -376,11 +278,11 @@ def _reset(loaded: _LoadedSoundfont, sample_rate: int) -> None:
 
 
 def _select(loaded: _LoadedSoundfont, channel: int, program: int, drums: bool = False) -> None:
-    bank = _DRUM_BANK if drums else 0
+    bank = DRUM_BANK if drums else 0
     try:
         loaded.synth.program_select(channel, loaded.soundfont_id, bank, program, is_drums=drums)
     except Exception as error:  # the soundfont has no preset at (bank, program)
-        what = "drum kit" if drums else f"GM program {program}"
+        what = f"drum kit {program}" if drums else f"GM program {program}"
         raise InputError(f"{loaded.path}: no preset for the {what} ({error}) "
                          "— pass --soundfont PATH to a General MIDI soundfont") from None
 
@@ -423,8 +325,9 @@ class PhraseNote(NamedTuple):
 
 
 def render_phrase(soundfont, programs: Sequence[int], notes: Sequence, sample_rate: int = 16000,
-                  seconds: float | None = None, drums: bool = False) -> np.ndarray:
-    """A short multi-part phrase (melody, chords, bass line) or, with drums=True, a groove on the GM kit.
+                  seconds: float | None = None, drums: bool = False, kit: int = 0) -> np.ndarray:
+    """A short multi-part phrase (melody, chords, bass line) or, with drums=True, a groove on drum kit `kit`
+    (a bank-128 preset, GM_KITS; 0 is the standard GM kit).
 
     `notes` are PhraseNote or plain (onset, duration, pitch, velocity[, part]) tuples; part i plays GM program
     programs[i] on its own channel. `seconds` defaults to the last release plus one second.
@@ -449,7 +352,7 @@ def render_phrase(soundfont, programs: Sequence[int], notes: Sequence, sample_ra
     loaded = _synth(soundfont, sample_rate)
     _reset(loaded, sample_rate)
     if drums:
-        _select(loaded, _DRUM_CHANNEL, 0, drums=True)
+        _select(loaded, _DRUM_CHANNEL, kit, drums=True)
     else:
         for part, program in enumerate(programs):
             _select(loaded, _MELODIC_CHANNELS[part], int(program))

@@ -1,7 +1,10 @@
 """Reading an NSynth directory (examples.json + audio/<note_str>.wav) with every entry checked.
 
 The real splits (nsynth-train/valid/test) and the one rendered by data/nsynth/render_soundfont.py go through
-this same code. The train split's metadata is ~150 MB of JSON for 289,205 notes: it is parsed once with
+this same code. A rendered split adds two fields NSynth lacks, both optional: `program` (the note's GM
+program) and, on a mix, `parts` (every part's instrument, program, family, source and pitch; the entry's own
+NSynth fields are its first part's, and its note_str appends "+<instrument_str>[-<pitch>]" per further part).
+The train split's metadata is ~150 MB of JSON for 289,205 notes: it is parsed once with
 json.load and every check after that is a column operation over a pandas frame, so a bad entry is found by
 masks rather than by a Python loop per note. Every failure is one InputError line naming the file, the note,
 the field and the fix.
@@ -16,10 +19,10 @@ import pandas as pd
 import soundfile as sf
 from tqdm import tqdm
 
-from data.concepts import Note
+from data.concepts import Note, Part
 from data.files import unique_keys
 from data.stage import InputError
-from data.vocabulary import FAMILIES, QUALITIES, SOURCES
+from data.vocabulary import DRUM, FAMILIES, QUALITIES, SOURCES
 
 EXAMPLES_FILE = "examples.json"
 AUDIO_DIR = "audio"
@@ -31,6 +34,10 @@ FIELDS = ("note", "note_str", "instrument", "instrument_str", "pitch", "velocity
 INTEGER_FIELDS = ("note", "instrument", "pitch", "velocity", "sample_rate", "instrument_family", "instrument_source")
 INSTRUMENT_STR = re.compile(r"^(?P<family>[a-z_]+)_(?P<source>acoustic|electronic|synthetic)_\d{3}\Z")  # \Z: no trailing newline
 QUALITY_SEPARATOR = ";"
+# notes.csv's `parts`: "<instrument_str>:<program>" per part, ';'-joined (program empty when unknown).
+PART_SEPARATOR = ";"
+PART_FIELDS = ("instrument", "instrument_str", "program", "family", "source", "pitch")
+DRUM_INSTRUMENT_STR = re.compile(r"^drum_\d{3}\Z")
 FIX = ("fix or remove the entry, or restore the split (re-download it, or rerun "
        "data/nsynth/render_soundfont.py --force for a rendered one)")
 
@@ -78,7 +85,9 @@ def read_examples(nsynth_dir, require_audio: bool = True) -> pd.DataFrame:
     """The split's notes, sorted by note_str, with every entry checked.
 
     Columns: note_str, note, instrument, instrument_str, family, source, qualities (';'-joined names in NSynth's
-    index order), pitch, velocity, path (wav path relative to nsynth_dir). With require_audio, every note's
+    index order), pitch, velocity, program (GM program, <NA> when unknown), parts (a mix's parts as
+    "<instrument_str>:<program>", ';'-joined; "" for a single note), path (wav path relative to nsynth_dir).
+    With require_audio, every note's
     wav must exist (its contents are checked by check_audio, for the notes a stage actually uses).
     """
     nsynth_dir = Path(nsynth_dir)
@@ -140,6 +149,9 @@ def read_examples(nsynth_dir, require_audio: bool = True) -> pd.DataFrame:
                          f"{frame.at[key, 'instrument_family_str']}_{frame.at[key, 'instrument_source_str']}")
     expected_note = (instrument + "-" + frame["pitch"].map("{:03d}".format) + "-"
                      + frame["velocity"].map("{:03d}".format))
+    programs = _programs(path, frame)
+    parts = _parts(path, frame, expected_note)
+    expected_note = expected_note + parts.map(_note_suffix)
     bad = frame.index.to_series() != expected_note
     if bad.any():
         key = _first(bad)
@@ -157,11 +169,74 @@ def read_examples(nsynth_dir, require_audio: bool = True) -> pd.DataFrame:
         "qualities": qualities.to_numpy(dtype=object),
         "pitch": frame["pitch"].to_numpy(),
         "velocity": frame["velocity"].to_numpy(),
+        "program": programs.to_numpy(),
+        "parts": parts.map(_parts_text).to_numpy(dtype=object),
         "path": (AUDIO_DIR + "/" + frame.index.to_series() + ".wav").to_numpy(dtype=object),
     }).sort_values("note_str", kind="stable").reset_index(drop=True)
     if require_audio:
         _check_audio_present(nsynth_dir, result)
     return result
+
+
+def _programs(path: Path, frame: pd.DataFrame) -> pd.Series:
+    """The optional `program` field: a GM program 0-127, or null; <NA> where absent."""
+    if "program" not in frame.columns:
+        return pd.Series(pd.NA, index=frame.index, dtype="Int64")
+    numbers = pd.to_numeric(frame["program"], errors="coerce")
+    out_of_range = (numbers % 1 != 0) | ~numbers.between(0, 127)
+    bad = (frame["program"].notna() & numbers.isna()) | (numbers.notna() & out_of_range)
+    if bad.any():
+        _fail(path, _first(bad), f"program {frame.at[_first(bad), 'program']} is not a GM program 0-127 (or null)")
+    return numbers.astype("Int64")
+
+
+def _parts(path: Path, frame: pd.DataFrame, own_note: pd.Series) -> pd.Series:
+    """The optional `parts` of a mix, checked: a tuple of part dicts per mix, () for a single note."""
+    if "parts" not in frame.columns:
+        return pd.Series([()] * len(frame), index=frame.index, dtype=object)
+    result = {}
+    for key, parts in frame["parts"].items():
+        if parts is None or (isinstance(parts, float) and parts != parts):
+            result[key] = ()
+            continue
+        if not isinstance(parts, list) or len(parts) < 2 or not all(isinstance(part, dict) for part in parts):
+            _fail(path, key, "parts must be a list of two or more part objects (a mix) or absent")
+        for part in parts:
+            missing = [name for name in PART_FIELDS if name not in part]
+            if missing:
+                _fail(path, key, f"a part lacks '{missing[0]}' (a part has {', '.join(PART_FIELDS)})")
+            drum = part["family"] == DRUM
+            valid = ((part["family"] in FAMILIES or drum)
+                     and (part["source"] is None if drum else part["source"] in SOURCES)
+                     and isinstance(part["instrument"], int)
+                     and (part["program"] is None or isinstance(part["program"], int) and 0 <= part["program"] <= 127)
+                     and (part["pitch"] is None if drum
+                          else isinstance(part["pitch"], int) and 0 <= part["pitch"] <= 127)
+                     and isinstance(part["instrument_str"], str)
+                     and (DRUM_INSTRUMENT_STR.match(part["instrument_str"]) if drum else
+                          part["instrument_str"].startswith(f"{part['family']}_{part['source']}_")
+                          and INSTRUMENT_STR.match(part["instrument_str"])))
+            if not valid:
+                _fail(path, key, f"part {part!r} is not an NSynth family/source (or a drum part with null source and "
+                                 "pitch) with a matching instrument_str, integer instrument, pitch and program")
+        first = parts[0]
+        own = (frame.at[key, "instrument"], frame.at[key, "instrument_str"], frame.at[key, "instrument_family_str"],
+               frame.at[key, "instrument_source_str"], frame.at[key, "pitch"])
+        if (first["instrument"], first["instrument_str"], first["family"], first["source"], first["pitch"]) != own \
+                or first["family"] == DRUM:
+            _fail(path, key, "the first part must be the entry's own instrument, family, source and pitch")
+        result[key] = tuple(parts)
+    return pd.Series(result, dtype=object).reindex(frame.index)
+
+
+def _note_suffix(parts: tuple) -> str:
+    return "".join(f"+{part['instrument_str']}" + (f"-{part['pitch']:03d}" if part["pitch"] is not None else "")
+                   for part in parts[1:])
+
+
+def _parts_text(parts: tuple) -> str:
+    return PART_SEPARATOR.join(f"{part['instrument_str']}:{'' if part['program'] is None else part['program']}"
+                               for part in parts)
 
 
 def _quality_names(path: Path, frame: pd.DataFrame) -> pd.Series:
@@ -231,12 +306,30 @@ def check_audio(nsynth_dir, note_strs) -> None:
                              f"{info.subtype}; NSynth's are {SAMPLE_RATE} Hz mono PCM_16 — {FIX}")
 
 
-def note_of(family: str, source: str, qualities: str) -> Note:
-    """The concept rules' view of a note (data.concepts.Note)."""
+def parse_parts(text) -> tuple[Part, ...]:
+    """notes.csv's `parts` text back into concept parts (family and source read from each instrument_str)."""
+    parts = []
+    for token in filter(None, str(text if isinstance(text, str) else "").split(PART_SEPARATOR)):
+        instrument, _, program = token.rpartition(":")
+        number = int(program) if program else None
+        if DRUM_INSTRUMENT_STR.match(instrument):
+            parts.append(Part(DRUM, None, number))
+            continue
+        match = INSTRUMENT_STR.match(instrument)
+        if not match:
+            raise ValueError(f"part '{token}' is not <instrument_str>:<program>")
+        parts.append(Part(match["family"], match["source"], number))
+    return tuple(parts)
+
+
+def note_of(family: str, source: str, qualities: str, program=None, parts="") -> Note:
+    """The concept rules' view of an example (data.concepts.Note)."""
     names = frozenset(name for name in str(qualities).split(QUALITY_SEPARATOR) if name)
-    return Note(family=family, source=source, qualities=names)
+    program = None if program is None or pd.isna(program) or program == "" else int(program)
+    return Note(family=family, source=source, qualities=names, program=program, parts=parse_parts(parts))
 
 
 def notes_of(frame: pd.DataFrame) -> list[Note]:
-    return [note_of(family, source, qualities)
-            for family, source, qualities in zip(frame["family"], frame["source"], frame["qualities"])]
+    programs = frame["program"] if "program" in frame else [None] * len(frame)
+    parts = frame["parts"] if "parts" in frame else [""] * len(frame)
+    return [note_of(*row) for row in zip(frame["family"], frame["source"], frame["qualities"], programs, parts)]

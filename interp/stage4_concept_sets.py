@@ -5,17 +5,23 @@
 
 Writes <data>/concepts/notes.csv, sets.csv and concepts.json (data/ARTIFACTS.md, stage 4).
 
-- Labels: data.concepts.Concept.label_note on each note's family, source and qualities: 1 positive,
-  0 negative; "like" notes (sharing the concept's sound without being positives) are left out of its set.
-  Labels are computed once per distinct (family, source, qualities) combination and mapped back, so the
-  289k-note train split costs a few hundred rule evaluations.
-- Split: by instrument, so that a probe is tested on instruments it never heard. Instruments are stratified
+- Labels: data.concepts.Concept.label_note on each example's family, source, qualities, GM program and, for
+  a mix, parts: 1 positive, 0 negative; "like" examples (sharing the concept's sound without being
+  positives, or not to be told from one) are left out of its set. Labels are computed once per distinct
+  (family, source, qualities, program, parts) combination and mapped back, so the 289k-note train split costs
+  a few hundred rule evaluations. Real NSynth has no program and no mixes: data/concepts.py says how the
+  rules that need them degrade.
+- Split: by instrument, so that a probe is tested on instruments it never heard. The instruments are every
+  example's own and every mix part's (a drum kit is an instrument of family "drum"). They are stratified
   by family: each family with n >= 2 instruments sends round(n * test_fraction), clamped to 1..n-1, to test
   (a family with one instrument stays in train), and at least 2 when n >= 4: a test score whose interval
-  resamples instruments needs two of them (the rendered split's vocal family has four). Stratifying by family alone cannot guarantee the quality and
-  higher-level concepts positives on both sides, so 32 candidate shuffles are drawn from --split-seed and the
-  first one that gives the most concepts positives and negatives in both splits is kept (ties: the test share
-  of notes closest to --test-fraction). Same seed, same split.
+  resamples instruments needs two of them (the rendered split's vocal family has four). An example goes to
+  the side that holds all of its instruments; a mix whose parts straddle the split is used on neither side
+  (notes.csv leaves it out). Stratifying by family alone cannot guarantee the quality and higher-level
+  concepts positives on both sides, so 32 candidate shuffles are drawn from --split-seed and the first one
+  that gives the most concepts positives and negatives in both splits is kept (ties: the most test positives
+  of the concept with the fewest, then the test share of examples closest to --test-fraction). Same seed,
+  same split.
 - Capping (--max-per-concept N): per concept and split, at most N positives and at most N negatives, drawn
   at random (seeded by --split-seed and the concept); where both sides exceed N the set is balanced. notes.csv
   keeps the notes used by at least one set. Without it every labelled note is used (fine for the rendered
@@ -38,9 +44,10 @@ if __package__ in (None, ""):
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from data.concepts import CONCEPTS
-from data.contract import NOTES_COLUMNS, SETS_COLUMNS, concepts_dir, table_sha256
+from data.contract import NOTES_COLUMNS, NOTES_PART_COLUMNS, SETS_COLUMNS, concepts_dir, table_sha256
 from data.files import read_json, sha256_file, write_csv
 from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError, main_exit, stage_parser
@@ -68,39 +75,67 @@ def build_parser():
 
 def concept_rules() -> list[dict]:
     return [{"name": concept.name, "group": concept.group, "positive": sorted(concept.positive),
-             "require": sorted(concept.require), "like": sorted(concept.like), "exclude": sorted(concept.exclude)}
+             "require": sorted(concept.require), "like": sorted(concept.like), "exclude": sorted(concept.exclude),
+             "instruments": None if concept.instruments is None else {
+                 "name": concept.instruments.name, "programs": sorted(concept.instruments.programs),
+                 "kits": sorted(concept.instruments.kits), "ensemble": concept.instruments.ensemble,
+                 "needs_drum": concept.instruments.needs_drum}}
             for concept in CONCEPTS]
 
 
 def label_matrix(notes: pd.DataFrame) -> np.ndarray:
     """int8 [n_notes, n_concepts]: 1 positive, 0 negative, -1 excluded ("like")."""
-    keys = ["family", "source", "qualities"]
-    combos = notes[keys].drop_duplicates().reset_index(drop=True)
+    keys = pd.DataFrame({"family": notes["family"], "source": notes["source"], "qualities": notes["qualities"],
+                         "program": notes["program"].astype("string").fillna(""), "parts": notes["parts"]})
+    combos = keys.drop_duplicates().reset_index(drop=True)
     combo_labels = np.array([[{1: 1, 0: 0, None: -1}[concept.label_note(note)] for concept in CONCEPTS]
                              for note in nsynth.notes_of(combos)], dtype=np.int8)
-    combo_index = notes[keys].merge(combos.reset_index(), on=keys, how="left")["index"].to_numpy()
+    combo_index = keys.merge(combos.reset_index(), on=list(keys.columns), how="left")["index"].to_numpy()
     return combo_labels[combo_index]
 
 
-def _coverage(has_positive: np.ndarray, has_negative: np.ndarray, in_test: np.ndarray) -> int:
-    """How many concepts have a positive and a negative in both splits ([instrument, concept] flags)."""
-    covered = np.ones(has_positive.shape[1], dtype=bool)
-    for side in (~in_test, in_test):
-        covered &= has_positive[side].any(axis=0) & has_negative[side].any(axis=0)
-    return int(covered.sum())
+def example_instruments(notes: pd.DataFrame) -> list[list[str]]:
+    """Every instrument an example sounds: its own, or each part's for a mix."""
+    return [[token.rpartition(":")[0] for token in parts.split(nsynth.PART_SEPARATOR)] if parts else [own]
+            for own, parts in zip(notes["instrument_str"], notes["parts"])]
+
+
+def instrument_family(instrument: str) -> str:
+    match = nsynth.INSTRUMENT_STR.match(instrument)
+    return match["family"] if match else nsynth.DRUM
+
+
+def _coverage(labels: np.ndarray, sides: dict) -> tuple[int, int]:
+    """How many concepts have a positive and a negative in both splits, and the fewest test positives among
+    the concepts that have positives at all."""
+    covered = np.ones(labels.shape[1], dtype=bool)
+    for side in sides.values():
+        covered &= (labels[side] == 1).any(axis=0) & (labels[side] == 0).any(axis=0)
+    test_positives = (labels[sides["test"]] == 1).sum(axis=0)
+    has_positives = (labels == 1).any(axis=0)
+    return int(covered.sum()), int(test_positives[has_positives].min()) if has_positives.any() else 0
+
+
+def assign_sides(membership, test_instruments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(in train, in test) per example: all of its instruments on that side."""
+    parts_in_test = membership @ test_instruments.astype(np.int64)
+    parts = np.asarray(membership.sum(axis=1)).ravel()
+    return parts_in_test == 0, parts_in_test == parts
 
 
 def split_instruments(notes: pd.DataFrame, labels: np.ndarray, test_fraction: float, seed: int) -> set:
     """The test instruments (see the module docstring for the rule)."""
-    families = notes.groupby("instrument_str", sort=True)["family"].first()
+    per_example = example_instruments(notes) if "parts" in notes else [[name] for name in notes["instrument_str"]]
+    names = sorted({name for names in per_example for name in names})
+    column = {name: index for index, name in enumerate(names)}
+    rows = np.repeat(np.arange(len(per_example)), [len(names_) for names_ in per_example])
+    columns = np.array([column[name] for names_ in per_example for name in names_], dtype=np.int64)
+    membership = sparse.csr_matrix((np.ones(len(columns), dtype=np.int64), (rows, columns)),
+                                   shape=(len(per_example), len(names)))
+    # An example's own instrument has the family of its row; one heard only in mixes (a drum kit) its name's.
+    own = notes.groupby("instrument_str", sort=True)["family"].first()
+    families = pd.Series([own[name] if name in own.index else instrument_family(name) for name in names], index=names)
     by_family = {family: sorted(group.index) for family, group in families.groupby(families, sort=True)}
-    instrument_codes, instrument_names = pd.factorize(notes["instrument_str"])
-    # Which instruments have positives / negatives of each concept, and how many notes each has.
-    has_positive = np.zeros((len(instrument_names), labels.shape[1]), dtype=bool)
-    has_negative = np.zeros_like(has_positive)
-    np.logical_or.at(has_positive, instrument_codes, labels == 1)
-    np.logical_or.at(has_negative, instrument_codes, labels == 0)
-    notes_per_instrument = np.bincount(instrument_codes, minlength=len(instrument_names))
     best, best_score = None, None
     for candidate in range(SPLIT_CANDIDATES):
         rng = np.random.default_rng([seed, candidate])
@@ -111,9 +146,9 @@ def split_instruments(notes: pd.DataFrame, labels: np.ndarray, test_fraction: fl
             fewest = 2 if len(instruments) >= 4 else 1
             count = min(max(int(round(len(instruments) * test_fraction)), fewest), len(instruments) - 1)
             test.update(rng.permutation(instruments)[:count].tolist())
-        in_test = np.isin(np.arange(len(instrument_names)), instrument_names.get_indexer(sorted(test)))
-        test_share = notes_per_instrument[in_test].sum() / notes_per_instrument.sum()
-        score = (_coverage(has_positive, has_negative, in_test), -abs(test_share - test_fraction))
+        in_train, in_test = assign_sides(membership, np.isin(names, sorted(test)))
+        test_share = in_test.sum() / max(in_test.sum() + in_train.sum(), 1)
+        score = (*_coverage(labels, {"train": in_train, "test": in_test}), -abs(test_share - test_fraction))
         if best_score is None or score > best_score:
             best, best_score = test, score
     return best
@@ -196,19 +231,21 @@ def main(args) -> None:
 
     labels = label_matrix(notes)
     test_instruments = split_instruments(notes, labels, args.test_fraction, args.split_seed)
-    notes["split"] = np.where(notes["instrument_str"].isin(test_instruments), "test", "train")
+    sides = [{name in test_instruments for name in names} for names in example_instruments(notes)]
+    notes["split"] = [("test" if True in side else "train") if len(side) == 1 else None for side in sides]
     sets = concept_sets(notes, labels, args.max_per_concept, args.split_seed)
     used = notes[notes["note_str"].isin(set(sets["note_str"]))].reset_index(drop=True)
     if not args.metadata_only:
         nsynth.check_audio(nsynth_dir, used["note_str"])
 
-    table = used[list(NOTES_COLUMNS)]
+    table = used[list(NOTES_COLUMNS + NOTES_PART_COLUMNS)]
     out_dir.mkdir(parents=True, exist_ok=True)
     # The sidecar goes last: until it names these files' hashes, a rerun treats them as unfinished.
     write_csv(out_dir / "notes.csv", table, before_replace=lambda: begin(prov))
     write_csv(out_dir / "sets.csv", sets)
     summary = summary_table(sets)
-    instruments = {name: sorted(set(used.loc[used["split"] == name, "instrument_str"])) for name in SPLITS}
+    instruments = {name: sorted({instrument for names, side in zip(example_instruments(used), used["split"])
+                                 if side == name for instrument in names}) for name in SPLITS}
     commit(prov, extra={
         "instruments": instruments,
         "notes_sha256": table_sha256(table),

@@ -303,6 +303,13 @@ def first_example(change: Callable[[dict], None]):
     return examples_edit(apply)
 
 
+def first_mix(change: Callable[[dict], None]):
+    def apply(examples):
+        change(examples[min(name for name, example in examples.items() if "parts" in example)])
+        return examples
+    return examples_edit(apply)
+
+
 def examples_duplicate_key(data: Path):
     path = data / NSYNTH / "examples.json"
     examples = json.loads(path.read_text())
@@ -507,6 +514,13 @@ CASES = [
     Case("s4-qualities-wrong-length", 4, first_example(lambda note: note.update(qualities=[0, 1])),
          ("qualities",)),
     Case("s4-wrong-sample-rate", 4, first_example(lambda note: note.update(sample_rate=44100)), ("44100",)),
+    Case("s4-program-out-of-range", 4, first_example(lambda note: note.update(program=300)), ("program 300",)),
+    Case("s4-parts-not-a-list", 4, first_mix(lambda note: note.update(parts="violin")), ("parts must be a list",)),
+    Case("s4-part-unknown-family", 4, first_mix(lambda note: note["parts"][1].update(family="kazoo")),
+         ("examples.json", "family/source")),
+    Case("s4-mix-first-part-not-its-own", 4, first_mix(lambda note: note["parts"][0].update(pitch=1)),
+         ("first part",)),
+    Case("s4-mix-note-str-without-parts", 4, first_mix(lambda note: note.pop("parts")), ("note_str does not match",)),
     Case("s4-note-audio-missing", 4, lambda data: first_note(data).unlink(), ("missing",)),
     Case("s4-short-note", 4, replace_wav(first_note, frames=100), ("100 frames",), extra=("--force",)),
     Case("s4-not-utf8", 4, write_file(NSYNTH + "/examples.json", b'{"caf\xe9": 1}'), ("examples.json", "UTF-8")),

@@ -127,7 +127,8 @@ def test_concept_rules():
     assert BY_NAME["is_brass"].label_note(brass) == 1
     assert BY_NAME["is_brass"].label_note(reed) is None  # like notes never become negatives
     assert BY_NAME["is_brass"].label_note(piano) == 0
-    assert BY_NAME["orchestral"].label_note(Note("string", "synthetic")) is None
+    assert BY_NAME["orchestral"].label_note(Note("string", "synthetic")) == 0  # one note is no orchestra
+    assert BY_NAME["blown"].label_note(Note("brass", "synthetic", program=62)) is None  # synth brass: not blown
     assert BY_NAME["atmospheric"].label_note(Note("organ", "acoustic", frozenset({"reverb", "percussive"}))) is None
     assert BY_NAME["orchestral"].prompt_has({"string", "brass", "acoustic"})
     assert not BY_NAME["orchestral"].prompt_has({"string", "acoustic"})  # two orchestral families

@@ -2,10 +2,12 @@ import numpy as np
 import pytest
 
 from data import soundfont
+from data.note_instruments import (DRUM_KITS, FLUIDR3, NOTE_BY_NUMBER, NOTE_INSTRUMENTS, TIMGM6MB, DrumKit,
+                                   NoteInstrument, fluidr3_soundfont, shared_recordings)
+from data.nsynth import render_soundfont as renderer
 from data.sf2_tables import read_tables
-from data.soundfont import (BANK, BY_PROGRAM, DRUM_FAMILY, FLUIDR3, GM_PROGRAMS, NOTE_BY_NUMBER, NOTE_INSTRUMENTS,
-                            PROBE, TIMGM6MB, NoteInstrument, PhraseNote, default_soundfont, fluidr3_soundfont,
-                            is_silent, programs_for, render_note, render_phrase, shared_recordings)
+from data.soundfont import (BANK, BY_PROGRAM, DRUM_FAMILY, GM_KITS, GM_PROGRAMS, PLAYED, PROBE, PhraseNote,
+                            default_soundfont, is_silent, programs_for, render_note, render_phrase)
 from data.stage import InputError
 from data.vocabulary import FAMILIES, SOURCES
 
@@ -34,6 +36,11 @@ def test_program_table_uses_nsynth_terms_and_sane_ranges():
     for unmapped in (47, 55, 88, 95, 96, 103, 115, 127):
         assert unmapped not in BY_PROGRAM
     assert DRUM_FAMILY not in FAMILIES
+    # How each program is played is written for every mapped program, and agrees with the GM names.
+    assert set(PLAYED) == set(BY_PROGRAM)
+    assert (PLAYED[0], PLAYED[6], PLAYED[40], PLAYED[45], PLAYED[21], PLAYED[22], PLAYED[62]) == (
+        "struck", "plucked", "bowed", "plucked", "bellows", "blown", "synthesized")
+    assert {sound for _, sound in GM_KITS.values()} == {"acoustic", "electronic"} and GM_KITS[25][0] == "TR-808"
 
 
 def test_probe_and_bank_are_disjoint_and_each_covers_every_family():
@@ -93,6 +100,8 @@ def test_render_phrase_parts_and_drums(timgm):
     drums = render_phrase(timgm, [], groove, seconds=1.5, drums=True)
     assert drums.shape == (24000,) and not is_silent(drums)
     assert np.array_equal(drums, render_phrase(timgm, [], groove, seconds=1.5, drums=True))
+    # Another kit (GM_KITS; 25 is the TR-808) sounds different on the same keys.
+    assert not np.allclose(drums, render_phrase(timgm, [], groove, seconds=1.5, drums=True, kit=25))
 
 
 def test_render_phrase_rejects_bad_parts(timgm):
@@ -120,10 +129,9 @@ def test_bad_soundfont_paths_are_input_errors(tmp_path):
 # -- recordings: the probes' notes share none with the bank, nor between instruments (read from the .sf2) --------
 
 def _default_plan_keys():
-    from data.nsynth import render_soundfont as renderer
-    plan = renderer.planned_notes(NOTE_INSTRUMENTS, renderer.DEFAULT_PITCH_STEP, renderer.DEFAULT_VELOCITIES,
-                                  renderer.DEFAULT_DYAD_VELOCITY)
-    return renderer.played_keys(plan, renderer.DEFAULT_DYAD_VELOCITY)
+    plan = renderer.planned_examples(renderer.chosen_programs(None), renderer.DEFAULT_PITCH_STEP,
+                                     renderer.DEFAULT_VELOCITIES, renderer.DEFAULT_DYAD_VELOCITY)
+    return renderer.played_keys(plan)
 
 
 def test_sample_tables_know_timgm6mb_reuses_recordings(timgm):
@@ -149,11 +157,13 @@ def test_probe_notes_share_no_recording_with_the_bank_or_between_instruments(tim
     for entry in programs_for(BANK):
         bank |= timgm_tables.recordings(timgm_tables.sample_indices(0, entry.program))
     seen = {}
+    assert set(DRUM_KITS) <= set(keys)  # the mixes' drum parts are checked like every note
     for instrument, pressed in keys.items():
         tables = fluid_tables if instrument.soundfont == FLUIDR3 else timgm_tables
+        bank_number = 128 if isinstance(instrument, DrumKit) else 0
         played = set()
         for key, velocity in pressed:
-            played |= tables.recordings(tables.sample_indices(0, instrument.program, key, velocity))
+            played |= tables.recordings(tables.sample_indices(bank_number, instrument.program, key, velocity))
         assert played, instrument
         assert not played & bank, instrument
         for recording in played:
@@ -169,6 +179,10 @@ def test_a_note_instrument_sharing_recordings_is_named(timgm):
     grand, bright = NOTE_BY_NUMBER[0], NoteInstrument(FLUIDR3, 1, BY_PROGRAM[1])
     conflict = shared_recordings({grand: [(60, 100)], bright: [(60, 100)]}, paths, timgm)
     assert conflict and "common recording" in conflict
+    # FluidR3's kits share most samples: the Room kit's snare is the Standard kit's.
+    standard, room = DRUM_KITS[0], DrumKit(FLUIDR3, 8, (36, 38, 42))
+    conflict = shared_recordings({standard: [(38, 100)], room: [(38, 100)]}, paths, timgm)
+    assert conflict and "common recording" in conflict and "kit" in conflict
 
 
 def test_note_instruments_cover_every_family_from_both_soundfonts():
@@ -181,6 +195,9 @@ def test_note_instruments_cover_every_family_from_both_soundfonts():
         # Stage 4 needs two test and (where the soundfonts allow) three or more train instruments.
         assert len(members) >= (4 if family == "vocal" else 6), family
         assert {instrument.soundfont for instrument in members} == {FLUIDR3, TIMGM6MB}, family
+    # Drum kits: acoustic and electronic ones, numbered apart from the note instruments.
+    assert {GM_KITS[kit.program][1] for kit in DRUM_KITS} == {"acoustic", "electronic"}
+    assert all(NOTE_BY_NUMBER[kit.number] is kit and kit.number >= 256 for kit in DRUM_KITS)
 
 
 def test_unreadable_sample_tables_are_input_errors(tmp_path):

@@ -73,12 +73,32 @@ def test_like_notes_are_left_out_of_negatives(built):
     assert not negative_families & {"brass", "reed", "flute"}
     assert len(brass[brass["label"] == 0]) == 4096 - 269 - 235 - 180
     # Every note is labelled exactly as data/concepts.py says (None: absent from the set).
-    checked = ("is_brass", "staccato", "orchestral", "atmospheric")
+    checked = ("is_brass", "staccato", "orchestral", "atmospheric", "blown", "plucked")
     chosen = {name: sets[sets["concept"] == name].set_index("note_str")["label"].to_dict() for name in checked}
     for row in notes.reset_index().itertuples(index=False):
-        note = note_of(row.family, row.source, row.qualities)
+        note = note_of(row.family, row.source, row.qualities, row.program, row.parts)
         for name in checked:
             assert chosen[name].get(row.note_str) == BY_NAME[name].label_note(note), (name, row.note_str)
+
+
+def test_without_programs_or_mixes_the_instrument_rules_degrade_as_documented(built):
+    """Real NSynth knows no GM program and has no mixes (data/concepts.py says how the rules degrade)."""
+    notes = read_notes(built).set_index("note_str")
+    assert notes["program"].isna().all() and notes["parts"].isna().all()
+    sets = read_sets(built)
+    labelled = sets.assign(kind=notes.loc[sets["note_str"], "family"].to_numpy() + "_"
+                           + notes.loc[sets["note_str"], "source"].to_numpy())
+    blown = labelled[labelled["concept"] == "blown"].groupby(["kind", "label"]).size()
+    # Every acoustic GM brass and flute is blown; acoustic reeds may be accordions: left out.
+    assert blown[("brass_acoustic", 1)] == 269 and blown[("flute_acoustic", 1)] == 55
+    assert "reed_acoustic" not in blown.index.get_level_values("kind")
+    plucked = labelled[labelled["concept"] == "plucked"].groupby(["kind", "label"]).size()
+    assert plucked[("guitar_acoustic", 1)] == 481 and plucked[("bass_electronic", 1)] == 160
+    assert "string_acoustic" not in plucked.index.get_level_values("kind")  # bowed or pizzicato
+    positives = sets[sets["label"] == 1].groupby("concept").size()
+    for ensemble in ("orchestral", "acoustic_band", "techno"):  # single notes are never an ensemble
+        assert ensemble not in positives and (sets["concept"] == ensemble).sum() > 3000
+    assert positives["percussion"] == positives["is_mallet"]  # no drums in NSynth
 
 
 def test_split_is_disjoint_by_instrument_and_every_family_is_on_both_sides(built):
@@ -198,12 +218,25 @@ def test_rendered_split_goes_through_the_same_reader_with_audio(rendered, tmp_pa
     assert stage(tmp_path, rendered) == 0
     notes = read_notes(tmp_path)
     examples = json.loads((rendered / "examples.json").read_text())
-    assert sorted(notes["note_str"]) == sorted(examples)
+    singles = sorted(name for name, example in examples.items() if "parts" not in example)
+    assert sorted(notes.loc[notes["parts"].isna(), "note_str"]) == singles
     assert all((rendered / path).is_file() for path in notes["path"])
     assert (notes.groupby("instrument_str")["split"].nunique() == 1).all()
     positives = read_sets(tmp_path).query("label == 1").groupby(["concept", "split"]).size()
     for family in ("keyboard", "brass", "string"):
         assert positives[(f"is_{family}", "train")] > 0 and positives[(f"is_{family}", "test")] > 0
+    # Mixes: every part of a used mix is on the mix's side; a mix whose parts straddle the split is not used.
+    mixes = {name: example for name, example in examples.items() if "parts" in example}
+    side = {}
+    for row in notes.itertuples(index=False):
+        for token in (row.parts.split(";") if isinstance(row.parts, str) else [row.instrument_str]):
+            assert side.setdefault(token.rpartition(":")[0] or token, row.split) == row.split, row.note_str
+    used = notes[notes["parts"].notna()]
+    assert 0 < len(used) < len(mixes)
+    for name, example in mixes.items():
+        sides = {side.get(part["instrument_str"]) for part in example["parts"]}
+        assert (name in set(used["note_str"])) == (len(sides) == 1 and None not in sides), name
+    assert positives[("orchestral", "train")] > 0
 
 
 def _truncate_first_wav(directory):
@@ -246,7 +279,7 @@ def test_bad_audio_is_a_one_line_error_and_nothing_is_overwritten(rendered, tmp_
 def test_notes_csv_rows_follow_the_contract(built):
     frame = pd.read_csv(built / "concepts" / "notes.csv", keep_default_na=False)
     assert list(frame.columns) == ["note_str", "instrument_str", "family", "source", "qualities", "pitch",
-                                   "velocity", "split", "path"]
+                                   "velocity", "split", "path", "program", "parts"]
     assert frame["qualities"].str.split(";").explode().replace("", pd.NA).dropna().isin(
         ["bright", "dark", "distortion", "fast_decay", "long_release", "multiphonic", "nonlinear_env",
          "percussive", "reverb", "tempo-synced"]).all()

@@ -19,11 +19,13 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-from data.concepts import CONCEPTS, Note
+from data.concepts import CONCEPTS, INSTRUMENT_GROUPS
 from data.contract import read_generated_index, read_notes, table_sha256
 from data.files import write_csv, write_json, write_npy, write_text
 from data.realised_content import content_part_path, format_content_part
+from data.soundfont import GM_PROGRAMS
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES, VOCABULARY, format_labels
+from interp.nsynth import note_of
 
 # Stage 6 finds embedding files by the stem of --embedder/--model (embeddings.embedding_stem): the synthetic
 # vectors are filed under the spectral embedder's stem; the sidecar's model says what they are.
@@ -36,6 +38,56 @@ def term_directions(dim: int, seed: int) -> dict[str, np.ndarray]:
     """The unit direction of every vocabulary term (what a text tower would map the term to)."""
     directions = np.random.default_rng([seed, 7]).standard_normal((len(VOCABULARY), dim))
     return dict(zip(VOCABULARY, directions / np.linalg.norm(directions, axis=1, keepdims=True)))
+
+
+def _program(family: str, source: str) -> int | None:
+    """A GM program of this family and source, one an instrument group holds where there is one."""
+    programs = [entry.program for entry in GM_PROGRAMS if (entry.family, entry.source) == (family, source)]
+    grouped = [program for group in INSTRUMENT_GROUPS for program in programs if program in group.programs]
+    return (grouped or programs or [None])[0]
+
+
+# Drum kits heard only in mixes, an acoustic and an electronic one per side (GM_KITS numbers).
+_KITS = {"train": (("drum_256", 0), ("drum_281", 25)), "test": (("drum_296", 40), ("drum_280", 24))}
+
+
+def _mixes(note_rows: list[dict], direction: dict, note_strength: float, rng, avoid) -> tuple[list[dict], list]:
+    """Two-part mixes within each side, so that the ensemble concepts have positives: every pair of instruments
+    of different families whose programs an ensemble group holds, each such instrument over each kit of its
+    side, and 40 random pairs of other instruments. Families in `avoid` (the injected terms) are in no mix, so
+    their notes and instruments stay the known answers the tests read."""
+    instruments = {row["instrument_str"]: row for row in note_rows}
+    ensemble = set().union(*(group.programs for group in INSTRUMENT_GROUPS if group.ensemble))
+    rows, vectors = [], []
+    for side in ("train", "test"):
+        members = sorted(name for name, row in instruments.items()
+                         if row["split"] == side and row["family"] not in avoid)
+        # The lead (whose instrument_str the row carries) is the part whose family comes first, as rendered.
+        members.sort(key=lambda name: (FAMILIES.index(instruments[name]["family"]), name))
+        chosen = [name for name in members if instruments[name]["program"] in ensemble]
+        pairs = [(a, b) for i, a in enumerate(chosen) for b in chosen[i + 1:]
+                 if instruments[a]["family"] != instruments[b]["family"]]
+        pairs += [(a, kit) for a in chosen for kit in _KITS[side]]
+        others = [(a, b) for i, a in enumerate(members) for b in members[i + 1:]
+                  if instruments[a]["family"] != instruments[b]["family"]]
+        pairs += [others[k] for k in rng.choice(len(others), size=min(40, len(others)), replace=False)]
+        for lead, other in dict.fromkeys(pairs):
+            first = instruments[lead]
+            drum = isinstance(other, tuple)
+            second_name, second_program = other if drum else (other, instruments[other]["program"])
+            attributes = [first["family"], first["source"]] + (["drum", "percussive"] if drum else
+                                                               [instruments[other]["family"],
+                                                                instruments[other]["source"], "multiphonic"])
+            note_str = f"{lead}-060-100+{second_name}" + ("" if drum else "-048")
+            vectors.append(rng.standard_normal(len(direction["drum"])) + note_strength * sum(
+                direction[a] for a in dict.fromkeys(attributes)))
+            rows.append({"note_str": note_str, "instrument_str": lead, "family": first["family"],
+                         "source": first["source"], "qualities": "percussive" if drum else "multiphonic",
+                         "pitch": 60, "velocity": 100, "split": side, "path": f"audio/{note_str}.wav",
+                         "program": first["program"],
+                         "parts": f"{lead}:{first['program'] if first['program'] is not None else ''};"
+                                  f"{second_name}:{second_program if second_program is not None else ''}"})
+    return rows, vectors
 
 
 def write_synthetic_data(root, n_prompts=30, samples=2, steps=tuple(range(0, 101, 10)), dim=64,
@@ -133,14 +185,18 @@ def write_synthetic_data(root, n_prompts=30, samples=2, steps=tuple(range(0, 101
             note_rows.append({"note_str": f"{family}_{source}_{i:03d}-{60 + n:03d}-100",
                               "instrument_str": f"{family}_{source}_{i:03d}", "family": family, "source": source,
                               "qualities": ";".join(qualities), "pitch": 60 + n, "velocity": 100, "split": split,
-                              "path": f"audio/{family}_{source}_{i:03d}-{60 + n:03d}-100.wav"})
+                              "path": f"audio/{family}_{source}_{i:03d}-{60 + n:03d}-100.wav",
+                              "program": _program(family, source), "parts": ""})
+    mix_rows, mix_vectors = _mixes(note_rows, direction, note_strength, np.random.default_rng([seed, 13]),
+                                   set(inject))
+    note_rows, note_vectors = note_rows + mix_rows, note_vectors + mix_vectors
     notes = pd.DataFrame(note_rows)
     write_csv(root / "concepts" / "notes.csv", notes)
     set_rows = []
     for concept in CONCEPTS:
         for note in note_rows:
-            qualities = frozenset(q for q in note["qualities"].split(";") if q)
-            label = concept.label_note(Note(note["family"], note["source"], qualities))
+            label = concept.label_note(note_of(note["family"], note["source"], note["qualities"], note["program"],
+                                               note["parts"]))
             if label is not None:
                 set_rows.append({"concept": concept.name, "note_str": note["note_str"], "label": label,
                                  "split": note["split"]})
