@@ -8,10 +8,14 @@ from pathlib import Path
 EMBEDDERS = {
     "spectral": "embeddings.spectral:SpectralEmbedder",
     "clap": "embeddings.clap:ClapEmbedder",
+    "musicnn": "embeddings.musicnn:MusicnnEmbedder",
+    "musicnn-tags": "embeddings.musicnn:MusicnnTagger",
 }
 # The checkpoint an embedder with weights loads when --model is not given; embedders absent here take no model.
 DEFAULT_MODELS = {
     "clap": "laion/larger_clap_general",
+    "musicnn": "MTT_musicnn",
+    "musicnn-tags": "MTT_musicnn",
 }
 
 
