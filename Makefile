@@ -90,6 +90,7 @@ bench: install
 	$(PY) bench/bench_annotator.py
 	$(PY) bench/bench_musicgen.py --size tiny
 	$(PY) bench/bench_interventions.py --size tiny
+	$(PY) bench/bench_musicnn.py
 
 clean-data:
 	rm -rf $(DATA)/prompts/*.csv $(DATA)/prompts/*.json $(DATA)/generated $(DATA)/concepts $(DATA)/nsynth/nsynth-* $(DATA)/results
