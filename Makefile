@@ -46,6 +46,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	rm -rf build musicologist.egg-info
 	# tinysoundfont declares pyaudio (live playback only), which does not build here.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps tinysoundfont==0.3.7
+	# musicnn (ISC) is used only as a container of its trained TensorFlow checkpoints, which embeddings/musicnn.py
+	# reads without TensorFlow; its declared tensorflow>=1.14 and numpy<1.17 are for its own TF1 code, never run.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps musicnn==0.1.0
 	touch $@
 
 # --compare when this data folder holds intervened runs (expanded when stage 6 starts, after stage 2 has run).
@@ -87,6 +90,7 @@ bench: install
 	$(PY) bench/bench_annotator.py
 	$(PY) bench/bench_musicgen.py --size tiny
 	$(PY) bench/bench_interventions.py --size tiny
+	$(PY) bench/bench_musicnn.py
 
 clean-data:
 	rm -rf $(DATA)/prompts/*.csv $(DATA)/prompts/*.json $(DATA)/generated $(DATA)/concepts $(DATA)/nsynth/nsynth-* $(DATA)/results

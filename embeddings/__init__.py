@@ -10,10 +10,14 @@ from data.stage import InputError
 EMBEDDERS = {
     "spectral": "embeddings.spectral:SpectralEmbedder",
     "clap": "embeddings.clap:ClapEmbedder",
+    "musicnn": "embeddings.musicnn:MusicnnEmbedder",
+    "musicnn-tags": "embeddings.musicnn:MusicnnTagger",
 }
 # The checkpoint an embedder with weights loads when --model is not given; embedders absent here take no model.
 DEFAULT_MODELS = {
     "clap": "laion/larger_clap_general",
+    "musicnn": "MTT_musicnn",
+    "musicnn-tags": "MTT_musicnn",
 }
 
 

@@ -1,5 +1,6 @@
 """The conda env file and pyproject must name the same packages, or one of the two install paths breaks."""
 import importlib.metadata
+import importlib.util
 import os
 import re
 import subprocess
@@ -90,3 +91,22 @@ def test_declared_ranges_hold_the_versions_the_suite_runs_on_and_agree():
     for name, requirement in pip_section.items():
         if name != "torch":  # pinned to the CI wheel there
             assert requirement.specifier == declared[name].specifier, name
+
+
+def _no_deps_pins(text: str) -> dict:
+    """`pip install ... --no-deps NAME==VERSION` lines -> {name: version}."""
+    return dict(re.findall(r"pip install .*--no-deps ([A-Za-z0-9_.-]+)==([0-9][0-9A-Za-z.]*)", text))
+
+
+def test_packages_installed_without_their_dependencies_are_pinned_alike_and_installed():
+    """tinysoundfont and musicnn are added with --no-deps (their declared requirements must not come along):
+    the Makefile and the conda file name the same pins, pyproject says why they are absent, and they are the
+    versions installed. musicnn's declared tensorflow is not in the environment (the port reads its weights)."""
+    makefile = _no_deps_pins((REPO_ROOT / "Makefile").read_text())
+    conda = _no_deps_pins((REPO_ROOT / "requirements.yaml").read_text())
+    assert makefile == conda and set(makefile) == {"tinysoundfont", "musicnn"}, (makefile, conda)
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    for name, pinned in makefile.items():
+        assert f"{name}=={pinned}" in pyproject, name
+        assert importlib.metadata.version(name) == pinned, name
+    assert importlib.util.find_spec("tensorflow") is None

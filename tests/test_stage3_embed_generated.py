@@ -13,6 +13,7 @@ from data.contract import INDEX_COLUMNS, read_embeddings, read_generated_index, 
 from data.files import sha256_file
 from data.stage import REPO_ROOT, InputError, run_stage
 from embeddings import stage3_embed_generated as stage3
+from embeddings.musicnn import MusicnnTagger
 from embeddings.spectral import SpectralEmbedder
 
 RATE = 44_100
@@ -211,6 +212,21 @@ def test_clap_options_reach_the_embedder_and_rows_align(tmp_path, capsys):
 
     # The embedder's own refusal (half precision on CPU) comes out as the stage's one-line error.
     _one_line_error(run_in_process(data, capsys, *argv[:-1], "fp16", "--force"), "--dtype fp16 runs only on a CUDA")
+
+
+def test_musicnn_tags_from_the_script_align_with_the_index(data):
+    """The tagger through the stage script (run from embeddings/, where `musicnn` on sys.path is the project's
+    module, not the wheel): one taggram row per index row, the tags named in the sidecar."""
+    result = run_script(data, "--embedder", "musicnn-tags", "--model", "MTT_musicnn")
+    assert result.returncode == 0, result.stderr
+    index = read_generated_index(data)
+    tagger = MusicnnTagger()
+    npy = data / "generated" / "embeddings" / "musicnn-tags-MTT_musicnn.npy"
+    matrix, sidecar = read_embeddings(npy, len(index), table_sha256(index), "index_sha256", fix="rerun")
+    assert sidecar["tags"] == list(tagger.tags) and sidecar["layer"] == "taggram" and matrix.shape == (24, 50)
+    clips = [resample(to_mono(read_audio(data / "generated" / path)[0]), RATE, tagger.sample_rate)
+             for path in index["path"]]
+    assert np.array_equal(matrix, tagger.embed(clips))
 
 
 def test_a_slurm_array_shares_the_work_and_the_last_task_writes_the_matrix(data, tmp_path, monkeypatch, capsys):

@@ -151,7 +151,7 @@ def test_bad_inputs_give_one_line_errors(small_data, capsys):
     message = _error(capsys, base + ["--embedder", "clap", "--model", "laion/clap-larger"])
     assert "clap-clap-larger.npy: missing" in message
     message = _error(capsys, base + ["--embedder", "clap-larger"])
-    assert "--embedder 'clap-larger' is not an embedder — choose from clap, spectral" in message
+    assert "--embedder 'clap-larger' is not an embedder — choose from clap, musicnn, musicnn-tags, spectral" in message
     message = _error(capsys, base + ["--embedder", EMBEDDER, "--kind", "xt"])
     assert "no clips of kind 'xt'" in message and "found x0" in message
     notes_sidecar = small_data / "concepts" / "embeddings" / f"{EMBEDDER}.json"
