@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.hub import checkpoint_sha256
 from data.stage import InputError
 from embeddings import DEFAULT_MODELS, embedding_stem
 from embeddings.base import Embedder
-from embeddings.clap import checkpoint_sha256
 from embeddings.musicnn_model import (HOP, LOG_SCALE, MODELS, N_FFT, N_MELS, PAD_MODE, PATCH_FRAMES, SAMPLE_RATE,
                                       build_network, log_mel_patches)
 from embeddings.tf_checkpoint import TensorBundle
@@ -117,7 +117,7 @@ class MusicnnEmbedder(Embedder):
         self.architecture, self.tags = MODELS[self.model]
         self.layer = self._layer()
         self.network = load_network(self.model, self.device)
-        self.checkpoint_sha256 = checkpoint_sha256(files)
+        self.checkpoint_sha256 = checkpoint_sha256(files[0].parent, files)
         self.name = embedding_stem(self.registered, self.model)
         with torch.inference_mode():
             probe = self.network(torch.zeros(1, PATCH_FRAMES, N_MELS, device=self.device))[self.layer]
