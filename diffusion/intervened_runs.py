@@ -112,6 +112,14 @@ def run_interventions(generator, prompts, plan: InterventionPlan, shard=None, fo
     return len(todo), skipped
 
 
+def requested_prompts(spec: InterventionSpec, prompts) -> dict[str, list[str]]:
+    """id -> the prompts each intervention generates over the whole run (every shard), as run_interventions picks
+    them: the spec's prompts among the run's, and for an interchange those carrying concept A."""
+    labels_of = {row.prompt_id: tuple(row.labels) for row in prompts.itertuples(index=False)
+                 if spec.prompts is None or row.prompt_id in spec.prompts}
+    return {intervention.id: sorted(prompts_of(intervention, labels_of)) for intervention in spec.interventions}
+
+
 def direction_hashes(intervention: Intervention) -> dict:
     """Hash of a steering's direction file and its sidecar, so a changed file is a changed intervention."""
     if not isinstance(intervention, Steering) or intervention.direction_file is None:
