@@ -21,11 +21,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 import torch  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from tiny_clap import AUDIO_TOWERS  # noqa: E402
 from tiny_musicgen import CODEBOOK_SIZE, NUM_CODEBOOKS  # noqa: E402
 from tiny_musicgen import SIZES as MUSICGEN_SIZES  # noqa: E402
 from tiny_stable_audio import SIZES as SAO_SIZES  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from embeddings.musicnn import MusicnnEmbedder  # noqa: E402
 
 META = torch.device("meta")
 # musicgen-medium and -large (facebook/musicgen-{medium,large} config.json): T5-base text encoder and 32 kHz EnCodec
@@ -96,8 +98,8 @@ def stable_audio(seconds: float) -> dict:
 
 
 def musicgen(size: str, seconds: float) -> dict:
-    from transformers import EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration
-    from transformers import T5Config
+    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig, MusicgenForConditionalGeneration,
+                              T5Config)
 
     text = T5Config(vocab_size=T5_BASE_VOCAB, feed_forward_proj="relu", **MUSICGEN_SIZES["small"]["t5"])
     audio = EncodecConfig(sampling_rate=32000, codebook_size=CODEBOOK_SIZE, target_bandwidths=[2.2],
@@ -145,8 +147,6 @@ def clap() -> dict:
 
 
 def musicnn() -> dict:
-    from embeddings.musicnn import MusicnnEmbedder
-
     embedder = MusicnnEmbedder(model="MTT_musicnn")
     network = embedder.network
     patch = torch.zeros(1, 187, 96)   # one 3 s patch of 96 mel bands

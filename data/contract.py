@@ -212,8 +212,7 @@ def check_prompt_ids(frame: pd.DataFrame, path, fix: str) -> None:
 
 def read_prompts(data: Path, fix: str = "rerun stage 1 with --force") -> pd.DataFrame:
     path = prompts_csv(data)
-    frame = read_table(path, PROMPTS_COLUMNS, fix, dtype={"prompt_id": str, "prompt": str, "origin": str},
-                       missing_fix=run_first(data, 1))
+    frame = read_table(path, PROMPTS_COLUMNS, fix, dtype={"prompt_id": str, "prompt": str, "origin": str})
     check_prompt_ids(frame, path, fix)
     return frame
 
