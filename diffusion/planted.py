@@ -65,6 +65,15 @@ from diffusion.bank import DRUM_MIX_GAIN, ReferenceBank, family_labels, normalis
 GEOMETRY_FORMAT = 1
 DEFAULT_GEOMETRY = Path(__file__).resolve().parent / "specs" / "planted_geometry.json"
 INSTRUMENTS = FAMILIES + (DRUM,)
+# The ideal generator's --generator-option keys (diffusion/ideal.py declares them as its `options`): name -> help.
+OPTIONS = {
+    "geometry": "a planted geometry JSON (format in diffusion/planted.py; default "
+                "diffusion/specs/planted_geometry.json); planted preset only",
+    "scales": "comma-separated latent scale of each group of the planted geometry, in its order (e.g. 8,0.8,0.08): "
+              "a group is decided around sigma ~ scale; planted preset only",
+    "prior_sharpness": "weight of the prompt's labels in the prior (reference presets: 4; planted: 0, the prompt "
+                       "has no effect)",
+}
 
 
 @dataclass(frozen=True)
@@ -149,6 +158,40 @@ def load_geometry(path=None) -> Geometry:
         raise InputError(f"{path}: unreadable planted geometry ({str(error).splitlines()[0]}) — pass a JSON "
                          "file in the format of diffusion/specs/planted_geometry.json") from None
     return parse_geometry(record, str(path))
+
+
+def parse_options(options: dict | None, planted: bool, sharpness: float) -> tuple[Geometry | None, float]:
+    """(planted geometry or None, prior sharpness) from the ideal generator's --generator-option strings, for a
+    preset that is planted or not and has that sharpness; InputError names the bad option."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise InputError(f"--generator-option {unknown[0]}: unknown for ideal — choose from {', '.join(OPTIONS)}")
+    if not planted and {"geometry", "scales"} & set(options):
+        key = sorted({"geometry", "scales"} & set(options))[0]
+        raise InputError(f"--generator-option {key} applies to the planted geometry — add --preset planted")
+    if "prior_sharpness" in options:
+        sharpness = _option_number(options["prior_sharpness"])
+        if not (math.isfinite(sharpness) and sharpness >= 0):
+            raise InputError(f"--generator-option prior_sharpness={options['prior_sharpness']}: must be a number >= 0")
+    if not planted:
+        return None, sharpness
+    geometry = load_geometry(options.get("geometry"))
+    if "scales" in options:
+        scales = [_option_number(part) for part in str(options["scales"]).split(",")]
+        if any(math.isnan(scale) for scale in scales):
+            raise InputError(f"--generator-option scales={options['scales']}: not comma-separated numbers, "
+                             "e.g. scales=8,0.8,0.08")
+        geometry = geometry.with_scales(scales)
+    return geometry, sharpness
+
+
+def _option_number(text) -> float:
+    """An option's KEY=VALUE text as a number; NaN when it is not one."""
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 # -- the clips and their latents ---------------------------------------------------------------------------------
