@@ -38,8 +38,8 @@ import pandas as pd
 from scipy import stats
 
 from data.concepts import BY_NAME, CONCEPTS
-from data.provenance import Provenance, begin, commit, decide
 from data.files import sha256_file, write_csv
+from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError
 from data.vocabulary import DRUM, FAMILIES, SOURCES
 
