@@ -39,7 +39,7 @@ from scipy import stats
 
 from data.concepts import BY_NAME, CONCEPTS
 from data.files import sha256_file, write_csv
-from data.provenance import Provenance, begin, commit, decide
+from data.provenance import Provenance, begin, commit, decide, read_provenance
 from data.stage import InputError
 from data.vocabulary import DRUM, FAMILIES, SOURCES
 
@@ -252,6 +252,21 @@ def write_truth_tables(generated: Path, prompt_ids: Sequence[str], capture_steps
         write_csv(folder / f"{name}.csv", frame)
     commit(prov)
     return folder
+
+
+def read_truth_tables(generated: Path) -> dict[str, pd.DataFrame]:
+    """The truth tables, refused (one-line InputError) when missing or made from other truth parts than those on
+    disk (a run killed between regenerating prompts and rewriting the tables)."""
+    folder = Path(generated) / TABLES_DIR
+    sidecar = read_provenance(folder / TABLES_SIDECAR, FIX)
+    if sidecar is None or not all((folder / name).is_file() for name in TABLE_FILES):
+        raise InputError(f"{folder}: no finished truth tables — {FIX} (they are written once every prompt is made)")
+    recorded = sidecar.get("inputs", {}).get("parts_sha256", {})
+    for prompt_id, digest in recorded.items():
+        path = truth_part_path(generated, prompt_id)
+        if not path.is_file() or sha256_file(path) != digest:
+            raise InputError(f"{folder}: made from another {path.name} than the one on disk — {FIX}")
+    return {name.removesuffix(".csv"): pd.read_csv(folder / name, dtype={"prompt_id": str}) for name in TABLE_FILES}
 
 
 def decide_quietly(prov: Provenance) -> bool:

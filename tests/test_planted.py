@@ -139,7 +139,13 @@ def test_stage2_writes_the_truth_of_every_step_and_its_tables(tmp_path, monkeypa
                         for folder in ("truth", "truth_tables") for path in sorted((generated / folder).iterdir())
                         if path.suffix == ".csv"})
     assert outputs[0] == outputs[1]   # the same seed gives the same truth, byte for byte
-    # Tables follow the parts: a rerun with every prompt done leaves them as they are.
+    assert truth_module.read_truth_tables(generated)["commit_steps"]["concept"].nunique() == 20
+    part = generated / "truth" / "p-two.csv"
+    part.write_text(part.read_text().replace("p-two,0,0,", "p-two,0,0,1", 1))
+    with pytest.raises(InputError, match="made from another p-two.csv"):
+        truth_module.read_truth_tables(generated)
+    part.unlink()
+    # Stage 2 remakes the prompt, byte for byte: the tables, a function of the parts, are then left as they are.
     monkeypatch.setattr(truth_module, "truth_tables", lambda *a, **k: pytest.fail("tables recomputed"))
     assert stage2(data, bank_dir, "--preset", "planted", "--generator-option", f"geometry={geometry}",
                   "--samples", "3") == 0
