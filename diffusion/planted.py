@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.files import read_json, sha256_json
+from data.files import read_json
 from data.stage import InputError
 from data.vocabulary import DRUM, FAMILIES
 from diffusion.bank import DRUM_MIX_GAIN, ReferenceBank, family_labels, normalise
@@ -96,10 +96,6 @@ class Geometry:
                 "groups": [{"name": group.name, "labels": list(group.labels), "scale": group.scale,
                             "absent": group.absent} for group in self.groups]}
 
-    @property
-    def sha256(self) -> str:
-        return sha256_json(self.record())
-
     def cells(self) -> list[tuple]:
         """Every clip's label in each group (None: absent), in product order; the empty cell (silence) left out."""
         choices = [((None,) if group.absent > 0 else ()) + group.labels for group in self.groups]
@@ -110,8 +106,10 @@ class Geometry:
         if len(scales) != len(self.groups):
             raise InputError(f"--generator-option scales: {len(scales)} values for {len(self.groups)} groups "
                              f"({', '.join(group.name for group in self.groups)}) — give one scale per group")
-        return parse_geometry({**self.record(), "groups": [{**group, "scale": scale} for group, scale in
-                                                           zip(self.record()["groups"], scales)]}, "scales")
+        record = self.record()
+        for group, scale in zip(record["groups"], scales):
+            group["scale"] = scale
+        return parse_geometry(record, "--generator-option scales")
 
 
 def parse_geometry(record, where: str) -> Geometry:
@@ -225,14 +223,16 @@ def planted_bank(bank: ReferenceBank, geometry: Geometry) -> PlantedBank:
         audio.append(normalise(mix))
         clip_ids.append("+".join(bank.clip_ids[part] for part in parts))
         labels.append(tuple(sorted({label for part in parts for label in bank.labels[part]})))
-        log_base.append(sum(math.log(group.absent) if label is None else math.log((1 - group.absent)
-                                                                                  / len(group.labels))
-                            for group, label in zip(geometry.groups, cell)))
+        log_base.append(sum(log_probability(group, label) for group, label in zip(geometry.groups, cell)))
         cells.append(cell)
     log_base = np.array(log_base)
-    recipe = {"planted_geometry": geometry.record(), "from_bank_sha256": bank.sha256}
-    planted = ReferenceBank(np.stack(audio), clip_ids, labels, bank.sample_rate, recipe)
+    planted = ReferenceBank(np.stack(audio), clip_ids, labels, bank.sample_rate, {"planted_geometry": geometry.record()})
     return PlantedBank(planted, log_base - np.logaddexp.reduce(log_base), coordinates(geometry, cells), cells)
+
+
+def log_probability(group: Group, label: str | None) -> float:
+    """log P(the group's part of a clip): `absent` for none, the rest shared equally by its instruments."""
+    return math.log(group.absent) if label is None else math.log((1 - group.absent) / len(group.labels))
 
 
 def coordinates(geometry: Geometry, cells: list[tuple]) -> np.ndarray:
