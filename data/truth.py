@@ -21,7 +21,11 @@ rule). When every prompt's part exists it derives, in generated/truth_tables/:
   chance and certainty. A reader that detects less than the exact posterior emerges later, one with a
   significance rule on few trajectories may flag the onset; [onset, completion] is the transition's width.
   Beside it, the median commit step of the trajectories whose realised concept changes (when the content
-  itself settles, which for most concepts lies near the completion step).
+  itself settles, which for most concepts lies near the completion step). Why a level of the oracle curve and not
+  the oracle put through stage 6's significance rule: that step depends on the number of trajectories and on the
+  baseline (on the planted model, random-concept probes read the only group that varies, and their 95th
+  percentile reaches ~0.99 right when a group commits), so it describes the statistic, not the model; stage 6
+  can compute it from the `truth_<concept>` columns, which are an oracle probe's scores.
 
 The curves are the run's own (its trajectories, prompts and seeds): they are what a probe on this run can be
 held to. Every definition reads the tables above; nothing assumes the geometry's planted times.
