@@ -9,7 +9,8 @@ The trajectory axis (data/generation.py) says what a position is: a denoising st
 decoder layer of a layer-wise read-out (MusicGen's DecoderLens).
 
 What a backend can do beyond sampling it declares on the class (defaults below: nothing), never by being probed:
-its `options` (stage 2 --generator-option keys), where an intervention acts (`intervention_site`, `hook_points`),
+what it knows of its own output (`content_labels`, `truth_concepts`), its `options` (stage 2 --generator-option
+keys), where an intervention acts (`intervention_site`, `hook_points`),
 when (`intervention_clock`, `clock_ticks`), on which rows (`has_unconditional_rows`, `cfg_layout`), and whether it
 runs interchange interventions (`supports_interchange`, `component_means`, `sample_sites`).
 """
