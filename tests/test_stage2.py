@@ -147,7 +147,9 @@ def test_shards_partition_the_prompts_and_their_union_is_the_unsharded_run(tmp_p
     assert stage2(data, bank_dir, "--shard", "1/2") == 0
     after_first = snapshot(data)
     assert stage2(data, bank_dir, "--shard", "0/2") == 0
-    assert len(written) == len(set(written)) == len(reference_files) - 1  # all but generation.json
+    # Every file once, but generation.json and the truth tables (written by the last shard, data/truth.py).
+    assert len(written) == len(set(written)) == len([name for name in reference_files
+                                                     if not name.startswith("truth_tables/")]) - 1
     assert snapshot(data) == reference_files
     ids = sorted(pid for pid, _, _ in PROMPTS)
     assert {name.split("/")[1].removesuffix(".csv") for name in after_first if name.startswith("index/")} == \
@@ -278,7 +280,8 @@ def test_shard_parsing_and_selection():
 
 
 def test_index_parts_are_written_last(tmp_path, bank_dir, monkeypatch):
-    """Within a prompt, every wav and its realised content part are on disk before its index part appears."""
+    """Within a prompt, every wav and its realised content and truth parts are on disk before its index part
+    appears."""
     data = make_data(tmp_path, PROMPTS[:2])
     events = []
     real_write_wav, real_write_text = trajectory.write_wav, trajectory.write_text
@@ -289,7 +292,8 @@ def test_index_parts_are_written_last(tmp_path, bank_dir, monkeypatch):
     assert stage2(data, bank_dir, "--samples", "1") == 0
     for prompt_id in ("p-brass", "p-strings"):
         positions = [i for i, event in enumerate(events) if event[1] == prompt_id]
-        assert [events[i] for i in positions[-2:]] == [("content", prompt_id), ("index", prompt_id)]
+        assert [events[i] for i in positions[-3:]] == [("content", prompt_id), ("truth", prompt_id),
+                                                         ("index", prompt_id)]
         assert [event for event in events if event == ("index", prompt_id)] == [("index", prompt_id)]
     with open(contract.generated_dir(data) / "index" / "p-brass.csv", newline="") as handle:
         assert next(csv.reader(handle)) == list(contract.INDEX_COLUMNS)
