@@ -14,6 +14,9 @@ MODEL_ARG := $(if $(MODEL),--model $(MODEL))
 # Extra options for stage 6, e.g. STAGE6_ARGS="--probe svm --bootstrap 200"
 STAGE6_ARGS ?=
 GENERATOR ?= ideal
+# The generator's preset (unset: its default). PRESET=planted runs the ideal model on the planted geometry, where
+# concepts are decided at known, different steps and stage 2 writes the truth tables (diffusion/planted.py).
+PRESET ?=
 # The demo's step-resolved steering run (issue 11) on the ideal model: is_guitar steered from steps 5, 25, 45 against
 # two random directions, on 20 embedded prompts (their ids are in the spec: with other prompts pass your own spec,
 # or INTERVENE= to skip it).
@@ -67,7 +70,8 @@ stages: stage1 stage2 stage3 stage4 stage5 stage6
 stage1:
 	$(PY) data/prompts/stage1_prompts.py --data $(DATA)
 stage2:
-	$(PY) diffusion/stage2_generate.py --data $(DATA) --generator $(GENERATOR) $(if $(INTERVENE),--intervene $(INTERVENE))
+	$(PY) diffusion/stage2_generate.py --data $(DATA) --generator $(GENERATOR) $(if $(PRESET),--preset $(PRESET)) \
+	  $(if $(INTERVENE),--intervene $(INTERVENE))
 stage3:
 	$(PY) embeddings/stage3_embed_generated.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG)
 stage4:

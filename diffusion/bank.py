@@ -210,7 +210,7 @@ def build_default_bank(soundfont=None, recipe: dict | None = None) -> ReferenceB
     def keep(clip_id, audio, clip_labels):
         if gm.is_silent(audio):
             return
-        clips.append(_normalise(audio))
+        clips.append(normalise(audio))
         clip_ids.append(clip_id)
         labels.append(tuple(clip_labels))
 
@@ -232,14 +232,14 @@ def build_default_bank(soundfont=None, recipe: dict | None = None) -> ReferenceB
             melody = _melody(soundfont, top.program, motif, _register_root(top, REGISTERS[1]))
             for accompanying in MIX_LABELS[position + 1:]:
                 if accompanying == DRUM:
-                    second, second_labels = DRUM_MIX_GAIN * _normalise(_groove(soundfont, groove)), (DRUM,)
+                    second, second_labels = DRUM_MIX_GAIN * normalise(_groove(soundfont, groove)), (DRUM,)
                 else:
                     bottom = _nth_program(accompanying, variant)
                     second, second_labels = _accompaniment(soundfont, bottom), (accompanying, bottom.source)
                 if gm.is_silent(melody) or gm.is_silent(second):
                     continue
-                keep(f"mix{variant}-{lead}-{accompanying}", _normalise(melody) + (
-                     second if accompanying == DRUM else _normalise(second)),
+                keep(f"mix{variant}-{lead}-{accompanying}", normalise(melody) + (
+                     second if accompanying == DRUM else normalise(second)),
                      (lead, top.source) + second_labels)
     return ReferenceBank(np.stack(clips), clip_ids, labels, SAMPLE_RATE, recipe)
 
@@ -261,7 +261,8 @@ def open_bank_dir(model) -> tuple[Path, dict]:
     return directory, read_bank_sidecar(directory)
 
 
-def _normalise(audio: np.ndarray) -> np.ndarray:
+def normalise(audio: np.ndarray) -> np.ndarray:
+    """A clip at the bank's loudness, CLIP_RMS (lowered where a peak would pass PEAK_LIMIT), as float32."""
     audio = np.asarray(audio, dtype=np.float64)
     audio = audio * (CLIP_RMS / np.sqrt(np.mean(np.square(audio))))
     peak = np.max(np.abs(audio))

@@ -9,7 +9,8 @@ The trajectory axis (data/generation.py) says what a position is: a denoising st
 decoder layer of a layer-wise read-out (MusicGen's DecoderLens).
 
 What a backend can do beyond sampling it declares on the class (defaults below: nothing), never by being probed:
-its `options` (stage 2 --generator-option keys), where an intervention acts (`intervention_site`, `hook_points`),
+what it knows of its own output (`content_labels`, `truth_concepts`), its `options` (stage 2 --generator-option
+keys), where an intervention acts (`intervention_site`, `hook_points`),
 when (`intervention_clock`, `clock_ticks`), on which rows (`has_unconditional_rows`, `cfg_layout`), and whether it
 runs interchange interventions (`supports_interchange`, `component_means`, `sample_sites`).
 """
@@ -65,9 +66,12 @@ class TrajectoryObserver:
     """Callback at every trajectory position that keeps copies of the requested ones and changes nothing in
     the sampler.
 
-    observer(position, sigma, x_t, x0, content=None): `content`, where a backend knows it, maps each of its
-    `content_labels` to an array [num_samples] of that label's mass in the position's clean estimate (the ideal
-    model: the posterior weight of the bank clips carrying the label).
+    observer(position, sigma, x_t, x0, content=None, truth=None): `content`, where a backend knows it, maps each
+    of its `content_labels` to an array [num_samples] of that label's mass in the position's clean estimate (the
+    ideal model: the posterior weight of the bank clips carrying the label). `truth`, where a backend knows it,
+    maps each of its `truth_concepts` to the exact probability [num_samples] that the finished clip carries the
+    concept. Both are kept at EVERY position (`trace`), not only the captured ones: stage 2 writes them to
+    generated/truth/ (data/truth.py).
     """
 
     def __init__(self, capture: Sequence[int], kinds: Sequence[str] = ("x0",)):
@@ -79,6 +83,8 @@ class TrajectoryObserver:
         self.captured: list[CapturedLatent] = []
         # Internal activations a backend reports (MusicGen's residual stream): (row descriptors, float [n, dim]).
         self.activations: list[tuple[list[dict], np.ndarray]] = []
+        # (position, sigma, content, truth) at every position where the backend reports content or truth.
+        self.trace: list[tuple[int, float | None, dict[str, np.ndarray], dict[str, np.ndarray]]] = []
 
     def keep_activations(self, rows: list[dict], vectors: np.ndarray) -> None:
         """rows[i] describes vectors[i]: a dict with `sample` (0-based within this sampler call) and the
@@ -89,10 +95,14 @@ class TrajectoryObserver:
         self.activations.append(([dict(row) for row in rows], vectors))
 
     def __call__(self, position: int, sigma: float | None, x_t: torch.Tensor | None, x0: torch.Tensor | None,
-                 content: Mapping[str, np.ndarray] | None = None) -> None:
+                 content: Mapping[str, np.ndarray] | None = None,
+                 truth: Mapping[str, np.ndarray] | None = None) -> None:
+        kept = {label: np.array(mass, dtype=np.float64) for label, mass in (content or {}).items()}
+        if content or truth:
+            self.trace.append((int(position), None if sigma is None else float(sigma), kept,
+                               {concept: np.array(p, dtype=np.float64) for concept, p in (truth or {}).items()}))
         if position not in self.capture:
             return
-        kept = {label: np.array(mass, dtype=np.float64) for label, mass in (content or {}).items()}
         for kind, tensor in (("x0", x0), ("xt", x_t)):
             if kind in self.kinds:
                 if tensor is None:
@@ -115,6 +125,8 @@ class Generator(ABC):
     default_capture: list[int]  # positions saved when stage 2 gets no --capture-steps
     # Labels of the realised content the observer's `content` carries (empty: the backend reports none).
     content_labels: tuple[str, ...] = ()
+    # Concepts whose exact probability the observer's `truth` carries at every position (empty: none).
+    truth_concepts: tuple[str, ...] = ()
     # What the backend's observer calls carry (a layer trajectory has no noisy latent: ("x0",)).
     kinds: tuple[str, ...] = KINDS
     # Stage 2 --generator-option keys -> their help; the constructor takes `options=` (a dict of strings, passed

@@ -44,6 +44,17 @@ or source. Early it is the prompt's prior blend; once the trajectory commits it 
 Stage 2 writes it to generated/content/ (data/ARTIFACTS.md), so a probe can be scored against what the model
 made as well as against what the prompt asked for.
 
+Planted preset. The bank's own space decides every concept in the same window, and the prompt prior decides
+them at step 0, so nothing concept-specific about *when* can be recovered. `--preset planted` keeps the sampler and
+replaces the latent space by the planted geometry of diffusion/planted.py: clips made of the bank's solo clips,
+one instrument per concept group, with designed latents in which each group is decided around sigma ~ its scale
+(default: winds and voice by step ~13, drums, mallets, organ and strings by ~26, bass, lead, guitar and keys by
+~37), and a prior with no prompt term (sharpness 0) over the geometry's product base measure: the sampler's
+noise, not the prompt, decides every concept. `--generator-option geometry=FILE`, `scales=...` and
+`prior_sharpness=...` plant other timings. With every step the observer also gets the truth (`truth_of`: the
+exact probability that the finished clip carries each concept), which stage 2 writes for every step
+(data/truth.py); any preset reports it.
+
 Sampler. diffusers' CosineDPMSolverMultistepScheduler — the DPM-Solver++ (2M, SDE) scheduler diffusers ships for
 Stable Audio Open, which expects a v-prediction from the preconditioned input c_in(sigma) · x. The loop is the
 standard diffusers loop (scale_model_input → model output → scheduler.step); the closed-form x0 is turned into
@@ -71,8 +82,10 @@ import numpy as np
 from data.concepts import BY_NAME
 from data.generation import denoising_axis
 from data.stage import InputError
+from data.truth import content_concepts
 from data.vocabulary import DRUM, FAMILIES, SOURCES
 from diffusion import bank as reference_bank
+from diffusion import planted
 from diffusion.bank import CLIP_RMS, ReferenceBank, family_labels, source_labels
 from diffusion.base import Conditioning, Generator, TrajectoryObserver, default_capture
 from diffusion.interventions.records import PRIOR, Steering
@@ -97,6 +110,9 @@ class IdealPreset:
     sigma_min: float
     sigma_max: float
     source: str
+    # A planted preset draws from the clips of the planted geometry (diffusion/planted.py) with no prompt prior,
+    # so that the sampler's noise, not the prompt, decides every concept, each at its group's planted time.
+    planted: bool = False
 
 
 PRESETS = {
@@ -106,6 +122,10 @@ PRESETS = {
     # Stable Audio Open's model-card schedule, to see how a larger sigma_min leaves the end of the trajectory.
     "model-card": IdealPreset(steps=100, sigma_min=0.3, sigma_max=500.0,
                               source="stabilityai/stable-audio-open-1.0 card: sigma 0.3-500, 100 steps"),
+    # The reference study's sampler on the planted geometry: concepts decided at known, different steps.
+    "planted": IdealPreset(steps=50, sigma_min=0.01, sigma_max=100.0,
+                           source="reference study's sampler on the planted geometry (diffusion/planted.py), "
+                                  "no prompt prior", planted=True),
 }
 DEFAULT_PRESET = "reference"
 
@@ -145,11 +165,15 @@ class IdealGenerator(Generator):
     # Steering tilts the concept prior (PriorSteering) from its start step on; the clock is the sampler's step.
     intervention_site = PRIOR
     intervention_clock = "denoising_step"
+    # The exact probability, at every step, that the finished clip carries each concept its clips can realise.
+    truth_concepts = content_concepts()
+    options = planted.OPTIONS
 
     def __init__(self, model=None, preset: str | None = None, steps: int | None = None, device: str | None = None,
-                 dtype: str | None = None, decode_dtype: str | None = None, *, bank: ReferenceBank | None = None):
+                 dtype: str | None = None, decode_dtype: str | None = None, options: dict | None = None, *,
+                 bank: ReferenceBank | None = None):
         """`model`: a bank directory (default: the default soundfont bank's cache, rendered on first use);
-        `bank`: a bank object to use instead (tests)."""
+        `options`: --generator-option settings (planted.OPTIONS); `bank`: a bank object to use instead (tests)."""
         preset = preset or DEFAULT_PRESET
         if preset not in PRESETS:
             raise InputError(f"unknown preset {preset!r} for the ideal generator — "
@@ -163,6 +187,8 @@ class IdealGenerator(Generator):
                              "numbers per step) — drop --device or pass cpu")
         self.preset_name = preset
         self.preset = PRESETS[preset]
+        self.geometry, self.prior_sharpness = planted.parse_options(
+            options, self.preset.planted, 0.0 if self.preset.planted else PRIOR_SHARPNESS)
         self.steps = int(steps) if steps is not None else self.preset.steps
         if self.steps < 1:
             raise InputError(f"--steps {self.steps} must be at least 1")
@@ -195,6 +221,8 @@ class IdealGenerator(Generator):
         # Caches of what the bank determines (one latent space per clip length): no state of any sample() call.
         self._spaces: dict[int, LatentSpace] = {}
         self._label_masks = None
+        self._concept_masks = None
+        self._planted = None
 
     @property
     def scheduler(self):
@@ -219,10 +247,21 @@ class IdealGenerator(Generator):
 
     @property
     def bank(self) -> ReferenceBank:
+        """The clips the model draws from: the bank's, or with a planted geometry the planted clips made of them."""
+        return self.source_bank if self.geometry is None else self.planted_clips.bank
+
+    @property
+    def source_bank(self) -> ReferenceBank:
         if self._bank is None:
             self._ensure_bank_dir()
             self._bank = reference_bank.load_bank(self._bank_dir)
         return self._bank
+
+    @property
+    def planted_clips(self) -> planted.PlantedBank:
+        if self._planted is None:
+            self._planted = planted.planted_bank(self.source_bank, self.geometry)
+        return self._planted
 
     def _bank_identity(self) -> tuple[str, str, int]:
         if self._bank is not None and self._bank_sidecar is None:
@@ -237,16 +276,22 @@ class IdealGenerator(Generator):
 
     def provenance(self) -> dict:
         model, bank_sha256, clips = self._bank_identity()
+        sampler = {key: value for key, value in asdict(self.preset).items() if key != "planted"}
+        settings = {**sampler, "steps": self.steps, "sigma_data": SIGMA_DATA,
+                    "scheduler": SCHEDULER, "solver": "sde-dpmsolver++ order 2",
+                    "noise": "per-sample Gaussian, seed + row", "prior_sharpness": self.prior_sharpness,
+                    "latent_unit": f"waveform / ({CLIP_RMS} * sqrt(samples))", "bank_clips": clips}
+        if self.geometry is not None:
+            # The planted clips and latents follow from the bank and the geometry; the geometry is recorded whole.
+            settings.update(latent_unit="planted geometry (diffusion/planted.py)",
+                            planted_geometry=self.geometry.record(), planted_clips=len(self.geometry.cells()))
         return {
             "generator": self.name,
             "model": model,
             "checkpoint_sha256": bank_sha256,
             "model_kind": REFERENCE_NOTE,
             "preset": self.preset_name,
-            "settings": {**asdict(self.preset), "steps": self.steps, "sigma_data": SIGMA_DATA,
-                         "scheduler": SCHEDULER, "solver": "sde-dpmsolver++ order 2",
-                         "noise": "per-sample Gaussian, seed + row", "prior_sharpness": PRIOR_SHARPNESS,
-                         "latent_unit": f"waveform / ({CLIP_RMS} * sqrt(samples))", "bank_clips": clips},
+            "settings": settings,
             "steps": self.steps,
             "sample_rate": self.sample_rate,
             "channels": self.channels,
@@ -285,7 +330,8 @@ class IdealGenerator(Generator):
             latents = scheduler.step(velocity, timestep, latents).prev_sample
             if observer is not None:
                 # model_outputs[-1] is the scheduler's conversion of our v back into x0 at this step's sigma.
-                observer(step, float(sigma), latents, scheduler.model_outputs[-1], self.content_of(weights))
+                observer(step, float(sigma), latents, scheduler.model_outputs[-1], self.content_of(weights),
+                         truth=self.truth_of(weights))
             if weights_callback is not None:
                 weights_callback(step, float(sigma), weights)
         return latents
@@ -307,6 +353,16 @@ class IdealGenerator(Generator):
                                           for label in self.content_labels], dtype=np.float64)
         masses = np.asarray(weights, dtype=np.float64) @ self._label_masks.T
         return {label: masses[:, column] for column, label in enumerate(self.content_labels)}
+
+    def truth_of(self, weights: np.ndarray) -> dict[str, np.ndarray]:
+        """The exact probability that the finished clip carries each of `truth_concepts` (float64 [samples]): the
+        posterior weight of the clips whose labels satisfy the concept's rule (the oracle reader of data/truth.py).
+        Under the exact sampler the posterior at a step is the distribution of the clip the trajectory ends on."""
+        if self._concept_masks is None:
+            self._concept_masks = np.array([[BY_NAME[name].prompt_has(clip_labels) for clip_labels in self.bank.labels]
+                                            for name in self.truth_concepts], dtype=np.float64)
+        probabilities = np.asarray(weights, dtype=np.float64) @ self._concept_masks.T
+        return {name: probabilities[:, column] for column, name in enumerate(self.truth_concepts)}
 
     # -- the closed-form model -----------------------------------------------------------------------------------
 
@@ -338,7 +394,11 @@ class IdealGenerator(Generator):
         return weights @ space.coordinates, weights
 
     def log_prior(self, labels: Sequence[str]) -> np.ndarray:
-        """log pi over the bank's clips for a prompt's labels (module docstring), normalised."""
+        """log pi over the bank's clips for a prompt's labels (module docstring), normalised; with a planted
+        geometry, the prompt's term is added to the geometry's base measure (diffusion/planted.py)."""
+        base = np.zeros(len(self.bank.labels)) if self.geometry is None else self.planted_clips.log_base
+        if self.prior_sharpness == 0:
+            return base - np.logaddexp.reduce(base)
         prompt_families, prompt_sources = family_labels(labels), source_labels(labels)
         scores = np.zeros(len(self.bank.labels))
         for index, clip_labels in enumerate(self.bank.labels):
@@ -347,7 +407,7 @@ class IdealGenerator(Generator):
                 scores[index] += len(clip_families & prompt_families) - len(clip_families - prompt_families)
             if prompt_sources and clip_sources:
                 scores[index] += 1.0 if clip_sources & prompt_sources else -1.0
-        logits = PRIOR_SHARPNESS * scores
+        logits = base + self.prior_sharpness * scores
         return logits - np.logaddexp.reduce(logits)
 
     def latent_space(self, seconds: float) -> LatentSpace:
@@ -358,6 +418,12 @@ class IdealGenerator(Generator):
         if not 1 <= samples <= int(round(self.max_seconds * self.sample_rate)):
             raise InputError(f"seconds_total {seconds:g} is outside (0, {self.max_seconds:g}] — the ideal "
                              f"generator's bank clips are {self.max_seconds:g} s long; pass a shorter --seconds")
+        if samples not in self._spaces and self.geometry is not None:
+            # Designed latents; the least-squares decoder reproduces the first `samples` of every clip exactly.
+            coordinates = self.planted_clips.coordinates
+            self._spaces[samples] = LatentSpace(samples, coordinates, 0.5 * np.square(coordinates).sum(axis=1),
+                                                torch.from_numpy(planted.decoder(coordinates,
+                                                                                 self.bank.audio[:, :samples])))
         if samples not in self._spaces:
             audio = self.bank.audio[:, :samples].astype(np.float64)
             unit = CLIP_RMS * math.sqrt(samples)

@@ -20,6 +20,7 @@ from data.concepts import BY_NAME
 from data.files import read_json, sha256_file, sha256_json, write_npy
 from data.interventions import INTERVENTION_JSON, intervention_dir, means_dir
 from data.provenance import Provenance, begin, commit, decide
+from data.truth import TRUTH_DIR
 from diffusion.base import Conditioning, TrajectoryObserver
 from diffusion.interventions.records import Interchange, Intervention, Steering
 from diffusion.interventions.spec import InterventionSpec
@@ -75,13 +76,13 @@ def run_interventions(generator, prompts, plan: InterventionPlan, shard=None, fo
         stored = read_json(prov.sidecar) if prov.sidecar.is_file() else None
         if stored != prov.record or force:
             begin(prov)
-            for part in ("index", "audio", "content"):
+            for part in ("index", "audio", "content", TRUTH_DIR):
                 shutil.rmtree(folder / part, ignore_errors=True)
             commit(prov)
     todo = [(intervention, prompt_id) for intervention in spec.interventions for prompt_id in chosen
             if prompt_id in generates[intervention.id]
             and (force or not part_is_complete(plan.provenances[intervention.id][0], prompt_id, expected,
-                                               content_labels))]
+                                               content_labels, generator.truth_concepts))]
     skipped = sum(len(prompt_ids) for prompt_ids in generates.values()) - len(todo)
     # An interchange's unfinished sites of one prompt share one batch: (prompt, A, B, op) -> InterchangeBatch.
     batches, means = {}, {}

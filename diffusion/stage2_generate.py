@@ -27,6 +27,7 @@ from data.files import sha256_file
 from data.interventions import INTERVENTIONS_DIR
 from data.requested import write_request
 from data.stage import InputError, add_progress_argument, main_exit, parse_shard, stage_parser
+from data.truth import write_truth_tables
 from diffusion import GENERATORS, intervened_runs, load_generator
 from diffusion.interventions.spec import check_spec, load_spec
 from diffusion.trajectory import (TrajectorySettings, check_force, check_generation, parse_capture_steps, parse_kinds,
@@ -44,7 +45,9 @@ def build_parser():
                              "data/bank/); stable-audio-open: hub id or local directory (unset: "
                              "stabilityai/stable-audio-open-1.0); musicgen: hub id or local directory, e.g. "
                              "facebook/musicgen-small, -medium, -large or -melody (unset: facebook/musicgen-small)")
-    parser.add_argument("--preset", default=None, help="sampler preset of the generator (unset: its 'reference')")
+    parser.add_argument("--preset", default=None,
+                        help="sampler preset of the generator (unset: its 'reference'); ideal: reference, model-card, "
+                             "or planted (concepts decided at known, different steps; diffusion/planted.py)")
     parser.add_argument("--steps", type=int, default=None, help="sampler steps (unset: the preset's)")
     parser.add_argument("--capture-steps", default=None,
                         help="comma-separated positions on the generator's trajectory axis to save: denoising "
@@ -70,7 +73,8 @@ def build_parser():
     parser.add_argument("--generator-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a setting of the chosen generator only (repeatable); each backend lists its keys in "
                              "its `options` (musicgen: lens=logit|regenerate, residuals=cond|both, guidance_scale, "
-                             "top_k, top_p, temperature, do_sample, melody)")
+                             "top_k, top_p, temperature, do_sample, melody; ideal: geometry=FILE.json, "
+                             "scales=S1,S2,..., prior_sharpness=X)")
     parser.add_argument("--lens", default=None,
                         help="how a layer trajectory reads each decoder layer: logit (one generation, every layer's "
                              "readout; cheap) or regenerate (DecoderLens: one generation per layer); the same as "
@@ -172,6 +176,11 @@ def main(args) -> None:
     print(f"stage 2: shard {shard}: {summary.prompts} prompts — {summary.skipped} already done, "
           f"{summary.generated} generated ({summary.clips} clips) in {time.monotonic() - started:.1f} s{orphans}; "
           f"outputs in {generated}", file=sys.stderr)
+    if generator.truth_concepts:
+        # Once every prompt is made (by this shard or the others), the truth tables follow from the truth parts.
+        tables = write_truth_tables(generated, list(prompts["prompt_id"]), capture_steps)
+        print(f"stage 2: truth tables in {tables}" if tables else
+              "stage 2: truth tables wait for the other shards' prompts", file=sys.stderr)
     if plan is not None:
         done, skipped = intervened_runs.run_interventions(generator, prompts, plan, shard=shard, force=args.force,
                                                         progress=not args.no_progress)

@@ -15,7 +15,7 @@ A backend (diffusion/base.py) only samples and decodes; `run_trajectories` does 
   were written. A killed run leaves no part for its unfinished prompt; the rerun clears that prompt's audio
   folder and makes it again.
 - Resume: a prompt is done when its part lists exactly the expected (sample, kind, step) rows and their wavs
-  (and realised content part, for generators that report content) exist; generated/generation.json (written
+  (and realised content and truth parts, for generators that report them) exist; generated/generation.json (written
   atomically before any clip) must match this run's provenance.
 - --force rewrites generation.json, redoes this shard's prompts and deletes parts of prompts that are no longer
   in annotated.csv. It never leaves clips of two settings under one generation.json: with new settings, a
@@ -44,6 +44,7 @@ from data.generation import GENERATION_JSON, TrajectoryAxis
 from data.provenance import Provenance, begin, commit, decide
 from data.realised_content import content_part_path, format_content_part
 from data.stage import InputError, Shard
+from data.truth import TRUTH_DIR, format_truth_part, truth_part_path
 from diffusion.base import KINDS, Conditioning, Generator, TrajectoryObserver
 
 PROVENANCE_FIX = "pass --force to regenerate with these settings, or use another --data"
@@ -246,7 +247,8 @@ def run_trajectories(generator: Generator, prompts, generated: Path, settings: T
     summary.prompts = len(mine)
     expected = settings.expected_rows()
     todo = [prompt_id for prompt_id in mine
-            if force or not part_is_complete(generated, prompt_id, expected, generator.content_labels)]
+            if force or not part_is_complete(generated, prompt_id, expected, generator.content_labels,
+                                             generator.truth_concepts)]
     summary.skipped = len(mine) - len(todo)
     with ThreadPoolExecutor(max_workers=WAV_WRITERS) as writers, \
             tqdm(total=len(todo), unit="prompt", desc=f"stage 2 {generator.name} shard {shard}",
@@ -272,6 +274,7 @@ def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditio
     # A part says "complete"; drop it before touching the prompt's clips so that no kill leaves it lying.
     part_path.unlink(missing_ok=True)
     content_path.unlink(missing_ok=True)
+    truth_part_path(generated, prompt_id).unlink(missing_ok=True)
     audio_dir = generated / "audio" / prompt_id
     if audio_dir.exists():
         shutil.rmtree(audio_dir)
@@ -279,7 +282,7 @@ def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditio
         path.unlink(missing_ok=True)
     labels = tuple(generator.content_labels)
     base_seed = prompt_seed(settings.seed, prompt_id)
-    rows, activations = [], []
+    rows, activations, trace = [], [], []
     for first in range(0, settings.samples, settings.batch_size):
         count = min(settings.batch_size, settings.samples - first)
         observer = TrajectoryObserver(settings.capture_steps, settings.kinds)
@@ -298,6 +301,11 @@ def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditio
             sample, kind, step = sorted(missing)[0]
             raise RuntimeError(f"{generator.name}: the observer got no {kind} at step {step} (sample {sample})")
         observer.captured.clear()
+        # The truth of every step (data/truth.py), not only the captured ones.
+        trace.extend({"prompt_id": prompt_id, "sample": first + row, "step": position, "sigma": sigma,
+                      "content": {label: float(content[label][row]) for label in labels},
+                      "truth": {concept: float(truth[concept][row]) for concept in generator.truth_concepts}}
+                     for position, sigma, content, truth in observer.trace for row in range(count))
         activations.extend(({**row, "sample": first + row["sample"]}, vector)
                            for batch_rows, vectors in observer.activations for row, vector in zip(batch_rows, vectors))
         rows.extend(_decode_and_write(generator, prompt_id, clips, base_seed, generated, settings, writers))
@@ -306,6 +314,9 @@ def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditio
         write_activations(generated, prompt_id, base_seed, activations)
     if labels:
         write_text(content_path, format_content_part(rows, labels))
+    if generator.truth_concepts:
+        trace.sort(key=lambda row: (row["sample"], row["step"]))
+        write_text(truth_part_path(generated, prompt_id), format_truth_part(trace, labels, generator.truth_concepts))
     write_text(part_path, _part_csv(rows))
     return len(rows)
 
@@ -368,13 +379,16 @@ def _part_csv(rows: list[dict]) -> str:
     return text.getvalue()
 
 
-def part_is_complete(generated: Path, prompt_id: str, expected: set, content_labels: Sequence[str] = ()) -> bool:
-    """The prompt's part lists exactly the expected clips, every listed wav exists, and so does its realised
-    content part when the generator reports content."""
+def part_is_complete(generated: Path, prompt_id: str, expected: set, content_labels: Sequence[str] = (),
+                     truth_concepts: Sequence[str] = ()) -> bool:
+    """The prompt's part lists exactly the expected clips, every listed wav exists, and so do its realised
+    content and truth parts when the generator reports them."""
     part_path = generated / "index" / f"{prompt_id}.csv"
     if not part_path.is_file():
         return False
     if content_labels and not content_part_path(generated, prompt_id).is_file():
+        return False
+    if truth_concepts and not truth_part_path(generated, prompt_id).is_file():
         return False
     try:
         with open(part_path, newline="", encoding="utf-8") as handle:
@@ -398,6 +412,7 @@ def remove_prompt_outputs(generated: Path, prompt_ids) -> list[str]:
             part.unlink()
             removed.append(prompt_id)
         content_part_path(generated, prompt_id).unlink(missing_ok=True)
+        truth_part_path(generated, prompt_id).unlink(missing_ok=True)
         for path in activations_paths(generated, prompt_id):
             path.unlink(missing_ok=True)
         if (generated / "audio" / prompt_id).is_dir():
@@ -408,7 +423,7 @@ def remove_prompt_outputs(generated: Path, prompt_ids) -> list[str]:
 def prompts_on_disk(generated: Path) -> set[str]:
     """Prompt ids that have an index part, a content part, activations or an audio folder."""
     found = set()
-    for folder, pattern in (("index", "*.csv"), ("content", "*.csv"), ("activations", "*.csv"),
+    for folder, pattern in (("index", "*.csv"), ("content", "*.csv"), (TRUTH_DIR, "*.csv"), ("activations", "*.csv"),
                             ("activations", "*.npy")):
         directory = generated / folder
         found |= {path.stem for path in directory.glob(pattern)} if directory.is_dir() else set()
