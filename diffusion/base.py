@@ -149,6 +149,12 @@ class Generator(ABC):
     def provenance(self) -> dict:
         """Model id, checkpoint hash and every setting that changes the audio; stored in generation.json."""
 
+    def prepare(self) -> None:
+        """Load and check whatever `sample` and `decode` read that the constructor left for later (the ideal
+        model's bank), raising InputError for a bad input. Stage 2 calls it before it removes or writes anything
+        when there is work to do, so a corrupt input never costs finished clips; a rerun with every prompt done
+        never calls it. Default: the constructor loaded everything."""
+
     @abstractmethod
     def sample(self, conditioning: Conditioning, seed: int, num_samples: int, seconds: float,
                observer: TrajectoryObserver | None) -> torch.Tensor:

@@ -274,6 +274,10 @@ class IdealGenerator(Generator):
 
     # -- the Generator interface ---------------------------------------------------------------------------------
 
+    def prepare(self) -> None:
+        """Load the bank (and the planted clips made of it) now: a corrupt bank is refused before stage 2 writes."""
+        self.bank
+
     def provenance(self) -> dict:
         model, bank_sha256, clips = self._bank_identity()
         sampler = {key: value for key, value in asdict(self.preset).items() if key != "planted"}

@@ -1,8 +1,12 @@
-"""Steps that several stage-2 backend tests share: writing annotated prompts, and running stages 3-6 on the clips."""
+"""Steps that several stage-2 backend tests share: writing annotated prompts, stamping hand-written index parts, and
+running stages 3-6 on the clips."""
+from pathlib import Path
+
 import pandas as pd
 
 from data.contract import ANNOTATED_COLUMNS, annotated_csv
-from data.files import write_csv
+from data.files import read_json, write_csv
+from data.parts import GENERATION_JSON, RunRecord, parts_on_disk, write_part_sidecar
 from data.stage import run_stage
 
 
@@ -11,6 +15,15 @@ def write_annotated(data, prompts) -> None:
     rows = [{"prompt_id": pid, "prompt": text, "labels": labels, "bpm": None, "annotator": "offline"}
             for pid, text, labels in prompts]
     write_csv(annotated_csv(data), pd.DataFrame(rows, columns=list(ANNOTATED_COLUMNS)))
+
+
+def stamp_parts(generated) -> None:
+    """Index parts a test wrote by hand get the sidecar stage 2 writes beside each part it makes (data/parts.py):
+    made under the generation.json now on disk."""
+    generated = Path(generated)
+    made_under = RunRecord.of(GENERATION_JSON, read_json(generated / GENERATION_JSON))
+    for prompt_id in parts_on_disk(generated):
+        write_part_sidecar(generated, prompt_id, made_under)
 
 
 def run_stages_3_to_6(data, *stage6_extra: str) -> None:
