@@ -236,7 +236,7 @@ def _shared_state_lock(out_path: Path):
 def _matrix_complete(path: Path, n_rows: int, dim: int) -> bool:
     try:
         matrix = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError):
+    except (ValueError, OSError, EOFError):   # EOFError: an empty file
         return False
     return matrix.dtype == np.float32 and matrix.shape == (n_rows, dim)
 
@@ -284,7 +284,7 @@ def _chunk_complete(path: Path, n_rows: int, dim: int) -> bool:
         return False
     try:
         chunk = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError):
+    except (ValueError, OSError, EOFError):   # a chunk that is not a whole .npy is made again
         return False
     return chunk.dtype == np.float32 and chunk.shape == (n_rows, dim)
 
