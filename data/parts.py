@@ -90,4 +90,5 @@ def check_parts_current(run: Path, record_file: str, record: dict, prompt_ids: I
     if stale:
         shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
         raise InputError(f"{Path(run) / INDEX_DIR}: {len(stale)} of {len(prompt_ids)} parts were not made under the "
-                         f"current {record_file} (other settings, or an interrupted --force): {shown} — {fix}")
+                         f"current {record_file} (other settings, an interrupted --force, or a stage 2 too old to "
+                         f"record it): {shown} — {fix}")

@@ -274,8 +274,12 @@ class IdealGenerator(Generator):
 
     # -- the Generator interface ---------------------------------------------------------------------------------
 
-    def prepare(self) -> None:
-        """Load the bank (and the planted clips made of it) now: a corrupt bank is refused before stage 2 writes."""
+    def prepare(self, interventions: Sequence = ()) -> None:
+        """Load the bank (and the planted clips made of it) now, and tilt the prior once for every steering: a
+        corrupt bank, or a concept no bank clip carries, is refused before stage 2 writes."""
+        for steering in interventions:
+            if isinstance(steering, Steering) and steering.strength != 0:
+                prior_direction(steering, self.bank.labels)
         self.bank
 
     def provenance(self) -> dict:

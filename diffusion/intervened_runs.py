@@ -83,7 +83,7 @@ def run_interventions(generator, prompts, plan: InterventionPlan, shard=None, fo
     if not todo:
         return 0, skipped
     # Loaded and checked before any folder is cleared or any intervention.json written.
-    generator.prepare()
+    generator.prepare([intervention for intervention, _ in todo])
     renewing = {intervention.id for intervention, _ in todo}
     folders = [plan.provenances[i][0] for i in sorted(renewing)]
     created = [folder for folder in [folders[0].parent, *folders] if not folder.exists()]

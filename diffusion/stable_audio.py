@@ -190,6 +190,9 @@ class StableAudioGenerator(Generator):
         """Block b's output (`blocks.{b}.hook_resid_post`) is transformer_blocks[b]'s."""
         return {resid_post(block): module for block, module in enumerate(self.pipeline.transformer.transformer_blocks)}
 
+    def block_width(self) -> int:
+        return int(self.pipeline.transformer.inner_dim)
+
     def hook_clock(self) -> StepClock:
         """The scheduler's own step_index: the pipeline calls the transformer once per step with [uncond x B,
         cond x B] rows."""

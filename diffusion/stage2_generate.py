@@ -30,7 +30,7 @@ from data.truth import write_truth_tables
 from diffusion import GENERATORS, intervened_runs, load_generator
 from diffusion.interventions.spec import check_spec, load_spec
 from diffusion.trajectory import (TrajectorySettings, check_force, check_generation, parse_capture_steps, parse_kinds,
-                                  run_trajectories)
+                                  pending_prompts, run_trajectories)
 
 DEFAULT_SAMPLES = 2
 DEFAULT_DECODE_BATCH = 8
@@ -154,6 +154,10 @@ def main(args) -> None:
         plan = intervened_runs.plan_interventions(generated, settings, spec, provenance, args.force)
     if args.force:
         check_force(generated, provenance, prompts, shard, list(annotated["prompt_id"]))
+    # What sampling reads (a bank, the steerings) is loaded and checked before anything is written or removed.
+    if spec is not None or pending_prompts(generator, shard.select(list(prompts["prompt_id"])), generated, settings,
+                                           provenance, args.force):
+        generator.prepare(spec.interventions if spec is not None else ())
     kind = f" — {provenance['model_kind']}" if provenance.get("model_kind") else ""
     print(f"stage 2: generator {generator.name}{kind}; model {provenance['model']}, preset {provenance['preset']}, "
           f"a {generator.axis.describe()}, saving {','.join(kinds)} at {generator.axis.unit}s "

@@ -240,10 +240,7 @@ def run_trajectories(generator: Generator, prompts, generated: Path, settings: T
     mine = shard.select(list(by_id))
     known = set(all_prompt_ids if all_prompt_ids is not None else by_id)
     stale = check_force(generated, record, prompts, shard, all_prompt_ids) if force else set()
-    expected = settings.expected_rows()
-    todo = [prompt_id for prompt_id in mine
-            if force or not part_is_complete(generated, prompt_id, expected, generator.content_labels,
-                                             generator.truth_concepts, made_under)]
+    todo = pending_prompts(generator, mine, generated, settings, record, force)
     if todo:
         generator.prepare()
     # Nothing is written before this point: a refused run changes nothing. New settings: the old sidecar goes
@@ -271,6 +268,17 @@ def run_trajectories(generator: Generator, prompts, generated: Path, settings: T
             summary.generated += 1
             bar.update(1)
     return summary
+
+
+def pending_prompts(generator: Generator, prompt_ids: Sequence[str], generated: Path, settings: TrajectorySettings,
+                    record: dict, force: bool = False) -> list[str]:
+    """The prompts a run still has to make (all with --force): those whose part is not complete under `record`
+    (generation.json's content). Writes nothing."""
+    made_under = RunRecord.of(GENERATION_JSON, record)
+    expected = settings.expected_rows()
+    return [prompt_id for prompt_id in prompt_ids
+            if force or not part_is_complete(generated, prompt_id, expected, generator.content_labels,
+                                             generator.truth_concepts, made_under)]
 
 
 def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditioning, generated: Path,

@@ -26,6 +26,38 @@ def stamp_parts(generated) -> None:
         write_part_sidecar(generated, prompt_id, made_under)
 
 
+def assert_outside_the_clock_is_refused(folder, generator, seconds: float, entry: dict) -> None:
+    """Every backend refuses, before generating, a spec whose steps, capture positions or blocks lie outside what it
+    makes for a `seconds`-long clip (diffusion/interventions/spec.py check_spec). `entry`: a valid steering entry of
+    this backend (concept, direction, where, strength)."""
+    import json
+
+    import pytest
+
+    from data.stage import InputError
+    from diffusion.interventions.spec import check_spec, load_spec
+
+    ticks, positions = generator.clock_ticks(seconds), generator.axis.positions
+    outside = [({"from_step": ticks - 1, "to_step": ticks}, {}, None),   # the last tick, to the end: fine
+               ({"from_step": ticks}, {}, f"from_step {ticks} is past the last"),
+               ({"from_step": 0, "to_step": ticks + 1}, {}, f"to_step {ticks + 1} is past the end"),
+               ({"from_step": 0}, {"capture_steps": [max(positions) + 1]}, f"capture_steps {max(positions) + 1} is "
+                                                                          "not a position")]
+    if entry["where"] != "prior":
+        blocks = len([name for name in generator.hook_points() if name.endswith("hook_resid_post")])
+        outside.append(({"from_step": 0, "where": [blocks]}, {}, f"block {blocks} does not exist"))
+    for change, top, message in outside:
+        path = folder / "out-of-range.json"
+        path.write_text(json.dumps({"format": 2, **top, "interventions": [{**entry, **change}]}))
+        spec = load_spec(path)
+        if message is None:
+            check_spec(spec, generator, seconds, 1, ["p1"])
+            continue
+        with pytest.raises(InputError, match=message) as error:
+            check_spec(spec, generator, seconds, 1, ["p1"])
+        assert "\n" not in str(error.value)
+
+
 def run_stages_3_to_6(data, *stage6_extra: str) -> None:
     """Stages 3-6 in process on a stage-2 output: spectral embeddings, a small rendered note set, logreg probes."""
     from data.nsynth import render_soundfont

@@ -351,7 +351,12 @@ def check_spec(spec: InterventionSpec, generator, seconds: float, run_samples: i
                 raise InputError(f"{head}: rows '{intervention.rows}' — the {generator.name} generator runs no "
                                  f"unconditional (CFG) rows — {SPEC_FIX}")
             if intervention.direction_file is not None:
-                steering_direction(intervention)
+                direction = steering_direction(intervention)
+                width = generator.block_width()
+                if width is not None and direction.dim != width:
+                    raise InputError(f"{intervention.direction_file}: direction dim {direction.dim} but the "
+                                     f"{generator.name} generator's blocks are {width} wide — compute the direction "
+                                     "on this model")
     if spec.samples is not None and spec.samples > run_samples:
         raise InputError(f"{spec.path}: samples {spec.samples} is more than the run's {run_samples} per prompt "
                          f"(the reference) — {SPEC_FIX}")
