@@ -402,6 +402,13 @@ def write_spec(content, name: str = "spec.json"):
     return corrupt
 
 
+def chain(*corruptions):
+    def corrupt(data: Path):
+        for change in corruptions:
+            change(data)
+    return corrupt
+
+
 def bank_copy(change: Callable[[Path], None]):
     """The default bank copied beside --data (it is the same bank: same record, same hash) and then damaged; the
     run is a --force over it."""
@@ -428,6 +435,15 @@ def bank_clips_object_array(bank: Path):
 
 
 BANK_FORCE = ("--model", "{data}/../bank", "--force")
+
+
+def intervention_folder_linked_outside(data: Path):
+    """The spec's run folder is a link to a folder outside --data: stage 2 would clear and fill it."""
+    outside = data.parent / "elsewhere"
+    (outside / "index").mkdir(parents=True)
+    (outside / "index" / "keep.csv").write_text("precious\n")
+    (data / "generated" / "interventions").mkdir()
+    (data / "generated" / "interventions" / "is_brass_concept_prior_s8_k5").symlink_to(outside)
 
 
 # ---------------------------------------------------------------------------------------------- the catalogue
@@ -544,6 +560,8 @@ CASES = [
          extra=INTERVENE),
     Case("s2-spec-prompt-id-newline", 2, write_spec(spec(prompts=["p1\n"])), ("prompts", "prompt_id"),
          extra=INTERVENE),
+    Case("s2-intervention-folder-is-a-link", 2, chain(write_spec(spec()), intervention_folder_linked_outside),
+         ("is_brass_concept_prior_s8_k5: is a symbolic link", "outside"), extra=INTERVENE),
     # Refused while generating (no bank clip carries a quality): the run leaves no intervention.json behind.
     Case("s2-steer-concept-without-clips", 2, write_spec(spec({"concept": "warm"})), ("'warm' marks no clip",),
          extra=INTERVENE),
@@ -887,11 +905,13 @@ def test_a_killed_run_leaves_no_temp_file_and_resumes_byte_identical(stage, base
     assert tree(data / compared, skip) == tree(base / compared, skip)
 
 
-# Killed once the given chunk is written, with most of the work still ahead (6 clips, 103 notes).
-@pytest.mark.parametrize("stage, chunk_rows, chunk", [(3, 1, "00000.npy"), (5, 8, "00002.npy")],
-                         ids=["stage-3", "stage-5"])
-def test_an_embedding_run_killed_between_chunks_resumes_from_them_byte_identical(stage, chunk_rows, chunk, data,
-                                                                                  tmp_path):
+# Killed once the given chunk is written, with most of the work still ahead (6 clips, 103 notes); `emptied`: the
+# chunk is then cut to 0 bytes (a copy that stopped), which the resume makes again.
+@pytest.mark.parametrize("stage, chunk_rows, chunk, emptied", [(3, 1, "00000.npy", False), (5, 8, "00002.npy", False),
+                                                               (3, 1, "00000.npy", True)],
+                         ids=["stage-3", "stage-5", "stage-3-empty-chunk"])
+def test_an_embedding_run_killed_between_chunks_resumes_from_them_byte_identical(stage, chunk_rows, chunk, emptied,
+                                                                                  data, tmp_path):
     redo, compared = RESUMABLE[stage]
     reference = shutil.copytree(data, tmp_path / "reference")
     for root in (data, reference):
@@ -901,6 +921,9 @@ def test_an_embedding_run_killed_between_chunks_resumes_from_them_byte_identical
     assert code == 0, stderr[-2000:]
     chunk = data / compared / "spectral.chunks" / chunk
     assert kill_when(start(stage, stage_argv(stage, data) + extra), chunk.is_file)
+    if emptied:
+        chunk.unlink()
+        chunk.write_bytes(b"")
     code, stderr = run_script(stage, stage_argv(stage, data) + extra)
     assert code == 0, stderr[-2000:]
     assert temp_files(data) == [] and not chunk.parent.exists()
