@@ -92,13 +92,13 @@ def random_training_sets(nsynth: ConceptNotes | None, split: ConceptSplit | None
 
 
 def score_clips(family, fitted: dict, nsynth: ConceptNotes | None, splits: dict, embeddings: np.ndarray,
-                baseline: str, count: int, seed: int) -> ProbeScores:
+                baseline: str, count: int, seed: int, progress: bool = True) -> ProbeScores:
     """Score every clip with every concept probe and with `count` random-concept probes per concept."""
     scores, decisions = concept_scores(family, fitted, embeddings)
     n_clips, n_concepts = len(embeddings), len(CONCEPTS)
     baseline_scores = np.full((n_concepts, count, n_clips), np.nan)
     baseline_decisions = np.zeros((n_concepts, count, n_clips), bool)
-    for k, concept in enumerate(tqdm(CONCEPTS, desc="random-concept probes", leave=False)):
+    for k, concept in enumerate(tqdm(CONCEPTS, desc="random-concept probes", leave=False, disable=not progress)):
         for r, random_set in enumerate(random_training_sets(nsynth, splits[concept.name], baseline, count, seed, k)):
             model = family.random_probe(k, r, random_set, embeddings.shape[1])
             if model is not None:
