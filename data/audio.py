@@ -1,4 +1,5 @@
 """Reading, checking, resampling and writing the wav files that join the stages."""
+import io
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +62,12 @@ def write_wav(path, audio: np.ndarray, rate: int, subtype: str = "PCM_16") -> No
     """Write [channels, samples] or [samples] float audio atomically; values are clipped to [-1, 1]."""
     data = np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0)
     data = data.T if data.ndim == 2 else data
+    # Encoded in memory, written by Python: a full disk is then an OSError naming the file (ENOSPC), where
+    # libsndfile writing the file itself reports a bare "System error".
+    encoded = io.BytesIO()
+    sf.write(encoded, data, rate, subtype=subtype, format="WAV")
     with atomic_path(path) as tmp:
-        sf.write(tmp, data, rate, subtype=subtype, format="WAV")
+        Path(tmp).write_bytes(encoded.getvalue())
 
 
 def _first_line(error: Exception) -> str:

@@ -9,13 +9,11 @@ import pandas as pd
 
 from data.concepts import CONCEPT_NAMES
 from data.files import read_json, sha256_text
+from data.identifiers import name_problem, safe_name
+from data.parts import GENERATION_JSON, INTERVENTION_JSON, check_parts_current, record_sha256
 from data.stage import InputError
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES, VOCABULARY, parse_labels
 
-# Matched with fullmatch: `$` alone would accept an id ending in a newline, which then becomes a directory name.
-PROMPT_ID = re.compile(r"[A-Za-z0-9_-]+")
-# Ids name folders and files (with a temp-file suffix of ~40 characters); file names stop at 255 bytes.
-MAX_ID_CHARACTERS = 100
 # Control characters other than whitespace (a NUL, an escape sequence) have no place in a text prompt.
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # A clip or note may be this much shorter than its declared length (seconds × rate) before it is refused:
@@ -115,6 +113,7 @@ def run_first(data, stage: int) -> str:
 def read_table(path, columns, fix: str, dtype=None, missing_fix: str | None = None) -> pd.DataFrame:
     """Read a CSV and check it exists, is non-empty, is well formed and has the contract's columns.
 
+    A row whose every field is empty (",,") is refused as such.
     frame.attrs["lines"] holds each row's line number in the file, so errors point at the line a person sees
     even after blank lines. `missing_fix`: the fix when the file does not exist (default `fix`)."""
     path = Path(path)
@@ -132,6 +131,10 @@ def read_table(path, columns, fix: str, dtype=None, missing_fix: str | None = No
         raise InputError(f"{path}: has no rows — {fix}")
     if len(lines) == len(frame):
         frame.attrs["lines"] = _Lines(lines)
+    blank = frame.isna().all(axis=1)
+    if blank.any():
+        raise InputError(f"{path} row {_row(blank.idxmax(), frame)}: the row is empty (every field is blank) — "
+                         f"delete the row ({fix})")
     return frame
 
 
@@ -178,22 +181,16 @@ def relative_path(value, root: Path, where: str, fix: str) -> Path:
     return Path(root) / relative
 
 
-def valid_prompt_id(prompt_id) -> bool:
-    return isinstance(prompt_id, str) and len(prompt_id) <= MAX_ID_CHARACTERS and bool(PROMPT_ID.fullmatch(prompt_id))
-
-
-def _shown_id(prompt_id) -> str:
-    """An id as it appears in an error: quoted, escaped, cut after 40 characters."""
-    if isinstance(prompt_id, str) and len(prompt_id) > 40:
-        return repr(prompt_id[:40] + "…")
-    return repr(prompt_id)
+def check_id_column(frame: pd.DataFrame, path, fix: str, column: str = "prompt_id") -> None:
+    """Every id of the column is a safe name (data/identifiers.py): ids name folders and files."""
+    for index, value in frame[column].items():
+        problem = name_problem(value, column)
+        if problem:
+            raise InputError(f"{path} row {_row(index, frame)}: {problem} — {fix}")
 
 
 def check_prompt_ids(frame: pd.DataFrame, path, fix: str) -> None:
-    for index, prompt_id in frame["prompt_id"].items():
-        if not valid_prompt_id(prompt_id):
-            raise InputError(f"{path} row {_row(index, frame)}: prompt_id {_shown_id(prompt_id)} must match "
-                             f"[A-Za-z0-9_-]+ (at most {MAX_ID_CHARACTERS} characters) — {fix}")
+    check_id_column(frame, path, fix)
     duplicated = frame["prompt_id"].duplicated()
     if duplicated.any():
         index = duplicated.idxmax()
@@ -210,9 +207,11 @@ def check_prompt_ids(frame: pd.DataFrame, path, fix: str) -> None:
                              f"than the limit of {MAX_PROMPT_CHARACTERS:,} — shorten it ({fix})")
 
 
-def read_prompts(data: Path, fix: str = "rerun stage 1 with --force") -> pd.DataFrame:
+def read_prompts(data: Path, fix: str = "rerun stage 1 with --force",
+                 missing_fix: str = "run stage 1 first") -> pd.DataFrame:
     path = prompts_csv(data)
-    frame = read_table(path, PROMPTS_COLUMNS, fix, dtype={"prompt_id": str, "prompt": str, "origin": str})
+    frame = read_table(path, PROMPTS_COLUMNS, fix, dtype={"prompt_id": str, "prompt": str, "origin": str},
+                       missing_fix=missing_fix)
     check_prompt_ids(frame, path, fix)
     return frame
 
@@ -247,15 +246,21 @@ def table_sha256(frame: pd.DataFrame) -> str:
 
 
 def read_generated_index(data: Path, fix: str = "rerun stage 2 (add --force if its outputs are corrupt)") -> pd.DataFrame:
-    """The union of index parts, sorted by prompt_id, sample, kind, step."""
-    index_dir = generated_dir(data) / "index"
+    """The union of index parts, sorted by prompt_id, sample, kind, step; every part made under its run's current
+    record (data/parts.py): generation.json, or an intervened run's intervention.json made beside it."""
+    generated = generated_dir(data)
+    index_dir = generated / "index"
     parts = sorted(index_dir.glob("*.csv")) if index_dir.is_dir() else []
     if not parts:
         raise InputError(f"{index_dir}: no index parts — {run_first(data, 2)}")
+    generation = read_sidecar(generated / GENERATION_JSON, run_first(data, 2), "rerun stage 2 with --force")
+    check_parts_current(generated, GENERATION_JSON, generation)
     frames = [_read_index_part(part, data, fix).assign(**{INTERVENTION_COLUMN: ""}) for part in parts]
     # Intervened runs (stage 2 --intervene) are ordinary rows with the run's id in the intervention column.
-    for run_index in sorted((generated_dir(data) / "interventions").glob("*/index")):
-        identifier = run_index.parent.name
+    for run_index in sorted((generated / "interventions").glob("*/index")):
+        identifier = safe_name(run_index.parent.name, "intervention id", run_index.parent,
+                               "remove the folder (stage 2 --intervene names its runs with valid ids)")
+        _check_intervened_run(run_index.parent, generation)
         for part in sorted(run_index.glob("*.csv")):
             part_frame = _read_index_part(part, data, fix)
             frames.append(part_frame.assign(**{INTERVENTION_COLUMN: identifier,
@@ -286,14 +291,22 @@ def read_generated_index(data: Path, fix: str = "rerun stage 2 (add --force if i
     return frame.sort_values(INDEX_ORDER, kind="stable").reset_index(drop=True)
 
 
+def _check_intervened_run(folder: Path, generation: dict) -> None:
+    """An intervened run was made beside the current reference run, and its parts under its intervention.json."""
+    rerun = f"rerun stage 2 with --intervene <spec> --force, or delete {folder}"
+    record = read_sidecar(folder / INTERVENTION_JSON, rerun, rerun)
+    if record.get("generation_sha256") != record_sha256(generation):
+        raise InputError(f"{folder / INTERVENTION_JSON}: made beside another reference run (generation.json changed "
+                         f"since) — {rerun}")
+    check_parts_current(folder, INTERVENTION_JSON, record,
+                        fix="rerun stage 2 with --intervene <spec>: it redoes exactly those prompts")
+
+
 def _read_index_part(part: Path, data: Path, fix: str) -> pd.DataFrame:
     """One index part, with the checks that name its row: anchored prompt ids, a clip length, and a path that
     stays inside generated/."""
     frame = read_table(part, INDEX_COLUMNS, fix, dtype={"prompt_id": str, "kind": str, "path": str})
-    for index, prompt_id in frame["prompt_id"].items():
-        if not valid_prompt_id(prompt_id):
-            raise InputError(f"{part} row {_row(index, frame)}: prompt_id {_shown_id(prompt_id)} must match "
-                             f"[A-Za-z0-9_-]+ (at most {MAX_ID_CHARACTERS} characters) — {fix}")
+    check_id_column(frame, part, fix)
     for column in ("seconds_total", "sample_rate"):
         values = pd.to_numeric(frame[column], errors="coerce")
         bad = ~(np.isfinite(values) & (values > 0))
@@ -385,6 +398,19 @@ def read_sets(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFra
     return frame
 
 
+def read_npy(path, fix: str, mmap_mode=None) -> np.ndarray:
+    """An .npy array, never a pickle; missing, empty (0 bytes), cut off or holding objects is one InputError line."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: missing — {fix}")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes), not an .npy array — {fix}")
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise InputError(f"{path}: unreadable .npy ({first_line(error)}) — {fix}") from None
+
+
 def read_embeddings(npy_path, n_rows: int, rows_sha256: str, rows_key: str, fix: str) -> tuple[np.ndarray, dict]:
     """Load an embedding matrix and its sidecar; check dtype, shape and that it was made for these rows."""
     npy_path = Path(npy_path)
@@ -392,10 +418,7 @@ def read_embeddings(npy_path, n_rows: int, rows_sha256: str, rows_key: str, fix:
     if not npy_path.is_file() or not sidecar_path.is_file():
         raise InputError(f"{npy_path}: missing (or its .json sidecar is) — {fix}")
     sidecar = read_sidecar(sidecar_path, fix, fix)
-    try:
-        matrix = np.load(npy_path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as error:
-        raise InputError(f"{npy_path}: unreadable ({first_line(error)}) — {fix}") from None
+    matrix = read_npy(npy_path, fix, mmap_mode="r")
     if matrix.dtype != np.float32 or matrix.ndim != 2:
         raise InputError(f"{npy_path}: expected float32 [rows, dim], found {matrix.dtype} {list(matrix.shape)} — {fix}")
     if matrix.shape[0] != n_rows:

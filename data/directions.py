@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data.contract import first_line, read_npy
 from data.files import read_json, write_json, write_npy
 from data.stage import InputError
 
@@ -95,12 +96,11 @@ class Direction:
         sidecar_path = path.with_suffix(".json")
         if not path.is_file() or not sidecar_path.is_file():
             raise InputError(f"{path}: missing (or its .json sidecar is) — {REWRITE}")
+        vectors = read_npy(path, REWRITE)
         try:
-            vectors = np.load(path, allow_pickle=False)
             sidecar = read_json(sidecar_path)
-        except (ValueError, OSError, EOFError) as error:
-            raise InputError(f"{path}: unreadable ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
-                             f" — {REWRITE}") from None
+        except (ValueError, OSError) as error:
+            raise InputError(f"{sidecar_path}: unreadable ({first_line(error)}) — {REWRITE}") from None
         if not isinstance(sidecar, dict) or sidecar.get("direction_format") != DIRECTION_FORMAT:
             raise InputError(f"{sidecar_path}: not a direction sidecar of format {DIRECTION_FORMAT} — {REWRITE}")
         if vectors.dtype.kind != "f" or not np.isfinite(vectors).all():

@@ -93,6 +93,13 @@ def atomic_path(path, fsync: bool = True, before_replace=None):
         if before_replace is not None:
             before_replace()
         os.replace(tmp, path)
+    except OSError as error:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        # A write or sync that failed (a full disk) names no file, or the temp file: name the artifact instead.
+        if error.filename in (None, str(tmp)):
+            error.filename = str(path)
+        raise
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -141,6 +148,34 @@ def read_json(path) -> dict:
         return json.loads(text, object_pairs_hook=unique_keys)
     except RecursionError:
         raise ValueError("nested too deeply to parse") from None
+
+
+def read_yaml(path):
+    """Parse a YAML file with pyyaml's safe loader, refusing like read_json: a key that appears twice in one mapping
+    (pyyaml would keep the last) or nesting too deep to parse is a ValueError, as is a YAML syntax error.
+    pyyaml is optional: ImportError when it is not installed."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen = set()
+                for key_node, _ in node.value:
+                    key = self.construct_object(key_node, deep=True)
+                    if key in seen:
+                        raise ValueError(f"key {key!r} appears twice in one mapping")
+                    seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
+    except yaml.YAMLError as error:
+        raise ValueError(f"not valid YAML: {' '.join(str(error).split())}") from None
+    except TypeError as error:  # an unhashable key (a list or mapping used as a key)
+        raise ValueError(f"not a plain YAML mapping: {error}") from None
 
 
 def unique_keys(pairs) -> dict:

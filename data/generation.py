@@ -13,9 +13,8 @@ from pathlib import Path
 
 from data.contract import generated_dir, read_sidecar, run_first
 from data.files import sha256_file
+from data.parts import GENERATION_JSON
 from data.stage import InputError
-
-GENERATION_JSON = "generation.json"
 REGENERATE = "rerun stage 2 with --force"
 
 

@@ -11,17 +11,26 @@ from pathlib import Path
 
 from data.contract import read_sidecar
 from data.files import sha256_json
-from data.generation import GENERATION_JSON
+from data.identifiers import path_inside
+from data.parts import GENERATION_JSON, INTERVENTION_JSON
 from data.stage import InputError
 
 INTERVENTIONS_DIR = "interventions"
-INTERVENTION_JSON = "intervention.json"
 MEANS_DIR = "component-means"
 
 
 def intervention_dir(generated: Path, intervention_id: str) -> Path:
-    """generated/interventions/<id>/: index/ and audio/ exactly as the reference run's."""
-    return Path(generated) / INTERVENTIONS_DIR / intervention_id
+    """generated/interventions/<id>/: index/ and audio/ exactly as the reference run's. The id is a safe name
+    (data/identifiers.py) and the folder no link out of generated/interventions/."""
+    root = Path(generated) / INTERVENTIONS_DIR
+    return path_inside(root, intervention_id, "intervention id", root, "give the intervention another id")
+
+
+def intervention_folders(generated: Path) -> list[Path]:
+    """The intervened runs on disk (folders of generated/interventions/ with an index/), each name checked."""
+    root = Path(generated) / INTERVENTIONS_DIR
+    folders = sorted(path.parent for path in root.glob("*/index")) if root.is_dir() else []
+    return [intervention_dir(generated, folder.name) for folder in folders]
 
 
 def means_dir(generated: Path) -> Path:
@@ -31,10 +40,9 @@ def means_dir(generated: Path) -> Path:
 def read_intervention_records(generated: Path) -> dict[str, dict]:
     """id -> the intervention's record (diffusion/interventions/records.py `record()`) of every intervened run
     under generated/interventions/, each checked to be made beside the current reference run."""
-    root = Path(generated) / INTERVENTIONS_DIR
     generation = read_sidecar(Path(generated) / GENERATION_JSON, "run stage 2 first", "rerun stage 2 with --force")
     records = {}
-    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+    for folder in intervention_folders(generated):
         if (folder / "index").is_dir():
             sidecar = read_sidecar(folder / INTERVENTION_JSON, "rerun stage 2 with --intervene",
                                    "rerun stage 2 with --intervene --force")

@@ -7,6 +7,7 @@ import fcntl
 import os
 import re
 import signal
+import stat
 import sys
 import traceback
 from dataclasses import dataclass
@@ -67,12 +68,24 @@ def file_lock(path, blocking: bool = True):
 
     The file is removed on release, so a finished run leaves nothing behind; a waiter that locked a file
     which was removed meanwhile notices (the inode at `path` changed) and tries again. blocking=False raises
-    LockHeld at once when another process holds it.
+    LockHeld at once when another process holds it. The lock file is opened without following a symlink and must
+    be a plain file with no other name (InputError otherwise): a link planted at `path` in a shared folder would
+    otherwise make the run truncate and overwrite its target with the pid.
     """
     path = Path(path)
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            raise InputError(f"{path}: the lock file is a symbolic link — remove it (a stage creates its own lock "
+                             "file; a link there points the lock at another file)") from None
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode) or status.st_nlink > 1:
+                raise InputError(f"{path}: the lock file is not a plain file of its own (a hard link or a special "
+                                 "file) — remove it; a stage creates its own lock file")
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
         except BlockingIOError:
             holder = _read_holder(fd)
@@ -82,7 +95,7 @@ def file_lock(path, blocking: bool = True):
             os.close(fd)
             raise
         try:
-            current = os.stat(path).st_ino
+            current = os.lstat(path).st_ino
         except FileNotFoundError:
             current = None
         if current == os.fstat(fd).st_ino:
@@ -170,6 +183,8 @@ def add_shard_argument(parser) -> None:
 def _os_error_line(error: OSError) -> str:
     where = error.filename if error.filename is not None else "the data directory"
     reason = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason = f"the disk is full ({reason})" if error.errno == errno.ENOSPC else f"over the disk quota ({reason})"
     fixes = {errno.ENOSPC: "free some space or use another --data",
              errno.EDQUOT: "free some quota or use another --data",
              errno.EACCES: "check the permissions of --data (or use another --data)",

@@ -42,7 +42,8 @@ import pandas as pd
 from scipy import stats
 
 from data.concepts import BY_NAME, CONCEPTS
-from data.files import sha256_file, write_csv
+from data.files import read_json, sha256_file, write_csv
+from data.parts import GENERATION_JSON, RunRecord, check_parts_current, part_is_current
 from data.provenance import Provenance, begin, commit, decide, read_provenance
 from data.stage import InputError
 from data.vocabulary import DRUM, FAMILIES, SOURCES
@@ -119,7 +120,9 @@ def realised_concepts(content: np.ndarray, labels: Sequence[str], concepts: Sequ
 
 
 def read_truth(generated: Path, prompt_ids: Sequence[str]) -> Truth:
-    """The truth parts of these prompts, checked: the same columns and steps in every part."""
+    """The truth parts of these prompts, checked: made under the current generation.json (data/parts.py), the same
+    columns and steps in every part."""
+    check_parts_current(generated, GENERATION_JSON, _generation(generated), prompt_ids)
     frames, columns = [], None
     for prompt_id in prompt_ids:
         path = truth_part_path(generated, prompt_id)
@@ -238,10 +241,12 @@ def write_truth_tables(generated: Path, prompt_ids: Sequence[str], capture_steps
     prompt's part is still missing."""
     generated = Path(generated)
     parts = [truth_part_path(generated, prompt_id) for prompt_id in sorted(prompt_ids)]
-    if not parts or not all(path.is_file() for path in parts):
+    # Every prompt made, and made under the current generation.json (a killed --force leaves older ones behind).
+    made_under = RunRecord.of(GENERATION_JSON, _generation(generated))
+    if not parts or not all(path.is_file() and part_is_current(generated, path.stem, made_under) for path in parts):
         return None
     folder = generated / TABLES_DIR
-    record = {"inputs": {"generation_sha256": sha256_file(generated / "generation.json"),
+    record = {"inputs": {"generation_sha256": sha256_file(generated / GENERATION_JSON),
                          "parts_sha256": {path.stem: sha256_file(path) for path in parts}},
               "settings": {"capture_steps": [int(step) for step in capture_steps], "realised_mass": REALISED_MASS,
                            "levels": {"onset": ONSET_AUROC, "emergence": EMERGENCE_AUROC,
@@ -266,11 +271,24 @@ def read_truth_tables(generated: Path) -> dict[str, pd.DataFrame]:
     if sidecar is None or not all((folder / name).is_file() for name in TABLE_FILES):
         raise InputError(f"{folder}: no finished truth tables — {FIX} (they are written once every prompt is made)")
     recorded = sidecar.get("inputs", {}).get("parts_sha256", {})
+    if sidecar.get("inputs", {}).get("generation_sha256") != sha256_file(Path(generated) / GENERATION_JSON):
+        raise InputError(f"{folder}: made under another generation.json than the one on disk — {FIX}")
     for prompt_id, digest in recorded.items():
         path = truth_part_path(generated, prompt_id)
         if not path.is_file() or sha256_file(path) != digest:
             raise InputError(f"{folder}: made from another {path.name} than the one on disk — {FIX}")
     return {name.removesuffix(".csv"): pd.read_csv(folder / name, dtype={"prompt_id": str}) for name in TABLE_FILES}
+
+
+def _generation(generated: Path) -> dict:
+    path = Path(generated) / GENERATION_JSON
+    try:
+        record = read_json(path)
+    except (OSError, ValueError) as error:
+        raise InputError(f"{path}: unreadable ({str(error).splitlines()[0]}) — {FIX}") from None
+    if not isinstance(record, dict):
+        raise InputError(f"{path}: not a JSON object — {FIX}")
+    return record
 
 
 def decide_quietly(prov: Provenance) -> bool:

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from data import soundfont as gm
+from data.contract import read_npy
 from data.files import atomic_path, read_json, sha256_file, sha256_json, write_json, write_text
 from data.stage import DEFAULT_DATA, InputError
 from data.vocabulary import DRUM, FAMILIES, LABEL_SEPARATOR, SOURCES, format_labels, parse_labels
@@ -133,6 +134,8 @@ def read_bank_sidecar(directory) -> dict:
         sidecar = read_json(path)
     except (OSError, ValueError) as error:
         raise InputError(f"{path}: unreadable bank sidecar ({str(error).splitlines()[0]}) — {fix}") from None
+    if not isinstance(sidecar, dict):
+        raise InputError(f"{path}: the bank sidecar is a JSON {type(sidecar).__name__}, not an object — {fix}")
     required = ("bank_format", "bank_sha256", "sample_rate", "clips", "samples", "clips_npy_sha256",
                 "clips_csv_sha256")
     missing = [key for key in required if key not in sidecar]
@@ -153,7 +156,10 @@ def load_bank(directory) -> ReferenceBank:
     table_path = directory / "clips.csv"
     if not table_path.is_file() or sha256_file(table_path) != sidecar["clips_csv_sha256"]:
         raise InputError(f"{table_path}: missing or not the file bank.json describes — {fix}")
-    audio = np.load(clips_path, allow_pickle=False)
+    audio = read_npy(clips_path, fix)
+    if audio.dtype.kind != "f" or audio.ndim != 2:
+        raise InputError(f"{clips_path}: expected float audio [clips, samples], found {audio.dtype} "
+                         f"{list(audio.shape)} — {fix}")
     try:
         with open(table_path, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))

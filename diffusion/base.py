@@ -149,6 +149,13 @@ class Generator(ABC):
     def provenance(self) -> dict:
         """Model id, checkpoint hash and every setting that changes the audio; stored in generation.json."""
 
+    def prepare(self, interventions: Sequence = ()) -> None:
+        """Load and check whatever `sample` and `decode` read that the constructor left for later (the ideal
+        model's bank), and that each of `interventions` (diffusion/interventions/records.py) can be applied,
+        raising InputError for a bad input. Stage 2 calls it before it removes or writes anything when there is
+        work to do, so a corrupt input never costs finished clips; a rerun with every prompt done never calls it.
+        Default: the constructor loaded everything, and check_spec checked what a hook-point backend needs."""
+
     @abstractmethod
     def sample(self, conditioning: Conditioning, seed: int, num_samples: int, seconds: float,
                observer: TrajectoryObserver | None) -> torch.Tensor:
@@ -177,6 +184,12 @@ class Generator(ABC):
         and the other names of its one convention, b 0-based). Stage 2 steers `intervention_site` "blocks" through
         them (diffusion/interventions/steering.py)."""
         return {}
+
+    def block_width(self) -> int | None:
+        """The width of a block's output (`blocks.{b}.hook_resid_post`), which a steering direction must have:
+        check_spec refuses another before anything is generated. None: not known before a sampler call (the
+        steering hook still refuses it)."""
+        return None
 
     def hook_clock(self):
         """A fresh clock for one sampler call's hooks (diffusion/interventions/hooks.py: `ticks(tokens)` -> the tick

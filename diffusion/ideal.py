@@ -274,6 +274,14 @@ class IdealGenerator(Generator):
 
     # -- the Generator interface ---------------------------------------------------------------------------------
 
+    def prepare(self, interventions: Sequence = ()) -> None:
+        """Load the bank (and the planted clips made of it) now, and tilt the prior once for every steering: a
+        corrupt bank, or a concept no bank clip carries, is refused before stage 2 writes."""
+        for steering in interventions:
+            if isinstance(steering, Steering) and steering.strength != 0:
+                prior_direction(steering, self.bank.labels)
+        self.bank
+
     def provenance(self) -> dict:
         model, bank_sha256, clips = self._bank_identity()
         sampler = {key: value for key, value in asdict(self.preset).items() if key != "planted"}

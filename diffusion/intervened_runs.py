@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from data.concepts import BY_NAME
 from data.files import read_json, sha256_file, sha256_json, write_npy
-from data.interventions import INTERVENTION_JSON, intervention_dir, means_dir
+from data.interventions import intervention_dir, means_dir
+from data.parts import INTERVENTION_JSON, RunRecord
 from data.provenance import Provenance, begin, commit, decide
 from data.truth import TRUTH_DIR
 from diffusion.base import Conditioning, TrajectoryObserver
@@ -72,18 +73,51 @@ def run_interventions(generator, prompts, plan: InterventionPlan, shard=None, fo
     generates = {intervention.id: prompts_of(intervention, labels_of) for intervention in spec.interventions}
     expected = settings.expected_rows()
     content_labels = tuple(generator.content_labels)
-    for folder, prov in plan.provenances.values():
-        stored = read_json(prov.sidecar) if prov.sidecar.is_file() else None
-        if stored != prov.record or force:
-            begin(prov)
-            for part in ("index", "audio", "content", TRUTH_DIR):
-                shutil.rmtree(folder / part, ignore_errors=True)
-            commit(prov)
+    made_under = {identifier: RunRecord.of(INTERVENTION_JSON, prov.record)
+                  for identifier, (_, prov) in plan.provenances.items()}
     todo = [(intervention, prompt_id) for intervention in spec.interventions for prompt_id in chosen
             if prompt_id in generates[intervention.id]
             and (force or not part_is_complete(plan.provenances[intervention.id][0], prompt_id, expected,
-                                               content_labels, generator.truth_concepts))]
+                                               content_labels, generator.truth_concepts, made_under[intervention.id]))]
     skipped = sum(len(prompt_ids) for prompt_ids in generates.values()) - len(todo)
+    if not todo:
+        return 0, skipped
+    # Loaded and checked before any folder is cleared or any intervention.json written.
+    generator.prepare([intervention for intervention, _ in todo])
+    renewing = {intervention.id for intervention, _ in todo}
+    folders = [plan.provenances[i][0] for i in sorted(renewing)]
+    created = [folder for folder in [folders[0].parent, *folders] if not folder.exists()]
+    try:
+        _renew(plan, renewing, force)
+        _generate(generator, prompts, plan, todo, made_under, shard, progress)
+    except BaseException:
+        # A refused (or interrupted) run leaves no folder it created with nothing in it but an intervention.json.
+        for folder in reversed(created):
+            if not any(folder.rglob("index/*.csv")):
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return len(todo), skipped
+
+
+def _renew(plan: InterventionPlan, identifiers: set, force: bool) -> None:
+    """Clear the parts of the interventions whose intervention.json changes (or all, with --force) and write it."""
+    for identifier in sorted(identifiers):
+        folder, prov = plan.provenances[identifier]
+        try:
+            stored = read_json(prov.sidecar)
+        except (OSError, ValueError):
+            stored = None   # missing or unreadable: --force got this far (decide refuses it otherwise)
+        if stored != prov.record or force:
+            begin(prov)
+            for part in ("index", "audio", "content", TRUTH_DIR, "activations"):
+                shutil.rmtree(folder / part, ignore_errors=True)
+            commit(prov)
+
+
+def _generate(generator, prompts, plan: InterventionPlan, todo: list, made_under: dict, shard, progress: bool) -> None:
+    """The todo list's (intervention, prompt) runs, an interchange's sites of one prompt in one batch."""
+    settings = plan.settings
+    by_id = {row.prompt_id: row for row in prompts.itertuples(index=False)}
     # An interchange's unfinished sites of one prompt share one batch: (prompt, A, B, op) -> InterchangeBatch.
     batches, means = {}, {}
     for intervention, prompt_id in todo:
@@ -109,9 +143,8 @@ def run_interventions(generator, prompts, plan: InterventionPlan, shard=None, fo
                                                     intervention.rows)
                 sample = batches[key].sampler(site_of(intervention))
             generate_prompt(generator, prompt_id, conditioning, plan.provenances[intervention.id][0], settings,
-                            writers, sample)
+                            writers, sample, made_under=made_under[intervention.id])
             bar.update(1)
-    return len(todo), skipped
 
 
 def requested_prompts(spec: InterventionSpec, prompts) -> dict[str, list[str]]:

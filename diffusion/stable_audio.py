@@ -9,7 +9,6 @@ observer sees both the clean estimate (x0) and the noisy latent after the step (
 Presets are scheduler configs built with `CosineDPMSolverMultistepScheduler.from_config(pipe.scheduler.config, ...)`;
 README_stable_audio.md (diffusion/) says which sampler each realises and how it differs from stable-audio-tools.
 """
-import json
 import math
 import os
 import warnings
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data.files import read_json
 from data.generation import denoising_axis
 from data.hub import WEIGHT_SUFFIXES, checkpoint_sha256, hub_error_message, loaded_files, local_model_dir
 from data.stage import InputError
@@ -190,6 +190,9 @@ class StableAudioGenerator(Generator):
         """Block b's output (`blocks.{b}.hook_resid_post`) is transformer_blocks[b]'s."""
         return {resid_post(block): module for block, module in enumerate(self.pipeline.transformer.transformer_blocks)}
 
+    def block_width(self) -> int:
+        return int(self.pipeline.transformer.inner_dim)
+
     def hook_clock(self) -> StepClock:
         """The scheduler's own step_index: the pipeline calls the transformer once per step with [uncond x B,
         cond x B] rows."""
@@ -244,10 +247,11 @@ def check_layout(model_dir: Path, model: str) -> None:
         raise InputError(f"{model}: not a Stable Audio Open layout — model_index.json is missing "
                          f"(expected {expected} as save_pretrained writes them)")
     try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise InputError(f"{index_path}: unreadable JSON ({error}) — re-download the model") from None
-    class_name = index.get("_class_name")
+        index = read_json(index_path)
+    except ValueError as error:
+        raise InputError(f"{index_path}: unreadable JSON ({' '.join(str(error).split())}) — re-download the model") \
+            from None
+    class_name = index.get("_class_name") if isinstance(index, dict) else None
     if class_name != "StableAudioPipeline":
         raise InputError(f"{index_path}: _class_name is {class_name!r}, not 'StableAudioPipeline' — "
                          "this is not a Stable Audio Open model")
@@ -266,6 +270,7 @@ def load_pipeline(model_dir: Path, dtype: dict, device: torch.device):
     """`dtype`: {"default": dtype, component: dtype, ...} as diffusers' from_pretrained takes it."""
     from diffusers import StableAudioPipeline
     from diffusers.utils import logging as diffusers_logging
+    from safetensors import SafetensorError
     from transformers.utils import logging as transformers_logging
 
     # Loading bars and the "install accelerate" advice would drown stage 2's own progress bar.
@@ -283,7 +288,7 @@ def load_pipeline(model_dir: Path, dtype: dict, device: torch.device):
         # Inside the quieted block: in half precision diffusers warns that a CPU cannot run it; torch's CPU
         # kernels do (tests run there).
         pipe = pipe.to(device)
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
+    except (OSError, ValueError, KeyError, SafetensorError) as error:   # SafetensorError: a cut-off weights file
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{model_dir}: cannot load the Stable Audio pipeline ({first}) — re-download or "
                          "re-save the model") from None
@@ -341,7 +346,7 @@ def pipeline_files(model_dir: Path) -> list[Path]:
     download of the same weights must hash alike.
     """
     model_dir = Path(model_dir)
-    index = json.loads((model_dir / "model_index.json").read_text(encoding="utf-8"))
+    index = read_json(model_dir / "model_index.json")
     files = [model_dir / "model_index.json"]
     for component, entry in sorted(index.items()):
         folder = model_dir / component

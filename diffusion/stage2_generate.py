@@ -31,7 +31,7 @@ from data.truth import write_truth_tables
 from diffusion import GENERATORS, intervened_runs, load_generator
 from diffusion.interventions.spec import check_spec, load_spec
 from diffusion.trajectory import (TrajectorySettings, check_force, check_generation, parse_capture_steps, parse_kinds,
-                                  run_trajectories)
+                                  pending_prompts, run_trajectories)
 
 DEFAULT_SAMPLES = 2
 DEFAULT_DECODE_BATCH = 8
@@ -157,6 +157,10 @@ def main(args) -> None:
         plan = intervened_runs.plan_interventions(generated, settings, spec, provenance, args.force)
     if args.force:
         check_force(generated, provenance, prompts, shard, list(annotated["prompt_id"]))
+    # What sampling reads (a bank, the steerings) is loaded and checked before anything is written or removed.
+    if spec is not None or pending_prompts(generator, shard.select(list(prompts["prompt_id"])), generated, settings,
+                                           provenance, args.force):
+        generator.prepare(spec.interventions if spec is not None else ())
     kind = f" — {provenance['model_kind']}" if provenance.get("model_kind") else ""
     print(f"stage 2: generator {generator.name}{kind}; model {provenance['model']}, preset {provenance['preset']}, "
           f"a {generator.axis.describe()}, saving {','.join(kinds)} at {generator.axis.unit}s "
@@ -182,8 +186,14 @@ def main(args) -> None:
         print(f"stage 2: truth tables in {tables}" if tables else
               "stage 2: truth tables wait for the other shards' prompts", file=sys.stderr)
     if plan is not None:
-        done, skipped = intervened_runs.run_interventions(generator, prompts, plan, shard=shard, force=args.force,
-                                                        progress=not args.no_progress)
+        try:
+            done, skipped = intervened_runs.run_interventions(generator, prompts, plan, shard=shard,
+                                                            force=args.force, progress=not args.no_progress)
+        except BaseException:
+            # A refused run removed the run folders it created; the request forgets them again (it keeps the
+            # interventions whose folders exist), so a refusal leaves requested.json as it was.
+            write_request(generated, prompts["prompt_id"], shard.count)
+            raise
         print(f"stage 2: {len(spec.interventions)} interventions of {spec.path.name}: {skipped} prompt runs already "
               f"done, {done} generated; outputs in {generated / INTERVENTIONS_DIR}", file=sys.stderr)
 

@@ -10,13 +10,18 @@ A backend (diffusion/base.py) only samples and decodes; `run_trajectories` does 
   column), which is how backends seed row r of a sampler call (diffusion/base.py).
 - Per prompt: the samples run through `generator.sample` in batches of --batch-size with a TrajectoryObserver
   that keeps the requested steps and kinds; the captured latents are decoded --decode-batch-size at a time and
-  written as wavs; only one sampler call's latents are held at a time. The index part
-  generated/index/<prompt_id>.csv is written last, atomically: a prompt has a part if and only if all its clips
-  were written. A killed run leaves no part for its unfinished prompt; the rerun clears that prompt's audio
-  folder and makes it again.
+  written as wavs; only one sampler call's latents are held at a time. The part's sidecar
+  generated/index/<prompt_id>.json (data/parts.py: the generation.json it was made under) comes next, and the
+  index part generated/index/<prompt_id>.csv is written last, atomically: a prompt has a part if and only if all
+  its clips were written. A killed run leaves no part for its unfinished prompt; the rerun clears that prompt's
+  audio folder and makes it again.
 - Resume: a prompt is done when its part lists exactly the expected (sample, kind, step) rows and their wavs
-  (and realised content and truth parts, for generators that report them) exist; generated/generation.json (written
-  atomically before any clip) must match this run's provenance.
+  (and realised content and truth parts, for generators that report them) exist, and its sidecar names the
+  current generation.json; generated/generation.json (written atomically before any clip) must match this run's
+  provenance. So a --force with new settings killed half-way is finished by a plain rerun, which redoes exactly
+  the prompts still made with the old settings.
+- Nothing is removed or written before the generator has loaded and checked what sampling reads
+  (`Generator.prepare`: a bank, a checkpoint), so a corrupt input costs no finished clip.
 - --force rewrites generation.json, redoes this shard's prompts and deletes parts of prompts that are no longer
   in annotated.csv. It never leaves clips of two settings under one generation.json: with new settings, a
   --limit-prompts run that would leave other prompts' clips is refused (`stale_prompts`), and a shard deletes
@@ -40,7 +45,9 @@ from typing import Callable, Sequence
 from data.audio import write_wav
 from data.contract import INDEX_COLUMNS
 from data.files import read_json, write_npy, write_text
-from data.generation import GENERATION_JSON, TrajectoryAxis
+from data.generation import TrajectoryAxis
+from data.identifiers import path_inside
+from data.parts import GENERATION_JSON, RunRecord, part_is_current, part_path, part_sidecar_path, write_part_sidecar
 from data.provenance import Provenance, begin, commit, decide
 from data.realised_content import content_part_path, format_content_part
 from data.stage import InputError, Shard
@@ -227,11 +234,15 @@ def run_trajectories(generator: Generator, prompts, generated: Path, settings: T
     generated = Path(generated)
     record = check_generation(generator, settings, annotated_sha256, generated, force)
     prov = generation_provenance(generated, record)
+    made_under = RunRecord.of(GENERATION_JSON, record)
     summary = RunSummary(shard)
     by_id = {row.prompt_id: row for row in prompts.itertuples(index=False)}
     mine = shard.select(list(by_id))
     known = set(all_prompt_ids if all_prompt_ids is not None else by_id)
     stale = check_force(generated, record, prompts, shard, all_prompt_ids) if force else set()
+    todo = pending_prompts(generator, mine, generated, settings, record, force)
+    if todo:
+        generator.prepare()
     # Nothing is written before this point: a refused run changes nothing. New settings: the old sidecar goes
     # first and the new one is written once no clip of the old settings is left, so a kill in between leaves
     # clips that no generation.json describes (refused without --force), never a mixed set under one.
@@ -245,10 +256,6 @@ def run_trajectories(generator: Generator, prompts, generated: Path, settings: T
         commit(prov)
 
     summary.prompts = len(mine)
-    expected = settings.expected_rows()
-    todo = [prompt_id for prompt_id in mine
-            if force or not part_is_complete(generated, prompt_id, expected, generator.content_labels,
-                                             generator.truth_concepts)]
     summary.skipped = len(mine) - len(todo)
     with ThreadPoolExecutor(max_workers=WAV_WRITERS) as writers, \
             tqdm(total=len(todo), unit="prompt", desc=f"stage 2 {generator.name} shard {shard}",
@@ -256,26 +263,41 @@ def run_trajectories(generator: Generator, prompts, generated: Path, settings: T
         for prompt_id in todo:
             row = by_id[prompt_id]
             conditioning = Conditioning(prompt=row.prompt, labels=tuple(row.labels))
-            summary.clips += generate_prompt(generator, prompt_id, conditioning, generated, settings, writers)
+            summary.clips += generate_prompt(generator, prompt_id, conditioning, generated, settings, writers,
+                                             made_under=made_under)
             summary.generated += 1
             bar.update(1)
     return summary
 
 
+def pending_prompts(generator: Generator, prompt_ids: Sequence[str], generated: Path, settings: TrajectorySettings,
+                    record: dict, force: bool = False) -> list[str]:
+    """The prompts a run still has to make (all with --force): those whose part is not complete under `record`
+    (generation.json's content). Writes nothing."""
+    made_under = RunRecord.of(GENERATION_JSON, record)
+    expected = settings.expected_rows()
+    return [prompt_id for prompt_id in prompt_ids
+            if force or not part_is_complete(generated, prompt_id, expected, generator.content_labels,
+                                             generator.truth_concepts, made_under)]
+
+
 def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditioning, generated: Path,
-                    settings: TrajectorySettings, writers: ThreadPoolExecutor, sample: Callable | None = None) -> int:
-    """All samples of one prompt: wavs first, then the realised content part (if the generator reports
-    content), the index part last. Returns the number of clips written.
+                    settings: TrajectorySettings, writers: ThreadPoolExecutor, sample: Callable | None = None, *,
+                    made_under: RunRecord) -> int:
+    """All samples of one prompt into the run folder `generated`: wavs first, then the realised content part (if
+    the generator reports content), the part's sidecar (the run's record it is `made_under`, data/parts.py), the
+    index part last. Returns the number of clips written.
 
     `sample(conditioning, seed, num_samples, seconds, observer)` replaces `generator.sample` where the samples come
     from elsewhere (an interchange site's rows of a batched generation, diffusion/intervened_runs.py)."""
-    part_path = generated / "index" / f"{prompt_id}.csv"
+    index_part = part_path(generated, prompt_id)
     content_path = content_part_path(generated, prompt_id)
     # A part says "complete"; drop it before touching the prompt's clips so that no kill leaves it lying.
-    part_path.unlink(missing_ok=True)
+    index_part.unlink(missing_ok=True)
+    part_sidecar_path(generated, prompt_id).unlink(missing_ok=True)
     content_path.unlink(missing_ok=True)
     truth_part_path(generated, prompt_id).unlink(missing_ok=True)
-    audio_dir = generated / "audio" / prompt_id
+    audio_dir = audio_folder(generated, prompt_id)
     if audio_dir.exists():
         shutil.rmtree(audio_dir)
     for path in activations_paths(generated, prompt_id):
@@ -317,12 +339,19 @@ def generate_prompt(generator: Generator, prompt_id: str, conditioning: Conditio
     if generator.truth_concepts:
         trace.sort(key=lambda row: (row["sample"], row["step"]))
         write_text(truth_part_path(generated, prompt_id), format_truth_part(trace, labels, generator.truth_concepts))
-    write_text(part_path, _part_csv(rows))
+    write_part_sidecar(generated, prompt_id, made_under)
+    write_text(index_part, _part_csv(rows))
     return len(rows)
 
 
+def audio_folder(generated: Path, prompt_id: str) -> Path:
+    return path_inside(generated / "audio", prompt_id, "prompt_id", generated / "audio", "fix the prompt id")
+
+
 def activations_paths(generated: Path, prompt_id: str) -> tuple[Path, Path]:
-    return generated / "activations" / f"{prompt_id}.npy", generated / "activations" / f"{prompt_id}.csv"
+    folder = generated / "activations"
+    return tuple(path_inside(folder, f"{prompt_id}{suffix}", "activation file", folder, "fix the prompt id")
+                 for suffix in (".npy", ".csv"))
 
 
 def write_activations(generated: Path, prompt_id: str, base_seed: int, activations: list) -> None:
@@ -379,19 +408,20 @@ def _part_csv(rows: list[dict]) -> str:
     return text.getvalue()
 
 
-def part_is_complete(generated: Path, prompt_id: str, expected: set, content_labels: Sequence[str] = (),
-                     truth_concepts: Sequence[str] = ()) -> bool:
-    """The prompt's part lists exactly the expected clips, every listed wav exists, and so do its realised
-    content and truth parts when the generator reports them."""
-    part_path = generated / "index" / f"{prompt_id}.csv"
-    if not part_path.is_file():
+def part_is_complete(generated: Path, prompt_id: str, expected: set, content_labels: Sequence[str],
+                     truth_concepts: Sequence[str], made_under: RunRecord) -> bool:
+    """The prompt's part was made under the run's current record (data/parts.py), lists exactly the expected
+    clips, every listed wav exists, and so do its realised content and truth parts when the generator reports
+    them."""
+    index_part = part_path(generated, prompt_id)
+    if not part_is_current(generated, prompt_id, made_under):
         return False
     if content_labels and not content_part_path(generated, prompt_id).is_file():
         return False
     if truth_concepts and not truth_part_path(generated, prompt_id).is_file():
         return False
     try:
-        with open(part_path, newline="", encoding="utf-8") as handle:
+        with open(index_part, newline="", encoding="utf-8") as handle:
             rows = list(csv.DictReader(handle))
         found = {(int(row["sample"]), row["kind"], int(row["step"])) for row in rows}
         paths = [row["path"] for row in rows]
@@ -403,27 +433,28 @@ def part_is_complete(generated: Path, prompt_id: str, expected: set, content_lab
 
 
 def remove_prompt_outputs(generated: Path, prompt_ids) -> list[str]:
-    """Delete the index parts, content parts, activations and audio folders of these prompts; the ids that had
-    a part."""
+    """Delete the index parts (and their sidecars), content parts, activations and audio folders of these prompts;
+    the ids that had a part."""
     removed = []
     for prompt_id in sorted(prompt_ids):
-        part = generated / "index" / f"{prompt_id}.csv"
+        part = part_path(generated, prompt_id)
         if part.is_file():
             part.unlink()
             removed.append(prompt_id)
+        part_sidecar_path(generated, prompt_id).unlink(missing_ok=True)
         content_part_path(generated, prompt_id).unlink(missing_ok=True)
         truth_part_path(generated, prompt_id).unlink(missing_ok=True)
         for path in activations_paths(generated, prompt_id):
             path.unlink(missing_ok=True)
-        if (generated / "audio" / prompt_id).is_dir():
-            shutil.rmtree(generated / "audio" / prompt_id)
+        if audio_folder(generated, prompt_id).is_dir():
+            shutil.rmtree(audio_folder(generated, prompt_id))
     return removed
 
 
 def prompts_on_disk(generated: Path) -> set[str]:
-    """Prompt ids that have an index part, a content part, activations or an audio folder."""
+    """Prompt ids that have an index part (or its sidecar), a content part, activations or an audio folder."""
     found = set()
-    for folder, pattern in (("index", "*.csv"), ("content", "*.csv"), (TRUTH_DIR, "*.csv"), ("activations", "*.csv"),
+    for folder, pattern in (("index", "*.csv"), ("index", "*.json"), ("content", "*.csv"), (TRUTH_DIR, "*.csv"), ("activations", "*.csv"),
                             ("activations", "*.npy")):
         directory = generated / folder
         found |= {path.stem for path in directory.glob(pattern)} if directory.is_dir() else set()

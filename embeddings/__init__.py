@@ -4,6 +4,7 @@ import importlib
 import re
 from pathlib import Path
 
+from data.identifiers import safe_name
 from data.stage import InputError
 
 # name -> "module:Class"; a new embedder is one new file and one line here.
@@ -45,4 +46,7 @@ def embedding_stem(embedder: str, model: str | None = None) -> str:
         raise InputError(f"--model is not an option of the {embedder} embedder — leave it out")
     path = Path(model).expanduser()
     checkpoint = path.resolve().name if path.is_dir() else str(model).rstrip("/").split("/")[-1]
-    return f"{embedder}-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", checkpoint)
+    stem = f"{embedder}-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", checkpoint)
+    # It names files and folders (data/identifiers.py's rule): a model folder's name can be anything.
+    return safe_name(stem, "embedding stem", f"--model {model}", "rename the model folder (the stem is "
+                                                                 "<embedder>-<folder name>)")

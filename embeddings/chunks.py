@@ -44,7 +44,7 @@ def chunk_complete(path: Path, n_rows: int, dim: int) -> bool:
         return False
     try:
         chunk = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError):
+    except (ValueError, OSError, EOFError):   # a chunk that is not a whole .npy (0 bytes: EOFError) is made again
         return False
     return chunk.dtype == np.float32 and chunk.shape == (n_rows, dim)
 
@@ -148,7 +148,7 @@ def previous_rows(out_path: Path, stored: dict | None, dim: int) -> tuple[np.nda
     try:
         matrix = np.load(out_path, mmap_mode="r", allow_pickle=False)
         keys = pd.read_csv(keys_path(out_path), dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
+    except (OSError, ValueError, EOFError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None, {}
     if (matrix.dtype != np.float32 or matrix.shape != (len(keys), dim) or list(keys.columns) != list(KEYS_COLUMNS)
             or stored.get("row_keys_sha256") != keys_sha256(keys["clip_key"])):

@@ -272,7 +272,7 @@ def _missing_dirs(path: Path) -> list[Path]:
 def _matrix_complete(path: Path, n_rows: int, dim: int) -> bool:
     try:
         matrix = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError):
+    except (ValueError, OSError, EOFError):   # EOFError: an empty file
         return False
     return matrix.dtype == np.float32 and matrix.shape == (n_rows, dim)
 

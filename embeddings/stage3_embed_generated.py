@@ -56,6 +56,12 @@ def clip_keys(data, index, generation_sha256: str) -> list[str]:
 def main(args) -> None:
     stored = read_generation(args.data)
     generation, generation_sha256 = stored.record, stored.sha256
+    # Channels are a property of the whole generation; the rate is recorded per clip in the index.
+    channels = generation.get("channels")
+    if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool) or channels < 1):
+        raise InputError(f"{generated_dir(args.data) / 'generation.json'}: channels {channels!r} is not a positive "
+                         "integer — rerun stage 2 with --force")
+    # Every part made under this generation.json (a killed stage 2 --force is refused, naming its parts).
     index = read_generated_index(args.data)
     if index["path"].isna().any():
         row = index.loc[index["path"].isna().idxmax()]
@@ -72,11 +78,6 @@ def main(args) -> None:
     stem = embedding_stem(args.embedder, args.model)
     embedder = embedder_from_args(args)
     out_path = generated_dir(args.data) / "embeddings" / f"{stem}.npy"
-    # Channels are a property of the whole generation; the rate is recorded per clip in the index.
-    channels = generation.get("channels")
-    if channels is not None and (not isinstance(channels, int) or isinstance(channels, bool) or channels < 1):
-        raise InputError(f"{generated_dir(args.data) / 'generation.json'}: channels {channels!r} is not a positive "
-                         "integer — rerun stage 2 with --force")
     stats = embed_files(
         paths, embedder, out_path,
         rows_key="index_sha256", rows_sha256=table_sha256(index), extra={"generation_sha256": generation_sha256},

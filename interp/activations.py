@@ -27,7 +27,7 @@ from sklearn.model_selection import StratifiedGroupKFold, cross_val_predict
 from tqdm import tqdm
 
 from data.concepts import CONCEPTS
-from data.contract import generated_dir, read_table, table_sha256
+from data.contract import generated_dir, read_npy, read_table, table_sha256
 from data.stage import InputError
 from interp.fitting import QUALITY_COLUMNS
 from interp.probes import make_probe
@@ -59,16 +59,15 @@ def read_activations(data: Path, prompt_ids, branch: str, pool: str):
             raise InputError(f"{npy_path}: missing for a generated prompt — {STAGE2_FIX} and --force")
         table = read_table(csv_path, ACTIVATION_COLUMNS, f"{STAGE2_FIX} and --force",
                            dtype={"prompt_id": str, "branch": str, "pool": str})
-        try:
-            vectors = np.load(npy_path, allow_pickle=False)
-        except ValueError as error:
-            raise InputError(f"{npy_path}: unreadable ({str(error).splitlines()[0]}) — {STAGE2_FIX} and --force") \
-                from None
+        vectors = read_npy(npy_path, f"{STAGE2_FIX} and --force")
         if vectors.ndim != 2 or len(vectors) != len(table) or list(table["row"]) != list(range(len(table))):
             raise InputError(f"{csv_path}: its rows do not match {npy_path.name} (shape {list(vectors.shape)}) — "
                              f"{STAGE2_FIX} and --force")
         if (table["prompt_id"] != prompt_id).any():
             raise InputError(f"{csv_path}: names another prompt ({table['prompt_id'].iloc[0]}) — {STAGE2_FIX}")
+        if blocks and vectors.shape[1] != blocks[0].shape[1]:
+            raise InputError(f"{npy_path}: vectors of width {vectors.shape[1]}, but {frames[0]['prompt_id'].iloc[0]}'s "
+                             f"have {blocks[0].shape[1]} (captured by another model?) — {STAGE2_FIX} and --force")
         chosen = table[(table["branch"] == branch) & (table["pool"] == pool)]
         if chosen.empty:
             have = sorted(set(zip(table["branch"], table["pool"])))

@@ -4,8 +4,8 @@ The real splits (nsynth-train/valid/test) and the one rendered by data/nsynth/re
 this same code. A rendered split adds two fields NSynth lacks, both optional: `program` (the note's GM
 program) and, on a mix, `parts` (every part's instrument, program, family, source and pitch; the entry's own
 NSynth fields are its first part's, and its note_str appends "+<instrument_str>[-<pitch>]" per further part).
-The train split's metadata is ~150 MB of JSON for 289,205 notes: it is parsed once with
-json.load and every check after that is a column operation over a pandas frame, so a bad entry is found by
+The train split's metadata is ~150 MB of JSON for 289,205 notes: it is parsed once (data/files.py
+read_json) and every check after that is a column operation over a pandas frame, so a bad entry is found by
 masks rather than by a Python loop per note. Every failure is one InputError line naming the file, the note,
 the field and the fix.
 """
@@ -20,7 +20,7 @@ import soundfile as sf
 from tqdm import tqdm
 
 from data.concepts import Note, Part
-from data.files import unique_keys
+from data.files import read_json
 from data.stage import InputError
 from data.vocabulary import DRUM, FAMILIES, QUALITIES, SOURCES
 
@@ -55,16 +55,13 @@ def _load_json(path: Path) -> dict:
         raise InputError(f"{path}: missing — point --nsynth-dir at an NSynth split (examples.json + audio/) "
                          "or render one with data/nsynth/render_soundfont.py")
     try:
-        with open(path, encoding="utf-8") as handle:
-            # Duplicate keys are refused: json.load would keep the last entry of a note without a word.
-            examples = json.load(handle, object_pairs_hook=unique_keys)
+        # The project's one JSON loader: a note given twice is refused (json.load would keep the last silently).
+        examples = read_json(path)
     except json.JSONDecodeError as error:
         raise InputError(f"{path}: not valid JSON (line {error.lineno}: {error.msg}) — {FIX}") from None
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text — {FIX}") from None
-    except RecursionError:
-        raise InputError(f"{path}: nested too deeply to be NSynth metadata — {FIX}") from None
-    except ValueError as error:  # unique_keys (after UnicodeDecodeError, which is a ValueError too)
+    except ValueError as error:  # a repeated key, or nesting too deep (after UnicodeDecodeError, a ValueError too)
         raise InputError(f"{path}: {error} — {FIX}") from None
     if not isinstance(examples, dict):
         raise InputError(f"{path}: expected an object keyed by note_str, found a {type(examples).__name__} — {FIX}")

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 
 from data.files import atomic_path
+from data.identifiers import safe_name
 from data.vocabulary import FAMILIES
 from interp.statistics import emergence_status
 
@@ -35,7 +36,9 @@ def _save(figure, path) -> None:
 
 
 def concept_file(concept: str) -> str:
-    return f"concept_{concept}.png"
+    """A concept's figure file name (data/identifiers.py's rule: the name comes from a table)."""
+    return safe_name(f"concept_{concept}.png", "figure file", f"concept {concept!r}",
+                     "concept names come from data/concepts.py")
 
 
 def heatmap_file(yardstick: str) -> str:

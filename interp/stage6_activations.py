@@ -29,6 +29,7 @@ from data.contract import generated_dir, read_annotated, read_generated_index
 from data.directions import Direction
 from data.files import sha256_file, write_csv
 from data.generation import TrajectoryAxis, read_generation
+from data.identifiers import path_inside
 from data.provenance import Provenance, begin, commit, decide
 from data.requested import check_complete
 from data.stage import InputError, add_progress_argument, main_exit, stage_parser
@@ -122,8 +123,10 @@ def main(args) -> None:
         write_csv(out / name, frame)
     for k, name in enumerate(names):
         if activations.fold_count(prompt_labels[:, k]):
+            path = path_inside(out / "directions", f"{name}.npy", "direction file", out / "directions",
+                               "concept names come from data/concepts.py")
             direction_of(name, directions[k], axis, table, prompt_labels[:, k], len(samples), provenance.record,
-                         generation.record).save(out / "directions" / f"{name}.npy")
+                         generation.record).save(path)
     if not args.no_report:
         heatmap = f"plots/{plots.heatmap_file(yardstick.name)}"
         plots.plot_heatmap(table, out / heatmap, axis.unit)
@@ -154,8 +157,9 @@ def direction_of(concept: str, vectors: np.ndarray, axis: TrajectoryAxis, table:
 
 
 def lock_name(args) -> str:
-    """One lock per results folder: other branches or pools may run side by side."""
-    return f"stage6-activations-{args.branch}-{args.pool}"
+    """One lock per results folder, named by the folder the run writes: other branches or pools may run side by
+    side, and nothing else (no --embedder) splits it."""
+    return "stage6-" + results_dir(Path("."), args.branch, args.pool).as_posix()
 
 
 if __name__ == "__main__":

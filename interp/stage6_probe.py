@@ -255,7 +255,7 @@ def lock_name(args) -> str:
     other branches or pools) may run side by side."""
     if args.space == "activations":
         return stage6_activations.lock_name(args)
-    return f"stage6-{_stem(args)}-{args.probe}-{args.kind}"
+    return "stage6-" + results_dir(Path("."), _stem(args), args.probe, args.kind).as_posix()
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
-"""Steps that several stage-2 backend tests share: writing annotated prompts, and running stages 3-6 on the clips."""
+"""Steps that several stage-2 backend tests share: writing annotated prompts, stamping hand-written index parts, and
+running stages 3-6 on the clips."""
+from pathlib import Path
+
 import pandas as pd
 
 from data.contract import ANNOTATED_COLUMNS, annotated_csv
-from data.files import write_csv
+from data.files import read_json, write_csv
+from data.parts import GENERATION_JSON, RunRecord, parts_on_disk, write_part_sidecar
 from data.stage import run_stage
 
 
@@ -11,6 +15,47 @@ def write_annotated(data, prompts) -> None:
     rows = [{"prompt_id": pid, "prompt": text, "labels": labels, "bpm": None, "annotator": "offline"}
             for pid, text, labels in prompts]
     write_csv(annotated_csv(data), pd.DataFrame(rows, columns=list(ANNOTATED_COLUMNS)))
+
+
+def stamp_parts(generated) -> None:
+    """Index parts a test wrote by hand get the sidecar stage 2 writes beside each part it makes (data/parts.py):
+    made under the generation.json now on disk."""
+    generated = Path(generated)
+    made_under = RunRecord.of(GENERATION_JSON, read_json(generated / GENERATION_JSON))
+    for prompt_id in parts_on_disk(generated):
+        write_part_sidecar(generated, prompt_id, made_under)
+
+
+def assert_outside_the_clock_is_refused(folder, generator, seconds: float, entry: dict) -> None:
+    """Every backend refuses, before generating, a spec whose steps, capture positions or blocks lie outside what it
+    makes for a `seconds`-long clip (diffusion/interventions/spec.py check_spec). `entry`: a valid steering entry of
+    this backend (concept, direction, where, strength)."""
+    import json
+
+    import pytest
+
+    from data.stage import InputError
+    from diffusion.interventions.spec import check_spec, load_spec
+
+    ticks, positions = generator.clock_ticks(seconds), generator.axis.positions
+    outside = [({"from_step": ticks - 1, "to_step": ticks}, {}, None),   # the last tick, to the end: fine
+               ({"from_step": ticks}, {}, f"from_step {ticks} is past the last"),
+               ({"from_step": 0, "to_step": ticks + 1}, {}, f"to_step {ticks + 1} is past the end"),
+               ({"from_step": 0}, {"capture_steps": [max(positions) + 1]}, f"capture_steps {max(positions) + 1} is "
+                                                                          "not a position")]
+    if entry["where"] != "prior":
+        blocks = len([name for name in generator.hook_points() if name.endswith("hook_resid_post")])
+        outside.append(({"from_step": 0, "where": [blocks]}, {}, f"block {blocks} does not exist"))
+    for change, top, message in outside:
+        path = folder / "out-of-range.json"
+        path.write_text(json.dumps({"format": 2, **top, "interventions": [{**entry, **change}]}))
+        spec = load_spec(path)
+        if message is None:
+            check_spec(spec, generator, seconds, 1, ["p1"])
+            continue
+        with pytest.raises(InputError, match=message) as error:
+            check_spec(spec, generator, seconds, 1, ["p1"])
+        assert "\n" not in str(error.value)
 
 
 def run_stages_3_to_6(data, *stage6_extra: str) -> None:

@@ -11,6 +11,7 @@ The kill tests at the end SIGKILL stages 2, 3 and 5 and the note renderer mid-ru
 no temp file survives and the outputs equal an uninterrupted run's.
 """
 import contextlib
+import errno
 import hashlib
 import importlib
 import io
@@ -260,6 +261,7 @@ def move_index_part_to(prompt_id: str):
         frame["prompt_id"] = prompt_id
         frame["path"] = frame["path"].str.replace(f"audio/{old}/", f"audio/{prompt_id}/", regex=False)
         shutil.copytree(data / "generated" / "audio" / old, data / "generated" / "audio" / prompt_id)
+        shutil.copy(part.with_suffix(".json"), part.with_name(f"{prompt_id}.json"))   # made like the others
         frame.to_csv(part.with_name(f"{prompt_id}.csv"), index=False)
     return corrupt
 
@@ -412,8 +414,8 @@ def stage5_chunks_unfinished(data: Path):
     npy.with_suffix(".json").unlink()
 
 
-def write_spec(entry: dict):
-    """An intervention spec beside --data (stage 2 reads it with --intervene {data}/../spec.json)."""
+def write_entry(entry: dict):
+    """An intervention spec of one entry beside --data (stage 2 reads it with --intervene {data}/../spec.json)."""
     def corrupt(data: Path):
         (data.parent / "spec.json").write_text(json.dumps({"format": 2, "interventions": [entry]}))
     return corrupt
@@ -423,6 +425,69 @@ SPEC = ("--intervene", "{data}/../spec.json")
 STEER = {"concept": "is_brass", "direction": "concept", "where": "prior", "strength": 4.0, "from_step": 2}
 GENERATED_NPY = "generated/embeddings/spectral.npy"
 NOTES_NPY = "concepts/embeddings/spectral.npy"
+
+# Intervention specs live beside --data (the snapshot covers both, SPEC above); the catalogue's run has 10 steps.
+INTERVENE_YAML = ("--intervene", "{data}/../spec.yaml")
+
+
+def spec(entry: dict | None = None, **top) -> dict:
+    """A format-2 spec with one prior steering of the ideal model, its entry's keys overridden by `entry`."""
+    steering = {"concept": "is_brass", "direction": "concept", "where": "prior", "strength": 8.0, "from_step": 5}
+    return {"format": 2, **top, "interventions": [{**steering, **(entry or {})}]}
+
+
+def write_spec(content, name: str = "spec.json"):
+    def corrupt(data: Path):
+        path = data.parent / name
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+    return corrupt
+
+
+def chain(*corruptions):
+    def corrupt(data: Path):
+        for change in corruptions:
+            change(data)
+    return corrupt
+
+
+def bank_copy(change: Callable[[Path], None]):
+    """The default bank copied beside --data (it is the same bank: same record, same hash) and then damaged; the
+    run is a --force over it."""
+    def corrupt(data: Path):
+        from diffusion.bank import default_bank_dir, default_recipe
+        bank = data.parent / "bank"
+        shutil.copytree(default_bank_dir(default_recipe()), bank)
+        change(bank)
+    return corrupt
+
+
+def bank_clips_emptied(bank: Path):
+    (bank / "clips.npy").unlink()
+    (bank / "clips.npy").write_bytes(b"")
+
+
+def bank_clips_object_array(bank: Path):
+    """An object array (a pickle inside), with bank.json updated to vouch for it: only the loader can refuse it."""
+    (bank / "clips.npy").unlink()
+    np.save(bank / "clips.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    sidecar = json.loads((bank / "bank.json").read_text())
+    sidecar["clips_npy_sha256"] = hashlib.sha256((bank / "clips.npy").read_bytes()).hexdigest()
+    rewrite(bank / "bank.json", json.dumps(sidecar))
+
+
+BANK_FORCE = ("--model", "{data}/../bank", "--force")
+
+
+def intervention_folder_linked_outside(data: Path):
+    """The spec's run folder is a link to a folder outside --data: stage 2 would clear and fill it."""
+    outside = data.parent / "elsewhere"
+    (outside / "index").mkdir(parents=True)
+    (outside / "index" / "keep.csv").write_text("precious\n")
+    (data / "generated" / "interventions").mkdir()
+    (data / "generated" / "interventions" / "is_brass_concept_prior_s8_k5").symlink_to(outside)
 
 
 # ---------------------------------------------------------------------------------------------- the catalogue
@@ -471,6 +536,8 @@ CASES = [
          subprocess=True, env={"OPENAI_API_KEY": ""}),
     Case("s1-data-is-a-file", 1, None, ("is not a directory",), extra=("--data", "{data}/prompts/prompts.csv")),
     Case("s1-not-a-number", 1, None, ("--concurrency",), args=["annotate", "--concurrency", "many"]),
+    Case("s1-blank-row", 1, append_line("prompts/prompts.csv", ",,"), ("prompts.csv row", "the row is empty")),
+    Case("s1-prompts-missing", 1, delete("prompts/prompts.csv"), ("prompts.csv: missing", "run stage 1 generate first")),
 
     # ---- stage 2: annotated.csv and the command line
     Case("s2-label-not-in-vocabulary", 2, set_cell("prompts/annotated.csv", "labels", "accordion"),
@@ -500,16 +567,56 @@ CASES = [
     Case("s2-capture-step-out-of-range", 2, None, ("99",), extra=("--capture-steps", "4,99")),
     Case("s2-bad-kinds", 2, None, ("kind",), extra=("--kinds", "x1")),
     Case("s2-steps-not-a-number", 2, None, ("--steps",), extra=("--steps", "ten")),
-    Case("s2-spec-from-step-past-the-end", 2, write_spec({**STEER, "from_step": 10}),
+    Case("s2-spec-from-step-past-the-end", 2, write_entry({**STEER, "from_step": 10}),
          ("from_step 10 is past the last denoising step 9",), extra=SPEC),
-    Case("s2-spec-every-zero", 2, write_spec({**STEER, "every": 0}), ("every: 0 must be a positive number",),
+    Case("s2-spec-every-zero", 2, write_entry({**STEER, "every": 0}), ("every: 0 must be a positive number",),
          extra=SPEC),
-    Case("s2-spec-unknown-preset", 2, write_spec({**STEER, "preset": "paper"}), ("'paper' is not one of published",),
+    Case("s2-spec-unknown-preset", 2, write_entry({**STEER, "preset": "paper"}), ("'paper' is not one of published",),
          extra=SPEC),
-    Case("s2-spec-interchange-rows", 2, write_spec({"kind": "interchange", "concept_a": "is_brass",
+    Case("s2-spec-interchange-rows", 2, write_entry({"kind": "interchange", "concept_a": "is_brass",
                                                     "concept_b": "is_keyboard", "op": "replace", "blocks": [0],
                                                     "rows": "unconditional"}),
          ("'unconditional' is not one of conditional, both",), extra=SPEC),
+    Case("s2-blank-row", 2, append_line("prompts/annotated.csv", ",,,,"), ("annotated.csv row", "the row is empty")),
+    # A corrupt generator input is refused before --force removes a single clip.
+    Case("s2-force-bank-empty", 2, bank_copy(bank_clips_emptied), ("clips.npy", "not the file bank.json describes"),
+         extra=BANK_FORCE, subprocess=True),
+    Case("s2-force-bank-object-array", 2, bank_copy(bank_clips_object_array), ("clips.npy", "Object arrays"),
+         extra=BANK_FORCE),
+    # ---- stage 2 --intervene: the spec (ids name folders; one JSON/YAML loader; steps on the generator's clock)
+    Case("s2-spec-id-dotdot", 2, write_spec(spec({"id": ".."})), ("spec.json", "intervention id '..'"),
+         extra=SPEC, subprocess=True),
+    Case("s2-spec-id-dot", 2, write_spec(spec({"id": "."})), ("intervention id '.'",), extra=SPEC),
+    Case("s2-spec-id-trailing-newline", 2, write_spec(spec({"id": "x\n"})), ("intervention id 'x\\n'",),
+         extra=SPEC),
+    Case("s2-spec-id-empty", 2, write_spec(spec({"id": ""})), ("empty intervention id",), extra=SPEC),
+    Case("s2-spec-id-reserved", 2, write_spec(spec({"id": "component-means"})), ("reserved",), extra=SPEC),
+    Case("s2-spec-interchange-id-escapes", 2, write_spec({"format": 2, "interventions": [
+        {"kind": "interchange", "concept_a": "is_brass", "concept_b": "is_keyboard", "op": "replace", "blocks": [0],
+         "id": "../x"}]}), ("intervention id '../x'",), extra=SPEC),
+    Case("s2-spec-duplicate-key", 2, write_spec(json.dumps(spec({"strength": 8.0}))[:-3] + ', "strength": -8.0}]}'),
+         ("spec.json", "'strength' appears twice"), extra=SPEC, subprocess=True),
+    Case("s2-spec-yaml-duplicate-key", 2, write_spec(
+        "format: 2\ninterventions:\n- concept: is_brass\n  direction: concept\n  where: prior\n  strength: 8.0\n"
+        "  strength: -8.0\n  from_step: 5\n", "spec.yaml"), ("spec.yaml", "'strength' appears twice"),
+         extra=INTERVENE_YAML),
+    Case("s2-spec-not-utf8", 2, write_spec(b'{"format": 2, "caf\xe9": 1}'), ("spec.json", "not UTF-8"),
+         extra=SPEC, subprocess=True),
+    Case("s2-spec-too-deep", 2, write_spec("[" * 200_000), ("spec.json", "nested too deeply"), extra=SPEC,
+         subprocess=True),
+    Case("s2-spec-yaml-too-deep", 2, write_spec("[" * 200_000, "spec.yaml"), ("spec.yaml", "nested too deeply"),
+         extra=INTERVENE_YAML),
+    Case("s2-spec-to-step-past-the-end", 2, write_spec(spec({"to_step": 11})), ("to_step 11", "past the end"),
+         extra=SPEC),
+    Case("s2-spec-capture-step-outside", 2, write_spec(spec(capture_steps=[99])), ("capture_steps 99",),
+         extra=SPEC),
+    Case("s2-spec-prompt-id-newline", 2, write_spec(spec(prompts=["p1\n"])), ("prompts", "prompt_id"),
+         extra=SPEC),
+    Case("s2-intervention-folder-is-a-link", 2, chain(write_spec(spec()), intervention_folder_linked_outside),
+         ("is_brass_concept_prior_s8_k5: is a symbolic link", "outside"), extra=SPEC),
+    # Refused while generating (no bank clip carries a quality): the run leaves no intervention.json behind.
+    Case("s2-steer-concept-without-clips", 2, write_spec(spec({"concept": "warm"})), ("'warm' marks no clip",),
+         extra=SPEC),
 
     # ---- stage 3: the generated index, its clips and generation.json
     Case("s3-index-path-absolute", 3, index_path_absolute, ("index", "must stay inside"), subprocess=True),
@@ -559,6 +666,12 @@ CASES = [
     Case("s3-unknown-embedder", 3, None, ("--embedder",), extra=("--embedder", "wav2vec")),
     Case("s3-zero-batch", 3, None, ("batch",), extra=("--batch-size", "0")),
     Case("s3-model-for-spectral", 3, None, ("--model",), extra=("--model", "x")),
+    Case("s3-stage2-not-run", 3, delete("generated"), ("generation.json: missing", "run stage 2 first")),
+    # Parts made under another generation.json (a killed --force with new settings) are refused, named.
+    Case("s3-parts-of-other-settings", 3, sidecar_edit("generated/generation.json", lambda g: {**g, "seed": 7}),
+         ("index", "not made under the current generation.json", "p"), extra=("--force",)),
+    Case("s3-part-sidecar-missing", 3, lambda data: first_index_part(data).with_suffix(".json").unlink(),
+         ("1 of 3 parts",), extra=("--force",)),
 
     # ---- stage 4: examples.json of the NSynth folder and the command line
     Case("s4-duplicate-key", 4, examples_duplicate_key, ("examples.json", "twice"), subprocess=True),
@@ -643,6 +756,10 @@ CASES = [
     Case("s6-alpha-out-of-range", 6, None, ("--alpha",), extra=("--alpha", "2")),
     Case("s6-missing-embedder-flag", 6, None, ("--embedder",), args=["--bootstrap", "20"], subprocess=True),
     Case("s6-index-unknown-prompt", 6, move_index_part_to("p_unknown"), ()),
+    Case("s6-empty-embeddings", 6, write_file(GENERATED_NPY, b""), ("spectral.npy", "empty file (0 bytes)")),
+    Case("s6-stage4-not-run", 6, delete("concepts"), ("notes.csv: missing", "run stage 4 first")),
+    Case("s6-parts-of-other-settings", 6, sidecar_edit("generated/generation.json", lambda g: {**g, "seed": 7}),
+         ("not made under the current generation.json",)),
     Case("s6-stage5-chunks-unfinished", 6, stage5_chunks_unfinished,
          ("spectral.npy: missing — stage 5 is unfinished", "chunks are missing", "owned by shard 1/2")),
     Case("s6-typo-data", 6, None, ("annotated.csv: missing — run stage 1 first", "is it the folder you meant"),
@@ -677,10 +794,112 @@ def test_bad_input_gives_one_line_and_changes_nothing(case: Case, data: Path, mo
     lines = stderr.splitlines()
     assert code == 2, stderr[-3000:]
     assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
-    last_line = len((data / "prompts" / "prompts.csv").read_bytes().splitlines())
+    prompts_file = data / "prompts" / "prompts.csv"
+    last_line = len(prompts_file.read_bytes().splitlines()) if prompts_file.is_file() else 0
     for words in case.expect:
         assert words.format(last_line=last_line) in lines[0], lines[0]
     assert snapshot(data.parent) == before, "files under --data changed"
+
+
+def assert_one_line_and_nothing_changed(code: int, stderr: str, before: dict, root: Path, *words: str) -> str:
+    lines = stderr.splitlines()
+    assert code == 2, stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+    assert all(word in lines[0] for word in words), lines[0]
+    assert snapshot(root) == before, "files under --data changed"
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+@pytest.fixture(scope="module")
+def cut_off_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Tiny Stable Audio, MusicGen and CLAP models saved as the hub lays them out, each with its largest
+    safetensors file cut in half (a download or copy that stopped)."""
+    from tiny_clap import save_tiny_clap
+    from tiny_musicgen import save_model as save_musicgen
+    from tiny_stable_audio import save_model as save_stable_audio
+
+    root = tmp_path_factory.mktemp("cut-off-checkpoints")
+    models = {"stable-audio-open": save_stable_audio(root / "stable-audio"),
+              "musicgen": save_musicgen(root / "musicgen"), "clap": save_tiny_clap(root / "clap")}
+    for folder in models.values():
+        largest = max(Path(folder).rglob("*.safetensors"), key=lambda path: path.stat().st_size)
+        content = largest.read_bytes()
+        largest.unlink()
+        largest.write_bytes(content[:len(content) // 2])
+    return models
+
+
+@pytest.mark.parametrize("backend", ["stable-audio-open", "musicgen", "clap"])
+def test_a_cut_off_checkpoint_is_one_line(backend, cut_off_checkpoints, data):
+    model = str(cut_off_checkpoints[backend])
+    if backend == "clap":
+        stage, argv = 3, stage_argv(3, data, ["--embedder", "clap", "--model", model, "--device", "cpu"])
+    else:
+        stage, argv = 2, stage_argv(2, data, ["--generator", backend, "--model", model, "--device", "cpu",
+                                              "--no-progress"])
+    before = snapshot(data.parent)
+    code, stderr = run_in_process(stage, argv)
+    assert_one_line_and_nothing_changed(code, stderr, before, data.parent, model, "re-download or re-save")
+
+
+# ---------------------------------------------------------------------------------------------- OS faults
+
+def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))   # what write() says on a full disk: no file named
+
+
+@pytest.mark.parametrize("stage", [2, "render"], ids=["stage-2", "render"])
+def test_a_full_disk_names_the_file_and_the_rerun_finishes_the_work(stage, base, data, monkeypatch):
+    """The disk fills while a clip or note is written (the write fails at the OS boundary, naming no file): the
+    error is one line naming the artifact and saying the disk is full, no temp file is left, and once there is
+    space the plain rerun finishes the work byte-identical to an uninterrupted run."""
+    compared = "generated" if stage == 2 else NSYNTH
+    if stage == 2:
+        prompt_id = first_index_part(data).stem   # a prompt not made yet
+        shutil.rmtree(data / "generated" / "audio" / prompt_id)
+        for folder, suffix in (("index", ".csv"), ("index", ".json"), ("content", ".csv"), ("truth", ".csv")):
+            (data / "generated" / folder / f"{prompt_id}{suffix}").unlink()
+        # Every artifact of stage 2 is synced before its rename (data.files.atomic_path).
+        monkeypatch.setattr(os, "fsync", full_disk)
+    else:
+        first_note(data).unlink()
+        # The renderer writes each encoded note in one call (its syncs are batched at the end).
+        monkeypatch.setattr(Path, "write_bytes", full_disk)
+    before = snapshot(data.parent)
+    code, stderr = run_in_process(stage, stage_argv(stage, data))
+    # Mid-run, after the stage's own progress lines: the error is the last line, one line, no traceback.
+    line = stderr.splitlines()[-1]
+    assert code == 2 and line.startswith("error: ") and "Traceback" not in stderr, stderr[-3000:]
+    assert "the disk is full (No space left on device)" in line and "free some space" in line, line
+    named = line.removeprefix("error: ").split(": ")[0]
+    assert Path(named).suffix == ".wav" and Path(named).is_relative_to(data) and not Path(named).exists(), line
+    assert temp_files(data) == []
+    if stage == 2:   # nothing was replaced: the failed prompt had nothing yet
+        assert snapshot(data.parent) == before, "files under --data changed"
+    monkeypatch.undo()
+    code, stderr = run_in_process(stage, stage_argv(stage, data))
+    assert code == 0, stderr[-2000:]
+    assert tree(data / compared) == tree(base / compared)
+
+
+def test_a_lock_file_that_is_a_link_is_never_followed(data, tmp_path):
+    from data.stage import lock_path
+    from diffusion.stage2_generate import build_parser, lock_name
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    lock = lock_path(data, lock_name(build_parser().parse_args(["--no-progress"])))
+    lock.symlink_to(victim)
+    before = snapshot(data.parent)
+    code, stderr = run_script(2, stage_argv(2, data))
+    assert_one_line_and_nothing_changed(code, stderr, before, data.parent, "lock file is a symbolic link")
+    assert victim.read_text() == "precious" and lock.is_symlink()
+    lock.unlink()
+    os.link(victim, lock)   # a hard link is a plain file with two names: refused too
+    code, stderr = run_script(2, stage_argv(2, data))
+    assert code == 2 and "not a plain file of its own" in stderr and victim.read_text() == "precious"
 
 
 # ---------------------------------------------------------------------------------------------- kills
@@ -749,11 +968,13 @@ def test_a_killed_run_leaves_no_temp_file_and_resumes_byte_identical(stage, base
     assert tree(data / compared, skip) == tree(base / compared, skip)
 
 
-# Killed once the given chunk is written, with most of the work still ahead (6 clips, 103 notes).
-@pytest.mark.parametrize("stage, chunk_rows, chunk", [(3, 1, "00000.npy"), (5, 8, "00002.npy")],
-                         ids=["stage-3", "stage-5"])
-def test_an_embedding_run_killed_between_chunks_resumes_from_them_byte_identical(stage, chunk_rows, chunk, data,
-                                                                                  tmp_path):
+# Killed once the given chunk is written, with most of the work still ahead (6 clips, 103 notes); `emptied`: the
+# chunk is then cut to 0 bytes (a copy that stopped), which the resume makes again.
+@pytest.mark.parametrize("stage, chunk_rows, chunk, emptied", [(3, 1, "00000.npy", False), (5, 8, "00002.npy", False),
+                                                               (3, 1, "00000.npy", True)],
+                         ids=["stage-3", "stage-5", "stage-3-empty-chunk"])
+def test_an_embedding_run_killed_between_chunks_resumes_from_them_byte_identical(stage, chunk_rows, chunk, emptied,
+                                                                                  data, tmp_path):
     redo, compared = RESUMABLE[stage]
     reference = shutil.copytree(data, tmp_path / "reference")
     for root in (data, reference):
@@ -763,6 +984,9 @@ def test_an_embedding_run_killed_between_chunks_resumes_from_them_byte_identical
     assert code == 0, stderr[-2000:]
     chunk = data / compared / "spectral.chunks" / chunk
     assert kill_when(start(stage, stage_argv(stage, data) + extra), chunk.is_file)
+    if emptied:
+        chunk.unlink()
+        chunk.write_bytes(b"")
     code, stderr = run_script(stage, stage_argv(stage, data) + extra)
     assert code == 0, stderr[-2000:]
     assert temp_files(data) == [] and not chunk.parent.exists()

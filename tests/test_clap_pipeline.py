@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from stage_runs import stamp_parts
 from tiny_clap import save_tiny_clap
 
 from data.audio import read_audio, resample, to_mono, write_wav
@@ -68,6 +69,7 @@ def write_generated(data) -> None:
         (data / "generated" / "index").mkdir(parents=True, exist_ok=True)
         pd.DataFrame(rows, columns=list(INDEX_COLUMNS)).to_csv(data / "generated" / "index" / f"{prompt_id}.csv",
                                                                 index=False)
+    stamp_parts(data / "generated")
 
 
 @pytest.fixture(scope="module")

@@ -144,3 +144,45 @@ def test_stage_error_is_one_line_exit_2(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == 2
     assert result.stderr == "error: x.csv row 3: bad — fix it\n"
+
+
+@pytest.mark.parametrize("value, kind, safe", [
+    ("p_01-a", "prompt_id", True), ("p.1", "prompt_id", False), ("x" * 100, "prompt_id", True),
+    ("x" * 101, "prompt_id", False), ("is_brass_concept_prior_s-0.5_k5", "intervention id", True),
+    ("s1e+06", "intervention id", True), (".", "intervention id", False), ("..", "intervention id", False),
+    (".hidden", "intervention id", False), ("x\n", "intervention id", False), ("a/b", "intervention id", False),
+    ("", "intervention id", False), (None, "intervention id", False), (float("nan"), "prompt_id", False),
+    (3, "prompt_id", False), ("component-means", "intervention id", False)])
+def test_one_rule_for_names_that_become_paths(value, kind, safe):
+    from data.identifiers import name_problem
+
+    assert (name_problem(value, kind) is None) == safe
+
+
+def test_path_inside_refuses_a_link_out_of_its_folder(tmp_path):
+    from data.identifiers import path_inside
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "inner").mkdir(parents=True)
+    outside.mkdir()
+    (root / "out").symlink_to(outside)
+    (root / "in").symlink_to(root / "inner")
+    assert path_inside(root, "in", "intervention id", root, "fix") == root / "in"
+    with pytest.raises(InputError, match="is a symbolic link to .*outside"):
+        path_inside(root, "out", "intervention id", root, "fix")
+    with pytest.raises(InputError, match=r"where: intervention id '\.\.' must match"):
+        path_inside(root, "..", "intervention id", "where", "fix")
+
+
+def test_yaml_is_read_like_json(tmp_path):
+    from data.files import read_yaml
+
+    path = tmp_path / "x.yaml"
+    path.write_text("a: 1\nb: {c: 2, c: 3}\n")
+    with pytest.raises(ValueError, match="'c' appears twice in one mapping"):
+        read_yaml(path)
+    path.write_text("a: [1, 2]\n")
+    assert read_yaml(path) == {"a": [1, 2]}
+    path.write_text("[" * 100_000)
+    with pytest.raises(ValueError, match="nested too deeply"):
+        read_yaml(path)

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from stage_runs import assert_outside_the_clock_is_refused
 from test_ideal import synthetic_bank
 
 from data.stage import InputError
@@ -95,6 +96,35 @@ def test_the_spec_is_checked_against_the_generator_and_run(tmp_path, tiny):
     spec = load_spec(write_spec(tmp_path, {"interventions": [steer_entry(rows="both")]}))
     with pytest.raises(InputError, match="runs no unconditional"):
         check_spec(spec, tiny, 0.5, 1, PROMPT_IDS)
+
+
+def test_steps_and_captures_outside_the_ideal_models_clock_are_refused(tmp_path, tiny):
+    assert_outside_the_clock_is_refused(tmp_path, tiny, 0.5, {"concept": "is_brass", "direction": "concept",
+                                                              "where": "prior", "strength": 8.0})
+
+
+@pytest.mark.parametrize("identifier, message", [
+    ("..", "intervention id '..'"), (".", "intervention id '.'"), ("x\n", r"intervention id 'x\\n'"),
+    ("a/b", "intervention id 'a/b'"), ("", "empty intervention id"), ("component-means", "reserved"),
+    ("x" * 151, "at most 150 characters")])
+def test_an_id_that_is_not_a_safe_folder_name_is_refused(tmp_path, identifier, message):
+    with pytest.raises(InputError, match=message):
+        load_spec(write_spec(tmp_path, {"interventions": [steer_entry(direction="concept", from_step=5,
+                                                                      id=identifier)]}))
+    interchange = {"kind": "interchange", "concept_a": "is_brass", "concept_b": "is_keyboard", "op": "replace",
+                   "blocks": [0], "id": identifier}
+    with pytest.raises(InputError, match="intervention id"):
+        load_spec(write_spec(tmp_path, {"interventions": [interchange]}))
+
+
+def test_a_key_twice_in_a_spec_is_refused_in_json_and_yaml(tmp_path):
+    text = json.dumps({"format": 2, "interventions": [steer_entry()]})
+    with pytest.raises(InputError, match="'format' appears twice"):
+        load_spec(write_spec(tmp_path, '{"format": 2, ' + text[1:], "spec.txt"))
+    yaml_text = ("format: 2\ninterventions:\n  - concept: is_brass\n    direction: concept\n    where: prior\n"
+                 "    strength: 8.0\n    strength: -8.0\n    from_step: 5\n")
+    with pytest.raises(InputError, match="'strength' appears twice in one mapping"):
+        load_spec(write_spec(tmp_path, yaml_text, "spec.yaml"))
 
 
 def test_the_random_prior_direction_has_the_concepts_norm_and_no_meaning(tiny):

@@ -219,3 +219,10 @@ def test_the_clock_ticks_are_the_generated_positions_and_later_steps_are_refused
     with pytest.raises(InputError, match=f"from_step {last + 1} is past the last generated position {last} of a "
                                          f"{SECONDS:g} s clip"):
         check_spec(load_spec(tmp_path / "spec.json"), generator, SECONDS, 2, ["p1"])
+
+
+def test_to_steps_captures_and_blocks_outside_the_decoder_are_refused(generator, direction, tmp_path):
+    from stage_runs import assert_outside_the_clock_is_refused
+
+    assert_outside_the_clock_is_refused(tmp_path, generator, SECONDS, {
+        "concept": "is_brass", "direction": str(direction), "where": [BLOCK], "strength": 3.0})

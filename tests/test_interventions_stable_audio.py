@@ -129,3 +129,17 @@ def test_the_directions_command_writes_a_per_step_difference_of_means(generator,
     assert run_stage(directions.main, directions.build_parser(), argv[:-2] + ["--prompts", "1", "--concept",
                                                                                 "is_tuba"]) == 0  # exists: skipped
     assert run_stage(directions.main, directions.build_parser(), argv + ["--force", "--concept", "is_tuba"]) == 2
+
+
+def test_steps_captures_blocks_and_widths_outside_the_model_are_refused(generator, direction, tmp_path):
+    from stage_runs import assert_outside_the_clock_is_refused
+
+    from diffusion.interventions.spec import check_spec
+
+    assert_outside_the_clock_is_refused(tmp_path, generator, SECONDS, {
+        "concept": "is_brass", "direction": str(direction), "where": [0], "strength": 2.0})
+    wide = Direction(np.ones((1, generator.block_width() + 1)), [0], "is_brass", "probe").save(tmp_path / "wide")
+    spec_for(tmp_path, wide)
+    with pytest.raises(InputError, match=f"direction dim {generator.block_width() + 1} but the stable-audio-open "
+                                         f"generator's blocks are {generator.block_width()} wide"):
+        check_spec(load_spec(tmp_path / "spec.json"), generator, SECONDS, 1, ["p1"])

@@ -161,6 +161,8 @@ def test_activation_probes_by_layer(logit_run, tmp_path, capsys):
 
 @pytest.mark.parametrize("damage, extra, message", [
     ("drop_npy", [], "missing for a generated prompt"),
+    ("empty_npy", [], "p_keys1.npy: empty file (0 bytes)"),
+    ("wider_npy", [], "p_keys1.npy: vectors of width 65, but"),
     (None, ["--branch", "sideways"], "choose --branch from cond, uncond"),
     (None, ["--pool", "last", "--branch", "uncond"], None),
     ("no_residuals", [], "captured no residuals"),
@@ -171,6 +173,12 @@ def test_activation_space_bad_inputs_are_one_line(logit_run, tmp_path, capsys, d
     shutil.copytree(logit_run, data)
     if damage == "drop_npy":
         (data / "generated" / "activations" / "p_keys1.npy").unlink()
+    elif damage == "empty_npy":
+        (data / "generated" / "activations" / "p_keys1.npy").write_bytes(b"")
+    elif damage == "wider_npy":   # the other prompts' captures are 64 wide
+        path = data / "generated" / "activations" / "p_keys1.npy"
+        vectors = np.load(path)
+        np.save(path, np.concatenate([vectors, vectors[:, :1]], axis=1))
     elif damage == "no_residuals":
         generation = json.loads((data / "generated" / "generation.json").read_text())
         generation["residuals"] = "none"

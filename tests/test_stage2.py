@@ -144,6 +144,9 @@ def test_shards_partition_the_prompts_and_their_union_is_the_unsharded_run(tmp_p
     monkeypatch.setattr(trajectory, "write_wav",
                         lambda path, *a, **k: (written.append(path), real_write_wav(path, *a, **k)))
     monkeypatch.setattr(trajectory, "write_text", lambda path, *a: (written.append(path), real_write_text(path, *a)))
+    real_write_sidecar = trajectory.write_part_sidecar
+    monkeypatch.setattr(trajectory, "write_part_sidecar", lambda run, prompt_id, made_under: (
+        written.append(trajectory.part_sidecar_path(run, prompt_id)), real_write_sidecar(run, prompt_id, made_under)))
     assert stage2(data, bank_dir, "--shard", "1/2") == 0
     after_first = snapshot(data)
     assert stage2(data, bank_dir, "--shard", "0/2") == 0
@@ -157,7 +160,8 @@ def test_shards_partition_the_prompts_and_their_union_is_the_unsharded_run(tmp_p
     assert sharded == reference
     ids = sorted(pid for pid, _, _ in PROMPTS)
     assert request == {"shards": 2, "prompts": {pid: position % 2 for position, pid in enumerate(ids)}}
-    assert {name.split("/")[1].removesuffix(".csv") for name in after_first if name.startswith("index/")} == \
+    assert {name.split("/")[1].removesuffix(".csv") for name in after_first if name.startswith("index/")
+            and name.endswith(".csv")} == \
         set(ids[1::2])
 
 

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from stage_runs import stamp_parts
 
 from data.audio import read_audio, resample, to_mono, write_wav
 from data.contract import INDEX_COLUMNS, read_embeddings, read_generated_index, table_sha256
@@ -51,6 +52,7 @@ def write_prompt(data, prompt_id: str, prompt_number: int, samples=2, steps=(0, 
         with open(annotated, "a") as handle:
             handle.write(f"{prompt_id},prompt {prompt_number},bass,,offline\n")
     frame.to_csv(data / "generated" / "index" / f"{prompt_id}.csv", index=False)
+    stamp_parts(data / "generated")
 
 
 AXIS = {"name": "denoising_step", "unit": "step", "positions": list(range(10))}
@@ -136,6 +138,7 @@ def test_new_generation_settings_embed_every_clip_again(data, monkeypatch):
     assert run_stage(stage3.main, stage3.build_parser(), argv) == 0
     generation = data / "generated" / "generation.json"
     generation.write_text(json.dumps({**json.loads(generation.read_text()), "seed": 1}))
+    stamp_parts(data / "generated")   # as stage 2 with the new settings leaves its parts
     monkeypatch.setattr(stage3, "embedder_from_args", lambda args: CountingSpectral())
     CountingSpectral.clips = 0
     assert run_stage(stage3.main, stage3.build_parser(), argv) == 0
@@ -213,6 +216,7 @@ def test_missing_inputs_and_wrong_options(data, tmp_path, capsys):
     _one_line_error(run_in_process(empty, capsys), "index: no index parts", "run stage 2 first")
 
     (data / "generated" / "generation.json").write_text(json.dumps({"channels": 2, "trajectory_axis": AXIS}))
+    stamp_parts(data / "generated")
     _one_line_error(run_in_process(data, capsys, "--model", "some/model"),
                     "--model is not an option of the spectral embedder")
     assert not (data / "generated" / "embeddings").exists()

@@ -2,6 +2,7 @@
 SIGTERM that unwinds, and artifacts that respect the umask."""
 import errno
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -210,3 +211,53 @@ def test_every_stage_describes_itself_in_whole_sentences_and_offers_no_progress(
     from diffusion import stage2_generate
     model_help = next(a.help for a in stage2_generate.build_parser()._actions if "--model" in a.option_strings)
     assert "musicgen" in model_help and "stable-audio-open" in model_help
+
+
+# ---- a killed --force with new settings ----------------------------------------------------------------------
+
+STAGE2 = REPO_ROOT / "diffusion" / "stage2_generate.py"
+STAGE2_ARGS = ["--generator", "ideal", "--limit-prompts", "6", "--samples", "1", "--steps", "10",
+               "--capture-steps", "4,9", "--no-progress"]
+
+
+def stage2_run(data, *extra) -> int:
+    from diffusion import stage2_generate
+
+    return run_stage(stage2_generate.main, stage2_generate.build_parser(), ["--data", str(data), *STAGE2_ARGS, *extra])
+
+
+def test_a_force_with_new_settings_killed_mid_run_is_finished_by_a_plain_rerun(tmp_path, capsys):
+    """`--seed 7 --force` over a seed-0 run, killed once its first prompt is remade: the tree holds parts of both
+    seeds under the seed-7 generation.json. Readers refuse it naming the old parts; the plain rerun redoes exactly
+    those and the tree equals an uninterrupted seed-7 run, byte for byte."""
+    from data.contract import read_generated_index
+    from data.files import read_json
+    from data.parts import part_made_with, parts_on_disk, record_sha256
+    from data.stage import InputError
+
+    data, fresh = tmp_path / "data", tmp_path / "fresh"
+    assert stage1_run(data) == 0
+    shutil.copytree(data, fresh)
+    assert stage2_run(data) == 0 and stage2_run(fresh, "--seed", "7") == 0
+    generated = data / "generated"
+    seed7 = record_sha256(read_json(fresh / "generated" / "generation.json"))
+    environ = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, str(STAGE2), "--data", str(data), *STAGE2_ARGS, "--seed", "7",
+                                "--force"], cwd=REPO_ROOT, env=environ, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while process.poll() is None and time.monotonic() < deadline:
+        if any(part_made_with(generated, prompt_id) == seed7 for prompt_id in parts_on_disk(generated)):
+            process.kill()
+            break
+        time.sleep(0.001)
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    old = [prompt_id for prompt_id in parts_on_disk(generated) if part_made_with(generated, prompt_id) != seed7]
+    assert old, "the kill came after every prompt was remade"
+    with pytest.raises(InputError, match=f"not made under the current generation.json .*{old[0]}"):
+        read_generated_index(data)
+    capsys.readouterr()
+    remade = [prompt_id for prompt_id in parts_on_disk(generated) if part_made_with(generated, prompt_id) == seed7]
+    assert stage2_run(data, "--seed", "7") == 0
+    assert f"{len(remade)} already done, {6 - len(remade)} generated" in capsys.readouterr().err
+    assert tree(generated) == tree(fresh / "generated")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from stage_runs import write_annotated
+from stage_runs import assert_outside_the_clock_is_refused, write_annotated
 
 from data.directions import Direction
 from data.interventions import INTERVENTIONS_DIR
@@ -126,3 +126,39 @@ def test_hooks_come_off_when_the_run_fails(tmp_path):
     with pytest.raises(InputError, match=f"direction dim {toy.DIM + 1} but block {BLOCK}'s width is {toy.DIM}"):
         generator.sample(Conditioning("soft acoustic piano", steering=steering), 11, 2, toy.SECONDS, None)
     assert not any(module._forward_hooks or module._forward_pre_hooks for module in generator.model.modules())
+
+
+def test_steps_captures_and_blocks_outside_the_toy_model_are_refused(tmp_path):
+    generator = toy.ToyGenerator(steps=STEPS)
+    direction = Direction(np.ones((toy.BLOCKS, toy.DIM)), range(toy.BLOCKS), "is_brass", "probe").save(tmp_path / "d")
+    assert_outside_the_clock_is_refused(tmp_path, generator, toy.SECONDS, {
+        "concept": "is_brass", "direction": str(direction), "where": [BLOCK], "strength": STRENGTH})
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("wider", f"direction dim {toy.DIM + 1} but the toy generator's blocks are {toy.DIM} wide"),   # checked first
+    ("wider, width unknown", f"direction dim {toy.DIM + 1} but block {BLOCK}'s width is {toy.DIM}"),  # in the hook
+    ("empty", "empty file (0 bytes)"),
+])
+def test_a_refused_intervened_run_changes_nothing(registered, tmp_path, capsys, monkeypatch, damage, message):
+    """A refusal before generation (one line), or inside the first steered sampler call (its last line), leaves
+    --data as it was: no intervention.json, no empty run folder."""
+    data = tmp_path / "data"
+    write_annotated(data, PROMPTS)
+    argv = ["--data", str(data), "--generator", "toy", "--steps", str(STEPS), "--samples", "1", "--no-progress"]
+    assert run_stage(stage2.main, stage2.build_parser(), argv) == 0
+    dim = toy.DIM + damage.startswith("wider")
+    direction = Direction(np.ones((toy.BLOCKS, dim)), range(toy.BLOCKS), "is_brass", "probe").save(tmp_path / "d")
+    if damage == "empty":
+        direction.write_bytes(b"")
+    if damage == "wider, width unknown":
+        monkeypatch.setattr(toy.ToyGenerator, "block_width", lambda self: None)
+    before = {path: path.read_bytes() for path in sorted(data.rglob("*")) if path.is_file()}
+    capsys.readouterr()
+    spec = write_spec(tmp_path, direction)
+    assert run_stage(stage2.main, stage2.build_parser(), [*argv, "--intervene", str(spec)]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert message in error[-1] and error[-1].startswith("error: ") and (len(error) == 1) == (damage != "wider, "
+                                                                                              "width unknown"), error
+    assert {path: path.read_bytes() for path in sorted(data.rglob("*")) if path.is_file()} == before
+    assert not (data / "generated" / INTERVENTIONS_DIR).exists()

@@ -79,6 +79,9 @@ class ToyGenerator(Generator):
     def hook_points(self) -> dict[str, torch.nn.Module]:
         return {resid_post(block): module for block, module in enumerate(self.model.blocks)}
 
+    def block_width(self) -> int:
+        return DIM
+
     def hook_clock(self) -> StepClock:
         return StepClock(self.scheduler)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from data.files import read_json, sha256_json, write_json
+from data.files import read_json, sha256_json, unique_keys, write_json
 from data.stage import InputError
 
 log = logging.getLogger("stage1")
@@ -198,7 +198,8 @@ class ResponseCache:
 def parse_json_object(text: str) -> dict | None:
     """The answer as a JSON object, or None when it is not one (truncated, prose, a list)."""
     try:
-        value = json.loads(text)
-    except (ValueError, TypeError):
+        # As data/files.read_json reads: a key given twice is not an answer (json.loads would keep the last).
+        value = json.loads(text, object_pairs_hook=unique_keys)
+    except (ValueError, TypeError, RecursionError):
         return None
     return value if isinstance(value, dict) else None

@@ -143,7 +143,8 @@ def annotator_config(args) -> dict:
 
 def annotate(args) -> None:
     source = prompts_csv(args.data)
-    prompts = read_prompts(args.data, fix="run stage 1 generate (or fix the row in prompts.csv)")
+    prompts = read_prompts(args.data, fix="run stage 1 generate (or fix the row in prompts.csv)",
+                           missing_fix="run stage 1 generate first")
     out_csv = annotated_csv(args.data)
     prov = Provenance(sidecar=out_csv.with_suffix(".json"), outputs=[out_csv], record={
         "inputs": {"prompts.csv": sha256_file(source)},

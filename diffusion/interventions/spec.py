@@ -38,14 +38,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import json
 import math
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 from data.concepts import BY_NAME
+from data.files import read_json, read_yaml
+from data.identifiers import name_problem
 from data.stage import InputError
 from diffusion.interventions.hooks import COMPONENTS, blocks_of
 from diffusion.interventions.records import (INTERCHANGE_OPS, INTERCHANGE_ROWS, MODES, PRIOR, ROWS, Interchange,
@@ -53,7 +53,6 @@ from diffusion.interventions.records import (INTERCHANGE_OPS, INTERCHANGE_ROWS, 
 from diffusion.interventions.steering import steering_direction
 
 SPEC_FORMAT = 2
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]+$")
 SPEC_KEYS = {"format", "prompts", "samples", "capture_steps", "interventions"}
 STEER_KEYS = {"id", "kind", "concept", "direction", "where", "strength", "mode", "from_step", "to_step", "rows",
               "every", "preset"}
@@ -81,26 +80,23 @@ class InterventionSpec:
 
 
 def read_spec_file(path) -> dict:
+    """The spec file parsed by the project's one JSON loader (or its YAML twin, data/files.py): a key given twice in
+    one object, text that is not UTF-8 and nesting too deep are one-line errors like any other."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such intervention spec — pass a JSON (or YAML) file, format in "
                          "diffusion/interventions/spec.py")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix.lower() in (".yaml", ".yml"):
-        try:
-            import yaml
-        except ImportError:
-            raise InputError(f"{path}: reading YAML needs pyyaml (pip install pyyaml) — or write the spec as "
-                             "JSON") from None
-        try:
-            payload = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            raise InputError(f"{path}: not valid YAML ({str(error).splitlines()[0]}) — {SPEC_FIX}") from None
-    else:
-        try:
-            payload = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise InputError(f"{path}: not valid JSON ({error}) — {SPEC_FIX}") from None
+    yaml_file = path.suffix.lower() in (".yaml", ".yml")
+    try:
+        payload = read_yaml(path) if yaml_file else read_json(path)
+    except ImportError:
+        raise InputError(f"{path}: reading YAML needs pyyaml (pip install pyyaml) — or write the spec as "
+                         "JSON") from None
+    except UnicodeDecodeError as error:
+        raise InputError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}) — {SPEC_FIX}") from None
+    except ValueError as error:
+        kind = "YAML" if yaml_file else "JSON"
+        raise InputError(f"{path}: not a valid {kind} spec ({' '.join(str(error).split())}) — {SPEC_FIX}") from None
     if not isinstance(payload, dict):
         raise InputError(f"{path}: the spec must be an object with an 'interventions' list — {SPEC_FIX}")
     return payload
@@ -122,9 +118,11 @@ def load_spec(path) -> InterventionSpec:
     if unknown:
         raise fail(unknown[0], f"unknown key (allowed: {', '.join(sorted(SPEC_KEYS))})")
     prompts = payload.get("prompts")
-    if prompts is not None and (not isinstance(prompts, list) or not prompts
-                                or not all(isinstance(p, str) and p for p in prompts)):
+    if prompts is not None and (not isinstance(prompts, list) or not prompts):
         raise fail("prompts", "must be a non-empty list of prompt ids")
+    for prompt_id in prompts or []:
+        if name_problem(prompt_id, "prompt_id"):
+            raise fail("prompts", name_problem(prompt_id, "prompt_id"))
     samples = payload.get("samples")
     if samples is not None and (not _is_int(samples) or samples < 1):
         raise fail("samples", f"{samples!r} must be a positive integer")
@@ -227,9 +225,8 @@ def steering_entry(entry: dict, path: Path, fail, where_text: str) -> list[Steer
         site = Site(where, int(from_step), None if to_step is None else int(to_step), int(every))
         steering = Steering("", concept, direction, site, float(strength), mode, rows, seed,
                             files[0] if files else None)
-        identifier = entry.get("id") or default_id(steering)
-        if not isinstance(identifier, str) or not ID_PATTERN.match(identifier):
-            raise fail(f"{where_text}.id", f"{identifier!r} must match [A-Za-z0-9_.+-]+")
+        identifier = entry["id"] if "id" in entry else default_id(steering)
+        check_id(identifier, fail, f"{where_text}.id" if "id" in entry else where_text)
         steerings.append(replace(steering, id=identifier))
     return steerings
 
@@ -264,12 +261,22 @@ def interchange_entry(entry: dict, fail, where_text: str) -> list[Interchange]:
         raise fail(f"{where_text}.rows", f"{rows!r} is not one of {', '.join(INTERCHANGE_ROWS)} (the conditional "
                                          "row, as published, or both CFG rows)")
     name = entry.get("id", f"{entry['concept_a']}-{entry['concept_b']}")
-    if not isinstance(name, str) or not ID_PATTERN.match(name):
-        raise fail(f"{where_text}.id", f"{name!r} must match [A-Za-z0-9_.+-]+")
+    check_id(name, fail, f"{where_text}.id")
     suffix = "" if rows == "conditional" else f"-{rows}"
-    return [Interchange(f"{name}-{op}-{component}-B{block}{suffix}", entry["concept_b"], entry["concept_a"], op,
-                        component, Site((int(block),)), rows)
-            for block in sorted(blocks) for component in components]
+    sites = [Interchange(f"{name}-{op}-{component}-B{block}{suffix}", entry["concept_b"], entry["concept_a"], op,
+                         component, Site((int(block),)), rows)
+             for block in sorted(blocks) for component in components]
+    for site in sites:
+        check_id(site.id, fail, f"{where_text}.id")
+    return sites
+
+
+def check_id(identifier, fail, where: str) -> None:
+    """An intervention id names its run's folder, generated/interventions/<id>/ (data/identifiers.py's rule)."""
+    problem = name_problem(identifier, "intervention id")
+    if problem:
+        raise fail(where, f"{problem} (it names the run's folder; a grid's default id is "
+                          "<concept>_<direction>_<where>_s<strength>_k<from_step>)")
 
 
 def _is_int(value) -> bool:
@@ -359,12 +366,20 @@ def check_spec(spec: InterventionSpec, generator, seconds: float, run_samples: i
         if intervention.site.from_step >= ticks:
             raise InputError(f"{head}: from_step {intervention.site.from_step} is past the last {clock} "
                              f"{ticks - 1} of a {seconds:g} s clip — {SPEC_FIX}")
+        if intervention.site.to_step is not None and intervention.site.to_step > ticks:
+            raise InputError(f"{head}: to_step {intervention.site.to_step} is past the end of a {seconds:g} s clip "
+                             f"({ticks} {clock}s: to_step at most {ticks}, or null for the end) — {SPEC_FIX}")
         if isinstance(intervention, Steering):
             if intervention.rows != "conditional" and not generator.has_unconditional_rows:
                 raise InputError(f"{head}: rows '{intervention.rows}' — the {generator.name} generator runs no "
                                  f"unconditional (CFG) rows — {SPEC_FIX}")
             if intervention.direction_file is not None:
-                steering_direction(intervention)
+                direction = steering_direction(intervention)
+                width = generator.block_width()
+                if width is not None and direction.dim != width:
+                    raise InputError(f"{intervention.direction_file}: direction dim {direction.dim} but the "
+                                     f"{generator.name} generator's blocks are {width} wide — compute the direction "
+                                     "on this model")
     if spec.samples is not None and spec.samples > run_samples:
         raise InputError(f"{spec.path}: samples {spec.samples} is more than the run's {run_samples} per prompt "
                          f"(the reference) — {SPEC_FIX}")

@@ -171,6 +171,9 @@ class MusicgenGenerator(Generator):
     def hook_points(self) -> dict[str, torch.nn.Module]:
         return self.runner.hook_points
 
+    def block_width(self) -> int:
+        return int(self.runner.decoder.config.hidden_size)
+
     def hook_clock(self) -> GenerationPosition:
         return GenerationPosition()
 

@@ -1,11 +1,12 @@
 """Loading MusicGen: a hub id through the Hugging Face cache or a save_pretrained directory, and a melody for
 MusicGen Melody; every failure a user can fix is one line."""
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from data.contract import first_line, read_npy
+from data.files import read_json
 from data.hub import hub_error_message, local_model_dir
 from data.stage import InputError
 
@@ -31,6 +32,7 @@ def resolve_model_dir(model: str) -> Path:
 
 def load_model(model_dir: Path, dtype: torch.dtype, device: torch.device):
     """(model, tokenizer, is_melody) from a save_pretrained directory; one-line errors for the wrong layout."""
+    from safetensors import SafetensorError
     from transformers import AutoTokenizer, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
     from transformers.utils import logging as transformers_logging
 
@@ -39,9 +41,9 @@ def load_model(model_dir: Path, dtype: torch.dtype, device: torch.device):
         raise InputError(f"{model_dir}: no config.json — not a MusicGen checkpoint (save_pretrained layout, e.g. "
                          f"{HUB_ID})")
     try:
-        model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
-        raise InputError(f"{config_path}: unreadable ({error}) — re-download the model") from None
+        model_type = read_json(config_path).get("model_type")
+    except (ValueError, AttributeError) as error:
+        raise InputError(f"{config_path}: unreadable ({first_line(error)}) — re-download the model") from None
     classes = {"musicgen": MusicgenForConditionalGeneration, "musicgen_melody": MusicgenMelodyForConditionalGeneration}
     if model_type not in classes:
         raise InputError(f"{config_path}: model_type is {model_type!r}, not musicgen or musicgen_melody — pass a "
@@ -52,7 +54,7 @@ def load_model(model_dir: Path, dtype: torch.dtype, device: torch.device):
     try:
         model = classes[model_type].from_pretrained(model_dir, local_files_only=True, dtype=dtype)
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-    except (OSError, ValueError, KeyError) as error:
+    except (OSError, ValueError, KeyError, SafetensorError) as error:   # SafetensorError: a cut-off weights file
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"{model_dir}: cannot load MusicGen ({first}) — re-download or re-save the model") from None
     finally:
@@ -67,7 +69,7 @@ def load_melody(path: str, model_dir: Path) -> np.ndarray:
     if not path.is_file():
         raise InputError(f"--generator-option melody={path}: no such file — pass a chroma .npy or a wav")
     if path.suffix == ".npy":
-        chroma = np.load(path, allow_pickle=False)
+        chroma = read_npy(path, "pass a chroma .npy [frames, 12] or a wav")
         if chroma.ndim != 2 or chroma.shape[1] != 12 or not np.isfinite(chroma).all():
             raise InputError(f"{path}: a chroma array must be finite with shape [frames, 12], got {list(chroma.shape)}")
         return chroma.astype(np.float32)
