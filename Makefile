@@ -1,6 +1,6 @@
 # Musicologist — `make demo` runs the six stages on the embedded default; `make test` runs the test suite.
-# Both create the environment from nothing: a venv with torch==2.13.0 (CPU) installed first, then everything
-# else under constraints.txt so that no dependency can replace torch with a CUDA build.
+# Both create the environment from nothing: a venv with torch==2.13.0 installed first (TORCH_INDEX picks the build:
+# CPU or CUDA), then everything else under constraints.txt so that no dependency can replace that torch.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,6 +22,14 @@ PRESET ?= $(if $(filter ideal,$(GENERATOR)),planted)
 # two random directions, on 20 embedded prompts (their ids are in the spec: with other prompts pass your own spec,
 # or INTERVENE= to skip it).
 INTERVENE ?= $(if $(filter ideal,$(GENERATOR)),diffusion/specs/steer_ideal_demo.json)
+# torch goes in first, by itself: torch==2.13.0 from pip's configured index (in CI a local CPU wheel). On a GPU
+# machine choose the build with the index it comes from, e.g. CUDA 12.8 or the CPU-only wheel:
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
+#   make install TORCH_INDEX=https://download.pytorch.org/whl/cpu
+# Every later install runs under constraints.txt, whose torch==2.13.0 matches any 2.13.0 build (+cu128, +cpu), so no
+# dependency can replace the one installed (README, "Sizing a real run").
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
@@ -44,7 +52,7 @@ $(FLUIDR3):
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install --quiet --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH_SPEC)
 	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt '.[test]'
 	# The build leaves setuptools' scratch folders in the checkout; the package itself holds no modules.
 	rm -rf build musicologist.egg-info

@@ -103,14 +103,23 @@ class _Lines(tuple):
         return self
 
 
-def read_table(path, columns, fix: str, dtype=None) -> pd.DataFrame:
+def run_first(data, stage: int) -> str:
+    """The fix for a missing upstream file: run the stage that writes it (not "rerun with --force": it has simply
+    not run), and when --data holds no stage output at all, say that --data may be the wrong folder."""
+    fix = f"run stage {stage} first"
+    if not any((Path(data) / folder).exists() for folder in ("prompts", "generated", "concepts", "results")):
+        fix += f" (--data {data} holds no stage outputs: is it the folder you meant?)"
+    return fix
+
+
+def read_table(path, columns, fix: str, dtype=None, missing_fix: str | None = None) -> pd.DataFrame:
     """Read a CSV and check it exists, is non-empty, is well formed and has the contract's columns.
 
     frame.attrs["lines"] holds each row's line number in the file, so errors point at the line a person sees
-    even after blank lines."""
+    even after blank lines. `missing_fix`: the fix when the file does not exist (default `fix`)."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"{path}: missing — {fix}")
+        raise InputError(f"{path}: missing — {missing_fix or fix}")
     lines = _record_lines(path, fix)
     try:
         frame = pd.read_csv(path, dtype=dtype, keep_default_na=False, na_values=[""])
@@ -212,7 +221,8 @@ def read_annotated(data: Path, fix: str = "fix the row or rerun stage 1 with --f
     """Annotated prompts with `labels` parsed into lists and `bpm` as nullable Int64."""
     path = annotated_csv(data)
     frame = read_table(path, ANNOTATED_COLUMNS, fix,
-                       dtype={"prompt_id": str, "prompt": str, "labels": str, "annotator": str})
+                       dtype={"prompt_id": str, "prompt": str, "labels": str, "annotator": str},
+                       missing_fix=run_first(data, 1))
     check_prompt_ids(frame, path, fix)
     parsed = []
     for index, text in frame["labels"].items():
@@ -241,7 +251,7 @@ def read_generated_index(data: Path, fix: str = "rerun stage 2 (add --force if i
     index_dir = generated_dir(data) / "index"
     parts = sorted(index_dir.glob("*.csv")) if index_dir.is_dir() else []
     if not parts:
-        raise InputError(f"{index_dir}: no index parts — run stage 2 first")
+        raise InputError(f"{index_dir}: no index parts — {run_first(data, 2)}")
     frames = [_read_index_part(part, data, fix).assign(**{INTERVENTION_COLUMN: ""}) for part in parts]
     # Intervened runs (stage 2 --intervene) are ordinary rows with the run's id in the intervention column.
     for run_index in sorted((generated_dir(data) / "interventions").glob("*/index")):
@@ -309,7 +319,7 @@ def read_notes(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFr
     path = concepts_dir(data) / "notes.csv"
     frame = read_table(path, NOTES_COLUMNS, fix, dtype={"note_str": str, "instrument_str": str, "family": str,
                                                          "source": str, "qualities": str, "split": str, "path": str,
-                                                         "parts": str})
+                                                         "parts": str}, missing_fix=run_first(data, 4))
     frame["qualities"] = frame["qualities"].fillna("")
     for column in ("note_str", "instrument_str", "family", "source", "path"):
         empty = frame[column].isna()
@@ -355,7 +365,8 @@ def read_notes(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFr
 
 def read_sets(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFrame:
     path = concepts_dir(data) / "sets.csv"
-    frame = read_table(path, SETS_COLUMNS, fix, dtype={"concept": str, "note_str": str, "split": str})
+    frame = read_table(path, SETS_COLUMNS, fix, dtype={"concept": str, "note_str": str, "split": str},
+                       missing_fix=run_first(data, 4))
     bad = ~frame["label"].isin([0, 1])
     if bad.any():
         raise InputError(f"{path} row {_row(bad.idxmax(), frame)}: label must be 0 or 1 — {fix}")

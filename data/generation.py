@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.contract import generated_dir, read_sidecar
+from data.contract import generated_dir, read_sidecar, run_first
 from data.files import sha256_file
 from data.stage import InputError
 
@@ -67,10 +67,10 @@ class Generation:
         return tuple(self.record.get("content_labels") or ())
 
 
-def read_generation(data, missing_fix: str = "run stage 2 first") -> Generation:
+def read_generation(data, missing_fix: str | None = None) -> Generation:
     """generation.json under <data>/generated/, checked: an object with a trajectory axis and content labels."""
     path = generated_dir(data) / GENERATION_JSON
-    record = read_sidecar(path, missing_fix, REGENERATE)
+    record = read_sidecar(path, missing_fix or run_first(data, 2), REGENERATE)
     labels = record.get("content_labels", [])
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise InputError(f"{path}: content_labels must be a list of label names — {REGENERATE}")

@@ -38,8 +38,20 @@ class StageArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: command line: {' '.join(message.split())} — see {self.prog} --help\n")
 
 
+def first_paragraph(text: str) -> str:
+    """A docstring's first paragraph on one line: a stage's --help description, never cut mid-sentence."""
+    lines = []
+    for line in text.strip().splitlines():
+        if not line.strip():
+            break
+        lines.append(line.strip())
+    return " ".join(lines)
+
+
 def stage_parser(description: str) -> argparse.ArgumentParser:
-    parser = StageArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    """The stage's parser; `description` may be the module docstring (its first paragraph is used)."""
+    parser = StageArgumentParser(description=first_paragraph(description),
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="artifact root; every stage reads and writes below it (see data/ARTIFACTS.md)")
     parser.add_argument("--force", action="store_true", help="redo work whose outputs already exist")
@@ -140,6 +152,11 @@ def parse_shard(spec: str | None, environ=None) -> Shard:
     if index is None or count < 1 or not 0 <= index < count:
         raise InputError(f"{origin} {spec!r} is not a shard 'i/n' with 0 <= i < n — pass e.g. --shard 0/4")
     return Shard(index, count)
+
+
+def add_progress_argument(parser) -> None:
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (e.g. for a batch job's log file)")
 
 
 def add_shard_argument(parser) -> None:

@@ -189,8 +189,10 @@ class Generator(ABC):
         raise NotImplementedError(f"the {self.name} generator runs no interchange interventions")
 
     def sample_sites(self, prompt: str, seed: int, num_samples: int, seconds: float, observers: list,
-                     means_a: np.ndarray, means_b: np.ndarray, sites: list, op: str) -> None:
+                     means_a: np.ndarray, means_b: np.ndarray, sites: list, op: str,
+                     rows: str = "conditional") -> None:
         """Interchange: every (component, block) site of `sites` for samples seed .. seed + n - 1 in one batched
-        generation; observers[i] gets site i's trajectory as its samples 0..n-1."""
+        generation, on the conditional CFG row or both (`rows`); observers[i] gets site i's trajectory as its samples
+        0..n-1."""
         raise NotImplementedError(f"the {self.name} generator runs no interchange interventions")
 

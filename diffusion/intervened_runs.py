@@ -105,12 +105,21 @@ def run_interventions(generator, prompts, plan: InterventionPlan, shard=None, fo
                 key = batch_key(prompt_id, intervention)
                 if not isinstance(batches[key], InterchangeBatch):
                     batches[key] = InterchangeBatch(generator, means[intervention.concept_a],
-                                                    means[intervention.concept], intervention.op, batches[key])
+                                                    means[intervention.concept], intervention.op, batches[key],
+                                                    intervention.rows)
                 sample = batches[key].sampler(site_of(intervention))
             generate_prompt(generator, prompt_id, conditioning, plan.provenances[intervention.id][0], settings,
                             writers, sample)
             bar.update(1)
     return len(todo), skipped
+
+
+def requested_prompts(spec: InterventionSpec, prompts) -> dict[str, list[str]]:
+    """id -> the prompts each intervention generates over the whole run (every shard), as run_interventions picks
+    them: the spec's prompts among the run's, and for an interchange those carrying concept A."""
+    labels_of = {row.prompt_id: tuple(row.labels) for row in prompts.itertuples(index=False)
+                 if spec.prompts is None or row.prompt_id in spec.prompts}
+    return {intervention.id: sorted(prompts_of(intervention, labels_of)) for intervention in spec.interventions}
 
 
 def direction_hashes(intervention: Intervention) -> dict:
@@ -131,7 +140,7 @@ def prompts_of(intervention: Intervention, labels_of: dict) -> set[str]:
 
 
 def batch_key(prompt_id: str, interchange: Interchange) -> tuple:
-    return prompt_id, interchange.concept_a, interchange.concept, interchange.op
+    return prompt_id, interchange.concept_a, interchange.concept, interchange.op, interchange.rows
 
 
 def site_of(interchange: Interchange) -> tuple[str, int]:
@@ -166,8 +175,10 @@ class InterchangeBatch:
     call (seed, count) runs every site of `sites` at once (Generator.sample_sites); the others read their rows
     back. Stage 2 then writes each site's run with the ordinary generate_prompt, sampling through `sampler(site)`."""
 
-    def __init__(self, generator, means_a: np.ndarray, means_b: np.ndarray, op: str, sites: list[tuple[str, int]]):
+    def __init__(self, generator, means_a: np.ndarray, means_b: np.ndarray, op: str, sites: list[tuple[str, int]],
+                 rows: str = "conditional"):
         self.generator, self.means_a, self.means_b, self.op, self.sites = generator, means_a, means_b, op, sites
+        self.rows = rows
         self.results: dict[tuple, list] = {}   # (seed, count, seconds) -> per site: its observer
 
     def sample(self, site: tuple[str, int], seed: int, num_samples: int, seconds: float, observer, prompt: str):
@@ -175,7 +186,7 @@ class InterchangeBatch:
         if key not in self.results:
             observers = [TrajectoryObserver(observer.capture, observer.kinds) for _ in self.sites]
             self.generator.sample_sites(prompt, seed, num_samples, seconds, observers, self.means_a, self.means_b,
-                                        self.sites, self.op)
+                                        self.sites, self.op, self.rows)
             self.results[key] = observers
         observers = self.results[key]
         made, observers[self.sites.index(site)] = observers[self.sites.index(site)], None

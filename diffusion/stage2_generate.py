@@ -25,7 +25,8 @@ if __package__ in (None, ""):
 from data.contract import annotated_csv, generated_dir, read_annotated
 from data.files import sha256_file
 from data.interventions import INTERVENTIONS_DIR
-from data.stage import InputError, main_exit, parse_shard, stage_parser
+from data.requested import write_request
+from data.stage import InputError, add_progress_argument, main_exit, parse_shard, stage_parser
 from data.truth import write_truth_tables
 from diffusion import GENERATORS, intervened_runs, load_generator
 from diffusion.interventions.spec import check_spec, load_spec
@@ -41,7 +42,9 @@ def build_parser():
     parser.add_argument("--generator", default="ideal", help=f"one of: {', '.join(GENERATORS)}")
     parser.add_argument("--model", default=None,
                         help="ideal: a bank directory (unset: the soundfont bank, rendered once into "
-                             "data/bank/); stable-audio-open: hub id or local directory (unset: the hub model)")
+                             "data/bank/); stable-audio-open: hub id or local directory (unset: "
+                             "stabilityai/stable-audio-open-1.0); musicgen: hub id or local directory, e.g. "
+                             "facebook/musicgen-small, -medium, -large or -melody (unset: facebook/musicgen-small)")
     parser.add_argument("--preset", default=None,
                         help="sampler preset of the generator (unset: its 'reference'); ideal: reference, model-card, "
                              "or planted (concepts decided at known, different steps; diffusion/planted.py)")
@@ -85,7 +88,7 @@ def build_parser():
                         help="also generate the interventions of this spec file (JSON/YAML, format in "
                              "diffusion/interventions/spec.py) into generated/interventions/<id>/, paired by seed "
                              "with this run (the reference)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(parser)
     return parser
 
 
@@ -159,6 +162,9 @@ def main(args) -> None:
           f"a {generator.axis.describe()}, saving {','.join(kinds)} at {generator.axis.unit}s "
           f"{','.join(map(str, capture_steps))}",
           file=sys.stderr)
+    # What this run (all its shards) will make: a later stage refuses an index some shard has not finished.
+    write_request(generated, prompts["prompt_id"], shard.count,
+                  intervened_runs.requested_prompts(spec, prompts) if spec is not None else None)
     summary = run_trajectories(generator, prompts, generated, settings, annotated_sha256,
                                shard=shard, force=args.force, all_prompt_ids=list(annotated["prompt_id"]),
                                progress=not args.no_progress)

@@ -18,13 +18,16 @@ file i, and its provenance sidecar:
   very same batches as an uninterrupted one and produces a byte-identical matrix.
 - When every chunk exists they are streamed into `<name>.npy` through a memory map (the rows never sit in
   RAM together), the sidecar `<name>.json` is written, and the chunks are removed.
+- Incremental (when the caller keys its rows, as stage 3 does): a later run over other rows with the same embedder
+  configuration copies every row whose key the existing output has (`<name>.rows.csv`) and embeds only the rest,
+  so clips added to a finished study cost only their own time. Chunk files and their manifest:
+  embeddings/chunks.py.
 
 A bad file stops the run with one InputError naming it. Chunks finished before it are kept, as for a kill.
 """
 import contextlib
 import importlib
 import inspect
-import math
 import os
 import shutil
 import time
@@ -41,17 +44,16 @@ from tqdm import tqdm
 
 from data.audio import read_audio, resample, to_mono
 from data.contract import LENGTH_TOLERANCE, first_line
-from data.files import atomic_path, read_json, remove_stale_temps, write_npy
-from data.provenance import Provenance, begin, commit, decide, first_difference
-from data.stage import InputError, Shard, add_shard_argument, file_lock, lock_path, parse_shard
-from embeddings import EMBEDDERS, embedding_stem, load_embedder
+from data.files import remove_stale_temps, write_npy
+from data.provenance import Provenance, begin, commit, decide, first_difference, read_provenance
+from data.stage import InputError, Shard, add_progress_argument, add_shard_argument, parse_shard
+from embeddings import EMBEDDERS, chunks, embedding_stem, load_embedder
 
 DEFAULT_BATCH_SIZE = 16
 DEFAULT_WORKERS = 2
 # Rows per chunk: a kill loses at most this much work (half a minute of spectral embedding on one core, a few
 # minutes of CLAP on a CPU), and the 289k-note NSynth train split makes ~140 chunk files.
 DEFAULT_CHUNK_ROWS = 2048
-MANIFEST = "manifest.json"
 # A progress bar appears after this long: a run that stops on a bad first file prints only its error line.
 BAR_DELAY_SECONDS = 2.0
 # How the runner turns a file into the embedder's input; part of the provenance because it changes vectors.
@@ -62,7 +64,8 @@ INPUT_POLICY = {"downmix": "channel mean", "resampler": f"soxr {soxr.__version__
 class RunStats:
     """What a run did and where its time went (the CLAP benchmark reads embed_fraction)."""
     n_rows: int
-    rows_embedded: int = 0     # rows embedded by this run (the rest came from earlier chunks)
+    rows_embedded: int = 0     # rows embedded by this run (the rest came from earlier chunks or the earlier output)
+    rows_reused: int = 0       # rows copied from the earlier output (keyed rows, same embedder)
     chunks_reused: int = 0
     skipped: bool = False      # the output was already up to date
     wall_seconds: float = 0.0
@@ -84,12 +87,14 @@ class RunStats:
             return f"up to date: {self.n_rows} rows"
         waiting = (f"; {self.chunks_missing} chunks of other shards still missing: the last shard to finish "
                    "writes the matrix" if self.chunks_missing else "")
-        return (f"embedded {self.rows_embedded} of {self.n_rows} rows ({self.chunks_reused} chunks reused) in "
+        reused = f"{self.rows_reused} rows reused from the previous output, " if self.rows_reused else ""
+        return (f"embedded {self.rows_embedded} of {self.n_rows} rows ({reused}{self.chunks_reused} chunks reused) in "
                 f"{self.wall_seconds:.1f} s ({self.rows_per_second:.1f} rows/s); {100 * self.embed_fraction:.0f}% "
                 f"of wall time inside embed(), {self.load_wait_seconds:.1f} s waiting for audio{waiting}")
 
 
 def embed_files(paths: Sequence, embedder, out_path, *, rows_key: str, rows_sha256: str, extra: dict | None = None,
+                row_keys: Sequence[str] | None = None,
                 expect_rate: int | Sequence[int] | None = None, expect_channels: int | Sequence[int] | None = None,
                 expect_frames: int | Sequence[int] | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
                 workers: int = DEFAULT_WORKERS, chunk_rows: int = DEFAULT_CHUNK_ROWS, force: bool = False, shard: Shard = Shard(0, 1),
@@ -102,79 +107,115 @@ def embed_files(paths: Sequence, embedder, out_path, *, rows_key: str, rows_sha2
     data.contract.LENGTH_TOLERANCE. The provenance rule is data.provenance.decide: an output that is up to date is
     kept; one made from other rows, inputs or embedder settings is refused unless force.
 
+    row_keys (one per file: what made the clip, e.g. its run's provenance and path) make the output incremental:
+    with other rows but the same embedder configuration, the rows whose key the existing output has are copied from
+    it and only the others are embedded (another embedder configuration is still refused unless force). The keys are
+    written beside the matrix (embeddings/chunks.py).
+
     shard i/n embeds chunks k with k mod n == i; the shard that finds every chunk present writes the matrix
     and its sidecar (under a short lock, so two shards finishing together do it once).
     """
     started = time.perf_counter()
     paths = [Path(path) for path in paths]
     out_path = Path(out_path)
-    chunks_dir = out_path.with_name(out_path.stem + ".chunks")
+    folder = chunks.chunks_dir(out_path)
     if batch_size < 1 or chunk_rows < 1 or workers < 0:
         raise InputError(f"batch size {batch_size}, chunk rows {chunk_rows} and workers {workers}: "
                          "batch size and chunk rows must be ≥ 1 and workers ≥ 0 — fix the option")
 
-    record = {**embedder.provenance(), "input": INPUT_POLICY, **(extra or {}), rows_key: rows_sha256,
-              "n_rows": len(paths), "dim": int(embedder.dim)}
-    prov = Provenance(sidecar=out_path.with_suffix(".json"), record=record, outputs=[out_path])
+    identity = {**embedder.provenance(), "input": INPUT_POLICY, "dim": int(embedder.dim)}
+    rows = {**(extra or {}), rows_key: rows_sha256, "n_rows": len(paths)}
+    outputs = [out_path]
+    if row_keys is not None:
+        row_keys = chunks.check_row_keys(row_keys, len(paths))
+        rows["row_keys_sha256"] = chunks.keys_sha256(row_keys)
+        outputs.append(chunks.keys_path(out_path))
+    prov = Provenance(sidecar=out_path.with_suffix(".json"), record={**identity, **rows}, outputs=outputs)
     stats = RunStats(n_rows=len(paths))
     fix = "pass --force to replace them (after changing settings, every shard with --force)"
-    if decide(prov, force, fix) and _matrix_complete(out_path, len(paths), embedder.dim):
-        with _shared_state_lock(out_path):
+    # Keyed rows: another embedder configuration is refused, other rows are an update; unkeyed: both are refused.
+    rule = prov if row_keys is None else Provenance(prov.sidecar, identity, outputs)
+    done = decide(rule, force, fix)
+    stored = None if force else read_provenance(prov.sidecar, fix)
+    matrix_ok = stored is not None and _matrix_complete(out_path, len(paths), embedder.dim)
+    unkeyed = {key: value for key, value in prov.record.items() if key != "row_keys_sha256"}
+    if row_keys is not None and matrix_ok and "row_keys_sha256" not in stored \
+            and first_difference(stored, unkeyed, "") is None:
+        # An output made before rows were keyed, of exactly these rows: its keys are written, nothing re-embedded.
+        begin(prov)
+        chunks.write_keys(out_path, row_keys)
+        commit(prov)
+        stored, done = prov.record, True
+    complete = done and matrix_ok
+    if complete and first_difference(stored, prov.record, "") is None:
+        with chunks.shared_state_lock(out_path):
             # A kill between writing the sidecar and removing the chunks leaves chunks of this very output.
-            manifest = _read_json_or_none(chunks_dir / MANIFEST)
+            manifest = chunks.read_json_or_none(folder / chunks.MANIFEST)
             if manifest is not None and first_difference(manifest, prov.record, "") is None:
-                shutil.rmtree(chunks_dir, ignore_errors=True)
+                shutil.rmtree(folder, ignore_errors=True)
         stats.skipped = True
         stats.wall_seconds = time.perf_counter() - started
         return stats
 
-    created = _missing_dirs(chunks_dir)
+    created = _missing_dirs(folder)
     try:
-        with _shared_state_lock(out_path):
-            chunk_rows = _open_chunks(chunks_dir, prov, chunk_rows, force, shard)
-        chunks = [(start, min(start + chunk_rows, len(paths))) for start in range(0, len(paths), chunk_rows)]
-        mine = [k for k in range(len(chunks)) if shard.owns(k)]
+        with chunks.shared_state_lock(out_path):
+            chunk_rows = chunks.open_chunks(folder, prov, chunk_rows, force, shard)
+        bounds = chunks.chunk_bounds(len(paths), chunk_rows)
+        mine = [k for k in range(len(bounds)) if shard.owns(k)]
         # Temp files of this shard's chunks that a killed run left behind (other shards' may be live).
-        remove_stale_temps(chunks_dir, names=[_chunk_name(k) for k in mine])
-        todo = [k for k in mine if not _chunk_complete(chunks_dir / _chunk_name(k), *_chunk_shape(chunks[k], embedder))]
+        remove_stale_temps(folder, names=[chunks.chunk_name(k) for k in mine])
+        todo = [k for k in mine if not chunks.chunk_complete(folder / chunks.chunk_name(k), bounds[k][1] - bounds[k][0],
+                                                             embedder.dim)]
         stats.chunks_reused = len(mine) - len(todo)
-        _embed_chunks(paths, todo, chunks, chunks_dir, embedder, stats, expect_rate, expect_channels,
-                      batch_size, workers, progress, out_path.name, expect_frames=expect_frames)
+        # The earlier output is read only while this shard has chunks to write, so no shard can have replaced it.
+        previous, known = chunks.previous_rows(out_path, stored if done else None, embedder.dim) \
+            if row_keys is not None and todo else (None, {})
+        reuse = {row: known[row_keys[row]] for k in todo for row in range(*bounds[k])
+                 if known and row_keys[row] in known}
+        _embed_chunks(paths, todo, bounds, folder, embedder, stats, expect_rate, expect_channels,
+                      batch_size, workers, progress, out_path.name, expect_frames=expect_frames,
+                      previous=previous, reuse=reuse)
     except BaseException:
         # Nothing embedded by anyone: leave no empty folders or lone manifest behind.
-        with _shared_state_lock(out_path):
-            if not any(chunks_dir.glob("[0-9]*.npy")):
-                shutil.rmtree(chunks_dir, ignore_errors=True)
-        for folder in reversed(created[:-1]):
+        with chunks.shared_state_lock(out_path):
+            if not any(folder.glob("[0-9]*.npy")):
+                shutil.rmtree(folder, ignore_errors=True)
+        for directory in reversed(created[:-1]):
             with contextlib.suppress(OSError):
-                folder.rmdir()  # only when empty: another shard's or output's files keep it
+                directory.rmdir()  # only when empty: another shard's or output's files keep it
         raise
 
-    with _shared_state_lock(out_path):
-        missing = [k for k, (start, stop) in enumerate(chunks)
-                   if not _chunk_complete(chunks_dir / _chunk_name(k), stop - start, embedder.dim)]
+    with chunks.shared_state_lock(out_path):
+        missing = [k for k, (start, stop) in enumerate(bounds)
+                   if not chunks.chunk_complete(folder / chunks.chunk_name(k), stop - start, embedder.dim)]
         stats.chunks_missing = len(missing)
         if not missing:
             concat_started = time.perf_counter()
-            remove_stale_temps(out_path.parent, names=[out_path.name, prov.sidecar.name])
-            _concatenate(chunks_dir, chunks, embedder.dim, out_path, before_replace=lambda: begin(prov))
+            remove_stale_temps(out_path.parent, names=[out_path.name, prov.sidecar.name,
+                                                       chunks.keys_path(out_path).name])
+            chunks.concatenate(folder, bounds, embedder.dim, out_path, before_replace=lambda: begin(prov))
+            if row_keys is not None:
+                chunks.write_keys(out_path, row_keys)
             commit(prov)
-            shutil.rmtree(chunks_dir, ignore_errors=True)
+            shutil.rmtree(folder, ignore_errors=True)
             stats.concat_seconds = time.perf_counter() - concat_started
     stats.wall_seconds = time.perf_counter() - started
     return stats
 
 
-def _embed_chunks(paths, todo, chunks, chunks_dir, embedder, stats, expect_rate, expect_channels, batch_size,
-                  workers, progress, label, expect_frames=None) -> None:
-    rows = [row for k in todo for row in range(*chunks[k])]
+def _embed_chunks(paths, todo, bounds, folder, embedder, stats, expect_rate, expect_channels, batch_size,
+                  workers, progress, label, expect_frames=None, previous=None, reuse=None) -> None:
+    """Write chunks `todo`: rows in `reuse` (row -> row of `previous`) are copied, the others embedded."""
+    reuse = reuse or {}
+    rows = [row for k in todo for row in range(*bounds[k]) if row not in reuse]
     rates, channels = _per_row(expect_rate, len(paths)), _per_row(expect_channels, len(paths))
     frames = _per_row(expect_frames, len(paths))
     # Headers are checked up front: a file that stage 2 or 4 never wrote, or a cut-off copy, should stop the run
     # now, before any output or progress bar, not hours in.
     for row in tqdm(rows, desc="check audio headers", unit="file", disable=not progress or len(rows) < 5000):
         check_header(paths[row], rates[row], channels[row], frames[row])
-    if not rows:
+    if not todo:
         return
 
     def load(row):
@@ -190,29 +231,32 @@ def _embed_chunks(paths, todo, chunks, chunks_dir, embedder, stats, expect_rate,
     try:
         with contextlib.closing(loaded):
             for k in todo:
-                start, stop = chunks[k]
-                parts = []
-                for batch_start in range(start, stop, batch_size):
-                    batch_rows = range(batch_start, min(batch_start + batch_size, stop))
+                start, stop = bounds[k]
+                chunk = np.empty((stop - start, embedder.dim), dtype=np.float32)
+                fresh = [row for row in range(start, stop) if row not in reuse]
+                for row in range(start, stop):
+                    if row in reuse:
+                        chunk[row - start] = previous[reuse[row]]
+                # Batches never straddle a chunk: a resumed run feeds the embedder the same batches.
+                for batch_start in range(0, len(fresh), batch_size):
+                    batch_rows = fresh[batch_start:batch_start + batch_size]
                     waited = time.perf_counter()
                     waveforms = [next(loaded) for _ in batch_rows]
                     began = time.perf_counter()
                     stats.load_wait_seconds += began - waited
                     vectors = embedder.embed(waveforms)
                     stats.embed_seconds += time.perf_counter() - began
-                    parts.append(_check_vectors(vectors, embedder, [paths[row] for row in batch_rows]))
+                    chunk[[row - start for row in batch_rows]] = _check_vectors(vectors, embedder,
+                                                                                [paths[row] for row in batch_rows])
                     bar.update(len(batch_rows))
-                write_npy(chunks_dir / _chunk_name(k), np.concatenate(parts))
-                stats.rows_embedded += stop - start
+                write_npy(folder / chunks.chunk_name(k), chunk)
+                stats.rows_embedded += len(fresh)
+                stats.rows_reused += stop - start - len(fresh)
         failed = False
     finally:
         # On an error the bar's line is cleared, so the error stands alone on stderr.
         bar.leave = not failed
         bar.close()
-
-
-def _chunk_shape(chunk: tuple[int, int], embedder) -> tuple[int, int]:
-    return chunk[1] - chunk[0], embedder.dim
 
 
 def _missing_dirs(path: Path) -> list[Path]:
@@ -225,68 +269,12 @@ def _missing_dirs(path: Path) -> list[Path]:
     return list(reversed(missing))
 
 
-@contextlib.contextmanager
-def _shared_state_lock(out_path: Path):
-    """Held for moments: around the manifest check and the final assembly, which every shard may reach."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(lock_path(out_path.parent, out_path.stem + ".chunks")):
-        yield
-
-
 def _matrix_complete(path: Path, n_rows: int, dim: int) -> bool:
     try:
         matrix = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError):
         return False
     return matrix.dtype == np.float32 and matrix.shape == (n_rows, dim)
-
-
-def _read_json_or_none(path: Path) -> dict | None:
-    try:
-        payload = read_json(path)
-    except (ValueError, OSError):
-        return None
-    return payload if isinstance(payload, dict) else None
-
-
-def _open_chunks(chunks_dir: Path, prov: Provenance, chunk_rows: int, force: bool, shard: Shard) -> int:
-    """Check leftover chunks against this run (under the shared lock); return the chunk size to use (a
-    resumed run keeps its own). The manifest is data.provenance's rule applied to the partial results."""
-    manifest = Provenance(sidecar=chunks_dir / MANIFEST, record=prov.record, outputs=[])
-    if force:
-        existing = _read_json_or_none(manifest.sidecar)
-        if (existing is None or first_difference(existing, prov.record, "") is not None
-                or not isinstance(existing.get("chunk_rows"), int) or existing["chunk_rows"] < 1):
-            shutil.rmtree(chunks_dir, ignore_errors=True)
-        else:
-            # Same settings: other shards' chunks stay; this shard's are made again.
-            for k in range(math.ceil(prov.record["n_rows"] / existing["chunk_rows"])):
-                if shard.owns(k):
-                    (chunks_dir / _chunk_name(k)).unlink(missing_ok=True)
-    elif manifest.sidecar.exists():
-        decide(manifest, False, "pass --force to discard those partial results (every shard with --force)")
-    elif chunks_dir.exists():
-        shutil.rmtree(chunks_dir)  # chunks no manifest describes: of unknown origin
-    existing = _read_json_or_none(manifest.sidecar)
-    if existing is not None and isinstance(existing.get("chunk_rows"), int) and existing["chunk_rows"] >= 1:
-        return existing["chunk_rows"]
-    chunks_dir.mkdir(parents=True, exist_ok=True)
-    commit(manifest, extra={"chunk_rows": chunk_rows})
-    return chunk_rows
-
-
-def _chunk_name(k: int) -> str:
-    return f"{k:05d}.npy"
-
-
-def _chunk_complete(path: Path, n_rows: int, dim: int) -> bool:
-    if not path.is_file():
-        return False
-    try:
-        chunk = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError):
-        return False
-    return chunk.dtype == np.float32 and chunk.shape == (n_rows, dim)
 
 
 def _per_row(value, n: int) -> list:
@@ -379,20 +367,6 @@ def _check_vectors(vectors, embedder, batch_paths: list[Path]) -> np.ndarray:
     return vectors
 
 
-def _concatenate(chunks_dir: Path, chunks, dim: int, out_path: Path, before_replace) -> None:
-    """Stream the chunks into the final matrix through a memory map (the rows never sit in RAM together)."""
-    n_rows = chunks[-1][1] if chunks else 0
-    if n_rows == 0:
-        write_npy(out_path, np.zeros((0, dim), dtype=np.float32), before_replace=before_replace)
-        return
-    with atomic_path(out_path, before_replace=before_replace) as tmp:
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_rows, dim))
-        for k, (start, stop) in enumerate(chunks):
-            matrix[start:stop] = np.load(chunks_dir / _chunk_name(k), allow_pickle=False)
-        matrix.flush()
-        del matrix
-
-
 # ---- what the two stage scripts share: embedder options on the command line -------------------------------
 
 def add_embedder_arguments(parser) -> None:
@@ -411,6 +385,7 @@ def add_embedder_arguments(parser) -> None:
                         help="rows per chunk file: the unit a killed run resumes from and shards split "
                              "(a resumed run keeps the size it started with)")
     add_shard_argument(parser)
+    add_progress_argument(parser)
 
 
 def lock_name(stage: str):

@@ -11,8 +11,10 @@ the only difference is the intervention — and scored by the same concept probe
   (random directions), paired per clip, prompt-bootstrap CI. "Beyond the baseline" = the CI excludes 0 on the side
   the strength pushes (above for s > 0, below for s < 0);
 - the published interchange metrics (Vélez Vásquez et al., ISMIR 2024): the log-odds shift of the target concept,
-  mean over pairs of logit P_int(c) - logit P_ref(c), and the KL divergence KL(ref || int) between the clip's
-  distribution over the instrument-family concepts (family probe scores normalised to sum to 1), both with CIs;
+  mean over pairs of logit P_int(c) - logit P_ref(c), and the KL divergence between the clip's distribution over the
+  instrument-family concepts (family probe scores normalised to sum to 1), both with CIs. `family_kl` is
+  KL(int || ref), the direction the published code computes (torch's kl_div(log p_ref, log p_int, log_target=True));
+  `family_kl_reverse` is KL(ref || int);
   for an interchange (A's prompts with one component swapped towards B) the log-odds shift is between the two
   concepts: [logit P(B) - logit P(A)] intervened minus the same for the reference; interchange.csv puts these
   per (component, layer) site, and the report shows them as a components x layers table;
@@ -22,7 +24,9 @@ the only difference is the intervention — and scored by the same concept probe
 
 For step-resolved steering the COMMITMENT STEP of a group is the last start step k at which steering from k on
 still moves the target concept beyond the baseline; it sits beside the concept's emergence step. If some earlier
-k does not move it, the commitment step is still the last one that does, and `monotone` says so.
+k does not move it, the commitment step is still the last one that does, and `monotone` says so. k counts ticks of
+the generator's intervention clock (`commitment_clock`: a denoising step, or MusicGen's generated position), which
+is not always the trajectory axis the emergence step lies on (`trajectory_axis`: MusicGen's decoder layer).
 
 Outputs in <results>/compare/: interventions.csv, effects.csv, commitment.csv, pairs.csv, interchange.csv,
 commitment.png, section.html (the report's section), compare.json (provenance, written last). compare.json is
@@ -39,9 +43,11 @@ from data.audio import read_audio
 from data.concepts import BY_NAME
 from data.contract import generated_dir, table_sha256
 from data.files import sha256_file
-from data.stage import InputError
+from data.generation import read_generation
 from data.interventions import read_intervention_records
 from data.provenance import Provenance
+from data.stage import InputError
+from diffusion import GENERATORS, generator_class
 from diffusion.interventions.records import group_key
 from interp import statistics
 
@@ -52,9 +58,13 @@ COMPARE_DIR = "compare"
 COMPARE_JSON = "compare.json"
 OUTPUT_FILES = ("interventions.csv", "effects.csv", "commitment.csv", "pairs.csv", "interchange.csv", "commitment.png",
                 "section.html")
-INTERCHANGE_COLUMNS = ["intervention", "concept_a", "concept_b", "op", "component", "layer", "n_pairs", "n_prompts",
-                       "log_odds_shift", "log_odds_shift_low", "log_odds_shift_high", "family_kl", "family_kl_low",
-                       "family_kl_high", "target_delta", "target_delta_low", "target_delta_high", "audio_guard"]
+INTERCHANGE_COLUMNS = ["intervention", "concept_a", "concept_b", "op", "component", "layer", "rows", "n_pairs",
+                       "n_prompts", "log_odds_shift", "log_odds_shift_low", "log_odds_shift_high", "family_kl",
+                       "family_kl_low", "family_kl_high", "family_kl_reverse", "family_kl_reverse_low",
+                       "family_kl_reverse_high", "target_delta", "target_delta_low", "target_delta_high", "audio_guard"]
+COMMITMENT_COLUMNS = ["concept", "direction", "where", "strength", "mode", "rows", "every", "steps_tested",
+                      "steps_beyond", "commitment_step", "commitment_clock", "monotone", "emergence_step",
+                      "emergence_status", "trajectory_axis"]
 
 
 def logit(p: np.ndarray) -> np.ndarray:
@@ -62,12 +72,22 @@ def logit(p: np.ndarray) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def family_kl(reference: np.ndarray, intervened: np.ndarray) -> np.ndarray:
-    """KL(ref || int) per row between probe scores [rows, families] normalised to distributions."""
+def family_kl(reference: np.ndarray, intervened: np.ndarray, direction: str = "intervened_reference") -> np.ndarray:
+    """Per row, the KL divergence between probe scores [rows, families] normalised to distributions: KL(int || ref)
+    (direction "intervened_reference", the published code's) or KL(ref || int) ("reference_intervened")."""
     p = np.clip(np.asarray(reference, np.float64), EPSILON, None)
     q = np.clip(np.asarray(intervened, np.float64), EPSILON, None)
     p, q = p / p.sum(axis=1, keepdims=True), q / q.sum(axis=1, keepdims=True)
+    if direction == "intervened_reference":
+        p, q = q, p
+    elif direction != "reference_intervened":
+        raise ValueError(f"family_kl direction {direction!r} is not intervened_reference or reference_intervened")
     return np.sum(p * (np.log(p) - np.log(q)), axis=1)
+
+
+def clock_words(clock: str) -> str:
+    """'generated_position' -> 'generated position': for headers, labels and messages."""
+    return clock.replace("_", " ")
 
 
 def loudness_dbfs(audio: np.ndarray) -> float:
@@ -108,10 +128,12 @@ def beyond(low: float, high: float, strength: float) -> bool:
 
 def compare(scores: pd.DataFrame, records: dict[str, dict], concept_names, family_concepts, embeddings=None,
             loudness: pd.Series | None = None, emergence_steps: pd.DataFrame | None = None, axis_name: str = "step",
-            n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0) -> dict[str, pd.DataFrame]:
+            n_resamples: int = 1000, alpha: float = 0.05, seed: int = 0,
+            clock: str = "denoising_step") -> dict[str, pd.DataFrame]:
     """The comparison tables (module docstring). `records`: intervention id -> its record (diffusion/
     interventions/records.py `record()`); `embeddings`: matrix indexed by scores' `row`; `loudness`: dBFS per
-    scores row (index aligned), or None to skip the loudness guard."""
+    scores row (index aligned), or None to skip the loudness guard; `axis_name`: the trajectory axis emergence lies
+    on; `clock`: what the interventions' start steps count (Generator.intervention_clock)."""
     level = 1.0 - alpha
     concept_names = list(concept_names)
     last_step = int(scores.loc[scores["intervention"] != "", "step"].max())
@@ -204,10 +226,11 @@ def compare(scores: pd.DataFrame, records: dict[str, dict], concept_names, famil
         # The families whose probe could be fitted (a family no prompt carries has no scores, not zero mass).
         families = [c for c in family_concepts if c in chosen and np.isfinite(chosen[c].to_numpy(float)).all()
                     and np.isfinite(chosen[f"{c}_ref"].to_numpy(float)).all()]
-        kl = family_kl(chosen[[f"{c}_ref" for c in families]].to_numpy(float), chosen[families].to_numpy(float)) \
-            if len(families) >= 2 else np.full(len(chosen), np.nan)
-        summary["family_kl"], summary["family_kl_low"], summary["family_kl_high"] = bootstrap_mean(
-            kl, prompt, weights, level)
+        for name, direction in (("family_kl", "intervened_reference"), ("family_kl_reverse", "reference_intervened")):
+            kl = family_kl(chosen[[f"{c}_ref" for c in families]].to_numpy(float), chosen[families].to_numpy(float),
+                           direction) if len(families) >= 2 else np.full(len(chosen), np.nan)
+            summary[name], summary[f"{name}_low"], summary[f"{name}_high"] = bootstrap_mean(kl, prompt, weights,
+                                                                                           level)
         distance = np.full(len(chosen), np.nan)
         if embeddings is not None:
             a = _unit(np.asarray(embeddings)[chosen["row"].to_numpy(int)])
@@ -239,10 +262,10 @@ def compare(scores: pd.DataFrame, records: dict[str, dict], concept_names, famil
 
     interventions = pd.DataFrame(summary_rows)
     effects = pd.DataFrame(effect_rows)
-    commitment = commitment_table(interventions, emergence_steps, axis_name)
+    commitment = commitment_table(interventions, emergence_steps, axis_name, clock)
     return {"interventions": interventions, "effects": effects, "commitment": commitment,
             "pairs": pd.DataFrame(pair_rows), "interchange": interchange_table(interventions),
-            "scored_step": last_step}
+            "scored_step": last_step, "clock": clock, "axis": axis_name}
 
 
 def interchange_table(interventions: pd.DataFrame) -> pd.DataFrame:
@@ -260,14 +283,13 @@ def interchange_table(interventions: pd.DataFrame) -> pd.DataFrame:
 
 
 def commitment_table(interventions: pd.DataFrame, emergence_steps: pd.DataFrame | None,
-                     axis_name: str = "step") -> pd.DataFrame:
+                     axis_name: str = "step", clock: str = "denoising_step") -> pd.DataFrame:
     """Per steering group with a baseline: the start steps tried, those that move the target beyond the baseline,
-    and the commitment step (the last of them), beside the concept's emergence step (AUROC)."""
+    and the commitment step (the last of them, a tick of `clock`), beside the concept's emergence step (AUROC, a
+    position on the trajectory axis `axis_name`)."""
     rows = []
     if interventions.empty or "beyond_baseline" not in interventions:
-        return pd.DataFrame(columns=["concept", "where", "strength", "mode", "rows", "steps_tested", "steps_beyond",
-                                     "commitment_step", "monotone", "emergence_step", "emergence_status",
-                                     "trajectory_axis"])
+        return pd.DataFrame(columns=COMMITMENT_COLUMNS)
     steered = interventions[(interventions["direction"] != "random") & interventions["beyond_baseline"].notna()]
     emergence, status = {}, {}
     if emergence_steps is not None and not emergence_steps.empty:
@@ -275,7 +297,8 @@ def commitment_table(interventions: pd.DataFrame, emergence_steps: pd.DataFrame 
         emergence = dict(zip(auroc["concept"], auroc["emergence_step"]))
         if "status" in auroc:
             status = dict(zip(auroc["concept"], auroc["status"]))
-    for key, group in steered.groupby(["concept", "direction", "where", "strength", "mode", "rows"], sort=False):
+    for key, group in steered.groupby(["concept", "direction", "where", "strength", "mode", "rows", "every"],
+                                      sort=False):
         group = group.sort_values("from_step")
         tested = group["from_step"].astype(int).tolist()
         moved = group.loc[group["beyond_baseline"].astype(bool), "from_step"].astype(int).tolist()
@@ -283,12 +306,12 @@ def commitment_table(interventions: pd.DataFrame, emergence_steps: pd.DataFrame 
         monotone = commitment is None or all(step in moved for step in tested if step <= commitment)
         step = emergence.get(key[0], pd.NA)
         rows.append({"concept": key[0], "direction": key[1], "where": key[2], "strength": key[3], "mode": key[4],
-                     "rows": key[5], "steps_tested": ";".join(map(str, tested)),
+                     "rows": key[5], "every": key[6], "steps_tested": ";".join(map(str, tested)),
                      "steps_beyond": ";".join(map(str, moved)),
-                     "commitment_step": pd.NA if commitment is None else commitment, "monotone": monotone,
-                     "emergence_step": pd.NA if pd.isna(step) else int(step),
+                     "commitment_step": pd.NA if commitment is None else commitment, "commitment_clock": clock,
+                     "monotone": monotone, "emergence_step": pd.NA if pd.isna(step) else int(step),
                      "emergence_status": status.get(key[0], ""), "trajectory_axis": axis_name})
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows, columns=COMMITMENT_COLUMNS)
     for column in ("commitment_step", "emergence_step"):
         if column in frame:
             frame[column] = frame[column].astype("Int64")
@@ -302,6 +325,7 @@ def _group(record: dict) -> tuple:
 def _flat(record: dict) -> dict:
     keep = ("id", "kind", "concept", "direction", "seed", "where", "strength", "mode", "from_step", "to_step", "rows")
     flat = {key: record.get(key) for key in keep}
+    flat["every"] = record.get("every", 1)
     flat["where"] = record["where"] if isinstance(record["where"], str) else ";".join(map(str, record["where"]))
     flat["intervention"] = flat.pop("id")
     flat.update({key: record[key] for key in ("concept_a", "component", "op") if key in record})
@@ -364,15 +388,30 @@ def score_interventions(data: Path, clips: pd.DataFrame, clip_embeddings: np.nda
     families = [c for c in concept_names if BY_NAME[c].group == "family"]
     try:
         return compare(frame, records, concept_names, families, embeddings, loudness, emergence_steps, axis_name,
-                       n_resamples, alpha, seed)
+                       n_resamples, alpha, seed, intervention_clock(data))
     except ValueError as error:
         raise InputError(f"{generated / 'interventions'}: {error} — rerun stage 2 with --intervene and the same "
                          "settings as the reference run, then stage 3") from None
 
 
+def intervention_clock(data: Path) -> str:
+    """What the interventions' from_step counted: the clock the generator named in generation.json declares
+    (Generator.intervention_clock: a denoising step, or MusicGen's generated position)."""
+    generation = read_generation(data)
+    name = generation.record.get("generator")
+    try:
+        return generator_class(name).intervention_clock
+    except KeyError:
+        raise InputError(f"{generation.path}: generator {name!r} is not one this checkout knows "
+                         f"({', '.join(GENERATORS)}), so what its interventions' steps count is unknown — score them "
+                         "with the checkout that made them") from None
+
+
 def headline(tables: dict, unit: str) -> str:
     """One line for the console: how many interventions were scored, and each concept's commitment and emergence."""
+    clock = clock_words(tables.get("clock", "denoising_step"))
     return (f"{len(tables['interventions'])} interventions scored at {unit} {tables['scored_step']}; "
-            + ", ".join(f"{row.concept}: commitment {row.commitment_step if not pd.isna(row.commitment_step) else 'none'}"
-                        f" / emergence {row.emergence_step if not pd.isna(row.emergence_step) else 'never'}"
+            + ", ".join(f"{row.concept}: commitment {clock} "
+                        f"{row.commitment_step if not pd.isna(row.commitment_step) else 'none'} / emergence {unit} "
+                        f"{row.emergence_step if not pd.isna(row.emergence_step) else 'never'}"
                         for row in tables["commitment"].itertuples()))

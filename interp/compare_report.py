@@ -10,13 +10,18 @@ import numpy as np
 import pandas as pd
 
 from data.files import atomic_path, write_csv, write_text
+from interp.compare import clock_words
 from interp.plots import new_figure
 
 AUDIO_PAIRS_SHOWN = 2
 
 
-def plot_commitment(interventions: pd.DataFrame, commitment: pd.DataFrame, path: Path, axis_unit: str = "step") -> None:
-    """Effect beyond the random baseline per start step k, per concept; emergence and commitment marked."""
+def plot_commitment(interventions: pd.DataFrame, commitment: pd.DataFrame, path: Path, axis_unit: str = "step",
+                    clock: str = "denoising_step", same_axis: bool = True) -> None:
+    """Effect beyond the random baseline per start step k (a tick of `clock`), per concept; commitment marked, and
+    emergence too when it lies on the same axis (`same_axis`; MusicGen's emergence is a layer, its k a generated
+    position: the emergence layer is then named in the title, not drawn)."""
+    clock = clock_words(clock)
     steered = interventions[(interventions["direction"] != "random")] if "effect" in interventions else interventions[:0]
     steered = steered[steered["effect"].notna()] if "effect" in steered else steered
     concepts = list(dict.fromkeys(steered["concept"])) or ["(none)"]
@@ -34,12 +39,16 @@ def plot_commitment(interventions: pd.DataFrame, commitment: pd.DataFrame, path:
         info = commitment[commitment["concept"] == concept] if not commitment.empty else commitment
         if len(info):
             emerged, committed = info.iloc[0]["emergence_step"], info.iloc[0]["commitment_step"]
-            if not pd.isna(emerged):
-                axis.axvline(float(emerged), color="tab:blue", ls="--", lw=1, label=f"emergence ({int(emerged)})")
+            if not pd.isna(emerged) and same_axis:
+                axis.axvline(float(emerged), color="tab:blue", ls="--", lw=1,
+                             label=f"emergence ({axis_unit} {int(emerged)})")
             if not pd.isna(committed):
-                axis.axvline(float(committed), color="tab:red", ls=":", lw=1.5, label=f"commitment ({int(committed)})")
+                axis.axvline(float(committed), color="tab:red", ls=":", lw=1.5,
+                             label=f"commitment ({clock} {int(committed)})")
+            if not same_axis:
+                concept = f"{concept} (emergence: {axis_unit} {'never' if pd.isna(emerged) else int(emerged)})"
         axis.set_title(concept, fontsize=9)
-        axis.set_xlabel(f"steering from {axis_unit} k on")
+        axis.set_xlabel(f"steering from {clock} k on")
         axis.tick_params(labelsize=7)
         axis.legend(fontsize=6, loc="best")
     axes[0][0].set_ylabel("Δ P(target) beyond random", fontsize=8)
@@ -64,15 +73,17 @@ def section_html(tables: dict, out: Path, generated: Path, image_uri: str, axis_
     """The report's section: commitment beside emergence, the per-intervention table, and audio side by side."""
     escape = html.escape
     commitment, interventions, pairs = tables["commitment"], tables["interventions"], tables["pairs"]
+    clock = clock_words(tables.get("clock", "denoising_step"))
     lines = ["<h2 id='interventions'>Interventions: when is a concept committed?</h2>",
              f"<p class='muted'>Each intervened clip is paired with the unintervened clip of the same prompt, sample "
              f"and seed, and both are scored by the concept probes at {axis_unit} {tables['scored_step']}. Effect = "
              "change of P(target) under the concept's direction minus the mean change under random directions of "
-             "the same norm; intervals resample prompts. The commitment step is the last start step k from which "
-             "steering still moves the target beyond that baseline.</p>",
+             f"the same norm; intervals resample prompts. The commitment step is the last start {escape(clock)} k "
+             "from which steering still moves the target beyond that baseline; emergence is a "
+             f"{escape(axis_unit)} of the trajectory.</p>",
              "<table><tr><th class='text'>concept</th><th>emergence " + escape(axis_unit) + "</th><th>commitment "
-             + escape(axis_unit) + "</th><th class='text'>start steps tried</th><th class='text'>moved beyond "
-             "baseline</th><th class='text'>monotone</th><th class='text'>strength / place</th></tr>"]
+             + escape(clock) + "</th><th class='text'>start " + escape(clock) + "s tried</th><th class='text'>moved "
+             "beyond baseline</th><th class='text'>monotone</th><th class='text'>strength / place</th></tr>"]
     for _, row in commitment.iterrows():
         emerged = "never" if pd.isna(row["emergence_step"]) else int(row["emergence_step"])
         committed = "none" if pd.isna(row["commitment_step"]) else int(row["commitment_step"])
@@ -85,7 +96,7 @@ def section_html(tables: dict, out: Path, generated: Path, image_uri: str, axis_
     if image_uri:
         lines.append(f"<img alt='commitment curves' src='{image_uri}'>")
     lines.append("<table><tr><th class='text'>intervention</th><th>pairs</th><th>Δ P(target)</th>"
-                 "<th>effect vs random</th><th>log-odds shift</th><th>family KL</th><th>off-target mean |Δ|</th>"
+                 "<th>effect vs random</th><th>log-odds shift</th><th>family KL(int ‖ ref)</th><th>off-target mean |Δ|</th>"
                  "<th>embedding distance</th><th class='text'>audio guard</th></tr>")
     for _, row in interventions.iterrows():
         lines.append(f"<tr><td class='text'>{escape(str(row['intervention']))}</td><td>{int(row['n_pairs'])}</td>"
@@ -145,6 +156,8 @@ def write_outputs(folder: Path, tables: dict, generated: Path, report_dir: Path,
     folder = Path(folder)
     for name in ("interventions", "effects", "commitment", "pairs", "interchange"):
         write_csv(folder / f"{name}.csv", tables[name])
-    plot_commitment(tables["interventions"], tables["commitment"], folder / "commitment.png", axis_unit)
+    clock = tables.get("clock", "denoising_step")
+    plot_commitment(tables["interventions"], tables["commitment"], folder / "commitment.png", axis_unit, clock,
+                    same_axis=clock == tables.get("axis", clock))
     uri = "data:image/png;base64," + base64.b64encode((folder / "commitment.png").read_bytes()).decode("ascii")
     write_text(folder / "section.html", section_html(tables, Path(report_dir), Path(generated), uri, axis_unit))

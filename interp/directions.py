@@ -22,12 +22,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+from tqdm import tqdm
 
 from data.concepts import BY_NAME
 from data.contract import annotated_csv, read_annotated
 from data.directions import Direction
 from data.files import sha256_file
-from data.stage import InputError, main_exit, stage_parser
+from data.stage import InputError, add_progress_argument, main_exit, stage_parser
 from diffusion import GENERATORS, generator_class, load_generator
 from diffusion.base import Conditioning
 from diffusion.interventions.hooks import Hooks, blocks_of, hooks_applied, resid_post
@@ -105,6 +106,8 @@ def main(args) -> None:
                                dtype=None, decode_dtype=None)
     seconds = generator.default_seconds if args.seconds is None else args.seconds
     means = {}
+    bar = tqdm(total=sum(len(chosen) for chosen in sides.values()), unit="prompt", desc=f"record {args.concept}",
+               disable=args.no_progress)
     for side, chosen in sides.items():
         per_prompt = []
         for row in chosen.itertuples(index=False):
@@ -114,7 +117,9 @@ def main(args) -> None:
                                  args.samples, seconds, None)
             steps, recorded = recorder.means()          # [steps, blocks, samples, dim]
             per_prompt.append(recorded.mean(axis=2))
+            bar.update(1)
         means[side] = np.stack(per_prompt)
+    bar.close()
     provenance = generator.provenance()
     direction = Direction(mean_difference(means["positive"], means["negative"]), recorder.blocks, args.concept,
                           "mean_difference", steps=steps,
@@ -131,18 +136,23 @@ def main(args) -> None:
 
 
 def build_parser():
-    parser = stage_parser("Concept directions for steering: difference of means of block activations per step")
+    parser = stage_parser(__doc__)
     parser.add_argument("--concept", required=True, help="concept of data/concepts.py (prompt rule picks the sides)")
     parser.add_argument("--out", required=True, help="direction file to write (.npy; its .json beside it)")
     parser.add_argument("--generator", default="stable-audio-open",
-                        help="a generator that steers blocks on a denoising clock (default stable-audio-open)")
-    parser.add_argument("--model", default=None, help="hub id or save_pretrained directory")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--seconds", type=float, default=None)
+                        help="a generator that steers blocks on a denoising clock")
+    parser.add_argument("--model", default=None,
+                        help="the generator's checkpoint: hub id or save_pretrained directory (unset: its default)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="sampler steps, as the steered runs will use (unset: the generator's preset)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="clip length in seconds, as the steered runs will use (unset: the generator's default)")
     parser.add_argument("--samples", type=int, default=1, help="samples per prompt")
     parser.add_argument("--prompts", type=int, default=8, help="prompts per side (the first of annotated.csv)")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cpu or cuda (unset: the generator's choice)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="base seed; each prompt's seed derives from it and its id, as in stage 2")
+    add_progress_argument(parser)
     return parser
 
 

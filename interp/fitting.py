@@ -102,7 +102,7 @@ def random_training_sets(nsynth: ConceptNotes | None, splits: dict, baseline: st
 
 
 def score_clips(family, fitted: dict, nsynth: ConceptNotes | None, splits: dict, embeddings: np.ndarray,
-                baseline: str, count: int, seed: int) -> ProbeScores:
+                baseline: str, count: int, seed: int, progress: bool = True) -> ProbeScores:
     """Score every clip with every concept probe and with the pool of `count` random-concept probes (the same
     pool for every concept: ProbeScores' baseline arrays repeat it per concept without copying)."""
     scores, decisions = concept_scores(family, fitted, embeddings)
@@ -110,7 +110,8 @@ def score_clips(family, fitted: dict, nsynth: ConceptNotes | None, splits: dict,
     pool_scores = np.full((count, n_clips), np.nan)
     pool_decisions = np.zeros((count, n_clips), bool)
     random_sets = random_training_sets(nsynth, splits, baseline, count, seed)
-    for r, random_set in enumerate(tqdm(random_sets, desc="random-concept probes", leave=False)):
+    for r, random_set in enumerate(tqdm(random_sets, desc="random-concept probes", leave=False,
+                                        disable=not progress)):
         # The pool's probes are keyed after the concepts' own numbers, so their seeds never coincide.
         model = family.random_probe(n_concepts, r, random_set, embeddings.shape[1])
         if model is not None:
@@ -181,7 +182,7 @@ def probe_quality(family, fitted: dict, splits: dict, nsynth: ConceptNotes | Non
     return pd.DataFrame(rows).reindex(columns=QUALITY_COLUMNS)
 
 
-def resplit_quality(family, nsynth: ConceptNotes | None, count: int, seed: int) -> pd.DataFrame:
+def resplit_quality(family, nsynth: ConceptNotes | None, count: int, seed: int, progress: bool = True) -> pd.DataFrame:
     """Per concept, NSynth test AUROC over `count` fresh instrument splits drawn by stage 4's rule
     (interp/instrument_split.py, stage 4's test share; every part of a mix on its side): median, smallest and
     largest over the re-splits where the concept has a probe and a two-class test side. One split with two test
@@ -193,7 +194,7 @@ def resplit_quality(family, nsynth: ConceptNotes | None, count: int, seed: int) 
         labels = np.full((len(nsynth.notes), len(CONCEPTS)), -1, np.int8)
         concept_index = {concept.name: k for k, concept in enumerate(CONCEPTS)}
         labels[sets["row"].to_numpy(), sets["concept"].map(concept_index).to_numpy()] = sets["label"].to_numpy()
-        for r in tqdm(range(count), desc="re-splits", leave=False):
+        for r in tqdm(range(count), desc="re-splits", leave=False, disable=not progress):
             split_seed = int(np.random.default_rng([seed, r, 5]).integers(2 ** 31 - 1))
             test = instrument_split.split_instruments(nsynth.notes, labels, nsynth.test_fraction, split_seed)
             in_train, in_test = instrument_split.split_sides(nsynth.notes, test)

@@ -288,10 +288,10 @@ def _check_audio_present(nsynth_dir: Path, frame: pd.DataFrame) -> None:
                          f"missing in all) — {FIX}")
 
 
-def check_audio(nsynth_dir, note_strs) -> None:
+def check_audio(nsynth_dir, note_strs, progress: bool = True) -> None:
     """Each note's wav must be NSynth's format: a readable 16 kHz mono PCM-16 file of exactly 4 s."""
     note_strs = list(note_strs)
-    for note in tqdm(note_strs, desc="check audio", unit="wav", disable=len(note_strs) < 5000):
+    for note in tqdm(note_strs, desc="check audio", unit="wav", disable=not progress or len(note_strs) < 5000):
         path = audio_path(nsynth_dir, note)
         try:
             info = sf.info(path)

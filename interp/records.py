@@ -18,6 +18,7 @@ from data.generation import TrajectoryAxis, read_generation
 from data.realised_content import read_realised_content
 from data.stage import InputError
 from data.truth import TABLES_DIR, TABLES_SIDECAR, Truth, read_truth, read_truth_tables
+from embeddings import chunks
 from interp.instrument_split import padded_memberships
 from interp.probes import TrainingSet
 
@@ -123,6 +124,17 @@ def _available_stems(folder: Path) -> str:
     return ", ".join(stems) if stems else "none"
 
 
+def _missing_embeddings(npy: Path, stage: int) -> InputError:
+    """The embeddings are missing: either stage `stage` is still filling its chunks (an array task unfinished) or
+    it has not run with this embedder."""
+    filling = chunks.unfinished(npy)
+    if filling is not None:
+        return InputError(f"{npy}: missing — stage {stage} is unfinished: {filling}; wait for those array tasks, or "
+                          f"rerun them (they resume), then run stage 6")
+    return InputError(f"{npy}: missing — available embedders: {_available_stems(npy.parent)}; "
+                      f"run stage {stage} with the same --embedder/--model or pick one of those")
+
+
 def load_content(data: Path, index: pd.DataFrame, selected: np.ndarray) -> RealisedContent | None:
     """The realised content stage 2 records for generators that know what they made (the reference model),
     for the analysed rows of the index; None when the generator records none (data/ARTIFACTS.md, stage 2)."""
@@ -139,8 +151,7 @@ def load_generated(data: Path, stem: str, kind: str) -> GeneratedClips:
     folder = generated_dir(data) / "embeddings"
     npy = folder / f"{stem}.npy"
     if not npy.is_file():
-        raise InputError(f"{npy}: missing — available embedders: {_available_stems(folder)}; "
-                         f"run stage 3 with the same --embedder/--model or pick one of those")
+        raise _missing_embeddings(npy, 3)
     matrix, sidecar = read_embeddings(npy, len(index), table_sha256(index), "index_sha256",
                                       fix="rerun stage 3 with the same --embedder/--model and --force")
     # Intervened clips are ordinary index rows; the analysis reads the reference run, --compare the rest.
@@ -187,8 +198,7 @@ def load_concept_notes(data: Path, stem: str, generated: GeneratedClips, require
     notes = read_notes(data)
     sets = read_sets(data)
     if not npy.is_file():
-        raise InputError(f"{npy}: missing — available embedders: {_available_stems(folder)}; "
-                         f"run stage 5 with the same --embedder/--model")
+        raise _missing_embeddings(npy, 5)
     matrix, sidecar = read_embeddings(npy, len(notes), table_sha256(notes), "notes_sha256",
                                       fix="rerun stage 5 with the same --embedder/--model and --force")
     check_same_embedder(generated.sidecar, generated.npy, sidecar, npy)

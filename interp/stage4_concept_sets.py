@@ -49,7 +49,7 @@ from data.concepts import CONCEPTS
 from data.contract import NOTES_COLUMNS, NOTES_PART_COLUMNS, SETS_COLUMNS, concepts_dir, table_sha256
 from data.files import read_json, sha256_file, write_csv
 from data.provenance import Provenance, begin, commit, decide
-from data.stage import InputError, main_exit, stage_parser
+from data.stage import InputError, add_progress_argument, main_exit, stage_parser
 from interp import nsynth
 from interp.instrument_split import example_instruments, split_instruments
 
@@ -69,6 +69,7 @@ def build_parser():
                         help="at most this many positives and this many negatives per concept and split")
     parser.add_argument("--metadata-only", action="store_true",
                         help="build the sets from examples.json without audio/ (no wav is required or checked)")
+    add_progress_argument(parser)
     return parser
 
 
@@ -175,7 +176,7 @@ def main(args) -> None:
     sets = concept_sets(notes, labels, args.max_per_concept, args.split_seed)
     used = notes[notes["note_str"].isin(set(sets["note_str"]))].reset_index(drop=True)
     if not args.metadata_only:
-        nsynth.check_audio(nsynth_dir, used["note_str"])
+        nsynth.check_audio(nsynth_dir, used["note_str"], progress=not args.no_progress)
 
     table = used[list(NOTES_COLUMNS + NOTES_PART_COLUMNS)]
     out_dir.mkdir(parents=True, exist_ok=True)

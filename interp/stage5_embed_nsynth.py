@@ -83,7 +83,7 @@ def main(args) -> None:
         rows_key="notes_sha256", rows_sha256=table_sha256(notes), extra=extra,
         expect_rate=NSYNTH_RATE, expect_channels=NSYNTH_CHANNELS, expect_frames=NSYNTH_FRAMES,
         batch_size=batch_size_from_args(args, embedder), workers=args.workers, chunk_rows=args.chunk_rows,
-        force=args.force, shard=shard)
+        force=args.force, shard=shard, progress=not args.no_progress)
     report(stats, out_path)
 
 

@@ -26,11 +26,12 @@ from threadpoolctl import threadpool_limits
 
 from data.concepts import CONCEPTS
 from data.contract import generated_dir, read_annotated, read_generated_index
-from data.provenance import Provenance, begin, commit, decide
 from data.directions import Direction
 from data.files import sha256_file, write_csv
 from data.generation import TrajectoryAxis, read_generation
-from data.stage import InputError, main_exit, stage_parser
+from data.provenance import Provenance, begin, commit, decide
+from data.requested import check_complete
+from data.stage import InputError, add_progress_argument, main_exit, stage_parser
 from interp import activations, plots, report
 from interp.emergence import emergence, emergence_steps
 from interp.records import prompt_yardstick
@@ -56,6 +57,7 @@ def build_parser():
                              "CIs are 1 - alpha")
     parser.add_argument("--seed", type=int, default=0, help="seed for folds, permutations and resamples")
     parser.add_argument("--no-report", action="store_true", help="skip plots/ and report.html")
+    add_progress_argument(parser)
     return parser
 
 
@@ -77,6 +79,7 @@ def main(args) -> None:
     if unknown:
         raise InputError(f"{generated_dir(data) / 'index'}: prompt {unknown[0]} is not in annotated.csv — rerun "
                          "stage 2 with --force")
+    check_complete(data, index, generation.record, "stage 6 --space activations")
     samples, by_layer, activations_sha256 = activations.read_activations(data, index["prompt_id"].unique(),
                                                                          args.branch, args.pool)
     out = results_dir(data, args.branch, args.pool)
@@ -101,7 +104,8 @@ def main(args) -> None:
         clip_prompt = np.tile(sample_prompt, len(axis.positions))
         clip_layer = np.repeat(axis.positions, len(samples))
         probe_scores, directions = activations.score_layers(by_layer, sample_prompt, prompt_labels,
-                                                            args.random_baselines, args.seed)
+                                                            args.random_baselines, args.seed,
+                                                            progress=not args.no_progress)
         names = [concept.name for concept in CONCEPTS]
         yardstick = prompt_yardstick(annotated, clip_prompt, prompt_ids)
         table, n_tests, resampled = emergence(probe_scores, [yardstick], clip_prompt, clip_layer, names, axis.name,

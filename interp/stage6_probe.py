@@ -32,7 +32,7 @@ from data.concepts import CONCEPTS
 from data.contract import concepts_dir, generated_dir, table_sha256
 from data.files import read_json, sha256_file, write_csv
 from data.provenance import Provenance, begin, commit, decide
-from data.stage import InputError, main_exit, stage_parser
+from data.stage import InputError, add_progress_argument, main_exit, stage_parser
 from embeddings import EMBEDDERS, embedding_stem
 from interp import compare, compare_report, known_answers, plots, report, stage6_activations, statistics, summary
 from interp import probes as probe_families
@@ -65,7 +65,7 @@ def results_dir(data: Path, embedder: str, probe: str, kind: str) -> Path:
 
 
 def build_parser():
-    parser = stage_parser(__doc__.splitlines()[0])
+    parser = stage_parser(__doc__)
     parser.add_argument("--space", default="embeddings", choices=("embeddings", "activations"),
                         help="embeddings: probes on stage 3/5 embeddings of the audio; activations: linear probes "
                              "per layer on MusicGen's residual stream (interp/stage6_activations.py)")
@@ -96,6 +96,7 @@ def build_parser():
                              "CIs are 1 - alpha")
     parser.add_argument("--seed", type=int, default=0, help="seed for probes, baselines and resamples")
     parser.add_argument("--no-report", action="store_true", help="skip plots/ and report.html")
+    add_progress_argument(parser)
     parser.add_argument("--compare", action="store_true",
                         help="also score the intervened clips of stage 2 --intervene against their unintervened "
                              "pairs: effects, random-direction baseline, commitment steps (interp/compare.py)")
@@ -116,9 +117,9 @@ def analyse(args, generated: GeneratedClips, nsynth: ConceptNotes | None, family
     clips = generated.clips
     level = 1.0 - args.alpha
     probe_scores = score_clips(family, fitted, nsynth, splits, generated.embeddings, args.baseline,
-                               args.random_baselines, args.seed)
+                               args.random_baselines, args.seed, progress=not args.no_progress)
     quality = probe_quality(family, fitted, splits, nsynth, args.bootstrap, level, args.seed)
-    resplits = resplit_quality(family, nsynth, args.resplits, args.seed).set_index("concept")
+    resplits = resplit_quality(family, nsynth, args.resplits, args.seed, not args.no_progress).set_index("concept")
     for column in resplits.columns:
         quality[column] = quality["concept"].map(resplits[column])
 
@@ -128,7 +129,8 @@ def analyse(args, generated: GeneratedClips, nsynth: ConceptNotes | None, family
     names = [concept.name for concept in CONCEPTS]
     positions = clips["step"].to_numpy()
     table, n_tests, resampled = emergence(probe_scores, yardsticks, clip_prompt, positions, names,
-                                          generated.axis.name, args.bootstrap, args.alpha, args.seed)
+                                          generated.axis.name, args.bootstrap, args.alpha, args.seed,
+                                          not args.no_progress)
     runs, distinct_by = distinct_positions(clips, generated.embeddings,
                                            None if generated.content is None else generated.content.mass)
     steps_table = emergence_steps(table, runs, resampled, level)

@@ -19,6 +19,7 @@ if __package__ in (None, ""):
 import pandas as pd
 
 from data.files import read_json, write_json, write_text
+from data.stage import first_paragraph
 from data.vocabulary import FAMILIES
 from interp.yardsticks import kind_of
 
@@ -260,7 +261,7 @@ def write_summary(out, record: dict) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=first_paragraph(__doc__))
     parser.add_argument("results", type=Path, help="a stage-6 result folder (data/results/<embedder>/<probe>/<kind>)")
     parser.add_argument("--json", action="store_true", help="print summary.json instead of the markdown")
     args = parser.parse_args(argv)

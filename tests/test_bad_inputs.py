@@ -376,6 +376,41 @@ def ten_megabyte_prompt(data: Path):
     rewrite(path, path.read_text() + "p_huge," + "guitar " * 1_500_000 + ",hand\n")
 
 
+def stage2_shard_unfinished(data: Path):
+    """What a 2-shard stage 2 leaves when shard 1 has not run: its requested.json, shard 0's parts only."""
+    path = data / "generated" / "requested.json"
+    request = json.loads(path.read_text())
+    owners = {prompt: position % 2 for position, prompt in enumerate(sorted(request["reference"]["prompts"]))}
+    request["reference"] = {"shards": 2, "prompts": owners}
+    rewrite(path, json.dumps(request))
+    for prompt, owner in owners.items():
+        if owner == 1:
+            (data / "generated" / "index" / f"{prompt}.csv").unlink()
+
+
+def stage5_chunks_unfinished(data: Path):
+    """What a 2-shard stage 5 leaves when shard 1 has not run: a chunk folder with shard 0's chunks, no matrix."""
+    npy = data / NOTES_NPY
+    matrix, sidecar = np.load(npy), json.loads(npy.with_suffix(".json").read_text())
+    chunks = npy.with_name("spectral.chunks")
+    chunks.mkdir()
+    (chunks / "manifest.json").write_text(json.dumps({**sidecar, "chunk_rows": 8, "shards": 2}))
+    for k, start in enumerate(range(0, len(matrix), 8)):
+        if k % 2 == 0:
+            np.save(chunks / f"{k:05d}.npy", matrix[start:start + 8])
+    npy.unlink()
+    npy.with_suffix(".json").unlink()
+
+
+def write_spec(entry: dict):
+    """An intervention spec beside --data (stage 2 reads it with --intervene {data}/../spec.json)."""
+    def corrupt(data: Path):
+        (data.parent / "spec.json").write_text(json.dumps({"format": 2, "interventions": [entry]}))
+    return corrupt
+
+
+SPEC = ("--intervene", "{data}/../spec.json")
+STEER = {"concept": "is_brass", "direction": "concept", "where": "prior", "strength": 4.0, "from_step": 2}
 GENERATED_NPY = "generated/embeddings/spectral.npy"
 NOTES_NPY = "concepts/embeddings/spectral.npy"
 
@@ -455,6 +490,16 @@ CASES = [
     Case("s2-capture-step-out-of-range", 2, None, ("99",), extra=("--capture-steps", "4,99")),
     Case("s2-bad-kinds", 2, None, ("kind",), extra=("--kinds", "x1")),
     Case("s2-steps-not-a-number", 2, None, ("--steps",), extra=("--steps", "ten")),
+    Case("s2-spec-from-step-past-the-end", 2, write_spec({**STEER, "from_step": 10}),
+         ("from_step 10 is past the last denoising step 9",), extra=SPEC),
+    Case("s2-spec-every-zero", 2, write_spec({**STEER, "every": 0}), ("every: 0 must be a positive number",),
+         extra=SPEC),
+    Case("s2-spec-unknown-preset", 2, write_spec({**STEER, "preset": "paper"}), ("'paper' is not one of published",),
+         extra=SPEC),
+    Case("s2-spec-interchange-rows", 2, write_spec({"kind": "interchange", "concept_a": "is_brass",
+                                                    "concept_b": "is_keyboard", "op": "replace", "blocks": [0],
+                                                    "rows": "unconditional"}),
+         ("'unconditional' is not one of conditional, both",), extra=SPEC),
 
     # ---- stage 3: the generated index, its clips and generation.json
     Case("s3-index-path-absolute", 3, index_path_absolute, ("index", "must stay inside"), subprocess=True),
@@ -489,6 +534,13 @@ CASES = [
          subprocess=True),
     Case("s3-shard-garbage", 3, None, ("--shard",), extra=("--shard", "2/2")),
     Case("s3-index-negative-step", 3, index_cell("step", "-1"), ("index", "step")),
+    Case("s3-stage2-shard-unfinished", 3, stage2_shard_unfinished,
+         ("stage 2 is unfinished", "1 of 3 requested prompts have no complete index part", "shard 1/2",
+          "then run stage 3"), subprocess=True),
+    Case("s3-requested-json-garbage", 3, write_file("generated/requested.json", '{"reference": 3}'),
+         ("requested.json", "not a stage-2 request", "rerun stage 2")),
+    Case("s3-stage2-never-ran-typo-data", 3, None, ("generation.json: missing", "run stage 2 first",
+                                                    "is it the folder you meant"), extra=("--data", "{data}-typo")),
     Case("s3-index-fractional-sample", 3, index_cell("sample", "0.5"), ("index", "sample")),
     Case("s3-index-sigma-garbage", 3, index_cell("sigma", "loud"), ("index", "sigma")),
     Case("s3-generation-channels-garbage", 3, sidecar_edit("generated/generation.json",
@@ -551,6 +603,7 @@ CASES = [
     Case("s5-notes-unknown-quality", 5, set_cell("concepts/notes.csv", "qualities", "shiny"),
          ("notes.csv row 2", "shiny")),
     Case("s5-nsynth-dir-gone", 5, delete(NSYNTH), ("nsynth_dir",)),
+    Case("s5-before-stage4", 5, delete("concepts/notes.csv"), ("notes.csv: missing — run stage 4 first",)),
 
     # ---- stage 6: embeddings, sidecars and the command line
     Case("s6-nan-row", 6, npy_edit(GENERATED_NPY, set_row(np.nan, row=1)), ("spectral.npy", "row 1", "NaN"),
@@ -580,6 +633,10 @@ CASES = [
     Case("s6-alpha-out-of-range", 6, None, ("--alpha",), extra=("--alpha", "2")),
     Case("s6-missing-embedder-flag", 6, None, ("--embedder",), args=["--bootstrap", "20"], subprocess=True),
     Case("s6-index-unknown-prompt", 6, move_index_part_to("p_unknown"), ()),
+    Case("s6-stage5-chunks-unfinished", 6, stage5_chunks_unfinished,
+         ("spectral.npy: missing — stage 5 is unfinished", "chunks are missing", "owned by shard 1/2")),
+    Case("s6-typo-data", 6, None, ("annotated.csv: missing — run stage 1 first", "is it the folder you meant"),
+         extra=("--data", "{data}-typo"), subprocess=True),
 
     # ---- the note renderer (stage 4's input when no NSynth download is at hand)
     Case("render-bad-velocity", "render", None, ("velocit",), extra=("--velocities", "64")),

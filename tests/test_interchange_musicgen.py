@@ -136,6 +136,7 @@ def test_batched_sites_equal_one_site_generations_and_change_their_rows(tiny_mod
     ({"components": ["mlp", "attn"]}, [], "must be a non-empty list of distinct names"),
     ({"concept_b": "is_vocal"}, [], "no prompt of the run carries 'is_vocal'"),
     ({"strength": 2.0}, [], "unknown key of an interchange"),
+    ({"rows": "unconditional"}, [], "'unconditional' is not one of conditional, both"),
     ({"prompts": ["p_keys1"]}, [], "none of the spec's prompts carries 'is_brass'"),
     ({}, ["--generator", "ideal"], "the ideal generator supports none"),
 ])

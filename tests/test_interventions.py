@@ -145,7 +145,12 @@ def test_records_round_trip_and_hold_only_their_own_fields():
     assert list(steering.record()) == ["id", "concept", "direction", "where", "strength", "mode", "from_step",
                                        "to_step", "rows", "seed", "kind", "direction_file"]
     assert set(interchange.record()) == {"id", "kind", "concept", "concept_a", "op", "component", "where",
-                                         "from_step", "to_step"}
+                                         "from_step", "to_step", "rows"}
+    # A periodic steering records its period; an interchange record from before `rows` was made on both CFG rows.
+    periodic = Steering("p", "is_brass", "file", Site((1,), 5, None, 25), 0.5, "norm_relative")
+    assert periodic.record()["every"] == 25 and from_record(periodic.record()) == periodic
+    legacy = {key: value for key, value in interchange.record().items() if key != "rows"}
+    assert from_record(legacy).rows == "both"
 
 
 def test_a_steering_group_is_everything_but_direction_and_start_step():
@@ -155,7 +160,8 @@ def test_a_steering_group_is_everything_but_direction_and_start_step():
     other = [Steering("x", "is_brass", "file", Site((1,), 5), 4.0, direction_file="/d/brass.npy"),
              Steering("y", "is_brass", "file", Site((2,), 5), 2.0, direction_file="/d/brass.npy"),
              Steering("z", "is_brass", "file", Site((1,), 5), 2.0, direction_file="/d/other.npy"),
-             Steering("w", "is_brass", "file", Site((1,), 5, 30), 2.0, direction_file="/d/brass.npy")]
+             Steering("w", "is_brass", "file", Site((1,), 5, 30), 2.0, direction_file="/d/brass.npy"),
+             Steering("v", "is_brass", "file", Site((1,), 5, None, 25), 2.0, direction_file="/d/brass.npy")]
     assert all(group_key(s.record()) == base.group_key() for s in same)
     assert len({base.group_key(), *(s.group_key() for s in other)}) == 1 + len(other)
 
@@ -246,3 +252,103 @@ def test_family_kl_and_logit_known_values():
     assert compare.family_kl(np.array([[0.9, 0.1]]), np.array([[0.1, 0.9]]))[0] == pytest.approx(
         0.9 * np.log(9) + 0.1 * np.log(1 / 9))
     assert compare.logit(np.array([0.5]))[0] == pytest.approx(0.0)
+
+
+def test_family_kl_defaults_to_the_published_direction_and_offers_the_other():
+    """The published code computes torch's kl_div(log p_ref, log p_int, log_target=True), summed over classes:
+    KL(int || ref). scipy's entropy(p, q) is KL(p || q), an independent computation of both directions."""
+    from scipy.stats import entropy
+    rng = np.random.default_rng(3)
+    reference, intervened = rng.dirichlet(np.ones(5), size=4), rng.dirichlet(np.ones(5), size=4)
+    published = torch.nn.functional.kl_div(torch.log(torch.tensor(reference)), torch.log(torch.tensor(intervened)),
+                                           reduction="none", log_target=True).sum(dim=1).numpy()
+    np.testing.assert_allclose(compare.family_kl(reference, intervened), published, rtol=1e-9)
+    np.testing.assert_allclose(compare.family_kl(reference, intervened), entropy(intervened, reference, axis=1),
+                               rtol=1e-9)
+    np.testing.assert_allclose(compare.family_kl(reference, intervened, "reference_intervened"),
+                               entropy(reference, intervened, axis=1), rtol=1e-9)
+    assert not np.allclose(published, entropy(reference, intervened, axis=1))   # the directions do differ here
+    scores = synthetic_scores({"c5": 0.4})
+    summary = compare.compare(scores, {"c5": record("c5", "concept", 5)}, CONCEPTS, CONCEPTS,
+                              n_resamples=50)["interventions"].iloc[0]
+    assert summary["family_kl"] > 0 and summary["family_kl_reverse"] > 0
+    assert summary["family_kl"] != pytest.approx(summary["family_kl_reverse"])
+
+
+def test_the_commitment_step_is_labelled_by_the_clock_the_interventions_count(tmp_path, monkeypatch):
+    """MusicGen's start steps are generated positions while its emergence is a decoder layer: the table, the report
+    section and the figure say so, and the figure draws no emergence line on the position axis."""
+    from interp import compare_report, plots
+    records = {f"{kind}{step}": record(f"{kind}{step}", direction, step, seed=seed)
+               for step in (5, 25) for kind, direction, seed in (("c", "concept", 0), ("r", "random", 0))}
+    emergence = pd.DataFrame({"concept": ["is_brass"], "metric": ["auroc"], "emergence_step": [3]})
+    tables = compare.compare(synthetic_scores({"c5": 0.5, "c25": 0.0, "r5": 0.0, "r25": 0.0}), records, CONCEPTS,
+                             CONCEPTS, emergence_steps=emergence, axis_name="layer", n_resamples=100,
+                             clock="generated_position")
+    row = tables["commitment"].iloc[0]
+    assert (row["commitment_step"], row["commitment_clock"]) == (5, "generated_position")
+    assert (row["emergence_step"], row["trajectory_axis"]) == (3, "layer")
+    figures = []
+    real_new_figure = plots.new_figure
+    monkeypatch.setattr(compare_report, "new_figure", lambda **k: figures.append(real_new_figure(**k)) or figures[-1])
+    compare_report.write_outputs(tmp_path, tables, tmp_path, tmp_path, axis_unit="layer")
+    section = (tmp_path / "section.html").read_text()
+    assert "<th>emergence layer</th><th>commitment generated position</th>" in section
+    axis = figures[0].axes[0]
+    assert axis.get_xlabel() == "steering from generated position k on" and "emergence: layer 3" in axis.get_title()
+    labels = axis.get_legend_handles_labels()[1]
+    assert "commitment (generated position 5)" in labels and not any("emergence" in label for label in labels)
+    assert pd.read_csv(tmp_path / "commitment.csv")["commitment_clock"].tolist() == ["generated_position"]
+    # A denoising backend: the same clock as its trajectory, so emergence is drawn on it.
+    tables = compare.compare(synthetic_scores({"c5": 0.5, "c25": 0.0, "r5": 0.0, "r25": 0.0}), records, CONCEPTS,
+                             CONCEPTS, emergence_steps=emergence, axis_name="denoising_step", n_resamples=100)
+    figures.clear()
+    compare_report.write_outputs(tmp_path, tables, tmp_path, tmp_path, axis_unit="step")
+    assert "emergence (step 3)" in figures[0].axes[0].get_legend_handles_labels()[1]
+    assert "<th>emergence step</th><th>commitment denoising step</th>" in (tmp_path / "section.html").read_text()
+
+
+def test_each_generator_declares_the_clock_its_interventions_count(tmp_path):
+    for generator, clock in (("musicgen", "generated_position"), ("stable-audio-open", "denoising_step"),
+                             ("ideal", "denoising_step")):
+        (tmp_path / "generated").mkdir(exist_ok=True)
+        (tmp_path / "generated" / "generation.json").write_text(json.dumps(
+            {"generator": generator, "trajectory_axis": {"name": "x", "unit": "x", "positions": [1]}}))
+        assert compare.intervention_clock(tmp_path) == clock
+    (tmp_path / "generated" / "generation.json").write_text(json.dumps(
+        {"generator": "elsewhere", "trajectory_axis": {"name": "x", "unit": "x", "positions": [1]}}))
+    with pytest.raises(InputError, match="generator 'elsewhere' is not one this checkout knows"):
+        compare.intervention_clock(tmp_path)
+
+
+def test_interchange_rows_default_to_the_conditional_row_and_both_is_another_run(tmp_path):
+    spec = tmp_path / "spec.json"
+    entry = {"kind": "interchange", "concept_a": "is_brass", "concept_b": "is_keyboard", "op": "replace",
+             "blocks": [0], "components": ["mlp"]}
+    spec.write_text(json.dumps({"format": 2, "interventions": [entry, {**entry, "rows": "both"}]}))
+    conditional, both = load_spec(spec).interventions
+    assert (conditional.id, conditional.rows) == ("is_brass-is_keyboard-replace-mlp-B0", "conditional")
+    assert (both.id, both.rows) == ("is_brass-is_keyboard-replace-mlp-B0-both", "both")
+
+
+def test_the_published_steering_preset_and_a_periodic_schedule(tmp_path):
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"format": 2, "interventions": [
+        {"concept": "is_brass", "direction": "random", "where": "prior", "strength": 4.0, "from_step": 3, "every": 5},
+        {"concept": "is_brass", "direction": "concept", "where": "prior", "from_step": 0, "preset": "published",
+         "mode": "add", "strength": [0.3, 0.7]}]}))
+    periodic, *published = load_spec(spec).interventions
+    assert [tick for tick in range(20) if periodic.active(tick)] == [3, 8, 13, 18]
+    assert periodic.id.endswith("every5")
+    # The preset's keys fill what the entry leaves out; the entry's own win (here mode: the prior is additive).
+    assert [(s.mode, s.site.every, s.strength, s.rows) for s in published] == \
+        [("add", 25, 0.3, "conditional"), ("add", 25, 0.7, "conditional")]
+    spec.write_text(json.dumps({"format": 2, "interventions": [
+        {"concept": "is_brass", "direction": "concept", "where": "prior", "strength": 1.0, "from_step": 0,
+         "every": 0}]}))
+    with pytest.raises(InputError, match="every: 0 must be a positive number of ticks"):
+        load_spec(spec)
+    spec.write_text(json.dumps({"format": 2, "interventions": [
+        {"concept": "is_brass", "direction": "concept", "where": "prior", "from_step": 0, "preset": "paper"}]}))
+    with pytest.raises(InputError, match="preset: 'paper' is not one of published"):
+        load_spec(spec)

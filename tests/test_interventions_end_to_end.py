@@ -91,7 +91,7 @@ def test_compare_has_a_provenance_of_its_own(compared):
     leaves stage6.json as it was."""
     data, _ = compared
     out = data / "results" / "spectral" / "logreg" / "x0"
-    stage6 = ["interp/stage6_probe.py", "--embedder", "spectral", "--bootstrap", "200", "--random-baselines", "4",
+    stage6 = ["interp/stage6_probe.py", "--embedder", "spectral", "--bootstrap", "1000", "--random-baselines", "4",
               "--compare"]
     analysis, effects = (out / "stage6.json").read_bytes(), (out / "compare" / "effects.csv").read_bytes()
     sidecar = out / "compare" / "compare.json"

@@ -11,7 +11,7 @@ musicgen = pytest.importorskip("diffusion.musicgen", reason="the MusicGen backen
 from tiny_musicgen import save_model  # noqa: E402
 
 from data.directions import Direction  # noqa: E402
-from diffusion.interventions.hooks import hooks_applied  # noqa: E402
+from diffusion.interventions.hooks import Hooks, hooks_applied  # noqa: E402
 from diffusion.interventions.spec import load_spec  # noqa: E402
 from diffusion.interventions.steering import steering_hooks  # noqa: E402
 from diffusion.musicgen.hooks import ComponentMeans, GenerationPosition, every_site, interchange_hooks  # noqa: E402
@@ -100,6 +100,43 @@ def test_zero_strength_and_unconditional_rows(generator, direction, tmp_path):
     assert not torch.equal(steered[(after, START)][2:4], reference[(after, START)][2:4])
 
 
+def output_recorder(position, store):
+    """A forward hook keeping a module's output per generated position: (position) -> [rows, dim]."""
+    def hook(module, args, output):
+        hidden = output[0] if isinstance(output, tuple) else output
+        for generated, column in position.ticks(hidden.shape[1]):
+            store[generated] = hidden[:, column].detach().clone()
+    return hook
+
+
+def test_periodic_steering_moves_every_nth_position_by_the_direction_and_no_other(generator, direction, tmp_path):
+    """Within one run, block BLOCK's output before the steering hook and after it: they differ by strength x v on
+    the conditional rows at START, START + 3, ... and nowhere else (an independent recording around the hook)."""
+    runner, every = generator.runner, 3
+    steering = steering_for(tmp_path, direction, every=every)
+    vector = torch.as_tensor(np.load(direction)[BLOCK], dtype=torch.float32)
+    position, before, after = GenerationPosition(), {}, {}
+    layer = runner.decoder.layers[BLOCK]
+    handles = [runner.decoder.register_forward_pre_hook(position.before_decoder, with_kwargs=True),
+               layer.register_forward_hook(output_recorder(position, before))]   # runs before the steering hook
+    try:
+        with hooks_applied(generator.hook_points(), steering_hooks(generator, steering, 2)):
+            handles.append(layer.register_forward_hook(output_recorder(position, after)))   # and this one after it
+            runner.generate(PROMPT, 5, 2, SECONDS, runner.sampling({}))
+    finally:
+        for handle in handles:
+            handle.remove()
+    steered = [p for p in sorted(before) if p >= START and (p - START) % every == 0]
+    assert len(steered) >= 3 and steered[:2] == [START, START + every]
+    for p in sorted(before):
+        delta = after[p] - before[p]
+        if p in steered:
+            torch.testing.assert_close(delta[:2], (3.0 * vector).expand(2, -1), rtol=0, atol=1e-5)
+            assert torch.equal(delta[2:], torch.zeros_like(delta[2:]))   # the unconditional rows
+        else:
+            assert torch.equal(delta, torch.zeros_like(delta)), p
+
+
 # -- interchange interventions --------------------------------------------------------------------------------------
 
 def record_means(runner, prompt, seed, samples):
@@ -122,6 +159,34 @@ def test_interchange_with_a_equal_to_b_changes_nothing(runner):
     assert torch.equal(interchange(runner, PROMPT, 5, sites, means, means, "adjust"), reference)
     # Replacing a row's component by the mean of a run that is that very row (same prompt, seed, one sample).
     assert torch.equal(interchange(runner, PROMPT, 5, [("mlp", 1)], means, means, "replace"), reference[:1])
+
+
+def test_interchange_swaps_the_conditional_row_with_the_conditional_mean_unless_asked_for_both(runner):
+    """The published code swaps the conditional row only, with the conditional mean; rows="both" also swaps the
+    unconditional row with the unconditional mean. Checked on the component's output as a second hook sees it."""
+    means_a = record_means(runner, PROMPT, 5, 1)
+    # Far from the rows' own activations (the tiny random model's tokens move only for a large change).
+    means_b = means_a + 10 * np.random.default_rng(0).standard_normal(means_a.shape).astype(np.float32)
+    mlp, block = 2, 1                  # ComponentMeans' component order: self_attn, cross_attn, mlp
+    outputs, codes = {}, {}
+    for rows in (None, "conditional", "both"):
+        position, store = GenerationPosition(), {}
+        swap = Hooks() if rows is None else interchange_hooks(runner.num_layers, means_a, means_b, [("mlp", block)],
+                                                              "replace", rows)
+        watch = position.hooks + Hooks([(f"blocks.{block}.mlp.hook_out", output_recorder(position, store))])
+        with hooks_applied(runner.hook_points, swap + watch):
+            codes[rows] = runner.generate(PROMPT, 5, 1, SECONDS, runner.sampling({})).codes
+        outputs[rows] = store
+    positions = range(means_b.shape[2])
+    for p in positions:
+        expected_cond = torch.as_tensor(means_b[mlp, block, p, 0])
+        torch.testing.assert_close(outputs["conditional"][p][0], expected_cond, rtol=0, atol=1e-6)
+        torch.testing.assert_close(outputs["both"][p][0], expected_cond, rtol=0, atol=1e-6)
+        torch.testing.assert_close(outputs["both"][p][1], torch.as_tensor(means_b[mlp, block, p, 1]), rtol=0,
+                                   atol=1e-6)
+    # At the first position nothing upstream has changed: the unconditional row is the unintervened one.
+    assert torch.equal(outputs["conditional"][0][1], outputs[None][0][1])
+    assert not torch.equal(codes["conditional"], codes["both"])
 
 
 def test_interchange_touches_only_its_rows_and_comes_off(runner):

@@ -191,7 +191,7 @@ def test_the_readmes_activation_command_runs_as_written(logit_run, tmp_path):
     stage's lock. Only --data is added (the README's command works on the default data/). The activation-space
     entry point then finds the same results folder up to date: the two commands are one stage."""
     line = next(line for line in (REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()
-                if line.startswith("python interp/stage6_probe.py --space activations"))
+                if line.startswith(".venv/bin/python interp/stage6_probe.py --space activations"))
     command = shlex.split(line.split("#")[0])
     data = tmp_path / "data"
     shutil.copytree(logit_run, data)

@@ -31,6 +31,26 @@ def test_torch_is_pinned_to_the_cpu_wheel_everywhere():
     assert "torch==2.13.0" in (REPO_ROOT / "Makefile").read_text()
 
 
+def _torch_install_line(tmp_path, *variables: str) -> str:
+    """The pip line that installs torch into a fresh venv, as `make` would run it (dry run: nothing installed)."""
+    venv = tmp_path / "venv"
+    result = subprocess.run(["make", "-n", "-C", str(REPO_ROOT), f"VENV={venv}", *variables, f"{venv}/.installed"],
+                            capture_output=True, text=True, timeout=60, check=True)
+    lines = [line for line in result.stdout.splitlines() if "pip install" in line]
+    return next(line for line in lines if "torch" in line and "constraints" not in line)
+
+
+def test_make_installs_the_pinned_torch_first_and_takes_a_cuda_index_when_asked(tmp_path):
+    default = _torch_install_line(tmp_path)
+    assert default.split()[-1] == "torch==2.13.0" and "--index-url" not in default
+    cuda = _torch_install_line(tmp_path, "TORCH_INDEX=https://download.pytorch.org/whl/cu128")
+    assert cuda.split()[-3:] == ["--index-url", "https://download.pytorch.org/whl/cu128", "torch==2.13.0"]
+    # Whatever 2.13.0 build went in (+cpu, +cu128) satisfies the constraint every later install runs under.
+    from packaging.specifiers import SpecifierSet
+    pin = next(line for line in (REPO_ROOT / "constraints.txt").read_text().splitlines() if line.startswith("torch"))
+    assert all(SpecifierSet(pin.removeprefix("torch")).contains(build) for build in ("2.13.0+cpu", "2.13.0+cu128"))
+
+
 STAGE_SCRIPTS = ["data/prompts/stage1_prompts.py", "diffusion/stage2_generate.py",
                  "embeddings/stage3_embed_generated.py", "data/nsynth/render_soundfont.py",
                  "interp/stage4_concept_sets.py", "interp/stage5_embed_nsynth.py", "interp/stage6_probe.py",

@@ -141,7 +141,10 @@ def test_rerun_skips_finished_prompts_and_an_interrupted_prompt_is_redone(full_r
     capsys.readouterr()
     assert stage2_inprocess(data, tiny_model) == 0
     assert f"{len(PROMPTS)} already done, 0 generated" in capsys.readouterr().err
-    assert listing(data) == done
+    # Nothing is made again; only requested.json now records this run's request (one shard, not two).
+    after = listing(data)
+    assert json.loads(after.pop("requested.json"))["reference"]["shards"] == 1
+    assert after == {path: content for path, content in done.items() if path != "requested.json"}
 
     # A run killed inside p_organ: its index part not yet written, half of its clips on disk.
     (data / "generated" / "index" / "p_organ.csv").unlink()

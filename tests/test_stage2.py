@@ -147,11 +147,16 @@ def test_shards_partition_the_prompts_and_their_union_is_the_unsharded_run(tmp_p
     assert stage2(data, bank_dir, "--shard", "1/2") == 0
     after_first = snapshot(data)
     assert stage2(data, bank_dir, "--shard", "0/2") == 0
-    # Every file once, but generation.json and the truth tables (written by the last shard, data/truth.py).
-    assert len(written) == len(set(written)) == len([name for name in reference_files
+    # requested.json says what was asked (here: two shards), so it alone differs from the unsharded run's. Every
+    # other file is written once, but generation.json and the truth tables (written by the last shard, data/truth.py).
+    reference = {name: content for name, content in reference_files.items() if name != "requested.json"}
+    assert len(written) == len(set(written)) == len([name for name in reference
                                                      if not name.startswith("truth_tables/")]) - 1
-    assert snapshot(data) == reference_files
+    sharded = snapshot(data)
+    request = json.loads(sharded.pop("requested.json"))["reference"]
+    assert sharded == reference
     ids = sorted(pid for pid, _, _ in PROMPTS)
+    assert request == {"shards": 2, "prompts": {pid: position % 2 for position, pid in enumerate(ids)}}
     assert {name.split("/")[1].removesuffix(".csv") for name in after_first if name.startswith("index/")} == \
         set(ids[1::2])
 
@@ -340,9 +345,13 @@ def test_force_with_new_settings_never_splits_provenance(tmp_path, bank_dir, cap
     line = one_error_line(capsys)
     assert "generation.json" in line and "seed differs" in line and "4 prompts" in line
     assert "without --limit-prompts" in line and snapshot(data) == before
-    # --limit-prompts with the same settings: only those prompts are redone, identical bytes.
+    # --limit-prompts with the same settings: only those prompts are redone, identical bytes; the request (what
+    # a later stage checks is complete) is now those prompts.
     assert stage2(data, bank_dir, "--samples", "1", "--force", "--limit-prompts", "2") == 0
-    assert snapshot(data) == before
+    after = snapshot(data)
+    assert sorted(json.loads(after.pop("requested.json"))["reference"]["prompts"]) == \
+        sorted(pid for pid, _, _ in PROMPTS[:2])
+    assert after == {name: content for name, content in before.items() if name != "requested.json"}
     # A shard with new settings removes the other shard's old clips; that shard then remakes them.
     assert stage2(data, bank_dir, "--samples", "1", "--seed", "7", "--force", "--shard", "0/2") == 0
     assert "removed 3 other shards' prompts" in capsys.readouterr().err
@@ -354,7 +363,10 @@ def test_force_with_new_settings_never_splits_provenance(tmp_path, bank_dir, cap
     assert stage2(data, bank_dir, "--samples", "1", "--seed", "7", "--shard", "1/2") == 0
     fresh = make_data(tmp_path / "fresh")
     assert stage2(fresh, bank_dir, "--samples", "1", "--seed", "7") == 0
-    assert snapshot(data) == snapshot(fresh)
+    sharded, unsharded = snapshot(data), snapshot(fresh)
+    assert json.loads(sharded.pop("requested.json"))["reference"]["shards"] == 2
+    assert json.loads(unsharded.pop("requested.json"))["reference"]["shards"] == 1
+    assert sharded == unsharded
     # Parts without a generation.json: what made them is unknown, so they are not resumed silently.
     (generated / "generation.json").unlink()
     after = snapshot(data)

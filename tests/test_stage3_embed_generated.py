@@ -96,20 +96,66 @@ def test_embeddings_align_with_the_sorted_index_and_rerun_skips(data):
     assert again.returncode == 0 and "up to date" in again.stdout
 
 
-def test_more_prompts_in_the_index_are_refused_then_recomputed_by_force(data, capsys):
-    assert run_stage(stage3.main, stage3.build_parser(), ["--data", str(data), "--workers", "0"]) == 0
+class CountingSpectral(SpectralEmbedder):
+    """The spectral embedder, counting the clips it is asked to embed."""
+    clips = 0
+
+    def embed(self, waveforms):
+        CountingSpectral.clips += len(waveforms)
+        return super().embed(waveforms)
+
+
+def test_more_prompts_embed_only_their_clips_and_equal_a_full_recompute(data, capsys, monkeypatch):
+    argv = ["--data", str(data), "--workers", "0"]
+    assert run_stage(stage3.main, stage3.build_parser(), argv) == 0
     old_index = read_generated_index(data)
-    write_prompt(data, "p_0", 2, samples=1)
+    old_matrix = np.load(embeddings_path(data))
+    write_prompt(data, "p_0", 2, samples=1)   # sorts first: every old row moves
+    monkeypatch.setattr(stage3, "embedder_from_args", lambda args: CountingSpectral())
+    CountingSpectral.clips = 0
     capsys.readouterr()
-    assert run_stage(stage3.main, stage3.build_parser(), ["--data", str(data), "--workers", "0"]) == 2
-    assert "index_sha256=" in capsys.readouterr().err
-    assert run_stage(stage3.main, stage3.build_parser(), ["--data", str(data), "--workers", "0", "--force"]) == 0
+    assert run_stage(stage3.main, stage3.build_parser(), argv) == 0
+    assert CountingSpectral.clips == 6, "only the new prompt's clips are embedded"
+    assert "embedded 6 of 30 rows (24 rows reused from the previous output" in capsys.readouterr().out
     index = read_generated_index(data)
-    assert len(index) == len(old_index) + 6
-    read_embeddings(embeddings_path(data), len(index), table_sha256(index), "index_sha256", fix="rerun")
+    matrix, _ = read_embeddings(embeddings_path(data), len(index), table_sha256(index), "index_sha256", fix="rerun")
+    # Every old clip kept its own vector, at its new row (an independent join on the index columns).
+    moved = index.reset_index().merge(old_index.reset_index(), on=["prompt_id", "sample", "kind", "step"])
+    np.testing.assert_array_equal(matrix[moved["index_x"]], old_matrix[moved["index_y"]])
+    incremental = embeddings_path(data).read_bytes()
+    CountingSpectral.clips = 0
+    assert run_stage(stage3.main, stage3.build_parser(), [*argv, "--force"]) == 0
+    assert CountingSpectral.clips == 30 and embeddings_path(data).read_bytes() == incremental
     # Stage 6 refuses the old alignment.
     with pytest.raises(InputError, match="rows"):
         read_embeddings(embeddings_path(data), len(old_index), table_sha256(old_index), "index_sha256", fix="rerun")
+
+
+def test_new_generation_settings_embed_every_clip_again(data, monkeypatch):
+    argv = ["--data", str(data), "--workers", "0"]
+    assert run_stage(stage3.main, stage3.build_parser(), argv) == 0
+    generation = data / "generated" / "generation.json"
+    generation.write_text(json.dumps({**json.loads(generation.read_text()), "seed": 1}))
+    monkeypatch.setattr(stage3, "embedder_from_args", lambda args: CountingSpectral())
+    CountingSpectral.clips = 0
+    assert run_stage(stage3.main, stage3.build_parser(), argv) == 0
+    assert CountingSpectral.clips == 24, "a clip made with other settings is another clip, even at the same path"
+
+
+def test_embeddings_from_before_rows_were_keyed_are_adopted_without_embedding(data, monkeypatch):
+    argv = ["--data", str(data), "--workers", "0"]
+    assert run_stage(stage3.main, stage3.build_parser(), argv) == 0
+    sidecar_path, keys = embeddings_path(data).with_suffix(".json"), embeddings_path(data).with_suffix(".rows.csv")
+    expected_keys = keys.read_bytes()
+    sidecar = json.loads(sidecar_path.read_text())
+    sidecar.pop("row_keys_sha256")
+    sidecar_path.write_text(json.dumps(sidecar))
+    keys.unlink()
+    monkeypatch.setattr(stage3, "embedder_from_args", lambda args: CountingSpectral())
+    CountingSpectral.clips = 0
+    assert run_stage(stage3.main, stage3.build_parser(), argv) == 0
+    assert CountingSpectral.clips == 0 and keys.read_bytes() == expected_keys
+    assert "row_keys_sha256" in json.loads(sidecar_path.read_text())
 
 
 def run_in_process(data, capsys, *extra):

@@ -160,5 +160,5 @@ def test_missing_or_broken_stage4_outputs(data, capsys):
     write_concepts_json(data, str(data / "nowhere"))
     _one_line_error(run_in_process(data, capsys), "nsynth_dir", "is not a directory")
     (data / "concepts" / "notes.csv").unlink()
-    _one_line_error(run_in_process(data, capsys), "notes.csv: missing", "rerun stage 4")
+    _one_line_error(run_in_process(data, capsys), "notes.csv: missing", "run stage 4 first")
     assert not (data / "concepts" / "embeddings").exists()

@@ -188,3 +188,25 @@ def test_a_failed_run_leaves_no_directories_it_created(tmp_path, capsys):
     assert run_stage(stage5.main, stage5.build_parser(), ["--data", str(data)]) == 2
     assert "notes.csv: missing" in one_error_line(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- the command line every stage offers ---------------------------------------------------------------------
+
+def test_every_stage_describes_itself_in_whole_sentences_and_offers_no_progress():
+    """--help's description is the docstring's whole first paragraph (never cut mid-sentence); every stage (each
+    draws a progress bar somewhere) takes --no-progress; every option has help."""
+    import importlib
+
+    stages = ["data.prompts.stage1_prompts", "diffusion.stage2_generate", "embeddings.stage3_embed_generated",
+              "data.nsynth.render_soundfont", "interp.stage4_concept_sets", "interp.stage5_embed_nsynth",
+              "interp.stage6_probe", "interp.stage6_activations", "interp.directions"]
+    for name in stages:
+        parser = importlib.import_module(name).build_parser()
+        assert parser.description.rstrip().endswith((".", "?")), (name, parser.description)
+        options = {option: action for action in parser._actions for option in action.option_strings}
+        assert "--no-progress" in options, name
+        undocumented = sorted(option for option, action in options.items() if not action.help)
+        assert not undocumented, (name, undocumented)
+    from diffusion import stage2_generate
+    model_help = next(a.help for a in stage2_generate.build_parser()._actions if "--model" in a.option_strings)
+    assert "musicgen" in model_help and "stable-audio-open" in model_help

@@ -59,7 +59,7 @@ from data.files import atomic_path, read_json, remove_stale_temps, sha256_file, 
 from data.nsynth import plan as planning
 from data.nsynth import qualities as quality_rules
 from data.provenance import Provenance, begin, commit, decide
-from data.stage import InputError, main_exit, stage_parser
+from data.stage import InputError, add_progress_argument, main_exit, stage_parser
 
 SAMPLE_RATE = planning.SAMPLE_RATE
 FRAMES = int(planning.SAMPLE_RATE * planning.SECONDS)
@@ -102,6 +102,7 @@ def build_parser():
     parser.add_argument("--no-mixes", action="store_true",
                         help="render single notes and dyads only (no mixes: the ensemble concepts then have no "
                              "positives)")
+    add_progress_argument(parser)
     return parser
 
 
@@ -266,7 +267,7 @@ def main(args) -> None:
 
     started = time.perf_counter()
     examples, holes, reused, part_cache = {}, [], 0, {}
-    for example in tqdm(plan, desc="render notes and mixes", unit="example"):
+    for example in tqdm(plan, desc="render notes and mixes", unit="example", disable=args.no_progress):
         name = example.note_str
         path = audio_dir / f"{name}.wav"
         samples = read_existing(path)

@@ -184,7 +184,7 @@ class LLMAnnotator:
                 "or use --annotator offline")
         return answers
 
-    def annotate(self, prompts: list[tuple[str, str]], concurrency: int) -> dict[str, Annotation]:
+    def annotate(self, prompts: list[tuple[str, str]], concurrency: int, progress: bool = True) -> dict[str, Annotation]:
         """Annotations for every (prompt_id, prompt); cached prompts cost nothing."""
         answers, to_ask = {}, []
         for prompt_id, text in prompts:
@@ -213,7 +213,7 @@ class LLMAnnotator:
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
             futures = {pool.submit(annotate_unless_failed, batch) for batch in batches}
             try:
-                with tqdm(total=len(to_ask), desc="annotate (llm)", unit="prompt", disable=not batches) as bar:
+                with tqdm(total=len(to_ask), desc="annotate (llm)", unit="prompt", disable=not batches or not progress) as bar:
                     while futures:
                         done, futures = wait(futures, return_when=FIRST_EXCEPTION)
                         for future in done:

@@ -100,14 +100,14 @@ class LLMPromptWriter:
         self.cache.put(key, {"model": self.chat.settings.model, "request": text, "prompts": prompts})
         return prompts
 
-    def write(self, prompt_count: int, concurrency: int) -> pd.DataFrame:
+    def write(self, prompt_count: int, concurrency: int, progress: bool = True) -> pd.DataFrame:
         """prompt_id, prompt, origin for exactly `prompt_count` distinct prompts."""
         planned = math.ceil(prompt_count / self.request_size)
         # Room for shortfall rounds (duplicates, short answers), but a model that cannot deliver stops the run.
         max_requests = 2 * planned + 2
         texts, seen, number = [], set(), 0
         with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool, \
-                tqdm(total=prompt_count, desc="generate (llm)", unit="prompt") as bar:
+                tqdm(total=prompt_count, desc="generate (llm)", unit="prompt", disable=not progress) as bar:
             while len(seen) < prompt_count and number < max_requests:
                 shortfall = prompt_count - len(seen)
                 round_requests = min(math.ceil(shortfall / self.request_size), max_requests - number)

@@ -30,7 +30,7 @@ from data.prompts.llm_requests import DEFAULT_MODEL, ChatJSON, LLMSettings, Resp
 from data.prompts.offline_annotator import annotate_offline, lexicon_sha256
 from data.prompts.prompt_list import EMBEDDED_PROMPTS, embedded_prompts, embedded_sha256
 from data.provenance import Provenance, begin, commit, decide
-from data.stage import InputError, main_exit, stage_parser
+from data.stage import InputError, add_progress_argument, main_exit, stage_parser
 from data.vocabulary import VOCABULARY
 
 log = logging.getLogger("stage1")
@@ -50,6 +50,7 @@ def build_parser():
                         help="generate from the embedded list (data/prompts/embedded_prompts.txt) or ask an LLM")
     parser.add_argument("--annotator", choices=("offline", "llm"), default="offline",
                         help="offline lexicon (data/prompts/offline_annotator.py) or an LLM with structured outputs")
+    add_progress_argument(parser)
     llm = parser.add_argument_group("LLM (--prompts llm / --annotator llm; key from OPENAI_API_KEY)")
     llm.add_argument("--model", default=DEFAULT_MODEL, help="chat model name on the server")
     llm.add_argument("--base-url", default=None,
@@ -123,7 +124,7 @@ def generate(args) -> None:
         chat = make_chat(args, fallback="--prompts embedded")
         writer = LLMPromptWriter(chat, ResponseCache(prompts_dir(args.data) / "cache" / "generate"),
                                  request_size=args.request_size)
-        table = writer.write(args.prompt_count, args.concurrency)
+        table = writer.write(args.prompt_count, args.concurrency, progress=not args.no_progress)
     write_csv(out_csv, table, before_replace=lambda: begin(prov))
     if chat is not None:
         log.info(chat.usage.summary(args.model))
@@ -162,7 +163,7 @@ def annotate(args) -> None:
         chat = make_chat(args, fallback="--annotator offline")
         llm = LLMAnnotator(chat, ResponseCache(prompts_dir(args.data) / "cache" / "annotate"),
                            batch_size=args.batch_size, max_reasks=args.max_reasks)
-        answers = llm.annotate(pairs, args.concurrency)
+        answers = llm.annotate(pairs, args.concurrency, progress=not args.no_progress)
         rows = [(answers[prompt_id].labels, answers[prompt_id].bpm) for prompt_id, _ in pairs]
         annotator_name = f"llm:{args.model}"
         log.info(chat.usage.summary(args.model))

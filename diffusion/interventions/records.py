@@ -5,7 +5,8 @@ what). A record holds only fields its kind reads; `record()` is what a run's int
 - where: "prior" (the ideal model's concept prior) or 0-based block indices (hook points `blocks.{b}....`,
   diffusion/interventions/hooks.py).
 - when: ticks [from_step, to_step) of the generator's intervention clock (`Generator.intervention_clock`: the
-  sampler's own step for a denoising backend, the generated position for MusicGen), never a count of hook calls.
+  sampler's own step for a denoising backend, the generated position for MusicGen), never a count of hook calls;
+  with `every` N > 1 only the ticks from_step, from_step + N, ... (the published steering code's periodic schedule).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import ClassVar
 PRIOR = "prior"
 MODES = ("add", "norm_relative")
 ROWS = ("conditional", "unconditional", "both")
+INTERCHANGE_ROWS = ("conditional", "both")
 DIRECTIONS = ("concept", "file", "random")
 INTERCHANGE_OPS = ("replace", "adjust")
 
@@ -24,9 +26,11 @@ class Site:
     where: str | tuple[int, ...]       # PRIOR, or 0-based block indices
     from_step: int = 0
     to_step: int | None = None         # exclusive; None = to the end of the generation
+    every: int = 1                     # act on every N-th tick from from_step on (1: every tick)
 
     def active(self, tick: int) -> bool:
-        return tick >= self.from_step and (self.to_step is None or tick < self.to_step)
+        return (tick >= self.from_step and (self.to_step is None or tick < self.to_step)
+                and (tick - self.from_step) % self.every == 0)
 
     def record(self) -> dict:
         return {"where": self.where if isinstance(self.where, str) else list(self.where),
@@ -61,14 +65,15 @@ class Steering:
         step form one group: the random ones are the concept one's baseline, the start steps its commitment
         curve (interp/compare.py)."""
         return (self.kind, self.concept, self.site.where, self.strength, self.mode, self.site.to_step, self.rows,
-                self.direction_file)
+                self.direction_file, self.site.every)
 
     def record(self) -> dict:
         site = self.site.record()
+        # `every` only when periodic: a contiguous steering keeps the record it had before the option existed.
         return {"id": self.id, "concept": self.concept, "direction": self.direction, "where": site["where"],
                 "strength": self.strength, "mode": self.mode, "from_step": site["from_step"],
                 "to_step": site["to_step"], "rows": self.rows, "seed": self.seed, "kind": self.kind,
-                "direction_file": self.direction_file}
+                "direction_file": self.direction_file, **({"every": self.site.every} if self.site.every != 1 else {})}
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ class Interchange:
     op: str                            # one of INTERCHANGE_OPS
     component: str                     # one of hooks.COMPONENTS
     site: Site                         # where: (block,)
+    rows: str = "conditional"          # CFG rows swapped: the conditional one (as published) or both
 
     @property
     def block(self) -> int:
@@ -95,7 +101,7 @@ class Interchange:
         site = self.site.record()
         return {"id": self.id, "kind": self.kind, "concept": self.concept, "concept_a": self.concept_a,
                 "op": self.op, "component": self.component, "where": site["where"], "from_step": site["from_step"],
-                "to_step": site["to_step"]}
+                "to_step": site["to_step"], "rows": self.rows}
 
 
 Intervention = Steering | Interchange
@@ -104,10 +110,12 @@ Intervention = Steering | Interchange
 def from_record(record: dict) -> Intervention:
     """The record an intervention.json keeps, as the intervention again."""
     where = record["where"] if isinstance(record["where"], str) else tuple(int(b) for b in record["where"])
-    site = Site(where, int(record["from_step"]), None if record.get("to_step") is None else int(record["to_step"]))
+    site = Site(where, int(record["from_step"]), None if record.get("to_step") is None else int(record["to_step"]),
+                int(record.get("every", 1)))
     if record.get("kind", Steering.kind) == Interchange.kind:
+        # A record without `rows` was made when interchange swapped both CFG rows.
         return Interchange(record["id"], record["concept"], record["concept_a"], record["op"], record["component"],
-                           site)
+                           site, record.get("rows", "both"))
     return Steering(record["id"], record["concept"], record["direction"], site, float(record["strength"]),
                     record["mode"], record["rows"], int(record.get("seed", 0)), record.get("direction_file"))
 

@@ -13,12 +13,16 @@ as a grid, so "3 concepts x 3 start steps x {concept, 2 random}" is one entry:
         "where": "prior",                         # ideal: its concept prior; else 0-based blocks, e.g. [0, 5]
         "strength": 8.0, "mode": "add",           # add: h + s v;  norm_relative: (h + s |h| v/|v|) / (1 + s)
         "from_step": [5, 25, 45], "to_step": null, # ticks [from_step, to_step) of the generator's intervention clock
+        "every": 1,                               # optional: only ticks from_step + k * every (default 1: all)
         "rows": "conditional"},                   # conditional | unconditional | both (CFG batches)
+       {"concept": "is_brass", "direction": "dirs/is_brass.npy", "where": [6], "from_step": 0,
+        "preset": "published"},                   # the published steering: norm_relative, every 25, strength 0.5
        {"kind": "interchange",                    # generators that support it (MusicGen)
         "concept_a": "is_brass", "concept_b": "is_keyboard",
         "op": "replace",                          # replace: output <- mean_B;  adjust: output + mean_B - mean_A
         "components": ["self_attn", "cross_attn", "mlp"],   # optional (default: all three)
         "blocks": [0, 1, 2, 3],                   # 0-based blocks whose components are swapped
+        "rows": "conditional",                    # optional: conditional (as published) or both CFG rows
         "id": "brass-keys"}]}                     # optional name (default: <concept_a>-<concept_b>)
 
 Format 2 names blocks 0-based everywhere, as the hook points do (`blocks.{b}.hook_resid_post`); format 1 named
@@ -44,16 +48,21 @@ from typing import Sequence
 from data.concepts import BY_NAME
 from data.stage import InputError
 from diffusion.interventions.hooks import COMPONENTS, blocks_of
-from diffusion.interventions.records import (INTERCHANGE_OPS, MODES, PRIOR, ROWS, Interchange, Intervention, Site,
-                                             Steering)
+from diffusion.interventions.records import (INTERCHANGE_OPS, INTERCHANGE_ROWS, MODES, PRIOR, ROWS, Interchange,
+                                             Intervention, Site, Steering)
 from diffusion.interventions.steering import steering_direction
 
 SPEC_FORMAT = 2
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_.+-]+$")
 SPEC_KEYS = {"format", "prompts", "samples", "capture_steps", "interventions"}
-STEER_KEYS = {"id", "kind", "concept", "direction", "where", "strength", "mode", "from_step", "to_step", "rows"}
+STEER_KEYS = {"id", "kind", "concept", "direction", "where", "strength", "mode", "from_step", "to_step", "rows",
+              "every", "preset"}
+# The published steering code (Panda et al. 2025, "MusicGen Interpretation"): the norm-relative update on the
+# conditional row every 25th generated position, strength 0.5 by default (their experiments: 0.3-0.7). Keys an entry
+# gives itself win over the preset's.
+PRESETS = {"published": {"mode": "norm_relative", "every": 25, "strength": 0.5, "rows": "conditional"}}
 GRID_KEYS = ("concept", "direction", "strength", "from_step")
-INTERCHANGE_KEYS = {"id", "kind", "concept_a", "concept_b", "op", "components", "blocks"}
+INTERCHANGE_KEYS = {"id", "kind", "concept_a", "concept_b", "op", "components", "blocks", "rows"}
 SPEC_FIX = "fix the spec (format: diffusion/interventions/spec.py, data/ARTIFACTS.md)"
 FORMAT_1 = ('format 1 (or no "format") is no longer read: it named MusicGen decoder layers 1-based (layer l = '
             'block l - 1); format 2 names 0-based blocks everywhere — set "format": 2, subtract 1 from a MusicGen '
@@ -154,6 +163,10 @@ def steering_entry(entry: dict, path: Path, fail, where_text: str) -> list[Steer
     unknown = sorted(set(entry) - STEER_KEYS)
     if unknown:
         raise fail(f"{where_text}.{unknown[0]}", f"unknown key (allowed: {', '.join(sorted(STEER_KEYS))})")
+    if "preset" in entry:
+        if entry["preset"] not in PRESETS:
+            raise fail(f"{where_text}.preset", f"{entry['preset']!r} is not one of {', '.join(PRESETS)}")
+        entry = {**PRESETS[entry["preset"]], **entry}
     for key in ("concept", "direction", "where", "strength", "from_step"):
         if key not in entry:
             raise fail(where_text, f"'{key}' is required")
@@ -175,6 +188,9 @@ def steering_entry(entry: dict, path: Path, fail, where_text: str) -> list[Steer
     to_step = entry.get("to_step")
     if to_step is not None and (not _is_int(to_step) or to_step < 1):
         raise fail(f"{where_text}.to_step", f"{to_step!r} must be a positive step number or null")
+    every = entry.get("every", 1)
+    if not _is_int(every) or every < 1:
+        raise fail(f"{where_text}.every", f"{every!r} must be a positive number of ticks (1: every tick)")
     grid = {key: entry[key] if isinstance(entry[key], list) else [entry[key]] for key in GRID_KEYS}
     for key, values in grid.items():
         if not values:
@@ -208,7 +224,7 @@ def steering_entry(entry: dict, path: Path, fail, where_text: str) -> list[Steer
         raise fail(f"{where_text}.id", "an explicit id names one intervention; drop it for a grid")
     steerings = []
     for concept, (direction, seed, _), strength, from_step in combos:
-        site = Site(where, int(from_step), None if to_step is None else int(to_step))
+        site = Site(where, int(from_step), None if to_step is None else int(to_step), int(every))
         steering = Steering("", concept, direction, site, float(strength), mode, rows, seed,
                             files[0] if files else None)
         identifier = entry.get("id") or default_id(steering)
@@ -243,11 +259,16 @@ def interchange_entry(entry: dict, fail, where_text: str) -> list[Interchange]:
     if (not isinstance(blocks, list) or not blocks or not all(_is_int(b) and b >= 0 for b in blocks)
             or len(set(blocks)) != len(blocks)):
         raise fail(f"{where_text}.blocks", f"{blocks!r} must be a non-empty list of distinct 0-based block indices")
+    rows = entry.get("rows", "conditional")
+    if rows not in INTERCHANGE_ROWS:
+        raise fail(f"{where_text}.rows", f"{rows!r} is not one of {', '.join(INTERCHANGE_ROWS)} (the conditional "
+                                         "row, as published, or both CFG rows)")
     name = entry.get("id", f"{entry['concept_a']}-{entry['concept_b']}")
     if not isinstance(name, str) or not ID_PATTERN.match(name):
         raise fail(f"{where_text}.id", f"{name!r} must match [A-Za-z0-9_.+-]+")
-    return [Interchange(f"{name}-{op}-{component}-B{block}", entry["concept_b"], entry["concept_a"], op, component,
-                        Site((int(block),)))
+    suffix = "" if rows == "conditional" else f"-{rows}"
+    return [Interchange(f"{name}-{op}-{component}-B{block}{suffix}", entry["concept_b"], entry["concept_a"], op,
+                        component, Site((int(block),)), rows)
             for block in sorted(blocks) for component in components]
 
 
@@ -287,6 +308,8 @@ def default_id(steering: Steering) -> str:
     parts = [steering.concept, name, place, f"s{steering.strength:g}", f"k{steering.site.from_step}"]
     if steering.site.to_step is not None:
         parts.append(f"to{steering.site.to_step}")
+    if steering.site.every != 1:
+        parts.append(f"every{steering.site.every}")
     if steering.mode != "add":
         parts.append("norm")
     if steering.rows != "conditional":

@@ -138,7 +138,8 @@ class MusicgenGenerator(Generator):
                                        for i in chosen], array[chosen])
 
     def sample_sites(self, prompt: str, seed: int, num_samples: int, seconds: float, observers: list,
-                     means_a: np.ndarray, means_b: np.ndarray, sites: list, op: str) -> None:
+                     means_a: np.ndarray, means_b: np.ndarray, sites: list, op: str,
+                     rows: str = "conditional") -> None:
         """Interchange: every (component, block) site of `sites` for samples seed .. seed + n - 1 in ONE batched
         generation, site i on rows i*n .. i*n + n - 1 (each with its sample's seed, so it pairs with the
         reference clip); observers[i] gets site i's layers as its samples 0..n-1."""
@@ -147,7 +148,7 @@ class MusicgenGenerator(Generator):
         wanted = self._wanted(observers[0])
         full, per_layer = self._generate_layers(
             prompt, row_seeds, seconds, wanted,
-            lambda: interchange_hooks(self.runner.num_layers, means_a, means_b, assignments, op))
+            lambda: interchange_hooks(self.runner.num_layers, means_a, means_b, assignments, op, rows))
         for i, observer in enumerate(observers):
             self._report(observer, wanted, full, per_layer, range(i * num_samples, (i + 1) * num_samples))
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from diffusion.interventions.hooks import COMPONENTS, Hooks, component_out, resid_post
-from diffusion.interventions.records import INTERCHANGE_OPS
+from diffusion.interventions.records import INTERCHANGE_OPS, INTERCHANGE_ROWS
 
 DECODER_IN = "decoder.hook_in"
 # The submodule of a decoder layer whose output is each component's output (all nn.Linear in transformers).
@@ -138,13 +138,17 @@ class ComponentMeans:
         return out.float().cpu().numpy()
 
 
-def interchange_hooks(blocks: int, means_a: np.ndarray, means_b: np.ndarray, assignments: Sequence, op: str) -> Hooks:
-    """One (component, block) per sample row: row r of the batch (and its unconditional twin B + r) gets
-    assignments[r] = (component name, 0-based block) or None (left alone). "replace": that component's output
-    becomes B's mean at the same generated position and branch; "adjust": it is shifted by mean_B - mean_A.
+def interchange_hooks(blocks: int, means_a: np.ndarray, means_b: np.ndarray, assignments: Sequence, op: str,
+                      rows: str = "conditional") -> Hooks:
+    """One (component, block) per sample row: row r of the batch gets assignments[r] = (component name, 0-based
+    block) or None (left alone). "replace": that component's output becomes B's mean at the same generated
+    position, the conditional mean on the conditional row (the published code's choice); "adjust": it is shifted by
+    mean_B - mean_A. With rows="both" the unconditional twin B + r is swapped too, with the unconditional mean.
     Positions past the recorded means are left alone."""
     if op not in INTERCHANGE_OPS:
         raise ValueError(f"interchange op {op!r} is not one of {INTERCHANGE_OPS}")
+    if rows not in INTERCHANGE_ROWS:
+        raise ValueError(f"interchange rows {rows!r} is not one of {INTERCHANGE_ROWS}")
     samples = len(assignments)
     position = GenerationPosition()
     target = torch.as_tensor(means_b if op == "replace" else means_b - means_a)
@@ -156,10 +160,11 @@ def interchange_hooks(blocks: int, means_a: np.ndarray, means_b: np.ndarray, ass
                 raise ValueError(f"row {row}: {assignment} is not (one of {list(COMPONENTS)}, block 0..{blocks - 1})")
             by_site.setdefault((COMPONENTS.index(component), block), []).append(row)
 
-    def hook_for(component: int, block: int, rows: list[int]):
+    def hook_for(component: int, block: int, site_rows: list[int]):
         def hook(module, inputs, output):
             batch = output.shape[0]
-            branches = [(0, rows)] + ([(1, [samples + r for r in rows])] if batch == 2 * samples else [])
+            branches = [(0, site_rows)] + ([(1, [samples + r for r in site_rows])]
+                                           if batch == 2 * samples and rows == "both" else [])
             offset = output.shape[1] - position.count
             changed = output.clone()
             for j in range(position.count):
@@ -173,8 +178,8 @@ def interchange_hooks(blocks: int, means_a: np.ndarray, means_b: np.ndarray, ass
             return changed
         return hook
 
-    return position.hooks + Hooks([(component_out(block, COMPONENTS[component]), hook_for(component, block, rows))
-                                   for (component, block), rows in by_site.items()])
+    return position.hooks + Hooks([(component_out(block, COMPONENTS[component]), hook_for(component, block, chosen))
+                                   for (component, block), chosen in by_site.items()])
 
 
 def every_site(blocks: int) -> list[tuple[str, int]]:
