@@ -73,7 +73,7 @@ def main() -> None:
     cells = len(steps)
     report = {"data": str(args.data), "embedder": args.embedder, "seeds": args.seeds, "status_cells": cells,
               "known_answer_rows": len(reference["known_answers.csv"]), "goal": GOAL, "per_seed": {}}
-    differing = set()
+    differing, bounds, specific = set(), set(), set()
     for seed in args.seeds[1:]:
         other = runs[seed]
         counts = {column: changed(steps, other["emergence_steps.csv"], KEY, column)
@@ -82,8 +82,16 @@ def main() -> None:
                                       "recovered") if len(reference["known_answers.csv"]) else 0
         joined = steps.merge(other["emergence_steps.csv"], on=KEY, suffixes=("", "_other"))
         differing |= set(map(tuple, joined[_differs(joined["status"], joined["status_other"])][KEY].to_numpy()))
+        moved = _differs(joined["emergence_low"], joined["emergence_low_other"]) | \
+            _differs(joined["emergence_high"], joined["emergence_high_other"])
+        bounds |= set(map(tuple, joined[moved][KEY].to_numpy()))
+        specific |= set(map(tuple, joined[_differs(joined["final_specific"], joined["final_specific_other"])][KEY]
+                            .to_numpy()))
         report["per_seed"][str(seed)] = counts
     report["status_cells_changed"] = len(differing)
+    report["emerged_cells"] = int((steps["status"] == "emerged").sum())
+    report["interval_cells_changed"] = len(bounds)
+    report["specific_cells_changed"] = len(specific)
     report["status_share_changed"] = len(differing) / cells if cells else 0.0
     report["within_goal"] = report["status_share_changed"] <= GOAL
     args.out.parent.mkdir(parents=True, exist_ok=True)
