@@ -43,7 +43,7 @@ from interp.fitting import (BASELINES, concept_scores, fit_concept_probes, probe
 from interp.records import (REALISED_MASS, ConceptNotes, GeneratedClips, KnownTruth, ProbeScores, concept_splits,
                             load_concept_notes, load_generated, load_known_truth)
 from interp.yardsticks import BY_NAME as YARDSTICK_KINDS
-from interp.yardsticks import build_yardsticks
+from interp.yardsticks import YARDSTICKS, build_yardsticks
 
 OUTPUT_FILES = ("probe_quality.csv", "emergence.csv", "emergence_steps.csv", "known_answers.csv", "known_order.csv",
                 "known_commitment.csv", "drift.csv", "drift_summary.csv", "probabilities.csv", summary.SUMMARY_JSON,
@@ -187,8 +187,8 @@ def _input_fingerprint(data: Path, generated: GeneratedClips, nsynth: ConceptNot
         "generated_embeddings_sha256": sha256_file(generated.npy),
         "generated_sidecar": read_json(generated.npy.with_suffix(".json")),
     }
-    if generated.content is not None:
-        fingerprint["content_sha256"] = generated.content.sha256
+    for kind in YARDSTICKS:
+        fingerprint.update(kind.fingerprint(generated))
     if known is not None:
         fingerprint["truth_tables_sha256"] = known.sha256
     if (out / known_answers.COMMITMENT_SEARCH).is_file():

@@ -1,6 +1,9 @@
 """The yardsticks a generated clip is scored against: per clip and concept, does the clip carry it? One entry each in
 YARDSTICKS; a new yardstick (a judge that tags what was generated, say) is one more entry, and stage 6, its
-summary, figures and report pick it up by name.
+summary, figures and report pick it up by name. An entry says how it labels the clips (`labels`, None when the run
+has nothing to label them with), what files it reads (`fingerprint`, for stage 6's provenance), how the summary,
+figures and report name it, and whether it is the generator's own exact answer (`exact`: transfer and the known
+answers are measured against it).
 
 - `prompt`: the clip's prompt asks for the concept (its annotation's labels satisfy Concept.prompt_has).
 - `content` (generators that record their realised content, generated/content/): the concept's prompt rule holds
@@ -32,6 +35,8 @@ class YardstickKind:
     exact: bool          # the generator's own exact answer: the truth tables and probe transfer refer to it
     labels: Callable     # GeneratedClips -> bool [n_clips, n_concepts], or None when this run has no such yardstick
     description: str     # one sentence for the report
+    fingerprint: Callable = lambda generated: {}   # GeneratedClips -> {key: sha256} of what `labels` reads beyond
+    #                                                the index and prompts, for stage 6's provenance
 
     def build(self, generated: GeneratedClips) -> Yardstick | None:
         labels = self.labels(generated)
@@ -52,6 +57,10 @@ def realised_concepts(mass: np.ndarray, labels) -> np.ndarray:
     rules = np.array([[concept.prompt_has(names[pattern]) for concept in CONCEPTS] for pattern in patterns],
                      dtype=bool).reshape(len(patterns), len(CONCEPTS))
     return rules[np.asarray(inverse).reshape(-1)]
+
+
+def content_fingerprint(generated: GeneratedClips) -> dict:
+    return {} if generated.content is None else {"content_sha256": generated.content.sha256}
 
 
 def final_content_labels(generated: GeneratedClips) -> np.ndarray | None:
@@ -76,7 +85,8 @@ YARDSTICKS = (
                   "trajectory", True, final_content_labels,
                   f"a clip is a positive when its trajectory ENDS on content carrying the concept (the concept's "
                   f"prompt rule on the labels with at least {REALISED_MASS:g} of the generator's posterior mass at "
-                  f"the last captured position), so every position is scored against what the sample becomes"),
+                  f"the last captured position), so every position is scored against what the sample becomes",
+                  content_fingerprint),
 )
 BY_NAME = {kind.name: kind for kind in YARDSTICKS}
 
