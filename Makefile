@@ -14,9 +14,10 @@ MODEL_ARG := $(if $(MODEL),--model $(MODEL))
 # Extra options for stage 6, e.g. STAGE6_ARGS="--probe svm --bootstrap 200"
 STAGE6_ARGS ?=
 GENERATOR ?= ideal
-# The generator's preset (unset: its default). PRESET=planted runs the ideal model on the planted geometry, where
-# concepts are decided at known, different steps and stage 2 writes the truth tables (diffusion/planted.py).
-PRESET ?=
+# The generator's preset. The demo runs the ideal model on its planted geometry, where concept groups are decided
+# at known, different steps and stage 2 writes the truth tables that stage 6's known-answer tables are held to
+# (diffusion/planted.py, data/truth.py); PRESET= runs the generator's default preset instead.
+PRESET ?= $(if $(filter ideal,$(GENERATOR)),planted)
 # The demo's step-resolved steering run (issue 11) on the ideal model: is_guitar steered from steps 5, 25, 45 against
 # two random directions, on 20 embedded prompts (their ids are in the spec: with other prompts pass your own spec,
 # or INTERVENE= to skip it).
@@ -99,6 +100,7 @@ bench: install
 	$(PY) bench/bench_generation.py --size tiny
 	$(PY) bench/bench_clap.py --clips 40
 	$(PY) bench/bench_analysis.py
+	$(PY) bench/bench_seed_stability.py
 	$(PY) bench/bench_annotator.py
 	$(PY) bench/bench_musicgen.py --size tiny
 	$(PY) bench/bench_interventions.py --size tiny

@@ -1,5 +1,6 @@
-"""P5: stage 6 at demo size — 28 concepts x 10-11 steps x every yardstick, 1,000 bootstrap resamples, 20 random
-baselines (random instrument subsets).
+"""P5: stage 6 at demo size — 28 concepts x 10-11 steps x every yardstick, 1,000 bootstrap resamples, the stage's
+default pool of random-concept probes (random instrument subsets) and instrument re-splits, and the known-answer
+tables when the data has the generator's truth.
 
     .venv/bin/python bench/bench_analysis.py [--data data] [--embedder spectral] [--prompts 80] [--samples 2]
 
@@ -59,8 +60,7 @@ def main() -> None:
             source = (f"synthetic: {args.prompts} prompts x {args.samples} samples x 11 steps, dim {args.dim} "
                       f"(no {args.embedder} embeddings under {args.data})")
         print(f"P5 stage-6 analysis on {source}")
-        argv = ["--data", str(data), "--embedder", embedder, "--bootstrap", "1000", "--random-baselines", "20",
-                "--force"]
+        argv = ["--data", str(data), "--embedder", embedder, "--bootstrap", "1000", "--force"]
         for label, extra in (("analysis (--no-report)", ["--no-report"]), ("analysis + plots + report", [])):
             wall, cpu = time.perf_counter(), time.process_time()
             code = run_stage(stage6_probe.main, stage6_probe.build_parser(), argv + extra)

@@ -10,7 +10,7 @@ from tqdm import tqdm
 from data.concepts import CONCEPTS
 from data.stage import InputError
 from embeddings import DEFAULT_MODELS, EMBEDDERS, load_embedder
-from interp import statistics
+from interp import instrument_split, statistics
 from interp.probes import FittedProbe, TrainingSet
 from interp.records import ConceptNotes, ConceptSplit, GeneratedClips, ProbeScores
 
@@ -66,60 +66,78 @@ def concept_scores(family, fitted: dict, embeddings: np.ndarray) -> tuple[np.nda
     return scores, decisions if thresholded else None
 
 
-def random_training_sets(nsynth: ConceptNotes | None, split: ConceptSplit | None, baseline: str, count: int,
-                         seed: int, k: int) -> list[TrainingSet | None]:
-    """`count` random concepts the size of concept k's train set (see statistics.random_*_sets for what
-    "size" means under each --baseline); None entries where the concept has no two-class train set."""
-    if nsynth is None or split is None or split.train_labels.min() == split.train_labels.max():
+def instrument_counts(nsynth: ConceptNotes, split: ConceptSplit) -> tuple[int, int]:
+    """(positive, negative) train instruments of a concept: an instrument counts on the side most of its train
+    notes are on (a tie counts as negative). For family and source concepts every instrument is on one side;
+    quality concepts mix, and counting every instrument with one positive note as positive would leave a random
+    concept almost no negative instrument."""
+    share = pd.Series(split.train_labels).groupby(nsynth.instrument_of_row[split.train_rows]).mean()
+    return int((share > 0.5).sum()), int((share <= 0.5).sum())
+
+
+def random_training_sets(nsynth: ConceptNotes | None, splits: dict, baseline: str, count: int,
+                         seed: int) -> list[TrainingSet | None]:
+    """The pool of `count` random concepts every concept's probe is compared with (the secondary specificity
+    check). Random concept r is the size of concept number r mod n in turn (the concepts with a two-class train
+    set): under --baseline instruments, as many positive and negative instruments (statistics.
+    random_instrument_sets, every part of a mix counted), under notes as many positive and total notes. One pool
+    for all concepts, matched to their sizes in turn rather than one pool per concept: enough random probes for
+    a stable 95th percentile within the stage's time (one fit each)."""
+    sized = [split for split in splits.values()
+             if split is not None and split.train_labels.min() != split.train_labels.max()]
+    if nsynth is None or not sized:
         return [None] * count
-    instrument_of_row = nsynth.instrument_of_row
-    # An instrument counts on the side most of its train notes are on (a tie counts as negative): for family
-    # and source concepts every instrument is on one side; quality concepts mix, and counting every instrument
-    # with one positive note as positive would leave the random concept almost no negative instrument.
-    share = pd.Series(split.train_labels).groupby(instrument_of_row[split.train_rows]).mean()
-    n_positive, n_negative = int((share > 0.5).sum()), int((share <= 0.5).sum())
     sets = []
     for r in range(count):
-        rng = np.random.default_rng([seed, k, r, 1])
+        split = sized[r % len(sized)]
+        rng = np.random.default_rng([seed, r, 1])
         if baseline == "notes":
             rows, labels = statistics.random_note_sets(nsynth.train_rows, int(split.train_labels.sum()),
                                                        len(split.train_labels), rng)
         else:
-            rows, labels = statistics.random_instrument_sets(nsynth.train_rows, instrument_of_row,
-                                                             n_positive, n_negative, rng)
+            rows, labels = statistics.random_instrument_sets(nsynth.train_rows, nsynth.memberships,
+                                                             *instrument_counts(nsynth, split), rng)
         sets.append(nsynth.training_set(rows, labels))
     return sets
 
 
 def score_clips(family, fitted: dict, nsynth: ConceptNotes | None, splits: dict, embeddings: np.ndarray,
                 baseline: str, count: int, seed: int, progress: bool = True) -> ProbeScores:
-    """Score every clip with every concept probe and with `count` random-concept probes per concept."""
+    """Score every clip with every concept probe and with the pool of `count` random-concept probes (the same
+    pool for every concept: ProbeScores' baseline arrays repeat it per concept without copying)."""
     scores, decisions = concept_scores(family, fitted, embeddings)
     n_clips, n_concepts = len(embeddings), len(CONCEPTS)
-    baseline_scores = np.full((n_concepts, count, n_clips), np.nan)
-    baseline_decisions = np.zeros((n_concepts, count, n_clips), bool)
-    for k, concept in enumerate(tqdm(CONCEPTS, desc="random-concept probes", leave=False, disable=not progress)):
-        for r, random_set in enumerate(random_training_sets(nsynth, splits[concept.name], baseline, count, seed, k)):
-            model = family.random_probe(k, r, random_set, embeddings.shape[1])
-            if model is not None:
-                baseline_scores[k, r], decided = family.outputs(model, embeddings)
-                baseline_decisions[k, r] = False if decided is None else decided
-    return ProbeScores(scores, decisions, baseline_scores, None if decisions is None else baseline_decisions)
+    pool_scores = np.full((count, n_clips), np.nan)
+    pool_decisions = np.zeros((count, n_clips), bool)
+    random_sets = random_training_sets(nsynth, splits, baseline, count, seed)
+    for r, random_set in enumerate(tqdm(random_sets, desc="random-concept probes", leave=False,
+                                        disable=not progress)):
+        # The pool's probes are keyed after the concepts' own numbers, so their seeds never coincide.
+        model = family.random_probe(n_concepts, r, random_set, embeddings.shape[1])
+        if model is not None:
+            pool_scores[r], decided = family.outputs(model, embeddings)
+            pool_decisions[r] = False if decided is None else decided
+    shape = (n_concepts, count, n_clips)
+    return ProbeScores(scores, decisions, np.broadcast_to(pool_scores, shape),
+                       None if decisions is None else np.broadcast_to(pool_decisions, shape))
 
 
 # The columns of probe_quality.csv, in both spaces (interp/activations.py fills the ones that apply there).
 QUALITY_COLUMNS = ["concept", "group", "n_train_positive", "n_train_negative", "n_test_positive", "n_test_negative",
                    "n_test_instruments", "n_test_positive_instruments", "n_test_negative_instruments",
                    "test_auroc", "test_auroc_low", "test_auroc_high", "test_balanced_accuracy",
-                   "test_balanced_accuracy_low", "test_balanced_accuracy_high", "threshold", "note"]
+                   "test_balanced_accuracy_low", "test_balanced_accuracy_high", "resplits", "resplit_auroc_median",
+                   "resplit_auroc_min", "resplit_auroc_max", "transfer_yardstick", "transfer_step", "transfer_auroc",
+                   "transfer_auroc_low", "transfer_auroc_high", "threshold", "note"]
 
 
 def probe_quality(family, fitted: dict, splits: dict, nsynth: ConceptNotes | None, n_resamples: int, level: float,
                   seed: int) -> pd.DataFrame:
     """AUROC and balanced accuracy on the NSynth test split, with CIs that resample test instruments (the
-    notes of one instrument share its timbre, so they are not independent). With fewer than two positive (or
-    negative) test instruments an instrument bootstrap cannot vary that side: the CI is left empty and the
-    note says so, rather than reporting a degenerate interval."""
+    notes of one instrument share its timbre, so they are not independent; a mix belongs to every instrument it
+    sounds, statistics.multi_cluster_weights). With fewer than two positive (or negative) test instruments an
+    instrument bootstrap cannot vary that side: the CI is left empty and the note says so, rather than reporting
+    a degenerate interval. The re-split and transfer columns are filled by resplit_quality and stage 6."""
     rows = []
     for k, concept in enumerate(CONCEPTS):
         split, probe = splits[concept.name], fitted[concept.name]
@@ -139,9 +157,12 @@ def probe_quality(family, fitted: dict, splits: dict, nsynth: ConceptNotes | Non
             note = "NSynth test split lacks positive or negative notes: quality undefined"
         if evaluable:
             X = nsynth.embeddings[split.test_rows]
-            instruments = pd.factorize(test_instruments)[0]
-            rng = np.random.default_rng([seed, k, 2])
-            weights = statistics.cluster_weights(instruments.max() + 1, n_resamples, rng)[:, instruments]
+            parts = nsynth.memberships[split.test_rows]
+            clusters, inverse = np.unique(parts[parts >= 0], return_inverse=True)
+            relabelled = np.full(parts.shape, -1)
+            relabelled[parts >= 0] = inverse
+            weights = statistics.multi_cluster_weights(relabelled, len(clusters), n_resamples,
+                                                       np.random.default_rng([seed, k, 2]))
             scores, decisions = family.outputs(probe.model, X)
             point = statistics.binary_metrics(statistics.point_weights(len(X)), split.test_labels, scores, decisions)
             resampled = statistics.binary_metrics(weights, split.test_labels, scores, decisions)
@@ -159,3 +180,36 @@ def probe_quality(family, fitted: dict, splits: dict, nsynth: ConceptNotes | Non
         row["note"] = note
         rows.append(row)
     return pd.DataFrame(rows).reindex(columns=QUALITY_COLUMNS)
+
+
+def resplit_quality(family, nsynth: ConceptNotes | None, count: int, seed: int, progress: bool = True) -> pd.DataFrame:
+    """Per concept, NSynth test AUROC over `count` fresh instrument splits drawn by stage 4's rule
+    (interp/instrument_split.py, stage 4's test share; every part of a mix on its side): median, smallest and
+    largest over the re-splits where the concept has a probe and a two-class test side. One split with two test
+    instruments per side says little about another set of instruments; the spread over re-splits says how much
+    the quality depends on which instruments were held out."""
+    rows = {concept.name: [] for concept in CONCEPTS}
+    if nsynth is not None and count:
+        sets = nsynth.sets
+        labels = np.full((len(nsynth.notes), len(CONCEPTS)), -1, np.int8)
+        concept_index = {concept.name: k for k, concept in enumerate(CONCEPTS)}
+        labels[sets["row"].to_numpy(), sets["concept"].map(concept_index).to_numpy()] = sets["label"].to_numpy()
+        for r in tqdm(range(count), desc="re-splits", leave=False, disable=not progress):
+            split_seed = int(np.random.default_rng([seed, r, 5]).integers(2 ** 31 - 1))
+            test = instrument_split.split_instruments(nsynth.notes, labels, nsynth.test_fraction, split_seed)
+            in_train, in_test = instrument_split.split_sides(nsynth.notes, test)
+            for k, concept in enumerate(CONCEPTS):
+                train_rows = np.flatnonzero(in_train & (labels[:, k] >= 0))
+                test_rows = np.flatnonzero(in_test & (labels[:, k] >= 0))
+                y_train, y_test = labels[train_rows, k], labels[test_rows, k]
+                if len(np.unique(y_train)) < 2 or len(np.unique(y_test)) < 2:
+                    continue
+                fitted = family.concept_probe(k, nsynth.training_set(train_rows, y_train.astype(int)))
+                if fitted.model is not None:
+                    scores, _ = family.outputs(fitted.model, nsynth.embeddings[test_rows])
+                    rows[concept.name].append(float(statistics.point_metrics(y_test.astype(bool), scores)["auroc"][0]))
+    return pd.DataFrame([{"concept": name, "resplits": len(values),
+                          "resplit_auroc_median": float(np.median(values)) if values else np.nan,
+                          "resplit_auroc_min": float(np.min(values)) if values else np.nan,
+                          "resplit_auroc_max": float(np.max(values)) if values else np.nan}
+                         for name, values in rows.items()])

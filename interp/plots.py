@@ -15,12 +15,7 @@ from sklearn.decomposition import PCA
 from data.files import atomic_path
 from data.identifiers import safe_name
 from data.vocabulary import FAMILIES
-from interp.statistics import emergence_status
-
-CURVE_METRICS = (("auroc", "AUROC"), ("balanced_accuracy", "balanced accuracy"))
-# Colour and label per yardstick; the prompt yardstick is drawn first, the realised content over it.
-YARDSTICK_STYLE = {"prompt": ("tab:blue", "against the prompts"),
-                   "content": ("tab:orange", "against the realised content")}
+from interp.yardsticks import kind_of
 
 
 def new_figure(**options) -> Figure:
@@ -45,42 +40,52 @@ def heatmap_file(yardstick: str) -> str:
     return "heatmap_auroc.png" if yardstick == "prompt" else f"heatmap_auroc_{yardstick}.png"
 
 
-def plot_concept(table: pd.DataFrame, concept: str, path, unit: str, percentile: float, runs: dict) -> None:
-    """Metric per position with its CI band for every yardstick, the random baselines' mean and upper
-    percentile, significant cells and the emergence position."""
-    threshold = f"_baseline_p{percentile:.0f}"
+def plot_concept(table: pd.DataFrame, steps: pd.DataFrame, concept: str, path, unit: str) -> None:
+    """Left: AUROC, the primary metric, per position with its CI band for every yardstick, chance, the random
+    probes' 95th percentile (the secondary specificity check), the positions significantly above chance after
+    Holm, and the emergence step with its interval beside the status. Right: balanced accuracy (secondary: value
+    and CI only)."""
     figure = new_figure(figsize=(9, 3.4))
-    axes = figure.subplots(1, len(CURVE_METRICS), sharex=True)
+    axes = figure.subplots(1, 2, sharex=True)
     figure.subplots_adjust(left=0.06, right=0.98, bottom=0.15, top=0.84, wspace=0.15)
-    for axis, (metric, label) in zip(axes, CURVE_METRICS):
-        for yardstick, rows in table[table["concept"] == concept].groupby("yardstick", sort=False):
-            colour, against = YARDSTICK_STYLE.get(yardstick, ("tab:purple", f"against {yardstick}"))
-            rows = rows.sort_values("step")
-            steps = rows["step"].to_numpy()
-            top = rows[f"{metric}{threshold}"].to_numpy(float)
-            axis.fill_between(steps, rows[f"{metric}_low"].to_numpy(float), rows[f"{metric}_high"].to_numpy(float),
-                              color=colour, alpha=0.2)
-            axis.plot(steps, rows[metric].to_numpy(float), color=colour, marker="o", ms=3,
-                      label=f"probe {against} (CI: prompts resampled)")
-            axis.plot(steps, top, color=colour, ls=":", lw=1, label=f"random concepts p{percentile:.0f} ({yardstick})")
-            significant = rows[f"{metric}_significant"].to_numpy(bool)
-            axis.scatter(steps[significant], rows[metric].to_numpy(float)[significant], color="tab:red", zorder=3,
-                         s=14)
-            status = emergence_status(steps, rows[f"{metric}_low"].to_numpy(float), top, runs)
-            if status.status == "emerged":
-                axis.axvline(status.emergence_step, color=colour, lw=1.2, ls="--",
-                             label=f"emerges at {unit} {status.emergence_step} ({yardstick})")
+    status = steps[steps["concept"] == concept].set_index("yardstick")
+    for yardstick, rows in table[table["concept"] == concept].groupby("yardstick", sort=False):
+        kind = kind_of(yardstick)
+        rows = rows.sort_values("step")
+        positions = rows["step"].to_numpy()
+        for axis, metric in zip(axes, ("auroc", "balanced_accuracy")):
+            axis.fill_between(positions, rows[f"{metric}_low"].to_numpy(float), rows[f"{metric}_high"].to_numpy(float),
+                              color=kind.colour, alpha=0.2)
+            axis.plot(positions, rows[metric].to_numpy(float), color=kind.colour, marker="o", ms=3,
+                      label=f"probe {kind.phrase} (CI: prompts resampled)")
+        axis = axes[0]
+        axis.plot(positions, rows["auroc_random_p95"].to_numpy(float), color=kind.colour, ls=":", lw=1,
+                  label=f"random probes p95 ({yardstick})")
+        significant = rows["auroc_significant"].fillna(False).to_numpy(bool)
+        axis.scatter(positions[significant], rows["auroc"].to_numpy(float)[significant], color="tab:red", zorder=3,
+                     s=14)
+        found = status.loc[yardstick] if yardstick in status.index else None
+        if found is not None and found["status"] == "emerged" and not pd.isna(found["emergence_step"]):
+            low = found["emergence_low"] if not pd.isna(found["emergence_low"]) else found["emergence_step"]
+            high = found["emergence_high"] if not pd.isna(found["emergence_high"]) else positions[-1]
+            axis.axvspan(low, high, color=kind.colour, alpha=0.12, lw=0)
+            axis.axvline(found["emergence_step"], color=kind.colour, lw=1.2, ls="--",
+                         label=f"emerges at {unit} {int(found['emergence_step'])} [{int(low)}, {int(high)}] ({yardstick})")
+        elif found is not None:
+            axis.plot([], [], " ", label=f"{yardstick}: {found['status']}")
+    for axis, title in zip(axes, ("AUROC (primary)", "balanced accuracy (secondary)")):
+        axis.axhline(0.5, color="0.5", lw=0.8)
         axis.set_ylim(0, 1.02)
         axis.set_xlabel(unit)
-        axis.set_title(label)
+        axis.set_title(title)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=5.5, loc="lower right")
-    figure.suptitle(f"{concept} (red: significant after Bonferroni)")
+    figure.suptitle(f"{concept} (red: AUROC significantly different from chance, Holm)")
     _save(figure, path)
 
 
 def plot_heatmap(table: pd.DataFrame, path, unit: str, metric: str = "auroc") -> None:
-    """Concepts x positions for one yardstick; cells that are not significant after Bonferroni carry a dot."""
+    """Concepts x positions for one yardstick; cells that are not significant after Holm carry a dot."""
     values = table.pivot(index="concept", columns="step", values=metric)
     concepts = list(dict.fromkeys(table["concept"]))
     values = values.reindex(concepts)
@@ -95,8 +100,7 @@ def plot_heatmap(table: pd.DataFrame, path, unit: str, metric: str = "auroc") ->
     axis.set_yticks(range(len(concepts)), concepts, fontsize=7)
     axis.set_xlabel(unit)
     yardstick = table["yardstick"].iloc[0]
-    axis.set_title(f"{metric} per concept and {unit} {YARDSTICK_STYLE.get(yardstick, ('', yardstick))[1]} "
-                   "(dot: not significant)", fontsize=9)
+    axis.set_title(f"{metric} per concept and {unit} {kind_of(yardstick).phrase} (dot: not significant)", fontsize=9)
     figure.colorbar(image, ax=axis, label=metric)
     _save(figure, path)
 
@@ -148,10 +152,9 @@ def plot_family_rates(table: pd.DataFrame, path, unit: str) -> None:
                                                                                values=metric)
             for concept in by_step.columns:
                 axis.plot(by_step.index, by_step[concept], color="0.7", lw=0.8)
-            axis.plot(by_step.index, by_step.mean(axis=1), color=YARDSTICK_STYLE.get(yardstick, ("C0",))[0], lw=2.2,
+            axis.plot(by_step.index, by_step.mean(axis=1), color=kind_of(yardstick).colour, lw=2.2,
                       marker="o", ms=4, label=f"mean over {by_step.shape[1]} families")
-            axis.set_title(f"families: {metric.upper()} per {unit} "
-                           f"{YARDSTICK_STYLE.get(yardstick, ('', yardstick))[1]}", fontsize=9)
+            axis.set_title(f"families: {metric.upper()} per {unit} {kind_of(yardstick).phrase}", fontsize=9)
             axis.set_xlabel(unit)
             axis.set_ylim(-0.02, 1.02)
             axis.grid(alpha=0.3)
@@ -168,10 +171,9 @@ def figure_files(concepts, yardsticks) -> dict:
     return files
 
 
-def write_plots(out, table: pd.DataFrame, drift_summary: pd.DataFrame, clips: pd.DataFrame, embeddings,
-                runs: dict, unit: str, percentile: float) -> dict:
-    """Write every figure; returns figure_files(). `runs`: first position of every position's run of identical
-    positions (statistics.distinct_positions)."""
+def write_plots(out, table: pd.DataFrame, steps: pd.DataFrame, drift_summary: pd.DataFrame, clips: pd.DataFrame,
+                embeddings, unit: str) -> dict:
+    """Write every figure; returns figure_files()."""
     out = Path(out)
     concepts = list(dict.fromkeys(table["concept"]))
     files = figure_files(concepts, list(dict.fromkeys(table["yardstick"])))
@@ -181,5 +183,5 @@ def write_plots(out, table: pd.DataFrame, drift_summary: pd.DataFrame, clips: pd
     plot_trajectories(clips, embeddings, out / files["trajectories"], unit)
     plot_drift(drift_summary, out / files["drift"], unit)
     for concept in concepts:
-        plot_concept(table, concept, out / files[concept], unit, percentile, runs)
+        plot_concept(table, steps, concept, out / files[concept], unit)
     return files

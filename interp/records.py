@@ -4,6 +4,7 @@ clip is scored against (data/ARTIFACTS.md, stage 6). Loaders validate what they 
 (data.stage.InputError) naming the file and the fix.
 """
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +13,13 @@ import pandas as pd
 from data.concepts import CONCEPTS
 from data.contract import (check_same_embedder, concepts_dir, generated_dir, read_annotated, read_embeddings,
                            read_generated_index, read_notes, read_sets, table_sha256)
+from data.files import read_json, sha256_file
 from data.generation import TrajectoryAxis, read_generation
 from data.realised_content import read_realised_content
 from data.stage import InputError
+from data.truth import TABLES_DIR, TABLES_SIDECAR, Truth, read_truth, read_truth_tables
 from embeddings import chunks
+from interp.instrument_split import padded_memberships
 from interp.probes import TrainingSet
 
 # A clip realises a vocabulary label when at least this much of the generator's posterior mass lies on bank
@@ -51,6 +55,7 @@ class ConceptNotes:
     sets: pd.DataFrame        # concepts/sets.csv plus `row` (the note's row in notes / embeddings)
     embeddings: np.ndarray    # [n_notes, dim]
     npy: Path
+    test_fraction: float = 0.25   # stage 4's, from concepts.json: re-splits draw the same share
 
     @property
     def train_rows(self) -> np.ndarray:
@@ -58,7 +63,14 @@ class ConceptNotes:
 
     @property
     def instrument_of_row(self) -> np.ndarray:
+        """Each example's own instrument (a mix: its first part's)."""
         return pd.factorize(self.notes["instrument_str"])[0]
+
+    @cached_property
+    def memberships(self) -> np.ndarray:
+        """int [n_notes, most parts]: every instrument an example sounds, a mix's parts all counted (-1 pads);
+        the clusters of the instrument bootstrap and of random instrument subsets."""
+        return padded_memberships(self.notes)
 
     def training_set(self, rows: np.ndarray, labels: np.ndarray) -> TrainingSet:
         return TrainingSet(self.embeddings[rows], labels, self.instrument_of_row[rows])
@@ -94,6 +106,15 @@ class Yardstick:
     clip_labels: np.ndarray    # [n_clips, n_concepts] bool
     verb: str                  # how a note says a clip's subject has the concept
     subject: str
+
+
+@dataclass(frozen=True)
+class KnownTruth:
+    """What the generator planted, for generators that know it exactly (data/truth.py): every trajectory's truth
+    at every step and the truth tables (commit_steps, oracle_curves, emergence_truth)."""
+    truth: Truth
+    tables: dict              # table name -> DataFrame
+    sha256: str               # of the tables' sidecar, which names every truth part's hash
 
 
 # ------------------------------------------------------------------------------------------- loaders
@@ -151,6 +172,23 @@ def load_generated(data: Path, stem: str, kind: str) -> GeneratedClips:
                           generation.axis, load_content(data, index, selected.to_numpy()), intervened)
 
 
+def load_known_truth(data: Path, generated: GeneratedClips) -> KnownTruth | None:
+    """The truth stage 2 wrote, when the generator knows it (generated/truth_tables/); None otherwise. Tables made
+    from other truth parts than those on disk are refused (data.truth.read_truth_tables)."""
+    folder = generated_dir(data)
+    if not (folder / TABLES_DIR / TABLES_SIDECAR).is_file():
+        return None
+    tables = read_truth_tables(folder)
+    truth = read_truth(folder, sorted(generated.clips["prompt_id"].unique()))
+    known = set(zip(truth.trajectories["prompt_id"], truth.trajectories["sample"].astype(int)))
+    missing = [key for key in zip(generated.clips["prompt_id"], generated.clips["sample"].astype(int))
+               if key not in known]
+    if missing or not set(generated.clips["step"]) <= set(truth.steps.tolist()):
+        raise InputError(f"{folder / TABLES_DIR}: the truth does not cover every analysed clip (e.g. prompt "
+                         f"{missing[0][0] if missing else '?'}) — rerun stage 2 with --force")
+    return KnownTruth(truth, tables, sha256_file(folder / TABLES_DIR / TABLES_SIDECAR))
+
+
 def load_concept_notes(data: Path, stem: str, generated: GeneratedClips, required: bool) -> ConceptNotes | None:
     """NSynth notes, sets and embeddings; None when not required and stage 4/5 outputs are absent."""
     folder = concepts_dir(data) / "embeddings"
@@ -170,7 +208,9 @@ def load_concept_notes(data: Path, stem: str, generated: GeneratedClips, require
         raise InputError(f"{concepts_dir(data) / 'sets.csv'} row {int(missing.idxmax()) + 2}: note "
                          f"'{sets.at[missing.idxmax(), 'note_str']}' is not in notes.csv — rerun stage 4 with --force")
     sets = sets.assign(row=row_of.loc[sets["note_str"]].to_numpy())
-    return ConceptNotes(notes, sets, matrix, npy)
+    sidecar = concepts_dir(data) / "concepts.json"
+    test_fraction = read_json(sidecar).get("test_fraction", 0.25) if sidecar.is_file() else 0.25
+    return ConceptNotes(notes, sets, matrix, npy, float(test_fraction))
 
 
 def concept_splits(nsynth: ConceptNotes | None) -> dict[str, ConceptSplit | None]:
@@ -197,13 +237,3 @@ def prompt_yardstick(annotated: pd.DataFrame, clip_prompt: np.ndarray, prompt_id
     asks = np.array([[concept.prompt_has(labels_by_prompt[prompt]) for concept in CONCEPTS]
                      for prompt in prompt_ids], dtype=bool).reshape(len(prompt_ids), len(CONCEPTS))
     return Yardstick("prompt", asks[clip_prompt], "asks for", "prompt")
-
-
-def content_yardstick(content: RealisedContent) -> Yardstick:
-    """A clip carries a concept when the concept's prompt rule holds for its realised labels: the labels on
-    which the generator put at least REALISED_MASS of its posterior mass."""
-    realised = content.mass >= REALISED_MASS
-    labels = np.array(content.labels)
-    carries = np.array([[concept.prompt_has(labels[row]) for concept in CONCEPTS] for row in realised],
-                       dtype=bool).reshape(len(realised), len(CONCEPTS))
-    return Yardstick("content", carries, "realises", "clip")

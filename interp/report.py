@@ -18,9 +18,9 @@ import pandas as pd
 from data.concepts import BY_NAME, CONCEPTS
 from data.contract import generated_dir, read_annotated
 from data.files import write_text
+from interp.yardsticks import kind_of
 
 OTHER_CONCEPTS_SHOWN = 3
-YARDSTICK_TITLES = {"prompt": "vs prompts", "content": "vs realised content"}
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
@@ -53,16 +53,19 @@ def _image(path: Path, alt: str) -> str:
 
 
 def _status(row) -> str:
-    """'emerged at step 30 (3 of 6 distinct)', 'transient (steps 10–20)', 'never', or '–'."""
+    """'emerged at step 30 [25, 35]', 'transient (steps 10–20)', 'never', or '–'."""
     if row is None or row["status"] == "undefined":
         return "–"
     unit = row["unit"]
     if row["status"] == "emerged":
-        return (f"<b>emerged</b> at {unit} {int(row['emergence_step'])} <span class='muted'>(above over the last "
-                f"{int(row['distinct_above'])} of {int(row['n_distinct'])} distinct)</span>")
+        step = "–" if pd.isna(row["emergence_step"]) else int(row["emergence_step"])
+        low = "–" if pd.isna(row["emergence_low"]) else int(row["emergence_low"])
+        high = "–" if pd.isna(row["emergence_high"]) else int(row["emergence_high"])
+        return (f"<b>emerged</b> at {unit} {step} <span class='muted'>[{low}, {high}]; above chance over the last "
+                f"{int(row['distinct_above'])} of {int(row['n_distinct'])} distinct</span>")
     if row["status"] == "transient":
-        return (f"transient <span class='muted'>(above {unit}s {int(row['first_above'])}–{int(row['last_above'])}, "
-                f"not at the end)</span>")
+        return (f"transient <span class='muted'>(above chance {unit}s {int(row['first_above'])}–"
+                f"{int(row['last_above'])}, not at the end)</span>")
     return "never"
 
 
@@ -70,18 +73,27 @@ def _final(row) -> str:
     if row is None or pd.isna(row["final_value"]):
         return "–"
     significance = (f" <span class='yes'>{_escape(row['final_direction'])}</span>"
-                    if bool(row["final_significant"]) else "")
-    return _with_ci(row["final_value"], row["final_low"], row["final_high"]) + significance
+                    if str(row["final_significant"]) == "True" else "")
+    specific = " <span class='muted'>(beats random)</span>" if str(row["final_specific"]) == "True" else ""
+    return _with_ci(row["final_value"], row["final_low"], row["final_high"]) + significance + specific
+
+
+def _resplits(row) -> str:
+    if pd.isna(row["resplit_auroc_median"]):
+        return "–"
+    return (f"{_number(row['resplit_auroc_median'])} <span class='muted'>[{_number(row['resplit_auroc_min'])}, "
+            f"{_number(row['resplit_auroc_max'])}] of {int(row['resplits'])}</span>")
 
 
 def _overview(quality: pd.DataFrame, steps: pd.DataFrame, yardsticks: list[str],
               commitment: pd.DataFrame | None = None) -> str:
-    """One row per concept: probe quality on NSynth, then per yardstick the AUROC emergence status and the
-    final position's AUROC (with 'above'/'below' when significant), side by side; with --compare, the
-    commitment step of the concept's steering runs beside them."""
-    auroc = steps[steps["metric"] == "auroc"].set_index(["yardstick", "concept"])
-    header = "".join(f"<th>emergence (AUROC) {_escape(YARDSTICK_TITLES.get(y, y))}</th>"
-                     f"<th>final AUROC {_escape(YARDSTICK_TITLES.get(y, y))}</th>" for y in yardsticks)
+    """One row per concept: probe quality on NSynth (the test split, and over re-splits: median [min, max]), its
+    transfer to the generator's output, then per yardstick the AUROC emergence status and the final position's
+    AUROC (with 'above'/'below' when significant), side by side; with --compare, the commitment step of the
+    concept's steering runs beside them."""
+    auroc = steps.set_index(["yardstick", "concept"])
+    header = "".join(f"<th>emergence {_escape(kind_of(y).title)}</th>"
+                     f"<th>final AUROC {_escape(kind_of(y).title)}</th>" for y in yardsticks)
     committed = {}
     if commitment is not None and not commitment.empty:
         header += "<th class='text'>commitment (steering)</th>"
@@ -90,7 +102,7 @@ def _overview(quality: pd.DataFrame, steps: pd.DataFrame, yardsticks: list[str],
                 f"{'none' if pd.isna(row.commitment_step) else int(row.commitment_step)} ({_escape(str(row.where))}, "
                 f"tested {_escape(str(row.steps_tested))})" for row in group.itertuples())
     lines = ["<table><tr><th class='text'>concept</th><th class='text'>group</th><th>NSynth test AUROC</th>"
-             f"<th>NSynth test bal. acc.</th>{header}<th class='text'>note</th></tr>"]
+             f"<th>re-splits AUROC</th><th>transfer AUROC</th>{header}<th class='text'>note</th></tr>"]
     for _, row in quality.iterrows():
         concept = row["concept"]
         cells, notes = [], [row["note"]]
@@ -104,13 +116,59 @@ def _overview(quality: pd.DataFrame, steps: pd.DataFrame, yardsticks: list[str],
             f"<tr><td class='text'><a href='#concept-{_escape(concept)}'>{_escape(concept)}</a></td>"
             f"<td class='text'>{_escape(row['group'])}</td>"
             f"<td>{_with_ci(row['test_auroc'], row['test_auroc_low'], row['test_auroc_high'])}</td>"
-            f"<td>{_with_ci(row['test_balanced_accuracy'], row['test_balanced_accuracy_low'], row['test_balanced_accuracy_high'])}</td>"
+            f"<td>{_resplits(row)}</td>"
+            f"<td>{_with_ci(row['transfer_auroc'], row['transfer_auroc_low'], row['transfer_auroc_high'])}</td>"
             f"{''.join(cells)}"
             + (f"<td class='text'>{committed.get(concept, '–')}</td>" if commitment is not None and not commitment.empty
                else "")
             + f"<td class='text'>{_escape(note)}</td></tr>")
     lines.append("</table>")
     return "\n".join(lines)
+
+
+def _known_answers(out: Path, unit: str) -> str:
+    """The known-answer section: planted against recovered, per concept, and the order (interp/known_answers.py)."""
+    path = out / "known_answers.csv"
+    known = pd.read_csv(path, keep_default_na=False, na_values=[""]) if path.is_file() else pd.DataFrame()
+    if known.empty:
+        return ""
+    order = pd.read_csv(out / "known_order.csv", keep_default_na=False, na_values=[""])
+
+    def step(value):
+        return "–" if pd.isna(value) else str(int(value))
+
+    rows = ["<table><tr><th class='text'>concept</th><th>planted (onset–completion)</th><th>recovered [interval]</th>"
+            "<th class='text'>status</th><th class='text'>recovered?</th><th>oracle [interval]</th>"
+            "<th>transfer AUROC</th></tr>"]
+    for row in known.itertuples():
+        verdict = ("inside" if str(row.inside) == "True" else "near" if str(row.near) == "True" else
+                   "<span class='yes'>missed</span>")
+        rows.append(f"<tr><td class='text'>{_escape(row.concept)}</td><td>{step(row.planted_step)} "
+                    f"<span class='muted'>({step(row.planted_onset)}–{step(row.planted_completion)})</span></td>"
+                    f"<td>{step(row.emergence_step)} <span class='muted'>({step(row.interval_from)}, "
+                    f"{step(row.emergence_high)}]</span></td><td class='text'>{_escape(row.status)}</td>"
+                    f"<td class='text'>{verdict}</td><td>{step(row.oracle_step)} <span class='muted'>"
+                    f"[{step(row.oracle_low)}, {step(row.oracle_high)}]</span></td>"
+                    f"<td>{_with_ci(row.transfer_auroc, row.transfer_auroc_low, row.transfer_auroc_high)}</td></tr>")
+    rows.append("</table>")
+    lines = []
+    for entry in order.itertuples():
+        if pd.isna(entry.spearman):
+            continue
+        lines.append(f"{_escape(entry.probe)}: Spearman {_number(entry.spearman)} [{_number(entry.spearman_low)}, "
+                     f"{_number(entry.spearman_high)}] over {int(entry.n_concepts)} concepts; "
+                     f"{_number(entry.pairs_ordered, 1)} of {int(entry.pairs)} pairs ordered as planted")
+    recovered = (known["recovered"].astype(str) == "True").sum()
+    oracle = (known["oracle_recovered"].astype(str) == "True").sum()
+    return f"""<h2>Known answers</h2>
+<p class="muted">The generator planted when each concept emerges: the planted {_escape(unit)} is the first from which the exact
+posterior's AUROC against the final content stays at or above 0.75 (generated/truth_tables/emergence_truth.csv). The
+recovered {_escape(unit)} is the probe's emergence {_escape(unit)} against the final realised content, with its interval widened
+down to just after the captured {_escape(unit)} before its lower bound; <i>inside</i> = the planted {_escape(unit)} lies in it,
+<i>near</i> = within one captured {_escape(unit)} of the recovered one. The oracle is the exact posterior put through the same
+rule (the ceiling).</p>
+<p><b>Recovered {recovered} of {len(known)}</b> (oracle {oracle} of {len(known)}). Order — {'; '.join(lines) or 'undefined'}.</p>
+{''.join(rows)}"""
 
 
 def _sample_table(rows: pd.DataFrame, asked: list[str], out: Path, data: Path, unit: str) -> str:
@@ -182,21 +240,13 @@ def write_report(out, data, record: dict, plot_files: dict) -> Path:
         concept_sections.append(f"<details id='concept-{_escape(concept)}'><summary><b>{_escape(concept)}</b> "
                                 f"<span class='muted'>{_escape(description)}</span></summary>{image}</details>")
     overview_figures = [("families", f"Instrument families: TPR and TNR per {unit}")]
-    overview_figures += [(f"heatmap_{yardstick}", f"AUROC per concept and {unit}, {YARDSTICK_TITLES.get(yardstick, yardstick)}")
+    overview_figures += [(f"heatmap_{yardstick}", f"AUROC per concept and {unit}, {kind_of(yardstick).title}")
                          for yardstick in yardsticks]
     overview_figures += [("trajectories", "Trajectories (PCA)"), ("drift", f"Drift to the final {unit}")]
     figures = "".join(f"<h3>{_escape(title)}</h3>{_image(out / plot_files[key], title)}"
                       for key, title in overview_figures if key in plot_files)
     level = 100 * (1 - float(settings.get("alpha", 0.05)))
-    if "content" in yardsticks:
-        content_text = (f"A clip <i>realises</i> a concept when the concept's prompt rule holds for the labels on which "
-                        f"the generator put at least {float(settings.get('realised_mass', 0.5)):g} of its posterior mass "
-                        "(the content it actually made). Scored against both, a probe that tracks the realised content "
-                        "but not the prompt says the model did not make what was asked; one that tracks neither says the "
-                        "probe cannot read the concept.")
-    else:
-        content_text = ("This generator records no realised content, so the prompt annotations are the only "
-                        "yardstick.")
+    yardstick_text = " ".join(f"<i>{_escape(name)}</i>: {_escape(kind_of(name).description)}." for name in yardsticks)
     if record.get("distinct_by") == "content":
         distinct_text = (f"Consecutive {unit}s whose realised content is the same in every trajectory (to 1e-6: the "
                          f"generator has committed to the same clips) count as one <i>distinct</i> {unit}.")
@@ -204,30 +254,34 @@ def write_report(out, data, record: dict, plot_files: dict) -> Path:
         distinct_text = (f"Consecutive {unit}s whose clips have the same embedding in every trajectory (to 1e-5, "
                          f"relative) count as one <i>distinct</i> {unit}.")
     baseline = settings.get("baseline", "notes")
-    baseline_text = ("random instrument subsets with as many positive and negative instruments as the concept's train "
-                     "split (an instrument on the side of most of its notes; every note of a drawn instrument)"
-                     if baseline == "instruments" else
-                     "random notes with as many positive and negative notes as the concept's train split")
+    baseline_text = ("random instrument subsets with as many positive and negative instruments as each concept's train "
+                     "split in turn (every part of a mix counted)" if baseline == "instruments" else
+                     "random notes with as many positive and negative notes as each concept's train split in turn")
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Musicologist — {_escape(embedder.get('embedder'))} / {_escape(settings.get('probe'))}</title>
 <style>{STYLE}</style></head><body>
 <h1>When do concepts emerge?</h1>
 <p>Embedder <b>{_escape(embedder.get('embedder'))}</b> ({_escape(embedder.get('model'))}), probe <b>{_escape(settings.get('probe'))}</b>,
 clips of kind <b>{_escape(settings.get('kind'))}</b>, trajectory axis <b>{_escape(axis_name)}</b> (positions are {_escape(unit)}s);
-{_escape(settings.get('bootstrap'))} bootstrap resamples, {_escape(settings.get('random_baselines'))} random-concept baselines
-per concept, alpha {_escape(settings.get('alpha'))}, seed {_escape(settings.get('seed'))}.</p>
-<p class="muted">Yardsticks: a clip is a positive for a concept when its prompt's annotation <i>asks</i> for it. {content_text}
-Intervals are {level:.0f}% percentile bootstraps: clip metrics resample prompts (samples of one prompt are correlated),
-NSynth test metrics resample instruments (no interval when one side of the test split has a single instrument).
-Random concepts are {baseline_text}, probed with the same family. The p-value compares the concept's value with its
-random probes (t for one more draw from their distribution); <b>Bonferroni over all {_escape(record.get('n_tests'))} tests</b>
-(every metric × concept × {_escape(unit)} × yardstick with a p-value); a significant value is marked <i>above</i> or
-<i>below</i> the random probes' mean. A {_escape(unit)} is <i>above</i> when the lower interval bound exceeds the random
-probes' {float(settings.get('baseline_percentile', 95)):g}th percentile. {distinct_text} Status: <b>emerged</b> = above from
-some {_escape(unit)} to the end (that {_escape(unit)} is the emergence {_escape(unit)}), <i>transient</i> = above somewhere but not
-at the end, <i>never</i> = never above.</p>
+{_escape(settings.get('bootstrap'))} bootstrap resamples, {_escape(settings.get('random_baselines'))} random-concept probes,
+{_escape(settings.get('resplits'))} instrument re-splits, alpha {_escape(settings.get('alpha'))}, seed {_escape(settings.get('seed'))}.</p>
+<p class="muted">Yardsticks — {yardstick_text}
+<b>Primary metric: AUROC</b>, declared before the run; its null is "no information": the labels are exchangeable between
+prompts (a prompt's samples are correlated, so whole prompts are exchanged), and its p-value comes from the exact mean and
+variance of AUROC under that permutation (normal tail; no random draws, so it does not move with the seed).
+<b>Holm over all {_escape(record.get('n_tests'))} AUROC tests</b> (concepts × {_escape(unit)}s × yardsticks); a significant value is marked
+<i>above</i> or <i>below</i> chance. Accuracy, TPR, TNR and balanced accuracy are secondary: values with intervals, no
+tests. Intervals are {level:.0f}% percentile bootstraps: clip metrics resample prompts, NSynth test metrics resample
+instruments (a mix counts for every instrument it sounds; no interval when one side of the test split has a single
+instrument). {distinct_text} Status: <b>emerged</b> = AUROC significantly above chance from some distinct {_escape(unit)} to the
+end, <i>transient</i> = above somewhere but not at the end, <i>never</i> = never above. The <b>emergence {_escape(unit)}</b> of an
+emerged concept is the first {_escape(unit)} from which its AUROC stays at least half way from chance to its final value; its
+interval is that {_escape(unit)} over the same prompt resamples. <b>Transfer</b>: the probe's AUROC against the generator's exact
+final content at the last {_escape(unit)}. Secondary specificity check: the random-concept probes are {baseline_text}, probed with the
+same family; a value <i>beats random</i> when it exceeds their {float(settings.get('random_percentile', 95)):g}th percentile.</p>
 <h2>Overview</h2>
 {_overview(quality, steps, yardsticks, commitment)}
+{_known_answers(out, unit)}
 <h2>Figures</h2>
 {figures}
 <h2>Concepts</h2>
@@ -262,9 +316,10 @@ def write_activation_report(out, steps: pd.DataFrame, branch: str, pool: str, ge
 <h2>Residual-stream probes by {_escape(unit)} ({_escape(branch)} rows, {_escape(pool)}-pooled)</h2>
 <p class="muted">One linear probe per concept and {_escape(unit)} on the residual stream of generator
 {_escape(generation.get('generator'))}, cross-validated with folds grouped by prompt; metrics against the prompt
-annotations with prompt-bootstrap CIs; baseline: the same probe trained on permuted prompt labels; Bonferroni over
-every p-value in emergence.csv. A {_escape(unit)} is <i>above</i> when the AUROC's lower interval bound exceeds the
-baseline's 95th percentile; <b>emerged</b> = above from some {_escape(unit)} to the last one.</p>
+annotations with prompt-bootstrap CIs; the AUROC tested against "no information" (labels exchanged between prompts, exact
+permutation moments), Holm over every AUROC p-value in emergence.csv; secondary specificity check: the same probe trained
+on permuted prompt labels. A {_escape(unit)} is <i>above</i> when its AUROC is significantly above chance; <b>emerged</b> =
+above from some {_escape(unit)} to the last one, at the {_escape(unit)} where the AUROC first stays half way to its final value.</p>
 {_image(out / heatmap, "AUROC per concept and " + unit)}
 <table><tr><th class='text'>concept</th><th class='text'>emergence (AUROC)</th><th>last-{_escape(unit)} AUROC</th>
 <th class='text'>note</th></tr>

@@ -44,7 +44,6 @@ if __package__ in (None, ""):
 
 import numpy as np
 import pandas as pd
-from scipy import sparse
 
 from data.concepts import CONCEPTS
 from data.contract import NOTES_COLUMNS, NOTES_PART_COLUMNS, SETS_COLUMNS, concepts_dir, table_sha256
@@ -52,9 +51,9 @@ from data.files import read_json, sha256_file, write_csv
 from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError, add_progress_argument, main_exit, stage_parser
 from interp import nsynth
+from interp.instrument_split import example_instruments, split_instruments
 
 SPLITS = ("train", "test")
-SPLIT_CANDIDATES = 32
 SIDECAR = "concepts.json"
 
 
@@ -93,66 +92,6 @@ def label_matrix(notes: pd.DataFrame) -> np.ndarray:
                              for note in nsynth.notes_of(combos)], dtype=np.int8)
     combo_index = keys.merge(combos.reset_index(), on=list(keys.columns), how="left")["index"].to_numpy()
     return combo_labels[combo_index]
-
-
-def example_instruments(notes: pd.DataFrame) -> list[list[str]]:
-    """Every instrument an example sounds: its own, or each part's for a mix."""
-    return [[token.rpartition(":")[0] for token in parts.split(nsynth.PART_SEPARATOR)] if parts else [own]
-            for own, parts in zip(notes["instrument_str"], notes["parts"])]
-
-
-def instrument_family(instrument: str) -> str:
-    match = nsynth.INSTRUMENT_STR.match(instrument)
-    return match["family"] if match else nsynth.DRUM
-
-
-def _coverage(labels: np.ndarray, sides: dict) -> tuple[int, int]:
-    """How many concepts have a positive and a negative in both splits, and the fewest test positives among
-    the concepts that have positives at all."""
-    covered = np.ones(labels.shape[1], dtype=bool)
-    for side in sides.values():
-        covered &= (labels[side] == 1).any(axis=0) & (labels[side] == 0).any(axis=0)
-    test_positives = (labels[sides["test"]] == 1).sum(axis=0)
-    has_positives = (labels == 1).any(axis=0)
-    return int(covered.sum()), int(test_positives[has_positives].min()) if has_positives.any() else 0
-
-
-def assign_sides(membership, test_instruments: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(in train, in test) per example: all of its instruments on that side."""
-    parts_in_test = membership @ test_instruments.astype(np.int64)
-    parts = np.asarray(membership.sum(axis=1)).ravel()
-    return parts_in_test == 0, parts_in_test == parts
-
-
-def split_instruments(notes: pd.DataFrame, labels: np.ndarray, test_fraction: float, seed: int) -> set:
-    """The test instruments (see the module docstring for the rule)."""
-    per_example = example_instruments(notes) if "parts" in notes else [[name] for name in notes["instrument_str"]]
-    names = sorted({name for names in per_example for name in names})
-    column = {name: index for index, name in enumerate(names)}
-    rows = np.repeat(np.arange(len(per_example)), [len(names_) for names_ in per_example])
-    columns = np.array([column[name] for names_ in per_example for name in names_], dtype=np.int64)
-    membership = sparse.csr_matrix((np.ones(len(columns), dtype=np.int64), (rows, columns)),
-                                   shape=(len(per_example), len(names)))
-    # An example's own instrument has the family of its row; one heard only in mixes (a drum kit) its name's.
-    own = notes.groupby("instrument_str", sort=True)["family"].first()
-    families = pd.Series([own[name] if name in own.index else instrument_family(name) for name in names], index=names)
-    by_family = {family: sorted(group.index) for family, group in families.groupby(families, sort=True)}
-    best, best_score = None, None
-    for candidate in range(SPLIT_CANDIDATES):
-        rng = np.random.default_rng([seed, candidate])
-        test = set()
-        for family, instruments in by_family.items():
-            if len(instruments) < 2:
-                continue
-            fewest = 2 if len(instruments) >= 4 else 1
-            count = min(max(int(round(len(instruments) * test_fraction)), fewest), len(instruments) - 1)
-            test.update(rng.permutation(instruments)[:count].tolist())
-        in_train, in_test = assign_sides(membership, np.isin(names, sorted(test)))
-        test_share = in_test.sum() / max(in_test.sum() + in_train.sum(), 1)
-        score = (*_coverage(labels, {"train": in_train, "test": in_test}), -abs(test_share - test_fraction))
-        if best_score is None or score > best_score:
-            best, best_score = test, score
-    return best
 
 
 def concept_sets(notes: pd.DataFrame, labels: np.ndarray, max_per_concept: int | None, seed: int) -> pd.DataFrame:

@@ -6,7 +6,7 @@
 stage 2 `--generator musicgen --generator-option residuals=cond|both` and the prompt annotations; probes, baseline
 and folds: interp/activations.py. The tables are stage 6's: emergence.csv, emergence_steps.csv and probe_quality.csv
 have the embedding-space columns and come from the same computation (interp/emergence.py; yardstick `prompt`,
-`step` = layer, one Bonferroni family over every p-value in emergence.csv), so they read alike.
+`step` = layer, one Holm family over every AUROC p-value in emergence.csv), so they read alike.
 
 Outputs in results/activations/<branch>-<pool>/logreg/: those three tables, probabilities.csv (out-of-fold
 scores), directions/<concept>.npy + .json (per layer the unit probe direction in raw residual space, for steering:
@@ -37,6 +37,7 @@ from interp import activations, plots, report
 from interp.emergence import emergence, emergence_steps
 from interp.records import prompt_yardstick
 
+RANDOM_BASELINES = 20
 OUTPUT_FILES = ("probe_quality.csv", "emergence.csv", "emergence_steps.csv", "probabilities.csv")
 SIDECAR = "stage6.json"
 
@@ -50,10 +51,10 @@ def build_parser():
     parser.add_argument("--branch", default="cond", help="cond or uncond rows of the classifier-free-guidance batch")
     parser.add_argument("--pool", default="mean", help="mean over the generated positions, or the last one")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for every CI")
-    parser.add_argument("--random-baselines", type=int, default=20,
+    parser.add_argument("--random-baselines", type=int, default=RANDOM_BASELINES,
                         help="probes on permuted prompt labels per layer and concept, giving the baseline")
     parser.add_argument("--alpha", type=float, default=0.05,
-                        help="family-wise error rate (Bonferroni over every p-value in emergence.csv); "
+                        help="family-wise error rate (Holm over every AUROC p-value in emergence.csv); "
                              "CIs are 1 - alpha")
     parser.add_argument("--seed", type=int, default=0, help="seed for folds, permutations and resamples")
     parser.add_argument("--no-report", action="store_true", help="skip plots/ and report.html")
@@ -108,9 +109,10 @@ def main(args) -> None:
                                                             progress=not args.no_progress)
         names = [concept.name for concept in CONCEPTS]
         yardstick = prompt_yardstick(annotated, clip_prompt, prompt_ids)
-        table, n_tests = emergence(probe_scores, [yardstick], clip_prompt, clip_layer, names, axis.name,
-                                   args.bootstrap, args.alpha, args.seed, progress=False)
-        steps_table = emergence_steps(table, runs=None)   # residual layers never repeat one another
+        table, n_tests, resampled = emergence(probe_scores, [yardstick], clip_prompt, clip_layer, names, axis.name,
+                                              args.bootstrap, args.alpha, args.seed, progress=False)
+        # Residual layers never repeat one another: every layer is a distinct position.
+        steps_table = emergence_steps(table, None, resampled, 1.0 - args.alpha)
         quality = activations.probe_quality(prompt_labels, sample_prompt)
         probabilities = pd.concat([pd.DataFrame({"prompt_id": prompt_ids[clip_prompt],
                                                  "sample": np.tile(samples["sample"].to_numpy(), len(axis.positions)),
@@ -133,10 +135,10 @@ def main(args) -> None:
         report.write_activation_report(out, steps_table, args.branch, args.pool, generation.record, axis.unit, heatmap)
     commit(provenance, {"seconds": round(time.perf_counter() - started, 2), "trajectory_axis": axis.record(),
                         "n_tests": n_tests})
-    emerged = steps_table[(steps_table["metric"] == "auroc") & (steps_table["status"] == "emerged")]
-    print(f"{out}: {len(emerged)} of {len(names)} concepts linearly readable (AUROC above the permuted-label "
-          f"baseline from some layer on) over {len(axis.positions)} layers of {len(prompt_ids)} prompts "
-          f"(Bonferroni over {n_tests} tests)")
+    emerged = steps_table[steps_table["status"] == "emerged"]
+    print(f"{out}: {len(emerged)} of {len(names)} concepts linearly readable (AUROC significantly above chance from "
+          f"some layer on) over {len(axis.positions)} layers of {len(prompt_ids)} prompts (Holm over {n_tests} "
+          "tests)")
 
 
 def direction_of(concept: str, vectors: np.ndarray, axis: TrajectoryAxis, table: pd.DataFrame,

@@ -1,6 +1,6 @@
 """Stage 6: train a probe per concept on NSynth embeddings, apply it to every position of every trajectory, and
-chart when each concept emerges against two yardsticks: the prompt annotations, and (for generators that
-record it) the content the generator actually realised (data/ARTIFACTS.md, stage 6).
+chart when each concept emerges against every yardstick the run has (interp/yardsticks.py: the prompt annotations
+and, for generators that record it, the final content the generator realised) (data/ARTIFACTS.md, stage 6).
 
     python interp/stage6_probe.py --data data --embedder spectral [--model X] [--probe logreg|svm|cav|text]
                                   [--kind x0] [--baseline instruments|notes] [--compare]
@@ -8,11 +8,13 @@ record it) the content the generator actually realised (data/ARTIFACTS.md, stage
 
 Outputs go to <data>/results/<embedder stem>/<probe>/<kind>/ (the stem of --embedder/--model, as stages 3 and 5
 name their files) and are skipped when up to date with their inputs (data.provenance's rule).
-Read top to bottom: inputs (named records, interp/records.py) -> probes and their random-concept baselines
-(interp/fitting.py) -> emergence per yardstick, one Bonferroni family, status per concept (interp/emergence.py)
--> files, figures, report, summary. `--compare` scores the intervened clips against their pairs
-(interp/compare.py) under a provenance of its own (compare/compare.json). `--space activations` is the
-activation-space stage, interp/stage6_activations.py, run as is.
+Read top to bottom: inputs (named records, interp/records.py) -> probes, their quality over re-splits and the
+pool of random-concept probes (interp/fitting.py) -> emergence per yardstick: AUROC, the primary metric, tested
+against "no information" with one Holm family, status and emergence step per concept (interp/emergence.py) ->
+known answers where the generator planted them (interp/known_answers.py) -> files, figures, report, summary.
+`--compare` scores the intervened clips against their pairs (interp/compare.py) under a provenance of its own
+(compare/compare.json). `--space activations` is the activation-space stage, interp/stage6_activations.py, run
+as is.
 """
 import sys
 import time
@@ -32,21 +34,29 @@ from data.files import read_json, sha256_file, write_csv
 from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError, add_progress_argument, main_exit, stage_parser
 from embeddings import EMBEDDERS, embedding_stem
-from interp import compare, compare_report, plots, report, stage6_activations, summary
+from interp import compare, compare_report, known_answers, plots, report, stage6_activations, statistics, summary
 from interp import probes as probe_families
-from interp.emergence import BASELINE_PERCENTILE, distinct_positions, drift_tables, emergence, emergence_steps
-from interp.fitting import BASELINES, concept_scores, fit_concept_probes, probe_quality, score_clips, text_embeddings
-from interp.records import (REALISED_MASS, ConceptNotes, GeneratedClips, concept_splits, content_yardstick,
-                            load_concept_notes, load_generated, prompt_yardstick)
+from interp.emergence import (PRIMARY_METRIC, RANDOM_PERCENTILE, distinct_positions, drift_tables, emergence,
+                              emergence_steps)
+from interp.fitting import (BASELINES, concept_scores, fit_concept_probes, probe_quality, resplit_quality,
+                            score_clips, text_embeddings)
+from interp.records import (REALISED_MASS, ConceptNotes, GeneratedClips, KnownTruth, ProbeScores, concept_splits,
+                            load_concept_notes, load_generated, load_known_truth)
+from interp.yardsticks import BY_NAME as YARDSTICK_KINDS
+from interp.yardsticks import YARDSTICKS, build_yardsticks
 
-OUTPUT_FILES = ("probe_quality.csv", "emergence.csv", "emergence_steps.csv", "drift.csv", "drift_summary.csv",
-                "probabilities.csv", summary.SUMMARY_JSON, summary.SUMMARY_MD)
+OUTPUT_FILES = ("probe_quality.csv", "emergence.csv", "emergence_steps.csv", "known_answers.csv", "known_order.csv",
+                "known_commitment.csv", "drift.csv", "drift_summary.csv", "probabilities.csv", summary.SUMMARY_JSON,
+                summary.SUMMARY_MD)
 SIDECAR = "stage6.json"
 EMBEDDER_KEYS = ("embedder", "model", "checkpoint_sha256", "window_policy", "dim")
 # Options of one space that the other does not read: given with the other space (other than their default),
 # they are refused rather than silently ignored. --embedder and --model are read by the embedding space only, and
 # ignored by the activation space, so that `make stage6 STAGE6_ARGS="--space activations"` runs as written.
-EMBEDDING_OPTIONS = {"probe": "logreg", "kind": "x0", "baseline": "instruments", "compare": False}
+EMBEDDING_OPTIONS = {"probe": "logreg", "kind": "x0", "baseline": "instruments", "compare": False, "resplits": 20}
+# The random probes of each space: a pool of random-concept probes (one fit each) here, probes on permuted labels
+# per concept, layer and fold there (far dearer: interp/activations.py).
+RANDOM_BASELINES = {"embeddings": 100, "activations": stage6_activations.RANDOM_BASELINES}
 ACTIVATION_OPTIONS = {"branch": "cond", "pool": "mean"}
 
 
@@ -73,11 +83,16 @@ def build_parser():
                         help="random concepts drawn as random instrument subsets matched in number of instruments "
                              "(instruments) or as random notes matched in number of notes (notes)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for every CI")
-    parser.add_argument("--random-baselines", type=int, default=20,
-                        help="random-concept probes per concept (--space activations: probes on permuted labels), "
-                             "giving the baseline distribution per position")
+    parser.add_argument("--random-baselines", type=int, default=None,
+                        help="random-concept probes in the pool every concept's probe is compared with, the "
+                             f"secondary specificity check (default {RANDOM_BASELINES['embeddings']}; --space "
+                             "activations: probes on permuted labels per concept and layer, default "
+                             f"{RANDOM_BASELINES['activations']})")
+    parser.add_argument("--resplits", type=int, default=20,
+                        help="fresh instrument splits of the NSynth notes over which probe quality is re-measured "
+                             "(median and range in probe_quality.csv); 0 skips them")
     parser.add_argument("--alpha", type=float, default=0.05,
-                        help="family-wise error rate (Bonferroni over every p-value in emergence.csv); "
+                        help="family-wise error rate (Holm over every AUROC p-value in emergence.csv); "
                              "CIs are 1 - alpha")
     parser.add_argument("--seed", type=int, default=0, help="seed for probes, baselines and resamples")
     parser.add_argument("--no-report", action="store_true", help="skip plots/ and report.html")
@@ -97,36 +112,74 @@ class Analysis:
     runs: dict                # position -> first position of its run of identical positions
 
 
-def analyse(args, generated: GeneratedClips, nsynth: ConceptNotes | None, family, splits: dict,
-            fitted: dict) -> Analysis:
+def analyse(args, generated: GeneratedClips, nsynth: ConceptNotes | None, family, splits: dict, fitted: dict,
+            known: KnownTruth | None, out: Path) -> Analysis:
     clips = generated.clips
+    level = 1.0 - args.alpha
     probe_scores = score_clips(family, fitted, nsynth, splits, generated.embeddings, args.baseline,
                                args.random_baselines, args.seed, progress=not args.no_progress)
-    quality = probe_quality(family, fitted, splits, nsynth, args.bootstrap, 1.0 - args.alpha, args.seed)
+    quality = probe_quality(family, fitted, splits, nsynth, args.bootstrap, level, args.seed)
+    resplits = resplit_quality(family, nsynth, args.resplits, args.seed, not args.no_progress).set_index("concept")
+    for column in resplits.columns:
+        quality[column] = quality["concept"].map(resplits[column])
 
-    # Emergence against every yardstick this run has, corrected as one family of tests.
-    prompt_ids, clip_prompt = np.unique(clips["prompt_id"].to_numpy(), return_inverse=True)
-    yardsticks = [prompt_yardstick(generated.annotated, clip_prompt, prompt_ids)]
-    if generated.content is not None:
-        yardsticks.append(content_yardstick(generated.content))
+    # Emergence against every yardstick this run has; AUROC corrected as one family of tests.
+    _, clip_prompt = np.unique(clips["prompt_id"].to_numpy(), return_inverse=True)
+    yardsticks = build_yardsticks(generated)
     names = [concept.name for concept in CONCEPTS]
-    table, n_tests = emergence(probe_scores, yardsticks, clip_prompt, clips["step"].to_numpy(), names,
-                               generated.axis.name, args.bootstrap, args.alpha, args.seed, not args.no_progress)
+    positions = clips["step"].to_numpy()
+    table, n_tests, resampled = emergence(probe_scores, yardsticks, clip_prompt, positions, names,
+                                          generated.axis.name, args.bootstrap, args.alpha, args.seed,
+                                          not args.no_progress)
     runs, distinct_by = distinct_positions(clips, generated.embeddings,
                                            None if generated.content is None else generated.content.mass)
-    steps_table = emergence_steps(table, runs)
-    drift, drift_summary = drift_tables(clips, generated.embeddings, runs, args.bootstrap, args.alpha, args.seed)
+    steps_table = emergence_steps(table, runs, resampled, level)
+
+    # Transfer: each probe against the generator's exact answer at the final position, beside its NSynth quality.
+    exact = next((yardstick.name for yardstick in yardsticks if YARDSTICK_KINDS[yardstick.name].exact), None)
+    if exact is not None:
+        final = steps_table[steps_table["yardstick"] == exact].set_index("concept")
+        quality["transfer_yardstick"] = exact
+        for column, source in (("transfer_step", "final_step"), ("transfer_auroc", "final_value"),
+                               ("transfer_auroc_low", "final_low"), ("transfer_auroc_high", "final_high")):
+            quality[column] = quality["concept"].map(final[source])
+        quality.loc[quality["transfer_auroc"].isna(), ["transfer_yardstick", "transfer_step"]] = np.nan
+
+    known_tables = {"known_answers.csv": pd.DataFrame(columns=known_answers.KNOWN_COLUMNS),
+                    "known_order.csv": pd.DataFrame(columns=known_answers.ORDER_COLUMNS),
+                    "known_commitment.csv": known_answers.known_commitment(known_answers.read_commitment_search(out))}
+    if known is not None and exact is not None:
+        exact_yardstick = next(yardstick for yardstick in yardsticks if yardstick.name == exact)
+        # The oracle: the exact posterior probability as a probe's score, through the very same rule (its own
+        # family of tests: it is the ceiling, not a claim of this run).
+        oracle = known_answers.oracle_scores(known.truth, clips, names)
+        oracle_table, _, oracle_resampled = emergence(
+            ProbeScores(oracle, None, np.zeros((len(names), 0, len(clips))), None), [exact_yardstick], clip_prompt,
+            positions, names, generated.axis.name, args.bootstrap, args.alpha, args.seed, progress=False)
+        oracle_steps = emergence_steps(oracle_table, runs, oracle_resampled, level)
+        captured = np.unique(positions)
+        answers = known_answers.known_answers(steps_table, oracle_steps, known.tables["emergence_truth"], exact,
+                                              captured, int(known.truth.steps[0]))
+        crossings = {name: statistics.level_crossings(captured, resampled[(exact, name)], runs) for name in names}
+        oracle_crossings = {name: statistics.level_crossings(captured, oracle_resampled[(exact, name)], runs)
+                            for name in names}
+        known_tables["known_answers.csv"] = answers
+        known_tables["known_order.csv"] = known_answers.known_order(answers, crossings, oracle_crossings, level)
+
     probabilities = pd.concat([clips[["prompt_id", "sample", "step", "kind", "path"]],
                                pd.DataFrame(probe_scores.scores, columns=names)], axis=1)
+    drift, drift_summary = drift_tables(clips, generated.embeddings, runs, args.bootstrap, args.alpha, args.seed)
     tables = {"probe_quality.csv": quality, "emergence.csv": table, "emergence_steps.csv": steps_table,
-              "drift.csv": drift, "drift_summary.csv": drift_summary, "probabilities.csv": probabilities}
+              **known_tables, "drift.csv": drift, "drift_summary.csv": drift_summary,
+              "probabilities.csv": probabilities}
     facts = {"trajectory_axis": generated.axis.record(), "n_tests": n_tests, "distinct_by": distinct_by,
-             "yardsticks": [yardstick.name for yardstick in yardsticks],
+             "yardsticks": [yardstick.name for yardstick in yardsticks], "exact_yardstick": exact,
              "embedder": {key: generated.sidecar.get(key) for key in EMBEDDER_KEYS}}
     return Analysis(tables, facts, probe_scores.scores, runs)
 
 
-def _input_fingerprint(data: Path, generated: GeneratedClips, nsynth: ConceptNotes | None) -> dict:
+def _input_fingerprint(data: Path, generated: GeneratedClips, nsynth: ConceptNotes | None, known: KnownTruth | None,
+                       out: Path) -> dict:
     fingerprint = {
         "annotated_sha256": sha256_file(data / "prompts" / "annotated.csv"),
         "index_sha256": table_sha256(generated.index),
@@ -134,8 +187,12 @@ def _input_fingerprint(data: Path, generated: GeneratedClips, nsynth: ConceptNot
         "generated_embeddings_sha256": sha256_file(generated.npy),
         "generated_sidecar": read_json(generated.npy.with_suffix(".json")),
     }
-    if generated.content is not None:
-        fingerprint["content_sha256"] = generated.content.sha256
+    for kind in YARDSTICKS:
+        fingerprint.update(kind.fingerprint(generated))
+    if known is not None:
+        fingerprint["truth_tables_sha256"] = known.sha256
+    if (out / known_answers.COMMITMENT_SEARCH).is_file():
+        fingerprint["commitment_search_sha256"] = sha256_file(out / known_answers.COMMITMENT_SEARCH)
     if nsynth is not None:
         fingerprint.update(notes_sha256=sha256_file(concepts_dir(data) / "notes.csv"),
                            sets_sha256=sha256_file(concepts_dir(data) / "sets.csv"),
@@ -148,6 +205,8 @@ def main(args) -> None:
     for option, default in other_space.items():
         if getattr(args, option) != default:
             raise InputError(f"--{option.replace('_', '-')} does not apply to --space {args.space} — drop it")
+    if args.random_baselines is None:
+        args.random_baselines = RANDOM_BASELINES[args.space]
     if args.space == "activations":
         stage6_activations.main(args)
         return
@@ -155,8 +214,9 @@ def main(args) -> None:
         raise InputError(f"--probe '{args.probe}' is unknown — choose from {', '.join(probe_families.FAMILIES)}")
     if args.baseline not in BASELINES:
         raise InputError(f"--baseline '{args.baseline}' is unknown — choose from {', '.join(BASELINES)}")
-    if args.bootstrap < 1 or args.random_baselines < 0 or not 0 < args.alpha < 1:
-        raise InputError("--bootstrap must be >= 1, --random-baselines >= 0 and --alpha in (0, 1) — fix the option")
+    if args.bootstrap < 1 or args.random_baselines < 0 or args.resplits < 0 or not 0 < args.alpha < 1:
+        raise InputError("--bootstrap must be >= 1, --random-baselines and --resplits >= 0 and --alpha in (0, 1) — "
+                         "fix the option")
     # Every fit and matrix here is small: BLAS/OpenMP threads only add synchronisation, which costs ~10x when
     # the cores are shared (measured: a 300 x 64 logistic fit 15 ms on one thread, 100 ms on two, under load).
     with threadpool_limits(limits=1):
@@ -169,13 +229,16 @@ def run(args) -> None:
     stem = _stem(args)
     generated = load_generated(data, stem, args.kind)
     nsynth = load_concept_notes(data, stem, generated, required=family_type.needs_notes)
+    known = load_known_truth(data, generated)
     out = results_dir(data, stem, args.probe, args.kind)
     analysis = Provenance(
         sidecar=out / SIDECAR,
-        record={"inputs": _input_fingerprint(data, generated, nsynth),
+        record={"inputs": _input_fingerprint(data, generated, nsynth, known, out),
                 "settings": {"probe": args.probe, "kind": args.kind, "baseline": args.baseline,
                              "bootstrap": args.bootstrap, "random_baselines": args.random_baselines,
-                             "alpha": args.alpha, "seed": args.seed, "baseline_percentile": BASELINE_PERCENTILE,
+                             "resplits": args.resplits, "alpha": args.alpha, "seed": args.seed,
+                             "primary_metric": PRIMARY_METRIC, "multiple_testing": "holm",
+                             "emergence_fraction": statistics.HALFWAY, "random_percentile": RANDOM_PERCENTILE,
                              "realised_mass": REALISED_MASS}},
         outputs=[out / name for name in OUTPUT_FILES] + ([] if args.no_report else [out / "report.html"]))
     comparison = compare.provenance(out, data, analysis.record, generated.intervened[0]) if args.compare else None
@@ -198,7 +261,7 @@ def run(args) -> None:
         scores, _ = concept_scores(family, fitted, generated.embeddings)
         steps_table = pd.read_csv(out / "emergence_steps.csv", keep_default_na=False, na_values=[""])
     else:
-        result = analyse(args, generated, nsynth, family, splits, fitted)
+        result = analyse(args, generated, nsynth, family, splits, fitted, known, out)
         record = {**analysis.record, **result.facts}
         scores, steps_table = result.scores, result.tables["emergence_steps.csv"]
     interventions = None
@@ -216,9 +279,9 @@ def run(args) -> None:
             write_csv(out / name, frame)
         summary.write_summary(out, record)
         if not args.no_report:
-            plots.write_plots(out, result.tables["emergence.csv"], result.tables["drift_summary.csv"],
-                              generated.clips, generated.embeddings, result.runs, generated.axis.unit,
-                              BASELINE_PERCENTILE)
+            plots.write_plots(out, result.tables["emergence.csv"], result.tables["emergence_steps.csv"],
+                              result.tables["drift_summary.csv"], generated.clips, generated.embeddings,
+                              generated.axis.unit)
     if interventions is not None:
         begin(comparison)
         compare_report.write_outputs(out / compare.COMPARE_DIR, interventions, generated_dir(data), out,
@@ -236,12 +299,12 @@ def run(args) -> None:
     commit(analysis, {**result.facts, "seconds": seconds,
                       "outputs": list(OUTPUT_FILES) + ([] if args.no_report else ["report.html", "plots/"])})
     steps_table = result.tables["emergence_steps.csv"]
-    status = steps_table[(steps_table["metric"] == "auroc") & (steps_table["yardstick"] == "prompt")]["status"]
     clips = generated.clips
-    print(f"{out}: AUROC against the prompts — {(status == 'emerged').sum()} of {len(CONCEPTS)} concepts emerged, "
-          f"{(status == 'transient').sum()} transient, over {clips['step'].nunique()} {generated.axis.unit}s of "
-          f"{clips['prompt_id'].nunique()} prompts ({', '.join(result.facts['yardsticks'])} yardsticks, "
-          f"Bonferroni over {result.facts['n_tests']} tests); {seconds} s")
+    counts = "; ".join(f"{yardstick}: {(group['status'] == 'emerged').sum()} emerged, "
+                       f"{(group['status'] == 'transient').sum()} transient"
+                       for yardstick, group in steps_table.groupby("yardstick", sort=False))
+    print(f"{out}: AUROC of {len(CONCEPTS)} concepts over {clips['step'].nunique()} {generated.axis.unit}s of "
+          f"{clips['prompt_id'].nunique()} prompts ({counts}; Holm over {result.facts['n_tests']} tests); {seconds} s")
 
 
 def _stem(args) -> str:

@@ -135,45 +135,83 @@ def percentile_interval(values: np.ndarray, level: float) -> tuple:
     return low, high
 
 
-def baseline_test(values, baselines) -> np.ndarray:
-    """Two-sided p-values that each value is one more draw from its random-concept baseline distribution.
+def clustered_auroc_test(y_true, scores, clusters) -> tuple[float, float, float]:
+    """AUROC, its mean and its standard deviation under "no information": the labels are exchangeable between
+    clusters (prompts), the scores fixed. Returns (auroc, null_mean, null_sd).
 
-    values [m]; baselines [m, n_baselines] (NaN = missing). The null is "this concept's probe is just another
-    random probe", so the statistic is the t for a new observation from the baselines' normal sample,
-    t = (value - mean) / (sd * sqrt(1 + 1/n)) with n - 1 degrees of freedom. A one-sample t-test of the
-    baselines' mean against the value (TCAV's ttest_1samp) shrinks its denominator with sqrt(n): with 20
-    baselines a random concept, itself one such draw, would be called significant about a quarter of the
-    time even after Bonferroni; this test keeps the stated rate. NaN where fewer than 3 baselines or no spread.
+    The null permutes whole label blocks among clusters of the same size and, inside a block, which clip gets
+    which label (the samples of a prompt are interchangeable); the samples of one prompt are correlated, so
+    exchanging clips one by one (Mann-Whitney's null) would understate the variance. AUROC is linear in the
+    positives' rank sum U = sum_p sum_j r_pj y_pj, whose permutation mean and variance are exact: per cluster
+    size m with n clusters, rank sums R_p, positives S_q and within-cluster rank variance v_p,
+        E[U]   = sum_p R_p * mean(S) / m,
+        Var(U) = Var_q(S) * sum_p (R_p/m - mean R/m)^2 * n / (n - 1)          (which block goes where; Wald and
+                 + sum_p v_p * mean_q[S_q (m - S_q) / (m - 1)]                  Wolfowitz 1944; Hoeffding 1951)
+    (the second term: S_q of the m ranks drawn without replacement). With one clip per cluster and no ties this
+    is Mann-Whitney's n+ n- (N + 1) / 12. Mid-ranks make ties exact. NaN where a class is missing.
     """
-    values = np.atleast_1d(np.asarray(values, np.float64))
-    baselines = np.atleast_2d(np.asarray(baselines, np.float64))
-    count = np.isfinite(baselines).sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows are expected (concepts without probes)
-        mean = np.nanmean(baselines, axis=1)
-        spread = np.nanstd(baselines, axis=1, ddof=1)
-        statistic = (values - mean) / (spread * np.sqrt(1.0 + 1.0 / count))
-    usable = np.isfinite(statistic) & (count >= 3) & (spread > 0)
-    pvalues = np.full(len(values), np.nan)
-    pvalues[usable] = 2.0 * stats.t.sf(np.abs(statistic[usable]), df=count[usable] - 1)
-    return pvalues
+    y = np.asarray(y_true, bool)
+    scores = np.asarray(scores, np.float64)
+    n_positive, n_negative = int(y.sum()), int((~y).sum())
+    if not n_positive or not n_negative:
+        return np.nan, np.nan, np.nan
+    ranks = stats.rankdata(scores)
+    _, cluster, sizes = np.unique(np.asarray(clusters), return_inverse=True, return_counts=True)
+    rank_sums = np.bincount(cluster, ranks)
+    square_sums = np.bincount(cluster, ranks ** 2)
+    positives = np.bincount(cluster, y.astype(np.float64))
+    mean = variance = 0.0
+    for m in np.unique(sizes):
+        same = sizes == m
+        n = int(same.sum())
+        block_means, block_positives = rank_sums[same] / m, positives[same]
+        mean += block_means.sum() * block_positives.mean()
+        if n > 1:
+            variance += (np.sum((block_means - block_means.mean()) ** 2) * np.sum((block_positives - block_positives.mean()) ** 2)
+                         / (n - 1))
+        if m > 1:
+            within = square_sums[same] / m - block_means ** 2
+            variance += within.sum() * np.mean(block_positives * (m - block_positives) / (m - 1))
+    pairs = n_positive * n_negative
+    offset = n_positive * (n_positive + 1) / 2.0
+    return ((ranks[y].sum() - offset) / pairs, (mean - offset) / pairs, float(np.sqrt(max(variance, 0.0))) / pairs)
 
 
-def bonferroni(pvalues: np.ndarray) -> np.ndarray:
-    """Bonferroni-adjusted p-values; the family is every finite p-value passed in (NaN stays NaN)."""
+def two_sided_p(values, null_means, null_sds) -> np.ndarray:
+    """Normal two-sided p-values of (value - null mean) / null sd; 1 where the null has no spread (the statistic
+    is then constant under the null), NaN where the value is undefined."""
+    values, means, sds = (np.asarray(x, np.float64) for x in (values, null_means, null_sds))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = np.where(sds > 0, (values - means) / np.where(sds > 0, sds, 1.0), 0.0)
+    p = 2.0 * stats.norm.sf(np.abs(z))
+    return np.where(np.isfinite(values) & np.isfinite(sds), p, np.nan)
+
+
+def holm(pvalues) -> np.ndarray:
+    """Holm's step-down adjusted p-values over every finite p-value passed in (NaN stays NaN).
+
+    Holm (1979) controls the family-wise error rate under any dependence between the tests, as Bonferroni does,
+    and rejects everything Bonferroni rejects and more: the k-th smallest p-value is multiplied by (m - k + 1),
+    not m, and the adjusted values are made monotone."""
     pvalues = np.asarray(pvalues, np.float64)
-    tests = int(np.isfinite(pvalues).sum())
-    return np.minimum(pvalues * tests, 1.0)
+    adjusted = np.full(pvalues.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(pvalues.ravel()))
+    if finite.size:
+        order = finite[np.argsort(pvalues.ravel()[finite], kind="stable")]
+        scaled = pvalues.ravel()[order] * (finite.size - np.arange(finite.size))
+        flat = adjusted.ravel()
+        flat[order] = np.minimum(np.maximum.accumulate(scaled), 1.0)
+        adjusted = flat.reshape(pvalues.shape)
+    return adjusted
 
 
-def directions(values, baseline_means) -> np.ndarray:
-    """'above' / 'below' the random probes' mean per value ('' where either is undefined): the side a
-    two-sided baseline test rejects on, so a significant cell says which way it differs."""
+def directions(values, references) -> np.ndarray:
+    """'above' / 'below' the reference (chance, or the null's mean) per value ('' where either is undefined)."""
     values = np.asarray(values, np.float64)
-    means = np.asarray(baseline_means, np.float64)
+    references = np.asarray(references, np.float64)
     result = np.full(values.shape, "", dtype=object)
-    result[values > means] = "above"
-    result[values < means] = "below"
+    result[values > references] = "above"
+    result[values < references] = "below"
     return result
 
 
@@ -204,13 +242,17 @@ def distinct_positions(values, trajectory, positions, atol: float = 0.0, rtol: f
 
 
 EMERGENCE_STATUSES = ("emerged", "transient", "never", "undefined")
+# The emergence step is where a curve first reaches, for good, this fraction of the way from chance to its final
+# value (a relative criterion: the probe's own final readability is the scale, as a half-maximum latency).
+HALFWAY = 0.5
+CHANCE = 0.5
 
 
 @dataclass(frozen=True)
 class Emergence:
-    """How a concept's curve relates to its random baseline along the trajectory.
+    """Where a concept's curve is *above* (its test is significant above chance) along the trajectory.
 
-    status: 'emerged' (above at the final distinct position, emergence_step = first position of the run of
+    status: 'emerged' (above at the final distinct position; significant_from = first position of the run of
     distinct positions above that reaches the end), 'transient' (above at some position, not at the end),
     'never' (never above), 'undefined' (no value at any position: no probe, or no positive/negative clip).
     first_above / last_above: the first and last captured positions that are above (None if never).
@@ -218,30 +260,33 @@ class Emergence:
     positions with a value.
     """
     status: str
-    emergence_step: int | None
+    significant_from: int | None
     first_above: int | None
     last_above: int | None
     distinct_above: int
     n_distinct: int
 
 
-def emergence_status(positions, lower_bounds, thresholds, runs: dict | None = None) -> Emergence:
-    """Classify a curve: a position is *above* when the metric's lower CI bound exceeds the baseline threshold.
+def _runs_of(positions: np.ndarray, runs: dict | None) -> tuple[np.ndarray, list]:
+    """Per position the first position of its run of identical positions, and the runs in order."""
+    runs = runs or {}
+    run_of = np.array([runs.get(int(position), int(position)) for position in positions])
+    return run_of, list(dict.fromkeys(run_of))
+
+
+def emergence_status(positions, above, defined, runs: dict | None = None) -> Emergence:
+    """Classify a curve from which positions are above (bool) and which have a value (bool).
 
     `runs` maps each position to the first position of its run of identical positions (distinct_positions);
     a run counts as one position, and it is above only when every position in it is. Positions without a
-    value (NaN bound or threshold) count as not above; they are left out of n_distinct.
+    value count as not above; they are left out of n_distinct.
     """
     order = np.argsort(np.asarray(positions), kind="stable")
     positions = np.asarray(positions)[order]
-    lower = np.asarray(lower_bounds, np.float64)[order]
-    threshold = np.asarray(thresholds, np.float64)[order]
-    defined = np.isfinite(lower) & np.isfinite(threshold)
-    above = defined & (np.where(defined, lower, 0.0) > np.where(defined, threshold, 0.0))
-    runs = runs or {}
-    run_of = np.array([runs.get(int(position), int(position)) for position in positions])
+    defined = np.asarray(defined, bool)[order]
+    above = np.asarray(above, bool)[order] & defined
+    run_of, run_ids = _runs_of(positions, runs)
     # One entry per distinct position (run): above only if all its positions are, defined if any is.
-    run_ids = list(dict.fromkeys(run_of))
     run_above = np.array([above[run_of == run].all() for run in run_ids], bool)
     run_defined = np.array([defined[run_of == run].any() for run in run_ids], bool)
     if not run_defined.any():
@@ -258,10 +303,45 @@ def emergence_status(positions, lower_bounds, thresholds, runs: dict | None = No
     return Emergence("emerged", int(run_ids[start]), first_above, last_above, len(run_ids) - start, n_distinct)
 
 
-def emergence_step(steps, lower_bounds, thresholds):
-    """First step from which the lower CI bound exceeds the baseline threshold at that and every later step
-    (None when the final step itself is not above). Same as emergence_status(...).emergence_step."""
-    return emergence_status(steps, lower_bounds, thresholds).emergence_step
+def level_crossings(positions, curves, runs: dict | None = None, fraction: float = HALFWAY) -> np.ndarray:
+    """Per curve (row of `curves` [n_curves, n_positions], positions ascending): the first position from which
+    the curve stays at or above chance + fraction * (its final value - chance) to the end, moved back to the first
+    position of its run of identical positions. +inf where the final value is not above chance (the curve never
+    leaves chance for good), NaN where it is undefined (one class drawn).
+
+    For the exact posterior, whose final AUROC against the final content is 1, this is the planted emergence
+    step's rule (data/truth.py: AUROC >= 0.75 from that step on); a probe's final AUROC is lower, and its curve
+    is held to its own final value rather than to a level it may never reach.
+    """
+    positions = np.asarray(positions)
+    curves = np.atleast_2d(np.asarray(curves, np.float64))
+    final = curves[:, -1]
+    level = CHANCE + fraction * (final - CHANCE)
+    at_or_above = np.nan_to_num(curves, nan=-np.inf) >= level[:, None]
+    # The final stretch of positions at or above: its first position, snapped to the first position of its run
+    # of identical positions (the clips there are the same content, so the crossing happened by then).
+    below = ~at_or_above
+    last_below = np.where(below.any(axis=1), curves.shape[1] - 1 - np.argmax(below[:, ::-1], axis=1), -1)
+    start = np.clip(last_below + 1, 0, curves.shape[1] - 1)
+    run_of, _ = _runs_of(positions, runs)
+    crossing = run_of[start].astype(np.float64)
+    crossing[~(final > CHANCE)] = np.inf
+    crossing[~np.isfinite(final)] = np.nan
+    return crossing
+
+
+def crossing_interval(crossings, level: float) -> tuple[float, float]:
+    """Percentile interval of resampled crossing positions (level_crossings over bootstrap rows). Positions are
+    discrete, so the bounds are observed positions (the lower quantile rounds down, the upper up); +inf (the
+    curve stayed at chance) counts as later than every position, so an upper bound of +inf says that in more
+    than (1 - level)/2 of the resamples the concept did not emerge. NaN rows (undefined) are left out."""
+    crossings = np.asarray(crossings, np.float64)
+    crossings = crossings[~np.isnan(crossings)]
+    if not crossings.size:
+        return np.nan, np.nan
+    tail = (1.0 - level) / 2.0
+    return (float(np.quantile(crossings, tail, method="lower")),
+            float(np.quantile(crossings, 1.0 - tail, method="higher")))
 
 
 def random_note_sets(train_rows: np.ndarray, n_positive: int, n_total: int, rng: np.random.Generator):
@@ -272,25 +352,45 @@ def random_note_sets(train_rows: np.ndarray, n_positive: int, n_total: int, rng:
     return rows, labels
 
 
-def random_instrument_sets(train_rows: np.ndarray, instrument_of_row: np.ndarray, n_positive_instruments: int,
+def random_instrument_sets(train_rows: np.ndarray, memberships: np.ndarray, n_positive_instruments: int,
                            n_negative_instruments: int, rng: np.random.Generator):
     """A random concept drawn instrument by instrument, matched in NUMBER OF INSTRUMENTS.
 
-    Draws n_positive_instruments of the train instruments as positives and n_negative_instruments of the
-    others as negatives; every train note of a drawn instrument takes its side's label. Probes are trained
-    and tested on disjoint instruments, so the null they are compared with must also vary by instrument: a
-    note-by-note draw mixes every instrument into both classes and gives a narrower null. The counts are
-    capped so that both sides have at least one instrument and do not overlap.
+    `memberships` int [n_examples, max_parts]: every instrument an example sounds (a mix: each part's; -1
+    pads). Draws n_positive_instruments of the train instruments as positives and n_negative_instruments of
+    the others as negatives: an example is positive when one of its parts is a positive instrument and every
+    part was drawn, negative when every part is a negative instrument (as a family concept reads a mix);
+    examples sounding an undrawn instrument are left out. Probes are trained and tested on disjoint
+    instruments, so the null they are compared with must also vary by instrument: a note-by-note draw mixes
+    every instrument into both classes and gives a narrower null. The counts are capped so that both sides
+    have at least one instrument and do not overlap.
     """
-    instruments = np.unique(instrument_of_row[train_rows])
+    parts = np.asarray(memberships)[train_rows]
+    instruments = np.unique(parts[parts >= 0])
     n_positive = int(np.clip(n_positive_instruments, 1, len(instruments) - 1))
     n_negative = int(np.clip(n_negative_instruments, 1, len(instruments) - n_positive))
     drawn = rng.permutation(instruments)[:n_positive + n_negative]
-    positive = np.isin(instrument_of_row[train_rows], drawn[:n_positive])
-    negative = np.isin(instrument_of_row[train_rows], drawn[n_positive:])
+    padding = parts < 0
+    in_positive = np.isin(parts, drawn[:n_positive])
+    in_negative = np.isin(parts, drawn[n_positive:])
+    positive = in_positive.any(axis=1) & (in_positive | in_negative | padding).all(axis=1)
+    negative = (in_negative | padding).all(axis=1) & ~padding.all(axis=1)
     rows = np.concatenate([train_rows[positive], train_rows[negative]])
     labels = np.concatenate([np.ones(positive.sum(), int), np.zeros(negative.sum(), int)])
     return rows, labels
+
+
+def multi_cluster_weights(memberships: np.ndarray, n_clusters: int, n_resamples: int,
+                          rng: np.random.Generator) -> np.ndarray:
+    """[n_resamples, n_items] weights of a cluster bootstrap where an item belongs to several clusters (a mix
+    sounds several instruments): clusters are drawn as in cluster_weights and an item's weight is the product
+    of its clusters' multiplicities, as in Owen's (2007) pigeonhole bootstrap for crossed factors: a mix of
+    instruments A and B appears once for every draw of A together with every draw of B. `memberships` int
+    [n_items, max_parts], -1 pads."""
+    memberships = np.asarray(memberships)
+    drawn = np.concatenate([cluster_weights(n_clusters, n_resamples, rng), np.ones((n_resamples, 1))], axis=1)
+    # The padding (-1) reads the column of ones.
+    return np.prod(drawn[:, np.where(memberships >= 0, memberships, n_clusters)], axis=2)
 
 
 def trajectory_drift(embeddings: np.ndarray, trajectory: np.ndarray, steps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

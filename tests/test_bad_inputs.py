@@ -52,7 +52,7 @@ ARGS = {
     3: ["--embedder", "spectral", "--workers", "0"],
     4: ["--nsynth-dir", "{data}/" + NSYNTH],
     5: ["--embedder", "spectral", "--workers", "0"],
-    6: ["--embedder", "spectral", "--bootstrap", "20", "--random-baselines", "2", "--no-report"],
+    6: ["--embedder", "spectral", "--bootstrap", "20", "--random-baselines", "2", "--resplits", "1", "--no-report"],
     "render": ["--pitch-step", "24", "--velocities", "100", "--dyad-velocity", "0"],
 }
 
@@ -414,6 +414,12 @@ def stage5_chunks_unfinished(data: Path):
     npy.with_suffix(".json").unlink()
 
 
+def truth_part_changed(data: Path):
+    """A truth part rewritten after the truth tables were derived from it (a killed regeneration)."""
+    part = sorted((data / "generated" / "truth").glob("*.csv"))[0]
+    part.write_text(part.read_text() + "\n")
+
+
 def write_entry(entry: dict):
     """An intervention spec of one entry beside --data (stage 2 reads it with --intervene {data}/../spec.json)."""
     def corrupt(data: Path):
@@ -762,6 +768,8 @@ CASES = [
          ("not made under the current generation.json",)),
     Case("s6-stage5-chunks-unfinished", 6, stage5_chunks_unfinished,
          ("spectral.npy: missing — stage 5 is unfinished", "chunks are missing", "owned by shard 1/2")),
+    Case("s6-truth-tables-stale", 6, truth_part_changed, ("truth_tables", "made from another", "rerun stage 2")),
+    Case("s6-negative-resplits", 6, None, ("--resplits",), extra=("--resplits", "-1")),
     Case("s6-typo-data", 6, None, ("annotated.csv: missing — run stage 1 first", "is it the folder you meant"),
          extra=("--data", "{data}-typo"), subprocess=True),
 

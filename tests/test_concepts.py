@@ -163,7 +163,7 @@ def test_stage4_sends_two_instruments_of_a_four_instrument_family_to_test():
     import numpy as np
     import pandas as pd
 
-    from interp.stage4_concept_sets import split_instruments
+    from interp.instrument_split import split_instruments
     families = {"vocal": 4, "brass": 6, "flute": 3}
     rows = [{"instrument_str": f"{family}_acoustic_{family[:1]}{i:02d}", "family": family}
             for family, count in families.items() for i in range(count) for _ in range(2)]

@@ -6,7 +6,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import KFold, cross_val_predict
 
 from data.concepts import CONCEPTS
-from interp import fitting
+from interp import fitting, statistics
 from interp.activations import (fold_count, out_of_fold_scores, permutation_scores, probe_direction, probe_quality,
                                 score_layers)
 from interp.emergence import emergence, emergence_columns, emergence_steps
@@ -64,8 +64,8 @@ def test_too_few_prompts_of_a_class_means_no_probe():
 
 def test_the_emergence_computation_finds_the_layer_a_concept_becomes_readable_from():
     """Scores carry the label from layer 3 on and are noise before: the emergence layer is 3, the permuted-label
-    baselines sit near chance, and a concept no prompt asks for has empty metrics with a note. Bonferroni runs over
-    every p-value of the table, every metric included, as in embedding space."""
+    baselines (the secondary check) sit near chance, and a concept no prompt asks for has empty metrics with a
+    note. Holm runs over every AUROC p-value of the table, as in embedding space."""
     rng = np.random.default_rng(4)
     n_prompts, samples, layers = 20, 2, [1, 2, 3, 4]
     prompt_labels = np.stack([np.arange(n_prompts) % 2 == 0, np.zeros(n_prompts, bool)], axis=1)
@@ -79,19 +79,18 @@ def test_the_emergence_computation_finds_the_layer_a_concept_becomes_readable_fr
     with np.errstate(invalid="ignore"):
         probe_scores = ProbeScores(scores, scores >= 0.5, baseline_scores, baseline_scores >= 0.5)
     yardstick = Yardstick("prompt", prompt_labels[clip_prompt], "asks for", "prompt")
-    table, n_tests = emergence(probe_scores, [yardstick], clip_prompt, clip_layer, ["planted", "absent"], "layer",
-                               n_resamples=200, alpha=0.05, seed=0, progress=False)
+    table, n_tests, resampled = emergence(probe_scores, [yardstick], clip_prompt, clip_layer, ["planted", "absent"],
+                                          "layer", n_resamples=200, alpha=0.05, seed=0, progress=False)
     assert list(table.columns) == emergence_columns() and set(table["trajectory_axis"]) == {"layer"}
-    metrics = ("accuracy", "tpr", "tnr", "balanced_accuracy", "auroc")
-    assert n_tests == int(table[[f"{metric}_p" for metric in metrics]].notna().to_numpy().sum()) == 5 * 4
-    np.testing.assert_allclose(table["auroc_p_bonferroni"], np.minimum(table["auroc_p"] * n_tests, 1.0))
+    assert n_tests == int(table["auroc_p"].notna().sum()) == 4
+    np.testing.assert_allclose(table["auroc_p_holm"], statistics.holm(table["auroc_p"].to_numpy(float)))
     planted = table[table["concept"] == "planted"].set_index("step")
     assert planted.loc[4, "auroc"] == 1.0 and planted.loc[4, "auroc_significant"]
     assert planted.loc[4, "auroc_direction"] == "above"
-    assert abs(planted.loc[3, "auroc_baseline_mean"] - 0.5) < 0.15
+    assert abs(planted.loc[3, "auroc_random_mean"] - 0.5) < 0.15
     assert table[table["concept"] == "absent"]["auroc"].isna().all()
     assert (table[table["concept"] == "absent"]["note"] != "").all()
-    steps = emergence_steps(table, runs=None).set_index(["concept", "metric"])
+    steps = emergence_steps(table, None, resampled, 0.95).set_index(["concept", "metric"])
     assert steps.loc[("planted", "auroc"), "emergence_step"] == 3 and steps.loc[("planted", "auroc"), "status"] == \
         "emerged"
     assert pd.isna(steps.loc[("absent", "auroc"), "emergence_step"])

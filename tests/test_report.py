@@ -57,13 +57,17 @@ def test_every_audio_player_links_an_existing_wav(report):
 def test_overview_shows_both_yardsticks_side_by_side(report):
     _, path = report
     page = path.read_text(encoding="utf-8")
-    overview = page[page.index("<h2>Overview</h2>"):page.index("<h2>Figures</h2>")]
-    assert "emergence (AUROC) vs prompts" in overview and "emergence (AUROC) vs realised content" in overview
+    overview = page[page.index("<h2>Overview</h2>"):page.index("<h2>Known answers</h2>")]
+    assert "emergence vs prompts" in overview and "emergence vs final content" in overview
     brass = next(line for line in overview.splitlines() if "#concept-is_brass'" in line)
-    # Brass emerges at step 40 against both yardsticks; its probe quality has no CI (one test instrument).
-    assert brass.count("<b>emerged</b> at step 40") == 2
+    # Brass emerges at step 40 [40, 40] against both yardsticks; its probe quality has no CI (one test instrument).
+    assert brass.count("<b>emerged</b> at step 40 <span class='muted'>[40, 40]") == 2
     assert "come from one instrument" in brass
     assert "transient" in overview or "never" in overview
+    # The known answers: planted against recovered, per concept, with the oracle beside.
+    known = page[page.index("<h2>Known answers</h2>"):page.index("<h2>Figures</h2>")]
+    brass = next(line for line in known.splitlines() if ">is_brass<" in line)
+    assert "inside" in brass and "Recovered" in known
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):

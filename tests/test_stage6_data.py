@@ -12,6 +12,12 @@ final step (from `committed_from` on it stays at 1: the generator has committed)
 With `unrealised` > 0 that fraction of prompts does not realise the injected terms: their clips carry no
 direction, and their content gives those terms mass 0. So against the realised content an injected concept is
 read perfectly, against the prompts only as well as the prompts were followed.
+
+Truth (generated/truth/ and truth_tables/, `truth=True`; data/truth.py): at every position of the axis, each
+trajectory's content and, per concept a clip's labels can realise, a probability that the finished clip carries
+it: the final answer blended with noise, the answer's share rising linearly over PLANTED_RAMP steps from the
+concept's planted start (`planted`, default PLANTED_DEFAULT; 1 at the final step). The truth tables derive the
+planted emergence step from it as they do for the ideal model.
 """
 from pathlib import Path
 
@@ -20,11 +26,12 @@ import pandas as pd
 import soundfile as sf
 from stage_runs import stamp_parts
 
-from data.concepts import CONCEPTS, INSTRUMENT_GROUPS
+from data.concepts import BY_NAME, CONCEPTS, INSTRUMENT_GROUPS
 from data.contract import read_generated_index, read_notes, table_sha256
 from data.files import write_csv, write_json, write_npy, write_text
 from data.realised_content import content_part_path, format_content_part
 from data.soundfont import GM_PROGRAMS
+from data.truth import content_concepts, format_truth_part, truth_part_path, write_truth_tables
 from data.vocabulary import FAMILIES, QUALITIES, SOURCES, VOCABULARY, format_labels
 from interp.nsynth import note_of
 
@@ -49,6 +56,8 @@ def _program(family: str, source: str) -> int | None:
 
 
 # Drum kits heard only in mixes, an acoustic and an electronic one per side (GM_KITS numbers).
+PLANTED_RAMP = 25
+PLANTED_DEFAULT = 60
 _KITS = {"train": (("drum_256", 0), ("drum_281", 25)), "test": (("drum_296", 40), ("drum_280", 24))}
 
 
@@ -94,9 +103,10 @@ def _mixes(note_rows: list[dict], direction: dict, note_strength: float, rng, av
 def write_synthetic_data(root, n_prompts=30, samples=2, steps=tuple(range(0, 101, 10)), dim=64,
                          inject=None, strength=4.0, note_strength=3.0, n_instruments=48, notes_per_instrument=8, seed=0,
                          write_audio=True, kinds=("x0",), unrealised=0.0, content=True, committed_from=None,
-                         axis=("denoising_step", "step")) -> Path:
+                         axis=("denoising_step", "step"), truth=False, planted=None) -> Path:
     """Write prompts/annotated.csv, generated/{generation.json,index,content,audio,embeddings},
-    concepts/{notes,sets,embeddings}. content=False: a generator that records no realised content."""
+    concepts/{notes,sets,embeddings}. content=False: a generator that records no realised content; truth=True:
+    also generated/truth/ and truth_tables/ (`planted`: concept -> the step its truth starts rising)."""
     root = Path(root)
     inject = {"brass": 40} if inject is None else inject
     rng = np.random.default_rng(seed)
@@ -163,6 +173,8 @@ def write_synthetic_data(root, n_prompts=30, samples=2, steps=tuple(range(0, 101
             keyed = {(r["sample"], r["kind"], r["step"]): r for r in content_rows if r["prompt_id"] == prompt_id}
             ordered = [keyed[key] for key in zip(part["sample"], part["kind"], part["step"])]
             write_text(content_part_path(root / "generated", prompt_id), format_content_part(ordered, content_labels))
+    if truth:
+        _write_truth(root, rows, samples, steps, content_labels, unrealised_prompts, inject, planted or {}, seed)
     stamp_parts(root / "generated")
     index = read_generated_index(root)
     # The index reader sorts rows; keep embeddings aligned with the sorted order.
@@ -210,6 +222,36 @@ def write_synthetic_data(root, n_prompts=30, samples=2, steps=tuple(range(0, 101
     return root
 
 
+def _write_truth(root: Path, prompts: list[dict], samples: int, steps, labels: list[str], unrealised: set,
+                 inject: dict, planted: dict, seed: int) -> None:
+    """The truth parts at every axis position and the tables (module docstring)."""
+    final_step = max(steps)
+    concepts = content_concepts(labels)
+    rng = np.random.default_rng([seed, 17])
+    for p, prompt in enumerate(prompts):
+        own = prompt["labels"].split(";")
+        rows = []
+        # The content as write_synthetic_data records it: the prompt's labels, less unrealised injected terms.
+        held = [label for label in labels if label in own and not (label in inject and p in unrealised)]
+        finals = {name: BY_NAME[name].prompt_has(held) for name in concepts}
+        for sample in range(samples):
+            noise = rng.standard_normal((final_step + 1, len(concepts)))
+            for step in range(final_step + 1):
+                committed = step == final_step
+                growth = 1.0 if committed else 0.7 + 0.3 * step / max(final_step, 1)
+                mass = {label: growth * (label in held) for label in labels}
+                probability = {}
+                for k, name in enumerate(concepts):
+                    share = 1.0 if committed else float(np.clip((step - planted.get(name, PLANTED_DEFAULT)) /
+                                                                PLANTED_RAMP, 0.0, 1.0))
+                    value = share * finals[name] + (1 - share) * (0.5 + 0.25 * noise[step, k])
+                    probability[name] = float(np.clip(value, 0.0, 1.0))
+                rows.append({"prompt_id": prompt["prompt_id"], "sample": sample, "step": step, "sigma": None,
+                             "content": mass, "truth": probability})
+        write_text(truth_part_path(root / "generated", prompt["prompt_id"]), format_truth_part(rows, labels, concepts))
+    write_truth_tables(root / "generated", [prompt["prompt_id"] for prompt in prompts], list(steps))
+
+
 def test_synthetic_data_passes_the_contract(tmp_path):
     from data.contract import check_same_embedder, read_annotated, read_embeddings, read_sets
     root = write_synthetic_data(tmp_path, n_prompts=6, samples=1, steps=(0, 5), write_audio=False)
@@ -228,7 +270,7 @@ def test_synthetic_data_passes_the_contract(tmp_path):
 
 
 _ANALYSED = {}
-STAGE6_ARGS = ["--embedder", EMBEDDER, "--bootstrap", "300", "--random-baselines", "10"]
+STAGE6_ARGS = ["--embedder", EMBEDDER, "--bootstrap", "300", "--random-baselines", "10", "--resplits", "3"]
 
 
 def analysed_data(tmp_path_factory) -> Path:
@@ -238,7 +280,8 @@ def analysed_data(tmp_path_factory) -> Path:
         from data.stage import run_stage
         from interp import stage6_probe
         root = write_synthetic_data(tmp_path_factory.mktemp("stage6"), n_prompts=40, samples=2,
-                                    steps=tuple(range(0, 101, 20)), inject={"brass": 40})
+                                    steps=tuple(range(0, 101, 20)), inject={"brass": 40}, truth=True,
+                                    planted={"is_brass": 20})
         assert run_stage(stage6_probe.main, stage6_probe.build_parser(), ["--data", str(root), *STAGE6_ARGS]) == 0
         _ANALYSED["root"] = root
     return _ANALYSED["root"]
