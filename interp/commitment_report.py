@@ -19,6 +19,12 @@ CURVE_COLUMNS = ["concept", "strength", "method", "from_step", "asked_by", "effe
                  "attenuation"]
 COLOURS = {"probe": "tab:orange", "truth": "tab:blue"}
 READER_TEXT = {"probe": "the stage-6 probe's P(concept)", "truth": "the realised content (the truth)"}
+# What one tick of a generator's intervention clock is called (DEVELOPERS.md, glossary).
+CLOCK_WORDS = {"denoising_step": "sampler step", "generated_position": "generated position"}
+
+
+def clock_word(clock: str) -> str:
+    return CLOCK_WORDS.get(clock, clock.replace("_", " "))
 
 
 def _step(value) -> object:
@@ -58,7 +64,7 @@ def note(search, reader: str, clock: str) -> str:
 def tables(searches, clock: str = "denoising_step") -> tuple[pd.DataFrame, pd.DataFrame]:
     """commitment_search.csv and commitment_curve.csv (data/ARTIFACTS.md)."""
     rows, curve = [], []
-    clock = clock.replace("_", " ")
+    clock = clock_word(clock)
     for search in searches:
         steps = search.steps
         for reader in search.readers:
@@ -161,9 +167,9 @@ def write_outputs(folder: Path, searches, clock: str) -> None:
     search_table, curve_table = tables(searches, clock)
     write_csv(folder / "commitment_search.csv", search_table)
     write_csv(folder / "commitment_curve.csv", curve_table)
-    plot(searches, folder / "commitment.png", clock.replace("_", " "))
+    plot(searches, folder / "commitment.png", clock_word(clock))
     uri = "data:image/png;base64," + base64.b64encode((folder / "commitment.png").read_bytes()).decode("ascii")
-    write_text(folder / "section.html", section_html(search_table, curve_table, uri, clock.replace("_", " ")))
+    write_text(folder / "section.html", section_html(search_table, curve_table, uri, clock_word(clock)))
 
 
 def headlines(searches) -> list[str]:

@@ -171,6 +171,9 @@ def steering_setting(args, generator, concept: str) -> SteeringSetting:
             raise InputError(f"--where {args.where!r}: 'prior' or comma-separated block numbers, e.g. 0,5") from None
     if args.mode not in MODES or args.rows not in ROWS:
         raise InputError(f"--mode {args.mode} / --rows {args.rows}: choose from {', '.join(MODES)} / {', '.join(ROWS)}")
+    if (where == PRIOR) == (args.direction is not None):
+        raise InputError("--direction: block steering needs the concept's direction file (interp/directions.py), and "
+                         "the prior takes none — pass --where BLOCKS with --direction FILE, or neither")
     direction = None
     if args.direction is not None:
         direction = str(Path(args.direction).expanduser().resolve())

@@ -1,8 +1,10 @@
 """The commitment search on the ideal model: the truth search against a brute-force sweep of every start step, and
 the command end to end (its tables, the probe refitted exactly as stage 6 fits it, resume after a kill, provenance,
 the study's own files untouched)."""
+import importlib
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -12,13 +14,18 @@ from test_ideal import synthetic_bank
 from test_planted import TOY
 from test_stage2 import PROMPTS, make_data, snapshot, stage2
 
+from data.directions import Direction
+from data.files import read_json
 from data.stage import run_stage
+from diffusion import GENERATORS
 from diffusion.bank import save_bank
 from diffusion.base import Conditioning
 from diffusion.commitment import Run, final_content
 from diffusion.ideal import IdealGenerator
+from diffusion.stage2_generate import build_parser as stage2_parser
+from diffusion.stage2_generate import main as stage2_main
 from diffusion.trajectory import TrajectorySettings, prompt_seed
-from interp import commitment_report, commitment_runs, commitment_search
+from interp import commitment_report, commitment_runs, commitment_search, report
 from interp.commitment_runs import SearchOptions, SearchRuns, SteeringSetting, search_concept
 from interp.commitment_statistics import Reading, Resamples, random_directions_of, step_effect
 from interp.records import load_generated
@@ -116,11 +123,15 @@ def test_the_search_writes_both_methods_and_leaves_the_study_alone(study, capsys
     steps = [int(step) for step in truth["steps_evaluated"].split(";")]
     for method in ("probe", "truth"):
         assert curve.loc[curve["method"] == method, "from_step"].tolist() == steps
-    assert "Commitment step, searched to one denoising step" in (folder / "section.html").read_text()
+    assert "Commitment step, searched to one sampler step" in (folder / "section.html").read_text()
     # The study's clips, index and analysis are as they were; the search's runs live in its own folder.
     assert {part: snapshot(data) for part in ("generated",)} == before
     assert all(path.read_bytes() == content for path, content in study_files.items())
     assert (folder / "runs" / "interventions").is_dir()
+    # Stage 6's report includes the search's section.
+    results = folder.parent
+    page = report.write_report(results, data, read_json(results / "stage6.json"), {}).read_text()
+    assert "id='commitment-search'" in page and "is_keyboard" in page
     assert "up to date" not in capsys.readouterr().out
     assert search(argv) == 0 and "up to date" in capsys.readouterr().out
 
@@ -158,3 +169,28 @@ def test_a_killed_search_resumes_byte_identical_and_changed_settings_are_refused
     assert search(argv[:-1], "--bootstrap", "50", "--no-progress") == 2
     error = capsys.readouterr().err.strip()
     assert error.startswith("error: ") and "bootstrap" in error and len(error.splitlines()) == 1
+
+
+def test_block_steering_with_a_direction_file_goes_through_the_same_search(study, monkeypatch, tmp_path):
+    """A backend that steers its blocks (tests/toy_backend.py, as Stable Audio's DiT blocks): the concept's
+    direction file and random directions of its norms, found by the same bisection; no truth, so the probe alone."""
+    toy = importlib.import_module("tests.toy_backend")
+    monkeypatch.setitem(GENERATORS, "toy", "tests.toy_backend:ToyGenerator")
+    source, _ = study
+    data = tmp_path / "data"
+    for part in ("prompts", "concepts"):
+        shutil.copytree(source / part, data / part)
+    assert run_stage(stage2_main, stage2_parser(), ["--data", str(data), "--generator", "toy", "--steps", "8",
+                                                    "--samples", "1", "--no-progress"]) == 0
+    vectors = np.random.default_rng(0).standard_normal((toy.BLOCKS, toy.DIM))
+    direction = Direction(vectors, range(toy.BLOCKS), "is_keyboard", "probe").save(tmp_path / "is_keyboard")
+    argv = ["--data", str(data), "--embedder", "spectral", "--workers", "0", "--generator", "toy", "--steps", "8",
+            "--concept", "is_keyboard", "--where", "1", "--direction", str(direction), "--strength", "2",
+            "--prompts", "3", "--samples", "2", "--random-directions", "3", "--bootstrap", "50", "--no-progress"]
+    assert search(argv) == 0
+    folder = commitment_search.results_folder(data, "spectral", "logreg", "x0")
+    table = pd.read_csv(folder / "commitment_search.csv")
+    assert table["method"].tolist() == ["probe"] and "blocks 1" in table.loc[0, "note"]
+    assert "sampler step clock" in table.loc[0, "note"]
+    runs = sorted(path.name for path in (folder / "runs" / "interventions").iterdir())
+    assert "is_keyboard_is_keyboard_B1_s2_k0" in runs and "is_keyboard_random2_B1_s2_k0" in runs
