@@ -132,7 +132,7 @@ def section_html(search_table: pd.DataFrame, curve_table: pd.DataFrame, image_ur
              "directions of the same norm, found by bisection over k. At each k the steered runs are paired by seed "
              "with unsteered ones; a run's change is read by the stage-6 probe (P(concept)) and, where the generator "
              "knows what it made, by the realised content (the truth). Intervals resample prompts and random "
-             "directions (pigeonhole bootstrap); the commitment step's interval comes from resampling the whole "
+             "directions (every prompt has its own); the commitment step's interval comes from resampling the whole "
              "search (commitment_search.csv, commitment_curve.csv).</p>",
              "<table><tr><th class='text'>concept</th><th>strength</th><th class='text'>read by</th>"
              "<th>commitment " + escape(clock) + "</th><th>interval</th><th class='text'>steps evaluated</th>"

@@ -12,8 +12,8 @@ as they are:
     <results>/commitment/embeddings/    reference.npy and one matrix per (setting, start step): every steered
                                         run's final clips (embeddings/run.py embed_files, chunked and resumable)
 
-A start step k is evaluated once per setting: the concept direction on every prompt, random direction r on the
-prompts it is assigned to (interp/commitment_statistics.py), all from tick k on. Two readers turn a final clip into
+A start step k is evaluated once per setting: the concept direction on every prompt, and each prompt's own random
+directions on it (interp/commitment_statistics.py), all from tick k on. Two readers turn a final clip into
 a number: "probe", the stage-6 probe's P(concept) on its embedding, and "truth", for a generator that knows what
 it made (data/truth.py), the realised concept at the last step (1 or 0).
 """
@@ -118,14 +118,13 @@ class SearchRuns:
         return np.load(out, allow_pickle=False)
 
     def steered(self, setting: SteeringSetting, from_step: int, prompt_ids: Sequence[str],
-                n_random: int, per_prompt: int) -> pd.DataFrame:
+                per_prompt: int) -> pd.DataFrame:
         """Every steered run of one start step (generated where not yet made): their final clips. The concept
-        direction runs on every prompt, random direction r on its prompts."""
+        direction runs on every prompt, each prompt's own random directions on it alone."""
         prompt_ids = sorted(prompt_ids)
-        assigned = {p: random_directions_of(number, per_prompt, n_random) for number, p in enumerate(prompt_ids)}
         runs = [(setting.steering("concept", from_step), tuple(prompt_ids))]
-        runs += [(setting.steering("random", from_step, r), tuple(p for p in prompt_ids if r in assigned[p]))
-                 for r in range(n_random)]
+        runs += [(setting.steering("random", from_step, seed), (prompt_id,))
+                 for number, prompt_id in enumerate(prompt_ids) for seed in random_directions_of(number, per_prompt)]
         # One spec per set of prompts: the intervened-run runner generates each of its interventions on all of them.
         by_prompts: dict[tuple, list] = {}
         for steering, chosen in runs:
@@ -134,7 +133,8 @@ class SearchRuns:
         for chosen, steerings in by_prompts.items():
             spec = InterventionSpec(self.folder, "", tuple(steerings), chosen, self.settings.samples, (self.last,))
             plan = plan_interventions(self.runs, self.settings, spec, record)
-            run_interventions(self.generator, self.prompts, plan, progress=self.progress)
+            # The search's own bar tracks the steps; one bar per prompt's random runs would only be noise.
+            run_interventions(self.generator, self.prompts, plan, progress=False)
         return pd.concat([self.clips(intervention_dir(self.runs, steering.id), steering.id, chosen)
                           for steering, chosen in runs], ignore_index=True)
 
@@ -161,28 +161,28 @@ def truth_values(runs: Path, clips: pd.DataFrame, concept: str) -> np.ndarray:
 
 
 def reading(reference: pd.DataFrame, reference_values: np.ndarray, clips: pd.DataFrame, values: np.ndarray,
-            concept_run: str, random_runs: Sequence[str], prompt_ids: Sequence[str]) -> Reading:
+            setting: SteeringSetting, from_step: int, prompt_ids: Sequence[str], per_prompt: int) -> Reading:
     """The changes (steered minus reference, paired by prompt and sample) of one reader at one start step, over
-    the trajectories of `prompt_ids` in (prompt, sample) order."""
+    the trajectories of `prompt_ids` in (prompt, sample) order; random slot j of a trajectory is its prompt's j-th
+    own direction."""
+    prompt_ids = sorted(prompt_ids)
     base = pd.Series(reference_values, index=pd.MultiIndex.from_frame(reference[["prompt_id", "sample"]]))
-    chosen = reference[reference["prompt_id"].isin(set(prompt_ids))]
-    keys = pd.MultiIndex.from_frame(chosen[["prompt_id", "sample"]])
     steered = pd.Series(values, index=pd.MultiIndex.from_frame(clips[["run", "prompt_id", "sample"]]))
-
-    def change(run_id: str) -> np.ndarray:
-        mine = steered.xs(run_id, level="run") if run_id in steered.index.get_level_values("run") else \
-            pd.Series(dtype=float)
-        return (mine.reindex(keys) - base.reindex(keys)).to_numpy(np.float64)
-
-    return Reading(change(concept_run), np.stack([change(run_id) for run_id in random_runs], axis=1))
+    chosen = reference[reference["prompt_id"].isin(set(prompt_ids))]
+    keys = list(zip(chosen["prompt_id"], chosen["sample"]))
+    number = {prompt_id: position for position, prompt_id in enumerate(prompt_ids)}
+    concept_run = setting.steering("concept", from_step).id
+    concept = np.array([steered[(concept_run, p, s)] - base[(p, s)] for p, s in keys])
+    random = np.array([[steered[(setting.steering("random", from_step, seed).id, p, s)] - base[(p, s)]
+                        for seed in random_directions_of(number[p], per_prompt)] for p, s in keys])
+    return Reading(concept, random.reshape(len(keys), per_prompt))
 
 
 @dataclass(frozen=True)
 class SearchOptions:
     """How much each start step is sampled and resampled (interp/commitment_search.py's options)."""
     samples: int
-    random_directions: int
-    directions_per_prompt: int
+    random_per_prompt: int
     bootstrap: int
     alpha: float
     seed: int
@@ -195,8 +195,7 @@ class ConceptSearch:
     setting: SteeringSetting
     prompt_ids: list[str]
     samples: int
-    random_directions: int
-    directions_per_prompt: int
+    random_per_prompt: int
     readers: tuple[str, ...]
     asked: dict = field(default_factory=dict)        # reader -> the steps its bisection asked for, in order
     commitment: dict = field(default_factory=dict)   # reader -> the commitment step (None: no step is beyond)
@@ -204,6 +203,11 @@ class ConceptSearch:
     interval: dict = field(default_factory=dict)     # reader -> (low, high, share of resamples without a step)
     violations: dict = field(default_factory=dict)   # reader -> where the evaluated steps are not monotone
     switched: dict = field(default_factory=dict)     # step -> (runs whose realised concept changed, probe sign errors)
+
+    @property
+    def random_directions(self) -> int:
+        """Distinct random directions: every prompt has its own."""
+        return len(self.prompt_ids) * self.random_per_prompt
 
     @property
     def steps(self) -> list[int]:
@@ -220,8 +224,7 @@ def search_concept(runs: SearchRuns, setting: SteeringSetting, prompt_ids: list[
                                                    ("truth", concept in generator.truth_concepts)) if present)
     if not readers:
         raise ValueError(f"nothing reads '{concept}': no probe, and the generator does not know its content")
-    result = ConceptSearch(setting, list(prompt_ids), args.samples, args.random_directions,
-                           args.directions_per_prompt, readers)
+    result = ConceptSearch(setting, sorted(prompt_ids), args.samples, args.random_per_prompt, readers)
     model, outputs = probe if probe is not None else (None, None)
     base = {}
     if "probe" in readers:
@@ -230,7 +233,7 @@ def search_concept(runs: SearchRuns, setting: SteeringSetting, prompt_ids: list[
         base["truth"] = truth_values(runs.runs, reference, concept)
     trajectories = reference[reference["prompt_id"].isin(set(prompt_ids))]
     prompt = trajectories["prompt_id"].map({p: number for number, p in enumerate(sorted(prompt_ids))}).to_numpy()
-    resamples = Resamples.draw(len(prompt_ids), args.random_directions, args.bootstrap, args.seed)
+    resamples = Resamples.draw(len(prompt_ids), args.bootstrap, args.seed)
     level = 1.0 - args.alpha
     ticks = generator.clock_ticks(runs.settings.seconds)
     readings = {}
@@ -239,16 +242,15 @@ def search_concept(runs: SearchRuns, setting: SteeringSetting, prompt_ids: list[
 
     def evaluate(step: int) -> dict:
         if step not in readings:
-            clips = runs.steered(setting, step, prompt_ids, args.random_directions, args.directions_per_prompt)
+            clips = runs.steered(setting, step, prompt_ids, args.random_per_prompt)
             values = {}
             if "probe" in readers:
                 values["probe"] = probe_values(runs.embed(clips, setting.steering("concept", step).id), model,
                                                outputs)
             if "truth" in readers:
                 values["truth"] = truth_values(runs.runs, clips, concept)
-            random_runs = [setting.steering("random", step, r).id for r in range(args.random_directions)]
-            readings[step] = {reader: reading(reference, base[reader], clips, values[reader],
-                                              setting.steering("concept", step).id, random_runs, prompt_ids)
+            readings[step] = {reader: reading(reference, base[reader], clips, values[reader], setting, step,
+                                              prompt_ids, args.random_per_prompt)
                               for reader in readers}
         return readings[step]
 

@@ -2,7 +2,7 @@
 generator's intervention clock (data/ARTIFACTS.md, "Commitment search").
 
     python interp/commitment_search.py --data data --embedder spectral --concept is_synth_lead [--strength 8]
-        [--prompts 20 --samples 8 --random-directions 10 --directions-per-prompt 1]
+        [--prompts 20 --samples 8 --random-directions-per-prompt 1]
         [--generator ideal --preset planted ...]          # the generator of stage 2, checked against generation.json
         [--where 0,5 --direction dirs/is_brass.npy]       # block steering (Stable Audio); default: the ideal prior
 
@@ -53,6 +53,8 @@ COMMITMENT_DIR = "commitment"
 SIDECAR = "commitment_search.json"
 OUTPUT_FILES = ("commitment_search.csv", "commitment_curve.csv", "commitment.png", "section.html")
 DEFAULT_STRENGTH = 8.0
+# Random directions in all (prompts x per prompt): fewer give the baseline's spread too few draws to enter the interval.
+MIN_RANDOM_DIRECTIONS = 10
 
 
 def build_parser():
@@ -74,11 +76,9 @@ def build_parser():
                         help="prompts per concept: the first N in prompt_id order that do not ask for the concept "
                              "(that do, for a negative strength)")
     parser.add_argument("--samples", type=int, default=8, help="samples per prompt (seeds as stage 2's)")
-    parser.add_argument("--random-directions", type=int, default=10,
-                        help="random directions of the concept direction's norm: the baseline")
-    parser.add_argument("--directions-per-prompt", type=int, default=1,
-                        help="random directions run on each prompt, assigned in rotation so each is run on as many "
-                             "prompts (all of them: every direction on every prompt)")
+    parser.add_argument("--random-directions-per-prompt", type=int, default=1,
+                        help="random directions of the concept direction's norm run on each prompt, every prompt its "
+                             "own (the baseline: --prompts x this many directions in all)")
     parser.add_argument("--embedder", default=None,
                         help=f"the embedder of stages 3 and 5 ({', '.join(sorted(EMBEDDERS))})")
     parser.add_argument("--model", help="the embedder's --model of stages 3 and 5 (embedders with weights)")
@@ -94,7 +94,7 @@ def build_parser():
     parser.add_argument("--generator-option", action="append", default=[], metavar="KEY=VALUE",
                         help="stage 2's --generator-option settings (repeatable)")
     parser.add_argument("--bootstrap", type=int, default=1000,
-                        help="resamples (prompts x random directions) for every interval; each is resampled "
+                        help="prompt resamples for every interval; each is resampled "
                              f"{INNER_RESAMPLES} times again for the interval of the commitment step")
     parser.add_argument("--alpha", type=float, default=0.05, help="intervals are 1 - alpha")
     parser.add_argument("--seed", type=int, default=0, help="stage 6's --seed (the probes) and the resamples' seed")
@@ -109,14 +109,14 @@ def results_folder(data: Path, stem: str, probe: str, kind: str) -> Path:
 
 def check_numbers(args) -> None:
     for flag, value, least in (("--prompts", args.prompts, 1), ("--samples", args.samples, 1),
-                               ("--random-directions", args.random_directions, 2),
-                               ("--directions-per-prompt", args.directions_per_prompt, 1),
+                               ("--random-directions-per-prompt", args.random_directions_per_prompt, 1),
                                ("--bootstrap", args.bootstrap, 1), ("--workers", args.workers, 0)):
         if value < least:
             raise InputError(f"{flag} {value} must be at least {least}")
-    if args.directions_per_prompt > args.random_directions:
-        raise InputError(f"--directions-per-prompt {args.directions_per_prompt} is more than --random-directions "
-                         f"{args.random_directions} — pass at most {args.random_directions}")
+    if args.prompts * args.random_directions_per_prompt < MIN_RANDOM_DIRECTIONS:
+        raise InputError(f"--prompts {args.prompts} x --random-directions-per-prompt "
+                         f"{args.random_directions_per_prompt} random directions in all: the baseline needs at least "
+                         f"{MIN_RANDOM_DIRECTIONS} — raise either")
     if not 0 < args.alpha < 1 or not np.isfinite(args.strength) or args.strength == 0:
         raise InputError("--alpha must lie in (0, 1) and --strength be a non-zero number — fix the option")
     if args.kind not in ("x0", "xt"):
@@ -253,8 +253,8 @@ def main(args) -> None:
                       settings, sha256_file(annotated_csv(data)), embedder,
                       {"batch_size": args.batch_size or getattr(embedder, "batch_size", 16), "workers": args.workers},
                       progress=not args.no_progress)
-    options = SearchOptions(args.samples, args.random_directions, args.directions_per_prompt, args.bootstrap,
-                            args.alpha, args.seed, not args.no_progress)
+    options = SearchOptions(args.samples, args.random_directions_per_prompt, args.bootstrap, args.alpha, args.seed,
+                            not args.no_progress)
     with threadpool_limits(limits=1):
         reference = runs.reference()
         probes = fit_probes(data, stem, args.probe, args.seed, args.concept, reference_clips(data, runs, reference))
@@ -304,8 +304,8 @@ def record_of(args, data: Path, stored, setups: dict, prompt_ids: dict, settings
                        "sets_sha256": sha256_file(concepts_dir(data) / "sets.csv"),
                        "concept_embeddings_sha256": sha256_file(npy)},
             "settings": {"settings": [setup.record() for setup in setups.values()], "prompts": prompt_ids,
-                         "samples": args.samples, "random_directions": args.random_directions,
-                         "directions_per_prompt": args.directions_per_prompt, "probe": args.probe, "kind": args.kind,
+                         "samples": args.samples, "random_directions_per_prompt": args.random_directions_per_prompt,
+                         "probe": args.probe, "kind": args.kind,
                          "bootstrap": args.bootstrap, "inner_resamples": INNER_RESAMPLES, "alpha": args.alpha,
                          "seed": args.seed, "captured": list(settings.capture_steps)}}
 

@@ -2,36 +2,36 @@
 the bootstrap distribution of the commitment step. Nothing here knows about files or models
 (interp/commitment_search.py runs the search; interp/commitment_report.py draws it).
 
-The COMMITMENT STEP of a steering setting (concept, strength, place) is the last start step k — a tick of the
-generator's intervention clock — from which steering still moves the target concept beyond the random-direction
+The COMMITMENT STEP of a steering setting (concept, strength, place) is the last start step k (a tick of the
+generator's intervention clock) from which steering still moves the target concept beyond the random-direction
 baseline (interp/compare.py's definition), found here to one tick.
 
 - Design. Trajectory t (prompt p, sample s, the reference run's seed) is run unsteered (its reference), steered
-  along the concept's direction from k on, and steered along `per_prompt` of the R random directions of the same
-  norm (prompt number p gets directions p*m .. p*m + m - 1 mod R, so every direction is run on as many prompts).
-  A READER turns a run's final clip into a number: the stage-6 probe's P(concept), or, for a generator that
-  knows what it made, the realised concept (1 or 0: the perfect probe). A run's CHANGE is its reader value minus
-  the reference's, so trajectories pair by seed and the noise they share cancels.
-- Effect at k: the mean over (trajectory, random direction) pairs of [change under the concept direction -
-  change under that random direction]; with every prompt given m directions, the mean concept change minus the
-  mean random change, as interp/compare.py's effect.
-- Interval: the pigeonhole bootstrap for crossed factors (Owen 2007): a replicate draws prompts (a prompt's samples
-  go together: they share its text) and, independently, random directions, each with replacement, and weighs a
-  pair by the product of its prompt's and its direction's multiplicities. So both the spread between
-  trajectories and the spread between random directions enter the percentile interval. BEYOND the baseline: the
-  interval excludes 0 on the side the strength pushes (interp/compare.py's rule). The same replicates serve every
-  k and every reader (common random numbers), so their curves and steps compare replicate by replicate.
+  along the concept's direction from k on, and steered along each of its prompt's own m random directions of the
+  same norm (prompt number p gets the random directions seeded p*m .. p*m + m - 1, so P prompts bring P*m distinct
+  directions). A READER turns a run's final clip into a number: the stage-6 probe's P(concept), or, for a
+  generator that knows what it made, the realised concept (1 or 0: the perfect probe). A run's CHANGE is its reader
+  value minus the reference's, so trajectories pair by seed and the noise they share cancels.
+- Effect at k: the mean over trajectories of [change under the concept direction - mean change under its prompt's
+  random directions] (interp/compare.py's effect, with directions drawn per prompt).
+- Interval: a percentile bootstrap over prompts (a prompt's samples share its text; its random directions are its
+  own), so the spread between trajectories and the spread between random directions both enter it, each counted
+  once. Random directions shared by every prompt (compare.py's design) would be a second, crossed factor that a
+  prompt bootstrap leaves out and a two-way bootstrap counts twice where the design is incomplete; directions
+  nested in prompts need neither. Measured on the planted demo, one direction per prompt gives intervals 1.4-2x as
+  wide as ten shared directions on every prompt, at a sixth of the runs. BEYOND the baseline: the interval
+  excludes 0 on the side the strength pushes (interp/compare.py's rule). The same resamples serve every k and
+  every reader (common random numbers), so curves and steps compare resample by resample.
 - Bisection: steering from the first tick moves the concept or no k does; steering from `ticks` (after the last
-  tick) is no intervention, whose effect is 0 by construction, so it is never beyond and is not run. Between
-  them the search halves [lo, hi) with lo beyond and hi not until hi = lo + 1: 1 + ceil(log2(ticks - first))
-  evaluated steps (7 for 50). It assumes beyond(k) is true up to k* and false after (the effect falls with k);
-  `violations` checks that at every evaluated step, both for the beyond pattern and for the effect itself.
-- Bootstrap of the commitment step: a replicate of the prompts and directions gives an effect at every evaluated
-  k; whether it lies beyond needs that replicate's own interval, so each outer replicate is resampled again
-  (INNER_RESAMPLES, drawn from the outer replicate's prompts and directions). Its commitment step is the last
-  evaluated k beyond the baseline (the bisection's answer when the pattern is monotone); the interval is the
-  percentile interval of those steps, so it can only take evaluated steps — dense next to k*, where the bisection
-  looked, and coarser further away.
+  tick) is no intervention, whose effect is 0 by construction, so it is never beyond and is not run. Between them
+  the search halves [lo, hi) with lo beyond and hi not until hi = lo + 1: 1 + ceil(log2(ticks - first)) evaluated
+  steps (7 for 50). It assumes beyond(k) is true up to k* and false after (the effect falls with k); `violations`
+  checks that at every evaluated step, both for the beyond pattern and for the effect itself.
+- Bootstrap of the commitment step: a resample of the prompts gives an effect at every evaluated k; whether it lies
+  beyond needs that resample's own interval, so each is resampled again (INNER_RESAMPLES draws from its prompts).
+  Its commitment step is the last evaluated k beyond the baseline (the bisection's answer when the pattern is
+  monotone); the interval is the percentile interval of those steps, so it can only take evaluated steps — dense
+  next to k*, where the bisection looked, and coarser further away.
 """
 from __future__ import annotations
 
@@ -46,58 +46,42 @@ from interp.compare import beyond
 INNER_RESAMPLES = 200
 
 
-def random_directions_of(prompt_number: int, per_prompt: int, total: int) -> list[int]:
-    """The random directions run on prompt number p (0-based, in sorted prompt order): m consecutive ones mod R."""
-    return [(prompt_number * per_prompt + j) % total for j in range(min(per_prompt, total))]
+def random_directions_of(prompt_number: int, per_prompt: int) -> list[int]:
+    """The seeds of prompt number p's own random directions (0-based, in sorted prompt order)."""
+    return [prompt_number * per_prompt + j for j in range(per_prompt)]
 
 
 @dataclass(frozen=True)
 class Reading:
-    """One reader's changes at one start step: per trajectory under the concept direction, and per (trajectory,
-    random direction) where that direction was run on the trajectory's prompt (NaN elsewhere)."""
+    """One reader's changes at one start step, per trajectory: under the concept direction, and under each of the
+    trajectory's prompt's own random directions."""
     concept: np.ndarray   # float [trajectories]
-    random: np.ndarray    # float [trajectories, random directions]
+    random: np.ndarray    # float [trajectories, random directions per prompt]
 
     def cells(self, prompt: np.ndarray, n_prompts: int) -> tuple[np.ndarray, np.ndarray]:
-        """(sums, counts) [prompts, directions] of the pair differences concept - random, for the resamplers."""
-        pairs = np.isfinite(self.random)
-        difference = np.where(pairs, self.concept[:, None] - np.where(pairs, self.random, 0.0), 0.0)
-        sums = np.zeros((n_prompts, self.random.shape[1]))
-        counts = np.zeros_like(sums)
-        np.add.at(sums, prompt, difference)
-        np.add.at(counts, prompt, pairs.astype(np.float64))
-        return sums, counts
+        """(sums, counts) [prompts] of the trajectories' effects, concept change - mean random change."""
+        effects = self.concept - self.random.mean(axis=1)
+        return (np.bincount(prompt, weights=effects, minlength=n_prompts),
+                np.bincount(prompt, minlength=n_prompts).astype(np.float64))
 
 
 @dataclass(frozen=True)
 class Resamples:
-    """Multiplicities of prompts and random directions: `prompts` [B, P] and `directions` [B, R] for the outer
-    replicates, `inner_prompts` [I, B, P] and `inner_directions` [I, B, R] drawn from each outer replicate."""
+    """Prompt multiplicities: `prompts` [B, P] for the resamples, `inner` [I, B, P] drawn from each of them."""
     prompts: np.ndarray
-    directions: np.ndarray
-    inner_prompts: np.ndarray
-    inner_directions: np.ndarray
+    inner: np.ndarray
 
     @classmethod
-    def draw(cls, n_prompts: int, n_directions: int, n_resamples: int, seed: int,
-             inner: int = INNER_RESAMPLES) -> Resamples:
+    def draw(cls, n_prompts: int, n_resamples: int, seed: int, inner: int = INNER_RESAMPLES) -> Resamples:
         rng = np.random.default_rng([seed, 17])
         prompts = statistics.cluster_weights(n_prompts, n_resamples, rng)
-        directions = statistics.cluster_weights(n_directions, n_resamples, rng)
-        # A resample of a resample: n draws from the outer replicate's multiset, i.e. multinomial on its shares.
-        inner_prompts = rng.multinomial(n_prompts, prompts / n_prompts, size=(inner, n_resamples)).astype(np.float64)
-        inner_directions = rng.multinomial(n_directions, directions / n_directions,
-                                           size=(inner, n_resamples)).astype(np.float64)
-        return cls(prompts, directions, inner_prompts, inner_directions)
+        # A resample of a resample: n draws from the outer resample's multiset, i.e. multinomial on its shares.
+        return cls(prompts, rng.multinomial(n_prompts, prompts / n_prompts, size=(inner, n_resamples)).astype(float))
 
 
-def weighted_effect(sums: np.ndarray, counts: np.ndarray, prompts: np.ndarray, directions: np.ndarray) -> np.ndarray:
-    """The effect under prompt multiplicities [..., P] and direction multiplicities [..., R]; NaN where a
-    replicate drew no (prompt, direction) pair that was run."""
-    numerator = ((prompts @ sums) * directions).sum(axis=-1)
-    denominator = ((prompts @ counts) * directions).sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), np.nan)
+def weighted_effect(sums: np.ndarray, counts: np.ndarray, prompts: np.ndarray) -> np.ndarray:
+    """The effect under prompt multiplicities [..., P] (every resample draws P prompts, so none is empty)."""
+    return (prompts @ sums) / (prompts @ counts)
 
 
 @dataclass(frozen=True)
@@ -108,28 +92,26 @@ class StepEffect:
     high: float
     beyond: bool
     concept_change: float      # mean change under the concept direction
-    random_change: float       # mean change under the random directions (over the pairs)
-    replicates: np.ndarray     # [B] outer replicates of the effect
+    random_change: float       # mean change under the random directions
+    replicates: np.ndarray     # [B] the effect in each prompt resample
 
 
 def step_effect(reading: Reading, prompt: np.ndarray, n_prompts: int, resamples: Resamples, strength: float,
                 level: float) -> StepEffect:
     sums, counts = reading.cells(prompt, n_prompts)
-    ones_p, ones_r = np.ones(n_prompts), np.ones(sums.shape[1])
-    effect = float(weighted_effect(sums, counts, ones_p, ones_r))
-    replicates = weighted_effect(sums, counts, resamples.prompts, resamples.directions)
+    effect = float(sums.sum() / counts.sum())
+    replicates = weighted_effect(sums, counts, resamples.prompts)
     low, high = statistics.percentile_interval(replicates, level)
-    pairs = np.isfinite(reading.random)
     return StepEffect(effect, low, high, beyond(low, high, strength), float(np.mean(reading.concept)),
-                      float(np.mean(reading.random[pairs])) if pairs.any() else np.nan, replicates)
+                      float(np.mean(reading.random)), replicates)
 
 
 def replicate_beyond(reading: Reading, prompt: np.ndarray, n_prompts: int, resamples: Resamples, strength: float,
                      level: float) -> np.ndarray:
-    """bool [B]: is the effect beyond the baseline in each outer replicate, judged by that replicate's own
-    percentile interval over its inner resamples."""
+    """bool [B]: is the effect beyond the baseline in each resample, judged by that resample's own percentile
+    interval over its inner resamples."""
     sums, counts = reading.cells(prompt, n_prompts)
-    inner = weighted_effect(sums, counts, resamples.inner_prompts, resamples.inner_directions)   # [I, B]
+    inner = weighted_effect(sums, counts, resamples.inner)   # [I, B]
     low, high = statistics.percentile_interval(inner.T, level)
     return np.array([beyond(a, b, strength) for a, b in zip(low, high)], dtype=bool)
 
@@ -169,8 +151,8 @@ def step_interval(distribution: np.ndarray, level: float) -> tuple[int | None, i
 def violations(steps: Sequence[int], effects: Sequence[StepEffect], commitment: int | None,
                strength: float) -> list[str]:
     """Where the evaluated steps contradict the bisection's premise: a step before the commitment step that is not
-    beyond, one after it that is, and an effect that grows with k beyond its interval (its value at a later step
-    above the earlier step's upper bound, for a positive strength)."""
+    beyond, one after it that is, and an effect that grows with k (a later step's interval wholly above the earlier
+    step's, for a positive strength)."""
     found = []
     pairs = sorted(zip(steps, effects), key=lambda pair: pair[0])
     for step, effect in pairs:
@@ -182,6 +164,6 @@ def violations(steps: Sequence[int], effects: Sequence[StepEffect], commitment: 
             found.append(f"k={step} beyond after the commitment step")
     sign = 1.0 if strength >= 0 else -1.0
     for (early, first), (late, second) in zip(pairs, pairs[1:]):
-        if sign * second.effect > max(sign * first.low, sign * first.high):
-            found.append(f"effect rises from k={early} to k={late} beyond its interval")
+        if min(sign * second.low, sign * second.high) > max(sign * first.low, sign * first.high):
+            found.append(f"effect rises from k={early} to k={late}, the intervals apart")
     return found

@@ -55,7 +55,7 @@ ARGS = {
     6: ["--embedder", "spectral", "--bootstrap", "20", "--random-baselines", "2", "--no-report"],
     "render": ["--pitch-step", "24", "--velocities", "100", "--dyad-velocity", "0"],
     "commitment": ["--embedder", "spectral", "--workers", "0", "--steps", "10", "--concept", "is_brass", "--prompts", "2",
-                   "--samples", "1", "--random-directions", "2", "--no-progress"],
+                   "--samples", "1", "--random-directions-per-prompt", "5", "--no-progress"],
 }
 
 

@@ -44,8 +44,7 @@ def test_the_truth_search_finds_what_a_sweep_of_every_start_step_finds(tmp_path)
     settings = TrajectorySettings((STEPS - 1,), ("x0",), 4, generator.default_seconds, 0, 4, 8)
     runs = SearchRuns(tmp_path / "commitment", generator, prompts, settings, "annotated", None, {}, progress=False)
     setting = SteeringSetting("is_keyboard", 8.0, "prior")
-    options = SearchOptions(samples=4, random_directions=4, directions_per_prompt=2, bootstrap=200, alpha=0.05,
-                            seed=0, progress=False)
+    options = SearchOptions(samples=4, random_per_prompt=2, bootstrap=200, alpha=0.05, seed=0, progress=False)
     ids = list(prompts["prompt_id"])
     result = search_concept(runs, setting, ids, None, runs.reference(), options)
     assert result.readers == ("truth",)
@@ -55,16 +54,15 @@ def test_the_truth_search_finds_what_a_sweep_of_every_start_step_finds(tmp_path)
         return final_content(generator, Run(Conditioning("anything", ()), prompt_seed(0, prompt_id), 4),
                              "is_keyboard", steering).astype(float)
 
-    resamples = Resamples.draw(4, 4, 200, 0)
+    resamples = Resamples.draw(4, 200, 0)
     prompt = np.repeat(np.arange(4), 4)
     reference = {p: final(p, None) for p in ids}
     sweep = {}
     for step in range(STEPS):
         concept = np.concatenate([final(p, setting.steering("concept", step)) - reference[p] for p in ids])
-        random = np.full((16, 4), np.nan)
-        for number, p in enumerate(ids):
-            for r in random_directions_of(number, 2, 4):
-                random[4 * number:4 * number + 4, r] = final(p, setting.steering("random", step, r)) - reference[p]
+        random = np.concatenate([np.stack([final(p, setting.steering("random", step, seed)) - reference[p]
+                                           for seed in random_directions_of(number, 2)], axis=1)
+                                 for number, p in enumerate(ids)])
         sweep[step] = step_effect(Reading(concept, random), prompt, 4, resamples, 8.0, 0.95)
     beyond = [step for step in range(STEPS) if sweep[step].beyond]
     # The premise of a bisection holds on this model: beyond up to some step, then never again.
@@ -90,7 +88,7 @@ def study(tmp_path_factory):
     run_stages_3_to_6(data)
     argv = ["--data", str(data), "--embedder", "spectral", "--workers", "0", "--generator-model", str(bank_dir),
             "--steps", str(STEPS), *generator, "--concept", "is_keyboard", "--prompts", "4", "--samples", "4",
-            "--random-directions", "4", "--directions-per-prompt", "2", "--bootstrap", "100", "--no-progress"]
+            "--random-directions-per-prompt", "3", "--bootstrap", "100", "--no-progress"]
     return data, argv
 
 
@@ -112,7 +110,7 @@ def test_the_search_writes_both_methods_and_leaves_the_study_alone(study, capsys
     table = pd.read_csv(folder / "commitment_search.csv")
     assert list(table.columns) == commitment_report.SEARCH_COLUMNS
     assert table["method"].tolist() == ["probe", "truth"] and (table["concept"] == "is_keyboard").all()
-    assert (table[["n_prompts", "n_samples", "n_random_directions"]].to_numpy() == [4, 4, 4]).all()
+    assert (table[["n_prompts", "n_samples", "n_random_directions"]].to_numpy() == [4, 4, 12]).all()
     truth = table.set_index("method").loc["truth"]
     assert 0 <= truth["commitment_step"] < STEPS
     # With 16 trajectories some resamples find no step beyond (the note says how many): no lower bound then.
@@ -186,11 +184,12 @@ def test_block_steering_with_a_direction_file_goes_through_the_same_search(study
     direction = Direction(vectors, range(toy.BLOCKS), "is_keyboard", "probe").save(tmp_path / "is_keyboard")
     argv = ["--data", str(data), "--embedder", "spectral", "--workers", "0", "--generator", "toy", "--steps", "8",
             "--concept", "is_keyboard", "--where", "1", "--direction", str(direction), "--strength", "2",
-            "--prompts", "3", "--samples", "2", "--random-directions", "3", "--bootstrap", "50", "--no-progress"]
+            "--prompts", "5", "--samples", "2", "--random-directions-per-prompt", "2", "--bootstrap", "50",
+            "--no-progress"]
     assert search(argv) == 0
     folder = commitment_search.results_folder(data, "spectral", "logreg", "x0")
     table = pd.read_csv(folder / "commitment_search.csv")
     assert table["method"].tolist() == ["probe"] and "blocks 1" in table.loc[0, "note"]
     assert "sampler step clock" in table.loc[0, "note"]
     runs = sorted(path.name for path in (folder / "runs" / "interventions").iterdir())
-    assert "is_keyboard_is_keyboard_B1_s2_k0" in runs and "is_keyboard_random2_B1_s2_k0" in runs
+    assert "is_keyboard_is_keyboard_B1_s2_k0" in runs and "is_keyboard_random9_B1_s2_k0" in runs
