@@ -4,11 +4,17 @@ the study's own files untouched)."""
 import importlib
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO_ROOT
 from stage_runs import run_stages_3_to_6
 from test_ideal import synthetic_bank
 from test_planted import TOY
@@ -25,7 +31,7 @@ from diffusion.ideal import IdealGenerator
 from diffusion.stage2_generate import build_parser as stage2_parser
 from diffusion.stage2_generate import main as stage2_main
 from diffusion.trajectory import TrajectorySettings, prompt_seed
-from interp import commitment_report, commitment_runs, commitment_search, report
+from interp import commitment_report, commitment_search, report
 from interp.commitment_runs import SearchOptions, SearchRuns, SteeringSetting, search_concept
 from interp.commitment_statistics import Reading, Resamples, random_directions_of, step_effect
 from interp.records import load_generated
@@ -143,26 +149,28 @@ def test_the_probe_is_the_one_stage_6_fitted(study):
         assert np.allclose(outputs_of(model, clips.embeddings)[0], stored[concept].to_numpy(float), atol=1e-12)
 
 
-def test_a_killed_search_resumes_byte_identical_and_changed_settings_are_refused(study, monkeypatch, capsys):
+def test_a_killed_search_resumes_byte_identical_and_changed_settings_are_refused(study, tmp_path, capsys):
+    """SIGKILL mid-search (its runs half made), rerun: no temp file is left and the tables, figure and section are
+    the bytes of an uninterrupted search."""
     data, argv = study
-    folder = commitment_search.results_folder(data, "spectral", "logreg", "x0")
     assert search(argv) == 0
-    finished = outputs(folder)
-    calls = []
-    real = commitment_runs.embed_files
-
-    def killed(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(commitment_runs, "embed_files", killed)
-    assert search(argv, "--force") == 130
+    finished = outputs(commitment_search.results_folder(data, "spectral", "logreg", "x0"))
+    copy = shutil.copytree(data, tmp_path / "data")
+    folder = commitment_search.results_folder(copy, "spectral", "logreg", "x0")
+    shutil.rmtree(folder)
+    mine = ["--data", str(copy), *argv[2:]]
+    environ = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "interp/commitment_search.py", *mine], cwd=REPO_ROOT, env=environ,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs = folder / "runs" / "interventions"
+    deadline = time.monotonic() + 300
+    while process.poll() is None and time.monotonic() < deadline and len(list(runs.glob("*/index/*.csv"))) < 30:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait(timeout=60) == -signal.SIGKILL
     assert not (folder / commitment_search.SIDECAR).exists()
-    monkeypatch.setattr(commitment_runs, "embed_files", real)
-    assert search(argv) == 0
-    assert outputs(folder) == finished
+    assert search(mine) == 0
+    assert outputs(folder) == finished and not list(copy.rglob("*.tmp"))
     capsys.readouterr()
     assert search(argv[:-1], "--bootstrap", "50", "--no-progress") == 2
     error = capsys.readouterr().err.strip()
