@@ -18,10 +18,15 @@ GENERATOR ?= ideal
 # at known, different steps and stage 2 writes the truth tables that stage 6's known-answer tables are held to
 # (diffusion/planted.py, data/truth.py); PRESET= runs the generator's default preset instead.
 PRESET ?= $(if $(filter ideal,$(GENERATOR)),planted)
-# The demo's step-resolved steering run (issue 11) on the ideal model: is_guitar steered from steps 5, 25, 45 against
-# two random directions, on 20 embedded prompts (their ids are in the spec: with other prompts pass your own spec,
-# or INTERVENE= to skip it).
-INTERVENE ?= $(if $(filter ideal,$(GENERATOR)),diffusion/specs/steer_ideal_demo.json)
+# An intervention spec for stage 2 --intervene and stage 6 --compare (unset: none), e.g.
+#   make stage2 stage3 stage6 INTERVENE=diffusion/specs/steer_ideal_demo.json
+INTERVENE ?=
+# The demo's commitment search (interp/commitment_search.py) on the ideal model: the last start step from which
+# steering still moves the concept, to one sampler step. One concept fits the demo's time (~50 s CPU): is_synth_lead,
+# the latest planted group's concept whose stage-6 probe reads the final clips best (README, "Commitment search").
+# Options are the search's, e.g. COMMITMENT="--concept is_reed --concept is_string --concept is_synth_lead";
+# COMMITMENT= skips it.
+COMMITMENT ?= $(if $(filter ideal,$(GENERATOR)),--concept is_synth_lead)
 # torch goes in first, by itself: torch==2.13.0 from pip's configured index (in CI a local CPU wheel). On a GPU
 # machine choose the build with the index it comes from, e.g. CUDA 12.8 or the CPU-only wheel:
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
@@ -33,7 +38,7 @@ TORCH_INDEX ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test install browser stages stage1 stage2 stage3 stage4 stage5 stage6 bench clean-data
+.PHONY: demo test install browser stages stage1 stage2 stage3 stage4 stage5 commitment stage6 bench clean-data
 
 demo: install stages
 
@@ -66,7 +71,8 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 # --compare when this data folder holds intervened runs (expanded when stage 6 starts, after stage 2 has run).
 COMPARE_ARG = $(if $(INTERVENE),$(if $(wildcard $(DATA)/generated/interventions/*/index),--compare))
 
-stages: stage1 stage2 stage3 stage4 stage5 stage6
+# The commitment search runs before stage 6, whose report includes its section.
+stages: stage1 stage2 stage3 stage4 stage5 commitment stage6
 
 stage1:
 	$(PY) data/prompts/stage1_prompts.py --data $(DATA)
@@ -80,6 +86,9 @@ stage4:
 	$(PY) interp/stage4_concept_sets.py --data $(DATA) --nsynth-dir $(DATA)/nsynth/nsynth-soundfont
 stage5:
 	$(PY) interp/stage5_embed_nsynth.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG)
+commitment:
+	$(if $(COMMITMENT),$(PY) interp/commitment_search.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG) \
+	  --generator $(GENERATOR) $(if $(PRESET),--preset $(PRESET)) $(COMMITMENT),@echo "commitment search: skipped (COMMITMENT is empty)")
 stage6:
 	$(PY) interp/stage6_probe.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG) $(STAGE6_ARGS) $(COMPARE_ARG)
 

@@ -217,6 +217,13 @@ def _interventions_section(out: Path) -> str:
     return section.read_text(encoding="utf-8") if section.is_file() else ""
 
 
+def _commitment_search_section(out: Path) -> str:
+    """The commitment search's section (interp/commitment_search.py writes it beside this folder's results), when it
+    ran; a search run after stage 6 shows here once stage 6 rewrites the report."""
+    section = Path(out) / "commitment" / "section.html"
+    return section.read_text(encoding="utf-8") if section.is_file() else ""
+
+
 def write_report(out, data, record: dict, plot_files: dict) -> Path:
     """Build <out>/report.html from the CSVs in `out`, the annotated prompts, the figures in plot_files and the
     stage-6 record (settings, inputs, trajectory_axis, n_tests, yardsticks)."""
@@ -287,6 +294,7 @@ same family; a value <i>beats random</i> when it exceeds their {float(settings.g
 <h2>Concepts</h2>
 {''.join(concept_sections)}
 {_interventions_section(out)}
+{_commitment_search_section(out)}
 <h2>Prompts</h2>
 <p class="muted">Scores are the probe's P(concept) per clip (the cosine similarity for an uncalibrated text probe); the
 columns are the concepts the prompt asks for.</p>

@@ -42,6 +42,7 @@ STAGES = {
     5: "interp.stage5_embed_nsynth",
     6: "interp.stage6_probe",
     "render": "data.nsynth.render_soundfont",
+    "commitment": "interp.commitment_search",
 }
 NSYNTH = "nsynth/nsynth-soundfont"
 # The settings of the session's run: a case that repeats them reaches validation, not a provenance refusal.
@@ -54,6 +55,8 @@ ARGS = {
     5: ["--embedder", "spectral", "--workers", "0"],
     6: ["--embedder", "spectral", "--bootstrap", "20", "--random-baselines", "2", "--resplits", "1", "--no-report"],
     "render": ["--pitch-step", "24", "--velocities", "100", "--dyad-velocity", "0"],
+    "commitment": ["--embedder", "spectral", "--workers", "0", "--steps", "10", "--concept", "is_brass", "--prompts", "2",
+                   "--samples", "1", "--random-directions-per-prompt", "5", "--no-progress"],
 }
 
 
@@ -772,6 +775,23 @@ CASES = [
     Case("s6-negative-resplits", 6, None, ("--resplits",), extra=("--resplits", "-1")),
     Case("s6-typo-data", 6, None, ("annotated.csv: missing — run stage 1 first", "is it the folder you meant"),
          extra=("--data", "{data}-typo"), subprocess=True),
+
+    # ---- the commitment search (its inputs: stage 2's generation.json, stage 4's sets, stage 5's embeddings)
+    Case("commitment-unknown-concept", "commitment", None, ("is_kazoo",), extra=("--concept", "is_kazoo")),
+    Case("commitment-other-generator-settings", "commitment", None, ("generation.json", "stage 2 ran with another"),
+         extra=("--steps", "20")),
+    Case("commitment-too-many-prompts", "commitment", None, ("annotated.csv", "--prompts"),
+         extra=("--prompts", "9999")),
+    Case("commitment-zero-samples", "commitment", None, ("--samples",), extra=("--samples", "0")),
+    Case("commitment-zero-strength", "commitment", None, ("--strength",), extra=("--strength", "0")),
+    Case("commitment-blocks-without-direction", "commitment", None, ("--direction",), extra=("--where", "0,1")),
+    Case("commitment-no-stage-2", "commitment", delete("generated/generation.json"), ("generation.json",)),
+    Case("commitment-notes-embeddings-missing", "commitment", delete(NOTES_NPY), ("spectral.npy", "missing")),
+    Case("commitment-other-embedder", "commitment",
+         sidecar_edit(NOTES_NPY.replace(".npy", ".json"), lambda s: {**s, "window_policy": "another window"}),
+         ("window_policy",)),
+    Case("commitment-missing-embedder-flag", "commitment", None, ("--embedder",),
+         args=["--concept", "is_brass", "--no-progress"], subprocess=True),
 
     # ---- the note renderer (stage 4's input when no NSynth download is at hand)
     Case("render-bad-velocity", "render", None, ("velocit",), extra=("--velocities", "64")),
