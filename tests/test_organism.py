@@ -4,10 +4,12 @@ import pytest
 import torch
 from test_ideal import synthetic_bank
 
+from data.stage import run_stage
 from diffusion.base import Conditioning
 from diffusion.ideal import IdealGenerator, LatentSpace
 from diffusion.organism import evaluate
-from diffusion.organism.banks import OrganismBank, standin_bank
+from diffusion.organism import train as train_command
+from diffusion.organism.banks import OrganismBank, planted_source, standin_bank
 from diffusion.organism.checkpoint import load_checkpoint, save_checkpoint
 from diffusion.organism.conditioning import draw_shown, log_prior, posterior_mean
 from diffusion.organism.model import Organism, eigen_basis, from_frames, preconditioning, to_frames
@@ -39,13 +41,15 @@ def test_label_dropout_posterior_is_the_closed_form_prior():
     """Draw (clip, shown labels) pairs as training does; the clips drawn with a given label set follow pi(i | K)."""
     bank = small_bank()
     rng = np.random.default_rng(0)
-    clips = rng.integers(0, len(bank.labels), 200_000)
+    base = rng.uniform(-1, 1, len(bank.labels))
+    base -= np.logaddexp.reduce(base)
+    clips = rng.choice(len(bank.labels), size=200_000, p=np.exp(base))
     shown = draw_shown(bank.labels, clips, rng, keep_probability=0.5, unconditional_probability=0.2)
     assert np.mean([not labels for labels in shown]) == pytest.approx(0.2, abs=0.005)
     for query in ((), ("guitar",), ("acoustic",), ("string", "drum")):
         picked = clips[[frozenset(labels) == frozenset(query) for labels in shown]]
         observed = np.bincount(picked, minlength=len(bank.labels)) / len(picked)
-        expected = np.exp(log_prior(query, bank.labels, 0.5))
+        expected = np.exp(log_prior(query, bank.labels, 0.5, base))
         assert np.abs(observed - expected).sum() < 0.1, query
     with pytest.raises(ValueError, match="no bank clip"):
         log_prior(("guitar", "vocal", "flute"), bank.labels, 0.5)
@@ -94,6 +98,24 @@ def test_velocity_is_what_the_scheduler_turns_into_the_organisms_clean_estimate(
     assert float(c_skip) == pytest.approx(1 / 5) and float(c_out) == pytest.approx(-2 / 5 ** 0.5)
 
 
+def test_planted_source_is_the_ideal_models_planted_bank_and_its_sampler(tmp_path_factory):
+    """The organism trains on the latents and base measure the planted preset samples from, and the sampler
+    loop of evaluate.sample with the closed-form velocity is the ideal generator's, step for step."""
+    directory = tmp_path_factory.mktemp("bank")
+    generator = IdealGenerator(model=str(directory), preset="planted")
+    bank = planted_source(model=directory)
+    clips = generator.planted_clips
+    np.testing.assert_array_equal(bank.latents, clips.coordinates)
+    np.testing.assert_allclose(bank.log_base, generator.log_prior(()), atol=1e-12)
+    assert bank.labels == list(clips.bank.labels)
+    seconds = generator.max_seconds
+    expected = generator.sample(Conditioning("anything", ()), seed=5, num_samples=3, seconds=seconds,
+                                observer=None)
+    ours = evaluate.sample(evaluate.ideal_velocity(bank, bank.log_base[None, :]), bank, bank.log_base[None, :],
+                           [5, 6, 7])
+    np.testing.assert_allclose(ours.final, expected.double().numpy(), atol=1e-5)
+
+
 def test_sampler_loop_is_the_ideal_models():
     """Closed-form velocity in evaluate.sample on the ideal model's own latent space = IdealGenerator.sample."""
     generator = IdealGenerator(bank=synthetic_bank())
@@ -137,4 +159,26 @@ def test_a_trained_organism_beats_the_untrained_one_against_the_closed_form():
     after = evaluate.denoising_error(trained, bank, 0.5, sigmas, draws=64)
     # A wrong target, sign or preconditioning moves away from the closed form instead (measured: 0.75 -> 0.55
     # at sigma 0.5, 0.10 -> 0.05 at sigma 0.05 after 150 steps).
-    assert all(a["mean_error"] < 0.8 * b["mean_error"] for a, b in zip(after, before))
+    assert all(a["relative_error"] < 0.8 * b["relative_error"] for a, b in zip(after, before))
+
+
+def test_train_and_evaluate_commands_skip_finished_work_and_refuse_another_recipe(tmp_path, capsys):
+    tiny = ["--set", "channels=8", "--set", "layers=1", "--set", "heads=2", "--set", "kv_heads=1",
+            "--set", "head_dim=8", "--set", "cross_dim=16", "--set", "time_proj_dim=16", "--set", "batch=8"]
+    argv = ["--data", str(tmp_path), "--bank", "standin", "--steps", "3", "--no-progress", *tiny]
+    assert run_stage(train_command.main, train_command.build_parser(), argv) == 0
+    weights = tmp_path / "organism" / "standin" / "organism.safetensors"
+    made = weights.stat().st_mtime_ns
+    assert run_stage(train_command.main, train_command.build_parser(), argv) == 0
+    assert weights.stat().st_mtime_ns == made and "nothing to do" in capsys.readouterr().out
+    assert run_stage(train_command.main, train_command.build_parser(), argv[:-2] + ["--set", "batch=4"]) == 2
+    assert "batch" in capsys.readouterr().err and weights.stat().st_mtime_ns == made
+    assert run_stage(train_command.main, train_command.build_parser(), argv + ["--set", "colour=red"]) == 2
+    assert "colour=red" in capsys.readouterr().err
+    evaluation = ["--data", str(tmp_path), "--bank", "standin", "--unconditional-samples", "4",
+                  "--prompt-samples", "1", "--no-progress"]
+    assert run_stage(evaluate.main, evaluate.build_parser(), evaluation) == 0
+    record = (tmp_path / "organism" / "standin" / "evaluation.json").read_text()
+    assert '"relative_error"' in record and '"prompt_share_mean"' in record
+    assert run_stage(evaluate.main, evaluate.build_parser(), ["--data", str(tmp_path / "empty")]) == 2
+    assert "no organism checkpoint" in capsys.readouterr().err

@@ -1,10 +1,13 @@
 """Where the organism's training latents come from: a pluggable bank source.
 
 A source is a function `(seed) -> OrganismBank`: clip latents C (float64 [clips, dim]) in the reference model's
-latent coordinates and each clip's labels. The organism learns to denoise exactly these latents, so the ideal
-model on the same latents is its known answer. `standin` imitates the planted-timing geometry until the
-reference model's own planted bank is wired in here: a hierarchy of label groups, each an orthonormal set of
-directions at its own scale, so that coarse groups (families) are decided at high noise and fine ones later.
+latent coordinates, each clip's labels, and the base measure over clips (the ideal model's prompt-free prior).
+The organism learns to denoise exactly these latents, drawn with that measure, so the ideal model on the same
+latents is its known answer.
+- `planted`: the ideal model's planted preset (diffusion/planted.py): the default bank's solo clips combined
+  into the cells of the default geometry's product of concept groups, its designed latents and base measure.
+- `standin`: an imitation of a planted geometry on a stand-in label set (~320 clips, five group scales from 10
+  down to 0.05, uniform measure), for trying recipes on a second, differently shaped geometry.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import numpy as np
 
 from data.files import sha256_json
 from data.vocabulary import DRUM, FAMILIES, SOURCES
+from diffusion import bank as reference_bank
+from diffusion import planted
 
 # (family, source, programs) of the stand-in's solo instruments: the default soundfont bank's mix of families.
 STANDIN_PROGRAMS = (("reed", "acoustic", 7), ("string", "acoustic", 5), ("mallet", "acoustic", 5),
@@ -38,11 +43,16 @@ class OrganismBank:
     labels: list[tuple[str, ...]]          # each clip's labels (families, "drum", sources)
     clip_ids: list[str]
     description: dict = field(default_factory=dict)
+    log_base: np.ndarray | None = None     # float64 [clips], normalised log base measure (None: uniform)
 
     def __post_init__(self):
         self.latents = np.ascontiguousarray(self.latents, dtype=np.float64)
         if self.latents.ndim != 2 or len(self.labels) != len(self.latents) or len(self.clip_ids) != len(self.labels):
             raise ValueError("an organism bank needs latents [clips, dim] and one label set and id per clip")
+        base = np.zeros(len(self.labels)) if self.log_base is None else np.asarray(self.log_base, dtype=np.float64)
+        if base.shape != (len(self.labels),):
+            raise ValueError("an organism bank's base measure needs one value per clip")
+        self.log_base = base - np.logaddexp.reduce(base)
 
     @property
     def dim(self) -> int:
@@ -52,6 +62,7 @@ class OrganismBank:
     def sha256(self) -> str:
         """Content hash of what training reads: the latents' bytes, the ids and the labels."""
         digest = hashlib.sha256(np.ascontiguousarray(self.latents, dtype="<f8").tobytes())
+        digest.update(np.ascontiguousarray(self.log_base, dtype="<f8").tobytes())
         digest.update(sha256_json({"clip_ids": self.clip_ids, "labels": [list(l) for l in self.labels]}).encode())
         return digest.hexdigest()
 
@@ -105,7 +116,19 @@ def standin_bank(seed: int = 0) -> OrganismBank:
                         {"source": "standin", "seed": seed, "scales": STANDIN_SCALES, "group_sizes": sizes})
 
 
-SOURCES_BY_NAME = {"standin": standin_bank}
+def planted_source(seed: int = 0, model=None) -> OrganismBank:
+    """The ideal model's planted clips: the default geometry on the bank directory `model` (None: the default
+    soundfont bank, rendered on first use), exactly as `IdealGenerator(model, preset="planted")` makes them.
+    `seed` is unused: the geometry file carries its own."""
+    directory, _ = reference_bank.open_bank_dir(model)
+    geometry = planted.load_geometry()
+    clips = planted.planted_bank(reference_bank.load_bank(directory), geometry)
+    return OrganismBank(clips.coordinates, list(clips.bank.labels), list(clips.bank.clip_ids),
+                        {"source": "planted", "geometry": geometry.record(), "audio_sha256": clips.bank.sha256},
+                        clips.log_base)
+
+
+SOURCES_BY_NAME = {"planted": planted_source, "standin": standin_bank}
 
 
 def load_bank(name: str, seed: int = 0) -> OrganismBank:

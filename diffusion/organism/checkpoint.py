@@ -5,8 +5,9 @@ A checkpoint directory holds
 - organism.json: the recipe, the network shape, the transformer's diffusers config, the label vocabulary, the
   bank it was trained on (source, description, content hash), the wall time and the weights' sha256;
 - loss.csv (step, loss, lr, seconds) and loss.png, the loss curve.
-Written atomically (data/files.py), organism.json last, so a killed run never leaves a checkpoint that looks
-complete.
+Written atomically (data/files.py) under the provenance rule (data/provenance.py): organism.json is the sidecar,
+written last, so a killed run never leaves a checkpoint that looks complete, and a rerun with the same recipe
+and bank skips, with another one is refused without --force.
 """
 from __future__ import annotations
 
@@ -14,12 +15,22 @@ import io
 from dataclasses import asdict
 from pathlib import Path
 
-from data.files import atomic_path, read_json, sha256_file, write_json, write_text
+from data.files import atomic_path, read_json, sha256_file, write_text
+from data.provenance import Provenance, begin, commit
 from diffusion.organism.banks import OrganismBank
 from diffusion.organism.model import NetworkConfig, Organism, config_of
 
 WEIGHTS, RECORD, LOSS_CSV, LOSS_PNG = "organism.safetensors", "organism.json", "loss.csv", "loss.png"
 CHECKPOINT_FORMAT = 1
+
+
+def checkpoint_provenance(directory, recipe, bank: OrganismBank) -> Provenance:
+    """What makes the weights: the recipe (its network sized for the bank) and the bank's content."""
+    directory = Path(directory)
+    return Provenance(directory / RECORD, {"checkpoint_format": CHECKPOINT_FORMAT, "recipe": asdict(recipe),
+                                           "bank": {**bank.description, "sha256": bank.sha256,
+                                                    "clips": len(bank.labels)}},
+                      [directory / WEIGHTS, directory / LOSS_CSV, directory / LOSS_PNG])
 
 
 def save_checkpoint(directory, model: Organism, recipe, bank: OrganismBank, log: list[dict],
@@ -28,8 +39,9 @@ def save_checkpoint(directory, model: Organism, recipe, bank: OrganismBank, log:
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    prov = checkpoint_provenance(directory, recipe, bank)
     tensors = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
-    with atomic_path(directory / WEIGHTS) as tmp:
+    with atomic_path(directory / WEIGHTS, before_replace=lambda: begin(prov)) as tmp:
         save_file(tensors, str(tmp))
     table = io.StringIO()
     table.write("step,loss,lr,seconds\n")
@@ -37,13 +49,11 @@ def save_checkpoint(directory, model: Organism, recipe, bank: OrganismBank, log:
         table.write(f"{row['step']},{row['loss']:.6g},{row['lr']:.6g},{row['seconds']}\n")
     write_text(directory / LOSS_CSV, table.getvalue())
     plot_loss(log, directory / LOSS_PNG)
-    record = {"checkpoint_format": CHECKPOINT_FORMAT, "recipe": asdict(recipe), **model.describe(),
-              "transformer_config": config_of(model.transformer), "bank": {**bank.description,
-                                                                          "sha256": bank.sha256, "clips": len(bank.labels)},
-              "train_seconds": round(seconds, 1), "final_loss": log[-1]["loss"] if log else None,
-              "weights_sha256": sha256_file(directory / WEIGHTS)}
-    write_json(directory / RECORD, record)
-    return record
+    extra = {**model.describe(), "transformer_config": config_of(model.transformer),
+             "train_seconds": round(seconds, 1), "final_loss": log[-1]["loss"] if log else None,
+             "weights_sha256": sha256_file(directory / WEIGHTS)}
+    commit(prov, extra)
+    return {**prov.record, **extra}
 
 
 def load_checkpoint(directory) -> tuple[Organism, dict]:

@@ -1,16 +1,17 @@
 """What the organism is trained on, and the closed form of what it should learn from it.
 
-Training pairs. A training example is a bank clip i (uniform over the bank), a noise level, and a set K of the
-clip's labels L_i shown to the network (label dropout, so that one network learns the conditional and the
+Training pairs. A training example is a bank clip i (drawn from the bank's base measure b_i: the ideal model's
+prompt-free prior, uniform unless the bank says otherwise), a noise level, and a set K of the clip's labels L_i
+shown to the network (label dropout, so that one network learns the conditional and the
 unconditional model):
 
     with probability p_uncond:  K = {}                               (the unconditional model)
     otherwise:                  each label of L_i kept with probability q, redrawn until K is non-empty.
 
-The posterior over clips given the shown labels (Bayes with the uniform clip prior) is then exact:
+The posterior over clips given the shown labels (Bayes with the base measure) is then exact:
 
-    pi(i | {})  = 1 / N                                                  (uniform: the planted demo's prior)
-    pi(i | K)   ∝ 1[K ⊆ L_i] · (1 − q)^|L_i| / (1 − (1 − q)^|L_i|)       for K non-empty
+    pi(i | {})  = b_i                                                      (the ideal model's own prior)
+    pi(i | K)   ∝ b_i · 1[K ⊆ L_i] · (1 − q)^|L_i| / (1 − (1 − q)^|L_i|)   for K non-empty
 
 since P(K | i) = (1 − p_uncond) · q^|K| (1 − q)^(|L_i| − |K|) / (1 − (1 − q)^|L_i|) and q^|K| is the same for
 every clip. So a network that learned its data perfectly denoises with the closed-form posterior mean of the
@@ -26,18 +27,21 @@ from typing import Sequence
 import numpy as np
 
 
-def log_prior(shown: Sequence[str], clip_labels: Sequence[Sequence[str]], keep_probability: float) -> np.ndarray:
-    """log pi(i | shown) over the bank's clips (float64 [clips], normalised)."""
+def log_prior(shown: Sequence[str], clip_labels: Sequence[Sequence[str]], keep_probability: float,
+              log_base: np.ndarray | None = None) -> np.ndarray:
+    """log pi(i | shown) over the bank's clips (float64 [clips], normalised); `log_base`: the base measure
+    (None: uniform)."""
     count = len(clip_labels)
+    base = np.full(count, -np.log(count)) if log_base is None else np.asarray(log_base, dtype=np.float64)
     shown = set(shown)
     if not shown:
-        return np.full(count, -np.log(count))
+        return base - np.logaddexp.reduce(base)
     sizes = np.array([len(set(labels)) for labels in clip_labels], dtype=np.float64)
     fits = np.array([shown <= set(labels) for labels in clip_labels])
     if not fits.any():
         raise ValueError(f"no bank clip carries all of {sorted(shown)}")
     drop = np.log1p(-keep_probability)
-    logits = np.where(fits, sizes * drop - np.log(-np.expm1(sizes * drop)), -np.inf)
+    logits = np.where(fits, base + sizes * drop - np.log(-np.expm1(sizes * drop)), -np.inf)
     return logits - np.logaddexp.reduce(logits[fits])
 
 

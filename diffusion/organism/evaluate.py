@@ -1,13 +1,14 @@
 """How good the organism is, measured against its closed form (diffusion/organism/conditioning.py).
 
 - `denoising_error`: per noise level of the sampler's schedule, the relative error ||x0_net − x0_ideal|| /
-  ||x0_ideal|| of the clean estimate on fresh draws x = c_i + sigma · noise, beside how far the ideal estimate
-  itself is from the drawn clip (how much there is to average at that level).
+  ||x0_ideal|| of the clean estimate on fresh draws x = c_i + sigma · noise (pooled over draws; the median of
+  the per-draw ratios beside it), beside the best linear denoiser's error (the baseline) and how far the ideal
+  estimate itself is from the drawn clip (how much there is to average at that level).
 - `sample`: 50-step trajectories with the ideal model's sampler loop (CosineDPMSolverMultistepScheduler,
   per-sample noise), for the network or the closed form on the same seeds; every step's closed-form posterior
   weights over the bank at the trajectory's current latent come back with the final latents.
 - `prompt_shares`, `unconditional_spread`, `commitment_steps`: sample quality (does the final sample's nearest
-  clip carry the prompt's labels; is the unconditional distribution over clips uniform) and the commitment
+  clip carry the prompt's labels; does the unconditional distribution over clips follow the base measure) and the commitment
   timing of each concept along the trajectory, organism beside closed form.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
-from data.files import write_json
+from data.provenance import Provenance, commit, decide
 from data.stage import InputError, main_exit, stage_parser
 from diffusion.ideal import PRESETS, SIGMA_DATA, PerSampleGaussianNoise
 from diffusion.organism.banks import OrganismBank, load_bank
@@ -61,32 +62,43 @@ def network_x0(model: Organism, x: np.ndarray, sigma: np.ndarray, shown: Sequenc
 
 def denoising_error(model: Organism, bank: OrganismBank, keep_probability: float, sigmas: np.ndarray,
                     draws: int = 256, seed: int = 1, conditional: bool = False) -> list[dict]:
-    """Per sigma: mean and median relative error of the network's clean estimate against the closed form."""
+    """Per sigma: the relative error of the network's clean estimate against the closed form (module docstring)."""
     rng = np.random.default_rng(seed)
+    linear_x0 = linear_denoiser(bank)
     rows = []
     for sigma in sigmas:
-        clips = rng.integers(0, len(bank.labels), draws)
+        clips = rng.choice(len(bank.labels), size=draws, p=np.exp(bank.log_base))
         x = bank.latents[clips] + sigma * rng.standard_normal((draws, bank.dim))
         shown = (draw_shown(bank.labels, clips, rng, keep_probability, 0.0) if conditional
                  else [()] * draws)
-        priors = np.stack([log_prior(labels, bank.labels, keep_probability) for labels in shown])
+        priors = np.stack([log_prior(labels, bank.labels, keep_probability, bank.log_base) for labels in shown])
         ideal, _ = posterior_mean(x, sigma, bank.latents, priors)
         net = network_x0(model, x, np.full(draws, sigma), shown)
-        error = np.linalg.norm(net - ideal, axis=1) / np.linalg.norm(ideal, axis=1)
-        spread = np.linalg.norm(ideal - bank.latents[clips], axis=1) / np.linalg.norm(ideal, axis=1)
-        linear = np.linalg.norm(linear_x0(bank, x, sigma) - ideal, axis=1) / np.linalg.norm(ideal, axis=1)
-        rows.append({"sigma": float(sigma), "conditional": conditional, "mean_error": float(error.mean()),
-                     "median_error": float(np.median(error)), "p90_error": float(np.quantile(error, 0.9)),
-                     "linear_error": float(linear.mean()), "ideal_vs_clip": float(spread.mean())})
+        norm = np.linalg.norm(ideal, axis=1)
+        error, linear = np.linalg.norm(net - ideal, axis=1), np.linalg.norm(linear_x0(x, sigma) - ideal, axis=1)
+        spread = np.linalg.norm(ideal - bank.latents[clips], axis=1)
+        # Pooled over the draws (root-mean-square error over root-mean-square norm): the ideal estimate of a
+        # draw can be near zero (a blend of clips on opposite sides), where a per-draw ratio says little.
+        def pooled(values):
+            return float(np.sqrt(np.mean(values ** 2) / np.mean(norm ** 2)))
+
+        rows.append({"sigma": float(sigma), "conditional": conditional, "relative_error": pooled(error),
+                     "median_draw_error": float(np.median(error / norm)), "linear_error": pooled(linear),
+                     "ideal_vs_clip": pooled(spread)})
     return rows
 
 
-def linear_x0(bank: OrganismBank, x: np.ndarray, sigma: float) -> np.ndarray:
-    """The best linear denoiser of the bank (its mean and covariance; Wiener filter): the baseline a network
-    must beat. Unconditional, so for conditional rows it is a weak baseline."""
-    mean = bank.latents.mean(axis=0)
-    values, vectors = np.linalg.eigh(np.cov(bank.latents.T, bias=True))
-    return mean + (((x - mean) @ vectors) * (values / (values + sigma ** 2))) @ vectors.T
+def linear_denoiser(bank: OrganismBank) -> Callable:
+    """The best linear denoiser of the bank under its base measure (mean and covariance; a Wiener filter):
+    the baseline a network must beat. Prompt-free, so for conditional rows it is a weak baseline."""
+    weights = np.exp(bank.log_base)
+    mean = weights @ bank.latents
+    centred = bank.latents - mean
+    values, vectors = np.linalg.eigh((centred * weights[:, None]).T @ centred)
+
+    def x0(x: np.ndarray, sigma: float) -> np.ndarray:
+        return mean + (((x - mean) @ vectors) * (values / (values + sigma ** 2))) @ vectors.T
+    return x0
 
 
 @dataclass
@@ -155,16 +167,22 @@ def prompt_shares(bank: OrganismBank, prompts: Sequence[tuple[str, ...]], finals
 
 
 def unconditional_spread(bank: OrganismBank, final: np.ndarray) -> dict:
-    """How far the final samples' nearest clips are from uniform over the bank."""
+    """How far the final samples' nearest clips are from the bank's base measure: total variation, a chi-square
+    test against the expected counts, and per label the share of samples whose clip carries it beside the
+    base measure's probability of that label."""
     from scipy.stats import chisquare
 
     nearest, distance = nearest_clips(bank, final)
     counts = np.bincount(nearest, minlength=len(bank.labels))
-    frequencies = counts / counts.sum()
+    expected = np.exp(bank.log_base)
+    labels = sorted({label for clip in bank.labels for label in clip})
+    carries = {label: np.array([label in clip for clip in bank.labels]) for label in labels}
     return {"samples": int(counts.sum()), "distinct_clips": int((counts > 0).sum()),
-            "total_variation": float(0.5 * np.abs(frequencies - 1 / len(counts)).sum()),
-            "chi2_p": float(chisquare(counts).pvalue), "max_count": int(counts.max()),
-            "median_distance": float(np.median(distance))}
+            "total_variation": float(0.5 * np.abs(counts / counts.sum() - expected).sum()),
+            "chi2_p": float(chisquare(counts, expected * counts.sum()).pvalue), "max_count": int(counts.max()),
+            "median_distance": float(np.median(distance)),
+            "label_shares": {label: {"share": float(carries[label][nearest].mean()),
+                                     "base": float(expected[carries[label]].sum())} for label in labels}}
 
 
 def commitment_steps(bank: OrganismBank, trajectories: Trajectories) -> dict[str, np.ndarray]:
@@ -201,12 +219,12 @@ def evaluate(model: Organism, bank: OrganismBank, keep_probability: float, uncon
     sigmas = schedule_sigmas()
     errors = [row for conditional in (False, True)
               for row in denoising_error(model, bank, keep_probability, sigmas, draws, seed, conditional)]
-    uniform = np.full((1, len(bank.labels)), -np.log(len(bank.labels)))
+    base = bank.log_base[None, :]
     seeds = [seed * 1_000_003 + r for r in range(unconditional_samples)]
     show = (lambda name: name) if progress else (lambda name: None)
-    runs = {"organism": sample(network_velocity(model, [()] * len(seeds)), bank, uniform, seeds,
+    runs = {"organism": sample(network_velocity(model, [()] * len(seeds)), bank, base, seeds,
                                progress=show("organism, unconditional")),
-            "ideal": sample(ideal_velocity(bank, uniform), bank, uniform, seeds, progress=show("ideal, unconditional"))}
+            "ideal": sample(ideal_velocity(bank, base), bank, base, seeds, progress=show("ideal, unconditional"))}
     spread = {name: unconditional_spread(bank, run.final) for name, run in runs.items()}
     commitment = {name: commitment_steps(bank, run) for name, run in runs.items()}
     timing = [{"label": label, "samples_organism": len(commitment["organism"].get(label, [])),
@@ -217,7 +235,7 @@ def evaluate(model: Organism, bank: OrganismBank, keep_probability: float, uncon
     # All prompts' trajectories in one batch: rows carry their own labels and prior.
     prompts = evaluation_prompts(bank)
     rows = [labels for labels in prompts for _ in range(prompt_samples)]
-    priors = np.stack([log_prior(labels, bank.labels, keep_probability) for labels in rows])
+    priors = np.stack([log_prior(labels, bank.labels, keep_probability, bank.log_base) for labels in rows])
     prompt_seeds = [seed * 1_000_003 + 500_000 + r for r in range(len(rows))]
     finals = {"organism": sample(network_velocity(model, rows), bank, priors, prompt_seeds,
                                  progress=show("organism, prompts")).final,
@@ -242,35 +260,47 @@ def _median(values) -> float | None:
 def build_parser():
     parser = stage_parser(__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="organism checkpoint directory (unset: <data>/organism/)")
+                        help="organism checkpoint directory (unset: <data>/organism/<bank>/)")
+    parser.add_argument("--bank", default="planted", help="the bank of the default --checkpoint directory")
     parser.add_argument("--seed", type=int, default=1, help="seed of the evaluation's draws and trajectories")
-    parser.add_argument("--unconditional-samples", type=int, default=640)
-    parser.add_argument("--prompt-samples", type=int, default=16)
+    parser.add_argument("--unconditional-samples", type=int, default=640, help="prompt-free trajectories")
+    parser.add_argument("--prompt-samples", type=int, default=16, help="trajectories per evaluation prompt")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
 def main(args) -> None:
-    directory = args.checkpoint or Path(args.data) / "organism"
+    directory = args.checkpoint or Path(args.data) / "organism" / args.bank
     if not (directory / RECORD).is_file():
         raise InputError(f"{directory / RECORD}: no organism checkpoint — run `make organism` or "
                          "diffusion/organism/train.py first")
+    if args.unconditional_samples < 1 or args.prompt_samples < 1:
+        raise InputError("--unconditional-samples and --prompt-samples must be at least 1")
     model, record = load_checkpoint(directory)
     recipe = record["recipe"]
     bank = load_bank(recipe["bank"], recipe["bank_seed"])
     if bank.sha256 != record["bank"]["sha256"]:
         raise InputError(f"{directory / RECORD}: trained on another {recipe['bank']} bank than the one built "
                          "now — retrain with --force")
+    prov = Provenance(directory / EVALUATION, {
+        "weights_sha256": record["weights_sha256"], "bank_sha256": bank.sha256,
+        "settings": {"seed": args.seed, "unconditional_samples": args.unconditional_samples,
+                     "prompt_samples": args.prompt_samples}})
+    if decide(prov, args.force, "pass --force to evaluate again"):
+        print(f"{directory / EVALUATION}: evaluated already — nothing to do (--force redoes it)")
+        return
     torch.set_num_threads(recipe["threads"])
     result = evaluate(model, bank, recipe["keep_probability"], args.unconditional_samples, args.prompt_samples,
                       seed=args.seed, progress=not args.no_progress)
-    result["checkpoint"] = {"weights_sha256": record["weights_sha256"], "bank_sha256": bank.sha256}
-    write_json(directory / EVALUATION, result)
+    commit(prov, {"evaluation": result})
     for row in result["denoising_error"][::5]:
         print(f"sigma {row['sigma']:8.4f} {'cond  ' if row['conditional'] else 'uncond'} error "
-              f"{row['mean_error']:.3f} (linear {row['linear_error']:.3f})")
+              f"{row['relative_error']:.3f} (linear {row['linear_error']:.3f})")
     print("prompt share (organism, ideal):", result["prompt_share_mean"])
-    print("unconditional:", result["unconditional"])
+    for name, spread in result["unconditional"].items():
+        print(f"unconditional {name}: {spread['distinct_clips']} distinct clips, total variation from the base "
+              f"measure {spread['total_variation']:.3f}, median distance to the nearest clip "
+              f"{spread['median_distance']:.3g}")
 
 
 if __name__ == "__main__":

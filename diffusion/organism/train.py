@@ -27,10 +27,11 @@ if __package__ in (None, ""):
 import numpy as np
 import torch
 
+from data.provenance import decide
 from data.stage import InputError, main_exit, stage_parser
 from data.vocabulary import DRUM, FAMILIES, SOURCES
 from diffusion.organism.banks import SOURCES_BY_NAME, OrganismBank, load_bank
-from diffusion.organism.checkpoint import RECORD, save_checkpoint
+from diffusion.organism.checkpoint import checkpoint_provenance, save_checkpoint
 from diffusion.organism.conditioning import draw_shown, log_prior, posterior_mean
 from diffusion.organism.model import NetworkConfig, Organism, eigen_basis, layout_for
 
@@ -88,7 +89,7 @@ def learning_rate(recipe: Recipe, step: int) -> float:
 
 def draw_batch(recipe: Recipe, bank: OrganismBank, rng: np.random.Generator, priors: dict):
     """(x0 target, x, sigma, shown labels) of one batch, float64 numpy, from `rng` only."""
-    clips = rng.integers(0, len(bank.labels), recipe.batch)
+    clips = rng.choice(len(bank.labels), size=recipe.batch, p=np.exp(bank.log_base))
     low, high = math.log(SIGMA_MIN) - recipe.sigma_margin, math.log(SIGMA_MAX) + recipe.sigma_margin
     sigma = np.exp(rng.uniform(low, high, recipe.batch))
     x0 = bank.latents[clips]
@@ -99,7 +100,7 @@ def draw_batch(recipe: Recipe, bank: OrganismBank, rng: np.random.Generator, pri
         for labels in shown:
             key = frozenset(labels)
             if key not in priors:
-                priors[key] = log_prior(labels, bank.labels, recipe.keep_probability)
+                priors[key] = log_prior(labels, bank.labels, recipe.keep_probability, bank.log_base)
             rows.append(priors[key])
         x0, _ = posterior_mean(x, sigma, bank.latents, np.stack(rows))
     elif recipe.target != "sample":
@@ -182,7 +183,8 @@ def parse_settings(items) -> dict:
 
 def build_parser():
     parser = stage_parser(__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=None, help="checkpoint directory (unset: <data>/organism/)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="checkpoint directory (unset: <data>/organism/<bank>/)")
     parser.add_argument("--bank", default=Recipe.bank, help=f"training latents: one of {', '.join(SOURCES_BY_NAME)}")
     parser.add_argument("--seed", type=int, default=Recipe.seed, help="the one seed of weights and data draws")
     parser.add_argument("--steps", type=int, default=Recipe.steps, help="optimiser steps")
@@ -194,20 +196,20 @@ def build_parser():
 
 
 def main(args) -> None:
-    out = args.out or Path(args.data) / "organism"
     changes = parse_settings(args.set)
     if args.bank not in SOURCES_BY_NAME:
         raise InputError(f"--bank {args.bank}: unknown — choose one of {', '.join(SOURCES_BY_NAME)}")
     if args.steps < 1 or args.threads < 1:
         raise InputError("--steps and --threads must be at least 1")
+    out = args.out or Path(args.data) / "organism" / args.bank
     recipe = Recipe(bank=args.bank, seed=args.seed, steps=args.steps, threads=args.threads).with_changes(**changes)
-    if (out / RECORD).exists() and not args.force:
-        print(f"{out / RECORD} exists — pass --force to retrain")
-        return
     bank = load_bank(recipe.bank, recipe.bank_seed)
+    recipe = sized_network(recipe, bank.dim)
+    if decide(checkpoint_provenance(out, recipe, bank), args.force, "pass --force to retrain, or another --out"):
+        print(f"{out}: trained with this recipe already — nothing to do (--force retrains)")
+        return
     trained = train(recipe, bank, progress=not args.no_progress)
-    record = save_checkpoint(out, trained.model, sized_network(recipe, bank.dim), bank, trained.log,
-                             trained.seconds)
+    record = save_checkpoint(out, trained.model, recipe, bank, trained.log, trained.seconds)
     print(f"{out}: {record['parameters']:,} parameters, final loss {record['final_loss']:.4f}, "
           f"{trained.seconds:.0f} s, weights sha256 {record['weights_sha256'][:16]}")
 
