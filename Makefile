@@ -38,7 +38,7 @@ TORCH_INDEX ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test install browser stages stage1 stage2 stage3 stage4 stage5 commitment stage6 bench clean-data
+.PHONY: demo test install browser stages stage1 stage2 stage3 stage4 stage5 commitment stage6 bench organism clean-data
 
 demo: install stages
 
@@ -105,6 +105,13 @@ browser:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 # Timings live here, never in tests. Each prints ratios measured side by side in one run (see bench/README_*.md).
+# The model organism (diffusion/README_organism.md): a tiny StableAudioDiTModel trained from nothing on the planted
+# bank, one seed on one CPU thread, then measured against its closed form (<data>/organism/<bank>/).
+ORGANISM_BANK ?= planted
+organism: install
+	$(PY) diffusion/organism/train.py --data $(DATA) --bank $(ORGANISM_BANK)
+	$(PY) diffusion/organism/evaluate.py --data $(DATA) --bank $(ORGANISM_BANK)
+
 bench: install
 	$(PY) bench/bench_generation.py --size tiny
 	$(PY) bench/bench_clap.py --clips 40
