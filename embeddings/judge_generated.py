@@ -3,7 +3,9 @@ mapping table data/judge_tags.csv, an independent yardstick of what was generate
 
 Reads generated/generation.json and the sorted index like stage 3, tags the chosen clips (every position of every
 run, intervened runs included, or with --positions final only each trajectory's last captured position) through
-the embedder runner (chunked, resumable, incremental: clips already tagged by an earlier run are copied), and writes
+the embedder runner (chunked, resumable, incremental: clips already tagged by an earlier run of the same tagger are
+copied, so going from final to all positions tags only the rest; another tagger configuration is refused unless
+--force), and writes
 
     generated/judge/<judge stem>/taggram.npy (+ .json, .rows.csv)  tag probabilities, row i <-> row i of judge.csv
     generated/judge/<judge stem>/judge.csv    per clip: its index key, tag_<tag>, score_<concept>, judged_<concept>
@@ -30,7 +32,7 @@ from data.contract import (check_index_prompts, generated_dir, read_annotated, r
 from data.files import sha256_file, write_csv
 from data.generation import read_generation
 from data.judge import KEY_COLUMNS, SIDECAR, TABLE, TAGGRAM, judge_dir
-from data.provenance import Provenance, begin, commit, decide
+from data.provenance import Provenance, begin, commit, first_difference, read_provenance
 from data.requested import check_complete
 from data.stage import InputError, Shard, add_progress_argument, main_exit, stage_parser
 from embeddings import EMBEDDERS, embedding_stem
@@ -85,7 +87,12 @@ def main(args) -> None:
               "clips_sha256": table_sha256(clips), "mapping_sha256": sha256_file(judge_table.JUDGE_TABLE),
               "threshold": judge_table.THRESHOLD}
     prov = Provenance(out / SIDECAR, record, [out / TABLE, out / TAGGRAM])
-    if decide(prov, args.force, "rerun the judge with --force to replace them"):
+    # judge.csv is a function of the taggram, the clips and the mapping table: made for other clips or another
+    # mapping it is simply redone. The taggram is the work, under the embedder runner's rule: another tagger
+    # configuration is refused (--force replaces it), other clips reuse every row it already has.
+    previous = None if args.force else read_provenance(prov.sidecar, "delete it, or rerun the judge with --force")
+    if previous is not None and first_difference(previous, prov.record, "") is None \
+            and all(path.is_file() for path in prov.outputs):
         print(f"{out / TABLE}: up to date ({len(clips)} clips) — pass --force to recompute")
         return
 
