@@ -113,3 +113,27 @@ def test_a_rerun_is_up_to_date_and_all_positions_reuse_the_final_clips(study, tm
     merged = before.merge(after, on=["prompt_id", "sample", "kind", "step"], suffixes=("", "_all"))
     assert len(merged) == len(before)
     assert np.allclose(merged["tag_guitar"], merged["tag_guitar_all"])
+
+
+def test_stage6_with_probes_on_the_judges_network_warns(study, tmp_path, capsys):
+    """Probes on musicnn-tags (stages 3 and 5) beside the musicnn-tags judge: stage 6 says so, records it, and the
+    report and summary warn."""
+    from data.stage import run_stage
+    from embeddings import stage3_embed_generated as stage3
+    from interp import stage5_embed_nsynth as stage5
+
+    data = tmp_path / "data"
+    shutil.copytree(study[0], data)
+    for stage in (stage3, stage5):
+        assert run_stage(stage.main, stage.build_parser(), ["--data", str(data), "--embedder", "musicnn-tags",
+                                                            "--workers", "1", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert run_stage(stage6_probe.main, stage6_probe.build_parser(),
+                     ["--data", str(data), "--embedder", "musicnn-tags", "--bootstrap", "20", "--random-baselines", "2",
+                      "--resplits", "0", "--no-progress"]) == 0
+    assert "warning: the probes' embedder and the judge" in capsys.readouterr().out
+    out = stage6_probe.results_dir(data, STEM, "logreg", "x0")
+    record = read_json(out / "stage6.json")
+    assert record["judge"]["shared_with_probes"] is True and "same network" in record["judge"]["warning"]
+    assert "are the same network on the same checkpoint" in (out / "report.html").read_text(encoding="utf-8")
+    assert "share one network" in (out / "summary.md").read_text(encoding="utf-8")
