@@ -42,9 +42,9 @@ from embeddings.stage3_embed_generated import clip_keys
 POSITIONS = ("all", "final")
 
 def build_parser():
-    parser = stage_parser(__doc__.splitlines()[0])
+    parser = stage_parser(__doc__)
     parser.add_argument("--judge", default="musicnn-tags",
-                        help=f"the tagger (an embedder with tags; {', '.join(sorted(EMBEDDERS))} are embedders)")
+                        help="the tagger: an embedder whose outputs are tag probabilities (musicnn-tags)")
     parser.add_argument("--model", help="the tagger's checkpoint (musicnn-tags: MTT_musicnn, MSD_musicnn, MTT_vgg, "
                                         "MSD_vgg; unset: MTT_musicnn)")
     parser.add_argument("--positions", default="all", choices=POSITIONS,

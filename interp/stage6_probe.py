@@ -4,6 +4,7 @@ and, for generators that record it, the final content the generator realised) (d
 
     python interp/stage6_probe.py --data data --embedder spectral [--model X] [--probe logreg|svm|cav|text]
                                   [--kind x0] [--baseline instruments|notes] [--compare]
+                                  [--judge musicnn-tags [--judge-model MTT_musicnn]]
     python interp/stage6_probe.py --data data --space activations [--branch cond] [--pool mean]
 
 Outputs go to <data>/results/<embedder stem>/<probe>/<kind>/ (the stem of --embedder/--model, as stages 3 and 5
