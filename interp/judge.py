@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from data.concepts import CONCEPT_NAMES
-from data.judge import RERUN, judge_dir, read_judge_output
+from data.judge import judge_dir, read_judge_output
 from data.stage import InputError
 from interp import statistics
 
@@ -56,7 +56,8 @@ def load_judge(data: Path, stem: str, clips: pd.DataFrame, probes_sidecar: dict)
     if absent.any():
         prompt, sample, _, step = keys[int(np.argmax(absent))]
         raise InputError(f"{judge_dir(data, stem) / 'judge.csv'}: no verdict on prompt {prompt} sample {sample} at "
-                         f"step {step}, a trajectory's final clip — {RERUN}")
+                         f"step {step}, a trajectory's final clip — rerun embeddings/judge_generated.py (make "
+                         "judge): it tags only the clips it lacks")
     final = keyed.loc[keys]
     scores = final[[f"score_{name}" for name in CONCEPT_NAMES]].to_numpy(np.float64)
     present = final[[f"judged_{name}" for name in CONCEPT_NAMES]].astype(str).eq("True").to_numpy()
