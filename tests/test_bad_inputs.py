@@ -513,6 +513,16 @@ def judged_then(change: Callable[[Path], None]):
     return corrupt
 
 
+def judge_lacks_a_final_clip(data: Path):
+    """The judge's table without its last row, its sidecar updated to match: a table made before stage 2 added a
+    trajectory."""
+    table, sidecar = data / JUDGE_DIR / "judge.csv", data / JUDGE_DIR / "judge.json"
+    lines = table.read_text(encoding="utf-8").splitlines(keepends=True)
+    rewrite(table, "".join(lines[:-1]))
+    rewrite(sidecar, json.dumps({**json.loads(sidecar.read_text()),
+                                 "table_sha256": hashlib.sha256(table.read_bytes()).hexdigest()}))
+
+
 # ---------------------------------------------------------------------------------------------- the catalogue
 
 @dataclass
@@ -766,6 +776,8 @@ CASES = [
          ("taggram.json", "checkpoint_sha256", "--force"), extra=("--positions", "all")),
     Case("s6-judge-table-edited", 6, judged_then(append_line(f"{JUDGE_DIR}/judge.csv", ",p1,0,x0,9,x.wav")),
          ("judge.json", "another judge.csv", "rerun")),
+    Case("s6-judge-lacks-a-final-clip", 6, judged_then(judge_lacks_a_final_clip),
+         ("judge.csv", "no verdict on prompt", "tags only the clips it lacks")),
     Case("s6-judge-unfinished", 6, judged_then(delete(f"{JUDGE_DIR}/judge.json")), ("judge.csv", "no sidecar")),
     Case("s6-nan-row", 6, npy_edit(GENERATED_NPY, set_row(np.nan, row=1)), ("spectral.npy", "row 1", "NaN"),
          subprocess=True),
