@@ -53,8 +53,9 @@ OUTPUT_FILES = ("probe_quality.csv", "emergence.csv", "emergence_steps.csv", "kn
 SIDECAR = "stage6.json"
 EMBEDDER_KEYS = ("embedder", "model", "checkpoint_sha256", "window_policy", "dim")
 # Options of one space that the other does not read: given with the other space (other than their default),
-# they are refused rather than silently ignored. --embedder and --model are read by the embedding space only, and
-# ignored by the activation space, so that `make stage6 STAGE6_ARGS="--space activations"` runs as written.
+# they are refused rather than silently ignored. --embedder, --model, --judge and --judge-model are read by the
+# embedding space only, and ignored by the activation space, so that `make stage6 STAGE6_ARGS="--space activations"`
+# runs as written.
 EMBEDDING_OPTIONS = {"probe": "logreg", "kind": "x0", "baseline": "instruments", "compare": False, "resplits": 20}
 # The random probes of each space: a pool of random-concept probes (one fit each) here, probes on permuted labels
 # per concept, layer and fold there (far dearer: interp/activations.py).
