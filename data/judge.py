@@ -61,7 +61,8 @@ def read_judge_table(path=JUDGE_TABLE) -> dict[str, JudgeMapping]:
                 raise InputError(f"{where}: concept '{concept}' is not one of data/concepts.py's — {FIX}")
             if concept in evidence or concept in unjudgeable:
                 raise InputError(f"{where}: concept '{concept}' appears twice for {tag_set} — {FIX}")
-            tags = [tag.strip() for tag in str(row["tags"]).split(TAG_SEPARATOR)] if isinstance(row["tags"], str) else []
+            text = row["tags"] if isinstance(row["tags"], str) else ""
+            tags = [tag.strip() for tag in text.split(TAG_SEPARATOR)] if text else []
             reason = row["unjudgeable_because"] if isinstance(row["unjudgeable_because"], str) else ""
             if bool(tags) == bool(reason.strip()):
                 raise InputError(f"{where}: concept '{concept}' needs either evidence tags or a reason it cannot "

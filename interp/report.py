@@ -183,7 +183,8 @@ def _judge(out: Path, record: dict) -> str:
     rows = ["<table><tr><th class='text'>concept</th><th class='text'>evidence tags</th><th>AUROC vs exact content "
             "[CI]</th><th>positive trajectories</th><th>judged present</th><th class='text'>status</th></tr>"]
     for row in table.itertuples():
-        rows.append(f"<tr><td class='text'>{_escape(row.concept)}</td><td class='text'>{_escape(row.evidence_tags)}</td>"
+        rows.append(f"<tr><td class='text'>{_escape(row.concept)}</td>"
+                    f"<td class='text'>{_escape(row.evidence_tags)}</td>"
                     f"<td>{_with_ci(row.auroc, row.auroc_low, row.auroc_high)}</td><td>{_escape(row.n_positive)}</td>"
                     f"<td>{_escape(row.judged_present)} of {_escape(row.n_trajectories)}</td>"
                     f"<td class='text'>{_escape(row.status)}</td></tr>")

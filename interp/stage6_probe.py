@@ -48,8 +48,8 @@ from interp.yardsticks import BY_NAME as YARDSTICK_KINDS
 from interp.yardsticks import YARDSTICKS, build_yardsticks, final_content_labels
 
 OUTPUT_FILES = ("probe_quality.csv", "emergence.csv", "emergence_steps.csv", "known_answers.csv", "known_order.csv",
-                "known_commitment.csv", "judge_validation.csv", "drift.csv", "drift_summary.csv", "probabilities.csv", summary.SUMMARY_JSON,
-                summary.SUMMARY_MD)
+                "known_commitment.csv", "judge_validation.csv", "drift.csv", "drift_summary.csv", "probabilities.csv",
+                summary.SUMMARY_JSON, summary.SUMMARY_MD)
 SIDECAR = "stage6.json"
 EMBEDDER_KEYS = ("embedder", "model", "checkpoint_sha256", "window_policy", "dim")
 # Options of one space that the other does not read: given with the other space (other than their default),
@@ -178,8 +178,8 @@ def analyse(args, generated: GeneratedClips, nsynth: ConceptNotes | None, family
                                pd.DataFrame(probe_scores.scores, columns=names)], axis=1)
     drift, drift_summary = drift_tables(clips, generated.embeddings, runs, args.bootstrap, args.alpha, args.seed)
     tables = {"probe_quality.csv": quality, "emergence.csv": table, "emergence_steps.csv": steps_table,
-              **known_tables, "judge_validation.csv": judge_validation, "drift.csv": drift, "drift_summary.csv": drift_summary,
-              "probabilities.csv": probabilities}
+              **known_tables, "judge_validation.csv": judge_validation, "drift.csv": drift,
+              "drift_summary.csv": drift_summary, "probabilities.csv": probabilities}
     facts = {"trajectory_axis": generated.axis.record(), "n_tests": n_tests, "distinct_by": distinct_by,
              "yardsticks": [yardstick.name for yardstick in yardsticks], "exact_yardstick": exact,
              "embedder": {key: generated.sidecar.get(key) for key in EMBEDDER_KEYS},

@@ -103,12 +103,12 @@ YARDSTICKS = (
                   f"prompt rule on the labels with at least {REALISED_MASS:g} of the generator's posterior mass at "
                   f"the last captured position), so every position is scored against what the sample becomes",
                   content_fingerprint),
-    YardstickKind("judged", "against the judged final content", "vs judged content", "tab:green", "is judged to end on",
-                  "trajectory", False, judged_labels,
-                  "a clip is a positive when a pretrained tagger (the judge) hears the concept in the FINAL clip of its "
-                  "trajectory (its evidence tags' best probability at least 0.5, data/judge_tags.csv), so every "
-                  "position is scored against what the sample becomes; concepts the judge cannot judge, or judges no "
-                  "better than chance where the exact content is known, hold no positive (judge_validation.csv)",
+    YardstickKind("judged", "against the judged final content", "vs judged content", "tab:green",
+                  "is judged to end on", "trajectory", False, judged_labels,
+                  "a clip is a positive when a pretrained tagger (the judge) hears the concept in the FINAL clip of "
+                  "its trajectory (its evidence tags' best probability at least 0.5, data/judge_tags.csv), so every "
+                  "position is scored against what the sample becomes; concepts the judge cannot judge, or judges "
+                  "no better than chance where the exact content is known, hold no positive (judge_validation.csv)",
                   judge_fingerprint),
 )
 BY_NAME = {kind.name: kind for kind in YARDSTICKS}
