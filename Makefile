@@ -27,6 +27,12 @@ INTERVENE ?=
 # Options are the search's, e.g. COMMITMENT="--concept is_reed --concept is_string --concept is_synth_lead";
 # COMMITMENT= skips it.
 COMMITMENT ?= $(if $(filter ideal,$(GENERATOR)),--concept is_synth_lead)
+# The judge (embeddings/judge_generated.py): a pretrained tagger hears what each clip contains, mapped to concepts by
+# data/judge_tags.csv; stage 6 turns its verdicts into the judged-content yardstick. The demo tags each trajectory's
+# final clip only (JUDGE_POSITIONS=all tags every position); JUDGE= skips it. JUDGE_MODEL picks the checkpoint.
+JUDGE ?= musicnn-tags
+JUDGE_MODEL ?=
+JUDGE_POSITIONS ?= final
 # torch goes in first, by itself: torch==2.13.0 from pip's configured index (in CI a local CPU wheel). On a GPU
 # machine choose the build with the index it comes from, e.g. CUDA 12.8 or the CPU-only wheel:
 #   make install TORCH_INDEX=https://download.pytorch.org/whl/cu128
@@ -38,7 +44,7 @@ TORCH_INDEX ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test install browser stages stage1 stage2 stage3 stage4 stage5 commitment stage6 bench organism clean-data
+.PHONY: demo test install browser stages stage1 stage2 stage3 judge stage4 stage5 commitment stage6 bench organism clean-data
 
 demo: install stages
 
@@ -72,7 +78,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 COMPARE_ARG = $(if $(INTERVENE),$(if $(wildcard $(DATA)/generated/interventions/*/index),--compare))
 
 # The commitment search runs before stage 6, whose report includes its section.
-stages: stage1 stage2 stage3 stage4 stage5 commitment stage6
+stages: stage1 stage2 stage3 judge stage4 stage5 commitment stage6
 
 stage1:
 	$(PY) data/prompts/stage1_prompts.py --data $(DATA)
@@ -81,6 +87,9 @@ stage2:
 	  $(if $(INTERVENE),--intervene $(INTERVENE))
 stage3:
 	$(PY) embeddings/stage3_embed_generated.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG)
+judge:
+	$(if $(JUDGE),$(PY) embeddings/judge_generated.py --data $(DATA) --judge $(JUDGE) $(if $(JUDGE_MODEL),--model \
+	  $(JUDGE_MODEL)) --positions $(JUDGE_POSITIONS),@echo "judge: skipped (JUDGE is empty)")
 stage4:
 	$(PY) data/nsynth/render_soundfont.py --data $(DATA)
 	$(PY) interp/stage4_concept_sets.py --data $(DATA) --nsynth-dir $(DATA)/nsynth/nsynth-soundfont
@@ -90,7 +99,8 @@ commitment:
 	$(if $(COMMITMENT),$(PY) interp/commitment_search.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG) \
 	  --generator $(GENERATOR) $(if $(PRESET),--preset $(PRESET)) $(COMMITMENT),@echo "commitment search: skipped (COMMITMENT is empty)")
 stage6:
-	$(PY) interp/stage6_probe.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG) $(STAGE6_ARGS) $(COMPARE_ARG)
+	$(PY) interp/stage6_probe.py --data $(DATA) --embedder $(EMBEDDER) $(MODEL_ARG) --judge '$(JUDGE)' \
+	  $(if $(JUDGE_MODEL),--judge-model $(JUDGE_MODEL)) $(STAGE6_ARGS) $(COMPARE_ARG)
 
 # The suite checks the README's demo numbers against the demo's own artifacts (tests/test_readme_numbers.py), so
 # the demo's stages run first (seconds when `make demo` already made them; each stage skips finished work).

@@ -47,6 +47,7 @@ class GeneratedClips:
     axis: TrajectoryAxis
     content: RealisedContent | None
     intervened: tuple         # (index rows, embeddings) of stage 2 --intervene runs; --compare scores them
+    judge: object = None      # interp.judge.JudgedClips: the judge's verdicts, when the judge has run
 
 
 @dataclass(frozen=True)

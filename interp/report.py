@@ -171,6 +171,34 @@ rule (the ceiling).</p>
 {''.join(rows)}"""
 
 
+def _judge(out: Path, record: dict) -> str:
+    """The judge's section: what it is, the shared-representation warning, and its validation per concept."""
+    facts = record.get("judge")
+    path = out / "judge_validation.csv"
+    if not facts or not path.is_file():
+        return ""
+    table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    warning = (f"<p class='yes'>Warning: {_escape(facts.get('warning'))}.</p>" if facts.get("shared_with_probes")
+               else "")
+    rows = ["<table><tr><th class='text'>concept</th><th class='text'>evidence tags</th><th>AUROC vs exact content "
+            "[CI]</th><th>positive trajectories</th><th>judged present</th><th class='text'>status</th></tr>"]
+    for row in table.itertuples():
+        rows.append(f"<tr><td class='text'>{_escape(row.concept)}</td>"
+                    f"<td class='text'>{_escape(row.evidence_tags)}</td>"
+                    f"<td>{_with_ci(row.auroc, row.auroc_low, row.auroc_high)}</td><td>{_escape(row.n_positive)}</td>"
+                    f"<td>{_escape(row.judged_present)} of {_escape(row.n_trajectories)}</td>"
+                    f"<td class='text'>{_escape(row.status)}</td></tr>")
+    rows.append("</table>")
+    used = int(table["used"].astype(str).eq("True").sum())
+    return f"""<h2>The judge</h2>
+<p class="muted">The judge <b>{_escape(facts.get('stem'))}</b> tagged each trajectory's final clip (embeddings/judge_generated.py);
+data/judge_tags.csv maps its tags to concepts (written from the tags' meanings), a concept's score is its evidence tags'
+best probability and it is judged present at the tagger's own 0.5. Where the generator knows its exact final content the
+judge's AUROC against it is shown with a 95% prompt-bootstrap CI; a concept whose CI reaches 0.5, or which has no
+evidence tag, is unjudgeable and holds no positive in the judged-content yardstick. {used} concepts are used.</p>
+{warning}{''.join(rows)}"""
+
+
 def _sample_table(rows: pd.DataFrame, asked: list[str], out: Path, data: Path, unit: str) -> str:
     others = [concept.name for concept in CONCEPTS if concept.name not in asked and concept.name in rows]
     header = "".join(f"<th>{_escape(name)}</th>" for name in asked)
@@ -289,6 +317,7 @@ same family; a value <i>beats random</i> when it exceeds their {float(settings.g
 <h2>Overview</h2>
 {_overview(quality, steps, yardsticks, commitment)}
 {_known_answers(out, unit)}
+{_judge(out, record)}
 <h2>Figures</h2>
 {figures}
 <h2>Concepts</h2>

@@ -4,6 +4,7 @@ and, for generators that record it, the final content the generator realised) (d
 
     python interp/stage6_probe.py --data data --embedder spectral [--model X] [--probe logreg|svm|cav|text]
                                   [--kind x0] [--baseline instruments|notes] [--compare]
+                                  [--judge musicnn-tags [--judge-model MTT_musicnn]]
     python interp/stage6_probe.py --data data --space activations [--branch cond] [--pool mean]
 
 Outputs go to <data>/results/<embedder stem>/<probe>/<kind>/ (the stem of --embedder/--model, as stages 3 and 5
@@ -18,7 +19,7 @@ as is.
 """
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -34,7 +35,8 @@ from data.files import read_json, sha256_file, write_csv
 from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError, add_progress_argument, main_exit, stage_parser
 from embeddings import EMBEDDERS, embedding_stem
-from interp import compare, compare_report, known_answers, plots, report, stage6_activations, statistics, summary
+from interp import (compare, compare_report, judge, known_answers, plots, report, stage6_activations, statistics,
+                    summary)
 from interp import probes as probe_families
 from interp.emergence import (PRIMARY_METRIC, RANDOM_PERCENTILE, distinct_positions, drift_tables, emergence,
                               emergence_steps)
@@ -43,16 +45,17 @@ from interp.fitting import (BASELINES, concept_scores, fit_concept_probes, probe
 from interp.records import (REALISED_MASS, ConceptNotes, GeneratedClips, KnownTruth, ProbeScores, concept_splits,
                             load_concept_notes, load_generated, load_known_truth)
 from interp.yardsticks import BY_NAME as YARDSTICK_KINDS
-from interp.yardsticks import YARDSTICKS, build_yardsticks
+from interp.yardsticks import YARDSTICKS, build_yardsticks, final_content_labels
 
 OUTPUT_FILES = ("probe_quality.csv", "emergence.csv", "emergence_steps.csv", "known_answers.csv", "known_order.csv",
-                "known_commitment.csv", "drift.csv", "drift_summary.csv", "probabilities.csv", summary.SUMMARY_JSON,
-                summary.SUMMARY_MD)
+                "known_commitment.csv", "judge_validation.csv", "drift.csv", "drift_summary.csv", "probabilities.csv",
+                summary.SUMMARY_JSON, summary.SUMMARY_MD)
 SIDECAR = "stage6.json"
 EMBEDDER_KEYS = ("embedder", "model", "checkpoint_sha256", "window_policy", "dim")
 # Options of one space that the other does not read: given with the other space (other than their default),
-# they are refused rather than silently ignored. --embedder and --model are read by the embedding space only, and
-# ignored by the activation space, so that `make stage6 STAGE6_ARGS="--space activations"` runs as written.
+# they are refused rather than silently ignored. --embedder, --model, --judge and --judge-model are read by the
+# embedding space only, and ignored by the activation space, so that `make stage6 STAGE6_ARGS="--space activations"`
+# runs as written.
 EMBEDDING_OPTIONS = {"probe": "logreg", "kind": "x0", "baseline": "instruments", "compare": False, "resplits": 20}
 # The random probes of each space: a pool of random-concept probes (one fit each) here, probes on permuted labels
 # per concept, layer and fold there (far dearer: interp/activations.py).
@@ -78,6 +81,10 @@ def build_parser():
     parser.add_argument("--model", help="the --model given to stages 3 and 5 (embedders with weights, e.g. clap)")
     parser.add_argument("--probe", default="logreg",
                         help=f"probe family: {', '.join(probe_families.FAMILIES)} (see interp/probes.py)")
+    parser.add_argument("--judge", default="musicnn-tags",
+                        help="the judge whose verdicts (embeddings/judge_generated.py) give the judged-content "
+                             "yardstick when its table exists; '' ignores any judge")
+    parser.add_argument("--judge-model", default=None, help="the judge's --model (unset: its default checkpoint)")
     parser.add_argument("--kind", default="x0", help="which captured clips to analyse: x0 (clean estimate) or xt")
     parser.add_argument("--baseline", default="instruments",
                         help="random concepts drawn as random instrument subsets matched in number of instruments "
@@ -166,15 +173,22 @@ def analyse(args, generated: GeneratedClips, nsynth: ConceptNotes | None, family
         known_tables["known_answers.csv"] = answers
         known_tables["known_order.csv"] = known_answers.known_order(answers, crossings, oracle_crossings, level)
 
+    judge_validation = judge.judge_validation(generated.judge, clips, final_content_labels(generated))
     probabilities = pd.concat([clips[["prompt_id", "sample", "step", "kind", "path"]],
                                pd.DataFrame(probe_scores.scores, columns=names)], axis=1)
     drift, drift_summary = drift_tables(clips, generated.embeddings, runs, args.bootstrap, args.alpha, args.seed)
     tables = {"probe_quality.csv": quality, "emergence.csv": table, "emergence_steps.csv": steps_table,
-              **known_tables, "drift.csv": drift, "drift_summary.csv": drift_summary,
-              "probabilities.csv": probabilities}
+              **known_tables, "judge_validation.csv": judge_validation, "drift.csv": drift,
+              "drift_summary.csv": drift_summary, "probabilities.csv": probabilities}
     facts = {"trajectory_axis": generated.axis.record(), "n_tests": n_tests, "distinct_by": distinct_by,
              "yardsticks": [yardstick.name for yardstick in yardsticks], "exact_yardstick": exact,
-             "embedder": {key: generated.sidecar.get(key) for key in EMBEDDER_KEYS}}
+             "embedder": {key: generated.sidecar.get(key) for key in EMBEDDER_KEYS},
+             "judge": None if generated.judge is None else
+             {"stem": generated.judge.stem, "model": generated.judge.sidecar.get("model"),
+              "checkpoint_sha256": generated.judge.sidecar.get("checkpoint_sha256"),
+              "positions": generated.judge.sidecar.get("positions"),
+              "shared_with_probes": generated.judge.shared_with_probes,
+              "warning": judge.shared_warning(generated.judge)}}
     return Analysis(tables, facts, probe_scores.scores, runs)
 
 
@@ -228,6 +242,11 @@ def run(args) -> None:
     data = Path(args.data)
     stem = _stem(args)
     generated = load_generated(data, stem, args.kind)
+    if args.judge:
+        judge_stem = embedding_stem(args.judge, args.judge_model)
+        generated = replace(generated, judge=judge.load_judge(data, judge_stem, generated.clips, generated.sidecar))
+        if generated.judge is not None and generated.judge.shared_with_probes:
+            print(f"warning: {judge.shared_warning(generated.judge)}")
     nsynth = load_concept_notes(data, stem, generated, required=family_type.needs_notes)
     known = load_known_truth(data, generated)
     out = results_dir(data, stem, args.probe, args.kind)

@@ -134,6 +134,22 @@ def summarise(out, record: dict | None = None) -> dict:
              "probe": _integer(row.probe_step), "low": _integer(row.probe_low), "high": _integer(row.probe_high),
              "within_two": _flag(row.within_two)} for row in commitment.itertuples()]
 
+    validation = _read(out, "judge_validation.csv") if (out / "judge_validation.csv").is_file() else pd.DataFrame()
+    if len(validation):
+        measured = validation.dropna(subset=["auroc"]).sort_values(["auroc", "concept"], ascending=[False, True])
+        used = validation["used"].map(_flag)
+        summary["judge"] = {
+            "judge": (record.get("judge") or {}).get("stem"),
+            "shared_with_probes": bool((record.get("judge") or {}).get("shared_with_probes")),
+            "mapped": int(validation["evidence_tags"].notna().sum()), "used": int(used.sum()),
+            "auroc": {row.concept: [_round(row.auroc), _round(row.auroc_low), _round(row.auroc_high)]
+                      for row in measured.itertuples()},
+            "median_auroc": _round(measured["auroc"].median()) if len(measured) else None,
+            "not_better": sorted(measured[~used.loc[measured.index]]["concept"]),
+            "judged_present": {row.concept: int(row.judged_present) for row in validation.itertuples()
+                               if _flag(row.used)},
+        }
+
     families = prompt_rows[prompt_rows["concept"].isin([f"is_{family}" for family in FAMILIES])]
     by_step = families.groupby("step")[["tpr", "tnr", "auroc"]].mean()
     summary["families"] = {
@@ -234,6 +250,19 @@ def markdown(summary: dict) -> str:
             f"- **Commitment** ({entry['concept']}, strength {entry['strength']}): truth {unit} {_bound(entry['truth'])}, "
             f"probes {_bound(entry['probe'])} [{_bound(entry['low'])}, {_bound(entry['high'])}]; within two {unit}s: "
             f"{'yes' if entry['within_two'] else 'no'}.")
+    judged = summary.get("judge")
+    if judged:
+        listing = ", ".join(f"{name} {_fixed(v[0], 2)} [{_fixed(v[1], 2)}, {_fixed(v[2], 2)}]"
+                            for name, v in judged["auroc"].items())
+        present = ", ".join(f"{name} {count}" for name, count in judged["judged_present"].items())
+        lines.append(
+            f"- **Judge** ({judged['judge']}, each trajectory's final clip; {judged['mapped']} of "
+            f"{run['concepts']} concepts have evidence tags): AUROC against the exact final content "
+            f"{'(median ' + _fixed(judged['median_auroc'], 2) + ') ' if judged['auroc'] else ''}— "
+            f"{listing or 'not measured (no exact content)'}; not better than chance: "
+            f"{_listing(judged['not_better'])}. {judged['used']} concepts used by the judged-content yardstick; "
+            f"trajectories judged to end on them (tag probability at least 0.5): {present or 'none'}."
+            + (" Warning: the probes and the judge share one network." if judged["shared_with_probes"] else ""))
     significance = summary["significance"]
     lines.append(f"- **Significance** ({significance['correction'].capitalize()} over {significance['tests']:,} AUROC "
                  f"tests, alpha {significance['alpha']}): {significance['above']} cells above chance, "

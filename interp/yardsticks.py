@@ -13,6 +13,10 @@ answers are measured against it).
   emergence is when the output starts to reveal it: the definition the planted truth uses (data/truth.py). The
   content at an intermediate position is a posterior blend and says when the generator committed, not what a
   listener of that clip could read; stage 6 uses it only to find identical positions (interp/emergence.py).
+- `judged` (when the judge has run, embeddings/judge_generated.py; any generator): a pretrained tagger's verdict
+  on the FINAL clip of the clip's trajectory, through data/judge_tags.csv, scored at every position like
+  `content`. Concepts the judge cannot judge, or (where the exact content is known) judges no better than chance,
+  hold no positive (interp/judge.py, judge_validation.csv).
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -21,6 +25,7 @@ import numpy as np
 
 from data.concepts import CONCEPTS
 from interp.emergence import trajectories
+from interp.judge import judged_labels as judge_verdicts
 from interp.records import REALISED_MASS, GeneratedClips, Yardstick, prompt_yardstick
 
 
@@ -78,6 +83,17 @@ def final_content_labels(generated: GeneratedClips) -> np.ndarray | None:
     return carries[final_row[trajectory]]
 
 
+def judged_labels(generated: GeneratedClips) -> np.ndarray | None:
+    """Per clip, the judge's verdict on its trajectory's final clip; None when the judge has not run."""
+    if generated.judge is None:
+        return None
+    return judge_verdicts(generated.judge, generated.clips, final_content_labels(generated))
+
+
+def judge_fingerprint(generated: GeneratedClips) -> dict:
+    return {} if generated.judge is None else {"judge": generated.judge.stem, "judge_sha256": generated.judge.sha256}
+
+
 YARDSTICKS = (
     YardstickKind("prompt", "against the prompts", "vs prompts", "tab:blue", "asks for", "prompt", False,
                   prompt_labels, "a clip is a positive for a concept when its prompt's annotation asks for it"),
@@ -87,6 +103,13 @@ YARDSTICKS = (
                   f"prompt rule on the labels with at least {REALISED_MASS:g} of the generator's posterior mass at "
                   f"the last captured position), so every position is scored against what the sample becomes",
                   content_fingerprint),
+    YardstickKind("judged", "against the judged final content", "vs judged content", "tab:green",
+                  "is judged to end on", "trajectory", False, judged_labels,
+                  "a clip is a positive when a pretrained tagger (the judge) hears the concept in the FINAL clip of "
+                  "its trajectory (its evidence tags' best probability at least 0.5, data/judge_tags.csv), so every "
+                  "position is scored against what the sample becomes; concepts the judge cannot judge, or judges "
+                  "no better than chance where the exact content is known, hold no positive (judge_validation.csv)",
+                  judge_fingerprint),
 )
 BY_NAME = {kind.name: kind for kind in YARDSTICKS}
 

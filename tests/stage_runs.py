@@ -58,8 +58,17 @@ def assert_outside_the_clock_is_refused(folder, generator, seconds: float, entry
         assert "\n" not in str(error.value)
 
 
-def run_stages_3_to_6(data, *stage6_extra: str) -> None:
-    """Stages 3-6 in process on a stage-2 output: spectral embeddings, a small rendered note set, logreg probes."""
+def run_judge(data, *extra: str) -> None:
+    """The judge (musicnn-tags on MTT_musicnn) on each trajectory's final clip, as the demo runs it."""
+    from embeddings import judge_generated
+
+    assert run_stage(judge_generated.main, judge_generated.build_parser(),
+                     ["--data", str(data), "--positions", "final", "--workers", "1", "--no-progress", *extra]) == 0
+
+
+def run_stages_3_to_6(data, *stage6_extra: str, judge: bool = False) -> None:
+    """Stages 3-6 in process on a stage-2 output: spectral embeddings, a small rendered note set, logreg probes;
+    with judge=True the judge tags the final clips before stage 6 (the judged-content yardstick)."""
     from data.nsynth import render_soundfont
     from embeddings import stage3_embed_generated as stage3
     from interp import stage4_concept_sets as stage4
@@ -68,6 +77,8 @@ def run_stages_3_to_6(data, *stage6_extra: str) -> None:
 
     assert run_stage(stage3.main, stage3.build_parser(),
                      ["--data", str(data), "--embedder", "spectral", "--workers", "1"]) == 0
+    if judge:
+        run_judge(data)
     assert run_stage(render_soundfont.main, render_soundfont.build_parser(),
                      ["--data", str(data), "--programs", "0,4,56,57,40,42", "--pitch-step", "12",
                       "--velocities", "75,127"]) == 0

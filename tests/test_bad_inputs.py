@@ -43,6 +43,7 @@ STAGES = {
     6: "interp.stage6_probe",
     "render": "data.nsynth.render_soundfont",
     "commitment": "interp.commitment_search",
+    "judge": "embeddings.judge_generated",
 }
 NSYNTH = "nsynth/nsynth-soundfont"
 # The settings of the session's run: a case that repeats them reaches validation, not a provenance refusal.
@@ -57,6 +58,7 @@ ARGS = {
     "render": ["--pitch-step", "24", "--velocities", "100", "--dyad-velocity", "0"],
     "commitment": ["--embedder", "spectral", "--workers", "0", "--steps", "10", "--concept", "is_brass", "--prompts", "2",
                    "--samples", "1", "--random-directions-per-prompt", "5", "--no-progress"],
+    "judge": ["--positions", "final", "--workers", "0", "--no-progress"],
 }
 
 
@@ -499,6 +501,28 @@ def intervention_folder_linked_outside(data: Path):
     (data / "generated" / "interventions" / "is_brass_concept_prior_s8_k5").symlink_to(outside)
 
 
+JUDGE_DIR = "generated/judge/musicnn-tags-MTT_musicnn"
+
+
+def judged_then(change: Callable[[Path], None]):
+    """Run the judge on the copy (its final clips), then break what it wrote."""
+    def corrupt(data: Path):
+        code, stderr = run_in_process("judge", stage_argv("judge", data))
+        assert code == 0, stderr[-2000:]
+        change(data)
+    return corrupt
+
+
+def judge_lacks_a_final_clip(data: Path):
+    """The judge's table without its last row, its sidecar updated to match: a table made before stage 2 added a
+    trajectory."""
+    table, sidecar = data / JUDGE_DIR / "judge.csv", data / JUDGE_DIR / "judge.json"
+    lines = table.read_text(encoding="utf-8").splitlines(keepends=True)
+    rewrite(table, "".join(lines[:-1]))
+    rewrite(sidecar, json.dumps({**json.loads(sidecar.read_text()),
+                                 "table_sha256": hashlib.sha256(table.read_bytes()).hexdigest()}))
+
+
 # ---------------------------------------------------------------------------------------------- the catalogue
 
 @dataclass
@@ -738,6 +762,23 @@ CASES = [
     Case("s5-before-stage4", 5, delete("concepts/notes.csv"), ("notes.csv: missing — run stage 4 first",)),
 
     # ---- stage 6: embeddings, sidecars and the command line
+    # ---- the judge (embeddings/judge_generated.py) and stage 6's reading of its table
+    Case("judge-unknown-judge", "judge", None, ("--judge 'wav2vec'", "not an embedder"), extra=("--judge", "wav2vec")),
+    Case("judge-not-a-tagger", "judge", None, ("--judge spectral", "no tags"), extra=("--judge", "spectral")),
+    Case("judge-unknown-checkpoint", "judge", None, ("MTT_nope", "not a musicnn checkpoint"),
+         extra=("--model", "MTT_nope")),
+    Case("judge-bad-positions", "judge", None, ("--positions",), extra=("--positions", "middle"), subprocess=True),
+    Case("judge-stage2-never-ran", "judge", delete("generated/generation.json"), ("generation.json", "missing")),
+    Case("judge-clip-wrong-rate", "judge", replace_wav(first_clip, rate=8000), ("8000 Hz",),
+         extra=("--positions", "all")),
+    Case("judge-taggram-of-another-checkpoint", "judge",
+         judged_then(sidecar_edit(f"{JUDGE_DIR}/taggram.json", lambda record: {**record, "checkpoint_sha256": "0" * 64})),
+         ("taggram.json", "checkpoint_sha256", "--force"), extra=("--positions", "all")),
+    Case("s6-judge-table-edited", 6, judged_then(append_line(f"{JUDGE_DIR}/judge.csv", ",p1,0,x0,9,x.wav")),
+         ("judge.json", "another judge.csv", "rerun")),
+    Case("s6-judge-lacks-a-final-clip", 6, judged_then(judge_lacks_a_final_clip),
+         ("judge.csv", "no verdict on prompt", "tags only the clips it lacks")),
+    Case("s6-judge-unfinished", 6, judged_then(delete(f"{JUDGE_DIR}/judge.json")), ("judge.csv", "no sidecar")),
     Case("s6-nan-row", 6, npy_edit(GENERATED_NPY, set_row(np.nan, row=1)), ("spectral.npy", "row 1", "NaN"),
          subprocess=True),
     Case("s6-inf-note-row", 6, npy_edit(NOTES_NPY, set_row(np.inf, row=3)), ("spectral.npy", "row 3")),

@@ -123,10 +123,14 @@ def test_stages_3_to_6_run_on_the_layer_trajectory(logit_run, tmp_path):
     """Done when: the layer trajectory feeds stages 3-6 offline; positions are the layers."""
     data = tmp_path / "data"
     shutil.copytree(logit_run, data)
-    run_stages_3_to_6(data, "--random-baselines", "2")
+    run_stages_3_to_6(data, "--random-baselines", "2", judge=True)
     emergence = pd.read_csv(data / "results" / "spectral" / "logreg" / "x0" / "emergence.csv")
     assert set(emergence["step"]) == {1, 2, 3, 4}
     assert set(emergence["trajectory_axis"]) == {"layer"}
+    # The judge heard the last layer's clip of each trajectory; every layer is scored against it.
+    judged = emergence[emergence["yardstick"] == "judged"]
+    assert set(judged["step"]) == {1, 2, 3, 4}
+    assert (judged.groupby("concept")["n_positive_clips"].nunique() == 1).all()
     assert "layer" in (data / "results" / "spectral" / "logreg" / "x0" / "report.html").read_text()
 
 

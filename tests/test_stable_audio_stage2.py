@@ -192,13 +192,19 @@ def test_empty_prompt_and_incomplete_model_dir(tiny_model, tmp_path, capsys):
 
 
 def test_stages_3_to_6_run_on_the_generated_trajectories(full_run, tmp_path):
-    """Done when: the Stable Audio trajectories feed stages 3-6 offline."""
+    """Done when: the Stable Audio trajectories feed stages 3-6 offline, and the judge gives them a second
+    yardstick (the generator records no realised content, so the judge is not validated on the run itself)."""
 
     data = full_run
-    run_stages_3_to_6(data, "--random-baselines", "2", "--no-report")
+    run_stages_3_to_6(data, "--random-baselines", "2", "--no-report", judge=True)
     results = data / "results" / "spectral" / "logreg" / "x0"
     emergence = pd.read_csv(results / "emergence.csv")
     assert len(emergence) > 0 and set(emergence["step"]) <= {1, 3}
+    assert set(emergence["yardstick"]) == {"prompt", "judged"}
+    validation = pd.read_csv(results / "judge_validation.csv")
+    judgeable = validation["evidence_tags"].notna()
+    assert judgeable.any() and validation.loc[judgeable, "status"].str.startswith("not validated").all()
+    assert validation["auroc"].isna().all()
 
 
 def test_uncached_hub_model_offline_is_the_only_line_on_stderr(tiny_model, tmp_path, capsys, monkeypatch):
