@@ -127,6 +127,7 @@ bench: install
 	$(PY) bench/bench_clap.py --clips 40
 	$(PY) bench/bench_analysis.py
 	$(PY) bench/bench_seed_stability.py
+	$(PY) bench/bench_mix_transfer.py
 	$(PY) bench/bench_annotator.py
 	$(PY) bench/bench_musicgen.py --size tiny
 	$(PY) bench/bench_interventions.py --size tiny
