@@ -131,7 +131,11 @@ def test_stage6_runs_on_clap_embeddings(pipeline, probe, capsys):
     assert code == 0, capsys.readouterr().err
     out = stage6_probe.results_dir(data, embedder.name, probe, "x0")
     tables = {name: pd.read_csv(out / name) for name in stage6_probe.OUTPUT_FILES if name.endswith(".csv")}
-    assert tables and all(len(table) for table in tables.values())
+    # The known-answer and judge tables hold rows only where the generator planted timing or a judge ran: this run
+    # (the ideal model's default preset, no judge) has their headers alone.
+    truthless = {"known_answers.csv", "known_order.csv", "known_commitment.csv", "judge_validation.csv"}
+    assert all(len(table) for name, table in tables.items() if name not in truthless)
+    assert all(len(tables[name]) == 0 for name in truthless)
 
 
 def test_stage6_refuses_nsynth_embeddings_from_another_checkpoint(pipeline, tmp_path, capsys):
