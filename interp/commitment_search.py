@@ -36,7 +36,7 @@ from data.files import read_json, sha256_file
 from data.generation import read_generation
 from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError, main_exit, stage_parser
-from diffusion import GENERATORS, load_generator
+from diffusion import GENERATORS, load_generator, parse_generator_options
 from diffusion.interventions.records import MODES, PRIOR, ROWS
 from diffusion.interventions.spec import InterventionSpec, check_spec
 from diffusion.trajectory import TrajectorySettings, generation_record
@@ -132,12 +132,7 @@ def check_numbers(args) -> None:
 def study_generator(args, stored):
     """The generator stage 2 used: built from the same options, refused (one line) unless its generation.json
     record is the stored one; and the study's settings (seed, length) with the search's samples."""
-    options = {}
-    for pair in args.generator_option:
-        key, separator, value = pair.partition("=")
-        if not separator or not key.strip():
-            raise InputError(f"--generator-option {pair!r} is not KEY=VALUE")
-        options[key.strip()] = value.strip()
+    options = parse_generator_options(args.generator_option)
     if args.generator not in GENERATORS:
         raise InputError(f"--generator {args.generator!r}: choose one of {', '.join(GENERATORS)}")
     generator = load_generator(args.generator, model=args.generator_model, preset=args.preset, steps=args.steps,
