@@ -499,6 +499,32 @@ def intervention_folder_linked_outside(data: Path):
     (data / "generated" / "interventions" / "is_brass_concept_prior_s8_k5").symlink_to(outside)
 
 
+def npz_archive(relative: str):
+    """The array saved as an .npz archive under its .npy name (np.load opens a zip whatever the file is called)."""
+    def corrupt(data: Path):
+        path = data / relative
+        matrix = np.load(path)
+        path.unlink()
+        with path.open("wb") as file:
+            np.savez(file, matrix)
+    return corrupt
+
+
+def planted_geometry(change: Callable[[dict], None] | None = None, text: str | None = None):
+    """The default planted geometry beside --data, changed (or replaced by `text`)."""
+    def corrupt(data: Path):
+        from diffusion.planted import DEFAULT_GEOMETRY
+        geometry = json.loads(DEFAULT_GEOMETRY.read_text())
+        if change is not None:
+            change(geometry)
+        (data.parent / "geometry.json").write_text(text if text is not None else json.dumps(geometry))
+    return corrupt
+
+
+PLANTED = ("--preset", "planted", "--generator-option", "geometry={data}/../geometry.json")
+DEFAULT_GEOMETRY_TEXT = (REPO_ROOT / "diffusion" / "specs" / "planted_geometry.json").read_text()
+
+
 # ---------------------------------------------------------------------------------------------- the catalogue
 
 @dataclass
@@ -626,6 +652,25 @@ CASES = [
     # Refused while generating (no bank clip carries a quality): the run leaves no intervention.json behind.
     Case("s2-steer-concept-without-clips", 2, write_spec(spec({"concept": "warm"})), ("'warm' marks no clip",),
          extra=SPEC),
+    # ---- stage 2 --preset planted: the geometry file and the generator options (checked before the provenance)
+    Case("s2-planted-geometry-duplicate-key", 2,
+         planted_geometry(text=DEFAULT_GEOMETRY_TEXT.rstrip().removesuffix("}") + ', "seed": 3}'),
+         ("geometry.json", "'seed' appears twice"), extra=PLANTED),
+    Case("s2-planted-geometry-negative-scale", 2, planted_geometry(lambda g: g["groups"][0].update(scale=-8.0)),
+         ("geometry.json", "group 'early' needs scale > 0"), extra=PLANTED),
+    Case("s2-planted-geometry-scale-as-text", 2, planted_geometry(lambda g: g["groups"][1].update(scale="0.8")),
+         ("geometry.json", "group 'middle' needs scale > 0"), extra=PLANTED),
+    Case("s2-planted-geometry-unknown-label", 2, planted_geometry(lambda g: g["groups"][2]["labels"].append("kazoo")),
+         ("geometry.json", "group 'late' labels must be a non-empty list of families"), extra=PLANTED),
+    Case("s2-planted-geometry-label-twice", 2, planted_geometry(lambda g: g["groups"][2]["labels"].append("brass")),
+         ("geometry.json", "label 'brass' is in two groups"), extra=PLANTED),
+    Case("s2-planted-geometry-not-an-object", 2, planted_geometry(text="[1, 2]"),
+         ("geometry.json", "not a planted geometry of format 1"), extra=PLANTED),
+    Case("s2-planted-scales-infinite", 2, None, ("--generator-option scales", "needs scale > 0"),
+         extra=("--preset", "planted", "--generator-option", "scales=inf,1,1")),
+    Case("s2-generator-option-twice", 2, None, ("--generator-option scales is given twice",),
+         extra=("--preset", "planted", "--generator-option", "scales=8,0.8,0.08", "--generator-option",
+                "scales=1,1,1")),
 
     # ---- stage 3: the generated index, its clips and generation.json
     Case("s3-index-path-absolute", 3, index_path_absolute, ("index", "must stay inside"), subprocess=True),
@@ -760,6 +805,9 @@ CASES = [
     Case("s6-kind-without-clips", 6, None, ("xt",), extra=("--kind", "xt")),
     Case("s6-unknown-embedder", 6, None, ("not an embedder",), args=["--embedder", "nosuch"]),
     Case("s6-embeddings-missing", 6, delete(GENERATED_NPY), ("spectral.npy", "missing")),
+    Case("s6-embeddings-npz-archive", 6, npz_archive(GENERATED_NPY), ("spectral.npy", "an .npz archive")),
+    Case("s6-notes-embeddings-garbage", 6, write_file(NOTES_NPY, b"not an array\n" * 20),
+         ("spectral.npy", "unreadable .npy")),
     Case("s6-bad-probe", 6, None, ("--probe",), extra=("--probe", "forest")),
     Case("s6-zero-bootstrap", 6, None, ("--bootstrap",), extra=("--bootstrap", "0")),
     Case("s6-alpha-out-of-range", 6, None, ("--alpha",), extra=("--alpha", "2")),
@@ -792,6 +840,8 @@ CASES = [
          ("window_policy",)),
     Case("commitment-missing-embedder-flag", "commitment", None, ("--embedder",),
          args=["--concept", "is_brass", "--no-progress"], subprocess=True),
+    Case("commitment-generator-option-twice", "commitment", None, ("--generator-option prior_sharpness is given twice",),
+         extra=("--generator-option", "prior_sharpness=4", "--generator-option", "prior_sharpness=0")),
 
     # ---- the note renderer (stage 4's input when no NSynth download is at hand)
     Case("render-bad-velocity", "render", None, ("velocit",), extra=("--velocities", "64")),
