@@ -710,6 +710,13 @@ CASES = [
           "then run stage 3"), subprocess=True),
     Case("s3-requested-json-garbage", 3, write_file("generated/requested.json", '{"reference": 3}'),
          ("requested.json", "not a stage-2 request", "rerun stage 2")),
+    Case("s3-requested-json-duplicate-key", 3, edit_text("generated/requested.json", "{", '{"format": 1, ', 1),
+         ("requested.json", "'format' appears twice")),
+    Case("s3-requested-prompt-id-escapes", 3, sidecar_edit("generated/requested.json", lambda r: {
+        **r, "reference": {"shards": 1, "prompts": {**r["reference"]["prompts"], "../x": 0}}}),
+         ("requested.json", "prompt_id '../x' must match")),
+    Case("s3-requested-intervention-id-dotdot", 3, sidecar_edit("generated/requested.json", lambda r: {
+        **r, "interventions": {"..": {"shards": 1, "prompts": {}}}}), ("requested.json", "intervention id '..'")),
     Case("s3-stage2-never-ran-typo-data", 3, None, ("generation.json: missing", "run stage 2 first",
                                                     "is it the folder you meant"), extra=("--data", "{data}-typo")),
     Case("s3-index-fractional-sample", 3, index_cell("sample", "0.5"), ("index", "sample")),
