@@ -31,9 +31,10 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from data.concepts import BY_NAME, CONCEPTS
-from data.contract import annotated_csv, concepts_dir, read_annotated, read_notes, read_sets
+from data.contract import annotated_csv, concepts_dir, read_annotated
 from data.files import read_json, sha256_file
 from data.generation import read_generation
+from data.identifiers import path_inside
 from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError, main_exit, stage_parser
 from diffusion import GENERATORS, load_generator, parse_generator_options
@@ -103,8 +104,10 @@ def build_parser():
 
 
 def results_folder(data: Path, stem: str, probe: str, kind: str) -> Path:
-    """Beside stage 6's results of the same embedder, probe and kind (the report includes its section)."""
-    return Path(data) / "results" / stem / probe / kind / COMMITMENT_DIR
+    """Beside stage 6's results of the same embedder, probe and kind (the report includes its section). Never a
+    link out of there: --force clears it, and the search writes inside --data only."""
+    parent = Path(data) / "results" / stem / probe / kind
+    return path_inside(parent, COMMITMENT_DIR, "results folder", parent, "remove the link")
 
 
 def check_numbers(args) -> None:
@@ -190,13 +193,11 @@ def search_prompts(annotated, concept: str, strength: float, count: int, data: P
 
 
 def check_probe_notes(data: Path, stem: str, embedder, concepts) -> None:
-    """Before anything is written: stage 5's embeddings exist and come from this embedder, and each concept has
-    a stage-4 train split with both classes (what its probe is fitted on)."""
+    """Before anything is written (--force clears the results folder): stage 5's embeddings are whole, stage 4's
+    notes and sets agree with them, they come from this embedder, and each concept has a stage-4 train split with
+    both classes (what its probe is fitted on)."""
     npy = concepts_dir(data) / "embeddings" / f"{stem}.npy"
-    read_notes(data)
-    sets = read_sets(data)
-    if not npy.is_file():
-        raise InputError(f"{npy}: missing — run stage 5 with the same --embedder/--model")
+    sets = load_concept_notes(data, stem, None, required=True).sets
     stage5 = read_json(npy.with_suffix(".json"))
     identity = embedder.provenance()
     different = next((key for key in ("embedder", "model", "checkpoint_sha256", "window_policy", "dim")

@@ -866,6 +866,10 @@ def test_the_catalogue_is_wide():
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input_gives_one_line_and_changes_nothing(case: Case, data: Path, monkeypatch):
+    check_case(case, data, monkeypatch)
+
+
+def check_case(case: Case, data: Path, monkeypatch) -> None:
     if case.corrupt is not None:
         case.corrupt(data)
     before = snapshot(data.parent)
@@ -893,6 +897,52 @@ def assert_one_line_and_nothing_changed(code: int, stderr: str, before: dict, ro
     assert all(word in lines[0] for word in words), lines[0]
     assert snapshot(root) == before, "files under --data changed"
     return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------- a finished search
+# The commitment search's results folder is its own: a refusal, --force included, must leave it as it was.
+
+@pytest.fixture(scope="session")
+def searched(base, tmp_path_factory) -> Path:
+    """The base run with the catalogue's commitment search finished."""
+    data = tmp_path_factory.mktemp("searched") / "data"
+    shutil.copytree(base, data, copy_function=link_audio_copy_rest)
+    code, stderr = run_in_process("commitment", stage_argv("commitment", data))
+    assert code == 0, stderr[-2000:]
+    return data
+
+
+def results_linked_outside(data: Path):
+    """The search's results folder moved out of --data and linked back: --force would clear and fill the target."""
+    results = data / SEARCH_RESULTS
+    shutil.move(results, data.parent / "elsewhere")
+    results.symlink_to(data.parent / "elsewhere")
+
+
+SEARCH_RESULTS = "results/spectral/logreg/x0/commitment"
+SEARCH_CASES = [
+    Case("commitment-other-settings-without-force", "commitment", None,
+         ("commitment_search.json", "settings.samples=1, this run has 2", "--force"), extra=("--samples", "2")),
+    Case("commitment-sidecar-duplicate-key", "commitment",
+         edit_text(SEARCH_RESULTS + "/commitment_search.json", "{", '{"seconds": 1, ', 1),
+         ("commitment_search.json", "'seconds' appears twice")),
+    # Checked before --force clears the folder: the notes' embeddings are read whole, not only found.
+    Case("commitment-force-nan-note-row", "commitment", npy_edit(NOTES_NPY, set_row(np.nan, row=3)),
+         ("spectral.npy", "row 3 holds NaN"), extra=("--force",)),
+    Case("commitment-force-notes-npz-archive", "commitment", npz_archive(NOTES_NPY),
+         ("spectral.npy", "an .npz archive"), extra=("--force",)),
+    Case("commitment-force-sets-unknown-note", "commitment", set_cell("concepts/sets.csv", "note_str", "nowhere"),
+         ("sets.csv row 2", "'nowhere' is not in notes.csv"), extra=("--force",)),
+    Case("commitment-results-linked-outside", "commitment", results_linked_outside,
+         ("commitment: is a symbolic link", "outside"), extra=("--force",)),
+]
+
+
+@pytest.mark.parametrize("case", SEARCH_CASES, ids=[case.id for case in SEARCH_CASES])
+def test_a_refused_search_leaves_its_results_untouched(case: Case, searched: Path, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(searched, data, copy_function=link_audio_copy_rest, symlinks=True)
+    check_case(case, data, monkeypatch)
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
