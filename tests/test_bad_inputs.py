@@ -945,6 +945,97 @@ def test_a_refused_search_leaves_its_results_untouched(case: Case, searched: Pat
     check_case(case, data, monkeypatch)
 
 
+# ---------------------------------------------------------------------------------------------- direction files
+# A steering of blocks reads a direction file (data/directions.py); the ideal model steers its prior and reads
+# none, so these run on the toy backend of the tests (tests/toy_backend.py: blocks, hooks, a real sampler).
+
+TOY_PROMPTS = [("p_brass1", "bright brass fanfare", "brass"), ("p_keys1", "soft acoustic piano", "keyboard")]
+TOY_ARGS = ["--generator", "toy", "--steps", "8", "--samples", "1", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> Path:
+    """A reference run of the toy backend and, beside --data, a direction file of its width and a spec steering
+    block 1 along it."""
+    from stage_runs import write_annotated
+    from toy_backend import BLOCKS, DIM
+
+    from data.directions import Direction
+    from diffusion import GENERATORS
+
+    data = tmp_path_factory.mktemp("toy") / "data"
+    write_annotated(data, TOY_PROMPTS)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(GENERATORS, "toy", "tests.toy_backend:ToyGenerator")
+        code, stderr = run_in_process(2, stage_argv(2, data, TOY_ARGS))
+    assert code == 0, stderr[-2000:]
+    vectors = np.random.default_rng(0).standard_normal((BLOCKS, DIM))
+    Direction(vectors, range(BLOCKS), "is_brass", "probe").save(data.parent / "is_brass")
+    (data.parent / "spec.json").write_text(json.dumps({"format": 2, "interventions": [
+        {"concept": "is_brass", "direction": ["is_brass.npy", "random:0"], "where": [1], "strength": 2.0,
+         "from_step": 4}]}))
+    return data
+
+
+def direction_array(change: Callable[[np.ndarray], object]):
+    def corrupt(data: Path):
+        path = data.parent / "is_brass.npy"
+        array = change(np.load(path))
+        path.unlink()
+        np.save(path, array, allow_pickle=True)
+    return corrupt
+
+
+def direction_sidecar(change: Callable[[dict], dict]):
+    def corrupt(data: Path):
+        path = data.parent / "is_brass.json"
+        rewrite(path, json.dumps(change(json.loads(path.read_text()))))
+    return corrupt
+
+
+def beside(corruption):
+    """A corruption of a file beside --data (write_file, truncate and delete take paths relative to --data)."""
+    return lambda data: corruption(data.parent)
+
+
+DIRECTION_CASES = [
+    Case("direction-empty", 2, beside(write_file("is_brass.npy", b"")), ("is_brass.npy", "empty file (0 bytes)")),
+    Case("direction-garbage", 2, beside(write_file("is_brass.npy", b"not an array\n" * 20)),
+         ("is_brass.npy", "unreadable .npy")),
+    Case("direction-cut-off", 2, beside(truncate("is_brass.npy", 0.6)), ("is_brass.npy", "unreadable .npy")),
+    Case("direction-npz-archive", 2, beside(npz_archive("is_brass.npy")),
+         ("is_brass.npy", "an .npz archive")),
+    Case("direction-object-array", 2, direction_array(lambda v: np.array([{"a": 1}, None], dtype=object)),
+         ("is_brass.npy", "unreadable .npy", "allow_pickle")),
+    Case("direction-nan", 2, direction_array(lambda v: np.where(np.arange(v.size).reshape(v.shape) == 3, np.nan, v)),
+         ("is_brass.npy", "NaN or infinite")),
+    Case("direction-other-width", 2, direction_array(lambda v: np.concatenate([v, v[:, :1]], axis=1)),
+         ("is_brass.npy", "direction dim 9 but the toy generator's blocks are 8 wide")),
+    Case("direction-one-dimensional", 2, direction_array(lambda v: v[0]), ("is_brass.npy", "does not match")),
+    Case("direction-sidecar-missing", 2, beside(delete("is_brass.json")), ("is_brass.npy", "sidecar")),
+    Case("direction-sidecar-duplicate-key", 2, beside(edit_text("is_brass.json", "{", '{"concept": "x", ', 1)),
+         ("is_brass.json", "'concept' appears twice")),
+    Case("direction-block-missing", 2, direction_sidecar(lambda s: {**s, "blocks": [0, 2, 3, 4][:len(s["blocks"])]}),
+         ("is_brass.npy", "no direction for block 1")),
+    Case("direction-is-a-folder", 2, lambda data: ((data.parent / "is_brass.npy").unlink(),
+                                                   (data.parent / "is_brass.npy").mkdir()),
+         ("is_brass.npy",)),
+]
+
+
+@pytest.mark.parametrize("case", DIRECTION_CASES, ids=[case.id for case in DIRECTION_CASES])
+def test_a_bad_direction_file_is_refused_before_anything_is_written(case: Case, toy_run: Path, tmp_path,
+                                                                     monkeypatch):
+    """One line, and no intervention.json, run folder or temp file left behind."""
+    from diffusion import GENERATORS
+
+    monkeypatch.setitem(GENERATORS, "toy", "tests.toy_backend:ToyGenerator")
+    data = tmp_path / "data"
+    shutil.copytree(toy_run.parent, data.parent, dirs_exist_ok=True)
+    check_case(Case(case.id, 2, case.corrupt, case.expect, args=TOY_ARGS, extra=SPEC), data, monkeypatch)
+    assert not (data / "generated" / "interventions").exists()
+
+
 # ---------------------------------------------------------------------------------------------- checkpoints
 
 @pytest.fixture(scope="module")
