@@ -113,7 +113,9 @@ def results_folder(data: Path, stem: str, probe: str, kind: str) -> Path:
 def check_numbers(args) -> None:
     for flag, value, least in (("--prompts", args.prompts, 1), ("--samples", args.samples, 1),
                                ("--random-directions-per-prompt", args.random_directions_per_prompt, 1),
-                               ("--bootstrap", args.bootstrap, 1), ("--workers", args.workers, 0)):
+                               ("--bootstrap", args.bootstrap, 1), ("--workers", args.workers, 0),
+                               ("--seed", args.seed, 0),
+                               ("--batch-size", 1 if args.batch_size is None else args.batch_size, 1)):
         if value < least:
             raise InputError(f"{flag} {value} must be at least {least}")
     if args.prompts * args.random_directions_per_prompt < MIN_RANDOM_DIRECTIONS:
@@ -126,6 +128,9 @@ def check_numbers(args) -> None:
         raise InputError(f"--kind {args.kind!r}: choose x0 or xt")
     if args.probe not in probe_families.FAMILIES:
         raise InputError(f"--probe '{args.probe}' is unknown — choose from {', '.join(probe_families.FAMILIES)}")
+    repeated = sorted({concept for concept in args.concept if args.concept.count(concept) > 1})
+    if repeated:
+        raise InputError(f"--concept {repeated[0]} is given twice — name each concept once")
     unknown = [concept for concept in args.concept if concept not in BY_NAME]
     if unknown:
         raise InputError(f"--concept {unknown[0]!r} is not a concept of data/concepts.py — choose from "

@@ -214,9 +214,10 @@ def main(args) -> None:
         raise InputError(f"--probe '{args.probe}' is unknown — choose from {', '.join(probe_families.FAMILIES)}")
     if args.baseline not in BASELINES:
         raise InputError(f"--baseline '{args.baseline}' is unknown — choose from {', '.join(BASELINES)}")
-    if args.bootstrap < 1 or args.random_baselines < 0 or args.resplits < 0 or not 0 < args.alpha < 1:
-        raise InputError("--bootstrap must be >= 1, --random-baselines and --resplits >= 0 and --alpha in (0, 1) — "
-                         "fix the option")
+    if (args.bootstrap < 1 or args.random_baselines < 0 or args.resplits < 0 or args.seed < 0
+            or not 0 < args.alpha < 1):
+        raise InputError("--bootstrap must be >= 1, --random-baselines, --resplits and --seed >= 0 and --alpha in "
+                         "(0, 1) — fix the option")
     # Every fit and matrix here is small: BLAS/OpenMP threads only add synchronisation, which costs ~10x when
     # the cores are shared (measured: a 300 x 64 logistic fit 15 ms on one thread, 100 ms on two, under load).
     with threadpool_limits(limits=1):

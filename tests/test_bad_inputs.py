@@ -837,6 +837,7 @@ CASES = [
     Case("s6-truth-tables-part-id-escapes", 6, sidecar_edit("generated/truth_tables/truth_tables.json", lambda r: {
         **r, "inputs": {**r["inputs"], "parts_sha256": {"../../x": "0" * 64}}}), ("truth part '../../x.csv'",)),
     Case("s6-negative-resplits", 6, None, ("--resplits",), extra=("--resplits", "-1")),
+    Case("s6-negative-seed", 6, None, ("--seed >= 0",), extra=("--seed", "-1")),
     Case("s6-typo-data", 6, None, ("annotated.csv: missing — run stage 1 first", "is it the folder you meant"),
          extra=("--data", "{data}-typo"), subprocess=True),
 
@@ -856,7 +857,13 @@ CASES = [
          ("window_policy",)),
     Case("commitment-missing-embedder-flag", "commitment", None, ("--embedder",),
          args=["--concept", "is_brass", "--no-progress"], subprocess=True),
-    Case("commitment-generator-option-twice", "commitment", None, ("--generator-option prior_sharpness is given twice",),
+    Case("commitment-negative-seed", "commitment", None, ("--seed -1 must be at least 0",), extra=("--seed", "-1")),
+    Case("commitment-zero-batch", "commitment", None, ("--batch-size 0 must be at least 1",),
+         extra=("--batch-size", "0")),
+    Case("commitment-concept-twice", "commitment", None, ("--concept is_brass is given twice",),
+         extra=("--concept", "is_brass")),
+    Case("commitment-generator-option-twice", "commitment", None,
+         ("--generator-option prior_sharpness is given twice",),
          extra=("--generator-option", "prior_sharpness=4", "--generator-option", "prior_sharpness=0")),
 
     # ---- the note renderer (stage 4's input when no NSynth download is at hand)
