@@ -647,6 +647,8 @@ CASES = [
          extra=SPEC),
     Case("s2-spec-prompt-id-newline", 2, write_spec(spec(prompts=["p1\n"])), ("prompts", "prompt_id"),
          extra=SPEC),
+    Case("s2-spec-prompt-twice", 2, write_spec(spec(prompts=["p1", "p2", "p1"])), ("prompts", "'p1' is given twice"),
+         extra=SPEC),
     Case("s2-intervention-folder-is-a-link", 2, chain(write_spec(spec()), intervention_folder_linked_outside),
          ("is_brass_concept_prior_s8_k5: is a symbolic link", "outside"), extra=SPEC),
     # Refused while generating (no bank clip carries a quality): the run leaves no intervention.json behind.
