@@ -1237,6 +1237,17 @@ def test_an_embedding_run_killed_between_chunks_resumes_from_them_byte_identical
     assert tree(data / compared) == tree(reference / compared)
 
 
+@pytest.mark.parametrize("damage", [npz_archive(GENERATED_NPY), write_file(GENERATED_NPY, b"not an array"),
+                                    truncate(GENERATED_NPY, 0.7)], ids=["npz-archive", "garbage", "cut-off"])
+def test_a_damaged_embedding_matrix_is_made_again_byte_identical(damage, base, data):
+    """A stage's own output that is not a whole .npy (a copy that stopped, a file replaced by hand) counts as not
+    made: the plain rerun embeds again, never a traceback."""
+    damage(data)
+    code, stderr = run_in_process(3, stage_argv(3, data))
+    assert code == 0, stderr[-2000:]
+    assert tree(data / "generated" / "embeddings") == tree(base / "generated" / "embeddings")
+
+
 @pytest.mark.parametrize("stage", list(RESUMABLE), ids=[f"stage-{stage}" for stage in RESUMABLE])
 def test_temp_files_of_killed_writers_are_removed_and_live_ones_kept(stage, data):
     """Deterministic half of the kill test: a temp file named for a dead writer goes, a live one stays."""
