@@ -878,6 +878,12 @@ CASES = [
 
 def test_the_catalogue_is_wide():
     assert len(CASES) >= 60 and len({case.id for case in CASES}) == len(CASES)
+    # The README states the catalogue's size: the one-line cases of this file, all three tables of them.
+    one_line = len(CASES) + len(DIRECTION_CASES) + len(SEARCH_CASES)
+    text = " ".join((REPO_ROOT / "README.md").read_text(encoding="utf-8").split("## Reliability")[1].split())
+    assert f"catalogue: {one_line} one-line cases" in text
+    assert f"({len(CASES)} on a small study, {len(DIRECTION_CASES)} bad direction files" in text
+    assert f"{len(SEARCH_CASES)} refused searches" in text
     assert {case.stage for case in CASES} >= {1, 2, 3, 4, 5, 6}
     assert sum(case.subprocess for case in CASES) >= 10
 
