@@ -232,6 +232,7 @@ def run(args) -> None:
     nsynth = load_concept_notes(data, stem, generated, required=family_type.needs_notes)
     known = load_known_truth(data, generated)
     out = results_dir(data, stem, args.probe, args.kind)
+    known_answers.read_commitment_search(out)   # checked before any work (the known answers read it at the end)
     analysis = Provenance(
         sidecar=out / SIDECAR,
         record={"inputs": _input_fingerprint(data, generated, nsynth, known, out),

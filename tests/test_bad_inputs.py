@@ -883,7 +883,7 @@ def test_the_catalogue_is_wide():
     text = " ".join((REPO_ROOT / "README.md").read_text(encoding="utf-8").split("## Reliability")[1].split())
     assert f"catalogue: {one_line} one-line cases" in text
     assert f"({len(CASES)} on a small study, {len(DIRECTION_CASES)} bad direction files" in text
-    assert f"{len(SEARCH_CASES)} refused searches" in text
+    assert f"{len(SEARCH_CASES)} refused searches or stage-6 runs" in text
     assert {case.stage for case in CASES} >= {1, 2, 3, 4, 5, 6}
     assert sum(case.subprocess for case in CASES) >= 10
 
@@ -959,6 +959,11 @@ SEARCH_CASES = [
          ("sets.csv row 2", "'nowhere' is not in notes.csv"), extra=("--force",)),
     Case("commitment-results-linked-outside", "commitment", results_linked_outside,
          ("commitment: is a symbolic link", "outside"), extra=("--force",)),
+    # Stage 6 reads the search's table for its known answers.
+    Case("s6-commitment-table-emptied", 6, write_file(SEARCH_RESULTS + "/commitment_search.csv", ""),
+         ("commitment_search.csv", "not a readable CSV", "rerun the commitment search")),
+    Case("s6-commitment-table-text-step", 6, set_cell(SEARCH_RESULTS + "/commitment_search.csv", "commitment_step",
+                                                       "late"), ("commitment_search.csv", "'commitment_step' holds text")),
 ]
 
 
