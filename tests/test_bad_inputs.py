@@ -521,6 +521,13 @@ def planted_geometry(change: Callable[[dict], None] | None = None, text: str | N
     return corrupt
 
 
+def soundfont_cut_off(data: Path):
+    """The renderer's default soundfont cut in half beside --data (a download that stopped)."""
+    from data.soundfont import default_soundfont
+    content = default_soundfont().read_bytes()
+    (data.parent / "bad.sf2").write_bytes(content[:len(content) // 2])
+
+
 PLANTED = ("--preset", "planted", "--generator-option", "geometry={data}/../geometry.json")
 DEFAULT_GEOMETRY_TEXT = (REPO_ROOT / "diffusion" / "specs" / "planted_geometry.json").read_text()
 
@@ -873,6 +880,10 @@ CASES = [
     Case("render-missing-soundfont", "render", None, ("nowhere.sf2",), extra=("--soundfont", "{data}/nowhere.sf2")),
     Case("render-zero-pitch-step", "render", None, ("--pitch-step",), extra=("--pitch-step", "0")),
     Case("render-bad-program", "render", None, ("program",), extra=("--programs", "999")),
+    Case("render-soundfont-empty", "render", lambda data: (data.parent / "bad.sf2").write_bytes(b""),
+         ("bad.sf2", "not a SoundFont 2 file"), extra=("--soundfont", "{data}/../bad.sf2")),
+    Case("render-soundfont-cut-off", "render", soundfont_cut_off, ("bad.sf2", "no phdr table"),
+         extra=("--soundfont", "{data}/../bad.sf2")),
 ]
 
 
