@@ -742,6 +742,12 @@ CASES = [
          ("index", "not made under the current generation.json", "p"), extra=("--force",)),
     Case("s3-part-sidecar-missing", 3, lambda data: first_index_part(data).with_suffix(".json").unlink(),
          ("1 of 3 parts",), extra=("--force",)),
+    # A part's record that cannot vouch for it (a key twice, not JSON) counts as missing: named, never trusted.
+    Case("s3-part-sidecar-duplicate-key", 3, lambda data: edit_text(
+        str(first_index_part(data).with_suffix(".json").relative_to(data)), "{", '{"record": "x", ', 1)(data),
+         ("1 of 3 parts", "not made under the current generation.json")),
+    Case("s6-part-sidecar-not-json", 6, lambda data: rewrite(first_index_part(data).with_suffix(".json"), "[" * 99999),
+         ("1 of 3 parts", "not made under the current generation.json")),
 
     # ---- stage 4: examples.json of the NSynth folder and the command line
     Case("s4-duplicate-key", 4, examples_duplicate_key, ("examples.json", "twice"), subprocess=True),
