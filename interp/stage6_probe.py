@@ -31,6 +31,7 @@ from threadpoolctl import threadpool_limits
 from data.concepts import CONCEPTS
 from data.contract import concepts_dir, generated_dir, table_sha256
 from data.files import read_json, sha256_file, write_csv
+from data.identifiers import path_inside
 from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError, add_progress_argument, main_exit, stage_parser
 from embeddings import EMBEDDERS, embedding_stem
@@ -232,6 +233,7 @@ def run(args) -> None:
     nsynth = load_concept_notes(data, stem, generated, required=family_type.needs_notes)
     known = load_known_truth(data, generated)
     out = results_dir(data, stem, args.probe, args.kind)
+    path_inside(out.parent, out.name, "results folder", out.parent, "remove the link")   # never written through
     known_answers.read_commitment_search(out)   # checked before any work (the known answers read it at the end)
     analysis = Provenance(
         sidecar=out / SIDECAR,

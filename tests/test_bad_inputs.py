@@ -528,6 +528,13 @@ def soundfont_cut_off(data: Path):
     (data.parent / "bad.sf2").write_bytes(content[:len(content) // 2])
 
 
+def results_folder_linked_outside(data: Path):
+    """Stage 6's results folder is a link to a folder outside --data: its tables would be written there."""
+    (data.parent / "elsewhere").mkdir()
+    (data / "results" / "spectral" / "logreg").mkdir(parents=True)
+    (data / "results" / "spectral" / "logreg" / "x0").symlink_to(data.parent / "elsewhere")
+
+
 PLANTED = ("--preset", "planted", "--generator-option", "geometry={data}/../geometry.json")
 DEFAULT_GEOMETRY_TEXT = (REPO_ROOT / "diffusion" / "specs" / "planted_geometry.json").read_text()
 
@@ -853,6 +860,7 @@ CASES = [
         **r, "inputs": {**r["inputs"], "parts_sha256": {"../../x": "0" * 64}}}), ("truth part '../../x.csv'",)),
     Case("s6-negative-resplits", 6, None, ("--resplits",), extra=("--resplits", "-1")),
     Case("s6-negative-seed", 6, None, ("--seed >= 0",), extra=("--seed", "-1")),
+    Case("s6-results-linked-outside", 6, results_folder_linked_outside, ("x0: is a symbolic link", "outside")),
     Case("s6-typo-data", 6, None, ("annotated.csv: missing — run stage 1 first", "is it the folder you meant"),
          extra=("--data", "{data}-typo"), subprocess=True),
 
