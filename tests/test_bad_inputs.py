@@ -43,6 +43,7 @@ STAGES = {
     6: "interp.stage6_probe",
     "render": "data.nsynth.render_soundfont",
     "commitment": "interp.commitment_search",
+    "directions": "interp.directions",
 }
 NSYNTH = "nsynth/nsynth-soundfont"
 # The settings of the session's run: a case that repeats them reaches validation, not a provenance refusal.
@@ -907,7 +908,7 @@ def test_the_catalogue_is_wide():
     one_line = len(CASES) + len(DIRECTION_CASES) + len(SEARCH_CASES)
     text = " ".join((REPO_ROOT / "README.md").read_text(encoding="utf-8").split("## Reliability")[1].split())
     assert f"catalogue: {one_line} one-line cases" in text
-    assert f"({len(CASES)} on a small study, {len(DIRECTION_CASES)} bad direction files" in text
+    assert f"({len(CASES)} on a small study, {len(DIRECTION_CASES)} bad direction files or recording" in text
     assert f"{len(SEARCH_CASES)} refused searches or stage-6 runs" in text
     assert {case.stage for case in CASES} >= {1, 2, 3, 4, 5, 6}
     assert sum(case.subprocess for case in CASES) >= 10
@@ -1005,6 +1006,8 @@ def test_a_refused_search_leaves_its_results_untouched(case: Case, searched: Pat
 
 TOY_PROMPTS = [("p_brass1", "bright brass fanfare", "brass"), ("p_keys1", "soft acoustic piano", "keyboard")]
 TOY_ARGS = ["--generator", "toy", "--steps", "8", "--samples", "1", "--no-progress"]
+RECORD_ARGS = ["--generator", "toy", "--steps", "8", "--concept", "is_brass", "--out", "{data}/../recorded.npy",
+               "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -1071,6 +1074,15 @@ DIRECTION_CASES = [
          ("is_brass.json", "'concept' appears twice")),
     Case("direction-block-missing", 2, direction_sidecar(lambda s: {**s, "blocks": [0, 2, 3, 4][:len(s["blocks"])]}),
          ("is_brass.npy", "no direction for block 1")),
+    # Recording a direction (interp/directions.py, a denoising backend's blocks): its options, before any sampling.
+    Case("record-direction-zero-samples", "directions", None, ("--samples 0 must be at least 1",), args=RECORD_ARGS,
+         extra=("--samples", "0")),
+    Case("record-direction-negative-seed", "directions", None, ("--seed -1 must be at least 0",), args=RECORD_ARGS,
+         extra=("--seed", "-1")),
+    Case("record-direction-zero-prompts", "directions", None, ("--prompts 0 must be at least 1",), args=RECORD_ARGS,
+         extra=("--prompts", "0")),
+    Case("record-direction-seconds-too-long", "directions", None, ("--seconds 60 is outside",), args=RECORD_ARGS,
+         extra=("--seconds", "60")),
     Case("direction-is-a-folder", 2, lambda data: ((data.parent / "is_brass.npy").unlink(),
                                                    (data.parent / "is_brass.npy").mkdir()),
          ("is_brass.npy",)),
@@ -1080,13 +1092,16 @@ DIRECTION_CASES = [
 @pytest.mark.parametrize("case", DIRECTION_CASES, ids=[case.id for case in DIRECTION_CASES])
 def test_a_bad_direction_file_is_refused_before_anything_is_written(case: Case, toy_run: Path, tmp_path,
                                                                      monkeypatch):
-    """One line, and no intervention.json, run folder or temp file left behind."""
+    """A bad direction file for a steered run, or bad options for recording one: one line, and no
+    intervention.json, run folder, direction or temp file left behind."""
     from diffusion import GENERATORS
 
     monkeypatch.setitem(GENERATORS, "toy", "tests.toy_backend:ToyGenerator")
     data = tmp_path / "data"
     shutil.copytree(toy_run.parent, data.parent, dirs_exist_ok=True)
-    check_case(Case(case.id, 2, case.corrupt, case.expect, args=TOY_ARGS, extra=SPEC), data, monkeypatch)
+    if case.stage == 2:
+        case = Case(case.id, 2, case.corrupt, case.expect, args=TOY_ARGS, extra=SPEC)
+    check_case(case, data, monkeypatch)
     assert not (data / "generated" / "interventions").exists()
 
 
