@@ -988,8 +988,9 @@ SEARCH_CASES = [
     # Stage 6 reads the search's table for its known answers.
     Case("s6-commitment-table-emptied", 6, write_file(SEARCH_RESULTS + "/commitment_search.csv", ""),
          ("commitment_search.csv", "not a readable CSV", "rerun the commitment search")),
-    Case("s6-commitment-table-text-step", 6, set_cell(SEARCH_RESULTS + "/commitment_search.csv", "commitment_step",
-                                                       "late"), ("commitment_search.csv", "'commitment_step' holds text")),
+    Case("s6-commitment-table-text-step", 6,
+         set_cell(SEARCH_RESULTS + "/commitment_search.csv", "commitment_step", "late"),
+         ("commitment_search.csv", "'commitment_step' holds text")),
 ]
 
 
