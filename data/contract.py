@@ -399,16 +399,21 @@ def read_sets(data: Path, fix: str = "rerun stage 4 with --force") -> pd.DataFra
 
 
 def read_npy(path, fix: str, mmap_mode=None) -> np.ndarray:
-    """An .npy array, never a pickle; missing, empty (0 bytes), cut off or holding objects is one InputError line."""
+    """An .npy array, never a pickle; missing, empty (0 bytes), cut off, holding objects or an .npz archive is one
+    InputError line."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: missing — {fix}")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes), not an .npy array — {fix}")
     try:
-        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+        array = np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise InputError(f"{path}: unreadable .npy ({first_line(error)}) — {fix}") from None
+    if not isinstance(array, np.ndarray):   # np.load opens a zip (an .npz archive) whatever the file is named
+        array.close()
+        raise InputError(f"{path}: an .npz archive, not an .npy array — {fix}")
+    return array
 
 
 def read_embeddings(npy_path, n_rows: int, rows_sha256: str, rows_key: str, fix: str) -> tuple[np.ndarray, dict]:

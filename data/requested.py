@@ -16,13 +16,13 @@ expected and the owning shards are unknown.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
 
 from data.contract import generated_dir, read_annotated, read_sidecar
-from data.files import write_json
+from data.files import read_json, write_json
+from data.identifiers import name_problem, path_inside
 from data.stage import InputError, Shard, file_lock, lock_path
 
 REQUESTED_JSON = "requested.json"
@@ -54,7 +54,8 @@ def write_request(generated: Path, prompt_ids, shards: int, interventions: dict 
         if previous is not None:
             from_data = previous.get("interventions") if isinstance(previous.get("interventions"), dict) else {}
             kept = {identifier: entry for identifier, entry in from_data.items()
-                    if (generated / "interventions" / identifier).is_dir()}
+                    if name_problem(identifier, "intervention id") is None
+                    and (generated / "interventions" / identifier).is_dir()}
         for identifier, chosen in (interventions or {}).items():
             kept[identifier] = {"shards": int(shards), "prompts": {p: reference["prompts"][p] for p in sorted(chosen)}}
         payload = {"format": FORMAT, "reference": reference, "interventions": dict(sorted(kept.items()))}
@@ -64,8 +65,8 @@ def write_request(generated: Path, prompt_ids, shards: int, interventions: dict 
 
 def _read_or_none(path: Path) -> dict | None:
     try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        payload = read_json(path)
+    except (OSError, ValueError):   # a key given twice included: the file is written afresh
         return None
     return payload if isinstance(payload, dict) else None
 
@@ -84,6 +85,14 @@ def read_request(data: Path) -> dict | None:
                 and all(isinstance(owner, int) and 0 <= owner < entry["shards"] for owner in entry["prompts"].values())):
             raise InputError(f"{path}: not a stage-2 request (reference and interventions, each with shards and "
                              f"prompts -> shard) — {fix}")
+        # Names that become paths: the one rule (data/identifiers.py), before any is joined to a folder.
+        problem = next(filter(None, (name_problem(prompt_id, "prompt_id") for prompt_id in entry["prompts"])), None)
+        if problem:
+            raise InputError(f"{path}: {problem} — {fix}")
+    for identifier in interventions:
+        problem = name_problem(identifier, "intervention id")
+        if problem:
+            raise InputError(f"{path}: {problem} — {fix}")
     return payload
 
 
@@ -100,7 +109,8 @@ def check_complete(data: Path, index: pd.DataFrame, generation: dict, consumer: 
         reference, interventions = request["reference"], request["interventions"]
     runs = [("", reference, _rows_per_clip_set(generation))]
     for identifier, entry in interventions.items():
-        folder = generated / "interventions" / identifier
+        folder = path_inside(generated / "interventions", identifier, "intervention id", requested_path(generated),
+                             "rerun stage 2 with the same options to write it again")
         record = read_sidecar(folder / "intervention.json", f"run stage 2 --intervene to make intervention "
                               f"'{identifier}'", "rerun stage 2 with --intervene and --force")
         runs.append((identifier, entry, _rows_per_clip_set(record, samples_key="samples")))

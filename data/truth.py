@@ -43,6 +43,7 @@ from scipy import stats
 
 from data.concepts import BY_NAME, CONCEPTS
 from data.files import read_json, sha256_file, write_csv
+from data.identifiers import path_inside
 from data.parts import GENERATION_JSON, RunRecord, check_parts_current, part_is_current, record_file_of
 from data.provenance import Provenance, begin, commit, decide, read_provenance
 from data.stage import InputError
@@ -71,7 +72,8 @@ def content_concepts(labels: Sequence[str] = FAMILIES + (DRUM,) + SOURCES) -> tu
 
 
 def truth_part_path(generated: Path, prompt_id: str) -> Path:
-    return Path(generated) / TRUTH_DIR / f"{prompt_id}.csv"
+    folder = Path(generated) / TRUTH_DIR
+    return path_inside(folder, f"{prompt_id}.csv", "truth part", folder, FIX)
 
 
 def format_truth_part(rows: Sequence[dict], labels: Sequence[str], concepts: Sequence[str]) -> str:
@@ -254,14 +256,21 @@ def write_truth_tables(generated: Path, prompt_ids: Sequence[str], capture_steps
                                       "completion": COMPLETION_AUROC}}}
     prov = Provenance(folder / TABLES_SIDECAR, record, [folder / name for name in TABLE_FILES])
     # Derived from the parts alone: when they change, the tables follow (never a mix of two runs).
-    if not force and decide_quietly(prov):
+    if not force and decide_quietly(prov) and _tables_intact(folder, read_json(prov.sidecar)):
         return folder
     tables = truth_tables(read_truth(generated, sorted(prompt_ids)), capture_steps)
     begin(prov)
     for name, frame in tables.items():
         write_csv(folder / f"{name}.csv", frame)
-    commit(prov)
+    commit(prov, {"tables_sha256": {name: sha256_file(folder / name) for name in TABLE_FILES}})
     return folder
+
+
+def _tables_intact(folder: Path, sidecar) -> bool:
+    """Every table is the file its sidecar recorded (not cut off, emptied or edited since)."""
+    recorded = sidecar.get("tables_sha256") if isinstance(sidecar, dict) else None
+    return isinstance(recorded, dict) and all(
+        (folder / name).is_file() and sha256_file(folder / name) == recorded.get(name) for name in TABLE_FILES)
 
 
 def read_truth_tables(generated: Path) -> dict[str, pd.DataFrame]:
@@ -271,9 +280,14 @@ def read_truth_tables(generated: Path) -> dict[str, pd.DataFrame]:
     sidecar = read_provenance(folder / TABLES_SIDECAR, FIX)
     if sidecar is None or not all((folder / name).is_file() for name in TABLE_FILES):
         raise InputError(f"{folder}: no finished truth tables — {FIX} (they are written once every prompt is made)")
-    recorded = sidecar.get("inputs", {}).get("parts_sha256", {})
-    if sidecar.get("inputs", {}).get("generation_sha256") != sha256_file(Path(generated) / GENERATION_JSON):
+    inputs = sidecar.get("inputs")
+    recorded = inputs.get("parts_sha256") if isinstance(inputs, dict) else None
+    if not isinstance(recorded, dict):
+        raise InputError(f"{folder / TABLES_SIDECAR}: not a truth-tables record (inputs.parts_sha256) — {FIX}")
+    if inputs.get("generation_sha256") != sha256_file(Path(generated) / GENERATION_JSON):
         raise InputError(f"{folder}: made under another generation.json than the one on disk — {FIX}")
+    if not _tables_intact(folder, sidecar):
+        raise InputError(f"{folder}: a table is not the file stage 2 wrote (cut off or edited since) — {FIX}")
     for prompt_id, digest in recorded.items():
         path = truth_part_path(generated, prompt_id)
         if not path.is_file() or sha256_file(path) != digest:

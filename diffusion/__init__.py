@@ -24,3 +24,17 @@ def load_generator(name: str, **options):
     if "options" in options and not backend.options:
         raise InputError(f"the {name} generator has no --generator-option settings — drop them")
     return backend(**options)
+
+
+def parse_generator_options(pairs: list[str]) -> dict[str, str]:
+    """--generator-option KEY=VALUE pairs as a dict of strings; the backend parses and checks the values. A key
+    given twice is refused (one of the two values would be dropped without a word)."""
+    options = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key.strip():
+            raise InputError(f"--generator-option {pair!r} is not KEY=VALUE — e.g. --generator-option lens=regenerate")
+        if key.strip() in options:
+            raise InputError(f"--generator-option {key.strip()} is given twice — pass each KEY once")
+        options[key.strip()] = value.strip()
+    return options

@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.concepts import BY_NAME
+from data.contract import read_npy
 from data.files import read_json, sha256_file, sha256_json, write_npy
 from data.interventions import intervention_dir, means_dir
 from data.parts import INTERVENTION_JSON, RunRecord
@@ -195,7 +196,7 @@ def concept_means(generator, generated: Path, concept: str, prompts, settings) -
     path = means_dir(generated) / f"{concept}-{sha256_json(record)[:16]}.npy"
     prov = Provenance(sidecar=path.with_suffix(".json"), record=json.loads(json.dumps(record)), outputs=[path])
     if decide(prov, False, f"delete {path.parent} to recompute the means"):
-        return np.load(path, allow_pickle=False)
+        return read_npy(path, f"delete {path.parent} to recompute the means")
     means = generator.component_means([(text, prompt_seed(settings.seed, p)) for p, text in chosen],
                                       settings.samples, settings.seconds)
     write_npy(path, means)

@@ -28,7 +28,7 @@ from data.interventions import INTERVENTIONS_DIR
 from data.requested import write_request
 from data.stage import InputError, add_progress_argument, main_exit, parse_shard, stage_parser
 from data.truth import write_truth_tables
-from diffusion import GENERATORS, intervened_runs, load_generator
+from diffusion import GENERATORS, intervened_runs, load_generator, parse_generator_options
 from diffusion.interventions.spec import check_spec, load_spec
 from diffusion.trajectory import (TrajectorySettings, check_force, check_generation, parse_capture_steps, parse_kinds,
                                   pending_prompts, run_trajectories)
@@ -100,17 +100,6 @@ def check_counts(args) -> None:
             raise InputError(f"{flag} {value} must be at least 1")
     if args.seed < 0:
         raise InputError(f"--seed {args.seed} must be non-negative")
-
-
-def parse_generator_options(pairs: list[str]) -> dict[str, str]:
-    """--generator-option KEY=VALUE pairs as a dict of strings; the backend parses and checks the values."""
-    options = {}
-    for pair in pairs:
-        key, separator, value = pair.partition("=")
-        if not separator or not key.strip():
-            raise InputError(f"--generator-option {pair!r} is not KEY=VALUE — e.g. --generator-option lens=regenerate")
-        options[key.strip()] = value.strip()
-    return options
 
 
 def main(args) -> None:

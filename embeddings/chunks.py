@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from data.contract import read_npy
 from data.files import atomic_path, read_json, sha256_text, write_csv, write_npy
 from data.provenance import Provenance, commit, decide, first_difference
 from data.stage import InputError, Shard, file_lock, lock_path
@@ -43,8 +44,8 @@ def chunk_complete(path: Path, n_rows: int, dim: int) -> bool:
     if not path.is_file():
         return False
     try:
-        chunk = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError):   # a chunk that is not a whole .npy (0 bytes: EOFError) is made again
+        chunk = read_npy(path, "", mmap_mode="r")
+    except InputError:   # a chunk that is not a whole .npy (0 bytes, cut off, an .npz archive) is made again
         return False
     return chunk.dtype == np.float32 and chunk.shape == (n_rows, dim)
 
@@ -146,9 +147,9 @@ def previous_rows(out_path: Path, stored: dict | None, dim: int) -> tuple[np.nda
     if stored is None:
         return None, {}
     try:
-        matrix = np.load(out_path, mmap_mode="r", allow_pickle=False)
+        matrix = read_npy(out_path, "", mmap_mode="r")
         keys = pd.read_csv(keys_path(out_path), dtype=str, keep_default_na=False)
-    except (OSError, ValueError, EOFError, pd.errors.ParserError, pd.errors.EmptyDataError):
+    except (InputError, OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError):
         return None, {}
     if (matrix.dtype != np.float32 or matrix.shape != (len(keys), dim) or list(keys.columns) != list(KEYS_COLUMNS)
             or stored.get("row_keys_sha256") != keys_sha256(keys["clip_key"])):

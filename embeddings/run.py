@@ -43,7 +43,7 @@ import soxr
 from tqdm import tqdm
 
 from data.audio import read_audio, resample, to_mono
-from data.contract import LENGTH_TOLERANCE, first_line
+from data.contract import LENGTH_TOLERANCE, first_line, read_npy
 from data.files import remove_stale_temps, write_npy
 from data.provenance import Provenance, begin, commit, decide, first_difference, read_provenance
 from data.stage import InputError, Shard, add_progress_argument, add_shard_argument, parse_shard
@@ -271,8 +271,8 @@ def _missing_dirs(path: Path) -> list[Path]:
 
 def _matrix_complete(path: Path, n_rows: int, dim: int) -> bool:
     try:
-        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError):   # EOFError: an empty file
+        matrix = read_npy(path, "", mmap_mode="r")
+    except InputError:   # missing, empty, cut off, an .npz archive: made again
         return False
     return matrix.dtype == np.float32 and matrix.shape == (n_rows, dim)
 

@@ -60,6 +60,8 @@ def read_activations(data: Path, prompt_ids, branch: str, pool: str):
         table = read_table(csv_path, ACTIVATION_COLUMNS, f"{STAGE2_FIX} and --force",
                            dtype={"prompt_id": str, "branch": str, "pool": str})
         vectors = read_npy(npy_path, f"{STAGE2_FIX} and --force")
+        if vectors.dtype.kind != "f":
+            raise InputError(f"{npy_path}: holds {vectors.dtype} values, not floats — {STAGE2_FIX} and --force")
         if vectors.ndim != 2 or len(vectors) != len(table) or list(table["row"]) != list(range(len(table))):
             raise InputError(f"{csv_path}: its rows do not match {npy_path.name} (shape {list(vectors.shape)}) — "
                              f"{STAGE2_FIX} and --force")

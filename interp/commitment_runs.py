@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data.contract import table_sha256
+from data.contract import read_npy, table_sha256
 from data.files import read_json, sha256_file
 from data.generation import GENERATION_JSON
 from data.interventions import intervention_dir
@@ -115,7 +115,7 @@ class SearchRuns:
                     extra={"generation_sha256": sha256_file(self.runs / GENERATION_JSON)}, expect_rate=rate,
                     expect_channels=self.generator.channels, expect_frames=frames, progress=self.progress,
                     **self.embed_options)
-        return np.load(out, allow_pickle=False)
+        return read_npy(out, f"delete {out} and rerun the search")
 
     def steered(self, setting: SteeringSetting, from_step: int, prompt_ids: Sequence[str],
                 per_prompt: int) -> pd.DataFrame:

@@ -31,12 +31,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from data.concepts import BY_NAME, CONCEPTS
-from data.contract import annotated_csv, concepts_dir, read_annotated, read_notes, read_sets
+from data.contract import annotated_csv, concepts_dir, read_annotated
 from data.files import read_json, sha256_file
 from data.generation import read_generation
+from data.identifiers import path_inside
 from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError, main_exit, stage_parser
-from diffusion import GENERATORS, load_generator
+from diffusion import GENERATORS, load_generator, parse_generator_options
 from diffusion.interventions.records import MODES, PRIOR, ROWS
 from diffusion.interventions.spec import InterventionSpec, check_spec
 from diffusion.trajectory import TrajectorySettings, generation_record
@@ -103,14 +104,18 @@ def build_parser():
 
 
 def results_folder(data: Path, stem: str, probe: str, kind: str) -> Path:
-    """Beside stage 6's results of the same embedder, probe and kind (the report includes its section)."""
-    return Path(data) / "results" / stem / probe / kind / COMMITMENT_DIR
+    """Beside stage 6's results of the same embedder, probe and kind (the report includes its section). Never a
+    link out of there: --force clears it, and the search writes inside --data only."""
+    parent = Path(data) / "results" / stem / probe / kind
+    return path_inside(parent, COMMITMENT_DIR, "results folder", parent, "remove the link")
 
 
 def check_numbers(args) -> None:
     for flag, value, least in (("--prompts", args.prompts, 1), ("--samples", args.samples, 1),
                                ("--random-directions-per-prompt", args.random_directions_per_prompt, 1),
-                               ("--bootstrap", args.bootstrap, 1), ("--workers", args.workers, 0)):
+                               ("--bootstrap", args.bootstrap, 1), ("--workers", args.workers, 0),
+                               ("--seed", args.seed, 0),
+                               ("--batch-size", 1 if args.batch_size is None else args.batch_size, 1)):
         if value < least:
             raise InputError(f"{flag} {value} must be at least {least}")
     if args.prompts * args.random_directions_per_prompt < MIN_RANDOM_DIRECTIONS:
@@ -123,6 +128,9 @@ def check_numbers(args) -> None:
         raise InputError(f"--kind {args.kind!r}: choose x0 or xt")
     if args.probe not in probe_families.FAMILIES:
         raise InputError(f"--probe '{args.probe}' is unknown — choose from {', '.join(probe_families.FAMILIES)}")
+    repeated = sorted({concept for concept in args.concept if args.concept.count(concept) > 1})
+    if repeated:
+        raise InputError(f"--concept {repeated[0]} is given twice — name each concept once")
     unknown = [concept for concept in args.concept if concept not in BY_NAME]
     if unknown:
         raise InputError(f"--concept {unknown[0]!r} is not a concept of data/concepts.py — choose from "
@@ -132,12 +140,7 @@ def check_numbers(args) -> None:
 def study_generator(args, stored):
     """The generator stage 2 used: built from the same options, refused (one line) unless its generation.json
     record is the stored one; and the study's settings (seed, length) with the search's samples."""
-    options = {}
-    for pair in args.generator_option:
-        key, separator, value = pair.partition("=")
-        if not separator or not key.strip():
-            raise InputError(f"--generator-option {pair!r} is not KEY=VALUE")
-        options[key.strip()] = value.strip()
+    options = parse_generator_options(args.generator_option)
     if args.generator not in GENERATORS:
         raise InputError(f"--generator {args.generator!r}: choose one of {', '.join(GENERATORS)}")
     generator = load_generator(args.generator, model=args.generator_model, preset=args.preset, steps=args.steps,
@@ -195,13 +198,11 @@ def search_prompts(annotated, concept: str, strength: float, count: int, data: P
 
 
 def check_probe_notes(data: Path, stem: str, embedder, concepts) -> None:
-    """Before anything is written: stage 5's embeddings exist and come from this embedder, and each concept has
-    a stage-4 train split with both classes (what its probe is fitted on)."""
+    """Before anything is written (--force clears the results folder): stage 5's embeddings are whole, stage 4's
+    notes and sets agree with them, they come from this embedder, and each concept has a stage-4 train split with
+    both classes (what its probe is fitted on)."""
     npy = concepts_dir(data) / "embeddings" / f"{stem}.npy"
-    read_notes(data)
-    sets = read_sets(data)
-    if not npy.is_file():
-        raise InputError(f"{npy}: missing — run stage 5 with the same --embedder/--model")
+    sets = load_concept_notes(data, stem, None, required=True).sets
     stage5 = read_json(npy.with_suffix(".json"))
     identity = embedder.provenance()
     different = next((key for key in ("embedder", "model", "checkpoint_sha256", "window_policy", "dim")

@@ -88,6 +88,10 @@ def main(args) -> None:
         return
     if args.concept not in BY_NAME:
         raise InputError(f"--concept {args.concept!r} is not a concept of data/concepts.py")
+    for flag, value, least in (("--samples", args.samples, 1), ("--prompts", args.prompts, 1),
+                               ("--seed", args.seed, 0)):
+        if value < least:
+            raise InputError(f"{flag} {value} must be at least {least}")
     if args.generator not in GENERATORS:
         raise InputError(f"--generator {args.generator!r} is not one of {', '.join(GENERATORS)}")
     backend = generator_class(args.generator)
@@ -105,6 +109,9 @@ def main(args) -> None:
     generator = load_generator(args.generator, model=args.model, preset=None, steps=args.steps, device=args.device,
                                dtype=None, decode_dtype=None)
     seconds = generator.default_seconds if args.seconds is None else args.seconds
+    if not 0 < seconds <= generator.max_seconds + 1e-9:
+        raise InputError(f"--seconds {seconds:g} is outside (0, {generator.max_seconds:g}] — the longest clip the "
+                         f"{generator.name} generator makes is {generator.max_seconds:g} s")
     means = {}
     bar = tqdm(total=sum(len(chosen) for chosen in sides.values()), unit="prompt", desc=f"record {args.concept}",
                disable=args.no_progress)

@@ -27,9 +27,12 @@ import pandas as pd
 from scipy import stats
 
 from data.concepts import BY_NAME
+from data.contract import read_table
+from data.stage import InputError
 from interp import statistics
 
 COMMITMENT_SEARCH = Path("commitment") / "commitment_search.csv"
+SEARCH_COLUMNS = ("concept", "strength", "method", "commitment_step", "commitment_low", "commitment_high")
 COMMITMENT_TOLERANCE = 2
 KNOWN_COLUMNS = ["concept", "group", "n_trajectories", "n_positive", "planted_onset", "planted_step",
                  "planted_completion", "planted_captured_step", "status", "emergence_step", "emergence_low",
@@ -172,8 +175,17 @@ def known_commitment(search: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def read_commitment_search(out: Path) -> pd.DataFrame | None:
+    """The commitment search's table (None when no search has run), its columns and numbers checked."""
     path = Path(out) / COMMITMENT_SEARCH
-    return pd.read_csv(path) if path.is_file() else None
+    if not path.is_file():
+        return None
+    fix = "rerun the commitment search (interp/commitment_search.py) with --force"
+    frame = read_table(path, SEARCH_COLUMNS, fix)
+    text = [column for column in SEARCH_COLUMNS if column not in ("concept", "method")
+            and not pd.api.types.is_numeric_dtype(frame[column])]
+    if text:
+        raise InputError(f"{path}: column '{text[0]}' holds text where numbers belong — {fix}")
+    return frame
 
 
 def oracle_scores(truth, clips: pd.DataFrame, concept_names) -> np.ndarray:

@@ -190,8 +190,9 @@ def load_known_truth(data: Path, generated: GeneratedClips) -> KnownTruth | None
     return KnownTruth(truth, tables, sha256_file(folder / TABLES_DIR / TABLES_SIDECAR))
 
 
-def load_concept_notes(data: Path, stem: str, generated: GeneratedClips, required: bool) -> ConceptNotes | None:
-    """NSynth notes, sets and embeddings; None when not required and stage 4/5 outputs are absent."""
+def load_concept_notes(data: Path, stem: str, generated: GeneratedClips | None, required: bool) -> ConceptNotes | None:
+    """NSynth notes, sets and embeddings; None when not required and stage 4/5 outputs are absent. `generated`:
+    the clips the notes' embedder must match (None: checked by the caller)."""
     folder = concepts_dir(data) / "embeddings"
     npy = folder / f"{stem}.npy"
     if not required and not ((concepts_dir(data) / "notes.csv").is_file() and npy.is_file()):
@@ -202,7 +203,8 @@ def load_concept_notes(data: Path, stem: str, generated: GeneratedClips, require
         raise _missing_embeddings(npy, 5)
     matrix, sidecar = read_embeddings(npy, len(notes), table_sha256(notes), "notes_sha256",
                                       fix="rerun stage 5 with the same --embedder/--model and --force")
-    check_same_embedder(generated.sidecar, generated.npy, sidecar, npy)
+    if generated is not None:
+        check_same_embedder(generated.sidecar, generated.npy, sidecar, npy)
     row_of = pd.Series(np.arange(len(notes)), index=notes["note_str"])
     missing = ~sets["note_str"].isin(row_of.index)
     if missing.any():

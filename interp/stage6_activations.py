@@ -67,8 +67,9 @@ def main(args) -> None:
     if args.branch not in activations.BRANCHES or args.pool not in activations.POOLS:
         raise InputError(f"--branch {args.branch} / --pool {args.pool}: choose --branch from "
                          f"{', '.join(activations.BRANCHES)} and --pool from {', '.join(activations.POOLS)}")
-    if args.bootstrap < 1 or args.random_baselines < 0 or not 0 < args.alpha < 1:
-        raise InputError("--bootstrap must be >= 1, --random-baselines >= 0 and --alpha in (0, 1) — fix the option")
+    if args.bootstrap < 1 or args.random_baselines < 0 or not 0 < args.alpha < 1 or args.seed < 0:
+        raise InputError("--bootstrap must be >= 1, --random-baselines and --seed >= 0 and --alpha in (0, 1) — fix "
+                         "the option")
     data = Path(args.data)
     generation = read_generation(data, activations.STAGE2_FIX)
     if generation.record.get("residuals", "none") == "none":

@@ -32,6 +32,7 @@ from threadpoolctl import threadpool_limits
 from data.concepts import CONCEPTS
 from data.contract import concepts_dir, generated_dir, table_sha256
 from data.files import read_json, sha256_file, write_csv
+from data.identifiers import path_inside
 from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError, add_progress_argument, main_exit, stage_parser
 from embeddings import EMBEDDERS, embedding_stem
@@ -228,9 +229,10 @@ def main(args) -> None:
         raise InputError(f"--probe '{args.probe}' is unknown — choose from {', '.join(probe_families.FAMILIES)}")
     if args.baseline not in BASELINES:
         raise InputError(f"--baseline '{args.baseline}' is unknown — choose from {', '.join(BASELINES)}")
-    if args.bootstrap < 1 or args.random_baselines < 0 or args.resplits < 0 or not 0 < args.alpha < 1:
-        raise InputError("--bootstrap must be >= 1, --random-baselines and --resplits >= 0 and --alpha in (0, 1) — "
-                         "fix the option")
+    if (args.bootstrap < 1 or args.random_baselines < 0 or args.resplits < 0 or args.seed < 0
+            or not 0 < args.alpha < 1):
+        raise InputError("--bootstrap must be >= 1, --random-baselines, --resplits and --seed >= 0 and --alpha in "
+                         "(0, 1) — fix the option")
     # Every fit and matrix here is small: BLAS/OpenMP threads only add synchronisation, which costs ~10x when
     # the cores are shared (measured: a 300 x 64 logistic fit 15 ms on one thread, 100 ms on two, under load).
     with threadpool_limits(limits=1):
@@ -250,6 +252,8 @@ def run(args) -> None:
     nsynth = load_concept_notes(data, stem, generated, required=family_type.needs_notes)
     known = load_known_truth(data, generated)
     out = results_dir(data, stem, args.probe, args.kind)
+    path_inside(out.parent, out.name, "results folder", out.parent, "remove the link")   # never written through
+    known_answers.read_commitment_search(out)   # checked before any work (the known answers read it at the end)
     analysis = Provenance(
         sidecar=out / SIDECAR,
         record={"inputs": _input_fingerprint(data, generated, nsynth, known, out),

@@ -44,6 +44,7 @@ STAGES = {
     "render": "data.nsynth.render_soundfont",
     "commitment": "interp.commitment_search",
     "judge": "embeddings.judge_generated",
+    "directions": "interp.directions",
 }
 NSYNTH = "nsynth/nsynth-soundfont"
 # The settings of the session's run: a case that repeats them reaches validation, not a provenance refusal.
@@ -521,6 +522,44 @@ def judge_lacks_a_final_clip(data: Path):
     rewrite(table, "".join(lines[:-1]))
     rewrite(sidecar, json.dumps({**json.loads(sidecar.read_text()),
                                  "table_sha256": hashlib.sha256(table.read_bytes()).hexdigest()}))
+def npz_archive(relative: str):
+    """The array saved as an .npz archive under its .npy name (np.load opens a zip whatever the file is called)."""
+    def corrupt(data: Path):
+        path = data / relative
+        matrix = np.load(path)
+        path.unlink()
+        with path.open("wb") as file:
+            np.savez(file, matrix)
+    return corrupt
+
+
+def planted_geometry(change: Callable[[dict], None] | None = None, text: str | None = None):
+    """The default planted geometry beside --data, changed (or replaced by `text`)."""
+    def corrupt(data: Path):
+        from diffusion.planted import DEFAULT_GEOMETRY
+        geometry = json.loads(DEFAULT_GEOMETRY.read_text())
+        if change is not None:
+            change(geometry)
+        (data.parent / "geometry.json").write_text(text if text is not None else json.dumps(geometry))
+    return corrupt
+
+
+def soundfont_cut_off(data: Path):
+    """The renderer's default soundfont cut in half beside --data (a download that stopped)."""
+    from data.soundfont import default_soundfont
+    content = default_soundfont().read_bytes()
+    (data.parent / "bad.sf2").write_bytes(content[:len(content) // 2])
+
+
+def results_folder_linked_outside(data: Path):
+    """Stage 6's results folder is a link to a folder outside --data: its tables would be written there."""
+    (data.parent / "elsewhere").mkdir()
+    (data / "results" / "spectral" / "logreg").mkdir(parents=True)
+    (data / "results" / "spectral" / "logreg" / "x0").symlink_to(data.parent / "elsewhere")
+
+
+PLANTED = ("--preset", "planted", "--generator-option", "geometry={data}/../geometry.json")
+DEFAULT_GEOMETRY_TEXT = (REPO_ROOT / "diffusion" / "specs" / "planted_geometry.json").read_text()
 
 
 # ---------------------------------------------------------------------------------------------- the catalogue
@@ -645,11 +684,32 @@ CASES = [
          extra=SPEC),
     Case("s2-spec-prompt-id-newline", 2, write_spec(spec(prompts=["p1\n"])), ("prompts", "prompt_id"),
          extra=SPEC),
+    Case("s2-spec-prompt-twice", 2, write_spec(spec(prompts=["p1", "p2", "p1"])), ("prompts", "'p1' is given twice"),
+         extra=SPEC),
     Case("s2-intervention-folder-is-a-link", 2, chain(write_spec(spec()), intervention_folder_linked_outside),
          ("is_brass_concept_prior_s8_k5: is a symbolic link", "outside"), extra=SPEC),
     # Refused while generating (no bank clip carries a quality): the run leaves no intervention.json behind.
     Case("s2-steer-concept-without-clips", 2, write_spec(spec({"concept": "warm"})), ("'warm' marks no clip",),
          extra=SPEC),
+    # ---- stage 2 --preset planted: the geometry file and the generator options (checked before the provenance)
+    Case("s2-planted-geometry-duplicate-key", 2,
+         planted_geometry(text=DEFAULT_GEOMETRY_TEXT.rstrip().removesuffix("}") + ', "seed": 3}'),
+         ("geometry.json", "'seed' appears twice"), extra=PLANTED),
+    Case("s2-planted-geometry-negative-scale", 2, planted_geometry(lambda g: g["groups"][0].update(scale=-8.0)),
+         ("geometry.json", "group 'early' needs scale > 0"), extra=PLANTED),
+    Case("s2-planted-geometry-scale-as-text", 2, planted_geometry(lambda g: g["groups"][1].update(scale="0.8")),
+         ("geometry.json", "group 'middle' needs scale > 0"), extra=PLANTED),
+    Case("s2-planted-geometry-unknown-label", 2, planted_geometry(lambda g: g["groups"][2]["labels"].append("kazoo")),
+         ("geometry.json", "group 'late' labels must be a non-empty list of families"), extra=PLANTED),
+    Case("s2-planted-geometry-label-twice", 2, planted_geometry(lambda g: g["groups"][2]["labels"].append("brass")),
+         ("geometry.json", "label 'brass' is in two groups"), extra=PLANTED),
+    Case("s2-planted-geometry-not-an-object", 2, planted_geometry(text="[1, 2]"),
+         ("geometry.json", "not a planted geometry of format 1"), extra=PLANTED),
+    Case("s2-planted-scales-infinite", 2, None, ("--generator-option scales", "needs scale > 0"),
+         extra=("--preset", "planted", "--generator-option", "scales=inf,1,1")),
+    Case("s2-generator-option-twice", 2, None, ("--generator-option scales is given twice",),
+         extra=("--preset", "planted", "--generator-option", "scales=8,0.8,0.08", "--generator-option",
+                "scales=1,1,1")),
 
     # ---- stage 3: the generated index, its clips and generation.json
     Case("s3-index-path-absolute", 3, index_path_absolute, ("index", "must stay inside"), subprocess=True),
@@ -689,6 +749,13 @@ CASES = [
           "then run stage 3"), subprocess=True),
     Case("s3-requested-json-garbage", 3, write_file("generated/requested.json", '{"reference": 3}'),
          ("requested.json", "not a stage-2 request", "rerun stage 2")),
+    Case("s3-requested-json-duplicate-key", 3, edit_text("generated/requested.json", "{", '{"format": 1, ', 1),
+         ("requested.json", "'format' appears twice")),
+    Case("s3-requested-prompt-id-escapes", 3, sidecar_edit("generated/requested.json", lambda r: {
+        **r, "reference": {"shards": 1, "prompts": {**r["reference"]["prompts"], "../x": 0}}}),
+         ("requested.json", "prompt_id '../x' must match")),
+    Case("s3-requested-intervention-id-dotdot", 3, sidecar_edit("generated/requested.json", lambda r: {
+        **r, "interventions": {"..": {"shards": 1, "prompts": {}}}}), ("requested.json", "intervention id '..'")),
     Case("s3-stage2-never-ran-typo-data", 3, None, ("generation.json: missing", "run stage 2 first",
                                                     "is it the folder you meant"), extra=("--data", "{data}-typo")),
     Case("s3-index-fractional-sample", 3, index_cell("sample", "0.5"), ("index", "sample")),
@@ -705,6 +772,12 @@ CASES = [
          ("index", "not made under the current generation.json", "p"), extra=("--force",)),
     Case("s3-part-sidecar-missing", 3, lambda data: first_index_part(data).with_suffix(".json").unlink(),
          ("1 of 3 parts",), extra=("--force",)),
+    # A part's record that cannot vouch for it (a key twice, not JSON) counts as missing: named, never trusted.
+    Case("s3-part-sidecar-duplicate-key", 3, lambda data: edit_text(
+        str(first_index_part(data).with_suffix(".json").relative_to(data)), "{", '{"record": "x", ', 1)(data),
+         ("1 of 3 parts", "not made under the current generation.json")),
+    Case("s6-part-sidecar-not-json", 6, lambda data: rewrite(first_index_part(data).with_suffix(".json"), "[" * 99999),
+         ("1 of 3 parts", "not made under the current generation.json")),
 
     # ---- stage 4: examples.json of the NSynth folder and the command line
     Case("s4-duplicate-key", 4, examples_duplicate_key, ("examples.json", "twice"), subprocess=True),
@@ -801,6 +874,9 @@ CASES = [
     Case("s6-kind-without-clips", 6, None, ("xt",), extra=("--kind", "xt")),
     Case("s6-unknown-embedder", 6, None, ("not an embedder",), args=["--embedder", "nosuch"]),
     Case("s6-embeddings-missing", 6, delete(GENERATED_NPY), ("spectral.npy", "missing")),
+    Case("s6-embeddings-npz-archive", 6, npz_archive(GENERATED_NPY), ("spectral.npy", "an .npz archive")),
+    Case("s6-notes-embeddings-garbage", 6, write_file(NOTES_NPY, b"not an array\n" * 20),
+         ("spectral.npy", "unreadable .npy")),
     Case("s6-bad-probe", 6, None, ("--probe",), extra=("--probe", "forest")),
     Case("s6-zero-bootstrap", 6, None, ("--bootstrap",), extra=("--bootstrap", "0")),
     Case("s6-alpha-out-of-range", 6, None, ("--alpha",), extra=("--alpha", "2")),
@@ -813,7 +889,18 @@ CASES = [
     Case("s6-stage5-chunks-unfinished", 6, stage5_chunks_unfinished,
          ("spectral.npy: missing — stage 5 is unfinished", "chunks are missing", "owned by shard 1/2")),
     Case("s6-truth-tables-stale", 6, truth_part_changed, ("truth_tables", "made from another", "rerun stage 2")),
+    Case("s6-truth-table-emptied", 6, write_file("generated/truth_tables/commit_steps.csv", ""),
+         ("truth_tables", "a table is not the file stage 2 wrote", "rerun stage 2")),
+    Case("s6-truth-table-edited", 6, append_line("generated/truth_tables/emergence_truth.csv", "is_brass,1,2,3"),
+         ("truth_tables", "a table is not the file stage 2 wrote")),
+    Case("s6-truth-tables-record-garbage", 6, sidecar_edit("generated/truth_tables/truth_tables.json",
+                                                           lambda record: {**record, "inputs": []}),
+         ("truth_tables.json", "not a truth-tables record")),
+    Case("s6-truth-tables-part-id-escapes", 6, sidecar_edit("generated/truth_tables/truth_tables.json", lambda r: {
+        **r, "inputs": {**r["inputs"], "parts_sha256": {"../../x": "0" * 64}}}), ("truth part '../../x.csv'",)),
     Case("s6-negative-resplits", 6, None, ("--resplits",), extra=("--resplits", "-1")),
+    Case("s6-negative-seed", 6, None, ("--seed >= 0",), extra=("--seed", "-1")),
+    Case("s6-results-linked-outside", 6, results_folder_linked_outside, ("x0: is a symbolic link", "outside")),
     Case("s6-typo-data", 6, None, ("annotated.csv: missing — run stage 1 first", "is it the folder you meant"),
          extra=("--data", "{data}-typo"), subprocess=True),
 
@@ -833,23 +920,45 @@ CASES = [
          ("window_policy",)),
     Case("commitment-missing-embedder-flag", "commitment", None, ("--embedder",),
          args=["--concept", "is_brass", "--no-progress"], subprocess=True),
+    Case("commitment-negative-seed", "commitment", None, ("--seed -1 must be at least 0",), extra=("--seed", "-1")),
+    Case("commitment-zero-batch", "commitment", None, ("--batch-size 0 must be at least 1",),
+         extra=("--batch-size", "0")),
+    Case("commitment-concept-twice", "commitment", None, ("--concept is_brass is given twice",),
+         extra=("--concept", "is_brass")),
+    Case("commitment-generator-option-twice", "commitment", None,
+         ("--generator-option prior_sharpness is given twice",),
+         extra=("--generator-option", "prior_sharpness=4", "--generator-option", "prior_sharpness=0")),
 
     # ---- the note renderer (stage 4's input when no NSynth download is at hand)
     Case("render-bad-velocity", "render", None, ("velocit",), extra=("--velocities", "64")),
     Case("render-missing-soundfont", "render", None, ("nowhere.sf2",), extra=("--soundfont", "{data}/nowhere.sf2")),
     Case("render-zero-pitch-step", "render", None, ("--pitch-step",), extra=("--pitch-step", "0")),
     Case("render-bad-program", "render", None, ("program",), extra=("--programs", "999")),
+    Case("render-soundfont-empty", "render", lambda data: (data.parent / "bad.sf2").write_bytes(b""),
+         ("bad.sf2", "not a SoundFont 2 file"), extra=("--soundfont", "{data}/../bad.sf2")),
+    Case("render-soundfont-cut-off", "render", soundfont_cut_off, ("bad.sf2", "no phdr table"),
+         extra=("--soundfont", "{data}/../bad.sf2")),
 ]
 
 
 def test_the_catalogue_is_wide():
     assert len(CASES) >= 60 and len({case.id for case in CASES}) == len(CASES)
+    # The README states the catalogue's size: the one-line cases of this file, all three tables of them.
+    one_line = len(CASES) + len(DIRECTION_CASES) + len(SEARCH_CASES)
+    text = " ".join((REPO_ROOT / "README.md").read_text(encoding="utf-8").split("## Reliability")[1].split())
+    assert f"catalogue: {one_line} one-line cases" in text
+    assert f"({len(CASES)} on a small study, {len(DIRECTION_CASES)} bad direction files or recording" in text
+    assert f"{len(SEARCH_CASES)} refused searches or stage-6 runs" in text
     assert {case.stage for case in CASES} >= {1, 2, 3, 4, 5, 6}
     assert sum(case.subprocess for case in CASES) >= 10
 
 
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_bad_input_gives_one_line_and_changes_nothing(case: Case, data: Path, monkeypatch):
+    check_case(case, data, monkeypatch)
+
+
+def check_case(case: Case, data: Path, monkeypatch) -> None:
     if case.corrupt is not None:
         case.corrupt(data)
     before = snapshot(data.parent)
@@ -877,6 +986,163 @@ def assert_one_line_and_nothing_changed(code: int, stderr: str, before: dict, ro
     assert all(word in lines[0] for word in words), lines[0]
     assert snapshot(root) == before, "files under --data changed"
     return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------- a finished search
+# The commitment search's results folder is its own: a refusal, --force included, must leave it as it was.
+
+@pytest.fixture(scope="session")
+def searched(base, tmp_path_factory) -> Path:
+    """The base run with the catalogue's commitment search finished."""
+    data = tmp_path_factory.mktemp("searched") / "data"
+    shutil.copytree(base, data, copy_function=link_audio_copy_rest)
+    code, stderr = run_in_process("commitment", stage_argv("commitment", data))
+    assert code == 0, stderr[-2000:]
+    return data
+
+
+def results_linked_outside(data: Path):
+    """The search's results folder moved out of --data and linked back: --force would clear and fill the target."""
+    results = data / SEARCH_RESULTS
+    shutil.move(results, data.parent / "elsewhere")
+    results.symlink_to(data.parent / "elsewhere")
+
+
+SEARCH_RESULTS = "results/spectral/logreg/x0/commitment"
+SEARCH_CASES = [
+    Case("commitment-other-settings-without-force", "commitment", None,
+         ("commitment_search.json", "settings.samples=1, this run has 2", "--force"), extra=("--samples", "2")),
+    Case("commitment-sidecar-duplicate-key", "commitment",
+         edit_text(SEARCH_RESULTS + "/commitment_search.json", "{", '{"seconds": 1, ', 1),
+         ("commitment_search.json", "'seconds' appears twice")),
+    # Checked before --force clears the folder: the notes' embeddings are read whole, not only found.
+    Case("commitment-force-nan-note-row", "commitment", npy_edit(NOTES_NPY, set_row(np.nan, row=3)),
+         ("spectral.npy", "row 3 holds NaN"), extra=("--force",)),
+    Case("commitment-force-notes-npz-archive", "commitment", npz_archive(NOTES_NPY),
+         ("spectral.npy", "an .npz archive"), extra=("--force",)),
+    Case("commitment-force-sets-unknown-note", "commitment", set_cell("concepts/sets.csv", "note_str", "nowhere"),
+         ("sets.csv row 2", "'nowhere' is not in notes.csv"), extra=("--force",)),
+    Case("commitment-results-linked-outside", "commitment", results_linked_outside,
+         ("commitment: is a symbolic link", "outside"), extra=("--force",)),
+    # Stage 6 reads the search's table for its known answers.
+    Case("s6-commitment-table-emptied", 6, write_file(SEARCH_RESULTS + "/commitment_search.csv", ""),
+         ("commitment_search.csv", "not a readable CSV", "rerun the commitment search")),
+    Case("s6-commitment-table-text-step", 6,
+         set_cell(SEARCH_RESULTS + "/commitment_search.csv", "commitment_step", "late"),
+         ("commitment_search.csv", "'commitment_step' holds text")),
+]
+
+
+@pytest.mark.parametrize("case", SEARCH_CASES, ids=[case.id for case in SEARCH_CASES])
+def test_a_refused_search_leaves_its_results_untouched(case: Case, searched: Path, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(searched, data, copy_function=link_audio_copy_rest, symlinks=True)
+    check_case(case, data, monkeypatch)
+
+
+# ---------------------------------------------------------------------------------------------- direction files
+# A steering of blocks reads a direction file (data/directions.py); the ideal model steers its prior and reads
+# none, so these run on the toy backend of the tests (tests/toy_backend.py: blocks, hooks, a real sampler).
+
+TOY_PROMPTS = [("p_brass1", "bright brass fanfare", "brass"), ("p_keys1", "soft acoustic piano", "keyboard")]
+TOY_ARGS = ["--generator", "toy", "--steps", "8", "--samples", "1", "--no-progress"]
+RECORD_ARGS = ["--generator", "toy", "--steps", "8", "--concept", "is_brass", "--out", "{data}/../recorded.npy",
+               "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def toy_run(tmp_path_factory) -> Path:
+    """A reference run of the toy backend and, beside --data, a direction file of its width and a spec steering
+    block 1 along it."""
+    from stage_runs import write_annotated
+    from toy_backend import BLOCKS, DIM
+
+    from data.directions import Direction
+    from diffusion import GENERATORS
+
+    data = tmp_path_factory.mktemp("toy") / "data"
+    write_annotated(data, TOY_PROMPTS)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(GENERATORS, "toy", "tests.toy_backend:ToyGenerator")
+        code, stderr = run_in_process(2, stage_argv(2, data, TOY_ARGS))
+    assert code == 0, stderr[-2000:]
+    vectors = np.random.default_rng(0).standard_normal((BLOCKS, DIM))
+    Direction(vectors, range(BLOCKS), "is_brass", "probe").save(data.parent / "is_brass")
+    (data.parent / "spec.json").write_text(json.dumps({"format": 2, "interventions": [
+        {"concept": "is_brass", "direction": ["is_brass.npy", "random:0"], "where": [1], "strength": 2.0,
+         "from_step": 4}]}))
+    return data
+
+
+def direction_array(change: Callable[[np.ndarray], object]):
+    def corrupt(data: Path):
+        path = data.parent / "is_brass.npy"
+        array = change(np.load(path))
+        path.unlink()
+        np.save(path, array, allow_pickle=True)
+    return corrupt
+
+
+def direction_sidecar(change: Callable[[dict], dict]):
+    def corrupt(data: Path):
+        path = data.parent / "is_brass.json"
+        rewrite(path, json.dumps(change(json.loads(path.read_text()))))
+    return corrupt
+
+
+def beside(corruption):
+    """A corruption of a file beside --data (write_file, truncate and delete take paths relative to --data)."""
+    return lambda data: corruption(data.parent)
+
+
+DIRECTION_CASES = [
+    Case("direction-empty", 2, beside(write_file("is_brass.npy", b"")), ("is_brass.npy", "empty file (0 bytes)")),
+    Case("direction-garbage", 2, beside(write_file("is_brass.npy", b"not an array\n" * 20)),
+         ("is_brass.npy", "unreadable .npy")),
+    Case("direction-cut-off", 2, beside(truncate("is_brass.npy", 0.6)), ("is_brass.npy", "unreadable .npy")),
+    Case("direction-npz-archive", 2, beside(npz_archive("is_brass.npy")),
+         ("is_brass.npy", "an .npz archive")),
+    Case("direction-object-array", 2, direction_array(lambda v: np.array([{"a": 1}, None], dtype=object)),
+         ("is_brass.npy", "unreadable .npy", "allow_pickle")),
+    Case("direction-nan", 2, direction_array(lambda v: np.where(np.arange(v.size).reshape(v.shape) == 3, np.nan, v)),
+         ("is_brass.npy", "NaN or infinite")),
+    Case("direction-other-width", 2, direction_array(lambda v: np.concatenate([v, v[:, :1]], axis=1)),
+         ("is_brass.npy", "direction dim 9 but the toy generator's blocks are 8 wide")),
+    Case("direction-one-dimensional", 2, direction_array(lambda v: v[0]), ("is_brass.npy", "does not match")),
+    Case("direction-sidecar-missing", 2, beside(delete("is_brass.json")), ("is_brass.npy", "sidecar")),
+    Case("direction-sidecar-duplicate-key", 2, beside(edit_text("is_brass.json", "{", '{"concept": "x", ', 1)),
+         ("is_brass.json", "'concept' appears twice")),
+    Case("direction-block-missing", 2, direction_sidecar(lambda s: {**s, "blocks": [0, 2, 3, 4][:len(s["blocks"])]}),
+         ("is_brass.npy", "no direction for block 1")),
+    # Recording a direction (interp/directions.py, a denoising backend's blocks): its options, before any sampling.
+    Case("record-direction-zero-samples", "directions", None, ("--samples 0 must be at least 1",), args=RECORD_ARGS,
+         extra=("--samples", "0")),
+    Case("record-direction-negative-seed", "directions", None, ("--seed -1 must be at least 0",), args=RECORD_ARGS,
+         extra=("--seed", "-1")),
+    Case("record-direction-zero-prompts", "directions", None, ("--prompts 0 must be at least 1",), args=RECORD_ARGS,
+         extra=("--prompts", "0")),
+    Case("record-direction-seconds-too-long", "directions", None, ("--seconds 60 is outside",), args=RECORD_ARGS,
+         extra=("--seconds", "60")),
+    Case("direction-is-a-folder", 2, lambda data: ((data.parent / "is_brass.npy").unlink(),
+                                                   (data.parent / "is_brass.npy").mkdir()),
+         ("is_brass.npy",)),
+]
+
+
+@pytest.mark.parametrize("case", DIRECTION_CASES, ids=[case.id for case in DIRECTION_CASES])
+def test_a_bad_direction_file_is_refused_before_anything_is_written(case: Case, toy_run: Path, tmp_path,
+                                                                     monkeypatch):
+    """A bad direction file for a steered run, or bad options for recording one: one line, and no
+    intervention.json, run folder, direction or temp file left behind."""
+    from diffusion import GENERATORS
+
+    monkeypatch.setitem(GENERATORS, "toy", "tests.toy_backend:ToyGenerator")
+    data = tmp_path / "data"
+    shutil.copytree(toy_run.parent, data.parent, dirs_exist_ok=True)
+    if case.stage == 2:
+        case = Case(case.id, 2, case.corrupt, case.expect, args=TOY_ARGS, extra=SPEC)
+    check_case(case, data, monkeypatch)
+    assert not (data / "generated" / "interventions").exists()
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -1060,6 +1326,17 @@ def test_an_embedding_run_killed_between_chunks_resumes_from_them_byte_identical
     assert code == 0, stderr[-2000:]
     assert temp_files(data) == [] and not chunk.parent.exists()
     assert tree(data / compared) == tree(reference / compared)
+
+
+@pytest.mark.parametrize("damage", [npz_archive(GENERATED_NPY), write_file(GENERATED_NPY, b"not an array"),
+                                    truncate(GENERATED_NPY, 0.7)], ids=["npz-archive", "garbage", "cut-off"])
+def test_a_damaged_embedding_matrix_is_made_again_byte_identical(damage, base, data):
+    """A stage's own output that is not a whole .npy (a copy that stopped, a file replaced by hand) counts as not
+    made: the plain rerun embeds again, never a traceback."""
+    damage(data)
+    code, stderr = run_in_process(3, stage_argv(3, data))
+    assert code == 0, stderr[-2000:]
+    assert tree(data / "generated" / "embeddings") == tree(base / "generated" / "embeddings")
 
 
 @pytest.mark.parametrize("stage", list(RESUMABLE), ids=[f"stage-{stage}" for stage in RESUMABLE])

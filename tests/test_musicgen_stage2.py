@@ -167,6 +167,8 @@ def test_activation_probes_by_layer(logit_run, tmp_path, capsys):
     ("drop_npy", [], "missing for a generated prompt"),
     ("empty_npy", [], "p_keys1.npy: empty file (0 bytes)"),
     ("wider_npy", [], "p_keys1.npy: vectors of width 65, but"),
+    ("text_npy", [], "p_keys1.npy: holds <U1 values, not floats"),
+    ("npz_npy", [], "p_keys1.npy: an .npz archive, not an .npy array"),
     (None, ["--branch", "sideways"], "choose --branch from cond, uncond"),
     (None, ["--pool", "last", "--branch", "uncond"], None),
     ("no_residuals", [], "captured no residuals"),
@@ -183,6 +185,14 @@ def test_activation_space_bad_inputs_are_one_line(logit_run, tmp_path, capsys, d
         path = data / "generated" / "activations" / "p_keys1.npy"
         vectors = np.load(path)
         np.save(path, np.concatenate([vectors, vectors[:, :1]], axis=1))
+    elif damage == "text_npy":   # no pickle inside, so np.load reads it
+        path = data / "generated" / "activations" / "p_keys1.npy"
+        np.save(path, np.full(np.load(path).shape, "x"))
+    elif damage == "npz_npy":
+        path = data / "generated" / "activations" / "p_keys1.npy"
+        vectors = np.load(path)
+        with path.open("wb") as file:
+            np.savez(file, vectors)
     elif damage == "no_residuals":
         generation = json.loads((data / "generated" / "generation.json").read_text())
         generation["residuals"] = "none"

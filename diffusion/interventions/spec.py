@@ -120,9 +120,11 @@ def load_spec(path) -> InterventionSpec:
     prompts = payload.get("prompts")
     if prompts is not None and (not isinstance(prompts, list) or not prompts):
         raise fail("prompts", "must be a non-empty list of prompt ids")
-    for prompt_id in prompts or []:
+    for position, prompt_id in enumerate(prompts or []):
         if name_problem(prompt_id, "prompt_id"):
             raise fail("prompts", name_problem(prompt_id, "prompt_id"))
+        if prompt_id in prompts[:position]:
+            raise fail("prompts", f"{prompt_id!r} is given twice — name each prompt once")
     samples = payload.get("samples")
     if samples is not None and (not _is_int(samples) or samples < 1):
         raise fail("samples", f"{samples!r} must be a positive integer")
