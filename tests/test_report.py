@@ -12,7 +12,7 @@ import pytest
 from nbclient import NotebookClient
 from test_stage6_data import EMBEDDER, analysed_data
 
-from interp import stage6_probe
+from interp import page, stage6_probe, summary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +68,41 @@ def test_overview_shows_both_yardsticks_side_by_side(report):
     known = page[page.index("<h2>Known answers</h2>"):page.index("<h2>Figures</h2>")]
     brass = next(line for line in known.splitlines() if ">is_brass<" in line)
     assert "inside" in brass and "Recovered" in known
+
+
+def test_headline_box_carries_the_summary_and_names_the_generator(report):
+    _, path = report
+    text = path.read_text(encoding="utf-8")
+    headline = text[text.index("<div class=\"headline\">"):text.index("<h2>Overview</h2>")]
+    # Every finding of summary.md, in the order the README quotes them, is in the box (bold kept).
+    findings = (path.parent / summary.SUMMARY_MD).read_text(encoding="utf-8").splitlines()
+    assert len(findings) >= 8
+    for line in findings:
+        label = line[2:line.index("**", 4) + 2].strip("*")
+        assert f"<li><b>{label}</b>" in headline, label
+    assert "Generator <b>synthetic</b>" in headline and "decoded clean estimate x0" in headline
+    assert "Embedder <b>spectral</b>" in headline and "probe <b>logreg</b>" in headline
+    assert "class='warning'" not in headline  # a generator that declares no model_kind gets no warning
+
+
+@pytest.mark.parametrize("generation, kind, lens, warned", [
+    ({"generator": "ideal", "model": "soundfont bank", "model_kind": "reference model, not a trained one",
+      "preset": "planted"}, "x0", "decoded clean estimate x0", "reference (\"ideal\") model"),
+    ({"generator": "organism", "model": "tiny DiT", "model_kind": "untrained"}, "x0", "clean estimate x0",
+     "model organism"),
+    ({"generator": "stable_audio", "model": "stabilityai/stable-audio-open-1.0"}, "xt", "noisy latent xt", None),
+    ({"generator": "musicgen", "model": "facebook/musicgen-small", "lens": "logit"}, "x0", "logit lens", None),
+    ({"generator": "musicgen", "model": "facebook/musicgen-small", "lens": "regenerate"}, "x0",
+     "DecoderLens regeneration", None),
+])
+def test_made_by_names_generator_model_and_lens_and_warns(generation, kind, lens, warned):
+    line = page.made_by(generation, kind)
+    assert f"Generator <b>{generation['generator']}</b>" in line and page.escape(generation["model"]) in line
+    assert lens in line
+    if warned is None:
+        assert "class='warning'" not in line
+    else:
+        assert "class='warning'" in line and page.escape(warned) in line
 
 
 def test_report_renders_in_headless_chromium(report, tmp_path):
