@@ -1,6 +1,8 @@
 """report.html links every captured clip, embeds its figures, renders in headless Chromium; the example
 notebook runs against the same results."""
+import json
 import os
+import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
@@ -12,7 +14,7 @@ import pytest
 from nbclient import NotebookClient
 from test_stage6_data import EMBEDDER, analysed_data
 
-from interp import page, stage6_probe, summary
+from interp import export_report, page, stage6_probe, summary
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,6 +120,77 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     assert pixels.shape[:2] == (1600, 1280)
     # A page that failed to render is one flat colour; the tables, text and figures are not.
     assert pixels[..., :3].std() > 0.05
+
+
+# Loads the first players' metadata once the page is up and writes their durations (-1: failed) into the DOM,
+# which `chromium --dump-dom` prints.
+AUDIO_CHECK = """<script>
+window.addEventListener('load', async () => {
+  const players = [...document.querySelectorAll('audio')].slice(0, 6);
+  const durations = await Promise.all(players.map(player => new Promise(resolve => {
+    player.addEventListener('loadedmetadata', () => resolve(player.duration), {once: true});
+    player.addEventListener('error', () => resolve(-1), {once: true});
+    player.preload = 'metadata';
+    player.load();
+  })));
+  const out = document.createElement('pre');
+  out.id = 'audio-check';
+  out.textContent = JSON.stringify(durations);
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _durations_in_chromium(path: Path) -> list[float]:
+    """The durations Chromium reads for the first players of the page at `path` (a copy with AUDIO_CHECK added)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.fail("chromium is not installed — run `make browser` (the report test needs it)")
+    checked = path.with_name("checked.html")
+    checked.write_text(path.read_text(encoding="utf-8").replace("</body>", AUDIO_CHECK + "</body>"), encoding="utf-8")
+    dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                          "--virtual-time-budget=10000", checked.resolve().as_uri()],
+                         check=True, capture_output=True, text=True, timeout=120).stdout
+    return json.loads(re.search(r'<pre id="audio-check">([^<]*)</pre>', dom).group(1))
+
+
+def test_an_exported_report_plays_its_audio_from_another_folder(report, tmp_path):
+    _, path = report
+    export_report.export(path.parent, tmp_path / "export", max_prompts=3)
+    moved = tmp_path / "elsewhere" / "shared"
+    shutil.copytree(tmp_path / "export", moved)
+    shutil.rmtree(tmp_path / "export")
+    page_text = (moved / "report.html").read_text(encoding="utf-8")
+    links = export_report.audio_links(page_text)
+    assert len(links) == 3 * 2 * 6 and all(link.startswith("audio/") for link in links)
+    assert all((moved / link).is_file() for link in links)
+    # The figures and tables stay whole: only the players of the prompts left out go.
+    assert page_text.count("<img") == path.read_text(encoding="utf-8").count("<img")
+    durations = _durations_in_chromium(moved / "report.html")
+    assert len(durations) == 6 and all(duration > 0 for duration in durations), durations
+    # The report itself, copied elsewhere alone, plays nothing: what the export is for.
+    alone = tmp_path / "alone" / "report.html"
+    alone.parent.mkdir()
+    shutil.copyfile(path, alone)
+    assert all(duration == -1 for duration in _durations_in_chromium(alone))
+
+
+def test_an_export_refuses_a_missing_clip_and_a_foreign_report(report, tmp_path):
+    root, path = report
+    target = tmp_path / "export"
+    target.mkdir()
+    (target / "report.html").write_text("someone else's page")
+    with pytest.raises(export_report.InputError, match="not an export of"):
+        export_report.export(path.parent, target, max_prompts=1)
+    assert (target / "report.html").read_text() == "someone else's page"
+    # A rerun of the same export is no foreign report; it copies nothing twice.
+    first = export_report.export(path.parent, tmp_path / "again", max_prompts=1)
+    assert export_report.export(path.parent, tmp_path / "again", max_prompts=1) == {**first, "copied": 0}
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("*.wav"))
+    with pytest.raises(export_report.InputError, match="missing"):
+        export_report.export(stage6_probe.results_dir(copy, EMBEDDER, "logreg", "x0"), tmp_path / "none")
+    assert not (tmp_path / "none").exists()
 
 
 def test_example_notebook_reproduces_an_emergence_curve(report, monkeypatch):
