@@ -9,14 +9,12 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import matplotlib.image
-import nbformat
+import pandas as pd
 import pytest
-from nbclient import NotebookClient
+from stage_runs import run_notebook
 from test_stage6_data import EMBEDDER, analysed_data
 
-from interp import export_report, page, stage6_probe, summary
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from interp import artifacts, export_report, page, stage6_probe, summary
 
 
 class _Collector(HTMLParser):
@@ -195,12 +193,35 @@ def test_an_export_refuses_a_missing_clip_and_a_foreign_report(report, tmp_path)
 
 def test_example_notebook_reproduces_an_emergence_curve(report, monkeypatch):
     root, _ = report
-    monkeypatch.setenv("MUSICOLOGIST_DATA", str(root))
-    monkeypatch.setenv("MUSICOLOGIST_EMBEDDER", EMBEDDER)
-    monkeypatch.setenv("MUSICOLOGIST_CONCEPT", "is_brass")
-    notebook = nbformat.read(REPO_ROOT / "examples" / "explore.ipynb", as_version=4)
-    NotebookClient(notebook, timeout=120, kernel_name="python3",
-                   resources={"metadata": {"path": str(REPO_ROOT / "examples")}}).execute()
-    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
-    assert not [output for output in outputs if output.get("output_type") == "error"]
+    outputs = run_notebook("explore.ipynb", monkeypatch, MUSICOLOGIST_DATA=str(root), MUSICOLOGIST_EMBEDDER=EMBEDDER,
+                           MUSICOLOGIST_CONCEPT="is_brass")
     assert any("image/png" in output.get("data", {}) for output in outputs)
+    printed = "".join(output.get("text", "") for output in outputs)
+    assert "yardsticks: ['prompt', 'content']" in printed and "generator synthetic" in printed
+
+
+def test_the_api_loads_every_table_of_an_analysis(report):
+    root, path = report
+    study = artifacts.Results.of(root, embedder=EMBEDDER)
+    assert study.folder == path.parent and study.unit == "step" and study.generation["generator"] == "synthetic"
+    assert study.yardsticks() == ["prompt", "content"]
+    for yardstick in study.yardsticks():
+        table = study.emergence(yardstick)
+        assert set(table["yardstick"]) == {yardstick} and len(table) == 28 * 6
+        assert set(study.emergence_steps(yardstick)["yardstick"]) == {yardstick}
+    assert len(study.emergence()) == 2 * 28 * 6
+    pd.testing.assert_frame_equal(study.probe_quality(), pd.read_csv(path.parent / "probe_quality.csv",
+                                                                      keep_default_na=False, na_values=[""]))
+    brass = study.known_answers().set_index("concept").loc["is_brass"]
+    assert brass["status"] == "emerged"
+    assert len(study.probabilities()) == 40 * 2 * 6 and study.probabilities()["prompt_id"].iloc[0] == "p000"
+    assert study.summary()["run"]["prompts"] == 40 and len(study.drift()) == 6
+    listed = artifacts.analyses(root)
+    assert listed["folder"].tolist() == [str(path.parent)] and listed.loc[0, "space"] == "embeddings"
+    # What the stage has not written is named, with the stage to run.
+    with pytest.raises(artifacts.InputError, match="--compare"):
+        study.interventions()
+    with pytest.raises(artifacts.InputError, match="commitment_search.py"):
+        study.commitment_search()
+    with pytest.raises(artifacts.InputError, match="x0_seed-1/stage6.json: missing"):
+        artifacts.Results.of(root, embedder=EMBEDDER, seed=1)
