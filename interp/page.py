@@ -59,7 +59,7 @@ def warning(generation: dict) -> str:
         return ("The generator is the reference (\"ideal\") model: a closed-form stand-in that renders soundfont "
                 "notes, not a trained text-to-music model. These results check the method against planted answers; "
                 "they say nothing about how a real model works.")
-    if name == "organism" or "untrained" in kind.lower() or "organism" in kind.lower():
+    if "organism" in name or "untrained" in kind.lower() or "organism" in kind.lower():
         return (f"The generator is a model organism ({kind or name}): a tiny model trained on the planted "
                 "bank (or not trained at all), not a text-to-music model people use. Read the results as a test of "
                 "the method.")
