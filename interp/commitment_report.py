@@ -130,7 +130,7 @@ def section_html(search_table: pd.DataFrame, curve_table: pd.DataFrame, image_ur
                  generation: dict) -> str:
     escape = html.escape
     lines = ["<h2 id='commitment-search'>Commitment step, searched to one " + escape(clock) + "</h2>",
-             made_by(generation),
+             made_by(generation, warn=False),
              "<p class='muted'>The last start step k from which steering still moves the concept beyond random "
              "directions of the same norm, found by bisection over k. At each k the steered runs are paired by seed "
              "with unsteered ones; a run's change is read by the stage-6 probe (P(concept)) and, where the generator "

@@ -77,7 +77,7 @@ def section_html(tables: dict, out: Path, generated: Path, image_uri: str, axis_
     commitment, interventions, pairs = tables["commitment"], tables["interventions"], tables["pairs"]
     clock = clock_words(tables.get("clock", "denoising_step"))
     generation = read_json(Path(generated) / "generation.json")
-    lines = ["<h2 id='interventions'>Interventions: when is a concept committed?</h2>", made_by(generation),
+    lines = ["<h2 id='interventions'>Interventions: when is a concept committed?</h2>", made_by(generation, warn=False),
              f"<p class='muted'>Each intervened clip is paired with the unintervened clip of the same prompt, sample "
              f"and seed, and both are scored by the concept probes at {axis_unit} {tables['scored_step']}. Effect = "
              "change of P(target) under the concept's direction minus the mean change under random directions of "

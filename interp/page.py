@@ -68,8 +68,9 @@ def warning(generation: dict) -> str:
     return ""
 
 
-def made_by(generation: dict, kind: str | None = "x0") -> str:
-    """One line naming generator, model (checkpoint), preset and lens, then the warning box where one applies."""
+def made_by(generation: dict, kind: str | None = "x0", warn: bool = True) -> str:
+    """One line naming generator, model (checkpoint), preset and lens, then the warning box where one applies
+    (warn=False: a section of a page whose headline carries it already)."""
     checkpoint = generation.get("checkpoint_sha256")
     model = escape(generation.get("model") or "unknown")
     if checkpoint:
@@ -78,7 +79,7 @@ def made_by(generation: dict, kind: str | None = "x0") -> str:
     line = (f"<p class='made-by'>Generator <b>{escape(generation.get('generator') or 'unknown')}</b>, model "
             f"<b>{model}</b>{f', preset <b>{escape(preset)}</b>' if preset else ''}; lens: "
             f"<b>{escape(lens(generation, kind))}</b>.</p>")
-    caution = warning(generation)
+    caution = warning(generation) if warn else ""
     return line + (f"<div class='warning'>⚠ {escape(caution)}</div>" if caution else "")
 
 
