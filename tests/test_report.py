@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -171,6 +172,23 @@ def test_an_exported_report_plays_its_audio_from_another_folder(report, tmp_path
     alone.parent.mkdir()
     shutil.copyfile(path, alone)
     assert all(duration == -1 for duration in _durations_in_chromium(alone))
+
+
+def test_the_readme_export_command_runs_as_written(report, tmp_path):
+    """README's export command, run as a user runs it (the script in a subprocess from the checkout); only the
+    paths are this test's: the result folder of the fixture and an export folder under tmp_path."""
+    _, path = report
+    root = Path(__file__).resolve().parent.parent
+    line = next(line for line in (root / "README.md").read_text(encoding="utf-8").replace("`", "\n").splitlines()
+                if line.startswith(".venv/bin/python interp/export_report.py"))
+    words = line.split()
+    assert words[2:] == ["data/results/spectral/logreg/x0", "--to", "report-export"], words
+    completed = subprocess.run([sys.executable, words[1], str(path.parent), "--to", str(tmp_path / "report-export")],
+                               cwd=root, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert "the folder plays wherever it is copied" in completed.stdout
+    links = export_report.audio_links((tmp_path / "report-export" / "report.html").read_text(encoding="utf-8"))
+    assert len(links) == 40 * 2 * 6 and all((tmp_path / "report-export" / link).is_file() for link in links)
 
 
 def test_an_export_refuses_a_missing_clip_and_a_foreign_report(report, tmp_path):
