@@ -56,9 +56,9 @@ def warning(generation: dict) -> str:
     name = str(generation.get("generator", ""))
     kind = str(generation.get("model_kind", ""))
     if name == "ideal":
-        return ("The generator is the reference (\"ideal\") model: a closed-form stand-in that renders soundfont "
-                "notes, not a trained text-to-music model. These results check the method against planted answers; "
-                "they say nothing about how a real model works.")
+        return ("The generator is the reference (\"ideal\") model: the closed-form posterior mean over a bank of "
+                "soundfont-rendered clips, not a trained text-to-music model. Its results check the method (against "
+                "planted answers where the preset plants them); they say nothing about how a trained model works.")
     if "organism" in name or "untrained" in kind.lower() or "organism" in kind.lower():
         return (f"The generator is a model organism ({kind or name}): a tiny model trained on the planted "
                 "bank (or not trained at all), not a text-to-music model people use. Read the results as a test of "
