@@ -12,7 +12,7 @@ from data.concepts import CONCEPTS
 from data.contract import read_generated_index
 from data.files import read_json, write_json, write_npy
 from data.stage import run_stage
-from interp import statistics, stage6_probe
+from interp import result_folder, stage6_activations, stage6_probe, statistics
 from interp.fitting import random_training_sets
 from interp.records import ConceptNotes, ConceptSplit
 
@@ -160,6 +160,18 @@ def test_up_to_date_runs_are_skipped_and_force_redoes(tmp_path, capsys):
     assert (settings["alpha"], settings["seed"]) == (0.1, 2) and (other / "emergence.csv").is_file()
     assert emergence.read_bytes() == before
     assert _run(argv + ["--alpha", "0.1", "--seed", "2"]) == 0 and "up to date" in capsys.readouterr().out
+
+
+def test_result_folders_are_keyed_by_the_settings_that_change_the_question():
+    """At the stages' defaults the folder is the documented one; each other keyed value is appended in order."""
+    assert result_folder.suffix({"alpha": 0.05, "baseline": "instruments", "seed": 0, "bootstrap": 300}) == ""
+    assert result_folder.suffix({"seed": 3, "alpha": 0.01, "baseline": "notes"}) == "_alpha-0.01_baseline-notes_seed-3"
+    assert result_folder.suffix({"seed": 3, "baseline": "notes"}, "activations") == "_seed-3"
+    # The keyed defaults are the parsers' defaults, so the default folder stays where the README says.
+    for space, parser in (("embeddings", stage6_probe.build_parser()),
+                          ("activations", stage6_activations.build_parser())):
+        args = parser.parse_args([])
+        assert {name: getattr(args, name) for name in result_folder.KEYED[space]} == result_folder.KEYED[space]
 
 
 @pytest.fixture
