@@ -64,8 +64,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH_SPEC)
-	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt '.[test]'
-	# The build leaves setuptools' scratch folders in the checkout; the package itself holds no modules.
+	# Editable: data, diffusion, embeddings and interp import from this checkout anywhere in the venv (notebooks).
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]'
+	# The build leaves setuptools' scratch folders in the checkout (the editable finder does not read them).
 	rm -rf build musicologist.egg-info
 	# tinysoundfont declares pyaudio (live playback only), which does not build here.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps tinysoundfont==0.3.7

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from data.files import write_json  # noqa: E402
 from data.stage import run_stage  # noqa: E402
-from interp import stage6_probe  # noqa: E402
+from interp import result_folder, stage6_probe  # noqa: E402
 
 GOAL = 0.05
 KEY = ["yardstick", "concept"]
@@ -62,7 +62,7 @@ def main() -> None:
                              ["--data", str(data), "--embedder", args.embedder, "--seed", str(seed), "--no-report"])
             if code != 0:
                 sys.exit(code)
-            out = stage6_probe.results_dir(data, args.embedder, "logreg", "x0")
+            out = result_folder.keyed(stage6_probe.results_dir(data, args.embedder, "logreg", "x0"), {"seed": seed})
             read = {name: pd.read_csv(out / name, keep_default_na=False, na_values=[""])
                     for name in ("emergence_steps.csv", "known_answers.csv")}
             runs[seed] = read

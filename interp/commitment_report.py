@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from data.files import atomic_path, write_csv, write_text
-from interp.plots import new_figure
+from interp.page import made_by
+from interp.plots import DPI, LEGEND_SIZE, new_figure
 
 SEARCH_COLUMNS = ["concept", "strength", "method", "commitment_step", "commitment_low", "commitment_high",
                   "steps_evaluated", "n_prompts", "n_samples", "n_random_directions", "note"]
@@ -99,7 +100,7 @@ def tables(searches, clock: str = "denoising_step") -> tuple[pd.DataFrame, pd.Da
 def plot(searches, path: Path, clock: str) -> None:
     """Per concept: each reader's effect beyond random at every evaluated k with its interval, and its
     commitment step with the bootstrap interval shaded."""
-    figure = new_figure(figsize=(5.0 * max(len(searches), 1), 3.6))
+    figure = new_figure(figsize=(max(9.0, 5.0 * len(searches)), 3.8))
     axes = figure.subplots(1, max(len(searches), 1), squeeze=False)[0]
     for axis, search in zip(axes, searches):
         for reader in search.readers:
@@ -119,15 +120,17 @@ def plot(searches, path: Path, clock: str) -> None:
         axis.set_title(f"{search.setting.concept} (strength {search.setting.strength:g})", fontsize=10)
         axis.set_xlabel(f"steering from {clock} k on", fontsize=9)
         axis.set_ylabel("change beyond random directions", fontsize=9)
-        axis.legend(fontsize=7, loc="best")
+        axis.legend(fontsize=LEGEND_SIZE, loc="best")
     figure.tight_layout()
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=90)
+        figure.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)
 
 
-def section_html(search_table: pd.DataFrame, curve_table: pd.DataFrame, image_uri: str, clock: str) -> str:
+def section_html(search_table: pd.DataFrame, curve_table: pd.DataFrame, image_uri: str, clock: str,
+                 generation: dict) -> str:
     escape = html.escape
     lines = ["<h2 id='commitment-search'>Commitment step, searched to one " + escape(clock) + "</h2>",
+             made_by(generation, warn=False),
              "<p class='muted'>The last start step k from which steering still moves the concept beyond random "
              "directions of the same norm, found by bisection over k. At each k the steered runs are paired by seed "
              "with unsteered ones; a run's change is read by the stage-6 probe (P(concept)) and, where the generator "
@@ -161,15 +164,16 @@ def section_html(search_table: pd.DataFrame, curve_table: pd.DataFrame, image_ur
     return "\n".join(lines)
 
 
-def write_outputs(folder: Path, searches, clock: str) -> None:
-    """The tables, the figure and the section, each written atomically."""
+def write_outputs(folder: Path, searches, clock: str, generation: dict) -> None:
+    """The tables, the figure and the section (naming the generator of `generation`, its generation.json), each
+    written atomically."""
     folder = Path(folder)
     search_table, curve_table = tables(searches, clock)
     write_csv(folder / "commitment_search.csv", search_table)
     write_csv(folder / "commitment_curve.csv", curve_table)
     plot(searches, folder / "commitment.png", clock_word(clock))
     uri = "data:image/png;base64," + base64.b64encode((folder / "commitment.png").read_bytes()).decode("ascii")
-    write_text(folder / "section.html", section_html(search_table, curve_table, uri, clock_word(clock)))
+    write_text(folder / "section.html", section_html(search_table, curve_table, uri, clock_word(clock), generation))
 
 
 def headlines(searches) -> list[str]:

@@ -262,7 +262,7 @@ def main(args) -> None:
         results = [search_concept(runs, setups[concept], prompt_ids[concept], probes[concept], reference, options)
                    for concept in args.concept]
     begin(prov)
-    commitment_report.write_outputs(out, results, generator.intervention_clock)
+    commitment_report.write_outputs(out, results, generator.intervention_clock, stored.record)
     seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     commit(prov, {"seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2), "outputs": list(OUTPUT_FILES)})
     for line in commitment_report.headlines(results):

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from data.files import atomic_path, write_csv, write_text
+from data.files import atomic_path, read_json, write_csv, write_text
 from interp.compare import clock_words
-from interp.plots import new_figure
+from interp.page import made_by
+from interp.plots import DPI, LEGEND_SIZE, new_figure
 
 AUDIO_PAIRS_SHOWN = 2
 
@@ -25,7 +26,7 @@ def plot_commitment(interventions: pd.DataFrame, commitment: pd.DataFrame, path:
     steered = interventions[(interventions["direction"] != "random")] if "effect" in interventions else interventions[:0]
     steered = steered[steered["effect"].notna()] if "effect" in steered else steered
     concepts = list(dict.fromkeys(steered["concept"])) or ["(none)"]
-    figure = new_figure(figsize=(3.6 * len(concepts), 3.2))
+    figure = new_figure(figsize=(max(9.0, 3.6 * len(concepts)), 3.6))
     axes = figure.subplots(1, len(concepts), squeeze=False)
     for axis, concept in zip(axes[0], concepts):
         rows = steered[steered["concept"] == concept].sort_values("from_step")
@@ -47,14 +48,14 @@ def plot_commitment(interventions: pd.DataFrame, commitment: pd.DataFrame, path:
                              label=f"commitment ({clock} {int(committed)})")
             if not same_axis:
                 concept = f"{concept} (emergence: {axis_unit} {'never' if pd.isna(emerged) else int(emerged)})"
-        axis.set_title(concept, fontsize=9)
+        axis.set_title(concept, fontsize=11)
         axis.set_xlabel(f"steering from {clock} k on")
-        axis.tick_params(labelsize=7)
-        axis.legend(fontsize=6, loc="best")
-    axes[0][0].set_ylabel("Δ P(target) beyond random", fontsize=8)
+        axis.tick_params(labelsize=9)
+        axis.legend(fontsize=LEGEND_SIZE, loc="best")
+    axes[0][0].set_ylabel("Δ P(target) beyond random", fontsize=10)
     figure.tight_layout()
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=80)
+        figure.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)
 
 
 def _number(value, digits: int = 2) -> str:
@@ -70,11 +71,13 @@ def _ci(row, name: str) -> str:
 
 
 def section_html(tables: dict, out: Path, generated: Path, image_uri: str, axis_unit: str = "step") -> str:
-    """The report's section: commitment beside emergence, the per-intervention table, and audio side by side."""
+    """The report's section: what made the clips (generated/generation.json), commitment beside emergence, the
+    per-intervention table, and audio side by side."""
     escape = html.escape
     commitment, interventions, pairs = tables["commitment"], tables["interventions"], tables["pairs"]
     clock = clock_words(tables.get("clock", "denoising_step"))
-    lines = ["<h2 id='interventions'>Interventions: when is a concept committed?</h2>",
+    generation = read_json(Path(generated) / "generation.json")
+    lines = ["<h2 id='interventions'>Interventions: when is a concept committed?</h2>", made_by(generation, warn=False),
              f"<p class='muted'>Each intervened clip is paired with the unintervened clip of the same prompt, sample "
              f"and seed, and both are scored by the concept probes at {axis_unit} {tables['scored_step']}. Effect = "
              "change of P(target) under the concept's direction minus the mean change under random directions of "

@@ -25,9 +25,15 @@ def new_figure(**options) -> Figure:
     return figure
 
 
+# Figures are drawn ~9 inches wide at 100 dpi and shown at the page's full width (~1170 px), so an 8-point
+# legend reads at ~14 px. bbox_inches="tight" keeps every title and label inside the PNG.
+DPI = 100
+LEGEND_SIZE = 8
+
+
 def _save(figure, path) -> None:
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=80)
+        figure.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1)
 
 
 def concept_file(concept: str) -> str:
@@ -45,9 +51,9 @@ def plot_concept(table: pd.DataFrame, steps: pd.DataFrame, concept: str, path, u
     probes' 95th percentile (the secondary specificity check), the positions significantly above chance after
     Holm, and the emergence step with its interval beside the status. Right: balanced accuracy (secondary: value
     and CI only)."""
-    figure = new_figure(figsize=(9, 3.4))
+    figure = new_figure(figsize=(11, 4.2))
     axes = figure.subplots(1, 2, sharex=True)
-    figure.subplots_adjust(left=0.06, right=0.98, bottom=0.15, top=0.84, wspace=0.15)
+    figure.subplots_adjust(left=0.06, right=0.98, bottom=0.13, top=0.86, wspace=0.15)
     status = steps[steps["concept"] == concept].set_index("yardstick")
     for yardstick, rows in table[table["concept"] == concept].groupby("yardstick", sort=False):
         kind = kind_of(yardstick)
@@ -79,7 +85,8 @@ def plot_concept(table: pd.DataFrame, steps: pd.DataFrame, concept: str, path, u
         axis.set_xlabel(unit)
         axis.set_title(title)
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=5.5, loc="lower right")
+        # Below the axes, so that no legend hides a curve.
+        axis.legend(fontsize=LEGEND_SIZE, loc="upper center", bbox_to_anchor=(0.5, -0.16), frameon=False)
     figure.suptitle(f"{concept} (red: AUROC significantly different from chance, Holm)")
     _save(figure, path)
 
@@ -90,17 +97,17 @@ def plot_heatmap(table: pd.DataFrame, path, unit: str, metric: str = "auroc") ->
     concepts = list(dict.fromkeys(table["concept"]))
     values = values.reindex(concepts)
     significant = table.pivot(index="concept", columns="step", values=f"{metric}_significant").reindex(concepts)
-    figure = new_figure(figsize=(1.2 + 0.45 * values.shape[1], 0.8 + 0.28 * len(concepts)))
+    # At least 9 inches wide so that it shows at full width without its labels blown up.
+    figure = new_figure(figsize=(max(9.0, 2.5 + 0.45 * values.shape[1]), 1.2 + 0.3 * len(concepts)))
     axis = figure.subplots()
-    figure.subplots_adjust(left=0.25, right=0.95, bottom=0.08, top=0.95)
     image = axis.imshow(values.to_numpy(float), aspect="auto", cmap="RdBu_r", vmin=0, vmax=1)
     rows, columns = np.nonzero(~significant.fillna(False).to_numpy(bool))
     axis.scatter(columns, rows, marker=".", color="black", s=10, label="not significant")
-    axis.set_xticks(range(values.shape[1]), [str(step) for step in values.columns], fontsize=7)
-    axis.set_yticks(range(len(concepts)), concepts, fontsize=7)
+    axis.set_xticks(range(values.shape[1]), [str(step) for step in values.columns], fontsize=9)
+    axis.set_yticks(range(len(concepts)), concepts, fontsize=9)
     axis.set_xlabel(unit)
     yardstick = table["yardstick"].iloc[0]
-    axis.set_title(f"{metric} per concept and {unit} {kind_of(yardstick).phrase} (dot: not significant)", fontsize=9)
+    axis.set_title(f"{metric} per concept and {unit} {kind_of(yardstick).phrase} (dot: not significant)", fontsize=11)
     figure.colorbar(image, ax=axis, label=metric)
     _save(figure, path)
 
@@ -110,7 +117,7 @@ def plot_trajectories(clips: pd.DataFrame, embeddings: np.ndarray, path, unit: s
     # The exact solver: with svd_solver="auto" scikit-learn picks a randomized SVD for this shape (fewer than 10x as
     # many clips as dimensions), unseeded, so the figure (and report.html, which embeds it) changed from run to run.
     components = PCA(n_components=2, svd_solver="full").fit_transform(np.asarray(embeddings, np.float64))
-    figure = new_figure(figsize=(6, 5))
+    figure = new_figure(figsize=(9, 6))
     axis = figure.subplots()
     ordered = clips.assign(x=components[:, 0], y=components[:, 1]).sort_values(["prompt_id", "sample", "step"])
     for _, trajectory in ordered.groupby(["prompt_id", "sample"], sort=False):
@@ -124,7 +131,7 @@ def plot_trajectories(clips: pd.DataFrame, embeddings: np.ndarray, path, unit: s
 
 
 def plot_drift(drift_summary: pd.DataFrame, path, unit: str) -> None:
-    figure = new_figure(figsize=(9, 3))
+    figure = new_figure(figsize=(11, 3.6))
     axes = figure.subplots(1, 2)
     figure.subplots_adjust(bottom=0.17, wspace=0.25)
     for axis, name in zip(axes, ("cosine_distance", "l2_distance")):
@@ -143,7 +150,7 @@ def plot_family_rates(table: pd.DataFrame, path, unit: str) -> None:
     emerging shows as the mean TPR rising along the trajectory while TNR holds."""
     families = table[table["concept"].isin([f"is_{family}" for family in FAMILIES])]
     yardsticks = list(dict.fromkeys(families["yardstick"]))
-    figure = new_figure(figsize=(9, 3.2 * len(yardsticks)))
+    figure = new_figure(figsize=(11, 3.6 * len(yardsticks)))
     axes = figure.subplots(len(yardsticks), 2, sharey=True, squeeze=False)
     figure.subplots_adjust(bottom=0.17 / len(yardsticks), wspace=0.08, hspace=0.45)
     for row, yardstick in enumerate(yardsticks):
@@ -154,11 +161,11 @@ def plot_family_rates(table: pd.DataFrame, path, unit: str) -> None:
                 axis.plot(by_step.index, by_step[concept], color="0.7", lw=0.8)
             axis.plot(by_step.index, by_step.mean(axis=1), color=kind_of(yardstick).colour, lw=2.2,
                       marker="o", ms=4, label=f"mean over {by_step.shape[1]} families")
-            axis.set_title(f"families: {metric.upper()} per {unit} {kind_of(yardstick).phrase}", fontsize=9)
+            axis.set_title(f"families: {metric.upper()} per {unit} {kind_of(yardstick).phrase}", fontsize=11)
             axis.set_xlabel(unit)
             axis.set_ylim(-0.02, 1.02)
             axis.grid(alpha=0.3)
-        axes[row][0].legend(loc="upper left", fontsize=8)
+        axes[row][0].legend(loc="upper left", fontsize=LEGEND_SIZE)
     _save(figure, path)
 
 

@@ -8,7 +8,6 @@ samples x 11 steps because players load nothing until played (preload="none"). T
 (interp/stage6_activations.py) gets a page of its own in the same style (write_activation_report).
 """
 import base64
-import html
 import os
 from pathlib import Path
 
@@ -17,24 +16,12 @@ import pandas as pd
 
 from data.concepts import BY_NAME, CONCEPTS
 from data.contract import generated_dir, read_annotated
-from data.files import write_text
+from data.files import read_json, write_text
+from interp import summary
+from interp.page import bullets, escape, made_by, page
 from interp.yardsticks import kind_of
 
 OTHER_CONCEPTS_SHOWN = 3
-
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0; }
-th, td { border: 1px solid #ccc; padding: 2px 6px; text-align: right; }
-th { background: #f0f0f0; } td.text, th.text { text-align: left; }
-details { margin: 0.3em 0; } summary { cursor: pointer; }
-img { max-width: 100%; } audio { height: 28px; width: 220px; }
-.muted { color: #777; } .yes { color: #a00; font-weight: bold; }
-"""
-
-
-def _escape(value) -> str:
-    return html.escape("" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value))
 
 
 def _number(value, digits: int = 2) -> str:
@@ -49,7 +36,7 @@ def _with_ci(value, low, high) -> str:
 
 def _image(path: Path, alt: str) -> str:
     encoded = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f"<img alt='{_escape(alt)}' src='data:image/png;base64,{encoded}'>"
+    return f"<img alt='{escape(alt)}' src='data:image/png;base64,{encoded}'>"
 
 
 def _status(row) -> str:
@@ -72,7 +59,7 @@ def _status(row) -> str:
 def _final(row) -> str:
     if row is None or pd.isna(row["final_value"]):
         return "–"
-    significance = (f" <span class='yes'>{_escape(row['final_direction'])}</span>"
+    significance = (f" <span class='yes'>{escape(row['final_direction'])}</span>"
                     if str(row["final_significant"]) == "True" else "")
     specific = " <span class='muted'>(beats random)</span>" if str(row["final_specific"]) == "True" else ""
     return _with_ci(row["final_value"], row["final_low"], row["final_high"]) + significance + specific
@@ -92,15 +79,15 @@ def _overview(quality: pd.DataFrame, steps: pd.DataFrame, yardsticks: list[str],
     AUROC (with 'above'/'below' when significant), side by side; with --compare, the commitment step of the
     concept's steering runs beside them."""
     auroc = steps.set_index(["yardstick", "concept"])
-    header = "".join(f"<th>emergence {_escape(kind_of(y).title)}</th>"
-                     f"<th>final AUROC {_escape(kind_of(y).title)}</th>" for y in yardsticks)
+    header = "".join(f"<th>emergence {escape(kind_of(y).title)}</th>"
+                     f"<th>final AUROC {escape(kind_of(y).title)}</th>" for y in yardsticks)
     committed = {}
     if commitment is not None and not commitment.empty:
         header += "<th class='text'>commitment (steering)</th>"
         for concept, group in commitment.groupby("concept"):
             committed[concept] = "; ".join(
-                f"{'none' if pd.isna(row.commitment_step) else int(row.commitment_step)} ({_escape(str(row.where))}, "
-                f"tested {_escape(str(row.steps_tested))})" for row in group.itertuples())
+                f"{'none' if pd.isna(row.commitment_step) else int(row.commitment_step)} ({escape(str(row.where))}, "
+                f"tested {escape(str(row.steps_tested))})" for row in group.itertuples())
     lines = ["<table><tr><th class='text'>concept</th><th class='text'>group</th><th>NSynth test AUROC</th>"
              f"<th>re-splits AUROC</th><th>transfer AUROC</th>{header}<th class='text'>note</th></tr>"]
     for _, row in quality.iterrows():
@@ -113,15 +100,15 @@ def _overview(quality: pd.DataFrame, steps: pd.DataFrame, yardsticks: list[str],
                 notes.append(f"{yardstick}: {final['note']}")
         note = "; ".join(text for text in notes if isinstance(text, str) and text)
         lines.append(
-            f"<tr><td class='text'><a href='#concept-{_escape(concept)}'>{_escape(concept)}</a></td>"
-            f"<td class='text'>{_escape(row['group'])}</td>"
+            f"<tr><td class='text'><a href='#concept-{escape(concept)}'>{escape(concept)}</a></td>"
+            f"<td class='text'>{escape(row['group'])}</td>"
             f"<td>{_with_ci(row['test_auroc'], row['test_auroc_low'], row['test_auroc_high'])}</td>"
             f"<td>{_resplits(row)}</td>"
             f"<td>{_with_ci(row['transfer_auroc'], row['transfer_auroc_low'], row['transfer_auroc_high'])}</td>"
             f"{''.join(cells)}"
             + (f"<td class='text'>{committed.get(concept, '–')}</td>" if commitment is not None and not commitment.empty
                else "")
-            + f"<td class='text'>{_escape(note)}</td></tr>")
+            + f"<td class='text'>{escape(note)}</td></tr>")
     lines.append("</table>")
     return "\n".join(lines)
 
@@ -143,10 +130,10 @@ def _known_answers(out: Path, unit: str) -> str:
     for row in known.itertuples():
         verdict = ("inside" if str(row.inside) == "True" else "near" if str(row.near) == "True" else
                    "<span class='yes'>missed</span>")
-        rows.append(f"<tr><td class='text'>{_escape(row.concept)}</td><td>{step(row.planted_step)} "
+        rows.append(f"<tr><td class='text'>{escape(row.concept)}</td><td>{step(row.planted_step)} "
                     f"<span class='muted'>({step(row.planted_onset)}–{step(row.planted_completion)})</span></td>"
                     f"<td>{step(row.emergence_step)} <span class='muted'>({step(row.interval_from)}, "
-                    f"{step(row.emergence_high)}]</span></td><td class='text'>{_escape(row.status)}</td>"
+                    f"{step(row.emergence_high)}]</span></td><td class='text'>{escape(row.status)}</td>"
                     f"<td class='text'>{verdict}</td><td>{step(row.oracle_step)} <span class='muted'>"
                     f"[{step(row.oracle_low)}, {step(row.oracle_high)}]</span></td>"
                     f"<td>{_with_ci(row.transfer_auroc, row.transfer_auroc_low, row.transfer_auroc_high)}</td></tr>")
@@ -155,17 +142,17 @@ def _known_answers(out: Path, unit: str) -> str:
     for entry in order.itertuples():
         if pd.isna(entry.spearman):
             continue
-        lines.append(f"{_escape(entry.probe)}: Spearman {_number(entry.spearman)} [{_number(entry.spearman_low)}, "
+        lines.append(f"{escape(entry.probe)}: Spearman {_number(entry.spearman)} [{_number(entry.spearman_low)}, "
                      f"{_number(entry.spearman_high)}] over {int(entry.n_concepts)} concepts; "
                      f"{_number(entry.pairs_ordered, 1)} of {int(entry.pairs)} pairs ordered as planted")
     recovered = (known["recovered"].astype(str) == "True").sum()
     oracle = (known["oracle_recovered"].astype(str) == "True").sum()
     return f"""<h2>Known answers</h2>
-<p class="muted">The generator planted when each concept emerges: the planted {_escape(unit)} is the first from which the exact
+<p class="muted">The generator planted when each concept emerges: the planted {escape(unit)} is the first from which the exact
 posterior's AUROC against the final content stays at or above 0.75 (generated/truth_tables/emergence_truth.csv). The
-recovered {_escape(unit)} is the probe's emergence {_escape(unit)} against the final realised content, with its interval widened
-down to just after the captured {_escape(unit)} before its lower bound; <i>inside</i> = the planted {_escape(unit)} lies in it,
-<i>near</i> = within one captured {_escape(unit)} of the recovered one. The oracle is the exact posterior put through the same
+recovered {escape(unit)} is the probe's emergence {escape(unit)} against the final realised content, with its interval widened
+down to just after the captured {escape(unit)} before its lower bound; <i>inside</i> = the planted {escape(unit)} lies in it,
+<i>near</i> = within one captured {escape(unit)} of the recovered one. The oracle is the exact posterior put through the same
 rule (the ceiling).</p>
 <p><b>Recovered {recovered} of {len(known)}</b> (oracle {oracle} of {len(known)}). Order — {'; '.join(lines) or 'undefined'}.</p>
 {''.join(rows)}"""
@@ -201,8 +188,8 @@ evidence tag, is unjudgeable and holds no positive in the judged-content yardsti
 
 def _sample_table(rows: pd.DataFrame, asked: list[str], out: Path, data: Path, unit: str) -> str:
     others = [concept.name for concept in CONCEPTS if concept.name not in asked and concept.name in rows]
-    header = "".join(f"<th>{_escape(name)}</th>" for name in asked)
-    lines = [f"<table><tr><th>{_escape(unit)}</th><th class='text'>audio</th>{header}"
+    header = "".join(f"<th>{escape(name)}</th>" for name in asked)
+    lines = [f"<table><tr><th>{escape(unit)}</th><th class='text'>audio</th>{header}"
              f"<th class='text'>highest other concepts</th></tr>"]
     rows = rows.sort_values("step")
     asked_values = rows[asked].to_numpy(float)
@@ -212,9 +199,9 @@ def _sample_table(rows: pd.DataFrame, asked: list[str], out: Path, data: Path, u
         asked_cells = "".join(f"<td>{_number(value)}</td>" for value in asked_values[i])
         finite = np.flatnonzero(np.isfinite(other_values[i]))
         top = finite[np.argsort(-other_values[i][finite], kind="stable")[:OTHER_CONCEPTS_SHOWN]]
-        top_text = ", ".join(f"{_escape(others[j])} {_number(other_values[i][j])}" for j in top)
+        top_text = ", ".join(f"{escape(others[j])} {_number(other_values[i][j])}" for j in top)
         lines.append(f"<tr><td>{int(step)}</td><td class='text'><audio controls preload='none' "
-                     f"src='{_escape(link)}'></audio></td>{asked_cells}<td class='text'>{top_text}</td></tr>")
+                     f"src='{escape(link)}'></audio></td>{asked_cells}<td class='text'>{top_text}</td></tr>")
     lines.append("</table>")
     return "\n".join(lines)
 
@@ -233,9 +220,9 @@ def _prompts(probabilities: pd.DataFrame, annotated: pd.DataFrame, out: Path, da
                 body.append(f"<p>sample {int(sample)}</p>{table}")
             else:
                 body.append(f"<details><summary>sample {int(sample)}</summary>{table}</details>")
-        parts.append(f"<details id='prompt-{_escape(prompt_id)}'><summary><b>{_escape(prompt_id)}</b>: "
-                     f"{_escape(text)} <span class='muted'>[{_escape('; '.join(labels))}] asks for: "
-                     f"{_escape(', '.join(asked) or 'no concept')}</span></summary>{''.join(body)}</details>")
+        parts.append(f"<details id='prompt-{escape(prompt_id)}'><summary><b>{escape(prompt_id)}</b>: "
+                     f"{escape(text)} <span class='muted'>[{escape('; '.join(labels))}] asks for: "
+                     f"{escape(', '.join(asked) or 'no concept')}</span></summary>{''.join(body)}</details>")
     return "\n".join(parts)
 
 
@@ -272,16 +259,16 @@ def write_report(out, data, record: dict, plot_files: dict) -> Path:
         figure = plot_files.get(concept)
         description = BY_NAME[concept].description if concept in BY_NAME else ""
         image = _image(out / figure, f"emergence curves of {concept}") if figure else ""
-        concept_sections.append(f"<details id='concept-{_escape(concept)}'><summary><b>{_escape(concept)}</b> "
-                                f"<span class='muted'>{_escape(description)}</span></summary>{image}</details>")
+        concept_sections.append(f"<details id='concept-{escape(concept)}'><summary><b>{escape(concept)}</b> "
+                                f"<span class='muted'>{escape(description)}</span></summary>{image}</details>")
     overview_figures = [("families", f"Instrument families: TPR and TNR per {unit}")]
     overview_figures += [(f"heatmap_{yardstick}", f"AUROC per concept and {unit}, {kind_of(yardstick).title}")
                          for yardstick in yardsticks]
     overview_figures += [("trajectories", "Trajectories (PCA)"), ("drift", f"Drift to the final {unit}")]
-    figures = "".join(f"<h3>{_escape(title)}</h3>{_image(out / plot_files[key], title)}"
+    figures = "".join(f"<h3>{escape(title)}</h3>{_image(out / plot_files[key], title)}"
                       for key, title in overview_figures if key in plot_files)
     level = 100 * (1 - float(settings.get("alpha", 0.05)))
-    yardstick_text = " ".join(f"<i>{_escape(name)}</i>: {_escape(kind_of(name).description)}." for name in yardsticks)
+    yardstick_text = " ".join(f"<i>{escape(name)}</i>: {escape(kind_of(name).description)}." for name in yardsticks)
     if record.get("distinct_by") == "content":
         distinct_text = (f"Consecutive {unit}s whose realised content is the same in every trajectory (to 1e-6: the "
                          f"generator has committed to the same clips) count as one <i>distinct</i> {unit}.")
@@ -292,27 +279,31 @@ def write_report(out, data, record: dict, plot_files: dict) -> Path:
     baseline_text = ("random instrument subsets with as many positive and negative instruments as each concept's train "
                      "split in turn (every part of a mix counted)" if baseline == "instruments" else
                      "random notes with as many positive and negative notes as each concept's train split in turn")
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Musicologist — {_escape(embedder.get('embedder'))} / {_escape(settings.get('probe'))}</title>
-<style>{STYLE}</style></head><body>
-<h1>When do concepts emerge?</h1>
-<p>Embedder <b>{_escape(embedder.get('embedder'))}</b> ({_escape(embedder.get('model'))}), probe <b>{_escape(settings.get('probe'))}</b>,
-clips of kind <b>{_escape(settings.get('kind'))}</b>, trajectory axis <b>{_escape(axis_name)}</b> (positions are {_escape(unit)}s);
-{_escape(settings.get('bootstrap'))} bootstrap resamples, {_escape(settings.get('random_baselines'))} random-concept probes,
-{_escape(settings.get('resplits'))} instrument re-splits, alpha {_escape(settings.get('alpha'))}, seed {_escape(settings.get('seed'))}.</p>
+    generation = read_json(generated_dir(data) / "generation.json")
+    summary_json = out / summary.SUMMARY_JSON
+    findings = read_json(summary_json) if summary_json.is_file() else summary.summarise(out, record)
+    body = f"""<h1>When do concepts emerge?</h1>
+<div class="headline"><h2>Headline</h2>
+{made_by(generation, settings.get('kind'))}
+<p>Embedder <b>{escape(embedder.get('embedder'))}</b> ({escape(embedder.get('model'))}), probe <b>{escape(settings.get('probe'))}</b>,
+clips of kind <b>{escape(settings.get('kind'))}</b>, trajectory axis <b>{escape(axis_name)}</b> (positions are {escape(unit)}s).</p>
+{bullets(summary.markdown(findings))}
+</div>
+<p>{escape(settings.get('bootstrap'))} bootstrap resamples, {escape(settings.get('random_baselines'))} random-concept probes,
+{escape(settings.get('resplits'))} instrument re-splits, alpha {escape(settings.get('alpha'))}, seed {escape(settings.get('seed'))}.</p>
 <p class="muted">Yardsticks — {yardstick_text}
 <b>Primary metric: AUROC</b>, declared before the run; its null is "no information": the labels are exchangeable between
 prompts (a prompt's samples are correlated, so whole prompts are exchanged), and its p-value comes from the exact mean and
 variance of AUROC under that permutation (normal tail; no random draws, so it does not move with the seed).
-<b>Holm over all {_escape(record.get('n_tests'))} AUROC tests</b> (concepts × {_escape(unit)}s × yardsticks); a significant value is marked
+<b>Holm over all {escape(record.get('n_tests'))} AUROC tests</b> (concepts × {escape(unit)}s × yardsticks); a significant value is marked
 <i>above</i> or <i>below</i> chance. Accuracy, TPR, TNR and balanced accuracy are secondary: values with intervals, no
 tests. Intervals are {level:.0f}% percentile bootstraps: clip metrics resample prompts, NSynth test metrics resample
 instruments (a mix counts for every instrument it sounds; no interval when one side of the test split has a single
-instrument). {distinct_text} Status: <b>emerged</b> = AUROC significantly above chance from some distinct {_escape(unit)} to the
-end, <i>transient</i> = above somewhere but not at the end, <i>never</i> = never above. The <b>emergence {_escape(unit)}</b> of an
-emerged concept is the first {_escape(unit)} from which its AUROC stays at least half way from chance to its final value; its
-interval is that {_escape(unit)} over the same prompt resamples. <b>Transfer</b>: the probe's AUROC against the generator's exact
-final content at the last {_escape(unit)}. Secondary specificity check: the random-concept probes are {baseline_text}, probed with the
+instrument). {distinct_text} Status: <b>emerged</b> = AUROC significantly above chance from some distinct {escape(unit)} to the
+end, <i>transient</i> = above somewhere but not at the end, <i>never</i> = never above. The <b>emergence {escape(unit)}</b> of an
+emerged concept is the first {escape(unit)} from which its AUROC stays at least half way from chance to its final value; its
+interval is that {escape(unit)} over the same prompt resamples. <b>Transfer</b>: the probe's AUROC against the generator's exact
+final content at the last {escape(unit)}. Secondary specificity check: the random-concept probes are {baseline_text}, probed with the
 same family; a value <i>beats random</i> when it exceeds their {float(settings.get('random_percentile', 95)):g}th percentile.</p>
 <h2>Overview</h2>
 {_overview(quality, steps, yardsticks, commitment)}
@@ -328,10 +319,10 @@ same family; a value <i>beats random</i> when it exceeds their {float(settings.g
 <p class="muted">Scores are the probe's P(concept) per clip (the cosine similarity for an uncalibrated text probe); the
 columns are the concepts the prompt asks for.</p>
 {_prompts(probabilities, annotated, out, data, unit)}
-</body></html>
 """
+    title = f"Musicologist — {generation.get('generator')} / {embedder.get('embedder')} / {settings.get('probe')}"
     path = out / "report.html"
-    write_text(path, page)
+    write_text(path, page(title, body))
     return path
 
 
@@ -343,27 +334,29 @@ def write_activation_report(out, steps: pd.DataFrame, branch: str, pool: str, ge
     auroc = steps[steps["metric"] == "auroc"].assign(unit=unit)
     rows = []
     for _, row in auroc.iterrows():
-        rows.append(f"<tr><td class='text'>{_escape(row['concept'])}</td><td class='text'>{_status(row)}</td>"
-                    f"<td>{_final(row)}</td><td class='text'>{_escape(row['note'])}</td></tr>")
-    title = f"Musicologist — residual-stream probes ({_escape(generation.get('model'))})"
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>{STYLE}</style></head><body>
-<h1>{title}</h1>
-<h2>Residual-stream probes by {_escape(unit)} ({_escape(branch)} rows, {_escape(pool)}-pooled)</h2>
-<p class="muted">One linear probe per concept and {_escape(unit)} on the residual stream of generator
-{_escape(generation.get('generator'))}, cross-validated with folds grouped by prompt; metrics against the prompt
-annotations with prompt-bootstrap CIs; the AUROC tested against "no information" (labels exchanged between prompts, exact
-permutation moments), Holm over every AUROC p-value in emergence.csv; secondary specificity check: the same probe trained
-on permuted prompt labels. A {_escape(unit)} is <i>above</i> when its AUROC is significantly above chance; <b>emerged</b> =
-above from some {_escape(unit)} to the last one, at the {_escape(unit)} where the AUROC first stays half way to its final value.</p>
+        rows.append(f"<tr><td class='text'>{escape(row['concept'])}</td><td class='text'>{_status(row)}</td>"
+                    f"<td>{_final(row)}</td><td class='text'>{escape(row['note'])}</td></tr>")
+    title = f"Musicologist — residual-stream probes ({generation.get('generator')}, {generation.get('model')})"
+    body = f"""<h1>Residual-stream probes by {escape(unit)}</h1>
+<div class="headline"><h2>Headline</h2>
+{made_by(generation)}
+<p>{escape(branch)} rows of the classifier-free-guidance batch, {escape(pool)}-pooled over positions; {len(auroc)} concepts,
+{int((auroc["status"] == "emerged").sum())} emerged, {int((auroc["status"] == "transient").sum())} transient.</p>
+</div>
+<p class="muted">One linear probe per concept and {escape(unit)} on the residual stream of the generator, cross-validated
+with folds grouped by prompt; metrics against the prompt annotations with prompt-bootstrap CIs; the AUROC tested against
+"no information" (labels exchanged between prompts, exact permutation moments), Holm over every AUROC p-value in
+emergence.csv; secondary specificity check: the same probe trained on permuted prompt labels. A {escape(unit)} is
+<i>above</i> when its AUROC is significantly above chance; <b>emerged</b> = above from some {escape(unit)} to the last one,
+at the {escape(unit)} where the AUROC first stays half way to its final value.</p>
+<h2>AUROC per concept and {escape(unit)}</h2>
 {_image(out / heatmap, "AUROC per concept and " + unit)}
-<table><tr><th class='text'>concept</th><th class='text'>emergence (AUROC)</th><th>last-{_escape(unit)} AUROC</th>
+<h2>Concepts</h2>
+<table><tr><th class='text'>concept</th><th class='text'>emergence (AUROC)</th><th>last-{escape(unit)} AUROC</th>
 <th class='text'>note</th></tr>
 {"".join(rows)}
 </table>
-</body></html>
 """
     path = out / "report.html"
-    write_text(path, page)
+    write_text(path, page(title, body))
     return path

@@ -8,7 +8,8 @@ and folds: interp/activations.py. The tables are stage 6's: emergence.csv, emerg
 have the embedding-space columns and come from the same computation (interp/emergence.py; yardstick `prompt`,
 `step` = layer, one Holm family over every AUROC p-value in emergence.csv), so they read alike.
 
-Outputs in results/activations/<branch>-<pool>/logreg/: those three tables, probabilities.csv (out-of-fold
+Outputs in results/activations/<branch>-<pool>/logreg/ (another --alpha or --seed appends it, e.g. logreg_seed-1/:
+interp/result_folder.py): those three tables, probabilities.csv (out-of-fold
 scores), directions/<concept>.npy + .json (per layer the unit probe direction in raw residual space, for steering:
 data/directions.py's artifact, method "probe", block = layer − 1), plots/heatmap_auroc.png and report.html (unless
 --no-report), stage6.json (provenance, written last). Skipped when up to date (data.provenance's rule).
@@ -33,7 +34,7 @@ from data.identifiers import path_inside
 from data.provenance import Provenance, begin, commit, decide
 from data.requested import check_complete
 from data.stage import InputError, add_progress_argument, main_exit, stage_parser
-from interp import activations, plots, report
+from interp import activations, plots, report, result_folder
 from interp.emergence import emergence, emergence_steps
 from interp.records import prompt_yardstick
 
@@ -84,7 +85,8 @@ def main(args) -> None:
     check_complete(data, index, generation.record, "stage 6 --space activations")
     samples, by_layer, activations_sha256 = activations.read_activations(data, index["prompt_id"].unique(),
                                                                          args.branch, args.pool)
-    out = results_dir(data, args.branch, args.pool)
+    # Another alpha or seed is another analysis, kept beside the default one (interp/result_folder.py).
+    out = result_folder.keyed(results_dir(data, args.branch, args.pool), vars(args), "activations")
     provenance = Provenance(out / SIDECAR, {
         "inputs": {"annotated": sha256_file(data / "prompts" / "annotated.csv"),
                    "generation": generation.sha256, "activations": activations_sha256},

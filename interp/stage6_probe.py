@@ -8,7 +8,9 @@ and, for generators that record it, the final content the generator realised) (d
     python interp/stage6_probe.py --data data --space activations [--branch cond] [--pool mean]
 
 Outputs go to <data>/results/<embedder stem>/<probe>/<kind>/ (the stem of --embedder/--model, as stages 3 and 5
-name their files) and are skipped when up to date with their inputs (data.provenance's rule).
+name their files; another --alpha, --baseline or --seed than the default appends them, e.g. x0_seed-1/, so that
+analyses are kept side by side: interp/result_folder.py) and are skipped when up to date with their inputs
+(data.provenance's rule).
 Read top to bottom: inputs (named records, interp/records.py) -> probes, their quality over re-splits and the
 pool of random-concept probes (interp/fitting.py) -> emergence per yardstick: AUROC, the primary metric, tested
 against "no information" with one Holm family, status and emergence step per concept (interp/emergence.py) ->
@@ -36,8 +38,8 @@ from data.identifiers import path_inside
 from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError, add_progress_argument, main_exit, stage_parser
 from embeddings import EMBEDDERS, embedding_stem
-from interp import (compare, compare_report, judge, known_answers, plots, report, stage6_activations, statistics,
-                    summary)
+from interp import (compare, compare_report, judge, known_answers, plots, report, result_folder, stage6_activations,
+                    statistics, summary)
 from interp import probes as probe_families
 from interp.emergence import (PRIMARY_METRIC, RANDOM_PERCENTILE, distinct_positions, drift_tables, emergence,
                               emergence_steps)
@@ -251,7 +253,8 @@ def run(args) -> None:
             print(f"warning: {judge.shared_warning(generated.judge)}")
     nsynth = load_concept_notes(data, stem, generated, required=family_type.needs_notes)
     known = load_known_truth(data, generated)
-    out = results_dir(data, stem, args.probe, args.kind)
+    # Another alpha, baseline or seed is another analysis, kept beside the default one (interp/result_folder.py).
+    out = result_folder.keyed(results_dir(data, stem, args.probe, args.kind), vars(args))
     path_inside(out.parent, out.name, "results folder", out.parent, "remove the link")   # never written through
     known_answers.read_commitment_search(out)   # checked before any work (the known answers read it at the end)
     analysis = Provenance(

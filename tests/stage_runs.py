@@ -88,3 +88,24 @@ def run_stages_3_to_6(data, *stage6_extra: str, judge: bool = False) -> None:
                      ["--data", str(data), "--embedder", "spectral", "--workers", "1"]) == 0
     assert run_stage(stage6.main, stage6.build_parser(),
                      ["--data", str(data), "--embedder", "spectral", "--bootstrap", "20", *stage6_extra]) == 0
+
+
+def run_notebook(name: str, monkeypatch, **environment: str) -> list[dict]:
+    """Execute examples/<name> as a user's Jupyter does (the kernel starts in examples/) and return its outputs; an
+    error in any cell fails the test. The kernel imports the project from this checkout (PYTHONPATH), as the tests
+    do (tests/conftest.py): the venv's editable install may point at another checkout of the same venv."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    root = Path(__file__).resolve().parent.parent
+    monkeypatch.setenv("PYTHONPATH", str(root))
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    notebook = nbformat.read(root / "examples" / name, as_version=4)
+    sources = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    assert "sys.path" not in sources, f"{name} edits sys.path: import the installed packages instead"
+    NotebookClient(notebook, timeout=180, kernel_name="python3",
+                   resources={"metadata": {"path": str(root / "examples")}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.get("outputs", [])]
+    assert not [output for output in outputs if output.get("output_type") == "error"]
+    return outputs

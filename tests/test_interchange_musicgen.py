@@ -10,13 +10,15 @@ import pytest
 
 pytest.importorskip("diffusion.musicgen", reason="the MusicGen backend is not in this checkout")
 
-from stage_runs import run_stages_3_to_6  # noqa: E402
+from stage_runs import run_notebook, run_stages_3_to_6  # noqa: E402
 from test_musicgen_stage2 import PROMPTS, RUN, write_annotated  # noqa: E402
 from tiny_musicgen import save_model  # noqa: E402
 
 from data.stage import run_stage  # noqa: E402
 from diffusion import musicgen  # noqa: E402
 from diffusion import stage2_generate as stage2  # noqa: E402
+from interp import artifacts  # noqa: E402
+from interp import stage6_probe as stage6  # noqa: E402
 
 BLOCKS = [0, 1, 2, 3]
 BRASS_PROMPTS = [pid for pid, _, labels in PROMPTS if "brass" in labels.split(";")]
@@ -78,13 +80,23 @@ def test_adjust_with_a_equal_to_b_changes_nothing_and_sites_share_one_generation
         capsys.readouterr().err
 
 
-def test_interchange_runs_through_stages_3_and_6_compare(tiny_model, tmp_path):
-
-    data = tmp_path / "data"
+@pytest.fixture(scope="module")
+def interchange_study(tiny_model, tmp_path_factory):
+    """A small MusicGen study as a user would run one: interchange runs and the conditional rows' residual stream
+    in stage 2, stages 3-6 with --compare, and stage 6 --space activations."""
+    root = tmp_path_factory.mktemp("interchange-study")
+    data = root / "data"
     write_annotated(data)
-    spec = write_spec(tmp_path)
-    assert stage2_run(data, tiny_model, spec, "--capture-steps", "4") == 0
+    spec = write_spec(root)
+    assert stage2_run(data, tiny_model, spec, "--capture-steps", "4", "--generator-option", "residuals=cond") == 0
     run_stages_3_to_6(data, "--random-baselines", "0", "--compare")
+    assert run_stage(stage6.main, stage6.build_parser(), ["--data", str(data), "--space", "activations",
+                                                          "--bootstrap", "20", "--random-baselines", "2"]) == 0
+    return data
+
+
+def test_interchange_runs_through_stages_3_and_6_compare(interchange_study):
+    data = interchange_study
     folder = data / "results" / "spectral" / "logreg" / "x0" / "compare"
     table = pd.read_csv(folder / "interchange.csv")
     assert len(table) == 3 * len(BLOCKS)
@@ -155,3 +167,24 @@ def test_bad_interchange_specs_are_one_line_exit_2(tiny_model, tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and message in err and "\n" not in err
     assert not (data / "generated" / "interventions").exists()
+
+
+def test_the_api_and_the_second_notebook_read_interventions_and_activations(interchange_study, monkeypatch):
+    data = interchange_study
+    study = artifacts.Results.of(data, embedder="spectral")
+    assert study.generation["generator"] == "musicgen" and study.unit == "layer"
+    interchange = study.interchange()
+    pd.testing.assert_frame_equal(interchange, pd.read_csv(study.folder / "compare" / "interchange.csv",
+                                                           keep_default_na=False, na_values=[""]))
+    assert len(study.interventions()) == 3 * len(BLOCKS) and study.commitment().empty   # no steering runs
+    layers = artifacts.Results.activations(data)
+    assert layers.unit == "layer" and set(layers.emergence()["step"]) == {1, 2, 3, 4}
+    assert layers.settings["branch"] == "cond" and layers.settings["bootstrap"] == 20
+    directions = layers.directions().set_index("concept")
+    assert directions.loc["is_brass", "blocks"] == BLOCKS and directions.loc["is_brass", "method"] == "probe"
+    assert sorted(artifacts.analyses(data)["space"]) == ["activations", "embeddings"]
+    outputs = run_notebook("interventions_and_activations.ipynb", monkeypatch, MUSICOLOGIST_DATA=str(data))
+    figures = [output for output in outputs if "image/png" in output.get("data", {})]
+    assert len(figures) == 2   # the interchange heat map and the residual-stream AUROC heat map
+    printed = "".join(output.get("text", "") for output in outputs)
+    assert "generator musicgen" in printed and "0 steering groups" in printed

@@ -321,9 +321,13 @@ def test_the_commitment_step_is_labelled_by_the_clock_the_interventions_count(tm
     figures = []
     real_new_figure = plots.new_figure
     monkeypatch.setattr(compare_report, "new_figure", lambda **k: figures.append(real_new_figure(**k)) or figures[-1])
+    (tmp_path / "generation.json").write_text(json.dumps({"generator": "musicgen", "model": "tiny-musicgen",
+                                                          "lens": "regenerate"}))
     compare_report.write_outputs(tmp_path, tables, tmp_path, tmp_path, axis_unit="layer")
     section = (tmp_path / "section.html").read_text()
     assert "<th>emergence layer</th><th>commitment generated position</th>" in section
+    # The section names what made the clips: generator, model and lens.
+    assert "Generator <b>musicgen</b>" in section and "tiny-musicgen" in section and "DecoderLens" in section
     axis = figures[0].axes[0]
     assert axis.get_xlabel() == "steering from generated position k on" and "emergence: layer 3" in axis.get_title()
     labels = axis.get_legend_handles_labels()[1]

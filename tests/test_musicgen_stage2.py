@@ -156,7 +156,8 @@ def test_activation_probes_by_layer(logit_run, tmp_path, capsys):
     assert direction.vectors.shape == (4, 64) and direction.blocks == (0, 1, 2, 3) and direction.method == "probe"
     assert direction.provenance["branch"] == "cond" and len(direction.provenance["auroc"]) == 4
     np.testing.assert_allclose(np.linalg.norm(direction.vectors, axis=1), 1.0, rtol=1e-5)
-    assert "layer" in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert "layer" in page and "Generator <b>musicgen</b>" in page and "logit lens" in page
     assert run_stage(stage6.main, stage6.build_parser(), arguments) == 0
     assert "up to date" in capsys.readouterr().out
     assert run_stage(stage6.main, stage6.build_parser(), arguments[:-2] + ["--random-baselines", "4"]) == 2

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import sysconfig
 import tomllib
+from pathlib import Path
 
 import yaml
 from conftest import REPO_ROOT
@@ -74,18 +75,19 @@ def test_every_stage_script_runs_from_any_directory_without_an_install(tmp_path)
         assert out.startswith("usage: ") and "--data" in out, script
 
 
-def test_the_installed_distribution_claims_no_top_level_modules(tmp_path):
-    # Look in the environment itself: a build leaves musicologist.egg-info (its SOURCES.txt lists the checkout's
-    # files) beside the checkout, which the checkout's place on sys.path would find first.
-    site_packages = sysconfig.get_paths()["purelib"]
-    found = list(importlib.metadata.distributions(name="musicologist", path=[site_packages]))
-    assert found, f"musicologist is not installed in {site_packages}"
-    distribution = found[0]
-    installed = [str(path) for path in distribution.files or []]
-    assert installed and all(path.startswith("musicologist-") for path in installed), installed
-    top_level = distribution.read_text("top_level.txt") or ""
-    assert not top_level.split(), top_level
-    for name in ("data", "diffusion", "embeddings", "interp"):
+def test_the_four_packages_import_from_anywhere_in_the_environment_and_nothing_else(tmp_path):
+    """The Makefile installs the checkout editable: data, diffusion, embeddings and interp (the notebooks' API,
+    interp.artifacts) import from any directory, from a checkout (not a copy in site-packages, which an edit would
+    leave behind); bench/ and tests/ stay out of the environment."""
+    code = ("import data.contract, diffusion, embeddings, interp.artifacts, pathlib; "
+            "print(pathlib.Path(interp.artifacts.__file__).resolve().parent.parent)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_plain_environment(), capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-1500:]
+    checkout = result.stdout.strip().splitlines()[-1]
+    assert not checkout.startswith(sysconfig.get_paths()["purelib"]), checkout
+    assert (Path(checkout) / "interp" / "stage6_probe.py").is_file() and (Path(checkout) / "pyproject.toml").is_file()
+    for name in ("bench", "tests", "conftest"):
         result = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=tmp_path, env=_plain_environment(),
                                 capture_output=True, text=True, timeout=60)
         assert result.returncode != 0 and "ModuleNotFoundError" in result.stderr, (name, result.stderr)

@@ -13,7 +13,7 @@ from data.concepts import CONCEPTS
 from data.contract import read_generated_index
 from data.files import read_json, write_json, write_npy
 from data.stage import run_stage
-from interp import statistics, stage6_probe
+from interp import result_folder, stage6_activations, stage6_probe, statistics
 from interp.fitting import random_training_sets
 from interp.records import ConceptNotes, ConceptSplit
 
@@ -84,12 +84,15 @@ def test_statuses_do_not_move_with_the_seed(tmp_path):
     moments: no random draw enters them. Only intervals and the random probes move with --seed."""
     root = write_synthetic_data(tmp_path, n_prompts=16, samples=2, steps=(0, 20, 40, 60), dim=16, write_audio=False,
                                 n_instruments=24, notes_per_instrument=4, inject={"brass": 20})
-    out = stage6_probe.results_dir(root, EMBEDDER, "logreg", "x0")
+    default = stage6_probe.results_dir(root, EMBEDDER, "logreg", "x0")
     runs = []
-    for seed in (0, 1):
+    for seed, out in ((0, default), (1, default.with_name("x0_seed-1"))):
         assert _run(["--data", root, "--embedder", EMBEDDER, "--bootstrap", "50", "--random-baselines", "4",
-                     "--resplits", "1", "--seed", seed, "--no-report", "--force"]) == 0
+                     "--resplits", "1", "--seed", seed, "--no-report"]) == 0
         runs.append((pd.read_csv(out / "emergence_steps.csv"), pd.read_csv(out / "emergence.csv")))
+    # Kept side by side: the second seed wrote its own folder and left the first as it was.
+    assert read_json(default / "stage6.json")["settings"]["seed"] == 0
+    assert read_json(default.with_name("x0_seed-1") / "stage6.json")["settings"]["seed"] == 1
     (steps_0, table_0), (steps_1, table_1) = runs
     for column in ("status", "emergence_step", "significant_from", "final_value", "final_p_holm"):
         pd.testing.assert_series_equal(steps_0[column], steps_1[column])
@@ -149,6 +152,27 @@ def test_up_to_date_runs_are_skipped_and_force_redoes(tmp_path, capsys):
     # Other settings over existing results are refused, and nothing is overwritten.
     assert _run([*argv[:4], "--bootstrap", "30", "--random-baselines", "3", "--no-report"]) == 2
     assert "made with settings.bootstrap=20, this run has 30" in capsys.readouterr().err
+    # Another alpha or seed is another analysis: its own folder, named by what differs, beside the default one,
+    # which is left as it was (interp/result_folder.py).
+    before = emergence.read_bytes()
+    assert _run(argv + ["--alpha", "0.1", "--seed", "2"]) == 0
+    other = emergence.parent.with_name("x0_alpha-0.1_seed-2")
+    settings = read_json(other / "stage6.json")["settings"]
+    assert (settings["alpha"], settings["seed"]) == (0.1, 2) and (other / "emergence.csv").is_file()
+    assert emergence.read_bytes() == before
+    assert _run(argv + ["--alpha", "0.1", "--seed", "2"]) == 0 and "up to date" in capsys.readouterr().out
+
+
+def test_result_folders_are_keyed_by_the_settings_that_change_the_question():
+    """At the stages' defaults the folder is the documented one; each other keyed value is appended in order."""
+    assert result_folder.suffix({"alpha": 0.05, "baseline": "instruments", "seed": 0, "bootstrap": 300}) == ""
+    assert result_folder.suffix({"seed": 3, "alpha": 0.01, "baseline": "notes"}) == "_alpha-0.01_baseline-notes_seed-3"
+    assert result_folder.suffix({"seed": 3, "baseline": "notes"}, "activations") == "_seed-3"
+    # The keyed defaults are the parsers' defaults, so the default folder stays where the README says.
+    for space, parser in (("embeddings", stage6_probe.build_parser()),
+                          ("activations", stage6_activations.build_parser())):
+        args = parser.parse_args([])
+        assert {name: getattr(args, name) for name in result_folder.KEYED[space]} == result_folder.KEYED[space]
 
 
 @pytest.fixture
@@ -311,10 +335,11 @@ def test_the_note_baseline(tmp_path):
             "--no-report"]
     assert _run(argv + ["--baseline", "notes"]) == 0
     out = stage6_probe.results_dir(root, EMBEDDER, "logreg", "x0")
-    record = read_json(out / "stage6.json")
+    record = read_json(out.with_name("x0_baseline-notes") / "stage6.json")
     assert record["trajectory_axis"]["unit"] == "step" and record["settings"]["baseline"] == "notes"
-    by_notes = pd.read_csv(out / "emergence.csv")["auroc_random_mean"]
-    assert _run(argv + ["--force"]) == 0
+    by_notes = pd.read_csv(out.with_name("x0_baseline-notes") / "emergence.csv")["auroc_random_mean"]
+    assert not out.exists()   # the default analysis is another folder, not made by the note baseline
+    assert _run(argv) == 0
     by_instruments = pd.read_csv(out / "emergence.csv")["auroc_random_mean"]
     assert not np.allclose(by_notes.dropna(), by_instruments.dropna())
 
