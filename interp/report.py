@@ -165,20 +165,20 @@ def _judge(out: Path, record: dict) -> str:
     if not facts or not path.is_file():
         return ""
     table = pd.read_csv(path, keep_default_na=False, na_values=[""])
-    warning = (f"<p class='yes'>Warning: {_escape(facts.get('warning'))}.</p>" if facts.get("shared_with_probes")
+    warning = (f"<p class='yes'>Warning: {escape(facts.get('warning'))}.</p>" if facts.get("shared_with_probes")
                else "")
     rows = ["<table><tr><th class='text'>concept</th><th class='text'>evidence tags</th><th>AUROC vs exact content "
             "[CI]</th><th>positive trajectories</th><th>judged present</th><th class='text'>status</th></tr>"]
     for row in table.itertuples():
-        rows.append(f"<tr><td class='text'>{_escape(row.concept)}</td>"
-                    f"<td class='text'>{_escape(row.evidence_tags)}</td>"
-                    f"<td>{_with_ci(row.auroc, row.auroc_low, row.auroc_high)}</td><td>{_escape(row.n_positive)}</td>"
-                    f"<td>{_escape(row.judged_present)} of {_escape(row.n_trajectories)}</td>"
-                    f"<td class='text'>{_escape(row.status)}</td></tr>")
+        rows.append(f"<tr><td class='text'>{escape(row.concept)}</td>"
+                    f"<td class='text'>{escape(row.evidence_tags)}</td>"
+                    f"<td>{_with_ci(row.auroc, row.auroc_low, row.auroc_high)}</td><td>{escape(row.n_positive)}</td>"
+                    f"<td>{escape(row.judged_present)} of {escape(row.n_trajectories)}</td>"
+                    f"<td class='text'>{escape(row.status)}</td></tr>")
     rows.append("</table>")
     used = int(table["used"].astype(str).eq("True").sum())
     return f"""<h2>The judge</h2>
-<p class="muted">The judge <b>{_escape(facts.get('stem'))}</b> tagged each trajectory's final clip (embeddings/judge_generated.py);
+<p class="muted">The judge <b>{escape(facts.get('stem'))}</b> tagged each trajectory's final clip (embeddings/judge_generated.py);
 data/judge_tags.csv maps its tags to concepts (written from the tags' meanings), a concept's score is its evidence tags'
 best probability and it is judged present at the tagger's own 0.5. Where the generator knows its exact final content the
 judge's AUROC against it is shown with a 95% prompt-bootstrap CI; a concept whose CI reaches 0.5, or which has no
