@@ -83,7 +83,8 @@ def test_the_four_packages_import_from_anywhere_in_the_environment_and_nothing_e
             "print(pathlib.Path(interp.artifacts.__file__).resolve().parent.parent)")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_plain_environment(), capture_output=True,
                             text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-1500:]
+    assert result.returncode == 0, ("the checkout's packages are not installed in this environment — run `make "
+                                    "install` (pip install -e): " + result.stderr[-1000:])
     checkout = result.stdout.strip().splitlines()[-1]
     assert not checkout.startswith(sysconfig.get_paths()["purelib"]), checkout
     assert (Path(checkout) / "interp" / "stage6_probe.py").is_file() and (Path(checkout) / "pyproject.toml").is_file()
