@@ -522,6 +522,8 @@ def judge_lacks_a_final_clip(data: Path):
     rewrite(table, "".join(lines[:-1]))
     rewrite(sidecar, json.dumps({**json.loads(sidecar.read_text()),
                                  "table_sha256": hashlib.sha256(table.read_bytes()).hexdigest()}))
+
+
 def npz_archive(relative: str):
     """The array saved as an .npz archive under its .npy name (np.load opens a zip whatever the file is called)."""
     def corrupt(data: Path):
