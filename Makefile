@@ -38,7 +38,7 @@ TORCH_INDEX ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test install browser stages stage1 stage2 stage3 stage4 stage5 commitment stage6 bench organism clean-data
+.PHONY: demo test install browser stages stage1 stage2 stage3 stage4 stage5 commitment stage6 bench organism organism-demo clean-data
 
 demo: install stages
 
@@ -111,6 +111,12 @@ ORGANISM_BANK ?= planted
 organism: install
 	$(PY) diffusion/organism/train.py --data $(DATA) --bank $(ORGANISM_BANK)
 	$(PY) diffusion/organism/evaluate.py --data $(DATA) --bank $(ORGANISM_BANK)
+
+# The organism's activation-level analysis on the committed checkpoint (no training): probes per (block, step)
+# against its realised content, difference-of-means steering and its commitment step beside the ideal model's
+# (interp/organism_analysis.py, <data>/results/organism/).
+organism-demo: install
+	$(PY) interp/organism_analysis.py --data $(DATA)
 
 bench: install
 	$(PY) bench/bench_generation.py --size tiny

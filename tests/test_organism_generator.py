@@ -1,0 +1,125 @@
+"""`--generator organism` on the committed checkpoint: stages 2-6, steering on its blocks, the reference decoder and
+closed form, and the committed checkpoint's loss log re-made from its recipe."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from stage_runs import run_stages_3_to_6, write_annotated
+
+from data.directions import Direction
+from data.files import read_json
+from data.stage import run_stage
+from diffusion import load_generator
+from diffusion import stage2_generate as stage2
+from diffusion.base import Conditioning, TrajectoryObserver
+from diffusion.interventions.hooks import hooks_applied
+from diffusion.interventions.spec import load_spec
+from diffusion.organism.banks import load_bank
+from diffusion.organism.checkpoint import LOSS_CSV
+from diffusion.organism.generator import DEFAULT_CHECKPOINT
+from diffusion.organism.train import Recipe, train
+from interp.directions import block_recorder, mean_difference
+
+PROMPTS = [("p_brass", "bright brass fanfare", "brass;bright"), ("p_keys", "soft acoustic piano", "keyboard;acoustic"),
+           ("p_guitar", "electric guitar riff", "guitar;electronic"), ("p_strings", "string quartet", "string")]
+RUN = ["--generator", "organism", "--steps", "12", "--capture-steps", "6,11", "--samples", "3", "--seconds", "1",
+       "--seed", "3", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return load_generator("organism", model=None, preset=None, steps=50, device=None, dtype=None, decode_dtype=None)
+
+
+def test_committed_checkpoint_loss_log_is_remade_from_its_recipe():
+    """The first 50 steps of `make organism`'s training, from the recipe the checkpoint records, give the loss
+    log it carries (one thread, deterministic algorithms)."""
+    record = read_json(DEFAULT_CHECKPOINT / "organism.json")
+    recipe = record["recipe"]
+    network = recipe.pop("network")
+    recipe = Recipe(**{**recipe, "steps": 50}).with_changes(**network)
+    bank = load_bank(recipe.bank, recipe.bank_seed)
+    assert bank.sha256 == record["bank"]["sha256"]
+    # Only the learning-rate schedule depends on the total steps; before the end of the warm-up it does not.
+    assert recipe.warmup >= 50
+    log = train(recipe, bank, progress=False).log
+    committed = pd.read_csv(DEFAULT_CHECKPOINT / LOSS_CSV)
+    np.testing.assert_allclose([row["loss"] for row in log], committed["loss"].to_numpy()[:len(log)], rtol=2e-4)
+
+
+def test_the_organism_samples_bank_clips_and_decodes_with_the_reference_decoder(generator):
+    """50 steps: the final latent sits on one planted clip (its closed-form content is one clip's labels), and the
+    audio is the reference model's decoding of it."""
+    observer = TrajectoryObserver([49], ["x0"])
+    final = generator.sample(Conditioning("anything"), 11, 8, 1.0, observer)
+    _, _, content, truth = observer.trace[-1]
+    masses = np.stack(list(content.values()))
+    assert np.mean(np.all((masses < 0.05) | (masses > 0.95), axis=0)) >= 0.75
+    nearest = np.linalg.norm(final.double().numpy()[:, None] - generator.bank.latents[None], axis=2).min(axis=1)
+    assert np.median(nearest) < 0.1        # clips of different cells are >= 0.11 apart (late group 0.08 * sqrt 2)
+    np.testing.assert_array_equal(generator.decode(final, 1.0), generator.reference.decode(final, 1.0))
+    assert set(truth) == set(generator.truth_concepts)
+
+
+def test_steering_a_block_changes_the_trajectory_only_from_the_start_step(generator, tmp_path):
+    recorded = []
+    for seed in (0, 100):
+        recorder = block_recorder(generator, 2)
+        with hooks_applied(generator.hook_points(), recorder.hooks):
+            generator.sample(Conditioning("x"), seed, 2, 1.0, None)
+        steps, means = recorder.means()
+        recorded.append(means.mean(axis=2))             # [steps, blocks, dim]
+    assert steps == list(range(50))
+    direction = Direction(mean_difference(recorded[0][None], recorded[1][None]), recorder.blocks, "is_brass",
+                          "mean_difference", steps=steps).save(tmp_path / "is_brass")
+    (tmp_path / "spec.json").write_text(json.dumps({"format": 2, "interventions": [
+        {"concept": "is_brass", "direction": str(direction), "where": [1], "strength": 4.0, "from_step": 30}]}))
+    steering = load_spec(tmp_path / "spec.json").interventions[0]
+
+    def run(steering):
+        observer = TrajectoryObserver(range(50), ["xt"])
+        final = generator.sample(Conditioning("x", (), steering), 5, 2, 1.0, observer)
+        return [c.latent for c in observer.captured], final
+
+    plain, plain_final = run(None)
+    steered, steered_final = run(steering)
+    assert all(torch.equal(a, b) for a, b in zip(plain[:30], steered[:30]))
+    assert not torch.equal(plain[30], steered[30]) and not torch.equal(plain_final, steered_final)
+    again, again_final = run(None)
+    assert torch.equal(again_final, plain_final)
+    assert not any(block._forward_hooks for block in generator.model.transformer.transformer_blocks)
+
+
+def test_stages_2_to_6_on_the_organism(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_annotated(data, PROMPTS)
+    assert run_stage(stage2.main, stage2.build_parser(), ["--data", str(data), *RUN]) == 0
+    generated = data / "generated"
+    record = read_json(generated / "generation.json")
+    assert record["generator"] == "organism" and record["checkpoint_sha256"] == read_json(
+        DEFAULT_CHECKPOINT / "organism.json")["weights_sha256"]
+    truth = pd.read_csv(generated / "truth" / "p_brass.csv")
+    assert sorted(truth["step"].unique()) == list(range(12)) and len(truth) == 12 * 3
+    assert (generated / "truth_tables" / "commit_steps.csv").is_file()
+    # A rerun with everything done loads nothing and changes nothing.
+    made = {p: p.stat().st_mtime_ns for p in generated.rglob("*") if p.is_file()}
+    assert run_stage(stage2.main, stage2.build_parser(), ["--data", str(data), *RUN]) == 0
+    assert made == {p: p.stat().st_mtime_ns for p in generated.rglob("*") if p.is_file()}
+    run_stages_3_to_6(data, "--random-baselines", "2", "--no-report")
+    emergence = pd.read_csv(data / "results" / "spectral" / "logreg" / "x0" / "emergence.csv")
+    assert len(emergence) > 0 and set(emergence["step"]) <= {6, 11}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--preset", "reference"], "unknown preset 'reference' for the organism"),
+    (["--generator-option", "condition=text"], "condition=text: choose one of none, labels"),
+    (["--model", "/nonexistent/organism"], "not an organism checkpoint"),
+])
+def test_bad_organism_input_is_one_line_and_nothing_written(tmp_path, capsys, extra, message):
+    data = tmp_path / "data"
+    write_annotated(data, PROMPTS)
+    assert run_stage(stage2.main, stage2.build_parser(), ["--data", str(data), *RUN, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and not (data / "generated").exists()
