@@ -105,7 +105,7 @@ browser:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 # Timings live here, never in tests. Each prints ratios measured side by side in one run (see bench/README_*.md).
-# The model organism (diffusion/README_organism.md): a tiny StableAudioDiTModel trained from nothing on the planted
+# The model organism (README.md, "The model organism"): a tiny StableAudioDiTModel trained from nothing on the planted
 # bank, one seed on one CPU thread, then measured against its closed form (<data>/organism/<bank>/).
 ORGANISM_BANK ?= planted
 organism: install

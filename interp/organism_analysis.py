@@ -70,8 +70,10 @@ def build_parser():
     parser.add_argument("--prior-strength", type=float, default=8.0, help="the ideal model's prior tilt, nats")
     parser.add_argument("--from-steps", default="0,5,10,15,20,25,30,35,40,45",
                         help="start steps k of the steering sweep")
-    parser.add_argument("--runs", type=int, default=4, help="steering runs (each --run-samples trajectories)")
-    parser.add_argument("--run-samples", type=int, default=16, help="trajectories per steering run")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="steering runs (sampler calls of --run-samples trajectories); with one run the "
+                             "intervals resample its trajectories, which share no prompt (condition=none)")
+    parser.add_argument("--run-samples", type=int, default=64, help="trajectories per steering run")
     parser.add_argument("--random-directions", type=int, default=4, help="random directions per start step")
     parser.add_argument("--no-progress", action="store_true", help="no progress output")
     return parser
@@ -215,6 +217,8 @@ def main(args) -> None:
                                dtype=None, decode_dtype=None)
         readable = readable_table(probes, ideal_oracle(ideal, args.samples, args.seed, concepts))
         begin(provenance)
+        write_csv(out / "probes.csv", probes)
+        write_csv(out / "readable.csv", readable)
         directions = {}
         for k, name in enumerate(concepts_all):
             positive, negative = final_all[:, k], ~final_all[:, k]
@@ -246,7 +250,7 @@ def main(args) -> None:
                             "oracle_step": None if row.empty else row["oracle_step"].iloc[0],
                             "strength": args.strength, "prior_strength": args.prior_strength,
                             "from_steps": ",".join(map(str, from_steps))})
-    for file, frame in (("probes.csv", probes), ("readable.csv", readable), ("commitment.csv", pd.DataFrame(summary)),
+    for file, frame in (("commitment.csv", pd.DataFrame(summary)),
                         ("commitment_curve.csv", pd.concat(curves, ignore_index=True))):
         write_csv(out / file, frame)
     commit(provenance, {"seconds": round(time.perf_counter() - started, 1), "concepts": concepts})

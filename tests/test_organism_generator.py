@@ -125,3 +125,14 @@ def test_bad_organism_input_is_one_line_and_nothing_written(tmp_path, capsys, ex
     assert run_stage(stage2.main, stage2.build_parser(), ["--data", str(data), *RUN, *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err and not (data / "generated").exists()
+
+
+def test_the_readme_quotes_the_committed_evaluation():
+    """The README's organism figures are `evaluate.summary_lines` of the committed evaluation.json."""
+    from data.stage import REPO_ROOT
+    from diffusion.organism.evaluate import summary_lines
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    evaluation = read_json(DEFAULT_CHECKPOINT / "evaluation.json")["evaluation"]
+    missing = [line for line in summary_lines(evaluation) if line not in readme]
+    assert not missing, missing[0]
