@@ -136,3 +136,30 @@ def test_the_readme_quotes_the_committed_evaluation():
     evaluation = read_json(DEFAULT_CHECKPOINT / "evaluation.json")["evaluation"]
     missing = [line for line in summary_lines(evaluation) if line not in readme]
     assert not missing, missing[0]
+
+
+def test_organism_analysis_reads_the_early_group_when_the_oracle_does(tmp_path):
+    """The activation analysis on the committed organism, small: the planted early group (is_brass, decided around
+    step 14 by the exact posterior) is linearly readable from the clean estimate within a few steps of the oracle
+    and long before the late group (is_guitar, ~40); block steering commits as the ideal model's prior tilt does."""
+    from interp import organism_analysis
+
+    argv = ["--data", str(tmp_path), "--samples", "160", "--bootstrap", "10", "--steer", "is_brass",
+            "--from-steps", "0,45", "--run-samples", "16", "--random-directions", "1", "--no-progress"]
+    assert run_stage(organism_analysis.main, organism_analysis.build_parser(), argv) == 0
+    out = tmp_path / "results" / "organism"
+    readable = pd.read_csv(out / "readable.csv").set_index("concept")
+    brass, guitar = readable.loc["is_brass"], readable.loc["is_guitar"]
+    # 160 trajectories: the probes read brass a few steps after the oracle (13 vs 18 measured; 14 vs 15 at 256).
+    assert 8 <= brass["oracle_step"] <= 20 and abs(brass["output_step"] - brass["oracle_step"]) <= 6
+    assert guitar["oracle_step"] >= brass["oracle_step"] + 15 and guitar["output_step"] > brass["output_step"] + 15
+    # Steering along brass's difference of means moves brass beyond random from step 0, not from 45 (it is
+    # decided by ~18), as tilting the ideal model's prior does.
+    commitment = pd.read_csv(out / "commitment.csv").iloc[0]
+    assert commitment["organism_commitment_step"] == 0 and commitment["ideal_commitment_step"] == 0
+    probes = pd.read_csv(out / "probes.csv")
+    assert set(probes["site"]) == {"block 0", "block 1", "block 2", "block 3", "x0", "truth"}
+    curve = pd.read_csv(out / "commitment_curve.csv")
+    assert set(curve["generator"]) == {"organism", "ideal"} and set(curve["from_step"]) == {0, 45}
+    assert Direction.load(out / "directions" / "is_brass.npy").blocks == (0, 1, 2, 3)
+    assert run_stage(organism_analysis.main, organism_analysis.build_parser(), argv) == 0   # up to date: skipped
