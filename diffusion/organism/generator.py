@@ -160,38 +160,45 @@ class OrganismGenerator(Generator):
 
     def sample(self, conditioning: Conditioning, seed: int, num_samples: int, seconds: float,
                observer: TrajectoryObserver | None) -> torch.Tensor:
-        import torch
-
         if not isinstance(conditioning.prompt, str) or not conditioning.prompt.strip():
             raise InputError("empty prompt — every prompt needs text (fix prompts/annotated.csv or rerun stage 1)")
         if num_samples < 1:
             raise InputError(f"--samples {num_samples} must be at least 1")
         self.reference.latent_space(seconds)   # refuses a clip longer than the bank's
-        model, bank = self.model, self.bank
-        shown = self.shown_labels(conditioning.labels)
+        rows = [int(seed) + row for row in range(num_samples)]
+        with hooks_applied(self.hook_points(), steering_hooks(self, conditioning.steering, num_samples)):
+            return self.sample_rows(conditioning.labels, rows, observer)
+
+    def sample_rows(self, labels: Sequence[str], row_seeds: Sequence[int],
+                    observer: TrajectoryObserver | None) -> torch.Tensor:
+        """The sampler loop for rows seeded by `row_seeds` (any seeds: an analysis that runs the same trajectory
+        under several interventions in one batch repeats its seed), under whatever hooks the caller applied."""
+        import torch
+
+        model, bank, num_samples = self.model, self.bank, len(row_seeds)
+        shown = self.shown_labels(labels)
         try:
             prior = log_prior(shown, bank.labels, self.record["recipe"]["keep_probability"], bank.log_base)
         except ValueError:
-            raise InputError(f"prompt {conditioning.prompt!r}: no planted clip carries all of {sorted(shown)} — "
-                             "use condition=none or a prompt the planted bank can realise") from None
+            raise InputError(f"prompt labels {sorted(shown)}: no planted clip carries all of them — use "
+                             "condition=none or a prompt the planted bank can realise") from None
         present = model.encoder.present([shown] * num_samples)
         scheduler = self.scheduler
         scheduler.set_timesteps(self.steps)
-        generators = [torch.Generator().manual_seed(int(seed) + row) for row in range(num_samples)]
+        generators = [torch.Generator().manual_seed(int(seed)) for seed in row_seeds]
         latents = torch.stack([torch.randn(bank.dim, generator=g) for g in generators]) * scheduler.init_noise_sigma
         scheduler.noise_sampler = PerSampleGaussianNoise(generators, (bank.dim,))
-        with hooks_applied(self.hook_points(), steering_hooks(self, conditioning.steering, num_samples)):
-            for step, timestep in enumerate(scheduler.timesteps):
-                model_input = scheduler.scale_model_input(latents, timestep)
-                sigma = scheduler.sigmas[scheduler.step_index]
-                # The closed form at the latent the network is given: what the ideal sampler would make from here.
-                _, weights = posterior_mean(latents.double().numpy(), float(sigma), bank.latents, prior[None, :])
-                with torch.no_grad():
-                    velocity = model.velocity(model_input, sigma.expand(num_samples).float(), present)
-                latents = scheduler.step(velocity, timestep, latents).prev_sample
-                if observer is not None:
-                    observer(step, float(sigma), latents, scheduler.model_outputs[-1],
-                             self.reference.content_of(weights), truth=self.reference.truth_of(weights))
+        for step, timestep in enumerate(scheduler.timesteps):
+            model_input = scheduler.scale_model_input(latents, timestep)
+            sigma = scheduler.sigmas[scheduler.step_index]
+            # The closed form at the latent the network is given: what the ideal sampler would make from here.
+            _, weights = posterior_mean(latents.double().numpy(), float(sigma), bank.latents, prior[None, :])
+            with torch.no_grad():
+                velocity = model.velocity(model_input, sigma.expand(num_samples).float(), present)
+            latents = scheduler.step(velocity, timestep, latents).prev_sample
+            if observer is not None:
+                observer(step, float(sigma), latents, scheduler.model_outputs[-1],
+                         self.reference.content_of(weights), truth=self.reference.truth_of(weights))
         return latents
 
     def decode(self, latents: torch.Tensor, seconds: float) -> np.ndarray:
