@@ -114,9 +114,10 @@ organism: install
 
 # The organism's activation-level analysis on the committed checkpoint (no training): probes per (block, step)
 # against its realised content, difference-of-means steering and its commitment step beside the ideal model's
-# (interp/organism_analysis.py, <data>/results/organism/).
+# (interp/organism_analysis.py), interchange on its blocks (interp/organism_interchange.py); <data>/results/organism/.
 organism-demo: install
 	$(PY) interp/organism_analysis.py --data $(DATA)
+	$(PY) interp/organism_interchange.py --data $(DATA)
 
 bench: install
 	$(PY) bench/bench_generation.py --size tiny

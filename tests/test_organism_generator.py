@@ -163,3 +163,17 @@ def test_organism_analysis_reads_the_early_group_when_the_oracle_does(tmp_path):
     assert set(curve["generator"]) == {"organism", "ideal"} and set(curve["from_step"]) == {0, 45}
     assert Direction.load(out / "directions" / "is_brass.npy").blocks == (0, 1, 2, 3)
     assert run_stage(organism_analysis.main, organism_analysis.build_parser(), argv) == 0   # up to date: skipped
+
+
+def test_interchange_on_the_organisms_blocks_runs_every_site_in_one_batch(tmp_path):
+    """Swapping in B's mean component outputs: one row per (site, trajectory), read by the realised content, every
+    site of every component and block; a bad pair is one line, exit 2."""
+    from interp import organism_interchange
+
+    argv = ["--data", str(tmp_path), "--pair", "is_keyboard:is_guitar", "--samples", "48", "--per-site", "3",
+            "--from-steps", "0,36", "--window", "10", "--bootstrap", "20", "--no-progress"]
+    assert run_stage(organism_interchange.main, organism_interchange.build_parser(), argv) == 0
+    table = pd.read_csv(tmp_path / "results" / "organism" / "interchange.csv")
+    assert len(table) == 3 * 4 * 2 and set(table["from_step"]) == {0, 36} and (table["n"] == 3).all()
+    assert table["flip_share"].between(0, 1).all() and (table["flip_low"] <= table["flip_share"]).all()
+    assert run_stage(organism_interchange.main, organism_interchange.build_parser(), argv + ["--pair", "x:y"]) == 2
