@@ -7,7 +7,7 @@ Each run goes to a scratch folder of symlinks to <data>'s prompts, generated and
 are untouched), with the stage's defaults and --no-report (figures do not enter a status). Counted per seed
 against seed 0: status cells (yardstick x concept: emerged / transient / never / undefined), emergence steps,
 emergence-step interval bounds, final specificity verdicts (the secondary random-probe check), and known-answer
-verdicts (recovered or not). The goal (issue 17) is at most 5 % of status cells changed. Writes the counts to
+verdicts (recovered or not). The goal is at most 5 % of status cells changed. Writes the counts to
 bench/results/seed_stability.json and prints them; the README quotes that file.
 """
 import argparse

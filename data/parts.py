@@ -29,6 +29,11 @@ INDEX_DIR = "index"
 FINISH = "rerun stage 2 with the same settings: it redoes exactly those prompts"
 
 
+def record_file_of(run: Path) -> str:
+    """The record file of a run folder: an intervened run's intervention.json, else generation.json."""
+    return INTERVENTION_JSON if (Path(run) / INTERVENTION_JSON).is_file() else GENERATION_JSON
+
+
 def record_sha256(record: dict) -> str:
     """The hash a part's sidecar holds for its run's record (the record as its JSON file holds it)."""
     return sha256_json(record)

@@ -43,7 +43,7 @@ from scipy import stats
 
 from data.concepts import BY_NAME, CONCEPTS
 from data.files import read_json, sha256_file, write_csv
-from data.parts import GENERATION_JSON, RunRecord, check_parts_current, part_is_current
+from data.parts import GENERATION_JSON, RunRecord, check_parts_current, part_is_current, record_file_of
 from data.provenance import Provenance, begin, commit, decide, read_provenance
 from data.stage import InputError
 from data.vocabulary import DRUM, FAMILIES, SOURCES
@@ -120,9 +120,10 @@ def realised_concepts(content: np.ndarray, labels: Sequence[str], concepts: Sequ
 
 
 def read_truth(generated: Path, prompt_ids: Sequence[str]) -> Truth:
-    """The truth parts of these prompts, checked: made under the current generation.json (data/parts.py), the same
-    columns and steps in every part."""
-    check_parts_current(generated, GENERATION_JSON, _generation(generated), prompt_ids)
+    """The truth parts of these prompts in a run folder (the reference run, or an intervened run beside it), checked:
+    made under the folder's current record (data/parts.py), the same columns and steps in every part."""
+    record_file = record_file_of(generated)
+    check_parts_current(generated, record_file, _generation(generated, record_file), prompt_ids)
     frames, columns = [], None
     for prompt_id in prompt_ids:
         path = truth_part_path(generated, prompt_id)
@@ -280,8 +281,8 @@ def read_truth_tables(generated: Path) -> dict[str, pd.DataFrame]:
     return {name.removesuffix(".csv"): pd.read_csv(folder / name, dtype={"prompt_id": str}) for name in TABLE_FILES}
 
 
-def _generation(generated: Path) -> dict:
-    path = Path(generated) / GENERATION_JSON
+def _generation(generated: Path, record_file: str = GENERATION_JSON) -> dict:
+    path = Path(generated) / record_file
     try:
         record = read_json(path)
     except (OSError, ValueError) as error:

@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from stage_runs import stamp_parts
 from test_stage6_data import EMBEDDER, analysed_data, term_directions, write_synthetic_data
 
 import embeddings
@@ -297,6 +298,7 @@ def test_an_axis_given_by_name_only_is_refused(tmp_path, capsys):
                                 n_instruments=24, notes_per_instrument=4)
     generation = root / "generated" / "generation.json"
     write_json(generation, dict(read_json(generation), trajectory_axis="denoising_step"))
+    stamp_parts(root / "generated")  # the parts made under the edited record: only the axis is wrong
     assert _run(["--data", root, "--embedder", EMBEDDER, "--no-report"]) == 2
     assert "trajectory_axis 'denoising_step' is not a {name, unit, positions} object" in capsys.readouterr().err
 

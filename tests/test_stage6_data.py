@@ -173,9 +173,9 @@ def write_synthetic_data(root, n_prompts=30, samples=2, steps=tuple(range(0, 101
             keyed = {(r["sample"], r["kind"], r["step"]): r for r in content_rows if r["prompt_id"] == prompt_id}
             ordered = [keyed[key] for key in zip(part["sample"], part["kind"], part["step"])]
             write_text(content_part_path(root / "generated", prompt_id), format_content_part(ordered, content_labels))
+    stamp_parts(root / "generated")  # before the truth: its tables are derived only from parts made under the record
     if truth:
         _write_truth(root, rows, samples, steps, content_labels, unrealised_prompts, inject, planted or {}, seed)
-    stamp_parts(root / "generated")
     index = read_generated_index(root)
     # The index reader sorts rows; keep embeddings aligned with the sorted order.
     position = {key: i for i, key in enumerate(zip(*(pd.DataFrame(index_rows)[c] for c in
