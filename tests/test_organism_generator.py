@@ -177,3 +177,43 @@ def test_interchange_on_the_organisms_blocks_runs_every_site_in_one_batch(tmp_pa
     assert len(table) == 3 * 4 * 2 and set(table["from_step"]) == {0, 36} and (table["n"] == 3).all()
     assert table["flip_share"].between(0, 1).all() and (table["flip_low"] <= table["flip_share"]).all()
     assert run_stage(organism_interchange.main, organism_interchange.build_parser(), argv + ["--pair", "x:y"]) == 2
+
+
+def test_stage2_intervene_steers_the_organism_to_brass_from_step_0_not_from_40(generator, tmp_path):
+    """Known answer through the CLI: the difference of means of the block outputs between trajectories that end with
+    and without brass (64 recorded), added on every block, makes brass from step 0 (brass is decided around step
+    14-18) and changes nothing from step 40; its random twin changes nothing."""
+    from data.truth import realised_concepts
+
+    recorder = block_recorder(generator, 64)
+    observer = TrajectoryObserver([], ["x0"])
+    with hooks_applied(generator.hook_points(), recorder.hooks):
+        generator.sample(Conditioning("x"), 1000, 64, 1.0, observer)
+    steps, means = recorder.means()                     # [steps, blocks, rows, dim]
+    content = np.stack([observer.trace[-1][2][label] for label in generator.content_labels], axis=-1)
+    brass = realised_concepts(content, generator.content_labels, ["is_brass"])[:, 0]
+    assert 3 <= brass.sum() <= 61
+    vectors = mean_difference(means[:, :, brass].transpose(2, 0, 1, 3), means[:, :, ~brass].transpose(2, 0, 1, 3))
+    path = Direction(vectors, recorder.blocks, "is_brass", "mean_difference", steps=steps).save(tmp_path / "brass")
+    data = tmp_path / "data"
+    write_annotated(data, PROMPTS[1:3])
+    (tmp_path / "spec.json").write_text(json.dumps({"format": 2, "interventions": [
+        {"concept": "is_brass", "direction": [str(path), "random:0"], "where": [0, 1, 2, 3], "strength": 1.0,
+         "from_step": [0, 40]}]}))
+    argv = ["--data", str(data), "--generator", "organism", "--samples", "4", "--seconds", "1", "--no-progress",
+            "--intervene", str(tmp_path / "spec.json")]
+    assert run_stage(stage2.main, stage2.build_parser(), argv) == 0
+
+    def final_brass(folder):
+        truth = pd.concat(pd.read_csv(part) for part in sorted((folder / "truth").glob("*.csv")))
+        return truth[truth["step"] == 49]["content_brass"].to_numpy()
+
+    generated = data / "generated"
+    plain = final_brass(generated)
+    runs = {folder.name: final_brass(folder) for folder in (generated / "interventions").iterdir()}
+    steered = [name for name in runs if "random" not in name and name.endswith("_k0")]
+    assert len(runs) == 4 and len(steered) == 1
+    assert runs[steered[0]].mean() >= 0.75 > 0.5 > plain.mean()      # measured: 7 of 8 end on brass
+    for name, values in runs.items():
+        if name != steered[0]:
+            np.testing.assert_array_equal(values, plain)
