@@ -3,8 +3,9 @@
 The organism is the committed checkpoint (diffusion/organism/planted/, or --checkpoint DIR) sampled through the
 stage 2 backend (`--generator organism`): one 50-step sampler call of --samples trajectories, with
 - plain: no hook, no observer;
-- steered: a difference-of-means-sized steering on every block from step 0 (the steering hooks of
-  diffusion/interventions/steering.py, as `--intervene` applies them);
+- steered: a unit-norm direction per (step, block) added on every block from step 0 (the steering hooks of
+  diffusion/interventions/steering.py, as `--intervene` applies them; the size of the vector does not change the
+  cost);
 - captured: every block's output recorded at every step (interp/directions.py's recorder) and the clean estimate
   and noisy latent captured at every step by the stage 2 observer;
 each over plain. Goal <= 1.03. Runs rotate (plain, steered, captured, then the next order) so that drifting load
