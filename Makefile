@@ -44,7 +44,8 @@ TORCH_INDEX ?=
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test install browser stages stage1 stage2 stage3 judge stage4 stage5 commitment stage6 bench organism clean-data
+.PHONY: demo test install browser stages stage1 stage2 stage3 judge stage4 stage5 commitment stage6 bench organism organism-demo \
+  clean-data
 
 demo: install stages
 
@@ -116,12 +117,19 @@ browser:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 # Timings live here, never in tests. Each prints ratios measured side by side in one run (see bench/README_*.md).
-# The model organism (diffusion/README_organism.md): a tiny StableAudioDiTModel trained from nothing on the planted
+# The model organism (README.md, "The model organism"): a tiny StableAudioDiTModel trained from nothing on the planted
 # bank, one seed on one CPU thread, then measured against its closed form (<data>/organism/<bank>/).
 ORGANISM_BANK ?= planted
 organism: install
 	$(PY) diffusion/organism/train.py --data $(DATA) --bank $(ORGANISM_BANK)
 	$(PY) diffusion/organism/evaluate.py --data $(DATA) --bank $(ORGANISM_BANK)
+
+# The organism's activation-level analysis on the committed checkpoint (no training): probes per (block, step)
+# against its realised content, difference-of-means steering and its commitment step beside the ideal model's
+# (interp/organism_analysis.py), interchange on its blocks (interp/organism_interchange.py); <data>/results/organism/.
+organism-demo: install
+	$(PY) interp/organism_analysis.py --data $(DATA)
+	$(PY) interp/organism_interchange.py --data $(DATA)
 
 bench: install
 	$(PY) bench/bench_generation.py --size tiny

@@ -8,6 +8,7 @@ GENERATORS = {
     "ideal": "diffusion.ideal:IdealGenerator",
     "stable-audio-open": "diffusion.stable_audio:StableAudioGenerator",
     "musicgen": "diffusion.musicgen:MusicgenGenerator",
+    "organism": "diffusion.organism.generator:OrganismGenerator",
 }
 
 

@@ -55,9 +55,11 @@ def final_content(generator, run: Run, concept: str, steering: Steering | None,
 
 def commitment_truth(generator, runs: Sequence[Run], concept: str, strength: float,
                      from_steps: Sequence[int] | None = None, random_directions: int = 10, bootstrap: int = 1000,
-                     seed: int = 0) -> tuple[pd.DataFrame, int | None]:
+                     seed: int = 0, where=PRIOR, direction_file: str | None = None) -> tuple[pd.DataFrame, int | None]:
     """Per start step k: flip shares, effect beyond random with its interval; and the commitment step (module
-    docstring). `generator` is an IdealGenerator (its prior is what is tilted)."""
+    docstring). `generator` is an IdealGenerator (its prior is what is tilted), or, with `where` a tuple of
+    blocks and a `direction_file` (data/directions.py), any generator that knows what it made and steers its
+    blocks (the model organism): the concept's direction from the file, random ones of its norms."""
     steps = list(generator.axis.positions if from_steps is None else from_steps)
     untilted = [final_content(generator, run, concept, None) for run in runs]
     run_of = np.concatenate([np.full(run.samples, number) for number, run in enumerate(runs)])
@@ -71,8 +73,11 @@ def commitment_truth(generator, runs: Sequence[Run], concept: str, strength: flo
         flips = {}
         for direction in ["concept"] + [f"random:{number}" for number in range(random_directions)]:
             kind, _, number = direction.partition(":")
+            if direction_file is not None and kind == "concept":
+                kind = "file"
             steering = Steering(id=f"{concept}-{direction}-from{step}", concept=concept, direction=kind,
-                                site=Site(PRIOR, from_step=int(step)), strength=float(strength), seed=int(number or 0))
+                                site=Site(where, from_step=int(step)), strength=float(strength), seed=int(number or 0),
+                                direction_file=direction_file)
             flips[direction] = np.concatenate([final_content(generator, run, concept, steering) != reference
                                                for run, reference in zip(runs, untilted)]).astype(np.float64)
         random = np.stack([flips[f"random:{number}"] for number in range(random_directions)]) \

@@ -122,7 +122,11 @@ def planted_source(seed: int = 0, model=None) -> OrganismBank:
     `seed` is unused: the geometry file carries its own."""
     directory, _ = reference_bank.open_bank_dir(model)
     geometry = planted.load_geometry()
-    clips = planted.planted_bank(reference_bank.load_bank(directory), geometry)
+    return from_planted(planted.planted_bank(reference_bank.load_bank(directory), geometry), geometry)
+
+
+def from_planted(clips: planted.PlantedBank, geometry: planted.Geometry) -> OrganismBank:
+    """The organism's view of planted clips: their designed latents, labels and base measure."""
     return OrganismBank(clips.coordinates, list(clips.bank.labels), list(clips.bank.clip_ids),
                         {"source": "planted", "geometry": geometry.record(), "audio_sha256": clips.bank.sha256},
                         clips.log_base)

@@ -253,6 +253,34 @@ def evaluate(model: Organism, bank: OrganismBank, keep_probability: float, uncon
                          "steps": PRESET.steps, "sigma_min": PRESET.sigma_min, "sigma_max": PRESET.sigma_max}}
 
 
+def summary_lines(result: dict) -> list[str]:
+    """The evaluation as the README quotes it (markdown lines; tests/test_organism_generator.py checks that the
+    README holds exactly these for the committed checkpoint)."""
+    errors = result["denoising_error"]
+    by_sigma = {}
+    for row in errors:
+        by_sigma.setdefault(row["sigma"], {})[row["conditional"]] = row
+    lines = ["| sigma | x0 error, no labels | x0 error, labels shown | best linear denoiser (no labels) |",
+             "|---|---|---|---|"]
+    for sigma in sorted(by_sigma, reverse=True)[::5]:
+        rows = by_sigma[sigma]
+        lines.append(f"| {sigma:.3g} | {rows[False]['relative_error']:.3f} | {rows[True]['relative_error']:.3f} | "
+                     f"{rows[False]['linear_error']:.3f} |")
+    shares = result["prompt_share_mean"]
+    lines.append(f"- Prompt share (final sample's nearest clip carries the prompt's labels, labels shown): organism "
+                 f"{shares['organism']:.2f}, ideal {shares['ideal']:.2f}.")
+    for name in ("organism", "ideal"):
+        spread = result["unconditional"][name]
+        lines.append(f"- Unconditional, {name}: {spread['distinct_clips']} distinct clips of {spread['samples']} "
+                     f"samples, total variation from the base measure {spread['total_variation']:.2f}, median "
+                     f"distance to the nearest clip {spread['median_distance']:.2g}.")
+    timing = ", ".join(f"{row['label']} {row['median_organism']:g}/{row['median_ideal']:g}"
+                       for row in result["commitment"] if row["median_organism"] is not None
+                       and row["median_ideal"] is not None)
+    lines.append(f"- Median commit step per label (organism/ideal): {timing}.")
+    return lines
+
+
 def _median(values) -> float | None:
     return None if values is None or len(values) == 0 else float(np.median(values))
 

@@ -143,7 +143,7 @@ class Organism(nn.Module):
     in place of the scheduler's sigma_data = 1, and `velocity` converts the result to the v the scheduler
     expects, so that the transformer's output F need not carry the input's noise through to its output: with
     the scheduler's c_skip, a latent whose coordinates are ~0.5 leaves F to reproduce a noise of norm ~sigma ·
-    sqrt(dim) at mid sigma, which a small network cannot (README_organism.md).
+    sqrt(dim) at mid sigma, which a small network cannot (README.md, "The model organism").
     """
 
     def __init__(self, config: NetworkConfig, labels: tuple[str, ...], dim: int, data_scale: float = SIGMA_DATA,

@@ -40,11 +40,11 @@ SIGMA_MIN, SIGMA_MAX = 0.01, 100.0     # the ideal model's reference preset (dif
 
 @dataclass(frozen=True)
 class Recipe:
-    bank: str = "standin"
+    bank: str = "planted"
     bank_seed: int = 0
     network: NetworkConfig = field(default_factory=NetworkConfig)
     seed: int = 0
-    steps: int = 3000
+    steps: int = 4000
     batch: int = 64
     learning_rate: float = 1e-3
     warmup: int = 100
@@ -52,7 +52,7 @@ class Recipe:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999
-    target: str = "sample"                 # "sample" (denoising) or "posterior" (exact posterior mean)
+    target: str = "posterior"              # "posterior" (exact posterior mean) or "sample" (denoising)
     sigma_margin: float = 1.0              # log-uniform sigma over [SIGMA_MIN / e^m, SIGMA_MAX · e^m]
     low_sigma_floor: float = 0.0           # F-loss weight sigma² / (sigma² + floor²): below the floor, less weight
     keep_probability: float = 0.5

@@ -1,0 +1,219 @@
+"""`--generator organism` on the committed checkpoint: stages 2-6, steering on its blocks, the reference decoder and
+closed form, and the committed checkpoint's loss log re-made from its recipe."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from stage_runs import run_stages_3_to_6, write_annotated
+
+from data.directions import Direction
+from data.files import read_json
+from data.stage import run_stage
+from diffusion import load_generator
+from diffusion import stage2_generate as stage2
+from diffusion.base import Conditioning, TrajectoryObserver
+from diffusion.interventions.hooks import hooks_applied
+from diffusion.interventions.spec import load_spec
+from diffusion.organism.banks import load_bank
+from diffusion.organism.checkpoint import LOSS_CSV
+from diffusion.organism.generator import DEFAULT_CHECKPOINT
+from diffusion.organism.train import Recipe, train
+from interp.directions import block_recorder, mean_difference
+
+PROMPTS = [("p_brass", "bright brass fanfare", "brass;bright"), ("p_keys", "soft acoustic piano", "keyboard;acoustic"),
+           ("p_guitar", "electric guitar riff", "guitar;electronic"), ("p_strings", "string quartet", "string")]
+RUN = ["--generator", "organism", "--steps", "12", "--capture-steps", "6,11", "--samples", "3", "--seconds", "1",
+       "--seed", "3", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def generator():
+    return load_generator("organism", model=None, preset=None, steps=50, device=None, dtype=None, decode_dtype=None)
+
+
+def test_committed_checkpoint_loss_log_is_remade_from_its_recipe():
+    """The first 50 steps of `make organism`'s training, from the recipe the checkpoint records, give the loss
+    log it carries (one thread, deterministic algorithms)."""
+    record = read_json(DEFAULT_CHECKPOINT / "organism.json")
+    recipe = record["recipe"]
+    network = recipe.pop("network")
+    recipe = Recipe(**{**recipe, "steps": 50}).with_changes(**network)
+    bank = load_bank(recipe.bank, recipe.bank_seed)
+    assert bank.sha256 == record["bank"]["sha256"]
+    # Only the learning-rate schedule depends on the total steps; before the end of the warm-up it does not.
+    assert recipe.warmup >= 50
+    log = train(recipe, bank, progress=False).log
+    committed = pd.read_csv(DEFAULT_CHECKPOINT / LOSS_CSV)
+    np.testing.assert_allclose([row["loss"] for row in log], committed["loss"].to_numpy()[:len(log)], rtol=2e-4)
+
+
+def test_the_organism_samples_bank_clips_and_decodes_with_the_reference_decoder(generator):
+    """50 steps: the final latent sits on one planted clip (its closed-form content is one clip's labels), and the
+    audio is the reference model's decoding of it."""
+    observer = TrajectoryObserver([49], ["x0"])
+    final = generator.sample(Conditioning("anything"), 11, 8, 1.0, observer)
+    _, _, content, truth = observer.trace[-1]
+    masses = np.stack(list(content.values()))
+    assert np.mean(np.all((masses < 0.05) | (masses > 0.95), axis=0)) >= 0.75
+    nearest = np.linalg.norm(final.double().numpy()[:, None] - generator.bank.latents[None], axis=2).min(axis=1)
+    # The committed organism lands ~0.16 from a planted clip (its evaluation.json): well inside the middle group's
+    # separation (0.8 * sqrt 2), not inside the late group's (0.08 * sqrt 2) — README, "The model organism".
+    assert np.median(nearest) < 0.5
+    np.testing.assert_array_equal(generator.decode(final, 1.0), generator.reference.decode(final, 1.0))
+    assert set(truth) == set(generator.truth_concepts)
+
+
+def test_steering_a_block_changes_the_trajectory_only_from_the_start_step(generator, tmp_path):
+    recorded = []
+    for seed in (0, 100):
+        recorder = block_recorder(generator, 2)
+        with hooks_applied(generator.hook_points(), recorder.hooks):
+            generator.sample(Conditioning("x"), seed, 2, 1.0, None)
+        steps, means = recorder.means()
+        recorded.append(means.mean(axis=2))             # [steps, blocks, dim]
+    assert steps == list(range(50))
+    direction = Direction(mean_difference(recorded[0][None], recorded[1][None]), recorder.blocks, "is_brass",
+                          "mean_difference", steps=steps).save(tmp_path / "is_brass")
+    (tmp_path / "spec.json").write_text(json.dumps({"format": 2, "interventions": [
+        {"concept": "is_brass", "direction": str(direction), "where": [1], "strength": 4.0, "from_step": 30}]}))
+    steering = load_spec(tmp_path / "spec.json").interventions[0]
+
+    def run(steering):
+        observer = TrajectoryObserver(range(50), ["xt"])
+        final = generator.sample(Conditioning("x", (), steering), 5, 2, 1.0, observer)
+        return [c.latent for c in observer.captured], final
+
+    plain, plain_final = run(None)
+    steered, steered_final = run(steering)
+    assert all(torch.equal(a, b) for a, b in zip(plain[:30], steered[:30]))
+    assert not torch.equal(plain[30], steered[30]) and not torch.equal(plain_final, steered_final)
+    again, again_final = run(None)
+    assert torch.equal(again_final, plain_final)
+    assert not any(block._forward_hooks for block in generator.model.transformer.transformer_blocks)
+
+
+def test_stages_2_to_6_on_the_organism(tmp_path, capsys):
+    data = tmp_path / "data"
+    write_annotated(data, PROMPTS)
+    assert run_stage(stage2.main, stage2.build_parser(), ["--data", str(data), *RUN]) == 0
+    generated = data / "generated"
+    record = read_json(generated / "generation.json")
+    assert record["generator"] == "organism" and record["checkpoint_sha256"] == read_json(
+        DEFAULT_CHECKPOINT / "organism.json")["weights_sha256"]
+    truth = pd.read_csv(generated / "truth" / "p_brass.csv")
+    assert sorted(truth["step"].unique()) == list(range(12)) and len(truth) == 12 * 3
+    assert (generated / "truth_tables" / "commit_steps.csv").is_file()
+    # A rerun with everything done loads nothing and changes nothing.
+    made = {p: p.stat().st_mtime_ns for p in generated.rglob("*") if p.is_file()}
+    assert run_stage(stage2.main, stage2.build_parser(), ["--data", str(data), *RUN]) == 0
+    assert made == {p: p.stat().st_mtime_ns for p in generated.rglob("*") if p.is_file()}
+    run_stages_3_to_6(data, "--random-baselines", "2", "--no-report")
+    emergence = pd.read_csv(data / "results" / "spectral" / "logreg" / "x0" / "emergence.csv")
+    assert len(emergence) > 0 and set(emergence["step"]) <= {6, 11}
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--preset", "reference"], "unknown preset 'reference' for the organism"),
+    (["--generator-option", "condition=text"], "condition=text: choose one of none, labels"),
+    (["--model", "/nonexistent/organism"], "not an organism checkpoint"),
+])
+def test_bad_organism_input_is_one_line_and_nothing_written(tmp_path, capsys, extra, message):
+    data = tmp_path / "data"
+    write_annotated(data, PROMPTS)
+    assert run_stage(stage2.main, stage2.build_parser(), ["--data", str(data), *RUN, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and not (data / "generated").exists()
+
+
+def test_the_readme_quotes_the_committed_evaluation():
+    """The README's organism figures are `evaluate.summary_lines` of the committed evaluation.json."""
+    from data.stage import REPO_ROOT
+    from diffusion.organism.evaluate import summary_lines
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    evaluation = read_json(DEFAULT_CHECKPOINT / "evaluation.json")["evaluation"]
+    missing = [line for line in summary_lines(evaluation) if line not in readme]
+    assert not missing, missing[0]
+
+
+def test_organism_analysis_reads_the_early_group_when_the_oracle_does(tmp_path):
+    """The activation analysis on the committed organism, small: the planted early group (is_brass, decided around
+    step 14 by the exact posterior) is linearly readable from the clean estimate within a few steps of the oracle
+    and long before the late group (is_guitar, ~40); block steering commits as the ideal model's prior tilt does."""
+    from interp import organism_analysis
+
+    argv = ["--data", str(tmp_path), "--samples", "160", "--bootstrap", "10", "--steer", "is_brass",
+            "--from-steps", "0,45", "--run-samples", "16", "--random-directions", "1", "--no-progress"]
+    assert run_stage(organism_analysis.main, organism_analysis.build_parser(), argv) == 0
+    out = tmp_path / "results" / "organism"
+    readable = pd.read_csv(out / "readable.csv").set_index("concept")
+    brass, guitar = readable.loc["is_brass"], readable.loc["is_guitar"]
+    # 160 trajectories: the probes read brass a few steps after the oracle (13 vs 18 measured; 14 vs 15 at 256).
+    assert 8 <= brass["oracle_step"] <= 20 and abs(brass["output_step"] - brass["oracle_step"]) <= 6
+    assert guitar["oracle_step"] >= brass["oracle_step"] + 15 and guitar["output_step"] > brass["output_step"] + 15
+    # Steering along brass's difference of means moves brass beyond random from step 0, not from 45 (it is
+    # decided by ~18), as tilting the ideal model's prior does.
+    commitment = pd.read_csv(out / "commitment.csv").iloc[0]
+    assert commitment["organism_commitment_step"] == 0 and commitment["ideal_commitment_step"] == 0
+    probes = pd.read_csv(out / "probes.csv")
+    assert set(probes["site"]) == {"block 0", "block 1", "block 2", "block 3", "x0", "truth"}
+    curve = pd.read_csv(out / "commitment_curve.csv")
+    assert set(curve["generator"]) == {"organism", "ideal"} and set(curve["from_step"]) == {0, 45}
+    assert Direction.load(out / "directions" / "is_brass.npy").blocks == (0, 1, 2, 3)
+    assert run_stage(organism_analysis.main, organism_analysis.build_parser(), argv) == 0   # up to date: skipped
+
+
+def test_interchange_on_the_organisms_blocks_runs_every_site_in_one_batch(tmp_path):
+    """Swapping in B's mean component outputs: one row per (site, trajectory), read by the realised content, every
+    site of every component and block; a bad pair is one line, exit 2."""
+    from interp import organism_interchange
+
+    argv = ["--data", str(tmp_path), "--pair", "is_keyboard:is_guitar", "--samples", "48", "--per-site", "3",
+            "--from-steps", "0,36", "--window", "10", "--bootstrap", "20", "--no-progress"]
+    assert run_stage(organism_interchange.main, organism_interchange.build_parser(), argv) == 0
+    table = pd.read_csv(tmp_path / "results" / "organism" / "interchange.csv")
+    assert len(table) == 3 * 4 * 2 and set(table["from_step"]) == {0, 36} and (table["n"] == 3).all()
+    assert table["flip_share"].between(0, 1).all() and (table["flip_low"] <= table["flip_share"]).all()
+    assert run_stage(organism_interchange.main, organism_interchange.build_parser(), argv + ["--pair", "x:y"]) == 2
+
+
+def test_stage2_intervene_steers_the_organism_to_brass_from_step_0_not_from_40(generator, tmp_path):
+    """Known answer through the CLI: the difference of means of the block outputs between trajectories that end with
+    and without brass (64 recorded), added on every block, makes brass from step 0 (brass is decided around step
+    14-18) and changes nothing from step 40; its random twin changes nothing."""
+    from data.truth import realised_concepts
+
+    recorder = block_recorder(generator, 64)
+    observer = TrajectoryObserver([], ["x0"])
+    with hooks_applied(generator.hook_points(), recorder.hooks):
+        generator.sample(Conditioning("x"), 1000, 64, 1.0, observer)
+    steps, means = recorder.means()                     # [steps, blocks, rows, dim]
+    content = np.stack([observer.trace[-1][2][label] for label in generator.content_labels], axis=-1)
+    brass = realised_concepts(content, generator.content_labels, ["is_brass"])[:, 0]
+    assert 3 <= brass.sum() <= 61
+    vectors = mean_difference(means[:, :, brass].transpose(2, 0, 1, 3), means[:, :, ~brass].transpose(2, 0, 1, 3))
+    path = Direction(vectors, recorder.blocks, "is_brass", "mean_difference", steps=steps).save(tmp_path / "brass")
+    data = tmp_path / "data"
+    write_annotated(data, PROMPTS[1:3])
+    (tmp_path / "spec.json").write_text(json.dumps({"format": 2, "interventions": [
+        {"concept": "is_brass", "direction": [str(path), "random:0"], "where": [0, 1, 2, 3], "strength": 1.0,
+         "from_step": [0, 40]}]}))
+    argv = ["--data", str(data), "--generator", "organism", "--samples", "4", "--seconds", "1", "--no-progress",
+            "--intervene", str(tmp_path / "spec.json")]
+    assert run_stage(stage2.main, stage2.build_parser(), argv) == 0
+
+    def final_brass(folder):
+        truth = pd.concat(pd.read_csv(part) for part in sorted((folder / "truth").glob("*.csv")))
+        return truth[truth["step"] == 49]["content_brass"].to_numpy()
+
+    generated = data / "generated"
+    plain = final_brass(generated)
+    runs = {folder.name: final_brass(folder) for folder in (generated / "interventions").iterdir()}
+    steered = [name for name in runs if "random" not in name and name.endswith("_k0")]
+    assert len(runs) == 4 and len(steered) == 1
+    assert runs[steered[0]].mean() >= 0.75 > 0.5 > plain.mean()      # measured: 7 of 8 end on brass
+    for name, values in runs.items():
+        if name != steered[0]:
+            np.testing.assert_array_equal(values, plain)
