@@ -112,7 +112,7 @@ def test_every_position_is_scored_against_the_final_content():
     assert final.clip_labels[:, keyboard].tolist() == [False] * 3 + [True] * 3
     # Without realised content the run has the prompt yardstick only; an unknown name reads as a plain entry.
     assert [yardstick.name for yardstick in build_yardsticks(replace(generated, content=None))] == ["prompt"]
-    assert kind_of("judged").title == "vs judged" and [kind.name for kind in YARDSTICKS] == ["prompt", "content"]
+    assert kind_of("newer").title == "vs newer" and [kind.name for kind in YARDSTICKS] == ["prompt", "content", "judged"]
 
 
 def test_oracle_scores_are_the_truth_at_each_clip():
