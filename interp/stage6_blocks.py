@@ -11,7 +11,8 @@ own noise draw, and it is what carries the label. Emergence is interp/emergence.
 one Holm family over every (block, step, concept) AUROC p-value.
 
 Outputs in results/activations/blocks-mean/logreg/: emergence.csv and emergence_steps.csv (stage 6's columns plus
-`block`), probabilities.csv, plots/heatmap_auroc_content_block<b>.png and report.html (unless --no-report), and
+`block`), probabilities.csv, plots/heatmap_auroc_content_blocks.png (AUROC per (concept, block) and step)
+and report.html (unless --no-report), and
 stage6.json (provenance, written last).
 """
 import time
@@ -23,13 +24,12 @@ from threadpoolctl import threadpool_limits
 
 from data.concepts import CONCEPTS
 from data.contract import generated_dir, read_npy, read_table, table_sha256
-from data.files import sha256_file, write_csv, write_text
+from data.files import sha256_file, write_csv
 from data.provenance import Provenance, begin, commit, decide
 from data.realised_content import read_realised_content
 from data.stage import InputError
-from interp import activations, plots, result_folder
+from interp import activations, plots, report, result_folder
 from interp.emergence import emergence, emergence_steps, multiple_testing
-from interp.page import escape, made_by, page
 from interp.records import Yardstick
 from interp.yardsticks import kind_of, realised_concepts
 
@@ -37,6 +37,7 @@ COLUMNS = ("prompt_id", "sample", "seed", "block", "step", "pool", "row")
 STAGE2_FIX = "rerun stage 2 with --generator organism --generator-option residuals=blocks"
 OUTPUT_FILES = ("emergence.csv", "emergence_steps.csv", "probabilities.csv")
 SIDECAR = "stage6.json"
+HEATMAP = "plots/heatmap_auroc_content_blocks.png"
 YARDSTICK = "content"
 
 
@@ -138,41 +139,15 @@ def main(args, generation, annotated, index) -> None:
                         ("probabilities.csv", pd.concat(probabilities, ignore_index=True))):
         write_csv(out / name, frame)
     if not args.no_report:
-        write_report(out, table, steps_table, generation.record)
+        # One heatmap, rows (concept, block) for the concepts with a probe, columns the captured steps.
+        probed = table[table["auroc"].notna()].assign(order=lambda rows: rows["concept"].map(names.index))
+        probed = probed.sort_values(["order", "block", "step"], kind="stable")   # each concept's blocks together
+        plots.plot_heatmap(probed.assign(concept=probed["concept"] + " · block " + probed["block"].astype(str)),
+                           out / HEATMAP, "denoising step")
+        report.write_block_report(out, steps_table, generation.record, HEATMAP)
     commit(provenance, {"seconds": round(time.perf_counter() - started, 2), "n_tests": n_tests,
                         "blocks": blocks, "steps": sorted({step for _, step in by_site})})
     emerged = steps_table[steps_table["status"] == "emerged"]
     print(f"{out}: {emerged['concept'].nunique()} of {len(names)} concepts linearly readable in some block "
           f"(AUROC against the final realised content significantly above chance from some step on) over "
           f"{len(blocks)} blocks of {len(samples)} trajectories (Holm over {n_tests} tests)")
-
-
-def write_report(out: Path, table: pd.DataFrame, steps_table: pd.DataFrame, generation: dict) -> Path:
-    """report.html: per block the concept x step AUROC heatmap, and per concept the first step it emerged at in
-    each block."""
-    images = []
-    for block, rows in table.groupby("block"):
-        name = f"plots/heatmap_auroc_content_block{block}.png"
-        plots.plot_heatmap(rows, out / name, f"denoising step (block {block})")
-        images.append(f"<h3>Block {block}</h3><img src='{name}' alt='AUROC per concept and step, block {block}'>")
-    wide = steps_table.pivot(index="concept", columns="block", values="emergence_step")
-    header = "".join(f"<th>block {block}</th>" for block in wide.columns)
-    body_rows = "".join(
-        f"<tr><td class='text'>{escape(concept)}</td>"
-        + "".join(f"<td>{'—' if pd.isna(value) else int(value)}</td>" for value in row) + "</tr>"
-        for concept, row in wide.iterrows())
-    body = f"""<h1>Block probes by denoising step</h1>
-<div class="headline"><h2>Headline</h2>
-{made_by(generation)}
-<p>Every block's output, mean-pooled over its tokens; one linear probe per concept, block and step, cross-validated
-with folds grouped by trajectory, scored against the final realised content (what each trajectory ends on), with
-trajectory-bootstrap CIs, Holm over every AUROC p-value, and probes on permuted labels as the specificity check.</p>
-</div>
-<h2>Emergence step per concept and block (—: not emerged)</h2>
-<table><tr><th class='text'>concept</th>{header}</tr>{body_rows}</table>
-<h2>AUROC per concept and step, block by block</h2>
-{"".join(images)}
-"""
-    path = out / "report.html"
-    write_text(path, page(f"Musicologist — block probes ({generation.get('generator')})", body))
-    return path

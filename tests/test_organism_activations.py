@@ -36,5 +36,5 @@ def test_block_probes_read_the_early_group_at_the_final_step(tmp_path):
     # output at the final step reads what the trajectory ends on, far above chance.
     final = table[(table["concept"] == "is_brass") & (table["step"] == STEPS[-1])]
     assert (final["auroc_low"] > 0.6).all() and final["auroc_significant"].all(), final[["block", "auroc"]]
-    assert (out / "report.html").is_file() and (out / "plots" / "heatmap_auroc_content_block0.png").is_file()
+    assert (out / "report.html").is_file() and (out / "plots" / "heatmap_auroc_content_blocks.png").is_file()
     assert run_stage(stage6_probe.main, stage6_probe.build_parser(), argv) == 0   # up to date: skipped
