@@ -360,3 +360,38 @@ at the {escape(unit)} where the AUROC first stays half way to its final value.</
     path = out / "report.html"
     write_text(path, page(title, body))
     return path
+
+
+def write_block_report(out, steps: pd.DataFrame, generation: dict, heatmap: str) -> Path:
+    """<out>/report.html of the block probes of a denoising backend (the organism): the (concept, block) x step
+    heatmap and per concept and block its emergence status and final value, as in write_activation_report."""
+    out = Path(out)
+    auroc = steps[(steps["metric"] == "auroc") & steps["final_value"].notna()].assign(unit="step")
+    rows = []
+    for _, row in auroc.sort_values(["concept", "block"], kind="stable").iterrows():
+        rows.append(f"<tr><td class='text'>{escape(row['concept'])}</td><td>{int(row['block'])}</td>"
+                    f"<td class='text'>{_status(row)}</td><td>{_final(row)}</td></tr>")
+    emerged = auroc[auroc["status"] == "emerged"]
+    title = f"Musicologist — block probes ({generation.get('generator')}, {generation.get('model')})"
+    body = f"""<h1>Block probes by denoising step</h1>
+<div class="headline"><h2>Headline</h2>
+{made_by(generation)}
+<p>Every block's output, mean-pooled over its tokens; {auroc["concept"].nunique()} concepts with a probe,
+{emerged["concept"].nunique()} readable in some block (emerged).</p>
+</div>
+<p class="muted">One linear probe per concept, block and step, cross-validated with folds grouped by trajectory, scored
+against the final realised content (what each trajectory ends on) with trajectory-bootstrap CIs; the AUROC tested
+against "no information", Holm over every (block, step, concept) AUROC p-value; secondary specificity check: the same
+probe trained on permuted labels. <b>emerged</b> = above chance from some step to the last one, at the step where the
+AUROC first stays half way to its final value.</p>
+<h2>AUROC per concept, block and step</h2>
+{_image(out / heatmap, "AUROC per concept, block and step")}
+<h2>Concepts by block</h2>
+<table><tr><th class='text'>concept</th><th>block</th><th class='text'>emergence (AUROC)</th>
+<th>last-step AUROC</th></tr>
+{"".join(rows)}
+</table>
+"""
+    path = out / "report.html"
+    write_text(path, page(title, body))
+    return path

@@ -1,5 +1,8 @@
 """Stage 6 in activation space: where is a concept linearly readable in MusicGen's residual stream, layer by layer?
 
+(A run whose stage 2 captured a denoising backend's blocks, the organism's `residuals=blocks`, goes to
+interp/stage6_blocks.py: positions (block, step), scored against the final realised content.)
+
     python interp/stage6_activations.py --data data [--branch cond|uncond] [--pool mean|last]
 
 (`python interp/stage6_probe.py --space activations ...` runs this same stage.) Inputs: the residual captures of
@@ -34,7 +37,7 @@ from data.identifiers import path_inside
 from data.provenance import Provenance, begin, commit, decide
 from data.requested import check_complete
 from data.stage import InputError, add_progress_argument, main_exit, stage_parser
-from interp import activations, plots, report, result_folder
+from interp import activations, plots, report, result_folder, stage6_blocks
 from interp.emergence import emergence, emergence_steps
 from interp.records import prompt_yardstick
 
@@ -83,6 +86,9 @@ def main(args) -> None:
         raise InputError(f"{generated_dir(data) / 'index'}: prompt {unknown[0]} is not in annotated.csv — rerun "
                          "stage 2 with --force")
     check_complete(data, index, generation.record, "stage 6 --space activations")
+    if generation.record["residuals"] == "blocks":   # a denoising backend's blocks by step (the organism)
+        stage6_blocks.main(args, generation, annotated, index)
+        return
     samples, by_layer, activations_sha256 = activations.read_activations(data, index["prompt_id"].unique(),
                                                                          args.branch, args.pool)
     # Another alpha or seed is another analysis, kept beside the default one (interp/result_folder.py).

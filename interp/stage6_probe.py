@@ -74,7 +74,8 @@ def build_parser():
     parser = stage_parser(__doc__)
     parser.add_argument("--space", default="embeddings", choices=("embeddings", "activations"),
                         help="embeddings: probes on stage 3/5 embeddings of the audio; activations: linear probes "
-                             "per layer on MusicGen's residual stream (interp/stage6_activations.py)")
+                             "per layer on MusicGen's residual stream (interp/stage6_activations.py), or per (block, step) on the "
+                             "organism's blocks (interp/stage6_blocks.py)")
     parser.add_argument("--branch", default="cond", help="--space activations: cond or uncond rows of the CFG batch")
     parser.add_argument("--pool", default="mean", help="--space activations: mean over positions or the last one")
     parser.add_argument("--embedder", default=None,

@@ -35,7 +35,8 @@ from data.stage import InputError
 from data.truth import content_concepts
 from diffusion.base import Conditioning, Generator, TrajectoryObserver, default_capture
 from diffusion.ideal import IdealGenerator, PerSampleGaussianNoise
-from diffusion.interventions.hooks import COMPONENT_POINTS, StepClock, component_out, hooks_applied, resid_post
+from diffusion.interventions.hooks import (COMPONENT_POINTS, Hooks, StepClock, blocks_of, component_out, hooks_applied,
+                                          resid_post)
 from diffusion.interventions.steering import steering_hooks
 from diffusion.organism.banks import from_planted
 from diffusion.organism.checkpoint import RECORD, WEIGHTS, load_checkpoint
@@ -52,7 +53,10 @@ OPTIONS = {
     "condition": "none (default: the network sees no labels, as the planted preset's prior ignores the prompt) or "
                  "labels (the prompt's annotation labels condition the network and the closed form)",
     "bank": "the reference model's bank directory (default: the default soundfont bank, rendered on first use)",
+    "residuals": "none (default) or blocks (every block's output, mean over its tokens, at each captured step: "
+                 "stage 2 writes them to generated/activations/ for stage 6 --space activations)",
 }
+RESIDUALS = ("none", "blocks")
 # The DiT block's submodules behind each component hook point.
 SUBMODULES = {"attn": "attn1", "cross_attn": "attn2", "mlp": "ff"}
 
@@ -85,6 +89,9 @@ class OrganismGenerator(Generator):
         self.condition = options.get("condition", "none")
         if self.condition not in CONDITIONS:
             raise InputError(f"--generator-option condition={self.condition}: choose one of {', '.join(CONDITIONS)}")
+        self.residuals = options.get("residuals", "none")
+        if self.residuals not in RESIDUALS:
+            raise InputError(f"--generator-option residuals={self.residuals}: choose one of {', '.join(RESIDUALS)}")
         self.checkpoint = Path(model).expanduser() if model is not None else DEFAULT_CHECKPOINT
         if not (self.checkpoint / RECORD).is_file() or not (self.checkpoint / WEIGHTS).is_file():
             raise InputError(f"{self.checkpoint}: not an organism checkpoint ({RECORD} and {WEIGHTS} expected) — "
@@ -141,6 +148,7 @@ class OrganismGenerator(Generator):
             "checkpoint_sha256": record["weights_sha256"],
             "model_kind": "trained model organism (tiny StableAudioDiTModel) of the planted reference model",
             "preset": PRESET,
+            "residuals": self.residuals,
             "settings": {"condition": self.condition, "steps": self.steps, "recipe": record["recipe"],
                          "bank_sha256": record["bank"]["sha256"], "reference": reference["settings"],
                          "reference_bank": reference["model"], "reference_bank_sha256": reference["checkpoint_sha256"]},
@@ -188,18 +196,46 @@ class OrganismGenerator(Generator):
         generators = [torch.Generator().manual_seed(int(seed)) for seed in row_seeds]
         latents = torch.stack([torch.randn(bank.dim, generator=g) for g in generators]) * scheduler.init_noise_sigma
         scheduler.noise_sampler = PerSampleGaussianNoise(generators, (bank.dim,))
+        kept = {} if observer is None or self.residuals == "none" else self.block_capture(observer.capture)
         for step, timestep in enumerate(scheduler.timesteps):
             model_input = scheduler.scale_model_input(latents, timestep)
             sigma = scheduler.sigmas[scheduler.step_index]
             # The closed form at the latent the network is given: what the ideal sampler would make from here.
             _, weights = posterior_mean(latents.double().numpy(), float(sigma), bank.latents, prior[None, :])
-            with torch.no_grad():
+            with torch.no_grad(), hooks_applied(self.hook_points(), kept.get(step, (Hooks(), None))[0]):
                 velocity = model.velocity(model_input, sigma.expand(num_samples).float(), present)
             latents = scheduler.step(velocity, timestep, latents).prev_sample
             if observer is not None:
                 observer(step, float(sigma), latents, scheduler.model_outputs[-1],
                          self.reference.content_of(weights), truth=self.reference.truth_of(weights))
+            if step in kept:
+                observer.keep_activations(*self.block_rows(step, kept[step][1]))
         return latents
+
+    def block_capture(self, steps) -> dict:
+        """Per captured step, (hooks, {block: float32 [samples, dim]}): the hooks keep every block's output, its
+        mean over tokens, after any steering hook on the same point (they attach later, so they see its output)."""
+        captures = {}
+        for step in steps:
+            outputs = {}
+
+            def keep(block, outputs=outputs):
+                def hook(module, inputs, output):
+                    hidden = output if not isinstance(output, tuple) else output[0]
+                    outputs[block] = hidden.detach().float().mean(dim=1).numpy()
+                return hook
+            captures[int(step)] = (Hooks([(resid_post(block), keep(block))
+                                          for block in blocks_of(self.hook_points())]), outputs)
+        return captures
+
+    @staticmethod
+    def block_rows(step: int, outputs: dict) -> tuple[list[dict], np.ndarray]:
+        """keep_activations' rows: one per (sample, block) at this step, pooled (mean) over the block's tokens."""
+        blocks = sorted(outputs)
+        samples = outputs[blocks[0]].shape[0]
+        rows = [{"sample": sample, "block": block, "step": int(step), "pool": "mean"}
+                for sample in range(samples) for block in blocks]
+        return rows, np.stack([outputs[block][sample] for sample in range(samples) for block in blocks])
 
     def decode(self, latents: torch.Tensor, seconds: float) -> np.ndarray:
         """The reference model's decoder: latents [batch, dim] -> float32 audio [batch, 1, samples]."""
