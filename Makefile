@@ -106,9 +106,12 @@ stage6:
 
 # The suite checks the README's demo numbers against the demo's own artifacts (tests/test_readme_numbers.py), so
 # the demo's stages run first (seconds when `make demo` already made them; each stage skips finished work).
+# The suite is ~16 minutes of CPU, mostly single-threaded: two pytest-xdist workers with one BLAS/torch thread each
+# keep both cores of a 2-core machine busy. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: install browser
 	$(MAKE) --no-print-directory stages
-	$(PY) -m pytest -q
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS))
 
 # The report test opens report.html in headless Chromium (Debian's package).
 browser:
