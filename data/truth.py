@@ -39,7 +39,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from data.concepts import BY_NAME, CONCEPTS
 from data.files import read_json, sha256_file, write_csv
@@ -174,13 +173,17 @@ def commit_steps(realised: np.ndarray, steps: np.ndarray) -> np.ndarray:
 def oracle_aurocs(probability: np.ndarray, final: np.ndarray) -> np.ndarray:
     """probability [trajectories, steps, concepts], final bool [trajectories, concepts] -> AUROC [steps, concepts]
     (Mann-Whitney from average ranks, ties one half; NaN where the final content has one class only)."""
+    # scipy.stats is imported here, not with the module: stage 2 and the commitment search import this file, and an
+    # up-to-date rerun of either never computes a curve (the import alone costs most of a second).
+    from scipy.stats import rankdata
+
     n_steps, n_concepts = probability.shape[1], probability.shape[2]
     curves = np.full((n_steps, n_concepts), np.nan)
     for k in range(n_concepts):
         positive = final[:, k]
         n_positive, n_negative = int(positive.sum()), int((~positive).sum())
         if n_positive and n_negative:
-            ranks = stats.rankdata(probability[:, :, k], axis=0)
+            ranks = rankdata(probability[:, :, k], axis=0)
             curves[:, k] = (ranks[positive].sum(axis=0) - n_positive * (n_positive + 1) / 2) / (n_positive * n_negative)
     return curves
 

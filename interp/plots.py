@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from sklearn.decomposition import PCA
 
 from data.files import atomic_path
@@ -18,8 +16,12 @@ from data.vocabulary import FAMILIES
 from interp.yardsticks import kind_of
 
 
-def new_figure(**options) -> Figure:
+def new_figure(**options):
     """A figure on its own Agg canvas (what pyplot's Agg backend would give, without touching pyplot)."""
+    # matplotlib is imported when a figure is drawn, not with the stage: an up-to-date rerun never draws one.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(**options)
     FigureCanvasAgg(figure)
     return figure

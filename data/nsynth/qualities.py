@@ -44,7 +44,6 @@ Rules (index: name — rule — NSynth's definition it stands for):
 - 9 tempo-synced — pulse — "rhythmic modulation of the sound to a fixed tempo".
 """
 import numpy as np
-from scipy import signal
 
 from data.soundfont import PLAYED, PLUCKED, STRUCK
 from data.vocabulary import QUALITIES
@@ -106,9 +105,10 @@ def apply(treatment: str, audio: np.ndarray, pitch: int, sample_rate: int, held:
         size = int(round(REVERB_SECONDS * sample_rate))
         room = np.random.default_rng(REVERB_SEED).standard_normal(size) * 10.0 ** (-3.0 * np.arange(size) / size)
         room /= np.sqrt(np.sum(room ** 2))
-        audio = audio + REVERB_WET * signal.fftconvolve(audio, room)[:audio.size]
+        audio = audio + REVERB_WET * _signal().fftconvolve(audio, room)[:audio.size]
     elif treatment == LOWPASS:
         cutoff = min(LOWPASS_HARMONIC * midi_to_hz(pitch), 0.45 * sample_rate)
+        signal = _signal()
         audio = signal.sosfilt(signal.butter(LOWPASS_ORDER, cutoff, fs=sample_rate, output="sos"), audio)
     elif treatment == DRIVE:
         peak = float(np.max(np.abs(audio))) or 1.0
@@ -131,3 +131,10 @@ def qualities_of(treatment: str, programs, drum_parts: int = 0, pitched_parts: i
     if any(program in TREMOLO_PROGRAMS for program in programs):
         present.add("nonlinear_env")
     return [int(name in present) for name in QUALITIES]
+
+
+def _signal():
+    """scipy.signal, imported when a note is treated: its import costs a second that an up-to-date rerun of the
+    renderer (which treats no note) need not pay."""
+    from scipy import signal
+    return signal
