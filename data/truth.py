@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from data.concepts import BY_NAME, CONCEPTS
+from data.contract import read_sidecar
 from data.files import read_json, sha256_file, write_csv
 from data.identifiers import path_inside
 from data.parts import GENERATION_JSON, RunRecord, check_parts_current, part_is_current, record_file_of
@@ -299,14 +300,9 @@ def read_truth_tables(generated: Path) -> dict[str, pd.DataFrame]:
 
 
 def _generation(generated: Path, record_file: str = GENERATION_JSON) -> dict:
-    path = Path(generated) / record_file
-    try:
-        record = read_json(path)
-    except (OSError, ValueError) as error:
-        raise InputError(f"{path}: unreadable ({str(error).splitlines()[0]}) — {FIX}") from None
-    if not isinstance(record, dict):
-        raise InputError(f"{path}: not a JSON object — {FIX}")
-    return record
+    """The run folder's record (generation.json, or an intervened run's intervention.json), read by the one sidecar
+    rule."""
+    return read_sidecar(Path(generated) / record_file, FIX, FIX)
 
 
 def decide_quietly(prov: Provenance) -> bool:
