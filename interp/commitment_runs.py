@@ -19,14 +19,12 @@ it made (data/truth.py), the realised concept at the last step (1 or 0).
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from data.contract import read_npy, table_sha256
 from data.files import read_json, sha256_file
@@ -38,8 +36,7 @@ from diffusion.interventions.records import PRIOR, Site, Steering
 from diffusion.interventions.spec import InterventionSpec, default_id
 from diffusion.trajectory import TrajectorySettings, run_trajectories
 from embeddings.run import embed_files
-from interp.commitment_statistics import (Reading, Resamples, bisect, random_directions_of, replicate_beyond,
-                                          step_distribution, step_effect, step_interval, violations)
+from interp.commitment_statistics import ConceptSearch, Reading, random_directions_of, search_readers
 
 RUNS_DIR, EMBEDDINGS_DIR = "runs", "embeddings"
 
@@ -189,31 +186,6 @@ class SearchOptions:
     progress: bool = True
 
 
-@dataclass
-class ConceptSearch:
-    """One concept's search: the steps evaluated, and per reader ("probe", "truth") what it concluded."""
-    setting: SteeringSetting
-    prompt_ids: list[str]
-    samples: int
-    random_per_prompt: int
-    readers: tuple[str, ...]
-    asked: dict = field(default_factory=dict)        # reader -> the steps its bisection asked for, in order
-    commitment: dict = field(default_factory=dict)   # reader -> the commitment step (None: no step is beyond)
-    effects: dict = field(default_factory=dict)      # reader -> {step: StepEffect} at every evaluated step
-    interval: dict = field(default_factory=dict)     # reader -> (low, high, share of resamples without a step)
-    violations: dict = field(default_factory=dict)   # reader -> where the evaluated steps are not monotone
-    switched: dict = field(default_factory=dict)     # step -> (runs whose realised concept changed, probe sign errors)
-
-    @property
-    def random_directions(self) -> int:
-        """Distinct random directions: every prompt has its own."""
-        return len(self.prompt_ids) * self.random_per_prompt
-
-    @property
-    def steps(self) -> list[int]:
-        return sorted(set().union(*(set(effects) for effects in self.effects.values())))
-
-
 def search_concept(runs: SearchRuns, setting: SteeringSetting, prompt_ids: list[str], probe, reference: pd.DataFrame,
                    args: SearchOptions) -> ConceptSearch:
     """Bisect the start step for each reader (the probe first, then the truth, which reuses every step the probe
@@ -224,7 +196,6 @@ def search_concept(runs: SearchRuns, setting: SteeringSetting, prompt_ids: list[
                                                    ("truth", concept in generator.truth_concepts)) if present)
     if not readers:
         raise ValueError(f"nothing reads '{concept}': no probe, and the generator does not know its content")
-    result = ConceptSearch(setting, sorted(prompt_ids), args.samples, args.random_per_prompt, readers)
     model, outputs = probe if probe is not None else (None, None)
     base = {}
     if "probe" in readers:
@@ -233,55 +204,18 @@ def search_concept(runs: SearchRuns, setting: SteeringSetting, prompt_ids: list[
         base["truth"] = truth_values(runs.runs, reference, concept)
     trajectories = reference[reference["prompt_id"].isin(set(prompt_ids))]
     prompt = trajectories["prompt_id"].map({p: number for number, p in enumerate(sorted(prompt_ids))}).to_numpy()
-    resamples = Resamples.draw(len(prompt_ids), args.bootstrap, args.seed)
-    level = 1.0 - args.alpha
-    ticks = generator.clock_ticks(runs.settings.seconds)
-    readings = {}
-    bar = tqdm(total=len(readers) * (1 + math.ceil(math.log2(ticks))), unit="step", dynamic_ncols=True,
-               desc=f"commitment search {concept}", disable=not args.progress)
 
     def evaluate(step: int) -> dict:
-        if step not in readings:
-            clips = runs.steered(setting, step, prompt_ids, args.random_per_prompt)
-            values = {}
-            if "probe" in readers:
-                values["probe"] = probe_values(runs.embed(clips, setting.steering("concept", step).id), model,
-                                               outputs)
-            if "truth" in readers:
-                values["truth"] = truth_values(runs.runs, clips, concept)
-            readings[step] = {reader: reading(reference, base[reader], clips, values[reader], setting, step,
-                                              prompt_ids, args.random_per_prompt)
-                              for reader in readers}
-        return readings[step]
+        clips = runs.steered(setting, step, prompt_ids, args.random_per_prompt)
+        values = {}
+        if "probe" in readers:
+            values["probe"] = probe_values(runs.embed(clips, setting.steering("concept", step).id), model, outputs)
+        if "truth" in readers:
+            values["truth"] = truth_values(runs.runs, clips, concept)
+        return {reader: reading(reference, base[reader], clips, values[reader], setting, step, prompt_ids,
+                                args.random_per_prompt)
+                for reader in readers}
 
-    def effect(reader: str, step: int):
-        if step not in result.effects[reader]:
-            result.effects[reader][step] = step_effect(evaluate(step)[reader], prompt, len(prompt_ids), resamples,
-                                                       setting.strength, level)
-        return result.effects[reader][step]
-
-    for reader in readers:
-        result.effects[reader] = {}
-
-        def is_beyond(step: int, reader=reader) -> bool:
-            bar.set_postfix_str(f"{reader} k={step}")
-            bar.update(1)
-            return effect(reader, step).beyond
-
-        result.commitment[reader], result.asked[reader] = bisect(0, ticks, is_beyond)
-    bar.close()
-    steps = sorted(readings)
-    for reader in readers:
-        for step in steps:
-            effect(reader, step)
-        beyond = np.stack([replicate_beyond(readings[step][reader], prompt, len(prompt_ids), resamples,
-                                            setting.strength, level) for step in steps])
-        result.interval[reader] = step_interval(step_distribution(steps, beyond), level)
-        result.violations[reader] = violations(steps, [result.effects[reader][step] for step in steps],
-                                               result.commitment[reader], setting.strength)
-    if readers == ("probe", "truth"):
-        for step in steps:
-            truth, read = readings[step]["truth"].concept, readings[step]["probe"].concept
-            changed = truth != 0
-            result.switched[step] = (int(changed.sum()), int((np.sign(read[changed]) == -np.sign(truth[changed])).sum()))
-    return result
+    result = ConceptSearch(setting, sorted(prompt_ids), args.samples, args.random_per_prompt, readers)
+    return search_readers(result, evaluate, prompt, generator.clock_ticks(runs.settings.seconds), args.bootstrap,
+                          args.alpha, args.seed, args.progress)

@@ -35,10 +35,12 @@ baseline (interp/compare.py's definition), found here to one tick.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from interp import statistics
 from interp.compare import beyond
@@ -167,3 +169,76 @@ def violations(steps: Sequence[int], effects: Sequence[StepEffect], commitment: 
         if min(sign * second.low, sign * second.high) > max(sign * first.low, sign * first.high):
             found.append(f"effect rises from k={early} to k={late}, the intervals apart")
     return found
+
+
+@dataclass
+class ConceptSearch:
+    """One concept's search: the steps evaluated, and per reader (e.g. "probe", "truth") what it concluded.
+    `setting` says what was steered (interp/commitment_runs.py's SteeringSetting: concept, strength, where)."""
+    setting: object
+    prompt_ids: list[str]
+    samples: int
+    random_per_prompt: int
+    readers: tuple[str, ...]
+    asked: dict = field(default_factory=dict)        # reader -> the steps its bisection asked for, in order
+    commitment: dict = field(default_factory=dict)   # reader -> the commitment step (None: no step is beyond)
+    effects: dict = field(default_factory=dict)      # reader -> {step: StepEffect} at every evaluated step
+    interval: dict = field(default_factory=dict)     # reader -> (low, high, share of resamples without a step)
+    violations: dict = field(default_factory=dict)   # reader -> where the evaluated steps are not monotone
+    switched: dict = field(default_factory=dict)     # step -> (runs whose realised concept changed, probe sign errors)
+
+    @property
+    def random_directions(self) -> int:
+        """Distinct random directions: every prompt has its own."""
+        return len(self.prompt_ids) * self.random_per_prompt
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted(set().union(*(set(effects) for effects in self.effects.values())))
+
+
+def search_readers(result: ConceptSearch, evaluate: Callable[[int], dict], prompt: np.ndarray, ticks: int,
+                   bootstrap: int, alpha: float, seed: int, progress: bool = True) -> ConceptSearch:
+    """Bisect the start step in [0, ticks) for each reader in turn (a later reader reuses every step an earlier
+    one evaluated), then the bootstrap distribution of each reader's commitment step over all evaluated steps.
+    `evaluate(k)` runs start step k once: {reader: Reading} over the trajectories, whose prompt numbers are
+    `prompt` [trajectories] (0 .. len(result.prompt_ids) - 1)."""
+    n_prompts, strength, level = len(result.prompt_ids), result.setting.strength, 1.0 - alpha
+    resamples = Resamples.draw(n_prompts, bootstrap, seed)
+    readings = {}
+    bar = tqdm(total=len(result.readers) * (1 + math.ceil(math.log2(ticks))), unit="step", dynamic_ncols=True,
+               desc=f"commitment search {result.setting.concept}", disable=not progress)
+
+    def effect(reader: str, step: int) -> StepEffect:
+        if step not in readings:
+            readings[step] = evaluate(step)
+        if step not in result.effects[reader]:
+            result.effects[reader][step] = step_effect(readings[step][reader], prompt, n_prompts, resamples,
+                                                       strength, level)
+        return result.effects[reader][step]
+
+    for reader in result.readers:
+        result.effects[reader] = {}
+
+        def is_beyond(step: int, reader=reader) -> bool:
+            bar.set_postfix_str(f"{reader} k={step}")
+            bar.update(1)
+            return effect(reader, step).beyond
+
+        result.commitment[reader], result.asked[reader] = bisect(0, ticks, is_beyond)
+    bar.close()
+    steps = sorted(readings)
+    for reader in result.readers:
+        for step in steps:
+            effect(reader, step)
+        beyond = np.stack([replicate_beyond(readings[step][reader], prompt, n_prompts, resamples, strength, level)
+                           for step in steps])
+        result.interval[reader] = step_interval(step_distribution(steps, beyond), level)
+        result.violations[reader] = violations(steps, [result.effects[reader][step] for step in steps],
+                                               result.commitment[reader], strength)
+    if set(result.readers) >= {"probe", "truth"}:
+        for step in steps:
+            truth, read = readings[step]["truth"].concept, readings[step]["probe"].concept
+            changed = truth != 0
+            result.switched[step] = (int(changed.sum()), int((np.sign(read[changed]) == -np.sign(truth[changed])).sum()))
+    return result
