@@ -128,8 +128,10 @@ organism: install
 	$(PY) diffusion/organism/evaluate.py --data $(DATA) --bank $(ORGANISM_BANK)
 
 # The organism's activation-level analysis on the committed checkpoint (no training): probes per (block, step)
-# against its realised content, difference-of-means steering and its commitment step beside the ideal model's
+# against its realised content and the share of planted timings they recover, the commitment step of steering its
+# blocks (difference-of-means and probe directions) searched to one step beside the ideal model's
 # (interp/organism_analysis.py), interchange on its blocks (interp/organism_interchange.py); <data>/results/organism/.
+# About 20 minutes on 2 cores (README.md, "The model organism").
 organism-demo: install
 	$(PY) interp/organism_analysis.py --data $(DATA)
 	$(PY) interp/organism_interchange.py --data $(DATA)

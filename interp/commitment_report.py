@@ -42,7 +42,7 @@ def attenuation(search, step: int) -> float:
 def note(search, reader: str, clock: str) -> str:
     setting, steps = search.setting, search.steps
     where = setting.where if isinstance(setting.where, str) else "blocks " + ",".join(map(str, setting.where))
-    parts = [f"read by {READER_TEXT[reader]}; {clock} clock, {where}",
+    parts = [f"read by {search.reader_text.get(reader, READER_TEXT[reader])}; {clock} clock, {where}",
              f"bisection asked {';'.join(map(str, search.asked[reader]))}"]
     found = search.violations[reader]
     parts.append("monotone at every evaluated step" if not found else "not monotone: " + ", ".join(found))

@@ -46,7 +46,7 @@ from embeddings.run import embedder_from_args
 from interp import commitment_report
 from interp import probes as probe_families
 from interp.commitment_runs import SearchOptions, SearchRuns, SteeringSetting, search_concept
-from interp.commitment_statistics import INNER_RESAMPLES
+from interp.commitment_statistics import INNER_RESAMPLES, MIN_RANDOM_DIRECTIONS
 from interp.fitting import text_embeddings
 from interp.records import GeneratedClips, concept_splits, load_concept_notes
 
@@ -54,8 +54,6 @@ COMMITMENT_DIR = "commitment"
 SIDECAR = "commitment_search.json"
 OUTPUT_FILES = ("commitment_search.csv", "commitment_curve.csv", "commitment.png", "section.html")
 DEFAULT_STRENGTH = 8.0
-# Random directions in all (prompts x per prompt): fewer give the baseline's spread too few draws to enter the interval.
-MIN_RANDOM_DIRECTIONS = 10
 
 
 def build_parser():

@@ -46,6 +46,8 @@ from interp import statistics
 from interp.compare import beyond
 
 INNER_RESAMPLES = 200
+# Random directions in all (prompts x per prompt): fewer give the baseline's spread too few draws to enter the interval.
+MIN_RANDOM_DIRECTIONS = 10
 
 
 def random_directions_of(prompt_number: int, per_prompt: int) -> list[int]:
@@ -186,6 +188,7 @@ class ConceptSearch:
     interval: dict = field(default_factory=dict)     # reader -> (low, high, share of resamples without a step)
     violations: dict = field(default_factory=dict)   # reader -> where the evaluated steps are not monotone
     switched: dict = field(default_factory=dict)     # step -> (runs whose realised concept changed, probe sign errors)
+    reader_text: dict = field(default_factory=dict)  # reader -> what it reads, where not the study's (reports)
 
     @property
     def random_directions(self) -> int:
