@@ -45,6 +45,8 @@ STAGES = {
     "commitment": "interp.commitment_search",
     "judge": "embeddings.judge_generated",
     "directions": "interp.directions",
+    "organism-evaluate": "diffusion.organism.evaluate",
+    "organism-analysis": "interp.organism_analysis",
 }
 NSYNTH = "nsynth/nsynth-soundfont"
 # The settings of the session's run: a case that repeats them reaches validation, not a provenance refusal.
@@ -493,6 +495,28 @@ def bank_clips_object_array(bank: Path):
 BANK_FORCE = ("--model", "{data}/../bank", "--force")
 
 
+def organism_copy(change: Callable[[Path], None]):
+    """The committed organism checkpoint copied beside --data and then damaged; stage 2 samples it with --force
+    (so the run reaches the loading of its weights), the evaluation and the analysis read it with --checkpoint."""
+    def corrupt(data: Path):
+        from diffusion.organism.generator import DEFAULT_CHECKPOINT
+        checkpoint = data.parent / "organism"
+        shutil.copytree(DEFAULT_CHECKPOINT, checkpoint)
+        change(checkpoint)
+    return corrupt
+
+
+def organism_weights_garbled(checkpoint: Path):
+    """Garbage under the weights' name, organism.json updated to vouch for it: only the loader can refuse it."""
+    write_file("organism.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}" * 40)(checkpoint)
+    sha256 = hashlib.sha256((checkpoint / "organism.safetensors").read_bytes()).hexdigest()
+    sidecar_edit("organism.json", lambda record: {**record, "weights_sha256": sha256})(checkpoint)
+
+
+ORGANISM_FORCE = ("--generator", "organism", "--model", "{data}/../organism", "--force")
+ORGANISM_CHECKPOINT = ["--checkpoint", "{data}/../organism", "--no-progress"]
+
+
 def intervention_folder_linked_outside(data: Path):
     """The spec's run folder is a link to a folder outside --data: stage 2 would clear and fill it."""
     outside = data.parent / "elsewhere"
@@ -657,6 +681,27 @@ CASES = [
          extra=BANK_FORCE, subprocess=True),
     Case("s2-force-bank-object-array", 2, bank_copy(bank_clips_object_array), ("clips.npy", "Object arrays"),
          extra=BANK_FORCE),
+    # A damaged organism checkpoint, through each command that reads one (stage 2, its evaluation, the analysis).
+    Case("s2-organism-weights-cut-off", 2, organism_copy(truncate("organism.safetensors")),
+         ("organism.safetensors", "its sha256 is not the one organism.json records", "retrain it"),
+         extra=ORGANISM_FORCE, subprocess=True),
+    Case("s2-organism-weights-garbled", 2, organism_copy(organism_weights_garbled),
+         ("organism.safetensors", "does not load into the network", "retrain it"), extra=ORGANISM_FORCE),
+    Case("s2-organism-record-lacks-a-key", 2,
+         organism_copy(sidecar_edit("organism.json", lambda record: {
+             key: value for key, value in record.items() if key != "weights_sha256"})),
+         ("organism.json", "weights_sha256 is missing", "retrain it"), extra=ORGANISM_FORCE),
+    Case("organism-evaluate-other-shapes", "organism-evaluate",
+         organism_copy(sidecar_edit("organism.json", lambda record: {
+             **record, "network": {**record["network"], "channels": 28}})),
+         ("organism.safetensors", "does not load into the network", "size mismatch", "retrain it"),
+         args=ORGANISM_CHECKPOINT),
+    Case("organism-evaluate-unknown-bank", "organism-evaluate",
+         organism_copy(sidecar_edit("organism.json", lambda record: {
+             **record, "recipe": {**record["recipe"], "bank": "kazoo"}})),
+         ("organism.json", "recipe.bank 'kazoo' is not an organism bank"), args=ORGANISM_CHECKPOINT),
+    Case("organism-analysis-record-not-json", "organism-analysis", organism_copy(truncate("organism.json")),
+         ("organism.json", "not valid JSON", "retrain it"), args=ORGANISM_CHECKPOINT, subprocess=True),
     # ---- stage 2 --intervene: the spec (ids name folders; one JSON/YAML loader; steps on the generator's clock)
     Case("s2-spec-id-dotdot", 2, write_spec(spec({"id": ".."})), ("spec.json", "intervention id '..'"),
          extra=SPEC, subprocess=True),
