@@ -526,6 +526,22 @@ def intervention_folder_linked_outside(data: Path):
     (data / "generated" / "interventions" / "is_brass_concept_prior_s8_k5").symlink_to(outside)
 
 
+def linked_outside(relative: str, make: bool = False):
+    """A folder a run writes inside its run folder, moved out of --data (or, make=True, made there with a file in
+    it) and linked back: the run would write, and --force delete, through the link."""
+    def corrupt(data: Path):
+        folder, outside = data / relative, data.parent / "elsewhere"
+        if make:
+            outside.mkdir()
+            (outside / "keep.csv").write_text("precious\n")
+            folder.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            shutil.move(folder, outside)
+        folder.symlink_to(outside)
+    return corrupt
+
+
+INTERVENTION_RUN = "generated/interventions/is_brass_concept_prior_s8_k5"
 JUDGE_DIR = "generated/judge/musicnn-tags-MTT_musicnn"
 
 
@@ -735,6 +751,16 @@ CASES = [
          extra=SPEC),
     Case("s2-intervention-folder-is-a-link", 2, chain(write_spec(spec()), intervention_folder_linked_outside),
          ("is_brass_concept_prior_s8_k5: is a symbolic link", "outside"), extra=SPEC),
+    # ... and so are the folders a run writes inside its own folder, the reference run's too.
+    Case("s2-intervention-index-is-a-link", 2, chain(write_spec(spec()),
+                                                     linked_outside(INTERVENTION_RUN + "/index", make=True)),
+         ("is_brass_concept_prior_s8_k5/index: is a symbolic link", "outside"), extra=SPEC),
+    Case("s2-intervention-audio-is-a-link", 2, chain(write_spec(spec()),
+                                                     linked_outside(INTERVENTION_RUN + "/audio", make=True)),
+         ("is_brass_concept_prior_s8_k5/audio: is a symbolic link", "outside"), extra=(*SPEC, "--force"),
+         subprocess=True),
+    Case("s2-audio-is-a-link", 2, linked_outside("generated/audio"), ("generated/audio: is a symbolic link",
+                                                                       "outside"), extra=("--force",)),
     # Refused while generating (no bank clip carries a quality): the run leaves no intervention.json behind.
     Case("s2-steer-concept-without-clips", 2, write_spec(spec({"concept": "warm"})), ("'warm' marks no clip",),
          extra=SPEC),
@@ -1071,6 +1097,12 @@ SEARCH_CASES = [
          ("sets.csv row 2", "'nowhere' is not in notes.csv"), extra=("--force",)),
     Case("commitment-results-linked-outside", "commitment", results_linked_outside,
          ("commitment: is a symbolic link", "outside"), extra=("--force",)),
+    Case("commitment-runs-linked-outside", "commitment", linked_outside(SEARCH_RESULTS + "/runs"),
+         ("commitment/runs: is a symbolic link", "outside")),
+    # An unfinished search resumes its runs: their folders are checked like stage 2's.
+    Case("commitment-resumed-runs-audio-linked-outside", "commitment",
+         chain(delete(SEARCH_RESULTS + "/commitment_search.json"), linked_outside(SEARCH_RESULTS + "/runs/audio")),
+         ("runs/audio: is a symbolic link", "outside")),
     # Stage 6 reads the search's table for its known answers.
     Case("s6-commitment-table-emptied", 6, write_file(SEARCH_RESULTS + "/commitment_search.csv", ""),
          ("commitment_search.csv", "not a readable CSV", "rerun the commitment search")),
