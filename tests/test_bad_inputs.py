@@ -974,6 +974,10 @@ CASES = [
     Case("s6-negative-resplits", 6, None, ("--resplits",), extra=("--resplits", "-1")),
     Case("s6-negative-seed", 6, None, ("--seed >= 0",), extra=("--seed", "-1")),
     Case("s6-results-linked-outside", 6, results_folder_linked_outside, ("x0: is a symbolic link", "outside")),
+    Case("s6-results-root-linked-outside", 6, linked_outside("results", make=True),
+         ("results: is a symbolic link", "outside --data", "remove the link")),
+    Case("organism-analysis-results-root-linked-outside", "organism-analysis", linked_outside("results", make=True),
+         ("results: is a symbolic link", "outside --data"), args=ORGANISM_CHECKPOINT[2:], subprocess=True),
     Case("s6-typo-data", 6, None, ("annotated.csv: missing — run stage 1 first", "is it the folder you meant"),
          extra=("--data", "{data}-typo"), subprocess=True),
 
@@ -1097,6 +1101,8 @@ SEARCH_CASES = [
          ("sets.csv row 2", "'nowhere' is not in notes.csv"), extra=("--force",)),
     Case("commitment-results-linked-outside", "commitment", results_linked_outside,
          ("commitment: is a symbolic link", "outside"), extra=("--force",)),
+    Case("commitment-results-root-linked-outside", "commitment", linked_outside("results"),
+         ("results: is a symbolic link", "outside --data"), extra=("--force",)),
     Case("commitment-runs-linked-outside", "commitment", linked_outside(SEARCH_RESULTS + "/runs"),
          ("commitment/runs: is a symbolic link", "outside")),
     # An unfinished search resumes its runs: their folders are checked like stage 2's.
