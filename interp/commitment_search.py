@@ -45,8 +45,7 @@ from embeddings import EMBEDDERS, embedding_stem
 from embeddings.run import embedder_from_args
 from interp import commitment_report
 from interp import probes as probe_families
-from interp.commitment_runs import (EMBEDDINGS_DIR, RUNS_DIR, SearchOptions, SearchRuns, SteeringSetting,
-                                   search_concept)
+from interp.commitment_runs import EMBEDDINGS_DIR, RUNS_DIR, SearchOptions, SearchRuns, SteeringSetting, search_concept
 from interp.commitment_statistics import INNER_RESAMPLES
 from interp.fitting import text_embeddings
 from interp.records import GeneratedClips, concept_splits, load_concept_notes
