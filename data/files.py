@@ -188,6 +188,15 @@ def unique_keys(pairs) -> dict:
     return result
 
 
+def link_out_of(path, root) -> Path | None:
+    """Where `path` leads when it is a symbolic link to a place outside `root` (both resolved), else None: the one
+    test behind every "no link out of its folder" refusal (data/identifiers.py path_inside, data/stage.py)."""
+    if not os.path.islink(path):
+        return None
+    target = Path(os.path.realpath(path))
+    return None if target.is_relative_to(Path(os.path.realpath(root))) else target
+
+
 def sha256_file(path, chunk_bytes: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -9,10 +9,10 @@ characters). `path_inside(root, name)` is then `root / name`, refused when that 
 """
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
+from data.files import link_out_of
 from data.stage import InputError
 
 # kind -> (allowed characters as a regex class body, at most this many characters)
@@ -70,8 +70,7 @@ def path_inside(root, name: str, kind: str, where, fix: str) -> Path:
     """root / name for a safe name; InputError when the name is unsafe or the entry is a symlink out of root."""
     root = Path(root)
     path = root / safe_name(name, kind, where, fix)
-    if os.path.islink(path):
-        target = Path(os.path.realpath(path))
-        if not target.is_relative_to(Path(os.path.realpath(root))):
-            raise InputError(f"{path}: is a symbolic link to {target}, outside {root} — remove the link")
+    target = link_out_of(path, root)
+    if target is not None:
+        raise InputError(f"{path}: is a symbolic link to {target}, outside {root} — remove the link")
     return path

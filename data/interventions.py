@@ -12,7 +12,7 @@ from pathlib import Path
 from data.contract import read_sidecar
 from data.files import sha256_json
 from data.identifiers import path_inside
-from data.parts import GENERATION_JSON, INTERVENTION_JSON
+from data.parts import GENERATION_JSON, INTERVENTION_JSON, check_run_folders
 from data.stage import InputError
 
 INTERVENTIONS_DIR = "interventions"
@@ -21,9 +21,11 @@ MEANS_DIR = "component-means"
 
 def intervention_dir(generated: Path, intervention_id: str) -> Path:
     """generated/interventions/<id>/: index/ and audio/ exactly as the reference run's. The id is a safe name
-    (data/identifiers.py) and the folder no link out of generated/interventions/."""
+    (data/identifiers.py), the folder no link out of generated/interventions/, and none of the folders a run writes
+    inside it (index/, audio/, ...: data/parts.py check_run_folders) a link out of it."""
     root = Path(generated) / INTERVENTIONS_DIR
-    return path_inside(root, intervention_id, "intervention id", root, "give the intervention another id")
+    return check_run_folders(path_inside(root, intervention_id, "intervention id", root,
+                                         "give the intervention another id"))
 
 
 def intervention_folders(generated: Path) -> list[Path]:

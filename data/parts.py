@@ -27,6 +27,9 @@ GENERATION_JSON = "generation.json"
 INTERVENTION_JSON = "intervention.json"
 INDEX_DIR = "index"
 FINISH = "rerun stage 2 with the same settings: it redoes exactly those prompts"
+# The folders stage 2 writes (and --force clears) inside a run folder; truth/ and truth_tables/ as data/truth.py
+# names them, interventions/ as data/interventions.py does.
+RUN_FOLDERS = (INDEX_DIR, "audio", "content", "truth", "truth_tables", "activations", "interventions")
 
 
 def record_file_of(run: Path) -> str:
@@ -48,6 +51,15 @@ class RunRecord:
     @classmethod
     def of(cls, file: str, record: dict) -> "RunRecord":
         return cls(file, record_sha256(record))
+
+
+def check_run_folders(run: Path) -> Path:
+    """`run`, refused (InputError) when a folder stage 2 writes inside it (RUN_FOLDERS) is a symbolic link out of
+    it: its clips and parts would be written, and with --force deleted, through the link. The rule of the run
+    folder itself (data/identifiers.py path_inside), one level down."""
+    for name in RUN_FOLDERS:
+        path_inside(run, name, "run folder", run, "remove the link")
+    return Path(run)
 
 
 def part_path(run: Path, prompt_id: str) -> Path:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from data.files import remove_dead_writers_temps
+from data.files import link_out_of, remove_dead_writers_temps
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = REPO_ROOT / "data"
+RESULTS_DIR = "results"
 
 
 class InputError(Exception):
@@ -218,6 +219,14 @@ def run_stage(main, parser: argparse.ArgumentParser, argv=None, lock=None) -> in
             if data.exists() and not data.is_dir():
                 raise InputError(f"--data {data}: is not a directory — pass the artifact directory "
                                  "(it is created when missing)")
+            # Results are written inside --data only, and --force clears folders under results/ (the commitment
+            # search's): a link out of --data there would make a stage write, and delete, elsewhere. Checked here,
+            # once, for every stage that writes results.
+            outside = link_out_of(data / RESULTS_DIR, data)
+            if outside is not None:
+                raise InputError(f"{data / RESULTS_DIR}: is a symbolic link to {outside}, outside --data {data} — "
+                                 "results are written inside --data only: remove the link (move the folder it "
+                                 "points to into --data)")
             created = [folder for folder in (data, *data.parents) if not folder.exists()]
             data.mkdir(parents=True, exist_ok=True)
             name = lock(args) if callable(lock) else (lock or _stage_name(main, parser))

@@ -47,7 +47,8 @@ from data.contract import INDEX_COLUMNS
 from data.files import read_json, write_npy, write_text
 from data.generation import TrajectoryAxis
 from data.identifiers import path_inside
-from data.parts import GENERATION_JSON, RunRecord, part_is_current, part_path, part_sidecar_path, write_part_sidecar
+from data.parts import (GENERATION_JSON, RunRecord, check_run_folders, part_is_current, part_path, part_sidecar_path,
+                        write_part_sidecar)
 from data.provenance import Provenance, begin, commit, decide
 from data.realised_content import content_part_path, format_content_part
 from data.stage import InputError, Shard
@@ -152,7 +153,9 @@ def generation_provenance(generated: Path, record: dict) -> Provenance:
 def check_generation(generator: Generator, settings: TrajectorySettings, annotated_sha256: str, generated: Path,
                      force: bool = False) -> dict:
     """This run's generation.json record; InputError if generated/ holds outputs of other settings (unless
-    force). Writes nothing."""
+    force), or if a folder the run writes in is a link out of it (data/parts.py check_run_folders). Writes
+    nothing."""
+    check_run_folders(generated)
     record = generation_record(generator, settings, annotated_sha256)
     prov = generation_provenance(generated, record)
     index_dir = Path(generated) / "index"

@@ -45,7 +45,7 @@ from embeddings import EMBEDDERS, embedding_stem
 from embeddings.run import embedder_from_args
 from interp import commitment_report
 from interp import probes as probe_families
-from interp.commitment_runs import SearchOptions, SearchRuns, SteeringSetting, search_concept
+from interp.commitment_runs import EMBEDDINGS_DIR, RUNS_DIR, SearchOptions, SearchRuns, SteeringSetting, search_concept
 from interp.commitment_statistics import INNER_RESAMPLES, MIN_RANDOM_DIRECTIONS
 from interp.fitting import text_embeddings
 from interp.records import GeneratedClips, concept_splits, load_concept_notes
@@ -103,9 +103,13 @@ def build_parser():
 
 def results_folder(data: Path, stem: str, probe: str, kind: str) -> Path:
     """Beside stage 6's results of the same embedder, probe and kind (the report includes its section). Never a
-    link out of there: --force clears it, and the search writes inside --data only."""
+    link out of there, nor its runs/ and embeddings/ out of it: --force clears it, and the search writes inside
+    --data only."""
     parent = Path(data) / "results" / stem / probe / kind
-    return path_inside(parent, COMMITMENT_DIR, "results folder", parent, "remove the link")
+    folder = path_inside(parent, COMMITMENT_DIR, "results folder", parent, "remove the link")
+    for name in (RUNS_DIR, EMBEDDINGS_DIR):
+        path_inside(folder, name, "results folder", folder, "remove the link")
+    return folder
 
 
 def check_numbers(args) -> None:

@@ -45,6 +45,8 @@ STAGES = {
     "commitment": "interp.commitment_search",
     "judge": "embeddings.judge_generated",
     "directions": "interp.directions",
+    "organism-evaluate": "diffusion.organism.evaluate",
+    "organism-analysis": "interp.organism_analysis",
 }
 NSYNTH = "nsynth/nsynth-soundfont"
 # The settings of the session's run: a case that repeats them reaches validation, not a provenance refusal.
@@ -493,6 +495,28 @@ def bank_clips_object_array(bank: Path):
 BANK_FORCE = ("--model", "{data}/../bank", "--force")
 
 
+def organism_copy(change: Callable[[Path], None]):
+    """The committed organism checkpoint copied beside --data and then damaged; stage 2 samples it with --force
+    (so the run reaches the loading of its weights), the evaluation and the analysis read it with --checkpoint."""
+    def corrupt(data: Path):
+        from diffusion.organism.generator import DEFAULT_CHECKPOINT
+        checkpoint = data.parent / "organism"
+        shutil.copytree(DEFAULT_CHECKPOINT, checkpoint)
+        change(checkpoint)
+    return corrupt
+
+
+def organism_weights_garbled(checkpoint: Path):
+    """Garbage under the weights' name, organism.json updated to vouch for it: only the loader can refuse it."""
+    write_file("organism.safetensors", b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header}" * 40)(checkpoint)
+    sha256 = hashlib.sha256((checkpoint / "organism.safetensors").read_bytes()).hexdigest()
+    sidecar_edit("organism.json", lambda record: {**record, "weights_sha256": sha256})(checkpoint)
+
+
+ORGANISM_FORCE = ("--generator", "organism", "--model", "{data}/../organism", "--force")
+ORGANISM_CHECKPOINT = ["--checkpoint", "{data}/../organism", "--no-progress"]
+
+
 def intervention_folder_linked_outside(data: Path):
     """The spec's run folder is a link to a folder outside --data: stage 2 would clear and fill it."""
     outside = data.parent / "elsewhere"
@@ -502,6 +526,22 @@ def intervention_folder_linked_outside(data: Path):
     (data / "generated" / "interventions" / "is_brass_concept_prior_s8_k5").symlink_to(outside)
 
 
+def linked_outside(relative: str, make: bool = False):
+    """A folder a run writes inside its run folder, moved out of --data (or, make=True, made there with a file in
+    it) and linked back: the run would write, and --force delete, through the link."""
+    def corrupt(data: Path):
+        folder, outside = data / relative, data.parent / "elsewhere"
+        if make:
+            outside.mkdir()
+            (outside / "keep.csv").write_text("precious\n")
+            folder.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            shutil.move(folder, outside)
+        folder.symlink_to(outside)
+    return corrupt
+
+
+INTERVENTION_RUN = "generated/interventions/is_brass_concept_prior_s8_k5"
 JUDGE_DIR = "generated/judge/musicnn-tags-MTT_musicnn"
 
 
@@ -657,6 +697,27 @@ CASES = [
          extra=BANK_FORCE, subprocess=True),
     Case("s2-force-bank-object-array", 2, bank_copy(bank_clips_object_array), ("clips.npy", "Object arrays"),
          extra=BANK_FORCE),
+    # A damaged organism checkpoint, through each command that reads one (stage 2, its evaluation, the analysis).
+    Case("s2-organism-weights-cut-off", 2, organism_copy(truncate("organism.safetensors")),
+         ("organism.safetensors", "its sha256 is not the one organism.json records", "retrain it"),
+         extra=ORGANISM_FORCE, subprocess=True),
+    Case("s2-organism-weights-garbled", 2, organism_copy(organism_weights_garbled),
+         ("organism.safetensors", "does not load into the network", "retrain it"), extra=ORGANISM_FORCE),
+    Case("s2-organism-record-lacks-a-key", 2,
+         organism_copy(sidecar_edit("organism.json", lambda record: {
+             key: value for key, value in record.items() if key != "weights_sha256"})),
+         ("organism.json", "weights_sha256 is missing", "retrain it"), extra=ORGANISM_FORCE),
+    Case("organism-evaluate-other-shapes", "organism-evaluate",
+         organism_copy(sidecar_edit("organism.json", lambda record: {
+             **record, "network": {**record["network"], "channels": 28}})),
+         ("organism.safetensors", "does not load into the network", "size mismatch", "retrain it"),
+         args=ORGANISM_CHECKPOINT),
+    Case("organism-evaluate-unknown-bank", "organism-evaluate",
+         organism_copy(sidecar_edit("organism.json", lambda record: {
+             **record, "recipe": {**record["recipe"], "bank": "kazoo"}})),
+         ("organism.json", "recipe.bank 'kazoo' is not an organism bank"), args=ORGANISM_CHECKPOINT),
+    Case("organism-analysis-record-not-json", "organism-analysis", organism_copy(truncate("organism.json")),
+         ("organism.json", "not valid JSON", "retrain it"), args=ORGANISM_CHECKPOINT, subprocess=True),
     # ---- stage 2 --intervene: the spec (ids name folders; one JSON/YAML loader; steps on the generator's clock)
     Case("s2-spec-id-dotdot", 2, write_spec(spec({"id": ".."})), ("spec.json", "intervention id '..'"),
          extra=SPEC, subprocess=True),
@@ -690,6 +751,16 @@ CASES = [
          extra=SPEC),
     Case("s2-intervention-folder-is-a-link", 2, chain(write_spec(spec()), intervention_folder_linked_outside),
          ("is_brass_concept_prior_s8_k5: is a symbolic link", "outside"), extra=SPEC),
+    # ... and so are the folders a run writes inside its own folder, the reference run's too.
+    Case("s2-intervention-index-is-a-link", 2, chain(write_spec(spec()),
+                                                     linked_outside(INTERVENTION_RUN + "/index", make=True)),
+         ("is_brass_concept_prior_s8_k5/index: is a symbolic link", "outside"), extra=SPEC),
+    Case("s2-intervention-audio-is-a-link", 2, chain(write_spec(spec()),
+                                                     linked_outside(INTERVENTION_RUN + "/audio", make=True)),
+         ("is_brass_concept_prior_s8_k5/audio: is a symbolic link", "outside"), extra=(*SPEC, "--force"),
+         subprocess=True),
+    Case("s2-audio-is-a-link", 2, linked_outside("generated/audio"), ("generated/audio: is a symbolic link",
+                                                                       "outside"), extra=("--force",)),
     # Refused while generating (no bank clip carries a quality): the run leaves no intervention.json behind.
     Case("s2-steer-concept-without-clips", 2, write_spec(spec({"concept": "warm"})), ("'warm' marks no clip",),
          extra=SPEC),
@@ -903,6 +974,10 @@ CASES = [
     Case("s6-negative-resplits", 6, None, ("--resplits",), extra=("--resplits", "-1")),
     Case("s6-negative-seed", 6, None, ("--seed >= 0",), extra=("--seed", "-1")),
     Case("s6-results-linked-outside", 6, results_folder_linked_outside, ("x0: is a symbolic link", "outside")),
+    Case("s6-results-root-linked-outside", 6, linked_outside("results", make=True),
+         ("results: is a symbolic link", "outside --data", "remove the link")),
+    Case("organism-analysis-results-root-linked-outside", "organism-analysis", linked_outside("results", make=True),
+         ("results: is a symbolic link", "outside --data"), args=ORGANISM_CHECKPOINT[2:], subprocess=True),
     Case("s6-typo-data", 6, None, ("annotated.csv: missing — run stage 1 first", "is it the folder you meant"),
          extra=("--data", "{data}-typo"), subprocess=True),
 
@@ -1026,6 +1101,14 @@ SEARCH_CASES = [
          ("sets.csv row 2", "'nowhere' is not in notes.csv"), extra=("--force",)),
     Case("commitment-results-linked-outside", "commitment", results_linked_outside,
          ("commitment: is a symbolic link", "outside"), extra=("--force",)),
+    Case("commitment-results-root-linked-outside", "commitment", linked_outside("results"),
+         ("results: is a symbolic link", "outside --data"), extra=("--force",)),
+    Case("commitment-runs-linked-outside", "commitment", linked_outside(SEARCH_RESULTS + "/runs"),
+         ("commitment/runs: is a symbolic link", "outside")),
+    # An unfinished search resumes its runs: their folders are checked like stage 2's.
+    Case("commitment-resumed-runs-audio-linked-outside", "commitment",
+         chain(delete(SEARCH_RESULTS + "/commitment_search.json"), linked_outside(SEARCH_RESULTS + "/runs/audio")),
+         ("runs/audio: is a symbolic link", "outside")),
     # Stage 6 reads the search's table for its known answers.
     Case("s6-commitment-table-emptied", 6, write_file(SEARCH_RESULTS + "/commitment_search.csv", ""),
          ("commitment_search.csv", "not a readable CSV", "rerun the commitment search")),

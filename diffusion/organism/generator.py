@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from data.files import read_json
 from data.generation import denoising_axis
 from data.stage import InputError
 from data.truth import content_concepts
@@ -39,7 +38,7 @@ from diffusion.interventions.hooks import (COMPONENT_POINTS, Hooks, StepClock, b
                                           resid_post)
 from diffusion.interventions.steering import steering_hooks
 from diffusion.organism.banks import from_planted
-from diffusion.organism.checkpoint import RECORD, WEIGHTS, load_checkpoint
+from diffusion.organism.checkpoint import RECORD, WEIGHTS, load_checkpoint, read_record
 from diffusion.organism.conditioning import log_prior, posterior_mean
 
 if TYPE_CHECKING:
@@ -96,7 +95,7 @@ class OrganismGenerator(Generator):
         if not (self.checkpoint / RECORD).is_file() or not (self.checkpoint / WEIGHTS).is_file():
             raise InputError(f"{self.checkpoint}: not an organism checkpoint ({RECORD} and {WEIGHTS} expected) — "
                              "run `make organism` and pass its folder as --model, or omit --model")
-        self.record = read_json(self.checkpoint / RECORD)
+        self.record = read_record(self.checkpoint)
         self.steps = int(steps) if steps is not None else 50
         if self.steps < 1:
             raise InputError(f"--steps {self.steps} must be at least 1")
@@ -115,10 +114,7 @@ class OrganismGenerator(Generator):
     def model(self):
         """The organism's network (EMA weights), loaded on first use; refused if trained on another bank."""
         if self._model is None:
-            try:
-                model, _ = load_checkpoint(self.checkpoint)
-            except ValueError as error:
-                raise InputError(str(error)) from None
+            model, _ = load_checkpoint(self.checkpoint)
             if self.bank.sha256 != self.record["bank"]["sha256"]:
                 raise InputError(f"{self.checkpoint / RECORD}: trained on another bank than the planted bank built "
                                  "now — retrain with `make organism` (or pass the bank it was trained on)")
