@@ -94,10 +94,23 @@ def test_steering_a_block_changes_the_trajectory_only_from_the_start_step(genera
     assert not any(block._forward_hooks for block in generator.model.transformer.transformer_blocks)
 
 
-def test_stages_2_to_6_on_the_organism(tmp_path, capsys):
+def test_stages_2_to_6_on_the_organism(generator, tmp_path, capsys):
+    """Stage 2 with a block-steering spec (a difference of means, its random twin, two start steps), stages 3-5,
+    and stage 6 with --compare: the organism's interventions reach the comparison like any backend's."""
+    recorder = block_recorder(generator, 8)
+    with hooks_applied(generator.hook_points(), recorder.hooks):
+        generator.sample(Conditioning("x"), 0, 8, 1.0, None)
+    _, means = recorder.means()                          # [steps, blocks, samples, dim]
+    last = means[-1]
+    direction = Direction(mean_difference(last[:, :4].transpose(1, 0, 2), last[:, 4:].transpose(1, 0, 2)),
+                          recorder.blocks, "is_brass", "mean_difference").save(tmp_path / "brass")
+    (tmp_path / "spec.json").write_text(json.dumps({"format": 2, "interventions": [
+        {"concept": "is_brass", "direction": [str(direction), "random:0"], "where": [0, 1, 2, 3], "strength": 1.0,
+         "from_step": [0, 8]}]}))
     data = tmp_path / "data"
     write_annotated(data, PROMPTS)
-    assert run_stage(stage2.main, stage2.build_parser(), ["--data", str(data), *RUN]) == 0
+    assert run_stage(stage2.main, stage2.build_parser(),
+                     ["--data", str(data), *RUN, "--intervene", str(tmp_path / "spec.json")]) == 0
     generated = data / "generated"
     record = read_json(generated / "generation.json")
     assert record["generator"] == "organism" and record["checkpoint_sha256"] == read_json(
@@ -109,9 +122,16 @@ def test_stages_2_to_6_on_the_organism(tmp_path, capsys):
     made = {p: p.stat().st_mtime_ns for p in generated.rglob("*") if p.is_file()}
     assert run_stage(stage2.main, stage2.build_parser(), ["--data", str(data), *RUN]) == 0
     assert made == {p: p.stat().st_mtime_ns for p in generated.rglob("*") if p.is_file()}
-    run_stages_3_to_6(data, "--random-baselines", "2", "--no-report")
-    emergence = pd.read_csv(data / "results" / "spectral" / "logreg" / "x0" / "emergence.csv")
+    run_stages_3_to_6(data, "--random-baselines", "2", "--no-report", "--compare")
+    out = data / "results" / "spectral" / "logreg" / "x0"
+    emergence = pd.read_csv(out / "emergence.csv")
     assert len(emergence) > 0 and set(emergence["step"]) <= {6, 11}
+    compared = pd.read_csv(out / "compare" / "interventions.csv")
+    assert len(compared) == 4 and (compared["n_pairs"] == 3 * len(PROMPTS)).all()   # concept, random; k = 0, 8
+    concept = compared[compared["direction"] == "file"]
+    assert len(concept) == 2 and concept["effect"].notna().all()
+    commitment = pd.read_csv(out / "compare" / "commitment.csv")
+    assert commitment.loc[0, "steps_tested"] == "0;8" and commitment.loc[0, "commitment_clock"] == "denoising_step"
 
 
 @pytest.mark.parametrize("extra, message", [
