@@ -212,8 +212,8 @@ def readable_table(probes: pd.DataFrame, resampled: dict, ideal: dict, steps: np
                     for site in blocks})
         row["planted_step"] = planted[k] if np.isfinite(planted[k]) else np.nan
         for suffix, target in (("", row["oracle_step"]), ("_planted", row["planted_step"])):
-            found = recovery(target, row["activation_step"], row["activation_low"], row["activation_high"], steps, 0)
-            row[f"recovered{suffix}"] = found["recovered"]
+            outcome = recovery(target, row["activation_step"], row["activation_low"], row["activation_high"], steps, 0)
+            row[f"recovered{suffix}"] = outcome["recovered"]
         rows.append(row)
     return pd.DataFrame(rows), {"activations": replicate["activations"].T, "output": replicate["x0"].T,
                                 "oracle": replicate["truth"].T}
