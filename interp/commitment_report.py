@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from data.files import atomic_path, write_csv, write_text
+from interp.compare import beyond
 from interp.page import made_by
 from interp.plots import DPI, LEGEND_SIZE, new_figure
 
@@ -46,6 +47,11 @@ def note(search, reader: str, clock: str) -> str:
              f"bisection asked {';'.join(map(str, search.asked[reader]))}"]
     found = search.violations[reader]
     parts.append("monotone at every evaluated step" if not found else "not monotone: " + ", ".join(found))
+    first = search.effects[reader][steps[0]]
+    if search.commitment[reader] is None and beyond(first.low, first.high, -search.setting.strength):
+        parts.append(f"at k={steps[0]} the effect lies beyond the baseline on the other side ({first.effect:+.3f} "
+                     f"[{first.low:+.3f}, {first.high:+.3f}]): steering along this direction moves the concept the "
+                     "opposite way; a strength of the other sign searches that side")
     low, high, none = search.interval[reader]
     if none > 0:
         parts.append(f"{100 * none:.1f}% of resamples find no step beyond the baseline")

@@ -135,3 +135,19 @@ def test_violations_name_the_steps_that_break_monotonicity():
     assert "k=10 not beyond before the commitment step" in found
     assert "effect rises from k=10 to k=20, the intervals apart" in found
     assert violations(steps, effects, 0, 8.0)[0] == "k=20 beyond after the commitment step"
+
+
+@pytest.mark.parametrize("effect, low, high, flagged", [(-0.2, -0.3, -0.1, True), (0.05, -0.02, 0.12, False)])
+def test_a_search_without_a_step_says_when_the_direction_moves_the_concept_the_other_way(effect, low, high, flagged):
+    """No step beyond the baseline on the strength's side: the note says so when the first step's interval lies
+    wholly on the other side (the direction pushes the concept away), and not when it straddles 0."""
+    from interp.commitment_report import note
+    from interp.commitment_runs import SteeringSetting
+    from interp.commitment_statistics import ConceptSearch
+
+    first = StepEffect(effect, low, high, False, effect, 0.0, np.array([effect]))
+    search = ConceptSearch(SteeringSetting("is_guitar", 1.0, (0, 1)), ["g0", "g1"], 3, 1, ("truth",),
+                           asked={"truth": [0]}, commitment={"truth": None}, effects={"truth": {0: first}},
+                           interval={"truth": (None, None, 1.0)}, violations={"truth": []})
+    text = note(search, "truth", "sampler step")
+    assert (f"on the other side ({effect:+.3f} [{low:+.3f}, {high:+.3f}])" in text) == flagged
