@@ -131,7 +131,7 @@ organism: install
 # against its realised content and the share of planted timings they recover, the commitment step of steering its
 # blocks (difference-of-means and probe directions) searched to one step beside the ideal model's
 # (interp/organism_analysis.py), interchange on its blocks (interp/organism_interchange.py); <data>/results/organism/.
-# About 20 minutes on 2 cores (README.md, "The model organism").
+# About 12 minutes on 2 cores (README.md, "The model organism", Cost).
 organism-demo: install
 	$(PY) interp/organism_analysis.py --data $(DATA)
 	$(PY) interp/organism_interchange.py --data $(DATA)
