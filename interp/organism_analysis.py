@@ -72,7 +72,10 @@ SIDECAR = "organism_analysis.json"
 FOLDS = 5
 MIN_CLASS = 10           # trajectories of each final class a concept needs to be probed
 LEVEL = 0.95
-DIRECTION_METHODS = ("mean_difference", "probe")
+# reversed_mean_difference: the difference of means negated, for concepts whose difference of means moves them the
+# opposite way when added (the organism's late group, README); searched only when asked for.
+DIRECTION_METHODS = ("mean_difference", "probe", "reversed_mean_difference")
+DEFAULT_DIRECTIONS = ("mean_difference", "probe")
 
 
 def build_parser():
@@ -83,7 +86,7 @@ def build_parser():
     parser.add_argument("--bootstrap", type=int, default=200, help="resamples for every interval")
     parser.add_argument("--steer", action="append", default=None,
                         help="concept whose commitment step is searched (repeat; default: every probed concept)")
-    parser.add_argument("--directions", default=",".join(DIRECTION_METHODS),
+    parser.add_argument("--directions", default=",".join(DEFAULT_DIRECTIONS),
                         help=f"block steering directions, comma-separated: {', '.join(DIRECTION_METHODS)}")
     parser.add_argument("--strength", type=float, default=1.0,
                         help="block steering strength (multiples of the difference of means' norm)")
@@ -257,7 +260,7 @@ def ideal_run(ideal, samples: int, seed: int, concepts: list[str]) -> dict:
 
 def save_directions(run: dict, final_all: np.ndarray, concepts_all: list[str], probed: list[str], out: Path) -> dict:
     """Per concept with both final classes: the difference-of-means direction; per probed concept also the ridge
-    probe's direction at the same norms. -> {(method, concept): path}."""
+    probe's direction at the same norms and the difference of means negated. -> {(method, concept): path}."""
     from sklearn.linear_model import Ridge
     from sklearn.preprocessing import StandardScaler
 
@@ -281,6 +284,9 @@ def save_directions(run: dict, final_all: np.ndarray, concepts_all: list[str], p
             ridge = Ridge(alpha=1.0).fit(scaler.transform(vectors), final_all[:, columns].astype(np.float64))
             weights[:, step, block] = ridge.coef_ / scaler.scale_      # the gradient of the score in activations
     for number, name in enumerate(probed):
+        paths[("reversed_mean_difference", name)] = Direction(
+            -dom[name], blocks, name, "mean_difference", steps=steps,
+            provenance={**provenance, "negated": True}).save(out / "reversed_mean_difference" / name)
         norm = np.linalg.norm(dom[name], axis=-1, keepdims=True)
         raw = weights[number]
         scaled = raw / np.maximum(np.linalg.norm(raw, axis=-1, keepdims=True), 1e-12) * norm

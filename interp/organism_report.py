@@ -24,7 +24,8 @@ COLUMNS = {
                    "probe_low", "probe_high", "within_two", "agree"],
     "content_commitment": ["concept", "generator", "content_commit_step", "content_commit_low", "content_commit_high"],
 }
-DIRECTIONS = {"mean_difference": "difference of means", "probe": "probe weights", "prior": "prior tilt"}
+DIRECTIONS = {"mean_difference": "difference of means", "probe": "probe weights",
+              "reversed_mean_difference": "difference of means negated", "prior": "prior tilt"}
 
 
 def _step(value) -> str:
@@ -73,7 +74,7 @@ def recovery_lines(recovery: pd.DataFrame) -> list[str]:
 
 
 def commitment_lines(commitment: pd.DataFrame, natural: pd.DataFrame) -> list[str]:
-    methods = [m for m in ("mean_difference", "probe") if m in set(commitment["direction"])]
+    methods = [m for m in ("mean_difference", "probe", "reversed_mean_difference") if m in set(commitment["direction"])]
     header = ["concept", "settles (organism, unsteered)", "settles (ideal)"]
     header += [f"organism, {DIRECTIONS[m]}: truth / probe-read" for m in methods] + ["ideal, prior tilt: truth"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

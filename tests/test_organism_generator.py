@@ -172,7 +172,8 @@ def test_organism_analysis_remakes_the_committed_one_for_brass(tmp_path):
     only on its concept and the seeds). Tolerances cover another CPU's float rounding: AUROC 0.01, steps 1."""
     from interp import organism_analysis
 
-    argv = ["--data", str(tmp_path), "--steer", "is_brass", "--directions", "mean_difference", "--no-progress"]
+    argv = ["--data", str(tmp_path), "--steer", "is_brass", "--directions", "mean_difference,reversed_mean_difference",
+            "--no-progress"]
     assert run_stage(organism_analysis.main, organism_analysis.build_parser(), argv) == 0
     out = tmp_path / "results" / "organism"
     probes, reference = pd.read_csv(out / "probes.csv"), committed("probes.csv")
@@ -190,9 +191,13 @@ def test_organism_analysis_remakes_the_committed_one_for_brass(tmp_path):
     search = pd.read_csv(out / "commitment.csv")
     reference = committed("commitment.csv")
     reference = reference[(reference["concept"] == "is_brass") & reference["direction"].isin(["mean_difference", "prior"])]
+    reversed_brass = search[search["direction"] == "reversed_mean_difference"].iloc[0]
+    search = search[search["direction"] != "reversed_mean_difference"].reset_index(drop=True)
     assert list(search["direction"]) == list(reference["direction"]) == ["mean_difference", "prior"]
     for column in ("truth_step", "probe_step"):
         np.testing.assert_allclose(search[column].fillna(-1), reference[column].fillna(-1), atol=1)
+    # Brass's difference of means makes brass; its negation does not, from any start step.
+    assert pd.isna(reversed_brass["truth_step"])
     # The known answers, on this run: the early group is readable in the blocks ~25 steps before the late group;
     # steering brass's difference of means moves it from step 0 but not from the last steps, and the probe on the
     # output finds the step the realised content gives within two steps.
