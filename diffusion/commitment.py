@@ -41,16 +41,21 @@ class Run:
     samples: int
 
 
+def observed_final_content(generator, observer: TrajectoryObserver, concepts) -> np.ndarray:
+    """bool [samples, concepts]: the concepts in the final realised content of the sampler call `observer` watched
+    (data/truth.py's rule on the closed-form content at the last position)."""
+    _, _, content, _ = observer.trace[-1]
+    masses = np.stack([content[label] for label in generator.content_labels], axis=-1)
+    return realised_concepts(masses, generator.content_labels, list(concepts))
+
+
 def final_content(generator, run: Run, concept: str, steering: Steering | None,
                   seconds: float | None = None) -> np.ndarray:
     """bool [samples]: does the run's final clip carry the concept, with this steering (None: untilted)."""
-    last = generator.axis.positions[-1]
-    observer = TrajectoryObserver([last])
+    observer = TrajectoryObserver([])
     conditioning = Conditioning(run.conditioning.prompt, run.conditioning.labels, steering)
     generator.sample(conditioning, run.seed, run.samples, seconds or generator.default_seconds, observer)
-    content = observer.captured[0].content
-    masses = np.stack([content[label] for label in generator.content_labels], axis=-1)
-    return realised_concepts(masses, generator.content_labels, [concept])[:, 0]
+    return observed_final_content(generator, observer, [concept])[:, 0]
 
 
 def commitment_truth(generator, runs: Sequence[Run], concept: str, strength: float,

@@ -118,12 +118,6 @@ def trace_arrays(observer, generator) -> dict:
     return {"content": content.transpose(2, 0, 1), "truth": truth.transpose(2, 0, 1)}
 
 
-def realised_by_step(content: np.ndarray, labels, concepts) -> np.ndarray:
-    """content [samples, steps, labels] -> realised bool [samples, steps, concepts]."""
-    return np.stack([realised_concepts(content[:, step], labels, concepts) for step in range(content.shape[1])],
-                    axis=1)
-
-
 def probe_curves(features: np.ndarray, final: np.ndarray, seed: int, bootstrap: int):
     """features [steps, samples, dim], final bool [samples, concepts] -> (AUROC, low, high [3, steps, concepts],
     the resampled curves [bootstrap, steps, concepts]): out-of-fold ridge scores per step (every concept in one
@@ -254,7 +248,7 @@ def ideal_run(ideal, samples: int, seed: int, concepts: list[str]) -> dict:
     ideal.sample(Conditioning(PROMPT), seed, samples, ideal.default_seconds, observer)
     arrays = trace_arrays(observer, ideal)
     chosen = [ideal.truth_concepts.index(name) for name in concepts]
-    realised = realised_by_step(arrays["content"], ideal.content_labels, list(ideal.truth_concepts))
+    realised = realised_concepts(arrays["content"], ideal.content_labels, list(ideal.truth_concepts))
     return {"curve": oracle_aurocs(arrays["truth"][:, :, chosen], realised[:, -1][:, chosen]), "realised": realised}
 
 
@@ -388,7 +382,7 @@ def main(args) -> None:
                                                 run["steps"], concepts, args.bootstrap, args.seed, LEVEL)
                              .assign(generator=name_of)
                              for name_of, realised, names in (
-                                 ("organism", realised_by_step(run["content"], labels, concepts_all), concepts_all),
+                                 ("organism", realised_concepts(run["content"], labels, concepts_all), concepts_all),
                                  ("ideal", ideal_arrays["realised"], list(ideal.truth_concepts)))],
                             ignore_index=True)
         begin(provenance)

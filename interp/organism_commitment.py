@@ -30,8 +30,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from data.truth import commit_steps, realised_concepts
+from data.truth import commit_steps
 from diffusion.base import Conditioning, TrajectoryObserver
+from diffusion.commitment import observed_final_content
 from diffusion.interventions.records import PRIOR
 from interp.commitment_runs import SteeringSetting
 from interp.commitment_statistics import ConceptSearch, Reading, search_readers
@@ -57,11 +58,9 @@ class Design:
 def final_state(generator, steering, seed: int, samples: int) -> tuple[np.ndarray, np.ndarray]:
     """One sampler call: the final realised content bool [samples, truth concepts] and the final latent
     float [samples, dim]."""
-    observer = TrajectoryObserver([generator.axis.positions[-1]])
+    observer = TrajectoryObserver([])
     latent = generator.sample(Conditioning(PROMPT, (), steering), seed, samples, generator.default_seconds, observer)
-    content = observer.captured[0].content
-    masses = np.stack([content[label] for label in generator.content_labels], axis=-1)
-    realised = realised_concepts(masses, generator.content_labels, list(generator.truth_concepts))
+    realised = observed_final_content(generator, observer, generator.truth_concepts)
     return realised, latent.double().numpy().reshape(samples, -1)
 
 

@@ -31,9 +31,9 @@ from data.concepts import BY_NAME
 from data.files import write_csv
 from data.provenance import Provenance, begin, commit, decide
 from data.stage import InputError, main_exit, stage_parser
-from data.truth import realised_concepts
 from diffusion import load_generator
 from diffusion.base import TrajectoryObserver
+from diffusion.commitment import observed_final_content
 from diffusion.interventions.hooks import COMPONENTS, Hooks, component_out, hooks_applied
 
 SIDECAR = "interchange.json"
@@ -101,12 +101,6 @@ def swap_hooks(generator, means: dict, sites: list[tuple[int, int, int, int]], p
                   for (component, block), windows in by_point.items()])
 
 
-def final_content(generator, observer: TrajectoryObserver, concepts: list[str]) -> np.ndarray:
-    _, _, content, _ = observer.trace[-1]
-    masses = np.stack([content[label] for label in generator.content_labels], axis=-1)
-    return realised_concepts(masses, generator.content_labels, concepts)
-
-
 def main(args) -> None:
     pairs = [tuple(pair.split(":")) for pair in (args.pair or DEFAULT_PAIRS)]
     for pair in pairs:
@@ -141,7 +135,7 @@ def main(args) -> None:
         progress(f"{args.samples} trajectories: their final content")
         observer = TrajectoryObserver([], ["x0"])
         generator.sample_rows((), seeds, observer)
-        final = final_content(generator, observer, concepts)
+        final = observed_final_content(generator, observer, concepts)
         for a, b in pairs:
             has_a, has_b = final[:, concepts.index(a)], final[:, concepts.index(b)]
             chosen = np.flatnonzero(has_a & ~has_b)[:args.per_site]
@@ -159,7 +153,7 @@ def main(args) -> None:
             swapped = TrajectoryObserver([], ["x0"])
             with hooks_applied(generator.hook_points(), swap_hooks(generator, means, sites, len(chosen))):
                 generator.sample_rows((), [seeds[i] for _ in sites for i in chosen], swapped)
-            result = final_content(generator, swapped, concepts).reshape(len(sites), len(chosen), len(concepts))
+            result = observed_final_content(generator, swapped, concepts).reshape(len(sites), len(chosen), len(concepts))
             rng = np.random.default_rng([args.seed, 23])
             resample = rng.integers(0, len(chosen), (args.bootstrap, len(chosen)))
             for (component, block, start, stop), outcome in zip(sites, result):

@@ -96,23 +96,26 @@ def commitment_lines(commitment: pd.DataFrame, natural: pd.DataFrame) -> list[st
     return lines
 
 
+def agreement_lines(commitment: pd.DataFrame) -> list[str]:
+    """How often the probe on the output agrees with the realised content over the organism's searches."""
+    organism = commitment[commitment["agree"].notna()]
+    if organism.empty:
+        return []
+    return [f"commitment: the probe on the output agrees with the realised content (both no step, or within 2 steps) "
+            f"in {int(organism['agree'].astype(bool).sum())} of {len(organism)} organism searches"]
+
+
 def summary_lines(out: Path) -> list[str]:
     """The README's organism-analysis block: the readable table, the recovery shares, the commitment table."""
     found = tables(out)
-    agreement = [f"- {line}." for line in headlines(out)[2:]]
     return (readable_lines(found["readable"]) + [""] + recovery_lines(found["recovery"]) + [""]
-            + commitment_lines(found["commitment"], found["content_commitment"]) + [""] + agreement)
+            + commitment_lines(found["commitment"], found["content_commitment"]) + [""]
+            + [f"- {line}." for line in agreement_lines(found["commitment"])])
 
 
 def headlines(out: Path) -> list[str]:
     found = tables(out)
-    lines = [line[2:] for line in recovery_lines(found["recovery"])[:2]]
-    commitment = found["commitment"]
-    organism = commitment[commitment["agree"].notna()]
-    if len(organism):
-        lines.append(f"commitment: the probe on the output agrees with the realised content (both no step, or within "
-                     f"2 steps) in {int(organism['agree'].astype(bool).sum())} of {len(organism)} organism searches")
-    return lines
+    return [line[2:] for line in recovery_lines(found["recovery"])[:2]] + agreement_lines(found["commitment"])
 
 
 def markdown_table_html(lines: list[str]) -> str:

@@ -17,14 +17,13 @@ import pytest
 from conftest import REPO_ROOT
 from stage_runs import run_stages_3_to_6
 from test_ideal import synthetic_bank
-from test_planted import TOY
-from test_stage2 import PROMPTS, make_data, snapshot, stage2
+from test_planted import TOY, planted_study
+from test_stage2 import PROMPTS, snapshot
 
 from data.directions import Direction
 from data.files import read_json
 from data.stage import run_stage
 from diffusion import GENERATORS
-from diffusion.bank import save_bank
 from diffusion.base import Conditioning
 from diffusion.commitment import Run, final_content
 from diffusion.ideal import IdealGenerator
@@ -84,13 +83,8 @@ def test_the_truth_search_finds_what_a_sweep_of_every_start_step_finds(tmp_path)
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     """Stages 1-6 on the planted preset of a small synthetic bank (its late group: keyboard or drum)."""
-    root = tmp_path_factory.mktemp("commitment")
-    bank_dir, geometry = root / "bank", root / "geometry.json"
-    save_bank(synthetic_bank(), bank_dir)
-    geometry.write_text(json.dumps(TOY))
-    data = make_data(root / "data", PROMPTS)
-    generator = ["--preset", "planted", "--generator-option", f"geometry={geometry}"]
-    assert stage2(data, bank_dir, *generator, "--samples", "2", "--steps", str(STEPS)) == 0
+    data, bank_dir, generator = planted_study(tmp_path_factory.mktemp("commitment"), PROMPTS, 2,
+                                              "--steps", str(STEPS))
     run_stages_3_to_6(data)
     argv = ["--data", str(data), "--embedder", "spectral", "--workers", "0", "--generator-model", str(bank_dir),
             "--steps", str(STEPS), *generator, "--concept", "is_keyboard", "--prompts", "4", "--samples", "4",

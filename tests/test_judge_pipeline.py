@@ -2,22 +2,19 @@
 clips, stage 6 validates it against the exact content, keeps only the concepts it judges better than chance in the
 judged-content yardstick, reads the table under its provenance, and warns when the probes share the judge's
 network."""
-import json
 import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 from stage_runs import run_judge, run_stages_3_to_6
-from test_ideal import synthetic_bank
-from test_planted import TOY
-from test_stage2 import PROMPTS, make_data, stage2
+from test_planted import planted_study
+from test_stage2 import PROMPTS
 
 from data.concepts import CONCEPT_NAMES
 from data.contract import read_generated_index
 from data.files import read_json
 from data.judge import judge_dir
-from diffusion.bank import save_bank
 from interp import judge, stage6_probe
 from interp.records import load_generated
 
@@ -27,13 +24,7 @@ STEM = "musicnn-tags-MTT_musicnn"
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
-    root = tmp_path_factory.mktemp("judge")
-    bank_dir, geometry = root / "bank", root / "geometry.json"
-    save_bank(synthetic_bank(), bank_dir)
-    geometry.write_text(json.dumps(TOY))
-    data = make_data(root / "data", PROMPTS)
-    assert stage2(data, bank_dir, "--preset", "planted", "--generator-option", f"geometry={geometry}",
-                  "--samples", "2", "--steps", str(STEPS)) == 0
+    data, _, _ = planted_study(tmp_path_factory.mktemp("judge"), PROMPTS, 2, "--steps", str(STEPS))
     run_stages_3_to_6(data, "--random-baselines", "2", judge=True)
     return data, stage6_probe.results_dir(data, "spectral", "logreg", "x0")
 

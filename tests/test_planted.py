@@ -28,6 +28,18 @@ TOY = {"format": 1, "seed": 3, "leaf_scale": 0.05,
                   {"name": "late", "labels": ["keyboard", "drum"], "scale": 0.2, "absent": 0.0}]}
 
 
+def planted_study(root, prompts, samples: int, *stage2_extra: str):
+    """A study on the planted preset of the synthetic bank with the TOY geometry: the bank and the geometry file
+    under `root`, stage 2 run on `prompts`. -> (data, bank_dir, the stage-2 generator options)."""
+    bank_dir, geometry = root / "bank", root / "geometry.json"
+    save_bank(synthetic_bank(), bank_dir)
+    geometry.write_text(json.dumps(TOY))
+    data = make_data(root / "data", prompts)
+    generator = ("--preset", "planted", "--generator-option", f"geometry={geometry}")
+    assert stage2(data, bank_dir, *generator, "--samples", str(samples), *stage2_extra) == 0
+    return data, bank_dir, generator
+
+
 def toy_generator(tmp_path, record=TOY, **options):
     path = tmp_path / "geometry.json"
     path.write_text(json.dumps(record))
